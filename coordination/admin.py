@@ -1,0 +1,117 @@
+"""The operators' console: every table, read-only where it is history, and the guide's two fixes."""
+
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+
+from coordination import services
+from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.selectors import queue_clear_stale_preview, queue_reset_preview
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _confirm(modeladmin, request, *, title: str, action: str, preview: dict, queryset, explain: str):
+    """An intermediate page in the style of Django's delete confirmation; posting it runs the action."""
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "action": action,
+        "preview": preview,
+        "explain": explain,
+        "queryset": queryset,
+        "opts": modeladmin.model._meta,
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/coordination/confirm_action.html", context)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "job_id", "status", "kind", "job_type", "model", "models", "priority", "blocked_by_job_id",
+        "conflict_reason", "queued_at", "started_at", "completed_at", "owner",
+    )
+    list_filter = ("status", "kind", "job_type", "model")
+    search_fields = ("job_id", "prompt", "model", "conflict_reason", "owner__username")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    readonly_fields = [field.name for field in Job._meta.fields]
+    actions = ["clear_stale_queue"]
+
+    def has_add_permission(self, request):
+        return False  # jobs enter through the API, so the coordinator decides about them
+
+    @admin.display(description="required models")
+    def models(self, job: Job) -> str:
+        return ", ".join(job.required_models)
+
+    @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)")
+    def clear_stale_queue(self, request, queryset):
+        """Re-decides every pending job whose blocker is finished, missing or unset, then starts what
+        may start. It looks at the whole queue, whichever rows are ticked."""
+        if request.POST.get("confirmed") == "yes":
+            report = services.queue_clear_stale(actor=f"admin:{request.user.username}")
+            self.message_user(
+                request,
+                f"Repaired {len(report['repaired'])} waiting job(s); started {len(report['started'])}.",
+                messages.SUCCESS,
+            )
+            return None
+        return _confirm(
+            self, request, title="Clear stale queue?", action="clear_stale_queue",
+            preview=queue_clear_stale_preview(), queryset=queryset,
+            explain="Each listed job is decided again: it starts if it may, or it is pointed at the job it "
+            "really waits for. Jobs that wait for a live job are left alone.",
+        )
+
+
+@admin.register(JobQueueState)
+class JobQueueStateAdmin(ReadOnlyAdmin):
+    list_display = ("id", "active_job_id", "active_job_type", "active_models", "started_at")
+    actions = ["reset_state"]
+
+    @admin.action(description="Reset state (free the selected slots; a job still running in one is failed)")
+    def reset_state(self, request, queryset):
+        """Frees the selected slots. A job still running in one is ended as failed first (logged), so
+        no two jobs ever share a model; then waiting jobs that may start are started."""
+        slot_ids = list(queryset.values_list("id", flat=True))
+        if request.POST.get("confirmed") == "yes":
+            report = services.queue_reset(actor=f"admin:{request.user.username}", slot_ids=slot_ids)
+            self.message_user(
+                request,
+                f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); "
+                f"started {len(report['started'])}.",
+                messages.SUCCESS,
+            )
+            return None
+        return _confirm(
+            self, request, title="Reset state?", action="reset_state",
+            preview=queue_reset_preview(slot_ids=slot_ids), queryset=queryset,
+            explain="The selected slots are freed. A job still running in one is ended as failed, with the "
+            "reason recorded; the next waiting jobs then start.",
+        )
+
+
+@admin.register(JobQueueLog)
+class JobQueueLogAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "event_type", "job_id", "job_type", "conflict_reason", "details")
+    list_filter = ("event_type", "job_type")
+    search_fields = ("job_id", "conflict_reason")
+    date_hierarchy = "created_at"
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(admin.ModelAdmin):
+    list_display = ("name", "media_type", "runner", "capacity", "enabled", "default_simulate_seconds")
+    list_filter = ("media_type", "runner", "enabled")
+    list_editable = ("enabled",)
+    search_fields = ("name", "description")

@@ -1,0 +1,96 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from coordination.models import Job, MediaType
+from coordination.selectors import job_queue_position
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo ("modle") is an error, not a silent default."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {"non_field_errors": [f"Unknown field(s): {', '.join(unknown)}. Allowed: {', '.join(self.fields)}."]}
+                )
+        return super().to_internal_value(data)
+
+
+def validate_params(value):
+    if not isinstance(value, dict):
+        raise serializers.ValidationError("params must be a JSON object, e.g. {\"simulate_seconds\": 2}.")
+    seconds = value.get("simulate_seconds")
+    if seconds is not None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise serializers.ValidationError("params.simulate_seconds must be a number of seconds, 0 or more.")
+        if seconds > settings.COORDINATOR_JOB_TIMEOUT:
+            raise serializers.ValidationError(
+                f"params.simulate_seconds must be at most {settings.COORDINATOR_JOB_TIMEOUT} (the job timeout)."
+            )
+    return value
+
+
+class SubmitFields(StrictSerializer):
+    params = serializers.JSONField(required=False, default=dict, validators=[validate_params])
+    priority = serializers.IntegerField(required=False, default=0, min_value=-1000, max_value=1000)
+
+
+class JobSubmitSerializer(SubmitFields):
+    prompt = serializers.CharField(
+        trim_whitespace=True,
+        error_messages={
+            "required": "A prompt is required: describe what to generate.",
+            "blank": "A prompt is required: describe what to generate.",
+        },
+    )
+    model = serializers.CharField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
+    job_type = serializers.ChoiceField(choices=MediaType.choices, required=False)
+
+
+class WorkflowExecuteSerializer(SubmitFields):
+    prompt = serializers.CharField(required=False, allow_blank=True, default="")
+    input_image = serializers.URLField(required=False, max_length=2048)
+
+
+class JobSerializer(serializers.ModelSerializer):
+    queue_position = serializers.SerializerMethodField()
+    workflow_id = serializers.SerializerMethodField()
+    current_step = serializers.SerializerMethodField()
+    current_step_model = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
+            "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
+            "started_at", "completed_at", "prompt", "params", "result", "error", "attempt",
+            "workflow_id", "current_step", "current_step_model",
+        ]
+        read_only_fields = fields
+
+    def get_queue_position(self, job: Job) -> int | None:
+        return job_queue_position(job)
+
+    def _execution(self, job: Job):
+        return getattr(job, "workflow_execution", None) if job.kind == Job.Kind.WORKFLOW else None
+
+    def get_workflow_id(self, job: Job) -> str | None:
+        execution = self._execution(job)
+        return execution.workflow_id if execution else None
+
+    def get_current_step(self, job: Job) -> int | None:
+        execution = self._execution(job)
+        return execution.current_step if execution else None
+
+    def get_current_step_model(self, job: Job) -> str | None:
+        execution = self._execution(job)
+        return execution.current_step_model if execution else None
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        if job.kind != Job.Kind.WORKFLOW:
+            for key in ("workflow_id", "current_step", "current_step_model"):
+                data.pop(key)
+        return data

@@ -1,0 +1,87 @@
+"""Thin views: validate → call a service or selector → serialize."""
+
+from django.db import connection
+from rest_framework import status
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from coordination import selectors, services
+from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WorkflowExecuteSerializer
+from coordination.models import Job
+
+
+def _job_response(job: Job, code: int) -> Response:
+    job = Job.objects.select_related("workflow_execution").get(pk=job.pk)
+    return Response(JobSerializer(job).data, status=code)
+
+
+class JobListCreateView(ListAPIView):
+    serializer_class = JobSerializer
+
+    def get_queryset(self):
+        params = self.request.query_params
+        return selectors.job_list(
+            user=self.request.user, status=params.get("status"), kind=params.get("kind"), model=params.get("model")
+        )
+
+    def post(self, request):
+        serializer = JobSubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        job = services.job_submit(owner=request.user, **serializer.validated_data)
+        return _job_response(job, status.HTTP_201_CREATED)
+
+
+class JobDetailView(APIView):
+    def get(self, request, job_id: str):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response(JobSerializer(job).data)
+
+
+class JobCancelView(APIView):
+    def post(self, request, job_id: str):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        job = services.job_cancel(job_id=job.job_id, user=request.user)
+        return _job_response(job, status.HTTP_200_OK)
+
+
+class WorkflowListView(APIView):
+    def get(self, request):
+        from workflows.selectors import workflow_list_as_dicts
+
+        return Response(workflow_list_as_dicts())
+
+
+class WorkflowExecuteView(APIView):
+    def post(self, request, workflow_id: str):
+        from workflows.services import workflow_execute, workflow_get
+
+        workflow_get(workflow_id=workflow_id)  # an unknown workflow is a 404 before any body check
+        serializer = WorkflowExecuteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        inputs = {"input_image": data.pop("input_image")} if "input_image" in data else {}
+        job = workflow_execute(owner=request.user, workflow_id=workflow_id, inputs=inputs, **data)
+        return _job_response(job, status.HTTP_201_CREATED)
+
+
+class QueueStatusView(APIView):
+    def get(self, request):
+        return Response(selectors.queue_status())
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:
+            return Response(
+                {"status": "unavailable", "database": "unreachable", "error": str(exc).strip()[:200]},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response({"status": "ok", "database": "ok"})

@@ -1,0 +1,50 @@
+"""Domain errors. Each knows the HTTP status it maps to; api/errors.py turns them into responses."""
+
+
+class CoordinationError(Exception):
+    status_code = 400
+    default_code = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidJob(CoordinationError):
+    """The submitted job cannot be accepted as it is (the client can fix it)."""
+
+    status_code = 400
+    default_code = "invalid"
+
+
+class UnknownModel(InvalidJob):
+    default_code = "unknown_model"
+
+
+class JobNotFound(CoordinationError):
+    status_code = 404
+    default_code = "not_found"
+
+
+class WorkflowNotFound(CoordinationError):
+    status_code = 404
+    default_code = "not_found"
+
+
+class NotAllowed(CoordinationError):
+    status_code = 403
+    default_code = "permission_denied"
+
+
+class InvalidTransition(CoordinationError):
+    """The job is not in a state that allows this change (it moved on, or never could)."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
+class StaleAttempt(InvalidTransition):
+    """A worker acted for an attempt that is no longer the job's current one."""
+
+    default_code = "stale_attempt"

@@ -1,0 +1,48 @@
+"""Housekeeping: pruning the audit log and the django-q2 schedules that run it."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from coordination.models import JobQueueLog
+
+PRUNE_BATCH = 5000
+SCHEDULES = [
+    {
+        "name": "prune_queue_log",
+        "func": "coordination.tasks.prune_queue_log",
+        "kwargs": "days=7",
+        "schedule_type": "D",
+    },
+]
+
+
+def queue_log_prune(*, days: int, dry_run: bool = False, batch_size: int = PRUNE_BATCH) -> int:
+    """Delete audit rows older than `days`, in batches so no single statement holds locks for long."""
+    cutoff = timezone.now() - timedelta(days=days)
+    old = JobQueueLog.objects.filter(created_at__lt=cutoff)
+    if dry_run:
+        return old.count()
+    deleted = 0
+    while True:
+        ids = list(old.order_by("id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        deleted += JobQueueLog.objects.filter(id__in=ids).delete()[0]
+
+
+def schedules_ensure(Schedule=None) -> None:
+    """Create or update the daily schedules by name; safe to run any number of times."""
+    if Schedule is None:
+        from django_q.models import Schedule
+    for spec in SCHEDULES:
+        defaults = {key: value for key, value in spec.items() if key != "name"}
+        matches = Schedule.objects.filter(name=spec["name"]).order_by("id")
+        first = matches.first()
+        if first is None:
+            Schedule.objects.create(name=spec["name"], **defaults)
+        else:
+            matches.exclude(pk=first.pk).delete()
+            for key, value in defaults.items():
+                setattr(first, key, value)
+            first.save()

@@ -1,0 +1,18 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from coordination.maintenance import queue_log_prune
+
+
+class Command(BaseCommand):
+    help = "Delete job_queue_log rows older than --days (default 7), in batches."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--days", type=int, default=7, help="Keep this many days of events (default 7).")
+        parser.add_argument("--dry-run", action="store_true", help="Only count what would be deleted.")
+
+    def handle(self, *args, days: int, dry_run: bool, **options):
+        if days < 0:
+            raise CommandError("--days must be 0 or more.")
+        count = queue_log_prune(days=days, dry_run=dry_run)
+        verb = "Would delete" if dry_run else "Deleted"
+        self.stdout.write(f"{verb} {count} job_queue_log row(s) older than {days} day(s).")

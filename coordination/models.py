@@ -1,0 +1,193 @@
+"""Jobs, slots, the model catalog and the audit trail.
+
+Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state`, `job_queue_log`,
+`blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes live in services.py.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class MediaType(models.TextChoices):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class CatalogModel(models.Model):
+    """An AI model jobs can ask for, and how many jobs may use it at once."""
+
+    class Runner(models.TextChoices):
+        SIMULATED = "simulated"
+        HTTP = "http"
+
+    name = models.CharField(max_length=100, unique=True, help_text="As clients name it, e.g. motion-2.0-fast.")
+    media_type = models.CharField(max_length=10, choices=MediaType.choices)
+    runner = models.CharField(max_length=20, choices=Runner.choices, default=Runner.SIMULATED)
+    capacity = models.PositiveSmallIntegerField(default=1, help_text="Jobs that may use this model at once.")
+    enabled = models.BooleanField(default=True)
+    default_simulate_seconds = models.FloatField(
+        default=5.0, help_text="How long the simulated runner takes when a job does not say."
+    )
+    description = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "model_catalog"
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(capacity__gte=1), name="model_catalog_capacity_positive"),
+            models.CheckConstraint(
+                condition=Q(default_simulate_seconds__gte=0), name="model_catalog_simulate_seconds_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        NORMAL = "normal"
+        WORKFLOW = "workflow"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.NORMAL)
+    job_type = models.CharField(max_length=10, choices=MediaType.choices)
+    model = models.CharField(max_length=100, null=True, blank=True, help_text="Null for a workflow.")
+    prompt = models.TextField(blank=True, default="")
+    params = models.JSONField(default=dict, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    priority = models.IntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    required_models = models.JSONField(default=list)
+    # Position in line when the job was queued; the API reports the live position.
+    queue_position = models.PositiveIntegerField(null=True, blank=True)
+    blocked_by_job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    conflict_reason = models.TextField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    # Taken under the coordinator lock: line order is acceptance order.
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    # Every start is a new attempt; a worker acts for one attempt only (its fence).
+    attempt = models.PositiveIntegerField(default=0)
+    claimed_attempt = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "jobs"
+        ordering = ["-created_at"]
+        indexes = [
+            # The line: pending jobs by priority, then acceptance order.
+            models.Index(fields=["status", "-priority", "created_at"], name="jobs_line_idx"),
+            models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "running", "completed", "failed", "cancelled"]), name="jobs_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(kind__in=["normal", "workflow"]), name="jobs_kind_valid"),
+            # Only a waiting job can be blocked; the guide's "queued jobs" query relies on it.
+            models.CheckConstraint(
+                condition=Q(blocked_by_job_id__isnull=True) | Q(status="pending"),
+                name="jobs_only_pending_blocked",
+            ),
+            models.CheckConstraint(
+                condition=Q(model__isnull=False) | Q(kind="workflow"), name="jobs_normal_has_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.job_id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class JobQueueState(models.Model):
+    """One slot: ids 1..COORDINATOR_MAX_ACTIVE_JOBS. Locking these rows is the coordinator lock."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    active_job_id = models.UUIDField(null=True, blank=True)
+    active_job_type = models.CharField(max_length=10, null=True, blank=True, choices=Job.Kind.choices)
+    active_models = models.JSONField(default=list)
+    started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "job_queue_state"
+        ordering = ["id"]
+        verbose_name = "slot (job queue state)"
+        verbose_name_plural = "slots (job queue state)"
+
+    def __str__(self) -> str:
+        return f"slot {self.id}"
+
+
+class JobQueueLogManager(models.Manager):
+    def record(
+        self,
+        *,
+        event_type: str,
+        job: Job | None = None,
+        conflict_reason: str | None = None,
+        details: dict | None = None,
+    ) -> "JobQueueLog":
+        """Write one audit row; callers do it inside the transaction that makes the change."""
+        return self.create(
+            job_id=job.job_id if job else None,
+            job_type=job.kind if job else None,
+            event_type=event_type,
+            conflict_reason=conflict_reason,
+            details=details or {},
+        )
+
+
+class JobQueueLog(models.Model):
+    class Event(models.TextChoices):
+        SUBMITTED = "submitted"
+        BLOCKED = "blocked"
+        REBLOCKED = "reblocked"
+        STARTED = "started"
+        CLAIMED = "claimed"
+        STEP_STARTED = "step_started"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        REFUSED = "refused"
+        STALE_CLEARED = "stale_cleared"
+        STATE_RESET = "state_reset"
+        PRUNED = "pruned"
+
+    id = models.BigAutoField(primary_key=True)
+    job_id = models.UUIDField(null=True, blank=True, db_index=True)
+    job_type = models.CharField(max_length=10, null=True, blank=True, choices=Job.Kind.choices)
+    event_type = models.CharField(max_length=20, choices=Event.choices)
+    conflict_reason = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = JobQueueLogManager()
+
+    class Meta:
+        db_table = "job_queue_log"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["event_type", "created_at"], name="job_queue_log_event_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.job_id or ''}".strip()

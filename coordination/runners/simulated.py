@@ -1,0 +1,27 @@
+import time
+
+from coordination.runners.base import RunnerCall, RunnerError
+
+
+class SimulatedRunner:
+    """Stands in for a real model: takes `params.simulate_seconds` (or the model's default) and
+    raises when `params.simulate_fail` is set, so demos and tests can shape a queue."""
+
+    tick = 0.1
+
+    def run(self, call: RunnerCall) -> dict:
+        seconds = float(call.params.get("simulate_seconds", call.default_seconds))
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.tick, left))
+        if call.params.get("simulate_fail"):
+            message = call.params["simulate_fail"]
+            raise RunnerError(message if isinstance(message, str) else f"Simulated failure of {call.model}")
+        return {
+            "runner": "simulated",
+            "model": call.model,
+            "output": f"simulated://{call.model}/{call.job_id}",
+            "seconds": seconds,
+            "prompt": call.prompt,
+            "inputs": call.inputs,
+        }

@@ -1,0 +1,57 @@
+"""The usage guide's models and workflow: seeded by a data migration (and by tests after a flush).
+
+Functions take the model classes, so a migration can pass its historical models. Existing rows are
+left as operators edited them.
+"""
+
+CATALOG = [
+    {"name": "nano-banana-pro-leonardo", "media_type": "image", "default_simulate_seconds": 5.0,
+     "description": "Image model used for styling (workflow step 1)."},
+    {"name": "motion-2.0-fast", "media_type": "video", "default_simulate_seconds": 10.0,
+     "description": "Fast image/text-to-video model."},
+    {"name": "flux-dev", "media_type": "image", "default_simulate_seconds": 5.0,
+     "description": "Text-to-image model."},
+    {"name": "minimax/video-01", "media_type": "video", "default_simulate_seconds": 10.0,
+     "description": "Text-to-video model."},
+]
+
+WORKFLOWS = [
+    {
+        "workflow_id": "knight-style-img-to-video",
+        "name": "Knight style: image to video",
+        "description": "Restyles the input image as a knight, then animates it.",
+        "inputs": ["input_image"],
+        "steps": [
+            ("style", "nano-banana-pro-leonardo", "Restyle the person in the image as a medieval knight. {prompt}"),
+            ("animate", "motion-2.0-fast", "Animate the knight: a slow cinematic push-in. {prompt}"),
+        ],
+    }
+]
+
+
+def seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState) -> None:
+    for entry in CATALOG:
+        CatalogModel.objects.get_or_create(name=entry["name"], defaults=entry)
+    for spec in WORKFLOWS:
+        workflow, created = WorkflowDefinition.objects.get_or_create(
+            workflow_id=spec["workflow_id"],
+            defaults={key: spec[key] for key in ("name", "description", "inputs")},
+        )
+        if created:
+            for position, (name, model, prompt) in enumerate(spec["steps"], start=1):
+                WorkflowStep.objects.create(
+                    workflow=workflow,
+                    position=position,
+                    name=name,
+                    default_model=CatalogModel.objects.get(name=model),
+                    prompt_template=prompt,
+                )
+    # The seed's singleton: `SELECT * FROM job_queue_state` shows slot 1 from the first start.
+    JobQueueState.objects.get_or_create(id=1)
+
+
+def seed_catalog_now() -> None:
+    from coordination.models import CatalogModel, JobQueueState
+    from workflows.models import WorkflowDefinition, WorkflowStep
+
+    seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState)

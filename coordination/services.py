@@ -1,0 +1,227 @@
+"""The coordinator service: every change to a job's state goes through here.
+
+Each function is one transaction: take the coordinator lock (LockedQueue), re-read the job under
+it, refuse an illegal transition, change it, write its audit row, and start whatever may start now.
+The worker task is enqueued on commit, never while the lock is held.
+"""
+
+import logging
+from collections.abc import Callable
+
+from django.db import transaction
+from django.utils import timezone
+
+from coordination.exceptions import InvalidJob, InvalidTransition, JobNotFound, NotAllowed, StaleAttempt, UnknownModel
+from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.queue import LockedQueue, line
+
+logger = logging.getLogger("job_coordinator")
+
+PROMPT_MAX_LENGTH = 4000
+
+
+def catalog_model_get(*, name: str) -> CatalogModel:
+    model = CatalogModel.objects.filter(name=name, enabled=True).first()
+    if model is None:
+        known = ", ".join(CatalogModel.objects.filter(enabled=True).values_list("name", flat=True))
+        raise UnknownModel(f"Unknown model '{name}'. Known models: {known}.", field="model")
+    return model
+
+
+def priority_check(*, owner, priority: int) -> None:
+    if priority > 0 and not (owner is not None and owner.is_staff):
+        raise NotAllowed("Only staff may submit jobs with a priority above 0.", field="priority")
+
+
+def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> Job:
+    """Insert a new job and start it or queue it, in one transaction under the coordinator lock."""
+    if not job.required_models:
+        raise InvalidJob("A job must require at least one model.", field="model")
+    with transaction.atomic():
+        queue = LockedQueue()
+        # Taken under the lock, so line order is the order in which jobs were accepted.
+        job.created_at = timezone.now()
+        job.save(force_insert=True)
+        if on_create is not None:
+            on_create(job)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
+        )
+        queue.admit(job)
+    return job
+
+
+def job_submit(
+    *, owner, model: str, prompt: str, job_type: str | None = None, params: dict | None = None, priority: int = 0
+) -> Job:
+    catalog = catalog_model_get(name=model)
+    if not prompt or not prompt.strip():
+        raise InvalidJob("A prompt is required: describe what to generate.", field="prompt")
+    if len(prompt) > PROMPT_MAX_LENGTH:
+        raise InvalidJob(
+            f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt"
+        )
+    if job_type is not None and job_type != catalog.media_type:
+        raise InvalidJob(
+            f"Model '{model}' makes {catalog.media_type}s, so job_type must be '{catalog.media_type}' (got '{job_type}').",
+            field="job_type",
+        )
+    priority_check(owner=owner, priority=priority)
+    job = Job(
+        kind=Job.Kind.NORMAL,
+        job_type=catalog.media_type,
+        model=catalog.name,
+        prompt=prompt,
+        params=params or {},
+        owner=owner,
+        priority=priority,
+        required_models=[catalog.name],
+    )
+    return job_accept(job=job)
+
+
+def _locked_job(job_id) -> Job:
+    try:
+        return Job.objects.select_for_update().get(pk=job_id)
+    except (Job.DoesNotExist, ValueError):
+        raise JobNotFound(f"No job {job_id}.") from None
+
+
+def _finish(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> Job:
+    refusal = None
+    with transaction.atomic():
+        queue = LockedQueue()
+        job = _locked_job(job_id)
+        if job.status != Job.Status.RUNNING or job.attempt != attempt:
+            # Recorded, and committed, before refusing: a late worker's call is part of the story.
+            refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.REFUSED,
+                job=job,
+                details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
+            )
+        else:
+            job.status = status
+            job.completed_at = timezone.now()
+            job.result = result
+            job.error = error
+            job.save(update_fields=["status", "completed_at", "result", "error"])
+            logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
+            queue.release(job)
+            JobQueueLog.objects.record(
+                event_type=status, job=job, details={"attempt": attempt, **({"error": error} if error else {})}
+            )
+            queue.settle_after(job.job_id)
+    if refusal:
+        logger.warning("[COORDINATOR] %s", refusal)
+        raise StaleAttempt(refusal)
+    return job
+
+
+def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)
+
+
+def job_fail(*, job_id, attempt: int, error: str) -> Job:
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error)
+
+
+def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> Job:
+    with transaction.atomic():
+        queue = LockedQueue()
+        job = _locked_job(job_id)
+        if job.status == Job.Status.RUNNING:
+            raise InvalidTransition(
+                f"Job {job_id} is running; cancelling a running job is not supported yet. Wait for it to finish."
+            )
+        if job.status != Job.Status.PENDING:
+            raise InvalidTransition(f"Job {job_id} is already {job.status}; only a pending job can be cancelled.")
+        job.status = Job.Status.CANCELLED
+        job.completed_at = timezone.now()
+        job.blocked_by_job_id = None
+        job.conflict_reason = None
+        job.error = reason
+        job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+        LockedQueue._mirror_blocker(job)
+        logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.CANCELLED,
+            job=job,
+            details={"by": getattr(user, "username", None), "reason": reason},
+        )
+        queue.settle_after(job.job_id)
+    return job
+
+
+def job_claim(*, job_id, attempt: int) -> Job | None:
+    """A worker takes its job for one attempt; None if the job moved on or was already claimed.
+
+    django-q2 may deliver a task twice; only the first delivery of an attempt gets the job, so a
+    runner never runs twice for one attempt.
+    """
+    with transaction.atomic():
+        claimed = Job.objects.filter(
+            pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt__lt=attempt
+        ).update(claimed_attempt=attempt)
+        if not claimed:
+            return None
+        job = Job.objects.get(pk=job_id)
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": attempt})
+    return job
+
+
+def queue_clear_stale(*, actor: str) -> dict:
+    """The guide's "Clear stale queue", made safe: re-decide every pending job whose blocker is
+    finished or missing (or that has none), then start what may start. Nothing is cleared blindly."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        pending = list(line())
+        blockers = {job.blocked_by_job_id for job in pending if job.blocked_by_job_id}
+        live = set(
+            Job.objects.filter(job_id__in=blockers, status__in=[Job.Status.PENDING, Job.Status.RUNNING]).values_list(
+                "job_id", flat=True
+            )
+        )
+        stale = [job for job in pending if job.blocked_by_job_id not in live]
+        for job in stale:
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.STALE_CLEARED,
+                job=job,
+                conflict_reason=job.conflict_reason,
+                details={"actor": actor, "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
+            )
+        started = {job.job_id for job in queue.dispatch()}
+        for job in stale:
+            if job.job_id not in started and queue.reassess(job):
+                started.add(job.job_id)
+    return {"repaired": [str(job.job_id) for job in stale], "started": [str(job_id) for job_id in started]}
+
+
+def queue_reset(*, actor: str, slot_ids: list[int]) -> dict:
+    """The guide's "Reset state", made safe: free the chosen slots; a job still running in one is
+    ended as failed first, so no two jobs ever share a model. Then start what may start."""
+    evicted: list[str] = []
+    with transaction.atomic():
+        queue = LockedQueue()
+        for slot in [s for s in queue.slots if s.id in set(slot_ids)]:
+            job = queue.running.get(slot.active_job_id) if slot.active_job_id else None
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.STATE_RESET,
+                job=job,
+                details={"actor": actor, "slot": slot.id, "active_job_id": str(slot.active_job_id) if slot.active_job_id else None},
+            )
+            if job is not None:
+                job.status = Job.Status.FAILED
+                job.completed_at = timezone.now()
+                job.error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
+                job.save(update_fields=["status", "completed_at", "error"])
+                logger.info("[COORDINATOR] Job %s failed, checking for next queued job...", job.job_id)
+                JobQueueLog.objects.record(event_type=JobQueueLog.Event.FAILED, job=job, details={"error": job.error})
+                evicted.append(str(job.job_id))
+                queue.release(job)
+            JobQueueState.objects.filter(pk=slot.pk).update(
+                active_job_id=None, active_job_type=None, active_models=[], started_at=None
+            )
+            slot.active_job_id = None
+        started = queue.settle_after(*evicted)
+    return {"evicted": evicted, "started": [str(job.job_id) for job in started]}

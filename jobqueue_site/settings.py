@@ -1,0 +1,205 @@
+"""Settings for the Job Queue Coordinator.
+
+Everything that differs between a laptop and production comes from the environment, with defaults
+that are safe for local use: no DATABASE_URL means the embedded SQLite file next to manage.py.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# A fixed key is fine for a laptop; production sets SECRET_KEY.
+SECRET_KEY = os.environ.get("SECRET_KEY", "local-development-only-not-secret")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_q",
+    "coordination",
+    "workflows",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "jobqueue_site.urls"
+WSGI_APPLICATION = "jobqueue_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------------
+SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}",
+        conn_max_age=env_int("CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the worker share one file: WAL lets readers run beside the writer, and
+    # IMMEDIATE makes every atomic block take the write lock at BEGIN, so coordinator decisions are
+    # serialized here as select_for_update serializes them on PostgreSQL (where SQLite ignores it).
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Tests that start a real worker process need a database file it can open too.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / "test_db.sqlite3"))
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- API ----------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header is what turns "no credentials" into a 401.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "coordination.api.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+
+# --- Coordinator --------------------------------------------------------------------------------
+# Slots: how many jobs may run at once. 1 is the seed's serialized mode: global FIFO, one at a time.
+COORDINATOR_MAX_ACTIVE_JOBS = env_int("COORDINATOR_MAX_ACTIVE_JOBS", 1)
+# The longest a job's task may run before django-q2 kills it.
+COORDINATOR_JOB_TIMEOUT = env_int("COORDINATOR_JOB_TIMEOUT", 3600)
+# How many jobs /queue/status lists (queue_length always counts them all).
+COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
+# The worker runs at least one process per slot, so every started job runs at once.
+COORDINATOR_WORKERS = max(env_int("COORDINATOR_WORKERS", 2), COORDINATOR_MAX_ACTIVE_JOBS)
+
+# django-q2 delivers a task at least once: an unacknowledged task comes again after `retry`
+# seconds. A task may wait in the cluster's in-memory queue (at most `queue_limit` = workers tasks,
+# so at most one task's run) and then run for up to `timeout`, so `retry` must exceed both added up;
+# otherwise a healthy, slow job would be delivered a second time while it still runs.
+Q_CLUSTER = {
+    "name": "jobqueue",
+    "orm": "default",
+    "workers": COORDINATOR_WORKERS,
+    "queue_limit": COORDINATOR_WORKERS,
+    "timeout": COORDINATOR_JOB_TIMEOUT,
+    "retry": 2 * COORDINATOR_JOB_TIMEOUT + 60,
+    "max_attempts": 1,
+    "ack_failures": True,
+    # The jobs table records every outcome; django-q2's success rows would only slow the worker.
+    "save_limit": -1,
+    "poll": float(os.environ.get("Q_POLL", "0.05")),
+    "catch_up": False,
+    "label": "Task queue (django-q2)",
+}
+
+# --- Logging ------------------------------------------------------------------------------------
+# The coordinator's lines are printed bare, exactly as the usage guide shows them.
+LOG_FILE = os.environ.get("LOG_FILE", "")
+_handlers = ["console"] + (["file"] if LOG_FILE else [])
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "coordinator": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "coordinator_console": {"class": "logging.StreamHandler", "formatter": "coordinator"},
+        **(
+            {
+                "file": {"class": "logging.FileHandler", "filename": LOG_FILE, "formatter": "plain"},
+                "coordinator_file": {
+                    "class": "logging.FileHandler",
+                    "filename": LOG_FILE,
+                    "formatter": "coordinator",
+                },
+            }
+            if LOG_FILE
+            else {}
+        ),
+    },
+    "root": {"handlers": _handlers, "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "job_coordinator": {
+            "handlers": ["coordinator_console"] + (["coordinator_file"] if LOG_FILE else []),
+            "level": "INFO",
+            "propagate": False,
+        },
+    },
+}

@@ -1,0 +1,35 @@
+from django.contrib import admin
+
+from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
+
+
+class WorkflowStepInline(admin.TabularInline):
+    model = WorkflowStep
+    extra = 0
+    ordering = ("position",)
+
+
+@admin.register(WorkflowDefinition)
+class WorkflowDefinitionAdmin(admin.ModelAdmin):
+    list_display = ("workflow_id", "name", "enabled", "models")
+    list_filter = ("enabled",)
+    search_fields = ("workflow_id", "name")
+    inlines = [WorkflowStepInline]
+
+    @admin.display(description="required models")
+    def models(self, workflow: WorkflowDefinition) -> str:
+        return ", ".join(workflow.required_models())
+
+
+@admin.register(WorkflowExecution)
+class WorkflowExecutionAdmin(admin.ModelAdmin):
+    list_display = ("job", "workflow", "current_step", "current_step_model", "blocked_by_job_id", "created_at")
+    list_filter = ("workflow",)
+    search_fields = ("job__job_id",)
+    readonly_fields = [field.name for field in WorkflowExecution._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

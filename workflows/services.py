@@ -1,0 +1,92 @@
+"""Starting a workflow job and running its steps in order."""
+
+from django.db import transaction
+
+from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
+from coordination.models import Job, JobQueueLog
+from coordination.runners import RunnerCall, RunnerError, get_runner
+from coordination.services import PROMPT_MAX_LENGTH, job_accept, priority_check
+from workflows.models import WorkflowDefinition, WorkflowExecution
+
+
+def workflow_get(*, workflow_id: str) -> WorkflowDefinition:
+    workflow = WorkflowDefinition.objects.filter(workflow_id=workflow_id, enabled=True).first()
+    if workflow is None:
+        known = ", ".join(WorkflowDefinition.objects.filter(enabled=True).values_list("workflow_id", flat=True))
+        raise WorkflowNotFound(f"Unknown workflow '{workflow_id}'. Known workflows: {known}.")
+    return workflow
+
+
+def workflow_execute(
+    *, owner, workflow_id: str, inputs: dict, prompt: str = "", params: dict | None = None, priority: int = 0
+) -> Job:
+    """Accept a workflow job; it holds every model its steps use from start to end."""
+    workflow = workflow_get(workflow_id=workflow_id)
+    missing = [name for name in workflow.inputs if not inputs.get(name)]
+    if missing:
+        raise InvalidJob(
+            f"Workflow '{workflow_id}' needs input {', '.join(missing)}.", field=missing[0]
+        )
+    if len(prompt) > PROMPT_MAX_LENGTH:
+        raise InvalidJob(f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt")
+    priority_check(owner=owner, priority=priority)
+    steps = workflow.ordered_steps()
+    if not steps:
+        raise InvalidJob(f"Workflow '{workflow_id}' has no steps; an operator must add some in the admin.")
+    required = workflow.required_models()
+    job = Job(
+        kind=Job.Kind.WORKFLOW,
+        job_type=steps[-1].default_model.media_type,
+        model=None,
+        prompt=prompt,
+        params=params or {},
+        owner=owner,
+        priority=priority,
+        required_models=required,
+    )
+
+    def create_execution(job: Job) -> None:
+        WorkflowExecution.objects.create(job=job, workflow=workflow, required_models=required, inputs=inputs)
+
+    return job_accept(job=job, on_create=create_execution)
+
+
+def _step_begin(*, job_id, attempt: int, index: int, step_name: str, model: str) -> None:
+    """Record which step runs now; refuse if this worker no longer owns the job's attempt."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status != Job.Status.RUNNING or job.attempt != attempt:
+            raise StaleAttempt(f"Job {job_id} moved on ({job.status}, attempt {job.attempt}); stopping its workflow")
+        WorkflowExecution.objects.filter(job_id=job_id).update(current_step=index, current_step_model=model)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.STEP_STARTED,
+            job=job,
+            details={"step": index, "name": step_name, "model": model, "attempt": attempt},
+        )
+
+
+def workflow_run(*, job: Job, attempt: int) -> dict:
+    """Run the steps in order, each step's output feeding the next; a failing step fails the whole."""
+    execution = WorkflowExecution.objects.select_related("workflow").get(job_id=job.job_id)
+    outputs: list[dict] = []
+    inputs = dict(execution.inputs)
+    for index, step in enumerate(execution.workflow.ordered_steps(), start=1):
+        model = step.default_model
+        _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=step.name, model=model.name)
+        prompt = step.prompt_template.replace("{prompt}", job.prompt) if step.prompt_template else job.prompt
+        call = RunnerCall(
+            job_id=job.job_id,
+            model=model.name,
+            prompt=prompt,
+            params={**step.params, **job.params},
+            inputs=inputs,
+            default_seconds=model.default_simulate_seconds,
+        )
+        try:
+            output = get_runner(model.runner).run(call)
+        except Exception as exc:
+            raise RunnerError(f"Step {index} ({step.name}, {model.name}) failed: {exc}") from exc
+        outputs.append({"step": index, "name": step.name, "model": model.name, "output": output})
+        WorkflowExecution.objects.filter(job_id=job.job_id).update(step_outputs=outputs)
+        inputs = {"input": output.get("output"), "previous_step": step.name}
+    return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs}
