@@ -27,4 +27,4 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) staticfiles test_db.sqlite3*
+	rm -rf $(VENV) staticfiles test_db_*.sqlite3*

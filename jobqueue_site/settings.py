@@ -95,9 +95,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # Tests that start a real worker process need a database file it can open too.
+    # Tests that start a real worker process need a database file it can open too; one file per
+    # test run, so two runs side by side do not delete each other's database.
     DATABASES["default"]["TEST"] = {
-        "NAME": os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / "test_db.sqlite3"))
+        "NAME": os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / f"test_db_{os.getpid()}.sqlite3"))
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 

@@ -1,0 +1,118 @@
+"""A real worker (`manage.py qcluster` in its own process) and a small HTTP client for e2e tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail with `message` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def test_database_url() -> str:
+    """The URL of the database this test runs against, for a process we start."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def coordinator_lines(self) -> list[str]:
+        return [line for line in self.output().splitlines() if line.startswith("[COORDINATOR]")]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGTERM to the main process only: qcluster then stops its workers cleanly.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_worker(log_path: Path, **env) -> Worker:
+    environment = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "LOG_FILE": "",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=BASE_DIR,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    worker = Worker(process, log_path)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or "running." in worker.output(),
+            timeout=60,
+            message="the qcluster to report it is running",
+        )
+    except AssertionError:
+        worker.stop()
+        raise
+    if process.poll() is not None:
+        raise AssertionError(f"qcluster exited early:\n{worker.output()}")
+    return worker
+
+
+class HttpApi:
+    """Talks to the live server over real HTTP, with token auth, as a user's curl would."""
+
+    def __init__(self, base_url: str, token: str | None):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self.request("GET", path)
