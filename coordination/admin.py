@@ -50,6 +50,16 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # jobs enter through the API, so the coordinator decides about them
 
+    def has_change_permission(self, request, obj=None):
+        # Saving the page would write back every column as read moments before, outside the
+        # coordinator lock: a job the worker just finished could be made `running` again.
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A waiting or running job leaves through the coordinator (cancel, or the actions), so
+        # that its slot is freed and its waiters re-pointed; finished jobs are history and may go.
+        return obj is None or obj.is_finished
+
     @admin.display(description="required models")
     def models(self, job: Job) -> str:
         return ", ".join(job.required_models)

@@ -8,6 +8,7 @@ The worker task is enqueued on commit, never while the lock is held.
 import logging
 from collections.abc import Callable
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,10 +22,11 @@ PROMPT_MAX_LENGTH = 4000
 
 
 def catalog_model_get(*, name: str) -> CatalogModel:
-    model = CatalogModel.objects.filter(name=name, enabled=True).first()
-    if model is None:
+    model = CatalogModel.objects.filter(name=name).first()
+    if model is None or not model.enabled:
         known = ", ".join(CatalogModel.objects.filter(enabled=True).values_list("name", flat=True))
-        raise UnknownModel(f"Unknown model '{name}'. Known models: {known}.", field="model")
+        problem = f"Unknown model '{name}'" if model is None else f"Model '{name}' is disabled by an operator"
+        raise UnknownModel(f"{problem}. Known models: {known}.", field="model")
     return model
 
 
@@ -83,7 +85,8 @@ def job_submit(
 def _locked_job(job_id) -> Job:
     try:
         return Job.objects.select_for_update().get(pk=job_id)
-    except (Job.DoesNotExist, ValueError):
+    except (Job.DoesNotExist, ValueError, ValidationError):
+        # A malformed id is simply not found (Django reports it as a ValidationError, not a ValueError).
         raise JobNotFound(f"No job {job_id}.") from None
 
 

@@ -3,6 +3,7 @@ from django.db import connection
 
 from coordination.seed import seed_catalog_now
 from tests.factories import UserFactory
+from tests.helpers import coordinator_log, fail_audit  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +17,12 @@ def _catalog(request):
         return
     request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     seed_catalog_now()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The default hasher takes ~0.2 s a user by design; tests need no such cost.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

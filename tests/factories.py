@@ -14,6 +14,11 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.LazyAttribute(lambda user: f"{user.username}@example.com")
     password = factory.PostGenerationMethodCall("set_password", "password")
 
+    @classmethod
+    def _after_postgeneration(cls, instance, create, results=None):
+        if create:
+            instance.save(update_fields=["password"])  # keep the hash set_password made
+
 
 class JobRowFactory(factory.django.DjangoModelFactory):
     """A raw jobs row, written without the coordinator: for queries and repair scenarios only."""

@@ -33,3 +33,7 @@ class WorkflowExecutionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        # The run of a waiting or running job is still needed by its worker; it goes with its job.
+        return obj is None or obj.job.is_finished

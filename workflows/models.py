@@ -62,6 +62,9 @@ class WorkflowExecution(models.Model):
     current_step_model = models.CharField(max_length=100, null=True, blank=True)
     blocked_by_job_id = models.UUIDField(null=True, blank=True)
     inputs = models.JSONField(default=dict, blank=True)
+    # The steps as they were when the job was accepted: the job holds exactly these models, so an
+    # operator editing the definition later cannot make a queued or running job call another one.
+    steps = models.JSONField(default=list, blank=True)
     step_outputs = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -3,7 +3,7 @@
 from django.db import transaction
 
 from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
-from coordination.models import Job, JobQueueLog
+from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.runners import RunnerCall, RunnerError, get_runner
 from coordination.services import PROMPT_MAX_LENGTH, job_accept, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
@@ -45,8 +45,16 @@ def workflow_execute(
         required_models=required,
     )
 
+    snapshot = [
+        {"position": step.position, "name": step.name, "model": step.default_model.name,
+         "prompt_template": step.prompt_template, "params": step.params}
+        for step in steps
+    ]
+
     def create_execution(job: Job) -> None:
-        WorkflowExecution.objects.create(job=job, workflow=workflow, required_models=required, inputs=inputs)
+        WorkflowExecution.objects.create(
+            job=job, workflow=workflow, required_models=required, inputs=inputs, steps=snapshot
+        )
 
     return job_accept(job=job, on_create=create_execution)
 
@@ -67,26 +75,27 @@ def _step_begin(*, job_id, attempt: int, index: int, step_name: str, model: str)
 
 def workflow_run(*, job: Job, attempt: int) -> dict:
     """Run the steps in order, each step's output feeding the next; a failing step fails the whole."""
-    execution = WorkflowExecution.objects.select_related("workflow").get(job_id=job.job_id)
+    execution = WorkflowExecution.objects.get(job_id=job.job_id)
+    catalog = {model.name: model for model in CatalogModel.objects.filter(name__in=execution.required_models)}
     outputs: list[dict] = []
     inputs = dict(execution.inputs)
-    for index, step in enumerate(execution.workflow.ordered_steps(), start=1):
-        model = step.default_model
-        _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=step.name, model=model.name)
-        prompt = step.prompt_template.replace("{prompt}", job.prompt) if step.prompt_template else job.prompt
+    for index, step in enumerate(execution.steps, start=1):
+        name, model = step["name"], catalog[step["model"]]
+        _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=name, model=model.name)
+        template = step["prompt_template"]
         call = RunnerCall(
             job_id=job.job_id,
             model=model.name,
-            prompt=prompt,
-            params={**step.params, **job.params},
+            prompt=template.replace("{prompt}", job.prompt) if template else job.prompt,
+            params={**step["params"], **job.params},
             inputs=inputs,
             default_seconds=model.default_simulate_seconds,
         )
         try:
             output = get_runner(model.runner).run(call)
         except Exception as exc:
-            raise RunnerError(f"Step {index} ({step.name}, {model.name}) failed: {exc}") from exc
-        outputs.append({"step": index, "name": step.name, "model": model.name, "output": output})
+            raise RunnerError(f"Step {index} ({name}, {model.name}) failed: {exc}") from exc
+        outputs.append({"step": index, "name": name, "model": model.name, "output": output})
         WorkflowExecution.objects.filter(job_id=job.job_id).update(step_outputs=outputs)
-        inputs = {"input": output.get("output"), "previous_step": step.name}
+        inputs = {"input": output.get("output"), "previous_step": name}
     return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs}

@@ -50,8 +50,19 @@ class JobSubmitSerializer(SubmitFields):
 
 
 class WorkflowExecuteSerializer(SubmitFields):
+    """The workflow's own inputs (its definition's `inputs`, edited in the admin) are fields too."""
+
     prompt = serializers.CharField(required=False, allow_blank=True, default="")
-    input_image = serializers.URLField(required=False, max_length=2048)
+
+    def __init__(self, *args, input_names: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in input_names:
+            if name in self.fields:
+                continue  # an input may not shadow prompt, params or priority
+            # Images and files are passed by address; other inputs are short strings.
+            is_address = name.endswith(("_image", "_video", "_url"))
+            field_class = serializers.URLField if is_address else serializers.CharField
+            self.fields[name] = field_class(required=False, max_length=2048)
 
 
 class JobSerializer(serializers.ModelSerializer):

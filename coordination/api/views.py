@@ -2,6 +2,7 @@
 
 from django.db import connection
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -22,6 +23,10 @@ class JobListCreateView(ListAPIView):
 
     def get_queryset(self):
         params = self.request.query_params
+        for name, choices in (("status", Job.Status.values), ("kind", Job.Kind.values)):
+            value = params.get(name)
+            if value and value not in choices:
+                raise ValidationError({name: [f"Unknown {name} '{value}'; use one of: {', '.join(choices)}."]})
         return selectors.job_list(
             user=self.request.user, status=params.get("status"), kind=params.get("kind"), model=params.get("model")
         )
@@ -42,7 +47,12 @@ class JobDetailView(APIView):
 class JobCancelView(APIView):
     def post(self, request, job_id: str):
         job = selectors.job_get(user=request.user, job_id=job_id)
-        job = services.job_cancel(job_id=job.job_id, user=request.user)
+        # Staff may cancel anyone's job: the job's `error` says who did, not "its owner".
+        if job.owner_id == request.user.pk:
+            reason = "Cancelled by its owner"
+        else:
+            reason = f"Cancelled by {request.user.username} (staff)"
+        job = services.job_cancel(job_id=job.job_id, user=request.user, reason=reason)
         return _job_response(job, status.HTTP_200_OK)
 
 
@@ -57,11 +67,11 @@ class WorkflowExecuteView(APIView):
     def post(self, request, workflow_id: str):
         from workflows.services import workflow_execute, workflow_get
 
-        workflow_get(workflow_id=workflow_id)  # an unknown workflow is a 404 before any body check
-        serializer = WorkflowExecuteSerializer(data=request.data)
+        workflow = workflow_get(workflow_id=workflow_id)  # an unknown workflow is a 404 before any body check
+        serializer = WorkflowExecuteSerializer(data=request.data, input_names=workflow.inputs)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        inputs = {"input_image": data.pop("input_image")} if "input_image" in data else {}
+        inputs = {name: data.pop(name) for name in workflow.inputs if name in data}
         job = workflow_execute(owner=request.user, workflow_id=workflow_id, inputs=inputs, **data)
         return _job_response(job, status.HTTP_201_CREATED)
 

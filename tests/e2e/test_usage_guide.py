@@ -4,6 +4,7 @@ import pytest
 
 from coordination.models import Job, JobQueueLog
 from tests.e2e.harness import wait_until
+from tests.helpers import assert_in_order
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -15,14 +16,6 @@ def finished(job_id) -> Job | None:
 
 def events(job_id) -> list[str]:
     return list(JobQueueLog.objects.filter(job_id=job_id).order_by("id").values_list("event_type", flat=True))
-
-
-def assert_in_order(lines: list[str], expected: list[str]) -> None:
-    """Each expected line appears, word for word, after the one before it."""
-    position = 0
-    for line in expected:
-        assert line in lines[position:], f"missing (in order): {line!r}\nlog:\n" + "\n".join(lines)
-        position = lines.index(line, position) + 1
 
 
 def test_1_normal_job_coordination(http, worker, web_log):

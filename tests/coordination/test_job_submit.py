@@ -1,0 +1,234 @@
+"""job_submit: accept a job and start it or queue it, in one transaction (DESIGN.md §3, §5)."""
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from coordination.exceptions import InvalidJob, NotAllowed, UnknownModel
+from coordination.models import Job, JobQueueLog, JobQueueState
+from coordination.queue import line_position
+from tests.helpers import (
+    assert_exclusion,
+    assert_honest_waiting,
+    coordinator_lines,
+    events,
+    execute_workflow,
+    fresh,
+    log_row,
+    submit,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def test_guide_test_1_first_job_starts_and_second_is_queued_with_the_guides_log_lines(coordinator_log, user):
+    job1 = submit(user, prompt="A knight riding a horse")
+    assert coordinator_lines(coordinator_log) == [
+        f"[COORDINATOR] Checking if job {job1.job_id} can start - Models: ['motion-2.0-fast']",
+        f"[COORDINATOR] No active job - {job1.job_id} can start immediately",
+        f"[COORDINATOR] Set active job: {job1.job_id} (normal) - Models: ['motion-2.0-fast']",
+    ]
+    coordinator_log.clear()
+
+    job2 = submit(user, prompt="A dragon flying")
+    assert coordinator_lines(coordinator_log) == [
+        f"[COORDINATOR] Checking if job {job2.job_id} can start - Models: ['motion-2.0-fast']",
+        "[COORDINATOR] Model conflict detected: {'motion-2.0-fast'}",
+        f"[COORDINATOR] Job {job2.job_id} blocked: Model conflict: motion-2.0-fast in use by normal job {job1.job_id}",
+        f"[COORDINATOR] Marked job {job2.job_id} as queued (blocked by {job1.job_id})",
+    ]
+
+    job1, job2 = fresh(job1), fresh(job2)
+    assert job1.status == Job.Status.RUNNING
+    assert job1.started_at is not None and job1.attempt == 1
+    assert (job1.blocked_by_job_id, job1.conflict_reason, job1.queued_at) == (None, None, None)
+    assert job2.status == Job.Status.PENDING
+    assert job2.blocked_by_job_id == job1.job_id
+    assert job2.conflict_reason == f"Model conflict: motion-2.0-fast in use by normal job {job1.job_id}"
+    assert job2.queued_at is not None and job2.queue_position == 1
+    assert job2.started_at is None and job2.attempt == 0
+
+
+def test_the_started_job_occupies_slot_1_as_the_guides_singleton_row(user):
+    job = submit(user)
+
+    slot = JobQueueState.objects.get(id=1)
+    assert slot.active_job_id == job.job_id
+    assert slot.active_job_type == "normal"
+    assert slot.active_models == ["motion-2.0-fast"]
+    assert slot.started_at == fresh(job).started_at
+
+
+def test_guide_test_2_a_normal_job_behind_a_workflow_is_blocked_by_the_workflow(coordinator_log, user):
+    workflow = execute_workflow(user)
+    assert fresh(workflow).status == Job.Status.RUNNING
+    coordinator_log.clear()
+
+    normal = submit(user, prompt="A cinematic video")
+
+    reason = f"Model conflict: motion-2.0-fast in use by workflow job {workflow.job_id}"
+    assert coordinator_lines(coordinator_log) == [
+        f"[COORDINATOR] Checking if job {normal.job_id} can start - Models: ['motion-2.0-fast']",
+        "[COORDINATOR] Model conflict detected: {'motion-2.0-fast'}",
+        f"[COORDINATOR] Job {normal.job_id} blocked: {reason}",
+        f"[COORDINATOR] Marked job {normal.job_id} as queued (blocked by {workflow.job_id})",
+    ]
+    normal = fresh(normal)
+    assert (normal.status, normal.blocked_by_job_id, normal.conflict_reason) == (
+        Job.Status.PENDING, workflow.job_id, reason
+    )
+    slot = JobQueueState.objects.get(id=1)
+    assert slot.active_job_type == "workflow"
+    assert slot.active_models == ["nano-banana-pro-leonardo", "motion-2.0-fast"]
+
+
+def test_guide_test_3_serialized_mode_queues_a_job_on_a_different_model_and_says_why(user):
+    image = submit(user, model="flux-dev", prompt="Generate image")
+    video = submit(user, model="minimax/video-01", prompt="Generate video")
+
+    image, video = fresh(image), fresh(video)
+    assert image.status == Job.Status.RUNNING
+    assert video.status == Job.Status.PENDING
+    assert video.blocked_by_job_id == image.job_id
+    assert video.conflict_reason == (
+        f"Serialized mode: one job at a time; normal job {image.job_id} is running (flux-dev)"
+    )
+
+
+def test_serialized_mode_is_fifo_each_waiting_job_waits_behind_the_one_before_it(user):
+    first = submit(user, model="flux-dev")
+    second = submit(user, model="minimax/video-01")
+    third = submit(user, model="nano-banana-pro-leonardo")
+    fourth = submit(user, model="minimax/video-01")
+
+    third, fourth = fresh(third), fresh(fourth)
+    assert third.blocked_by_job_id == second.job_id
+    assert third.conflict_reason == f"Serialized mode: one job at a time; waiting in line behind normal job {second.job_id}"
+    assert fourth.blocked_by_job_id == third.job_id
+    assert [line_position(fresh(job)) for job in (second, third, fourth)] == [1, 2, 3]
+    assert fresh(first).status == Job.Status.RUNNING
+    assert_honest_waiting()
+    assert_exclusion()
+
+
+def test_a_waiting_job_that_shares_a_model_with_the_job_ahead_says_so(user):
+    submit(user, model="flux-dev")
+    ahead = submit(user, model="motion-2.0-fast")
+    behind = submit(user, model="motion-2.0-fast")
+
+    assert fresh(behind).conflict_reason == f"Waiting in line for motion-2.0-fast behind normal job {ahead.job_id}"
+
+
+def test_submission_writes_submitted_then_started_or_blocked_audit_rows(user):
+    job1 = submit(user)
+    job2 = submit(user)
+
+    assert events(job1) == ["submitted", "started"]
+    assert events(job2) == ["submitted", "blocked"]
+    blocked = log_row(job2, "blocked")
+    assert blocked.job_type == "normal"
+    assert blocked.conflict_reason == fresh(job2).conflict_reason
+    assert blocked.details["blocked_by_job_id"] == str(job1.job_id)
+    started = log_row(job1, "started")
+    assert started.job_type == "normal"
+    assert started.details == {"slot": 1, "attempt": 1, "models": ["motion-2.0-fast"]}
+
+
+def test_a_workflows_audit_rows_say_workflow(user):
+    workflow = execute_workflow(user)
+
+    rows = JobQueueLog.objects.filter(job_id=workflow.job_id).order_by("id")
+    assert [(row.event_type, row.job_type) for row in rows] == [("submitted", "workflow"), ("started", "workflow")]
+
+
+def test_submission_and_its_audit_row_are_one_transaction(user, fail_audit):
+    """I6: if writing the `started` row fails, the job is not accepted at all."""
+    fail_audit(JobQueueLog.Event.STARTED)
+    with pytest.raises(RuntimeError):
+        submit(user)
+
+    assert not Job.objects.exists()
+    assert not JobQueueLog.objects.exists()
+    assert JobQueueState.objects.get(id=1).active_job_id is None
+
+
+def test_the_worker_task_is_enqueued_only_after_commit_and_only_for_a_started_job(user, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        started = submit(user)
+    assert len(callbacks) == 1
+    assert callbacks[0].func.__name__ == "enqueue_job_run"
+    assert callbacks[0].args == (started.job_id, 1)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        submit(user)
+    assert callbacks == []
+
+
+@pytest.mark.parametrize("model", ["motion-2.0-fast", "flux-dev"])
+def test_required_models_of_a_normal_job_is_its_model(user, model):
+    job = submit(user, model=model)
+
+    assert fresh(job).required_models == [model]
+
+
+def test_required_models_of_a_workflow_are_all_its_step_models_in_order(user):
+    job = execute_workflow(user)
+
+    assert fresh(job).required_models == ["nano-banana-pro-leonardo", "motion-2.0-fast"]
+    assert fresh(job).workflow_execution.required_models == ["nano-banana-pro-leonardo", "motion-2.0-fast"]
+
+
+def test_required_models_is_never_null(user):
+    submit(user)
+    submit(user, model="flux-dev")
+    execute_workflow(user)
+
+    # The guide's troubleshooting query finds nothing...
+    assert not Job.objects.filter(required_models__isnull=True).exists()
+    # ...and the database itself refuses a job without them.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(pk=Job.objects.first().pk).update(required_models=None)
+
+
+def test_unknown_model_is_refused_naming_the_known_ones(user):
+    with pytest.raises(UnknownModel) as error:
+        submit(user, model="sdxl-turbo")
+
+    assert "Unknown model 'sdxl-turbo'" in error.value.message
+    for known in ("flux-dev", "motion-2.0-fast", "minimax/video-01", "nano-banana-pro-leonardo"):
+        assert known in error.value.message
+    assert not Job.objects.exists()
+
+
+def test_job_type_must_match_the_models_media_type(user):
+    with pytest.raises(InvalidJob, match="job_type must be 'video'"):
+        submit(user, model="motion-2.0-fast", job_type="image")
+
+    assert submit(user, model="motion-2.0-fast", job_type="video").job_type == "video"
+    assert submit(user, model="flux-dev").job_type == "image"
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_a_prompt_is_required(user, prompt):
+    with pytest.raises(InvalidJob, match="prompt is required"):
+        submit(user, prompt=prompt)
+
+
+def test_only_staff_may_raise_priority(user, staff_user):
+    with pytest.raises(NotAllowed):
+        submit(user, priority=5)
+
+    assert submit(staff_user, priority=5).priority == 5
+    assert submit(user, priority=-3).priority == -3
+
+
+def test_a_higher_priority_job_stands_ahead_of_earlier_lower_priority_ones(user, staff_user):
+    running = submit(user)
+    early = submit(user)
+    urgent = submit(staff_user, priority=5)
+
+    urgent, early = fresh(urgent), fresh(early)
+    # Nothing pending stands ahead of it: it waits only for the running job.
+    assert urgent.blocked_by_job_id == running.job_id
+    assert line_position(urgent) == 1
+    assert line_position(early) == 2
+    assert_honest_waiting()

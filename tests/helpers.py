@@ -1,0 +1,107 @@
+"""Shared by the coordinator's service tests: submitting jobs, reading the audit trail and the
+`[COORDINATOR]` lines, and checking the invariants of DESIGN.md §3 against the database."""
+
+import logging
+from collections import Counter
+
+import pytest
+
+from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.queue import line
+from coordination.services import job_submit
+from workflows.services import workflow_execute
+
+COORDINATOR_LOGGER = "job_coordinator"
+
+
+@pytest.fixture
+def coordinator_log(caplog):
+    """caplog that sees the coordinator's lines.
+
+    Settings give `job_coordinator` its own handler and `propagate: False` (its lines print bare),
+    so caplog's handler on the root logger would never see them: attach it to the logger itself.
+    """
+    logger = logging.getLogger(COORDINATOR_LOGGER)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger=COORDINATOR_LOGGER)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def fail_audit(monkeypatch):
+    """fail_audit("started"): the next audit write of that event raises, to prove the change and
+    its audit row are one transaction (I6)."""
+    from coordination.models import JobQueueLogManager
+
+    record = JobQueueLogManager.record
+
+    def arm(event_type: str) -> None:
+        def failing_record(self, *, event_type=None, _failing=event_type, **kwargs):
+            if event_type == _failing:
+                raise RuntimeError("audit write failed")
+            return record(self, event_type=event_type, **kwargs)
+
+        monkeypatch.setattr(JobQueueLogManager, "record", failing_record)
+
+    return arm
+
+
+def coordinator_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == COORDINATOR_LOGGER]
+
+
+def assert_in_order(lines: list[str], expected: list[str]) -> None:
+    """Each expected line appears word for word, in this order (other lines may come between)."""
+    position = 0
+    for wanted in expected:
+        try:
+            position = lines.index(wanted, position) + 1
+        except ValueError:
+            raise AssertionError(f"missing, or out of order: {wanted!r}\nlogged:\n" + "\n".join(lines)) from None
+
+
+def submit(owner=None, *, model: str = "motion-2.0-fast", prompt: str = "A knight riding a horse", **kwargs) -> Job:
+    params = kwargs.pop("params", {"simulate_seconds": 0})
+    return job_submit(owner=owner, model=model, prompt=prompt, params=params, **kwargs)
+
+
+def execute_workflow(owner=None, **kwargs) -> Job:
+    """The guide's workflow: knight-style-img-to-video (nano-banana-pro-leonardo, then motion-2.0-fast)."""
+    kwargs.setdefault("params", {"simulate_seconds": 0})
+    inputs = {"input_image": "https://example.com/user.jpg"}
+    return workflow_execute(owner=owner, workflow_id="knight-style-img-to-video", inputs=inputs, **kwargs)
+
+
+def fresh(job: Job) -> Job:
+    return Job.objects.get(pk=job.pk)
+
+
+def events(job: Job) -> list[str]:
+    """The job's audit trail, oldest first."""
+    return list(JobQueueLog.objects.filter(job_id=job.job_id).order_by("id").values_list("event_type", flat=True))
+
+
+def log_row(job: Job, event_type: str) -> JobQueueLog:
+    return JobQueueLog.objects.get(job_id=job.job_id, event_type=event_type)
+
+
+def assert_honest_waiting() -> None:
+    """I4: every pending job names a blocker that is running or pending now, and says why."""
+    for job in line():
+        assert job.blocked_by_job_id is not None, f"pending job {job.job_id} names no blocker"
+        blocker = Job.objects.get(pk=job.blocked_by_job_id)
+        assert blocker.status in (Job.Status.RUNNING, Job.Status.PENDING), (
+            f"pending job {job.job_id} waits for {blocker.status} job {blocker.job_id}"
+        )
+        assert job.conflict_reason and str(job.blocked_by_job_id) in job.conflict_reason
+
+
+def assert_exclusion(max_active: int = 1) -> None:
+    """I1: no model beyond its capacity, no more running jobs than slots."""
+    running = list(Job.objects.filter(status=Job.Status.RUNNING))
+    assert len(running) <= max_active
+    capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+    in_use = Counter(model for job in running for model in job.required_models)
+    for model, count in in_use.items():
+        assert count <= capacities.get(model, 1), f"{model} used by {count} running jobs"
