@@ -46,3 +46,31 @@ def schedules_ensure(Schedule=None) -> None:
             for key, value in defaults.items():
                 setattr(first, key, value)
             first.save()
+
+
+def slots_sync() -> dict:
+    """Bring the slot rows in step with COORDINATOR_MAX_ACTIVE_JOBS (run at start-up).
+
+    Missing rows 1..N are created; rows beyond N are removed once free (one still running a job
+    keeps it until the job ends, and takes no new job). The waiting-jobs counter is recounted.
+    """
+    from django.conf import settings
+    from django.db import transaction
+
+    from coordination.models import JobQueueState
+    from coordination.queue import LockedQueue
+
+    with transaction.atomic():
+        queue = LockedQueue()
+        surplus = JobQueueState.objects.filter(id__gt=settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        removed = surplus.filter(active_job_id__isnull=True).delete()[0]
+        pending = queue.recount_pending()
+        # Waiting jobs may fit in the new slots at once.
+        started = queue.dispatch() if pending else []
+    return {
+        "slots": settings.COORDINATOR_MAX_ACTIVE_JOBS,
+        "removed": removed,
+        "busy_beyond": surplus.count(),
+        "pending": pending,
+        "started": len(started),
+    }

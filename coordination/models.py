@@ -94,7 +94,7 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             # The line: pending jobs by priority, then acceptance order.
-            models.Index(fields=["status", "-priority", "created_at"], name="jobs_line_idx"),
+            models.Index(fields=["status", "-priority", "created_at", "job_id"], name="jobs_line_idx"),
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
         ]
         constraints = [
@@ -118,6 +118,40 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+
+class JobLine(models.Model):
+    """A waiting job's place in the line of one model it needs: one row per model, gone once it starts.
+
+    The index gives each model's head, and a job's nearest predecessor, in one probe, however many
+    jobs wait: that is what keeps a coordinator decision's cost flat in the queue's length.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="lines", db_column="job_id")
+    model = models.CharField(max_length=100)
+    priority = models.IntegerField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "job_model_lines"
+        indexes = [
+            models.Index(fields=["model", "-priority", "created_at", "job"], name="job_model_lines_order_idx")
+        ]
+        constraints = [models.UniqueConstraint(fields=["job", "model"], name="job_model_lines_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} in line for {self.model}"
+
+
+class JobQueueCounter(models.Model):
+    """How many jobs wait, kept under the coordinator lock so no decision has to count them."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    pending = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "job_queue_counters"
 
 
 class JobQueueState(models.Model):

@@ -90,10 +90,12 @@ def _locked_job(job_id) -> Job:
         raise JobNotFound(f"No job {job_id}.") from None
 
 
-def _finish(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> Job:
+def _finish(
+    *, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None, take_next: bool = False
+) -> tuple[Job, Job | None]:
     refusal = None
     with transaction.atomic():
-        queue = LockedQueue()
+        queue = LockedQueue(take_next=take_next)
         job = _locked_job(job_id)
         if job.status != Job.Status.RUNNING or job.attempt != attempt:
             # Recorded, and committed, before refusing: a late worker's call is part of the story.
@@ -118,15 +120,23 @@ def _finish(*, job_id, attempt: int, status: str, result: dict | None = None, er
     if refusal:
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)
-    return job
+    return job, queue.taken
 
 
 def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)[0]
 
 
 def job_fail(*, job_id, attempt: int, error: str) -> Job:
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error)
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error)[0]
+
+
+def job_finish_and_take_next(
+    *, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None
+) -> Job | None:
+    """A worker reports its job's outcome and takes, already claimed, the first job that outcome
+    started, so the next job runs without waiting for the broker to deliver it (None if none)."""
+    return _finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error, take_next=True)[1]
 
 
 def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> Job:
@@ -145,6 +155,7 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
         job.conflict_reason = None
         job.error = reason
         job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+        queue.leave_line(job)
         LockedQueue._mirror_blocker(job)
         logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)
         JobQueueLog.objects.record(

@@ -148,6 +148,8 @@ COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
 # The worker runs at least one process per slot, so every started job runs at once.
 COORDINATOR_WORKERS = max(env_int("COORDINATOR_WORKERS", 2), COORDINATOR_MAX_ACTIVE_JOBS)
 
+# A task runs its job and then, for up to one job timeout more, jobs handed to it as they start
+# (coordination.tasks.run_job), so django-q2's `timeout` is twice the job timeout.
 # django-q2 delivers a task at least once: an unacknowledged task comes again after `retry`
 # seconds. A task may wait in the cluster's in-memory queue (at most `queue_limit` = workers tasks,
 # so at most one task's run) and then run for up to `timeout`, so `retry` must exceed both added up;
@@ -157,8 +159,8 @@ Q_CLUSTER = {
     "orm": "default",
     "workers": COORDINATOR_WORKERS,
     "queue_limit": COORDINATOR_WORKERS,
-    "timeout": COORDINATOR_JOB_TIMEOUT,
-    "retry": 2 * COORDINATOR_JOB_TIMEOUT + 60,
+    "timeout": 2 * COORDINATOR_JOB_TIMEOUT,
+    "retry": 4 * COORDINATOR_JOB_TIMEOUT + 60,
     "max_attempts": 1,
     "ack_failures": True,
     # The jobs table records every outcome; django-q2's success rows would only slow the worker.

@@ -2,6 +2,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
+from coordination.queue import waiting_for
 from coordination.selectors import job_queue_position
 
 
@@ -65,6 +66,17 @@ class WorkflowExecuteSerializer(SubmitFields):
             self.fields[name] = field_class(required=False, max_length=2048)
 
 
+class HolderSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    kind = serializers.CharField()
+
+
+class WaitingForSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    held_by = HolderSerializer(many=True)
+    jobs_ahead = serializers.IntegerField()
+
+
 class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
     workflow_id = serializers.SerializerMethodField()
@@ -101,6 +113,11 @@ class JobSerializer(serializers.ModelSerializer):
 
     def to_representation(self, job: Job) -> dict:
         data = super().to_representation(job)
+        if self.context.get("detail"):
+            # What a waiting job waits for, model by model: who holds it, how many are before it.
+            data["waiting_for"] = (
+                WaitingForSerializer(waiting_for(job), many=True).data if job.status == Job.Status.PENDING else None
+            )
         if job.kind != Job.Kind.WORKFLOW:
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)

@@ -41,7 +41,7 @@ class JobListCreateView(ListAPIView):
 class JobDetailView(APIView):
     def get(self, request, job_id: str):
         job = selectors.job_get(user=request.user, job_id=job_id)
-        return Response(JobSerializer(job).data)
+        return Response(JobSerializer(job, context={"detail": True}).data)
 
 
 class JobCancelView(APIView):

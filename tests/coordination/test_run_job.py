@@ -47,15 +47,21 @@ def test_run_job_completes_the_job_with_the_runners_result(user, runner_calls):
     assert job.claimed_attempt == 1
 
 
-def test_run_job_starts_the_next_job_when_it_finishes(user):
+def test_the_worker_that_finishes_a_job_runs_the_job_it_started(user, runner_calls):
+    """The hand-off: the next job runs at once in the same worker, and its own delivery does nothing."""
     first = submit(user)
     second = submit(user)
 
     run_job(str(first.job_id), 1)
 
-    assert fresh(second).status == Job.Status.RUNNING
-    run_job(str(second.job_id), 1)
     assert fresh(second).status == Job.Status.COMPLETED
+    assert [call.job_id for call in runner_calls] == [first.job_id, second.job_id]
+    assert events(second) == ["submitted", "blocked", "started", "claimed", "completed"]
+    assert log_row(second, "claimed").details == {"attempt": 1, "handoff": True}
+
+    run_job(str(second.job_id), 1)  # its task, delivered by the broker afterwards
+
+    assert len(runner_calls) == 2
 
 
 def test_simulate_fail_fails_the_job_with_its_message(user, runner_calls):
@@ -69,8 +75,9 @@ def test_simulate_fail_fails_the_job_with_its_message(user, runner_calls):
     assert job.error == "GPU out of memory"
     assert job.result is None
     assert log_row(job, "failed").details == {"attempt": 1, "error": "GPU out of memory"}
-    assert len(runner_calls) == 1
-    assert fresh(waiting).status == Job.Status.RUNNING
+    # The failure freed the model: the waiting job was handed to this worker and ran.
+    assert [call.job_id for call in runner_calls] == [job.job_id, waiting.job_id]
+    assert fresh(waiting).status == Job.Status.COMPLETED
 
 
 def test_simulate_fail_true_says_which_model_failed(user):

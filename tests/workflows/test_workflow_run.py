@@ -31,12 +31,12 @@ def runner_calls(monkeypatch) -> list:
 
     def observing_run(self, call):
         slot = JobQueueState.objects.get(id=1)
-        execution = WorkflowExecution.objects.get(job_id=call.job_id)
+        execution = WorkflowExecution.objects.filter(job_id=call.job_id).first()  # None: a normal job
         calls.append({
             "call": call,
             "slot_models": slot.active_models,
             "slot_job": slot.active_job_id,
-            "current_step": (execution.current_step, execution.current_step_model),
+            "current_step": (execution.current_step, execution.current_step_model) if execution else None,
         })
         return run(self, call)
 
@@ -112,9 +112,10 @@ def test_a_job_on_the_first_steps_model_is_blocked_while_the_second_step_runs(co
     reason = f"Model conflict: nano-banana-pro-leonardo in use by workflow job {workflow.job_id}"
     assert f"[COORDINATOR] Job {nano.job_id} blocked: {reason}" in coordinator_lines(coordinator_log)
     assert JobQueueLog.objects.get(job_id=nano.job_id, event_type="blocked").conflict_reason == reason
-    # The workflow's completion then started it.
+    # The workflow's completion then started it, and handed it to this worker, which ran it.
     assert fresh(workflow).status == Job.Status.COMPLETED
-    assert fresh(nano).status == Job.Status.RUNNING
+    assert fresh(nano).status == Job.Status.COMPLETED
+    assert fresh(nano).started_at >= fresh(workflow).completed_at
 
 
 def test_a_normal_job_waits_for_the_workflow_then_runs(user):
@@ -123,11 +124,9 @@ def test_a_normal_job_waits_for_the_workflow_then_runs(user):
     normal = job_submit(owner=user, model="motion-2.0-fast", prompt="A cinematic video", params={"simulate_seconds": 0})
     assert fresh(normal).blocked_by_job_id == workflow.job_id
 
-    run_job(str(workflow.job_id), 1)
-    assert fresh(normal).status == Job.Status.RUNNING
-    run_job(str(normal.job_id), 1)
-
+    run_job(str(workflow.job_id), 1)  # the workflow's worker is handed the normal job and runs it
     assert fresh(normal).status == Job.Status.COMPLETED
+    run_job(str(normal.job_id), 1)  # the normal job's own delivery then finds it done: nothing happens
     log = JobQueueLog.objects.filter(event_type__in=["started", "blocked", "completed"]).order_by("id")
     assert [(row.job_id, row.job_type, row.event_type) for row in log] == [
         (workflow.job_id, "workflow", "started"),
@@ -163,12 +162,16 @@ def test_a_failing_second_step_fails_the_workflow_and_frees_both_models(settings
     workflow = fresh(workflow)
     assert workflow.status == Job.Status.FAILED
     assert workflow.error == "Step 2 (animate, motion-2.0-fast) failed: upstream quota"
-    assert len(runner_calls) == 2
+    assert [entry["call"].model for entry in runner_calls[:2]] == BOTH_MODELS
     execution = workflow.workflow_execution
     assert (execution.current_step, execution.current_step_model) == (2, "motion-2.0-fast")
     assert [step["name"] for step in execution.step_outputs] == ["style"]
-    # Both of its models are free again: the jobs waiting for each started at once.
-    assert fresh(video).status == fresh(image).status == Job.Status.RUNNING
+    # Both of its models are free again: the jobs waiting for each started at once; the first in
+    # line was handed to this worker (and ran), the other went to the broker.
+    video, image = fresh(video), fresh(image)
+    assert video.started_at >= workflow.completed_at and image.started_at >= workflow.completed_at
+    assert (video.status, image.status) == (Job.Status.COMPLETED, Job.Status.RUNNING)
+    assert len(runner_calls) == 3
     assert_exclusion(max_active=2)
     assert_honest_waiting()
 
@@ -207,10 +210,10 @@ def test_a_workflow_behind_a_normal_job_is_queued_with_its_execution_blocked(coo
     checking = f"[COORDINATOR] Checking if job {workflow.job_id} can start - Models: {BOTH_MODELS}"
     assert checking in coordinator_lines(coordinator_log)
 
-    run_job(str(normal.job_id), 1)
+    run_job(str(normal.job_id), 1)  # ...which hands the workflow to this worker when it ends
 
     workflow = fresh(workflow)
-    assert workflow.status == Job.Status.RUNNING
+    assert workflow.status == Job.Status.COMPLETED
     assert workflow.workflow_execution.blocked_by_job_id is None
 
 

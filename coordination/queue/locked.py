@@ -8,6 +8,10 @@ task is enqueued only after commit. Services in services.py are the only callers
 What a running job holds is read from `jobs` (status running), not from the slot rows: slot rows are
 the display and the lock. So a hand-edited `job_queue_state` (the usage guide's reset SQL) can make a
 slot look free, but it can never make the coordinator start a second job on a model in use.
+
+Cost: a decision reads the running jobs (at most one per slot), one or two index probes per model
+involved, and the waiting-jobs counter; never the whole line. So a completion costs the same whether
+ten or a hundred thousand jobs wait (DESIGN.md §9).
 """
 
 import logging
@@ -17,31 +21,13 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
-from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.queue.lines import line, line_position, model_line, nearest_ahead
 
 logger = logging.getLogger("job_coordinator")
-
-LINE_ORDER = ("-priority", "created_at", "job_id")
-
-
-def line() -> QuerySet[Job]:
-    """Pending jobs in line order: priority (higher first), then acceptance order."""
-    return Job.objects.filter(status=Job.Status.PENDING).order_by(*LINE_ORDER)
-
-
-def ahead_of(job: Job) -> Q:
-    """Pending jobs that stand before `job` in line."""
-    same_priority_earlier = Q(priority=job.priority) & (
-        Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, job_id__lt=job.job_id)
-    )
-    return Q(status=Job.Status.PENDING) & (Q(priority__gt=job.priority) | same_priority_earlier)
-
-
-def line_position(job: Job) -> int:
-    return Job.objects.filter(ahead_of(job)).count() + 1
 
 
 def enqueue_job_run(job_id, attempt: int) -> None:
@@ -62,6 +48,10 @@ def models_repr(models) -> str:
     return "{" + ", ".join(repr(m) for m in sorted(models)) + "}"
 
 
+def line_key(job: Job) -> tuple:
+    return (-job.priority, job.created_at, job.job_id)
+
+
 @dataclass(frozen=True)
 class Verdict:
     can_start: bool
@@ -70,7 +60,7 @@ class Verdict:
 
 
 class LockedQueue:
-    def __init__(self) -> None:
+    def __init__(self, *, take_next: bool = False) -> None:
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
@@ -80,21 +70,42 @@ class LockedQueue:
             job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")
         }
         self.capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+        # A worker finishing a job may take the first job that finish starts, and run it at once
+        # instead of waiting for the broker to deliver it (see tasks.run_job).
+        self.take_next = take_next
+        self.taken: Job | None = None
 
     def _lock_slots(self) -> list[JobQueueState]:
         def locked():
-            return list(
-                JobQueueState.objects.select_for_update().filter(id__lte=self.slot_count).order_by("id")
-            )
+            # Every row, also any beyond the slot count (a job may still run in one after the
+            # setting shrank): releasing it must clear it. Only ids <= the count take new jobs.
+            return list(JobQueueState.objects.select_for_update().order_by("id"))
 
         slots = locked()
-        if len(slots) < self.slot_count:
+        if sum(1 for slot in slots if slot.id <= self.slot_count) < self.slot_count:
             # First use, or the slot count grew: create the missing rows, then lock them all.
             JobQueueState.objects.bulk_create(
                 [JobQueueState(id=i) for i in range(1, self.slot_count + 1)], ignore_conflicts=True
             )
             slots = locked()
         return slots
+
+    # --- the waiting-jobs counter ---------------------------------------------------------------
+
+    def _count_pending(self, delta: int) -> None:
+        if not JobQueueCounter.objects.filter(id=1).update(pending=F("pending") + delta):
+            self.recount_pending()
+
+    def pending_count(self) -> int:
+        counter = JobQueueCounter.objects.filter(id=1).first()
+        return counter.pending if counter else self.recount_pending()
+
+    @staticmethod
+    def recount_pending() -> int:
+        """Set the counter from the jobs themselves (first use, or a repair); this one counts."""
+        pending = Job.objects.filter(status=Job.Status.PENDING).count()
+        JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": pending})
+        return pending
 
     # --- reading the locked state ---------------------------------------------------------------
 
@@ -108,7 +119,7 @@ class LockedQueue:
         if len(self.running) >= self.slot_count:
             return None
         for slot in self.slots:
-            if slot.active_job_id is None or slot.active_job_id not in self.running:
+            if slot.id <= self.slot_count and (slot.active_job_id is None or slot.active_job_id not in self.running):
                 return slot
         return None
 
@@ -126,15 +137,14 @@ class LockedQueue:
         """The nearest pending job ahead of `job` that it must wait behind (rule 3).
 
         In serialized mode that is simply the job before it (global FIFO); with more slots, the
-        nearest earlier job that needs one of its models.
+        nearest earlier job in the line of one of its models.
         """
-        nearest_first = Job.objects.filter(ahead_of(job)).order_by("priority", "-created_at", "-job_id")
         if self.slot_count == 1:
-            return nearest_first.first()
-        wanted = set(job.required_models)
-        for candidate in nearest_first.only("job_id", "kind", "required_models").iterator(chunk_size=500):
-            if wanted.intersection(candidate.required_models):
-                return candidate
+            return nearest_ahead(line(), job)
+        for model in job.required_models:
+            row = nearest_ahead(JobLine.objects.filter(model=model).select_related("job"), job)
+            if row is not None:
+                return row.job
         return None
 
     def assess(self, job: Job) -> Verdict:
@@ -179,11 +189,28 @@ class LockedQueue:
                 logger.info("[COORDINATOR] No model conflict - %s can start immediately", job.job_id)
             else:
                 logger.info("[COORDINATOR] No active job - %s can start immediately", job.job_id)
-            self.start(job)
+            self.start(job, waiting=False)
         else:
+            self.enter_line(job)
             self.block(job, verdict, first=True)
 
-    def start(self, job: Job) -> None:
+    def enter_line(self, job: Job) -> None:
+        JobLine.objects.bulk_create(
+            [
+                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at)
+                for model in job.required_models
+            ]
+        )
+        self._count_pending(+1)
+
+    def leave_line(self, job: Job) -> None:
+        """A waiting job started or was cancelled (its new status already saved): it leaves every
+        line it stood in."""
+        JobLine.objects.filter(job_id=job.job_id).delete()
+        self._count_pending(-1)
+
+    def start(self, job: Job, *, waiting: bool = True) -> None:
+        """Occupy a slot with `job`; `waiting` is False only for a job admitted straight away."""
         slot = self.free_slot()
         assert slot is not None, "start() needs a free slot; assess() first"
         now = timezone.now()
@@ -192,7 +219,14 @@ class LockedQueue:
         job.attempt += 1
         job.blocked_by_job_id = None
         job.conflict_reason = None
-        job.save(update_fields=["status", "started_at", "attempt", "blocked_by_job_id", "conflict_reason"])
+        fields = ["status", "started_at", "attempt", "blocked_by_job_id", "conflict_reason"]
+        taken = self.take_next and self.taken is None
+        if taken:
+            job.claimed_attempt = job.attempt
+            fields.append("claimed_attempt")
+        job.save(update_fields=fields)
+        if waiting:
+            self.leave_line(job)
         slot.active_job_id = job.job_id
         slot.active_job_type = job.kind
         slot.active_models = list(job.required_models)
@@ -208,7 +242,15 @@ class LockedQueue:
             job=job,
             details={"slot": slot.id, "attempt": job.attempt, "models": job.required_models},
         )
-        transaction.on_commit(partial(enqueue_job_run, job.job_id, job.attempt))
+        if taken:
+            # The finishing worker runs it next; nothing to deliver. Should that worker die, the job
+            # is claimed and running, exactly as if its own task had been delivered and then died.
+            self.taken = job
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": job.attempt, "handoff": True}
+            )
+        else:
+            transaction.on_commit(partial(enqueue_job_run, job.job_id, job.attempt))
 
     def block(self, job: Job, verdict: Verdict, *, first: bool) -> None:
         previous = job.blocked_by_job_id
@@ -217,7 +259,7 @@ class LockedQueue:
         fields = ["blocked_by_job_id", "conflict_reason"]
         if first or job.queued_at is None:
             job.queued_at = timezone.now()
-            job.queue_position = line_position(job)
+            job.queue_position = self._position_on_entry(job)
             fields += ["queued_at", "queue_position"]
         job.save(update_fields=fields)
         self._mirror_blocker(job)
@@ -237,6 +279,13 @@ class LockedQueue:
             details={"blocked_by_job_id": str(job.blocked_by_job_id), "previous": str(previous) if previous else None},
         )
 
+    def _position_on_entry(self, job: Job) -> int:
+        """Its place in the global line when it joined: at the back (the usual case) that is the
+        counter; only a job that overtakes lower-priority ones is counted from the head."""
+        if not line().filter(priority__lt=job.priority).exists():
+            return self.pending_count()
+        return line_position(job)
+
     def release(self, job: Job) -> None:
         """Free the slot a finishing job held (if any still names it)."""
         self.running.pop(job.job_id, None)
@@ -249,32 +298,51 @@ class LockedQueue:
                 slot.save()
 
     def dispatch(self) -> list[Job]:
-        """Start, in line order, every pending job that may start now (rules 1-3)."""
+        """Start every waiting job that may start now (rules 1-3), in line order."""
         if self.free_slot() is None:
             return []
-        waiting = line()
-        count = waiting.count()
+        count = self.pending_count()
         if count == 0:
             logger.info("[COORDINATOR] No queued jobs")
             return []
         logger.info("[COORDINATOR] Found %d queued job(s), checking for next eligible job...", count)
         started: list[Job] = []
-        # Models an earlier, still-waiting job needs: nobody behind it may take them (rule 3).
-        claimed: set[str] = set()
-        all_models = set(self.capacities)
-        for job in waiting.iterator(chunk_size=200):
-            if self.free_slot() is None:
+        while self.free_slot() is not None:
+            job = self._next_startable()
+            if job is None:
                 break
-            models = set(job.required_models)
-            if models & claimed or self.conflicts(models):
-                claimed |= models
-                if all_models <= claimed:
-                    break
-                continue
             logger.info("[COORDINATOR] Starting next queued job: %s", job.job_id)
             self.start(job)
             started.append(job)
         return started
+
+    def _next_startable(self) -> Job | None:
+        """The first job in line that heads the line of every model it needs, all of them free."""
+        if self.slot_count == 1:
+            # Serialized mode is global FIFO: only the head of the whole line may start.
+            head = line().first()
+            return head if head is not None and not self.conflicts(head.required_models) else None
+        in_use = self.models_in_use()
+        heads: dict[str, Job | None] = {}
+
+        def head_of(model: str) -> Job | None:
+            if model not in heads:
+                row = model_line(model).select_related("job").first()
+                heads[model] = row.job if row else None
+            return heads[model]
+
+        candidates = {
+            head.job_id: head
+            for model in self.capacities
+            if in_use[model] < self.capacity(model) and (head := head_of(model)) is not None
+        }
+        for job in sorted(candidates.values(), key=line_key):
+            heads_all = all(
+                (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
+            )
+            if heads_all and not self.conflicts(job.required_models):
+                return job
+        return None
 
     def settle_after(self, *finished_job_ids) -> list[Job]:
         """After jobs left the line or their slots: start what may start, re-point their waiters (I2, I4).
