@@ -26,5 +26,9 @@ run: migrate
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark (README, Performance): needs PostgreSQL; creates and drops its own database.
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) staticfiles test_db_*.sqlite3*

@@ -96,7 +96,8 @@ def _finish(
     refusal = None
     with transaction.atomic():
         queue = LockedQueue(take_next=take_next)
-        job = _locked_job(job_id)
+        # A running job was read under the lock already; only a late or odd call needs a fetch.
+        job = queue.running_job(job_id) or _locked_job(job_id)
         if job.status != Job.Status.RUNNING or job.attempt != attempt:
             # Recorded, and committed, before refusing: a late worker's call is part of the story.
             refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"

@@ -201,7 +201,7 @@ LOGGING = {
     "loggers": {
         "job_coordinator": {
             "handlers": ["coordinator_console"] + (["coordinator_file"] if LOG_FILE else []),
-            "level": "INFO",
+            "level": os.environ.get("COORDINATOR_LOG_LEVEL", "INFO"),
             "propagate": False,
         },
     },

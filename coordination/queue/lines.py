@@ -55,7 +55,9 @@ def line_position(job: Job) -> int:
 def waiting_for(job: Job) -> list[dict]:
     """For each model a pending job needs: who holds it now and how many wait before it in its line."""
     holders: dict[str, list[Job]] = {}
-    for running in Job.objects.filter(status=Job.Status.RUNNING).only("job_id", "kind", "required_models"):
+    # In the order they started, as the coordinator names them: the first holder is the blocker.
+    running_jobs = Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
+    for running in running_jobs.only("job_id", "kind", "required_models"):
         for model in running.required_models:
             holders.setdefault(model, []).append(running)
     return [

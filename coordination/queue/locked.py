@@ -15,17 +15,17 @@ ten or a hundred thousand jobs wait (DESIGN.md §9).
 """
 
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import line, line_position, model_line, nearest_ahead
+from coordination.queue.lines import NEAREST_FIRST, line, line_position, model_line, nearest_ahead
 
 logger = logging.getLogger("job_coordinator")
 
@@ -52,6 +52,29 @@ def line_key(job: Job) -> tuple:
     return (-job.priority, job.created_at, job.job_id)
 
 
+def heads_of(models: list[str]) -> dict[str, Job | None]:
+    """The first waiting job in each model's line: one index probe per model, sent as one query
+    (a LATERAL join) on PostgreSQL."""
+    if not models:
+        return {}
+    if connection.vendor != "postgresql":
+        rows = {model: model_line(model).select_related("job").first() for model in models}
+        return {model: row.job if row else None for model, row in rows.items()}
+    table = JobLine._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT m.name, head.job_id FROM unnest(%s::text[]) AS m(name)
+                LEFT JOIN LATERAL (
+                    SELECT job_id FROM {table} WHERE model = m.name
+                    ORDER BY priority DESC, created_at ASC, job_id ASC LIMIT 1
+                ) AS head ON true""",
+            [models],
+        )
+        head_ids = dict(cursor.fetchall())
+    jobs = Job.objects.in_bulk([job_id for job_id in head_ids.values() if job_id])
+    return {model: jobs.get(head_ids.get(model)) for model in models}
+
+
 @dataclass(frozen=True)
 class Verdict:
     can_start: bool
@@ -74,6 +97,7 @@ class LockedQueue:
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
         self.taken: Job | None = None
+        self._pending: int | None = None
 
     def _lock_slots(self) -> list[JobQueueState]:
         def locked():
@@ -92,22 +116,36 @@ class LockedQueue:
 
     # --- the waiting-jobs counter ---------------------------------------------------------------
 
-    def _count_pending(self, delta: int) -> None:
-        if not JobQueueCounter.objects.filter(id=1).update(pending=F("pending") + delta):
-            self.recount_pending()
+    def _count_pending(self, delta: int) -> int:
+        """Move the counter and return its new value, in one statement."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {JobQueueCounter._meta.db_table} SET pending = pending + %s WHERE id = 1 RETURNING pending",
+                [delta],
+            )
+            row = cursor.fetchone()
+        self._pending = row[0] if row else self.recount_pending()
+        return self._pending
 
     def pending_count(self) -> int:
-        counter = JobQueueCounter.objects.filter(id=1).first()
-        return counter.pending if counter else self.recount_pending()
+        if self._pending is None:
+            counter = JobQueueCounter.objects.filter(id=1).first()
+            self._pending = counter.pending if counter else self.recount_pending()
+        return self._pending
 
-    @staticmethod
-    def recount_pending() -> int:
+    def recount_pending(self) -> int:
         """Set the counter from the jobs themselves (first use, or a repair); this one counts."""
-        pending = Job.objects.filter(status=Job.Status.PENDING).count()
-        JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": pending})
-        return pending
+        self._pending = Job.objects.filter(status=Job.Status.PENDING).count()
+        JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": self._pending})
+        return self._pending
 
     # --- reading the locked state ---------------------------------------------------------------
+
+    def running_job(self, job_id) -> Job | None:
+        try:
+            return self.running.get(uuid.UUID(str(job_id)))
+        except ValueError:
+            return None
 
     def capacity(self, model: str) -> int:
         return self.capacities.get(model, 1)
@@ -133,27 +171,34 @@ class LockedQueue:
                 found.append((model, holder))
         return found
 
-    def predecessor(self, job: Job) -> Job | None:
+    def predecessor(self, job: Job, *, new: bool = False, any_model: bool = False) -> Job | None:
         """The nearest pending job ahead of `job` that it must wait behind (rule 3).
 
         In serialized mode that is simply the job before it (global FIFO); with more slots, the
-        nearest earlier job in the line of one of its models.
+        nearest earlier job in the line of one of its models. A `new` job is the last accepted, so
+        everything at its priority or above is ahead of it: one probe instead of two.
         """
-        if self.slot_count == 1:
-            return nearest_ahead(line(), job)
+        def nearest(rows):
+            if new:
+                return rows.filter(priority__gte=job.priority).order_by(*NEAREST_FIRST).first()
+            return nearest_ahead(rows, job)
+
+        if self.slot_count == 1 or any_model:
+            return nearest(line().exclude(job_id=job.job_id) if new else line())
         for model in job.required_models:
-            row = nearest_ahead(JobLine.objects.filter(model=model).select_related("job"), job)
+            # A new job has no line rows yet: it enters its lines only if it has to wait.
+            row = nearest(JobLine.objects.filter(model=model).select_related("job"))
             if row is not None:
                 return row.job
         return None
 
-    def assess(self, job: Job) -> Verdict:
+    def assess(self, job: Job, *, new: bool = False) -> Verdict:
         """May `job` start now? If not, which job it waits for and why, in words."""
         conflicts = self.conflicts(job.required_models)
         if conflicts:
             logger.info("[COORDINATOR] Model conflict detected: %s", models_repr(m for m, _ in conflicts))
 
-        ahead = self.predecessor(job)
+        ahead = self.predecessor(job, new=new)
         if ahead is not None:
             shared = [m for m in job.required_models if m in ahead.required_models]
             if shared:
@@ -169,6 +214,13 @@ class LockedQueue:
             return Verdict(False, conflicts[0][1], reason)
 
         if self.free_slot() is None:
+            if self.slot_count > 1:
+                # Wait behind the job before it in the global line, so that when a slot frees only
+                # the first of the slot-waiters needs re-pointing, not all of them.
+                ahead = self.predecessor(job, new=new, any_model=True)
+                if ahead is not None:
+                    reason = f"All {self.slot_count} slots are busy; waiting in line behind {ahead.kind} job {ahead.job_id}"
+                    return Verdict(False, ahead, reason)
             holder = next(iter(self.running.values()))
             if self.slot_count == 1:
                 models = ", ".join(holder.required_models)
@@ -183,7 +235,7 @@ class LockedQueue:
     def admit(self, job: Job) -> None:
         """Start a newly accepted job, or queue it with its blocking info."""
         logger.info("[COORDINATOR] Checking if job %s can start - Models: %s", job.job_id, job.required_models)
-        verdict = self.assess(job)
+        verdict = self.assess(job, new=True)
         if verdict.can_start:
             if self.running:
                 logger.info("[COORDINATOR] No model conflict - %s can start immediately", job.job_id)
@@ -323,19 +375,15 @@ class LockedQueue:
             head = line().first()
             return head if head is not None and not self.conflicts(head.required_models) else None
         in_use = self.models_in_use()
-        heads: dict[str, Job | None] = {}
+        free_models = [model for model in self.capacities if in_use[model] < self.capacity(model)]
+        heads: dict[str, Job | None] = heads_of(free_models)
 
         def head_of(model: str) -> Job | None:
             if model not in heads:
-                row = model_line(model).select_related("job").first()
-                heads[model] = row.job if row else None
+                heads.update(heads_of([model]))
             return heads[model]
 
-        candidates = {
-            head.job_id: head
-            for model in self.capacities
-            if in_use[model] < self.capacity(model) and (head := head_of(model)) is not None
-        }
+        candidates = {head.job_id: head for head in heads.values() if head is not None}
         for job in sorted(candidates.values(), key=line_key):
             heads_all = all(
                 (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models

@@ -1,4 +1,5 @@
 import time
+from datetime import datetime, timezone
 
 from coordination.runners.base import RunnerCall, RunnerError
 
@@ -10,6 +11,7 @@ class SimulatedRunner:
     tick = 0.1
 
     def run(self, call: RunnerCall) -> dict:
+        began = datetime.now(timezone.utc)
         seconds = float(call.params.get("simulate_seconds", call.default_seconds))
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -22,6 +24,8 @@ class SimulatedRunner:
             "model": call.model,
             "output": f"simulated://{call.model}/{call.job_id}",
             "seconds": seconds,
+            # When the model call began: what dispatch latency is measured to (bench/).
+            "runner_started_at": began.isoformat(),
             "prompt": call.prompt,
             "inputs": call.inputs,
         }

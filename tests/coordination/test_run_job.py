@@ -1,5 +1,7 @@
 """coordination.tasks.run_job, called in-process as django-q2 would call it (DESIGN.md §5, §8, I5)."""
 
+from datetime import datetime
+
 import pytest
 
 from coordination.models import Job
@@ -32,6 +34,8 @@ def test_run_job_completes_the_job_with_the_runners_result(user, runner_calls):
 
     job = fresh(job)
     assert job.status == Job.Status.COMPLETED
+    began = datetime.fromisoformat(job.result.pop("runner_started_at"))
+    assert job.started_at <= began <= job.completed_at
     assert job.result == {
         "runner": "simulated",
         "model": "motion-2.0-fast",

@@ -1,0 +1,325 @@
+"""The coordinator's benchmark: one command, one fresh PostgreSQL database, one table of figures.
+
+    make bench            # or: .venv/bin/python bench/run.py [--quick]
+
+Measures, in one run on this machine:
+  (a) the cost of one submit and one completion with 100, 10,000 and 100,000 jobs already waiting
+      (bulk-inserted), as times and as the ratio to the 100 case;
+  (b) end-to-end throughput of zero-second jobs with 2 worker processes, against bare django-q2
+      running as many no-op tasks on the same database with the same cluster settings;
+  (c) latency from a job's completion to the next job's runner starting, p50 and p99;
+  (d) database queries per job life cycle (submit -> start -> complete), counted;
+  (e) serialized mode (one slot): zero-second jobs back to back, in jobs per second.
+
+Nothing here asserts a time: it prints what it measured, and the README quotes it.
+"""
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgres://root@127.0.0.1:5432/postgres")
+DB_NAME = os.environ.get("BENCH_DB", "jobqueue_bench")
+DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
+MODELS = ["nano-banana-pro-leonardo", "motion-2.0-fast", "flux-dev", "minimax/video-01"]
+
+
+def fresh_database() -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def django_setup(slots: int) -> None:
+    os.environ["DATABASE_URL"] = DB_URL
+    os.environ["COORDINATOR_MAX_ACTIVE_JOBS"] = str(slots)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jobqueue_site.settings")
+    # This process prints the table; its own coordinator lines would bury it (workers keep theirs).
+    os.environ["COORDINATOR_LOG_LEVEL"] = "WARNING"
+    os.environ["LOG_LEVEL"] = "WARNING"
+    sys.path.insert(0, str(BASE_DIR))
+    import django
+
+    django.setup()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def reset_queue() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE job_model_lines, workflow_executions, jobs, job_queue_log, job_queue_counters, "
+            "job_queue_state, django_q_ormq, django_q_task"
+        )
+
+
+# --- (a) decision cost against queue length ---------------------------------------------------
+
+
+def fill_queue(size: int, owner) -> None:
+    """One job running on motion-2.0-fast and `size` waiting behind it, as the coordinator would
+    have left them (each names the one before it), written in bulk."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from coordination.models import Job, JobLine, JobQueueCounter
+    from coordination.services import job_submit
+
+    running = job_submit(owner=owner, model="motion-2.0-fast", prompt="running", params={"simulate_seconds": 0})
+    base = timezone.now()
+    previous = running.job_id
+    batch_jobs, batch_lines = [], []
+    with transaction.atomic():
+        for i in range(size):
+            job_id = uuid.uuid4()
+            created = base + timedelta(microseconds=i + 1)
+            batch_jobs.append(Job(
+                job_id=job_id, kind="normal", job_type="video", model="motion-2.0-fast", prompt=f"waiting {i}",
+                params={"simulate_seconds": 0}, owner=owner, status="pending", required_models=["motion-2.0-fast"],
+                blocked_by_job_id=previous, conflict_reason=f"Waiting in line for motion-2.0-fast behind normal job {previous}",
+                queued_at=created, created_at=created, queue_position=i + 1,
+            ))
+            batch_lines.append(JobLine(job_id=job_id, model="motion-2.0-fast", priority=0, created_at=created))
+            previous = job_id
+            if len(batch_jobs) == 5000:
+                Job.objects.bulk_create(batch_jobs)
+                JobLine.objects.bulk_create(batch_lines)
+                batch_jobs, batch_lines = [], []
+        Job.objects.bulk_create(batch_jobs)
+        JobLine.objects.bulk_create(batch_lines)
+        JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": size})
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs; ANALYZE job_model_lines;")
+
+
+def measure_decisions(size: int, owner, repeats: int) -> dict:
+    from coordination.models import Job
+    from coordination.services import job_cancel, job_complete, job_submit
+
+    reset_queue()
+    fill_queue(size, owner)
+    submits, completions = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        job = job_submit(owner=owner, model="motion-2.0-fast", prompt="bench", params={"simulate_seconds": 0})
+        submits.append(time.perf_counter() - began)
+        job_cancel(job_id=job.job_id)  # keep the queue at its size
+    for _ in range(repeats):
+        running = Job.objects.get(status="running")
+        began = time.perf_counter()
+        job_complete(job_id=running.job_id, attempt=running.attempt)  # starts the head of the line
+        completions.append(time.perf_counter() - began)
+    return {"submit": statistics.median(submits), "complete": statistics.median(completions)}
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, slots: int, workers: int, log_path: Path):
+        env = {**os.environ, "DATABASE_URL": DB_URL, "COORDINATOR_MAX_ACTIVE_JOBS": str(slots),
+               "COORDINATOR_WORKERS": str(workers), "COORDINATOR_LOG_LEVEL": "INFO", "LOG_LEVEL": "INFO",
+               "LOG_FILE": ""}
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=BASE_DIR, env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_running(self, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while "running." not in self.log_path.read_text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"qcluster did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.005)
+        return time.perf_counter()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_for(predicate, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("benchmark run did not finish in time")
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
+def drain_jobs(count: int, slots: int, owner, workers: int, tmp: Path) -> dict:
+    """Submit `count` zero-second jobs with the workers stopped, then time how long 2 workers take."""
+    from django.db import close_old_connections
+
+    from coordination.models import Job
+    from coordination.services import job_submit
+
+    reset_queue()
+    rng = random.Random(7)
+    for _ in range(count):
+        job_submit(owner=owner, model=rng.choice(MODELS), prompt="bench", params={"simulate_seconds": 0})
+    cluster = Cluster(slots, workers, tmp / f"qcluster-{slots}.log")
+    try:
+        began = cluster.wait_running()
+        ended = wait_for(lambda: not Job.objects.exclude(status__in=Job.FINISHED).exists(), timeout=600)
+    finally:
+        cluster.stop()
+        close_old_connections()
+    failed = Job.objects.exclude(status="completed").count()
+    return {"seconds": ended - began, "rate": count / (ended - began), "failed": failed,
+            "latencies": dispatch_latencies()}
+
+
+def drain_bare(count: int, workers: int, tmp: Path) -> dict:
+    from django_q.models import OrmQ
+    from django_q.tasks import async_task
+
+    reset_queue()
+    for _ in range(count):
+        async_task("bench.tasks.noop")
+    cluster = Cluster(1, workers, tmp / "qcluster-bare.log")
+    try:
+        began = cluster.wait_running()
+        ended = wait_for(lambda: not OrmQ.objects.exists(), timeout=600)
+    finally:
+        cluster.stop()
+    return {"seconds": ended - began, "rate": count / (ended - began)}
+
+
+def dispatch_latencies() -> list[float]:
+    """For each job that waited: its runner's start minus the completion that started it.
+
+    The completion that started job B is the one whose transaction wrote B's `started` row: the
+    `completed` row just before it in the audit log (log ids follow the coordinator lock's order).
+    """
+    from coordination.models import Job, JobQueueLog
+
+    completed_at = dict(Job.objects.values_list("job_id", "completed_at"))
+    runner_start = {
+        job_id: datetime.fromisoformat(result["runner_started_at"])
+        for job_id, result in Job.objects.filter(queued_at__isnull=False).values_list("job_id", "result")
+        if result
+    }
+    latencies, last_finished = [], None
+    for job_id, event in JobQueueLog.objects.filter(event_type__in=["completed", "failed", "started"]).order_by(
+        "id"
+    ).values_list("job_id", "event_type"):
+        if event != "started":
+            last_finished = job_id
+        elif job_id in runner_start and last_finished is not None:
+            latencies.append((runner_start[job_id] - completed_at[last_finished]).total_seconds())
+    return latencies
+
+
+# --- (d) queries per life cycle --------------------------------------------------------------------
+
+
+def count_queries(owner) -> dict:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from coordination.services import job_claim, job_complete, job_finish_and_take_next, job_submit
+
+    reset_queue()
+    counts = {}
+    with CaptureQueriesContext(connection) as q:
+        first = job_submit(owner=owner, model="flux-dev", prompt="a", params={"simulate_seconds": 0})
+    counts["submit, starts at once"] = len(q)
+    with CaptureQueriesContext(connection) as q:
+        second = job_submit(owner=owner, model="flux-dev", prompt="b", params={"simulate_seconds": 0})
+    counts["submit, has to wait"] = len(q)
+    with CaptureQueriesContext(connection) as q:
+        job_claim(job_id=first.job_id, attempt=1)
+    counts["claim (worker takes its job)"] = len(q)
+    with CaptureQueriesContext(connection) as q:
+        taken = job_finish_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    counts["complete + start the next + hand it over"] = len(q)
+    assert taken is not None and taken.job_id == second.job_id
+    with CaptureQueriesContext(connection) as q:
+        job_complete(job_id=second.job_id, attempt=1, result={})
+    counts["complete, nothing waiting"] = len(q)
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
+    drain_count = 300 if args.quick else 2_000
+    serial_count = 300 if args.quick else 1_000
+    repeats = 15 if args.quick else 40
+
+    fresh_database()
+    django_setup(slots=1)
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    owner = get_user_model().objects.create(username="bench", is_staff=True)
+    tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
+    print(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
+
+    print("(a) decision cost, median of", repeats, "(submit to the back of a line; completion that starts its head)")
+    print(f"    {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
+    for slots in (1, 4):
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
+        base = None
+        for size in sizes:
+            cost = measure_decisions(size, owner, repeats)
+            base = base or cost
+            print(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
+                  f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+
+    print("\n(d) database queries per step of a job's life")
+    for step, count in count_queries(owner).items():
+        print(f"    {count:>3}  {step}")
+
+    print(f"\n(b) throughput, {drain_count} zero-second jobs over 4 models, 2 worker processes")
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
+    ours = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp)
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+    bare = drain_bare(drain_count, workers=2, tmp=tmp)
+    print(f"    coordinator (2 slots): {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
+    print(f"    bare django-q2 no-op:  {bare['rate']:>7.0f} tasks/s ({bare['seconds']:.2f} s)")
+    print(f"    ratio: {ours['rate'] / bare['rate']:.2f} (target >= 0.5)")
+
+    print(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
+    serial = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp)
+    print(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed) (target >= 100)")
+
+    print("\n(c) latency from a job's completion to the next job's runner starting")
+    poll_ms = settings.Q_CLUSTER["poll"] * 1000
+    for name, run in (("serialized (e)", serial), ("2 slots (b)", ours)):
+        lat = [value * 1000 for value in run["latencies"]]
+        print(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
+              f"  max {max(lat):6.1f} ms  (n={len(lat)}; target p99 <= poll {poll_ms:.0f} ms + 50 ms)")
+
+
+if __name__ == "__main__":
+    main()

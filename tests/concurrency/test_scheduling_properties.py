@@ -1,0 +1,342 @@
+"""The scheduling rules (DESIGN.md §3) as properties: hypothesis drives the real services on
+PostgreSQL through random runs — submissions of jobs and workflows at random priorities, completions,
+failures, hand-offs, cancellations and slot resets — with 1 to 4 slots and models of capacity 1 or 2, and after
+every step checks the invariants against the database.
+
+The test keeps its own model of the line (priority, then the order in which it submitted): every
+start the coordinator makes is replayed against that model in the order of the `started` audit rows,
+and must have been allowed by rules 1-3 at that moment (I1, I3). After each step, no waiting job may
+be startable by the rules (I2, computed here from the rows, not by the coordinator's code), every
+waiting job must name a live blocker (I4), and the per-model lines, the waiting-jobs counter and
+the slot rows must agree with the jobs.
+"""
+
+import itertools
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from django.test import override_settings
+from hypothesis import HealthCheck, Phase, settings as hypothesis_settings, strategies as st, target
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from coordination.exceptions import InvalidTransition, StaleAttempt
+from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.services import (
+    job_cancel,
+    job_complete,
+    job_fail,
+    job_finish_and_take_next,
+    job_submit,
+    queue_clear_stale,
+    queue_reset,
+)
+from tests.factories import UserFactory
+from tests.helpers import assert_exclusion, assert_honest_waiting
+from workflows.models import WorkflowDefinition, WorkflowStep
+from workflows.services import workflow_execute
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+MODELS = ["nano-banana-pro-leonardo", "motion-2.0-fast", "flux-dev", "minimax/video-01"]
+KNIGHT = "knight-style-img-to-video"
+RANDOM_WORKFLOW = "random-models"
+NO_WAIT = {"simulate_seconds": 0}
+INPUTS = {"input_image": "https://example.com/user.jpg"}
+
+EXAMPLES_PER_SLOT_COUNT = 10
+STEPS = 30
+# A failure is reported at once, as generated: shrinking runs this slow takes many minutes. For the
+# shortest failing run, set HYPOTHESIS_SHRINK=1.
+PHASES = [phase for phase in Phase if os.environ.get("HYPOTHESIS_SHRINK") or phase != Phase.shrink]
+
+
+@dataclass
+class Rec:
+    """The test's own record of a job: enough to place it in line and know what it holds."""
+
+    job_id: object
+    seq: int  # the order in which the test submitted it (= acceptance order: one client, in turn)
+    priority: int
+    models: tuple[str, ...]
+    status: str = Job.Status.PENDING
+
+    @property
+    def line_key(self) -> tuple:
+        return (-self.priority, self.seq)
+
+
+def clean_job_tables() -> None:
+    """Every example starts empty; the seeded catalog and the guide's workflow stay."""
+    from django_q.models import OrmQ
+
+    JobLine.objects.all().delete()
+    Job.objects.all().delete()  # and, by cascade, workflow executions
+    JobQueueLog.objects.all().delete()
+    JobQueueCounter.objects.all().delete()
+    JobQueueState.objects.all().delete()
+    OrmQ.objects.all().delete()  # the tasks the starts enqueued; no worker runs here
+    WorkflowDefinition.objects.filter(workflow_id=RANDOM_WORKFLOW).delete()
+    CatalogModel.objects.update(capacity=1)
+
+
+class SchedulingMachine(RuleBasedStateMachine):
+    staff = None  # a staff user (priority > 0 is staff-only), set by the test
+    slot_count = 1  # set by the test
+
+    def __init__(self):
+        super().__init__()
+        clean_job_tables()
+        self.override = override_settings(COORDINATOR_MAX_ACTIVE_JOBS=self.slot_count)
+        self.override.enable()
+        self.jobs: dict = {}
+        self.seq = itertools.count()
+        self.capacities = dict.fromkeys(MODELS, 1)
+        self.workflow_models = {KNIGHT: ("nano-banana-pro-leonardo", "motion-2.0-fast")}
+        self.last_log_id = 0
+        self.last_created_at = None
+        self.starts_from_line = 0
+
+    def teardown(self):
+        # Steer the search towards runs where many waiting jobs were started: there rules 1-3 have
+        # the most to decide (long lines alone would favour runs that only submit).
+        target(float(self.starts_from_line), label="waiting jobs started")
+        self.override.disable()
+        clean_job_tables()
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    @initialize(
+        capacities=st.lists(st.integers(1, 2), min_size=len(MODELS), max_size=len(MODELS)),
+        steps=st.lists(st.sampled_from(MODELS), min_size=2, max_size=3),
+    )
+    def configure(self, capacities, steps):
+        for name, capacity in zip(MODELS, capacities):
+            CatalogModel.objects.filter(name=name).update(capacity=capacity)
+            self.capacities[name] = capacity
+        # A second workflow over a random set of models (a repeated model is held once).
+        workflow = WorkflowDefinition.objects.create(workflow_id=RANDOM_WORKFLOW, name="Random", inputs=["input_image"])
+        for position, name in enumerate(steps, start=1):
+            WorkflowStep.objects.create(
+                workflow=workflow, position=position, name=f"step {position}",
+                default_model=CatalogModel.objects.get(name=name),
+            )
+        self.workflow_models[RANDOM_WORKFLOW] = tuple(dict.fromkeys(steps))
+
+    # --- the test's model -----------------------------------------------------------------------
+
+    def with_status(self, status) -> list[Rec]:
+        return sorted((rec for rec in self.jobs.values() if rec.status == status), key=lambda rec: rec.seq)
+
+    def running(self) -> list[Rec]:
+        return self.with_status(Job.Status.RUNNING)
+
+    def pending(self) -> list[Rec]:
+        return self.with_status(Job.Status.PENDING)
+
+    def accepted(self, job: Job, models: tuple[str, ...], priority: int) -> None:
+        assert tuple(job.required_models) == models
+        # One client submitting in turn: acceptance times strictly increase, so the line order the
+        # coordinator uses (priority, created_at, job_id) is the test's (priority, seq).
+        assert self.last_created_at is None or job.created_at > self.last_created_at
+        self.last_created_at = job.created_at
+        self.jobs[job.job_id] = Rec(job.job_id, next(self.seq), priority, models)
+        self.replay_starts(accepted=job.job_id)
+
+    def replay_starts(self, *, accepted=None) -> list:
+        """Replay this step's starts, in audit order, against rules 1-3 (I1, I3), then compare
+        every job's status with the database. Returns the ids of the jobs started, in order."""
+        rows = list(
+            JobQueueLog.objects.filter(id__gt=self.last_log_id).order_by("id").values_list("id", "event_type", "job_id")
+        )
+        if rows:
+            self.last_log_id = rows[-1][0]
+        started = []
+        for _, event, job_id in rows:
+            if event != JobQueueLog.Event.STARTED:
+                continue
+            job = self.jobs[job_id]
+            assert job.status == Job.Status.PENDING, f"started a job that was {job.status}"
+            running = self.running()
+            assert len(running) < self.slot_count, f"rule 1: started {job_id} with all {self.slot_count} slots busy"
+            in_use = Counter(model for rec in running for model in rec.models)
+            for model in job.models:
+                assert in_use[model] < self.capacities[model], f"rule 2 (I1): started {job_id} on {model}, already full"
+            for other in self.pending():
+                if other is job or other.line_key > job.line_key:
+                    continue
+                shares = self.slot_count == 1 or set(other.models) & set(job.models)
+                assert not shares, (
+                    f"rule 3 (I3): started {job_id} {job.models} at priority {job.priority} while "
+                    f"{other.job_id} {other.models} at priority {other.priority} stood before it in line"
+                )
+            job.status = Job.Status.RUNNING
+            started.append(job_id)
+            if job_id != accepted:
+                self.starts_from_line += 1
+        actual = dict(Job.objects.values_list("job_id", "status"))
+        expected = {job_id: rec.status for job_id, rec in self.jobs.items()}
+        assert actual == expected
+        return started
+
+    # --- rules ----------------------------------------------------------------------------------
+
+    submission = st.one_of(
+        st.tuples(st.just("job"), st.sampled_from(MODELS), st.integers(-2, 2)),
+        st.tuples(st.just("workflow"), st.sampled_from([KNIGHT, RANDOM_WORKFLOW]), st.integers(-2, 2)),
+    )
+
+    @rule(submissions=st.lists(submission, min_size=1, max_size=3))
+    def submit(self, submissions):
+        """Submit a few jobs or workflows in turn (a few per step, so that lines grow long)."""
+        for kind, name, priority in submissions:
+            if kind == "job":
+                job = job_submit(owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority)
+                self.accepted(job, (name,), priority)
+            else:
+                job = workflow_execute(
+                    owner=self.staff, workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
+                )
+                self.accepted(job, self.workflow_models[name], priority)
+
+    @precondition(lambda self: self.running())
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from([Job.Status.COMPLETED, Job.Status.FAILED]),
+        take_next=st.booleans(),
+    )
+    def finish_one(self, data, outcome, take_next):
+        """A running job completes or fails, reported as a worker does: with its current attempt,
+        with or without taking the next job it starts (the worker hand-off)."""
+        rec = data.draw(st.sampled_from(self.running()))
+        attempt = Job.objects.get(pk=rec.job_id).attempt
+        taken = None
+        if take_next:
+            taken = job_finish_and_take_next(job_id=rec.job_id, attempt=attempt, status=outcome, result={"output": "x"})
+        elif outcome == Job.Status.COMPLETED:
+            job_complete(job_id=rec.job_id, attempt=attempt, result={"output": "x"})
+        else:
+            job_fail(job_id=rec.job_id, attempt=attempt, error="boom")
+        rec.status = outcome
+        started = self.replay_starts()
+        if take_next:
+            # The worker takes the first job its report started, already claimed for its attempt.
+            assert (taken.job_id if taken else None) == (started[0] if started else None)
+            if taken:
+                taken = Job.objects.get(pk=taken.job_id)
+                assert taken.claimed_attempt == taken.attempt == 1
+
+    @precondition(lambda self: self.pending())
+    @rule(data=st.data())
+    def cancel_one(self, data):
+        rec = data.draw(st.sampled_from(self.pending()))
+        job_cancel(job_id=rec.job_id, user=self.staff)
+        rec.status = Job.Status.CANCELLED
+        self.replay_starts()
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data())
+    def refusals_and_repairs_change_nothing(self, data):
+        """A late worker's report and a cancel of a running job are refused; the operators' repair
+        finds nothing to repair and nothing to start while the invariants hold."""
+        rec = data.draw(st.sampled_from(self.running()))
+        attempt = Job.objects.get(pk=rec.job_id).attempt
+        with pytest.raises(StaleAttempt):
+            job_complete(job_id=rec.job_id, attempt=attempt + 1, result={})
+        with pytest.raises(InvalidTransition):
+            job_cancel(job_id=rec.job_id, user=self.staff)
+        assert queue_clear_stale(actor="property test") == {"repaired": [], "started": []}
+        self.replay_starts()
+
+    @precondition(lambda self: self.running())
+    @rule(data=st.data())
+    def operator_resets_a_busy_slot(self, data):
+        """The admin's "reset state" on one busy slot: its job is ended as failed, and whatever may
+        start then starts."""
+        busy = list(JobQueueState.objects.exclude(active_job_id=None).order_by("id").values_list("id", "active_job_id"))
+        slot_id, job_id = data.draw(st.sampled_from(busy))
+        assert queue_reset(actor="property test", slot_ids=[slot_id])["evicted"] == [str(job_id)]
+        self.jobs[job_id].status = Job.Status.FAILED
+        self.replay_starts()
+
+    # --- invariants, checked against the database after every step -----------------------------
+
+    @invariant()
+    def exclusion(self):
+        assert_exclusion(max_active=self.slot_count)  # I1
+
+    @invariant()
+    def no_idle_capacity(self):
+        """I2, computed from the rows: no waiting job may start by rules 1-3."""
+        jobs = list(Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING]))
+        running = [job for job in jobs if job.status == Job.Status.RUNNING]
+        waiting = sorted(
+            (job for job in jobs if job.status == Job.Status.PENDING),
+            key=lambda job: (-job.priority, job.created_at, job.job_id),
+        )
+        capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+        in_use = Counter(model for job in running for model in job.required_models)
+        slot_free = len(running) < self.slot_count
+        for index, job in enumerate(waiting):
+            models_free = all(in_use[model] < capacities[model] for model in job.required_models)
+            heads_its_lines = not any(
+                self.slot_count == 1 or set(ahead.required_models) & set(job.required_models)
+                for ahead in waiting[:index]
+            )
+            assert not (slot_free and models_free and heads_its_lines), (
+                f"I2: {job.job_id} {job.required_models} may start but waits ({job.conflict_reason})"
+            )
+
+    @invariant()
+    def honest_waiting(self):
+        assert_honest_waiting()  # I4
+
+    @invariant()
+    def lines_counter_and_slots_agree_with_the_jobs(self):
+        waiting = {job.job_id: job for job in Job.objects.filter(status=Job.Status.PENDING)}
+        expected = {
+            (job_id, model, job.priority, job.created_at)
+            for job_id, job in waiting.items()
+            for model in job.required_models
+        }
+        rows = list(JobLine.objects.values_list("job_id", "model", "priority", "created_at"))
+        assert len(rows) == len(set(rows))
+        assert set(rows) == expected, "job_model_lines: one row per (waiting job, model it needs)"
+
+        counter = JobQueueCounter.objects.filter(id=1).first()
+        assert (counter.pending if counter else 0) == len(waiting), "the waiting-jobs counter"
+
+        running = {job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING)}
+        slots = list(JobQueueState.objects.exclude(active_job_id=None))
+        assert all(slot.id <= self.slot_count for slot in slots)
+        assert sorted(str(slot.active_job_id) for slot in slots) == sorted(str(job_id) for job_id in running)
+        for slot in slots:
+            assert slot.active_models == running[slot.active_job_id].required_models
+
+
+@pytest.mark.parametrize("slot_count", [1, 2, 3, 4])
+def test_random_runs_keep_the_scheduling_invariants(slot_count):
+    machine = type(
+        f"SchedulingWith{slot_count}Slots",
+        (SchedulingMachine,),
+        {"staff": UserFactory(is_staff=True), "slot_count": slot_count},
+    )
+    run_state_machine_as_test(
+        machine,
+        settings=hypothesis_settings(
+            max_examples=EXAMPLES_PER_SLOT_COUNT,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=None,
+            phases=PHASES,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
