@@ -267,6 +267,7 @@ def count_queries(owner) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--parts", default="abcde", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -284,6 +285,37 @@ def main() -> None:
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
     print(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
 
+    if "a" in args.parts:
+        decision_costs(sizes, owner, repeats)
+    if "d" in args.parts:
+        print("\n(d) database queries per step of a job's life")
+        for step, count in count_queries(owner).items():
+            print(f"    {count:>3}  {step}")
+    if "b" in args.parts or "c" in args.parts:
+        print(f"\n(b) throughput, {drain_count} zero-second jobs over 4 models, 2 worker processes")
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
+        ours = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp)
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+        bare = drain_bare(drain_count, workers=2, tmp=tmp)
+        print(f"    coordinator (2 slots): {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
+        print(f"    bare django-q2 no-op:  {bare['rate']:>7.0f} tasks/s ({bare['seconds']:.2f} s)")
+        print(f"    ratio: {ours['rate'] / bare['rate']:.2f} (target >= 0.5)")
+    if "e" in args.parts or "c" in args.parts:
+        print(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
+        serial = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp)
+        print(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed) (target >= 100)")
+    if "c" in args.parts:
+        print("\n(c) latency from a job's completion to the next job's runner starting")
+        poll_ms = settings.Q_CLUSTER["poll"] * 1000
+        for name, run in (("serialized (e)", serial), ("2 slots (b)", ours)):
+            lat = [value * 1000 for value in run["latencies"]]
+            print(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
+                  f"  max {max(lat):6.1f} ms  (n={len(lat)}; target p99 <= poll {poll_ms:.0f} ms + 50 ms)")
+
+
+def decision_costs(sizes: list[int], owner, repeats: int) -> None:
+    from django.conf import settings
+
     print("(a) decision cost, median of", repeats, "(submit to the back of a line; completion that starts its head)")
     print(f"    {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
     for slots in (1, 4):
@@ -295,30 +327,6 @@ def main() -> None:
             print(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
                   f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
-
-    print("\n(d) database queries per step of a job's life")
-    for step, count in count_queries(owner).items():
-        print(f"    {count:>3}  {step}")
-
-    print(f"\n(b) throughput, {drain_count} zero-second jobs over 4 models, 2 worker processes")
-    settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
-    ours = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp)
-    settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
-    bare = drain_bare(drain_count, workers=2, tmp=tmp)
-    print(f"    coordinator (2 slots): {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
-    print(f"    bare django-q2 no-op:  {bare['rate']:>7.0f} tasks/s ({bare['seconds']:.2f} s)")
-    print(f"    ratio: {ours['rate'] / bare['rate']:.2f} (target >= 0.5)")
-
-    print(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
-    serial = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp)
-    print(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed) (target >= 100)")
-
-    print("\n(c) latency from a job's completion to the next job's runner starting")
-    poll_ms = settings.Q_CLUSTER["poll"] * 1000
-    for name, run in (("serialized (e)", serial), ("2 slots (b)", ours)):
-        lat = [value * 1000 for value in run["latencies"]]
-        print(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
-              f"  max {max(lat):6.1f} ms  (n={len(lat)}; target p99 <= poll {poll_ms:.0f} ms + 50 ms)")
 
 
 if __name__ == "__main__":

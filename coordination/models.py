@@ -191,6 +191,12 @@ class JobQueueLogManager(models.Manager):
             details=details or {},
         )
 
+    def record_many(self, *, job: Job, events: list[tuple[str, dict]]) -> None:
+        """Several rows for one job in one statement, in order (their ids keep that order)."""
+        self.bulk_create(
+            [JobQueueLog(job_id=job.job_id, job_type=job.kind, event_type=event, details=details) for event, details in events]
+        )
+
 
 class JobQueueLog(models.Model):
     class Event(models.TextChoices):

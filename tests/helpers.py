@@ -35,6 +35,7 @@ def fail_audit(monkeypatch):
     from coordination.models import JobQueueLogManager
 
     record = JobQueueLogManager.record
+    record_many = JobQueueLogManager.record_many
 
     def arm(event_type: str) -> None:
         def failing_record(self, *, event_type=None, _failing=event_type, **kwargs):
@@ -42,7 +43,13 @@ def fail_audit(monkeypatch):
                 raise RuntimeError("audit write failed")
             return record(self, event_type=event_type, **kwargs)
 
+        def failing_record_many(self, *, job, events, _failing=event_type):
+            if any(event == _failing for event, _ in events):
+                raise RuntimeError("audit write failed")
+            return record_many(self, job=job, events=events)
+
         monkeypatch.setattr(JobQueueLogManager, "record", failing_record)
+        monkeypatch.setattr(JobQueueLogManager, "record_many", failing_record_many)
 
     return arm
 

@@ -92,7 +92,7 @@ class LockedQueue:
         self.running: dict = {
             job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")
         }
-        self.capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+        self._capacities: dict[str, int] | None = None
         # A worker finishing a job may take the first job that finish starts, and run it at once
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
@@ -147,6 +147,14 @@ class LockedQueue:
         except ValueError:
             return None
 
+    @property
+    def capacities(self) -> dict[str, int]:
+        # Read when first needed: a decision with every model idle (serialized mode's hand-off)
+        # never needs it.
+        if self._capacities is None:
+            self._capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+        return self._capacities
+
     def capacity(self, model: str) -> int:
         return self.capacities.get(model, 1)
 
@@ -166,7 +174,7 @@ class LockedQueue:
         in_use = self.models_in_use()
         found = []
         for model in models:
-            if in_use[model] >= self.capacity(model):
+            if in_use[model] and in_use[model] >= self.capacity(model):
                 holder = next(job for job in self.running.values() if model in job.required_models)
                 found.append((model, holder))
         return found
@@ -289,19 +297,14 @@ class LockedQueue:
         logger.info(
             "[COORDINATOR] Set active job: %s (%s) - Models: %s", job.job_id, job.kind, job.required_models
         )
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.STARTED,
-            job=job,
-            details={"slot": slot.id, "attempt": job.attempt, "models": job.required_models},
-        )
+        events = [(JobQueueLog.Event.STARTED, {"slot": slot.id, "attempt": job.attempt, "models": job.required_models})]
         if taken:
             # The finishing worker runs it next; nothing to deliver. Should that worker die, the job
             # is claimed and running, exactly as if its own task had been delivered and then died.
             self.taken = job
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": job.attempt, "handoff": True}
-            )
-        else:
+            events.append((JobQueueLog.Event.CLAIMED, {"attempt": job.attempt, "handoff": True}))
+        JobQueueLog.objects.record_many(job=job, events=events)
+        if not taken:
             transaction.on_commit(partial(enqueue_job_run, job.job_id, job.attempt))
 
     def block(self, job: Job, verdict: Verdict, *, first: bool) -> None:
