@@ -48,3 +48,10 @@ class StaleAttempt(InvalidTransition):
     """A worker acted for an attempt that is no longer the job's current one."""
 
     default_code = "stale_attempt"
+
+
+class PendingLimitReached(CoordinationError):
+    """The owner already has COORDINATOR_MAX_PENDING_PER_USER jobs waiting."""
+
+    status_code = 429
+    default_code = "pending_limit"

@@ -14,6 +14,15 @@ SCHEDULES = [
         "kwargs": "days=7",
         "schedule_type": "D",
     },
+    {
+        # django-q2's scheduler fires about once a minute at most; workers also reap between jobs
+        # every COORDINATOR_REAPER_SECONDS (coordination.recovery.reap_if_due).
+        "name": "reaper",
+        "func": "coordination.tasks.reap",
+        "kwargs": "",
+        "schedule_type": "I",
+        "minutes": 1,
+    },
 ]
 
 

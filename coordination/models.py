@@ -33,6 +33,12 @@ class CatalogModel(models.Model):
         default=5.0, help_text="How long the simulated runner takes when a job does not say."
     )
     description = models.TextField(blank=True, default="")
+    max_runtime_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A job running longer is failed as timed out (empty: COORDINATOR_JOB_TIMEOUT)."
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Runs a failing job may get in all (1: no retry)."
+    )
 
     class Meta:
         db_table = "model_catalog"
@@ -88,6 +94,10 @@ class Job(models.Model):
     # Every start is a new attempt; a worker acts for one attempt only (its fence).
     attempt = models.PositiveIntegerField(default=0)
     claimed_attempt = models.PositiveIntegerField(default=0)
+    # The running attempt's lease: its worker renews it; the reaper ends the attempt once it lapses.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "jobs"
@@ -210,6 +220,11 @@ class JobQueueLog(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
         REFUSED = "refused"
+        RETRIED = "retried"
+        CANCEL_REQUESTED = "cancel_requested"
+        LEASE_EXPIRED = "lease_expired"
+        TIMED_OUT = "timed_out"
+        REQUEUED = "requeued"
         STALE_CLEARED = "stale_cleared"
         STATE_RESET = "state_reset"
         PRUNED = "pruned"
@@ -231,3 +246,25 @@ class JobQueueLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.job_id or ''}".strip()
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` for one submission: the same key again returns the same job.
+
+    Written in the transaction that creates the job, so a key never names a job that was rolled
+    back; the unique constraint makes two racing requests with one key create one job.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    # sha256 of the validated request (path and body): the same key with another request is an error.
+    request_hash = models.CharField(max_length=64)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="idempotency_keys", db_column="job_id")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "idempotency_keys"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_keys_user_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.user_id})"

@@ -38,8 +38,12 @@ def job_queue_position(job: Job) -> int | None:
     return line_position(job) if job.status == Job.Status.PENDING else None
 
 
-def queue_status() -> dict:
-    """The usage guide's /queue/status, with every slot's job in `active_jobs`."""
+def queue_status(*, user=None) -> dict:
+    """The usage guide's /queue/status, with every slot's job in `active_jobs`.
+
+    `user`: who asks. Staff (and None: the operators' own tools) see every waiting job in full; any
+    other user sees their own in full and everyone else's only as place in line, kind and models.
+    """
     slots = list(JobQueueState.objects.filter(id__lte=settings.COORDINATOR_MAX_ACTIVE_JOBS).order_by("id"))
     active = [
         {
@@ -55,6 +59,7 @@ def queue_status() -> dict:
     first = active[0] if active else {"job_id": None, "job_type": None, "models": []}
     waiting = line()
     limit = settings.COORDINATOR_STATUS_LIST_LIMIT
+    sees_all = user is None or user.is_staff
     queued = [
         {
             "job_id": job.job_id,
@@ -67,6 +72,8 @@ def queue_status() -> dict:
             "conflict_reason": job.conflict_reason,
             "queued_at": job.queued_at,
         }
+        if sees_all or job.owner_id == user.pk
+        else {"queue_position": position, "kind": job.kind, "required_models": job.required_models}
         for position, job in enumerate(waiting[:limit], start=1)
     ]
     return {

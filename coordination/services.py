@@ -7,12 +7,22 @@ The worker task is enqueued on commit, never while the lock is held.
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from coordination.exceptions import InvalidJob, InvalidTransition, JobNotFound, NotAllowed, StaleAttempt, UnknownModel
+from coordination.exceptions import (
+    InvalidJob,
+    InvalidTransition,
+    JobNotFound,
+    NotAllowed,
+    PendingLimitReached,
+    StaleAttempt,
+    UnknownModel,
+)
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
 from coordination.queue import LockedQueue, line
 
@@ -35,12 +45,34 @@ def priority_check(*, owner, priority: int) -> None:
         raise NotAllowed("Only staff may submit jobs with a priority above 0.", field="priority")
 
 
+def pending_limit_check(*, owner) -> None:
+    """Refuse a new job while its owner already has the most jobs waiting that one user may have.
+
+    Called under the coordinator lock, so two submissions at once cannot both slip under the limit.
+    Staff (operators, the benchmark, load tests) and jobs without an owner are not limited.
+    """
+    limit = settings.COORDINATOR_MAX_PENDING_PER_USER
+    if owner is None or owner.is_staff or not limit:
+        return
+    waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING)[:limit].count()
+    if waiting >= limit:
+        raise PendingLimitReached(
+            f"You have {waiting} jobs waiting; the limit is {limit} (COORDINATOR_MAX_PENDING_PER_USER). "
+            "Submit more once some have started, or cancel some."
+        )
+
+
 def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> Job:
-    """Insert a new job and start it or queue it, in one transaction under the coordinator lock."""
+    """Insert a new job and start it or queue it, in one transaction under the coordinator lock.
+
+    `on_create(job)` runs in that transaction right after the insert (a workflow's execution row, an
+    idempotency key): if it raises, the job is rolled back with it.
+    """
     if not job.required_models:
         raise InvalidJob("A job must require at least one model.", field="model")
     with transaction.atomic():
         queue = LockedQueue()
+        pending_limit_check(owner=job.owner)
         # Taken under the lock, so line order is the order in which jobs were accepted.
         job.created_at = timezone.now()
         job.save(force_insert=True)
@@ -54,7 +86,14 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
 
 
 def job_submit(
-    *, owner, model: str, prompt: str, job_type: str | None = None, params: dict | None = None, priority: int = 0
+    *,
+    owner,
+    model: str,
+    prompt: str,
+    job_type: str | None = None,
+    params: dict | None = None,
+    priority: int = 0,
+    on_create: Callable[[Job], None] | None = None,
 ) -> Job:
     catalog = catalog_model_get(name=model)
     if not prompt or not prompt.strip():
@@ -79,7 +118,7 @@ def job_submit(
         priority=priority,
         required_models=[catalog.name],
     )
-    return job_accept(job=job)
+    return job_accept(job=job, on_create=on_create)
 
 
 def _locked_job(job_id) -> Job:
@@ -90,15 +129,40 @@ def _locked_job(job_id) -> Job:
         raise JobNotFound(f"No job {job_id}.") from None
 
 
+def job_max_attempts(job: Job) -> int:
+    """A normal job: its model's max_attempts; a workflow: the smallest among its models'."""
+    attempts = CatalogModel.objects.filter(name__in=job.required_models).values_list("max_attempts", flat=True)
+    return min(attempts, default=1)
+
+
+def job_requeue(queue: LockedQueue, job: Job) -> None:
+    """Back in line at its old place (see LockedQueue.requeue), then decide again for everyone."""
+    queue.requeue(job)
+    started = {started.job_id for started in queue.settle_after(job.job_id)}
+    if job.job_id not in started:
+        job.refresh_from_db()
+        if job.status == Job.Status.PENDING:
+            queue.reassess(job)
+
+
 def _finish(
-    *, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None, take_next: bool = False
+    *,
+    job_id,
+    attempt: int,
+    status: str,
+    result: dict | None = None,
+    error: str | None = None,
+    take_next: bool = False,
+    retry: bool = True,
 ) -> tuple[Job, Job | None]:
     refusal = None
     with transaction.atomic():
         queue = LockedQueue(take_next=take_next)
         # A running job was read under the lock already; only a late or odd call needs a fetch.
         job = queue.running_job(job_id) or _locked_job(job_id)
-        if job.status != Job.Status.RUNNING or job.attempt != attempt:
+        if job.status != Job.Status.RUNNING or job.attempt != attempt or (
+            status == Job.Status.CANCELLED and job.cancel_requested_at is None
+        ):
             # Recorded, and committed, before refusing: a late worker's call is part of the story.
             refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
             JobQueueLog.objects.record(
@@ -106,12 +170,19 @@ def _finish(
                 job=job,
                 details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
             )
+        elif status == Job.Status.FAILED and retry and job.attempt < job_max_attempts(job):
+            logger.info("[COORDINATOR] Job %s attempt %s failed, retrying: %s", job.job_id, attempt, error)
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": attempt, "error": error}
+            )
+            job_requeue(queue, job)
         else:
             job.status = status
             job.completed_at = timezone.now()
             job.result = result
             job.error = error
-            job.save(update_fields=["status", "completed_at", "result", "error"])
+            job.lease_expires_at = None
+            job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
             logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
             queue.release(job)
             JobQueueLog.objects.record(
@@ -128,8 +199,15 @@ def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
     return _finish(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)[0]
 
 
-def job_fail(*, job_id, attempt: int, error: str) -> Job:
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error)[0]
+def job_fail(*, job_id, attempt: int, error: str, retry: bool = True) -> Job:
+    """Fail the attempt; the job runs again (at its old place in line) while its models allow
+    more attempts, unless `retry` is False."""
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry)[0]
+
+
+def job_stopped(*, job_id, attempt: int, error: str = "Cancelled while running") -> Job:
+    """The worker stopped the runner of a job whose cancel was requested: it ends cancelled."""
+    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
 
 
 def job_finish_and_take_next(
@@ -145,9 +223,18 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
         queue = LockedQueue()
         job = _locked_job(job_id)
         if job.status == Job.Status.RUNNING:
-            raise InvalidTransition(
-                f"Job {job_id} is running; cancelling a running job is not supported yet. Wait for it to finish."
-            )
+            # Its worker stops the runner and reports `cancelled`; only then (or once its lease
+            # lapses) are its models freed, so it never overlaps the next job on them.
+            if job.cancel_requested_at is None:
+                job.cancel_requested_at = timezone.now()
+                job.save(update_fields=["cancel_requested_at"])
+                logger.info("[COORDINATOR] Cancel requested for running job %s; waiting for its worker to stop", job.job_id)
+                JobQueueLog.objects.record(
+                    event_type=JobQueueLog.Event.CANCEL_REQUESTED,
+                    job=job,
+                    details={"by": getattr(user, "username", None), "reason": reason, "attempt": job.attempt},
+                )
+            return job
         if job.status != Job.Status.PENDING:
             raise InvalidTransition(f"Job {job_id} is already {job.status}; only a pending job can be cancelled.")
         job.status = Job.Status.CANCELLED
@@ -175,9 +262,14 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
     runner never runs twice for one attempt.
     """
     with transaction.atomic():
+        now = timezone.now()
         claimed = Job.objects.filter(
             pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt__lt=attempt
-        ).update(claimed_attempt=attempt)
+        ).update(
+            claimed_attempt=attempt,
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS),
+        )
         if not claimed:
             return None
         job = Job.objects.get(pk=job_id)

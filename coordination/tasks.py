@@ -1,14 +1,17 @@
 """The worker task django-q2 runs: claim the job for its attempt, run it, report the outcome."""
 
 import logging
+import threading
 import time
 
 from django.conf import settings
+from django.db import connections
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
-from coordination.runners import RunnerCall, get_runner
-from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next
+from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
+from coordination.runners import RunnerCall, RunnerStopped, get_runner
+from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +32,65 @@ def run_job(job_id: str, attempt: int) -> None:
     handoff_until = time.monotonic() + settings.COORDINATOR_JOB_TIMEOUT
     while job is not None:
         job = _run_and_report(job, take_next=time.monotonic() < handoff_until)
+        reap_if_due()
+
+
+class LeaseKeeper:
+    """While the runner works: renews the attempt's lease, and tells the runner to stop when the job
+    was cancelled (state "cancel") or taken from this worker (state "lost")."""
+
+    def __init__(self, job_id, attempt: int):
+        self.job_id, self.attempt = job_id, attempt
+        self.state = HEARTBEAT_OK
+        self.stop = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        renew_every = settings.COORDINATOR_LEASE_SECONDS / 3
+        last_renewal = time.monotonic()
+        try:
+            # Looks every second (a cancel is seen within about a second), renews every third of a lease.
+            while not self._done.wait(min(1.0, renew_every)):
+                renew = time.monotonic() - last_renewal >= renew_every
+                state = job_heartbeat(job_id=self.job_id, attempt=self.attempt, renew=renew)
+                if renew:
+                    last_renewal = time.monotonic()
+                if state != HEARTBEAT_OK:
+                    self.state = state
+                    self.stop.set()
+                    return
+        except Exception:  # a database hiccup: the lease simply is not renewed this time
+            logger.exception("Heartbeat of job %s attempt %s failed", self.job_id, self.attempt)
+        finally:
+            connections.close_all()  # this thread's own connection
 
 
 def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
     attempt = job.attempt
-    try:
-        result = _run(job, attempt)
-    except Exception as exc:  # any failure of the runner is the job's failure, recorded
-        logger.info("Job %s attempt %s failed: %s", job.job_id, attempt, exc)
-        outcome = {"status": Job.Status.FAILED, "error": str(exc) or type(exc).__name__}
-    else:
-        outcome = {"status": Job.Status.COMPLETED, "result": result}
+    outcome = {"status": Job.Status.FAILED, "error": "Stopped by its worker"}
+    with LeaseKeeper(job.job_id, attempt) as lease:
+        try:
+            result = _run(job, attempt, should_stop=lease.stop.is_set)
+        except RunnerStopped:
+            if lease.state == HEARTBEAT_CANCEL:
+                outcome = {"status": Job.Status.CANCELLED, "error": "Cancelled while running"}
+        except Exception as exc:  # any failure of the runner is the job's failure, recorded
+            logger.info("Job %s attempt %s failed: %s", job.job_id, attempt, exc)
+            outcome = {"status": Job.Status.FAILED, "error": str(exc) or type(exc).__name__}
+        else:
+            outcome = {"status": Job.Status.COMPLETED, "result": result}
+    if lease.state == HEARTBEAT_LOST:
+        logger.info("Job %s attempt %s was taken from this worker; its outcome is decided elsewhere", job.job_id, attempt)
+        return None
     try:
         if take_next:
             return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
@@ -53,15 +104,17 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
 def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> None:
     if status == Job.Status.COMPLETED:
         job_complete(job_id=job_id, attempt=attempt, result=result)
+    elif status == Job.Status.CANCELLED:
+        job_stopped(job_id=job_id, attempt=attempt, error=error)
     else:
         job_fail(job_id=job_id, attempt=attempt, error=error)
 
 
-def _run(job: Job, attempt: int) -> dict:
+def _run(job: Job, attempt: int, should_stop) -> dict:
     if job.kind == Job.Kind.WORKFLOW:
         from workflows.services import workflow_run
 
-        return workflow_run(job=job, attempt=attempt)
+        return workflow_run(job=job, attempt=attempt, should_stop=should_stop)
     model = CatalogModel.objects.get(name=job.model)
     call = RunnerCall(
         job_id=job.job_id,
@@ -69,8 +122,16 @@ def _run(job: Job, attempt: int) -> dict:
         prompt=job.prompt,
         params=job.params,
         default_seconds=model.default_simulate_seconds,
+        should_stop=should_stop,
     )
     return get_runner(model.runner).run(call)
+
+
+def reap() -> dict:
+    """The reaper's schedule (see coordination.recovery)."""
+    from coordination.recovery import reap as reaper_pass
+
+    return reaper_pass()
 
 
 def prune_queue_log(days: int = 7) -> int:

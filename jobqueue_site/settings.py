@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -28,9 +29,20 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-# A fixed key is fine for a laptop; production sets SECRET_KEY.
+# "Local development" is JOBQUEUE_ENV unset or "local": there a fixed key and DEBUG are allowed.
+# Anywhere else (JOBQUEUE_ENV=production, staging, ...) the server refuses to start without a
+# SECRET_KEY of its own, or with DEBUG on.
+JOBQUEUE_ENV = os.environ.get("JOBQUEUE_ENV", "").strip().lower() or "local"
 SECRET_KEY = os.environ.get("SECRET_KEY", "local-development-only-not-secret")
 DEBUG = env_bool("DEBUG", False)
+if JOBQUEUE_ENV != "local":
+    if not os.environ.get("SECRET_KEY", "").strip():
+        raise ImproperlyConfigured(
+            f"JOBQUEUE_ENV={JOBQUEUE_ENV}: set SECRET_KEY in the environment (a long random string); "
+            "the built-in key is for local development only."
+        )
+    if DEBUG:
+        raise ImproperlyConfigured(f"JOBQUEUE_ENV={JOBQUEUE_ENV}: DEBUG must be off outside local development.")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
@@ -43,6 +55,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    # Swagger UI's JavaScript and CSS served from our static files: /docs works with no CDN.
+    "drf_spectacular_sidecar",
     "django_q",
     "coordination",
     "workflows",
@@ -136,6 +151,41 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "coordination.api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI 3 at /schema, Swagger UI at /docs (drf-spectacular). Both are public: the schema says how
+# to authenticate (`Authorization: Token <key>`, or the admin's session cookie), not who may.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Job Queue Coordinator API",
+    "DESCRIPTION": "Submit generation jobs and workflows, follow them through the queue, cancel them.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One name per choice set: `job_type` is a MediaType on a job but a Kind in /queue/status.
+    "ENUM_NAME_OVERRIDES": {
+        "MediaTypeEnum": "coordination.models.MediaType",
+        "JobKindEnum": "coordination.models.Job.Kind",
+        "JobStatusEnum": "coordination.models.Job.Status",
+    },
+}
+
+# Caches. The submission throttle counts in the database, so its limit holds across every web
+# process (gunicorn workers, several machines); migration coordination 0006 makes its table.
+# "default" stays in memory: django-q2 writes its cluster stats there every second, and the
+# database need not carry them.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "api_throttle_cache",
+        # One entry per user who submitted in the last minute; culling would forget some users' counts.
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    },
 }
 
 # --- Coordinator --------------------------------------------------------------------------------
@@ -143,6 +193,15 @@ REST_FRAMEWORK = {
 COORDINATOR_MAX_ACTIVE_JOBS = env_int("COORDINATOR_MAX_ACTIVE_JOBS", 1)
 # The longest a job's task may run before django-q2 kills it.
 COORDINATOR_JOB_TIMEOUT = env_int("COORDINATOR_JOB_TIMEOUT", 3600)
+# A running job's worker renews its lease every third of this; a lapsed lease ends the attempt.
+COORDINATOR_LEASE_SECONDS = env_int("COORDINATOR_LEASE_SECONDS", 30)
+# How often the reaper may run (it also runs from the minute schedule when the workers are idle).
+COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
+# Per-user limits on submissions (POST /jobs and POST /workflows/{id}/execute): at most this
+# many a minute (more answer 429 with Retry-After; 0 turns the throttle off), and at most this
+# many of a user's jobs waiting at once (checked under the coordinator lock; 0: no limit).
+COORDINATOR_SUBMIT_RATE = env_int("COORDINATOR_SUBMIT_RATE", 60)
+COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 100)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
 # The worker runs at least one process per slot, so every started job runs at once.

@@ -1,9 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("coordination.api.urls")),
+    # OpenAPI 3 (YAML; JSON with ?format=json or Accept: application/json) and Swagger UI on it.
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
 
 handler404 = "coordination.api.errors.not_found_json"

@@ -1,10 +1,12 @@
 """Starting a workflow job and running its steps in order."""
 
+from collections.abc import Callable
+
 from django.db import transaction
 
 from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.runners import RunnerCall, RunnerError, get_runner
+from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner
 from coordination.services import PROMPT_MAX_LENGTH, job_accept, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
 
@@ -18,7 +20,14 @@ def workflow_get(*, workflow_id: str) -> WorkflowDefinition:
 
 
 def workflow_execute(
-    *, owner, workflow_id: str, inputs: dict, prompt: str = "", params: dict | None = None, priority: int = 0
+    *,
+    owner,
+    workflow_id: str,
+    inputs: dict,
+    prompt: str = "",
+    params: dict | None = None,
+    priority: int = 0,
+    on_create: Callable[[Job], None] | None = None,
 ) -> Job:
     """Accept a workflow job; it holds every model its steps use from start to end."""
     workflow = workflow_get(workflow_id=workflow_id)
@@ -55,6 +64,8 @@ def workflow_execute(
         WorkflowExecution.objects.create(
             job=job, workflow=workflow, required_models=required, inputs=inputs, steps=snapshot
         )
+        if on_create is not None:
+            on_create(job)
 
     return job_accept(job=job, on_create=create_execution)
 
@@ -73,7 +84,7 @@ def _step_begin(*, job_id, attempt: int, index: int, step_name: str, model: str)
         )
 
 
-def workflow_run(*, job: Job, attempt: int) -> dict:
+def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
     """Run the steps in order, each step's output feeding the next; a failing step fails the whole."""
     execution = WorkflowExecution.objects.get(job_id=job.job_id)
     catalog = {model.name: model for model in CatalogModel.objects.filter(name__in=execution.required_models)}
@@ -90,9 +101,12 @@ def workflow_run(*, job: Job, attempt: int) -> dict:
             params={**step["params"], **job.params},
             inputs=inputs,
             default_seconds=model.default_simulate_seconds,
+            should_stop=should_stop,
         )
         try:
             output = get_runner(model.runner).run(call)
+        except RunnerStopped:
+            raise
         except Exception as exc:
             raise RunnerError(f"Step {index} ({name}, {model.name}) failed: {exc}") from exc
         outputs.append({"step": index, "name": name, "model": model.name, "output": output})

@@ -1,4 +1,9 @@
+import json
+
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import URLValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
@@ -19,9 +24,36 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+PARAMS_MAX_BYTES = 16 * 1024
+PARAMS_MAX_DEPTH = 5
+ADDRESS_MAX_LENGTH = 2048
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels (params itself is level 1).
+
+    Stops at the first level past the limit, so a hostile, deeply nested body costs little.
+    """
+    if not isinstance(value, (dict, list)):
+        return False
+    if limit == 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(_depth_exceeds(child, limit - 1) for child in children)
+
+
 def validate_params(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("params must be a JSON object, e.g. {\"simulate_seconds\": 2}.")
+    if _depth_exceeds(value, PARAMS_MAX_DEPTH):
+        raise serializers.ValidationError(
+            f"params nests objects and arrays more than {PARAMS_MAX_DEPTH} levels deep (params itself is level 1)."
+        )
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > PARAMS_MAX_BYTES:
+        raise serializers.ValidationError(
+            f"params is {size} bytes as JSON; the limit is {PARAMS_MAX_BYTES} bytes (16 KB)."
+        )
     seconds = value.get("simulate_seconds")
     if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
@@ -30,6 +62,25 @@ def validate_params(value):
             raise serializers.ValidationError(
                 f"params.simulate_seconds must be at most {settings.COORDINATOR_JOB_TIMEOUT} (the job timeout)."
             )
+    return value
+
+
+_url_syntax = URLValidator(schemes=["http", "https"])
+
+
+def validate_http_address(value: str) -> str:
+    """An input image or video is fetched by the runner: only a plain http(s) address will do
+    (no ftp:, javascript:, data: or file:)."""
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in ("http", "https"):
+        shown = f"'{scheme}:'" if scheme else "none"
+        raise serializers.ValidationError(
+            f"Must be an http:// or https:// URL (scheme {shown} is not accepted), e.g. https://example.com/user.jpg."
+        )
+    try:
+        _url_syntax(value)
+    except DjangoValidationError:
+        raise serializers.ValidationError("Must be a valid http(s) URL, e.g. https://example.com/user.jpg.") from None
     return value
 
 
@@ -60,10 +111,12 @@ class WorkflowExecuteSerializer(SubmitFields):
         for name in input_names:
             if name in self.fields:
                 continue  # an input may not shadow prompt, params or priority
-            # Images and files are passed by address; other inputs are short strings.
+            # Images and files are passed by address (http or https only); other inputs are short strings.
             is_address = name.endswith(("_image", "_video", "_url"))
-            field_class = serializers.URLField if is_address else serializers.CharField
-            self.fields[name] = field_class(required=False, max_length=2048)
+            validators = [validate_http_address] if is_address else []
+            self.fields[name] = serializers.CharField(
+                required=False, max_length=ADDRESS_MAX_LENGTH, validators=validators, trim_whitespace=False
+            )
 
 
 class HolderSerializer(serializers.Serializer):
@@ -88,7 +141,7 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
-            "started_at", "completed_at", "prompt", "params", "result", "error", "attempt",
+            "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
             "workflow_id", "current_step", "current_step_model",
         ]
         read_only_fields = fields
@@ -122,3 +175,131 @@ class JobSerializer(serializers.ModelSerializer):
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)
         return data
+
+
+# --- The OpenAPI schema (/schema) ---------------------------------------------------------------
+# Serializers below only describe response shapes that views build as dicts; the extensions say what
+# drf-spectacular cannot see in a serializer: keys that only some responses carry, JSON fields' types.
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error response: a message a person can act on, a code, and per-field messages for bad input."""
+
+    def get_fields(self):
+        # "fields" would shadow Serializer.fields as a class attribute, so the fields are listed here.
+        return {
+            "error": serializers.CharField(),
+            "code": serializers.CharField(help_text="e.g. invalid, unknown_model, not_found, conflict."),
+            "fields": serializers.DictField(
+                required=False, help_text="Bad input only: the messages for each field, by field name."
+            ),
+        }
+
+
+class ActiveJobSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField(allow_null=True)
+    job_type = serializers.ChoiceField(Job.Kind.choices, allow_null=True, help_text="The job's kind.")
+    models = serializers.ListField(child=serializers.CharField())
+
+
+class ActiveSlotSerializer(ActiveJobSerializer):
+    slot = serializers.IntegerField()
+    started_at = serializers.DateTimeField(allow_null=True)
+
+
+class QueuedJobSerializer(serializers.Serializer):
+    """A waiting job. Someone else's (unless you are staff) shows only queue_position, kind, required_models."""
+
+    job_id = serializers.UUIDField(required=False)
+    kind = serializers.ChoiceField(Job.Kind.choices)
+    model = serializers.CharField(allow_null=True, required=False)
+    required_models = serializers.ListField(child=serializers.CharField())
+    priority = serializers.IntegerField(required=False)
+    queue_position = serializers.IntegerField()
+    blocked_by_job_id = serializers.UUIDField(allow_null=True, required=False)
+    conflict_reason = serializers.CharField(allow_null=True, required=False)
+    queued_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class QueueStatusSerializer(serializers.Serializer):
+    active_job = ActiveJobSerializer(help_text="The first slot's job (all nulls when it is free), as in the seed.")
+    active_jobs = ActiveSlotSerializer(many=True)
+    queued_jobs = QueuedJobSerializer(many=True, help_text="The line, first to start first (at most a set limit).")
+    queue_length = serializers.IntegerField(help_text="How many jobs wait, all of them.")
+
+
+class WorkflowStepSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    name = serializers.CharField()
+    default_model = serializers.CharField()
+
+
+class WorkflowSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    workflow_id = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    inputs = serializers.ListField(child=serializers.CharField(), help_text="Fields POST .../execute needs.")
+    required_models = serializers.ListField(child=serializers.CharField())
+    steps = WorkflowStepSerializer(many=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text="ok, or unavailable (503).")
+    database = serializers.CharField(help_text="ok, or unreachable (503).")
+    error = serializers.CharField(required=False, help_text="503 only: why the database did not answer.")
+
+
+PARAMS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "simulate_seconds": {"type": "number", "minimum": 0, "description": "How long the simulated run takes."},
+        "simulate_fail": {"type": "boolean", "description": "The simulated run raises."},
+    },
+}
+STRING_LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "readOnly": True}
+
+
+class JobSubmitSchema(OpenApiSerializerExtension):
+    target_class = JobSubmitSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["properties"]["params"] = PARAMS_SCHEMA
+        schema["additionalProperties"] = False  # StrictSerializer: an unknown field is a 400
+        return schema
+
+
+class WorkflowExecuteSchema(OpenApiSerializerExtension):
+    target_class = WorkflowExecuteSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["properties"]["params"] = PARAMS_SCHEMA
+        schema["additionalProperties"] = {
+            "type": "string",
+            "maxLength": 2048,
+            "description": "The workflow's own inputs (GET /workflows, `inputs`), e.g. input_image: an URL.",
+        }
+        return schema
+
+
+class JobSchema(OpenApiSerializerExtension):
+    target_class = JobSerializer
+    # Keys only some responses carry: the workflow ones on workflow jobs, waiting_for on GET /jobs/{id}.
+    optional = {"workflow_id", "current_step", "current_step_model", "waiting_for"}
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        properties = schema["properties"]
+        properties["required_models"] = STRING_LIST_SCHEMA
+        properties["params"] = {**PARAMS_SCHEMA, "readOnly": True}
+        properties["waiting_for"] = {
+            "type": "array",
+            "items": auto_schema.resolve_serializer(WaitingForSerializer, direction).ref,
+            "nullable": True,
+            "readOnly": True,
+            "description": "GET /jobs/{job_id} only: for a pending job, what it waits for, model by model.",
+        }
+        schema["required"] = [name for name in schema["required"] if name not in self.optional]
+        return schema

@@ -1,6 +1,10 @@
 """Thin views: validate → call a service or selector → serialize."""
 
+from functools import partial
+
 from django.db import connection
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
@@ -9,8 +13,46 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coordination import selectors, services
-from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WorkflowExecuteSerializer
+from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
+from coordination.api.serializers import (
+    ErrorSerializer,
+    HealthSerializer,
+    JobSerializer,
+    JobSubmitSerializer,
+    QueueStatusSerializer,
+    WorkflowExecuteSerializer,
+    WorkflowSerializer,
+)
+from coordination.api.throttling import SubmitThrottledMixin
 from coordination.models import Job
+
+# --- OpenAPI: what each operation takes and answers (served at /schema, shown at /docs) ---------
+
+
+def _error(description: str, **kwargs) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description, **kwargs)
+
+
+AUTH_ERRORS = {401: _error("No or bad credentials."), 403: _error("Not allowed.")}
+NOT_FOUND = {404: _error("No such job or workflow, or not yours (an id that is not a UUID is not found).")}
+JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+    OpenApiParameter.HEADER,
+    description="Retrying with the same key returns the job the first request made (200) instead of a second one.",
+)
+SUBMIT_RESPONSES = {
+    201: OpenApiResponse(JobSerializer, description="Accepted: the new job."),
+    200: OpenApiResponse(JobSerializer, description="Idempotency-Key seen before: the job it made."),
+    400: _error("Bad input; `fields` says which (an unknown model lists the known ones)."),
+    **AUTH_ERRORS,
+    422: _error("Idempotency-Key reused with a different request."),
+    429: _error("Too many submissions, or too many pending jobs; try again after Retry-After seconds."),
+}
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429], description="Seconds to wait."
+)
 
 
 def _job_response(job: Job, code: int) -> Response:
@@ -18,7 +60,47 @@ def _job_response(job: Job, code: int) -> Response:
     return Response(JobSerializer(job).data, status=code)
 
 
-class JobListCreateView(ListAPIView):
+def _submit(request, validated: dict, submit) -> Response:
+    """Create the job, or, for an Idempotency-Key this user already sent, answer its job with 200."""
+    key = idempotency_key_from(request)
+    if key is None:
+        return _job_response(submit(owner=request.user), status.HTTP_201_CREATED)
+    job, created = submit_once(
+        user=request.user,
+        key=key,
+        digest=request_hash(path=request.path, data=validated),
+        submit=partial(submit, owner=request.user),
+    )
+    return _job_response(job, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@extend_schema(
+    methods=["GET"],
+    summary="List jobs",
+    description="Your jobs (staff: everyone's), newest first.",
+    parameters=[
+        OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
+        OpenApiParameter("kind", OpenApiTypes.STR, enum=Job.Kind.values),
+        OpenApiParameter("model", OpenApiTypes.STR, description="Jobs submitted for this model."),
+    ],
+    responses={200: JobSerializer(many=True), 400: _error("Unknown status or kind."), **AUTH_ERRORS},
+)
+@extend_schema(
+    methods=["POST"],
+    summary="Submit a job",
+    description="Queue a job for one model. Rate-limited per user (429).",
+    request=JobSubmitSerializer,
+    parameters=[IDEMPOTENCY_KEY, RETRY_AFTER],
+    examples=[
+        OpenApiExample(
+            "A short video",
+            value={"prompt": "A knight rides at dawn", "model": "motion-2.0-fast", "params": {"simulate_seconds": 2}},
+            request_only=True,
+        )
+    ],
+    responses=SUBMIT_RESPONSES,
+)
+class JobListCreateView(SubmitThrottledMixin, ListAPIView):
     serializer_class = JobSerializer
 
     def get_queryset(self):
@@ -34,16 +116,32 @@ class JobListCreateView(ListAPIView):
     def post(self, request):
         serializer = JobSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = services.job_submit(owner=request.user, **serializer.validated_data)
-        return _job_response(job, status.HTTP_201_CREATED)
+        return _submit(request, serializer.validated_data, partial(services.job_submit, **serializer.validated_data))
 
 
+@extend_schema(
+    summary="One job",
+    parameters=[JOB_ID],
+    responses={200: JobSerializer, **AUTH_ERRORS, **NOT_FOUND},
+)
 class JobDetailView(APIView):
     def get(self, request, job_id: str):
         job = selectors.job_get(user=request.user, job_id=job_id)
         return Response(JobSerializer(job, context={"detail": True}).data)
 
 
+@extend_schema(
+    summary="Cancel a job",
+    parameters=[JOB_ID],
+    request=None,
+    responses={
+        200: OpenApiResponse(JobSerializer, description="Cancelled (it was pending)."),
+        202: OpenApiResponse(JobSerializer, description="Asked to stop: still running until its worker stops it."),
+        **AUTH_ERRORS,
+        **NOT_FOUND,
+        409: _error("The job has already finished."),
+    },
+)
 class JobCancelView(APIView):
     def post(self, request, job_id: str):
         job = selectors.job_get(user=request.user, job_id=job_id)
@@ -53,9 +151,15 @@ class JobCancelView(APIView):
         else:
             reason = f"Cancelled by {request.user.username} (staff)"
         job = services.job_cancel(job_id=job.job_id, user=request.user, reason=reason)
-        return _job_response(job, status.HTTP_200_OK)
+        # A running job is asked to stop: 202, still `running` with `cancel_requested_at`, until its
+        # worker stops it (or its lease lapses) and it ends `cancelled`.
+        code = status.HTTP_202_ACCEPTED if job.status == Job.Status.RUNNING else status.HTTP_200_OK
+        return _job_response(job, code)
 
 
+@extend_schema(
+    summary="Workflow definitions", responses={200: WorkflowSerializer(many=True), **AUTH_ERRORS}
+)
 class WorkflowListView(APIView):
     def get(self, request):
         from workflows.selectors import workflow_list_as_dicts
@@ -63,7 +167,31 @@ class WorkflowListView(APIView):
         return Response(workflow_list_as_dicts())
 
 
-class WorkflowExecuteView(APIView):
+@extend_schema(
+    summary="Start a workflow",
+    description="Queue a workflow job: it holds every model its steps use. Rate-limited per user (429).",
+    parameters=[
+        OpenApiParameter(
+            "workflow_id",
+            OpenApiTypes.STR,
+            OpenApiParameter.PATH,
+            examples=[OpenApiExample("The seeded workflow", value="knight-style-img-to-video")],
+        ),
+        IDEMPOTENCY_KEY,
+        RETRY_AFTER,
+    ],
+    examples=[
+        OpenApiExample(
+            "Knight style",
+            value={"input_image": "https://example.com/portrait.png", "prompt": "at dawn"},
+            request_only=True,
+        )
+    ],
+    # Fields beyond prompt, params and priority are the workflow's own inputs (WorkflowExecuteSchema).
+    request=WorkflowExecuteSerializer(input_names=[]),
+    responses={**SUBMIT_RESPONSES, **NOT_FOUND},
+)
+class WorkflowExecuteView(SubmitThrottledMixin, APIView):
     def post(self, request, workflow_id: str):
         from workflows.services import workflow_execute, workflow_get
 
@@ -72,15 +200,24 @@ class WorkflowExecuteView(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         inputs = {name: data.pop(name) for name in workflow.inputs if name in data}
-        job = workflow_execute(owner=request.user, workflow_id=workflow_id, inputs=inputs, **data)
-        return _job_response(job, status.HTTP_201_CREATED)
+        submit = partial(workflow_execute, workflow_id=workflow_id, inputs=inputs, **data)
+        return _submit(request, serializer.validated_data, submit)
 
 
+@extend_schema(summary="Queue status", responses={200: QueueStatusSerializer, **AUTH_ERRORS})
 class QueueStatusView(APIView):
     def get(self, request):
-        return Response(selectors.queue_status())
+        return Response(selectors.queue_status(user=request.user))
 
 
+@extend_schema(
+    summary="Health",
+    auth=[],
+    responses={
+        200: HealthSerializer,
+        503: OpenApiResponse(HealthSerializer, description="The database did not answer."),
+    },
+)
 class HealthView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]

@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -279,7 +280,14 @@ class LockedQueue:
         job.attempt += 1
         job.blocked_by_job_id = None
         job.conflict_reason = None
-        fields = ["status", "started_at", "attempt", "blocked_by_job_id", "conflict_reason"]
+        # The attempt's lease runs from its start: a task that is never claimed is re-sent by the
+        # reaper, and a worker that dies lets it lapse.
+        job.lease_expires_at = now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS)
+        job.cancel_requested_at = None
+        fields = [
+            "status", "started_at", "attempt", "blocked_by_job_id", "conflict_reason", "lease_expires_at",
+            "cancel_requested_at",
+        ]
         taken = self.take_next and self.taken is None
         if taken:
             job.claimed_attempt = job.attempt
@@ -340,6 +348,16 @@ class LockedQueue:
         if not line().filter(priority__lt=job.priority).exists():
             return self.pending_count()
         return line_position(job)
+
+    def requeue(self, job: Job) -> None:
+        """A running job whose attempt ended without an outcome (a failure it may retry, or a lost
+        worker) goes back in line, at the place its acceptance gave it: no job that came later
+        overtakes it. Its models are freed first."""
+        self.release(job)
+        job.status = Job.Status.PENDING
+        job.lease_expires_at = None
+        job.save(update_fields=["status", "lease_expires_at"])
+        self.enter_line(job)
 
     def release(self, job: Job) -> None:
         """Free the slot a finishing job held (if any still names it)."""

@@ -1,6 +1,6 @@
 """Runners: the code that calls a model. A runner gets one step of work and returns its output."""
 
-from coordination.runners.base import Runner, RunnerCall, RunnerError
+from coordination.runners.base import Runner, RunnerCall, RunnerError, RunnerStopped
 from coordination.runners.simulated import SimulatedRunner
 
 RUNNERS: dict[str, Runner] = {"simulated": SimulatedRunner()}
@@ -13,4 +13,4 @@ def get_runner(name: str) -> Runner:
         raise RunnerError(f"No runner named '{name}' (known: {', '.join(sorted(RUNNERS))})") from None
 
 
-__all__ = ["Runner", "RunnerCall", "RunnerError", "get_runner"]
+__all__ = ["Runner", "RunnerCall", "RunnerError", "RunnerStopped", "get_runner"]

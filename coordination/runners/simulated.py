@@ -1,7 +1,7 @@
 import time
 from datetime import datetime, timezone
 
-from coordination.runners.base import RunnerCall, RunnerError
+from coordination.runners.base import RunnerCall, RunnerError, RunnerStopped
 
 
 class SimulatedRunner:
@@ -15,6 +15,8 @@ class SimulatedRunner:
         seconds = float(call.params.get("simulate_seconds", call.default_seconds))
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
+            if call.should_stop():
+                raise RunnerStopped(f"Stopped after {seconds - left:.1f} of {seconds} s")
             time.sleep(min(self.tick, left))
         if call.params.get("simulate_fail"):
             message = call.params["simulate_fail"]

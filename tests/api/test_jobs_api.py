@@ -379,13 +379,14 @@ def test_cancelling_a_waiting_workflow_starts_the_job_it_held_back(api, settings
     assert behind_now["conflict_reason"] is None
 
 
-def test_cancel_a_running_job_is_409(api):
+def test_cancel_a_running_job_is_accepted_and_waits_for_its_worker(api):
     running = submitted(api)
 
     response = api.post(f"/jobs/{running['job_id']}/cancel")
 
-    assert response.status_code == 409
-    assert "running" in response.json()["error"]
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "running" and body["cancel_requested_at"]
     assert Job.objects.get(pk=running["job_id"]).status == Job.Status.RUNNING
 
 

@@ -145,18 +145,19 @@ def test_a_finished_job_cannot_be_cancelled(user, finished):
     assert events(job) == before
 
 
-def test_cancelling_a_running_job_is_refused_and_changes_nothing(user):
-    """Its worker may still be calling the model: freeing the model now could put two jobs on it (I1)."""
+def test_cancelling_a_running_job_only_asks_its_worker_to_stop(user):
+    """Its worker may still be calling the model: the model stays held until the worker stops (I1)."""
     running = submit(user)
     waiting = submit(user)
 
-    with pytest.raises(InvalidTransition, match="running"):
-        job_cancel(job_id=running.job_id, user=user)
+    job_cancel(job_id=running.job_id, user=user)
+    job_cancel(job_id=running.job_id, user=user)  # asking twice is asking once
 
-    assert fresh(running).status == Job.Status.RUNNING
+    running = fresh(running)
+    assert running.status == Job.Status.RUNNING and running.cancel_requested_at is not None
     assert fresh(waiting).blocked_by_job_id == running.job_id
     assert JobQueueState.objects.get(id=1).active_job_id == running.job_id
-    assert events(running) == ["submitted", "started"]
+    assert events(running) == ["submitted", "started", "cancel_requested"]
 
 
 def test_cancelling_an_unknown_job_is_not_found(db):

@@ -113,7 +113,8 @@ def test_ensure_schedules_run_twice_keeps_exactly_one():
     call_command("ensure_schedules", stdout=out)
 
     assert _prune_schedules().count() == 1
-    assert "Schedules in place: prune_queue_log." in out.getvalue()
+    assert Schedule.objects.filter(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES).count() == 1
+    assert "Schedules in place: prune_queue_log, reaper." in out.getvalue()
 
 
 def test_ensure_schedules_creates_a_missing_schedule_and_removes_duplicates():

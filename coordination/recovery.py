@@ -1,0 +1,175 @@
+"""Self-healing: leases renewed by heartbeats, and the reaper that ends what they no longer cover.
+
+A running attempt holds a lease (`jobs.lease_expires_at`). Its worker renews it while the runner
+works; a worker that is killed, paused or cut off stops renewing, and the reaper then ends that
+attempt: retried at its old place in line if its models allow more attempts, failed otherwise. A
+late call from that worker is refused (its attempt is no longer current), so the outcome stands (I5).
+"""
+
+import logging
+import threading
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.queue import LockedQueue, enqueue_job_run, line
+from coordination.services import job_max_attempts, job_requeue
+
+logger = logging.getLogger("job_coordinator")
+
+HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
+
+
+def lease_seconds() -> int:
+    return settings.COORDINATOR_LEASE_SECONDS
+
+
+def job_heartbeat(*, job_id, attempt: int, renew: bool = True) -> str:
+    """Renew the attempt's lease (no coordinator lock: it touches only this row, fenced by attempt).
+
+    Returns "ok", "cancel" (an operator or the owner asked it to stop) or "lost" (the attempt is no
+    longer current: the reaper or an operator ended it; the worker must stop and report nothing).
+    """
+    now = timezone.now()
+    fenced = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt)
+    if renew:
+        alive = fenced.update(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds()))
+    else:
+        alive = fenced.exists()
+    if not alive:
+        job = Job.objects.filter(pk=job_id).only("job_id", "kind", "status", "attempt").first()
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.REFUSED,
+            job=job,
+            details={"wanted": "heartbeat", "caller_attempt": attempt,
+                     "status": job.status if job else None, "attempt": job.attempt if job else None},
+        )
+        logger.warning("[COORDINATOR] Refused heartbeat of job %s attempt %s: the attempt is no longer current", job_id, attempt)
+        return HEARTBEAT_LOST
+    if fenced.filter(cancel_requested_at__isnull=False).exists():
+        return HEARTBEAT_CANCEL
+    return HEARTBEAT_OK
+
+
+def reap() -> dict:
+    """One pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
+    report = {"lease_expired": [], "timed_out": [], "requeued_tasks": [], "repaired": []}
+    # Looked for without the lock (a read of committed rows); each is checked again under it.
+    suspects = stale_waiting_ids()
+    now = timezone.now()
+    with transaction.atomic():
+        queue = LockedQueue()
+        limits = dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
+        for job in list(queue.running.values()):
+            runtime_limit = min(
+                (limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models),
+                default=settings.COORDINATOR_JOB_TIMEOUT,
+            )
+            claimed = job.claimed_attempt == job.attempt
+            if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
+                _end(queue, job, JobQueueLog.Event.TIMED_OUT, f"timed out after {runtime_limit} s", retry=False)
+                report["timed_out"].append(str(job.job_id))
+            elif claimed and job.lease_expires_at and job.lease_expires_at < now:
+                reason = f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
+                _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
+                report["lease_expired"].append(str(job.job_id))
+            elif not claimed and job.started_at and now - job.started_at > timedelta(seconds=lease_seconds()):
+                # Started, but no worker took it in a whole lease: its task was lost. Send it again;
+                # should the first copy turn up after all, the claim lets only one of them run.
+                JobQueueLog.objects.record(
+                    event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": "not claimed"}
+                )
+                logger.info("[COORDINATOR] Job %s attempt %s was never claimed; sending its task again", job.job_id, job.attempt)
+                job.started_at = now  # the next re-send, if needed, is a lease from now
+                job.save(update_fields=["started_at"])
+                transaction.on_commit(lambda job=job: enqueue_job_run(job.job_id, job.attempt))
+                report["requeued_tasks"].append(str(job.job_id))
+        report["repaired"] = _repair_waiting(queue, suspects)
+        queue.dispatch()
+    if any(report.values()):
+        logger.info("[COORDINATOR] Reaper: %s", {key: len(value) for key, value in report.items() if value})
+    return report
+
+
+def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) -> None:
+    if job.cancel_requested_at is not None:
+        status, retry = Job.Status.CANCELLED, False
+    else:
+        status = Job.Status.FAILED
+    JobQueueLog.objects.record(event_type=event, job=job, details={"attempt": job.attempt, "reason": reason})
+    if retry and job.attempt < job_max_attempts(job):
+        logger.info("[COORDINATOR] Job %s attempt %s ended (%s), retrying", job.job_id, job.attempt, reason)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": job.attempt, "error": reason}
+        )
+        job_requeue(queue, job)
+        return
+    job.status = status
+    job.completed_at = timezone.now()
+    job.error = reason
+    job.lease_expires_at = None
+    job.save(update_fields=["status", "completed_at", "error", "lease_expires_at"])
+    logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
+    queue.release(job)
+    JobQueueLog.objects.record(event_type=status, job=job, details={"attempt": job.attempt, "error": reason})
+    queue.settle_after(job.job_id)
+
+
+def stale_waiting_ids() -> list:
+    """Pending jobs that name a finished or missing job, or none: I4 says there are none, unless
+    someone edited rows by hand (the guide's SQL). One anti-join, outside the lock."""
+    live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
+    return list(line().filter(~Exists(live)).values_list("job_id", flat=True)[:1000])
+
+
+def _repair_waiting(queue: LockedQueue, suspects: list) -> list[str]:
+    if not suspects:
+        return []
+    stale = [job for job in line().filter(job_id__in=suspects) if job.job_id in set(stale_waiting_ids())]
+    for job in stale:
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.STALE_CLEARED,
+            job=job,
+            conflict_reason=job.conflict_reason,
+            details={"actor": "reaper", "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
+        )
+        queue.reassess(job)
+    return [str(job.job_id) for job in stale]
+
+
+def reap_if_due() -> dict | None:
+    """Run a reaper pass when the last one is older than COORDINATOR_REAPER_SECONDS.
+
+    django-q2's scheduler fires at most about once a minute; busy workers call this between jobs so
+    that recovery runs every COORDINATOR_REAPER_SECONDS while there is work.
+    """
+    from django.core.cache import cache
+
+    if not cache.add("coordinator:reaper", 1, timeout=settings.COORDINATOR_REAPER_SECONDS):
+        return None
+    return reap()
+
+
+def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading.Thread:
+    """In a worker process (django-q2's post_spawn): a daemon thread that runs reap_if_due()
+    every COORDINATOR_REAPER_SECONDS, so recovery needs no request and no busy worker."""
+
+    def tick() -> None:
+        from django.db import connections
+
+        stop = threading.Event()
+        while not stop.wait(settings.COORDINATOR_REAPER_SECONDS):
+            try:
+                reap_if_due()
+            except Exception:  # the database may be away; the next tick tries again
+                logger.exception("Reaper pass failed")
+            finally:
+                connections.close_all()
+
+    thread = threading.Thread(target=tick, name=f"reaper-{proc_name}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,91 @@
+"""Workers die or freeze; the queue heals itself and no outcome is decided twice (PostgreSQL)."""
+
+import os
+import signal
+
+import pytest
+from django.utils import timezone
+
+from coordination.models import Job, JobQueueLog
+from tests.e2e.harness import start_worker, wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LEASE = 2
+FAST_RECOVERY = {"COORDINATOR_LEASE_SECONDS": str(LEASE), "COORDINATOR_REAPER_SECONDS": "1"}
+
+
+def submit_pair(http, first_seconds: float) -> tuple[str, str]:
+    status, first = http.post("/jobs", {"prompt": "long", "model": "motion-2.0-fast", "job_type": "video",
+                                        "params": {"simulate_seconds": first_seconds}})
+    assert status == 201 and first["status"] == "running"
+    status, second = http.post("/jobs", {"prompt": "next", "model": "motion-2.0-fast", "job_type": "video",
+                                         "params": {"simulate_seconds": 0.2}})
+    assert status == 201 and second["status"] == "pending"
+    return first["job_id"], second["job_id"]
+
+
+def claims(job_id) -> list[int]:
+    return [row.details["attempt"] for row in JobQueueLog.objects.filter(job_id=job_id, event_type="claimed")]
+
+
+def finished(job_id) -> Job | None:
+    job = Job.objects.get(pk=job_id)
+    return job if job.status in Job.FINISHED else None
+
+
+def test_a_killed_worker_loses_its_job_and_the_queue_recovers(http, settings, tmp_path, record_property):
+    settings.COORDINATOR_LEASE_SECONDS = LEASE  # the web side stamps the first lease at start
+    doomed = start_worker(tmp_path / "doomed.log", **FAST_RECOVERY)
+    survivor = None
+    try:
+        first, second = submit_pair(http, first_seconds=30)
+        wait_until(lambda: claims(first) == [1], timeout=20, message="the first job to be claimed")
+
+        os.killpg(doomed.process.pid, signal.SIGKILL)  # the whole cluster: no goodbye, no report
+        doomed.process.wait()
+        killed_at = timezone.now()
+        survivor = start_worker(tmp_path / "survivor.log", **FAST_RECOVERY)
+
+        lost = wait_until(lambda: finished(first), timeout=30, message="the lost job to be ended")
+        after = wait_until(lambda: finished(second), timeout=30, message="the next job to run")
+    finally:
+        if survivor:
+            survivor.stop()
+
+    assert lost.status == Job.Status.FAILED and lost.error.startswith("worker lost")
+    recovery = (lost.completed_at - killed_at).total_seconds()
+    record_property("recovery_seconds", round(recovery, 2))
+    assert recovery < LEASE + 10, f"recovered after {recovery:.1f} s"
+    assert after.status == Job.Status.COMPLETED and after.started_at >= lost.completed_at
+    # Each attempt was claimed, and so run, once: nothing ran twice, nothing was lost.
+    assert claims(first) == [1] and claims(second) == [1]
+
+
+def test_a_frozen_worker_cannot_change_the_outcome_once_it_wakes(http, settings, tmp_path):
+    settings.COORDINATOR_LEASE_SECONDS = LEASE
+    frozen = start_worker(tmp_path / "frozen.log", **FAST_RECOVERY)
+    other = None
+    try:
+        first, second = submit_pair(http, first_seconds=4)
+        wait_until(lambda: claims(first) == [1], timeout=20, message="the first job to be claimed")
+
+        os.killpg(frozen.process.pid, signal.SIGSTOP)
+        other = start_worker(tmp_path / "other.log", **FAST_RECOVERY)
+        lost = wait_until(lambda: finished(first), timeout=30, message="the reaper to end the frozen attempt")
+        wait_until(lambda: finished(second), timeout=30, message="the next job to run")
+        os.killpg(frozen.process.pid, signal.SIGCONT)
+
+        refusals = wait_until(
+            lambda: list(JobQueueLog.objects.filter(job_id=first, event_type="refused")),
+            timeout=20, message="the woken worker's late call to be refused",
+        )
+    finally:
+        if other:
+            other.stop()
+        frozen.stop()
+
+    assert lost.status == Job.Status.FAILED
+    final = Job.objects.get(pk=first)
+    assert (final.status, final.result, final.attempt) == (Job.Status.FAILED, None, 1), "the outcome stood"
+    assert refusals[0].details["caller_attempt"] == 1
