@@ -5,7 +5,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
@@ -91,14 +91,24 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
     if lease.state == HEARTBEAT_LOST:
         logger.info("Job %s attempt %s was taken from this worker; its outcome is decided elsewhere", job.job_id, attempt)
         return None
-    try:
-        if take_next:
-            return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
-        _finish_only(job_id=job.job_id, attempt=attempt, **outcome)
-    except StaleAttempt:
-        # Already logged and audited by the service: the outcome was decided elsewhere.
-        pass
-    return None
+    deadline = time.monotonic() + 2 * settings.COORDINATOR_LEASE_SECONDS
+    while True:
+        try:
+            if take_next:
+                return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
+            _finish_only(job_id=job.job_id, attempt=attempt, **outcome)
+        except StaleAttempt:
+            pass  # already logged and audited by the service: the outcome was decided elsewhere
+        except (OperationalError, InterfaceError):
+            # The database is away: keep the outcome and try again for a while. If it stays away
+            # longer, the lease lapses and the reaper decides once it is back (retry or fail).
+            if time.monotonic() > deadline:
+                logger.warning("Could not report job %s attempt %s: database unavailable", job.job_id, attempt)
+                return None
+            connections.close_all()
+            time.sleep(0.5)  # back-off between reconnection attempts, not a wait for a condition
+            continue
+        return None
 
 
 def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> None:

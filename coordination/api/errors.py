@@ -1,6 +1,9 @@
 """Every API error is JSON with a message a person can act on: {"error", "code", "fields"?}."""
 
+import sys
+
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -51,4 +54,18 @@ def not_found_json(request, exception=None):
 
 
 def server_error_json(request):
+    """500 in the API's error shape; 503 when the cause is that the database cannot be reached.
+
+    Django calls this while handling the exception (from a view or a middleware, such as session
+    or token lookups), so the exception is still at hand.
+    """
+    error = sys.exc_info()[1]
+    if isinstance(error, (OperationalError, InterfaceError)):
+        response = JsonResponse(
+            {"error": "The database is unavailable; nothing was changed. Try again shortly.",
+             "code": "database_unavailable"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = "5"
+        return response
     return JsonResponse({"error": "Internal server error; it has been logged.", "code": "server_error"}, status=500)

@@ -31,9 +31,8 @@ def idempotency_key_from(request) -> str | None:
     if key is None:
         return None
     if not _PRINTABLE.fullmatch(key):
-        raise exceptions.ValidationError(
-            {HEADER: [f"{HEADER} must be 1 to 255 printable ASCII characters, e.g. a UUID (got {len(key)} characters)."]}
-        )
+        problem = f"{HEADER} must be 1 to 255 printable ASCII characters, e.g. a UUID"
+        raise exceptions.ValidationError({HEADER: [f"{problem} (got {len(key)} characters)."]})
     return key
 
 

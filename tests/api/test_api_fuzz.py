@@ -10,7 +10,8 @@ import schemathesis
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
@@ -126,8 +127,8 @@ def _no_submission_rate(settings):
 
 
 @schema.parametrize()
-@settings(
-    max_examples=30,
+@hypothesis_settings(
+    max_examples=60,
     derandomize=True,
     database=None,
     deadline=None,

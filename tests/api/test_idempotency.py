@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.db import connection, connections, transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from coordination.models import IdempotencyKey, Job, JobQueueState
@@ -101,11 +102,15 @@ class TestSameKeyAnotherRequest:
         assert IdempotencyKey.objects.filter(key="key-1").count() == 2
 
 
+def age(user, by: timedelta) -> None:
+    IdempotencyKey.objects.filter(user=user).update(created_at=timezone.now() - by)
+
+
 @pytest.mark.django_db
 class TestKeyLifetime:
     def test_after_24_hours_the_key_is_free_again(self, api, user):
         first = post(api).json()
-        IdempotencyKey.objects.filter(user=user).update(created_at=IdempotencyKey.objects.get().created_at - timedelta(hours=24, seconds=1))
+        age(user, timedelta(hours=24, seconds=1))
 
         again = post(api, body={**BODY, "prompt": "another job, same old key"})
 
@@ -116,7 +121,7 @@ class TestKeyLifetime:
 
     def test_within_24_hours_it_still_holds(self, api, user):
         post(api)
-        IdempotencyKey.objects.filter(user=user).update(created_at=IdempotencyKey.objects.get().created_at - timedelta(hours=23))
+        age(user, timedelta(hours=23))
 
         assert post(api).status_code == 200
 
@@ -192,7 +197,8 @@ def test_two_concurrent_requests_with_one_key_make_exactly_one_job():
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_stat_clear_snapshot()")
                 cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
                 )
                 if cursor.fetchone()[0] >= 2:
                     break

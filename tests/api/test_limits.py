@@ -21,7 +21,8 @@ IMAGE = "https://example.com/user.jpg"
 
 
 def submit(client, **body):
-    return client.post("/jobs", {"prompt": "A knight riding a horse", "model": "motion-2.0-fast", **body}, format="json")
+    body = {"prompt": "A knight riding a horse", "model": "motion-2.0-fast", **body}
+    return client.post("/jobs", body, format="json")
 
 
 def execute(client, **body):
@@ -171,7 +172,8 @@ class TestAddresses:
         assert not Job.objects.exists()
 
     @pytest.mark.parametrize(
-        "address", ["http://example.com/user.jpg", "https://cdn.example.com/a/b.png?x=1", "https://example.com/" + "a" * 2028]
+        "address",
+        ["http://example.com/user.jpg", "https://cdn.example.com/a/b.png?x=1", "https://example.com/" + "a" * 2028],
     )
     def test_http_and_https_are_accepted(self, api, address):
         assert len(address) <= 2048
@@ -231,7 +233,8 @@ class TestProductionSettings:
 
     @staticmethod
     def check(**env: str) -> subprocess.CompletedProcess:
-        environment = {key: value for key, value in os.environ.items() if key not in ("SECRET_KEY", "DEBUG", "JOBQUEUE_ENV")}
+        unset = ("SECRET_KEY", "DEBUG", "JOBQUEUE_ENV")
+        environment = {key: value for key, value in os.environ.items() if key not in unset}
         environment.update(env, DJANGO_SETTINGS_MODULE="jobqueue_site.settings")
         return subprocess.run(
             [sys.executable, "manage.py", "check"],
