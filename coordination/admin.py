@@ -121,7 +121,10 @@ class JobQueueLogAdmin(ReadOnlyAdmin):
 
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "media_type", "runner", "capacity", "enabled", "default_simulate_seconds")
+    list_display = (
+        "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled",
+        "default_simulate_seconds",
+    )
     list_filter = ("media_type", "runner", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "description")

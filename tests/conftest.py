@@ -3,7 +3,7 @@ from django.db import connection
 
 from coordination.seed import seed_catalog_now
 from tests.factories import UserFactory
-from tests.helpers import coordinator_log, fail_audit  # noqa: F401 (fixtures)
+from tests.helpers import coordinator_log, fail_audit, runner_calls  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

@@ -54,6 +54,22 @@ def fail_audit(monkeypatch):
     return arm
 
 
+@pytest.fixture
+def runner_calls(monkeypatch) -> list:
+    """Every call the simulated runner gets (it still runs: only counted, nothing faked)."""
+    from coordination.runners.simulated import SimulatedRunner
+
+    calls = []
+    run = SimulatedRunner.run
+
+    def counting_run(self, call):
+        calls.append(call)
+        return run(self, call)
+
+    monkeypatch.setattr(SimulatedRunner, "run", counting_run)
+    return calls
+
+
 def coordinator_lines(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == COORDINATOR_LOGGER]
 

@@ -9,7 +9,6 @@ from django.utils import timezone
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap
-from coordination.runners.simulated import SimulatedRunner
 from coordination.services import job_cancel, job_claim, job_complete
 from coordination.tasks import run_job
 from tests.e2e.harness import wait_until
@@ -23,17 +22,6 @@ def lapse(job: Job, seconds: int = 60) -> None:
     Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=seconds))
 
 
-@pytest.fixture
-def runner_calls(monkeypatch) -> list:
-    calls = []
-    run = SimulatedRunner.run
-
-    def counting_run(self, call):
-        calls.append(call)
-        return run(self, call)
-
-    monkeypatch.setattr(SimulatedRunner, "run", counting_run)
-    return calls
 
 
 def test_a_lapsed_lease_fails_the_job_frees_its_model_and_starts_the_next(user):

@@ -13,18 +13,6 @@ from tests.helpers import events, fresh, log_row, submit
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def runner_calls(monkeypatch) -> list:
-    """Every call the simulated runner gets (it still runs: only counted, nothing faked)."""
-    calls = []
-    run = SimulatedRunner.run
-
-    def counting_run(self, call):
-        calls.append(call)
-        return run(self, call)
-
-    monkeypatch.setattr(SimulatedRunner, "run", counting_run)
-    return calls
 
 
 def test_run_job_completes_the_job_with_the_runners_result(user, runner_calls):
