@@ -33,7 +33,11 @@ def _error(description: str, **kwargs) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description, **kwargs)
 
 
-AUTH_ERRORS = {401: _error("No or bad credentials."), 403: _error("Not allowed.")}
+COMMON_ERRORS = {
+    401: _error("No or bad credentials."),
+    403: _error("Not allowed."),
+    503: _error("The database is unreachable; nothing was changed. Retry after Retry-After seconds."),
+}
 NOT_FOUND = {404: _error("No such job or workflow, or not yours (an id that is not a UUID is not found).")}
 JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -46,12 +50,12 @@ SUBMIT_RESPONSES = {
     201: OpenApiResponse(JobSerializer, description="Accepted: the new job."),
     200: OpenApiResponse(JobSerializer, description="Idempotency-Key seen before: the job it made."),
     400: _error("Bad input; `fields` says which (an unknown model lists the known ones)."),
-    **AUTH_ERRORS,
+    **COMMON_ERRORS,
     422: _error("Idempotency-Key reused with a different request."),
     429: _error("Too many submissions, or too many pending jobs; try again after Retry-After seconds."),
 }
 RETRY_AFTER = OpenApiParameter(
-    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429], description="Seconds to wait."
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429, 503], description="Seconds to wait."
 )
 
 
@@ -82,8 +86,9 @@ def _submit(request, validated: dict, submit) -> Response:
         OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
         OpenApiParameter("kind", OpenApiTypes.STR, enum=Job.Kind.values),
         OpenApiParameter("model", OpenApiTypes.STR, description="Jobs submitted for this model."),
+        RETRY_AFTER,
     ],
-    responses={200: JobSerializer(many=True), 400: _error("Unknown status or kind."), **AUTH_ERRORS},
+    responses={200: JobSerializer(many=True), 400: _error("Unknown status or kind."), **COMMON_ERRORS},
 )
 @extend_schema(
     methods=["POST"],
@@ -121,8 +126,8 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
 
 @extend_schema(
     summary="One job",
-    parameters=[JOB_ID],
-    responses={200: JobSerializer, **AUTH_ERRORS, **NOT_FOUND},
+    parameters=[JOB_ID, RETRY_AFTER],
+    responses={200: JobSerializer, **COMMON_ERRORS, **NOT_FOUND},
 )
 class JobDetailView(APIView):
     def get(self, request, job_id: str):
@@ -132,12 +137,12 @@ class JobDetailView(APIView):
 
 @extend_schema(
     summary="Cancel a job",
-    parameters=[JOB_ID],
+    parameters=[JOB_ID, RETRY_AFTER],
     request=None,
     responses={
         200: OpenApiResponse(JobSerializer, description="Cancelled (it was pending)."),
         202: OpenApiResponse(JobSerializer, description="Asked to stop: still running until its worker stops it."),
-        **AUTH_ERRORS,
+        **COMMON_ERRORS,
         **NOT_FOUND,
         409: _error("The job has already finished."),
     },
@@ -158,7 +163,9 @@ class JobCancelView(APIView):
 
 
 @extend_schema(
-    summary="Workflow definitions", responses={200: WorkflowSerializer(many=True), **AUTH_ERRORS}
+    summary="Workflow definitions",
+    parameters=[RETRY_AFTER],
+    responses={200: WorkflowSerializer(many=True), **COMMON_ERRORS},
 )
 class WorkflowListView(APIView):
     def get(self, request):
@@ -204,7 +211,9 @@ class WorkflowExecuteView(SubmitThrottledMixin, APIView):
         return _submit(request, serializer.validated_data, submit)
 
 
-@extend_schema(summary="Queue status", responses={200: QueueStatusSerializer, **AUTH_ERRORS})
+@extend_schema(
+    summary="Queue status", parameters=[RETRY_AFTER], responses={200: QueueStatusSerializer, **COMMON_ERRORS}
+)
 class QueueStatusView(APIView):
     def get(self, request):
         return Response(selectors.queue_status(user=request.user))
