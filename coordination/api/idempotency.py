@@ -72,7 +72,8 @@ def submit_once(*, user, key: str, digest: str, submit: Callable[..., Job]) -> t
     try:
         return submit(on_create=remember), True
     except IntegrityError:
-        # Another request with this key won the race; its job (and our rolled-back one) decide.
+        # Another request with this key committed first; ours rolled back whole (job and key row),
+        # so the answer is the winner's job (or a 422 if it was another request).
         record = _live_key(user=user, key=key)
         if record is None:
             raise
