@@ -106,6 +106,8 @@ class Job(models.Model):
             # The line: pending jobs by priority, then acceptance order.
             models.Index(fields=["status", "-priority", "created_at", "job_id"], name="jobs_line_idx"),
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
+            # The per-user pending limit counts these under the lock: only waiting jobs, not history.
+            models.Index(fields=["owner"], condition=Q(status="pending"), name="jobs_owner_pending_idx"),
         ]
         constraints = [
             models.CheckConstraint(

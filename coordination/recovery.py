@@ -28,7 +28,7 @@ def lease_seconds() -> int:
     return settings.COORDINATOR_LEASE_SECONDS
 
 
-def job_heartbeat(*, job_id, attempt: int, renew: bool = True) -> str:
+def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True) -> str:
     """Renew the attempt's lease (no coordinator lock: it touches only this row, fenced by attempt).
 
     Returns "ok", "cancel" (an operator or the owner asked it to stop) or "lost" (the attempt is no
@@ -41,6 +41,8 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True) -> str:
     else:
         alive = fenced.exists()
     if not alive:
+        if not audit:  # the worker's own report may just have ended it: nothing to record
+            return HEARTBEAT_LOST
         job = Job.objects.filter(pk=job_id).only("job_id", "kind", "status", "attempt").first()
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.REFUSED,
@@ -65,34 +67,45 @@ def reap() -> dict:
         queue = LockedQueue()
         limits = dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
         for job in list(queue.running.values()):
+            # Never beyond the job timeout: past it django-q2 may stop the task anyway.
             runtime_limit = min(
-                (limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models),
-                default=settings.COORDINATOR_JOB_TIMEOUT,
+                [limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models]
+                + [settings.COORDINATOR_JOB_TIMEOUT]
             )
             claimed = job.claimed_attempt == job.attempt
             if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
                 _end(queue, job, JobQueueLog.Event.TIMED_OUT, f"timed out after {runtime_limit} s", retry=False)
                 report["timed_out"].append(str(job.job_id))
+            elif claimed and job.heartbeat_at is None and job.lease_expires_at and job.lease_expires_at < now:
+                # Handed to a worker in a finishing transaction, but that worker never confirmed it
+                # (it died in between): nothing ran, so it is sent again without using an attempt.
+                _resend(job, now, reason="handed off, never taken")
+                report["requeued_tasks"].append(str(job.job_id))
             elif claimed and job.lease_expires_at and job.lease_expires_at < now:
                 reason = f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
                 _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
                 report["lease_expired"].append(str(job.job_id))
-            elif not claimed and job.started_at and now - job.started_at > timedelta(seconds=lease_seconds()):
+            elif not claimed and job.lease_expires_at and job.lease_expires_at < now:
                 # Started, but no worker took it in a whole lease: its task was lost. Send it again;
                 # should the first copy turn up after all, the claim lets only one of them run.
-                JobQueueLog.objects.record(
-                    event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": "not claimed"}
-                )
-                logger.info("[COORDINATOR] Job %s attempt %s was never claimed; sending its task again", job.job_id, job.attempt)
-                job.started_at = now  # the next re-send, if needed, is a lease from now
-                job.save(update_fields=["started_at"])
-                transaction.on_commit(lambda job=job: enqueue_job_run(job.job_id, job.attempt))
+                _resend(job, now, reason="not claimed")
                 report["requeued_tasks"].append(str(job.job_id))
         report["repaired"] = _repair_waiting(queue, suspects)
         queue.dispatch()
     if any(report.values()):
         logger.info("[COORDINATOR] Reaper: %s", {key: len(value) for key, value in report.items() if value})
     return report
+
+
+def _resend(job: Job, now, *, reason: str) -> None:
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": reason})
+    logger.info("[COORDINATOR] Job %s attempt %s was never taken by a worker; sending its task again", job.job_id, job.attempt)
+    # A lease from now before the next re-send; started_at stays, so the runtime limit still ends
+    # a job whose task never gets taken.
+    job.claimed_attempt = job.attempt - 1
+    job.lease_expires_at = now + timedelta(seconds=lease_seconds())
+    job.save(update_fields=["claimed_attempt", "lease_expires_at"])
+    transaction.on_commit(lambda: enqueue_job_run(job.job_id, job.attempt))
 
 
 def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) -> None:
@@ -129,7 +142,8 @@ def stale_waiting_ids() -> list:
 def _repair_waiting(queue: LockedQueue, suspects: list) -> list[str]:
     if not suspects:
         return []
-    stale = [job for job in line().filter(job_id__in=suspects) if job.job_id in set(stale_waiting_ids())]
+    still_stale = set(stale_waiting_ids())  # once, under the lock
+    stale = [job for job in line().filter(job_id__in=suspects) if job.job_id in still_stale]
     for job in stale:
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.STALE_CLEARED,

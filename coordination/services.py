@@ -54,7 +54,7 @@ def pending_limit_check(*, owner) -> None:
     limit = settings.COORDINATOR_MAX_PENDING_PER_USER
     if owner is None or owner.is_staff or not limit:
         return
-    waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING)[:limit].count()
+    waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
     if waiting >= limit:
         raise PendingLimitReached(
             f"You have {waiting} jobs waiting; the limit is {limit} (COORDINATOR_MAX_PENDING_PER_USER). "
@@ -145,6 +145,19 @@ def job_requeue(queue: LockedQueue, job: Job) -> None:
             queue.reassess(job)
 
 
+def _end_cancelled(queue: LockedQueue, job: Job, attempt: int, error: str | None) -> None:
+    """A job asked to stop that failed meanwhile is not retried: it ends cancelled."""
+    job.status = Job.Status.CANCELLED
+    job.completed_at = timezone.now()
+    job.error = f"Cancelled while running (its last attempt failed: {error})" if error else "Cancelled while running"
+    job.lease_expires_at = None
+    job.save(update_fields=["status", "completed_at", "error", "lease_expires_at"])
+    logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)
+    queue.release(job)
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={"attempt": attempt, "error": error})
+    queue.settle_after(job.job_id)
+
+
 def _finish(
     *,
     job_id,
@@ -170,6 +183,8 @@ def _finish(
                 job=job,
                 details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
             )
+        elif status == Job.Status.FAILED and job.cancel_requested_at is not None:
+            _end_cancelled(queue, job, attempt, error)
         elif status == Job.Status.FAILED and retry and job.attempt < job_max_attempts(job):
             logger.info("[COORDINATOR] Job %s attempt %s failed, retrying: %s", job.job_id, attempt, error)
             JobQueueLog.objects.record(

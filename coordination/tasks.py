@@ -32,7 +32,14 @@ def run_job(job_id: str, attempt: int) -> None:
     handoff_until = time.monotonic() + settings.COORDINATOR_JOB_TIMEOUT
     while job is not None:
         job = _run_and_report(job, take_next=time.monotonic() < handoff_until)
-        reap_if_due()
+        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt) != HEARTBEAT_OK:
+            # Taking a handed-off job is confirmed by its first heartbeat; until then the reaper
+            # treats it as never taken (re-sends it without using up an attempt).
+            job = None
+        try:
+            reap_if_due()
+        except (OperationalError, InterfaceError):
+            logger.warning("Reaper pass skipped: database unavailable")
 
 
 class LeaseKeeper:
@@ -43,6 +50,9 @@ class LeaseKeeper:
         self.job_id, self.attempt = job_id, attempt
         self.state = HEARTBEAT_OK
         self.stop = threading.Event()
+        # Set once the runner returned: from then on the keeper only keeps the lease alive while
+        # the outcome is reported, and a "lost" answer (the report itself ended the job) is quiet.
+        self.reporting = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._keep, name=f"lease-{job_id}", daemon=True)
 
@@ -61,15 +71,20 @@ class LeaseKeeper:
             # Looks every second (a cancel is seen within about a second), renews every third of a lease.
             while not self._done.wait(min(1.0, renew_every)):
                 renew = time.monotonic() - last_renewal >= renew_every
-                state = job_heartbeat(job_id=self.job_id, attempt=self.attempt, renew=renew)
+                try:
+                    state = job_heartbeat(
+                        job_id=self.job_id, attempt=self.attempt, renew=renew, audit=not self.reporting
+                    )
+                except Exception:  # a database hiccup: not renewed this time; the next look tries again
+                    logger.warning("Heartbeat of job %s attempt %s failed; retrying", self.job_id, self.attempt)
+                    connections.close_all()
+                    continue
                 if renew:
                     last_renewal = time.monotonic()
                 if state != HEARTBEAT_OK:
                     self.state = state
                     self.stop.set()
                     return
-        except Exception:  # a database hiccup: the lease simply is not renewed this time
-            logger.exception("Heartbeat of job %s attempt %s failed", self.job_id, self.attempt)
         finally:
             connections.close_all()  # this thread's own connection
 
@@ -88,9 +103,16 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
             outcome = {"status": Job.Status.FAILED, "error": str(exc) or type(exc).__name__}
         else:
             outcome = {"status": Job.Status.COMPLETED, "result": result}
-    if lease.state == HEARTBEAT_LOST:
-        logger.info("Job %s attempt %s was taken from this worker; its outcome is decided elsewhere", job.job_id, attempt)
-        return None
+        if lease.state == HEARTBEAT_LOST:
+            logger.info("Job %s attempt %s was taken from this worker; its outcome is decided elsewhere", job.job_id, attempt)
+            return None
+        lease.reporting = True
+        # Still inside the keeper: during a database outage the lease is renewed as soon as the
+        # database answers again, so the reaper does not end a job whose outcome is waiting here.
+        return _report(job, attempt, outcome, take_next=take_next)
+
+
+def _report(job: Job, attempt: int, outcome: dict, *, take_next: bool) -> Job | None:
     deadline = time.monotonic() + 2 * settings.COORDINATOR_LEASE_SECONDS
     while True:
         try:

@@ -110,6 +110,9 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
         except Exception as exc:
             raise RunnerError(f"Step {index} ({name}, {model.name}) failed: {exc}") from exc
         outputs.append({"step": index, "name": name, "model": model.name, "output": output})
-        WorkflowExecution.objects.filter(job_id=job.job_id).update(step_outputs=outputs)
+        # Fenced like everything a worker writes: a lost worker's late step changes nothing.
+        WorkflowExecution.objects.filter(
+            job_id=job.job_id, job__status=Job.Status.RUNNING, job__attempt=attempt
+        ).update(step_outputs=outputs)
         inputs = {"input": output.get("output"), "previous_step": name}
     return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs}

@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import NEAREST_FIRST, line, line_position, model_line, nearest_ahead
+from coordination.queue.lines import NEAREST_FIRST, line, model_line, nearest_ahead
 
 logger = logging.getLogger("job_coordinator")
 
@@ -343,11 +343,13 @@ class LockedQueue:
         )
 
     def _position_on_entry(self, job: Job) -> int:
-        """Its place in the global line when it joined: at the back (the usual case) that is the
-        counter; only a job that overtakes lower-priority ones is counted from the head."""
-        if not line().filter(priority__lt=job.priority).exists():
+        """Its place in the global line when it joined (it is the newest at its priority): the
+        counter, less the jobs of lower priority that now stand behind it."""
+        behind = line().filter(priority__lt=job.priority)
+        if not behind.exists():
             return self.pending_count()
-        return line_position(job)
+        # Counting the (usually few) lower-priority jobs behind it, not everything ahead.
+        return self.pending_count() - behind.count()
 
     def requeue(self, job: Job) -> None:
         """A running job whose attempt ended without an outcome (a failure it may retry, or a lost

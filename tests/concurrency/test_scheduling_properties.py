@@ -217,7 +217,8 @@ class SchedulingMachine(RuleBasedStateMachine):
         """A running job completes or fails, reported as a worker does: with its current attempt,
         with or without taking the next job it starts (the worker hand-off)."""
         rec = data.draw(st.sampled_from(self.running()))
-        attempt = Job.objects.get(pk=rec.job_id).attempt
+        current = Job.objects.get(pk=rec.job_id)
+        attempt = current.attempt
         taken = None
         if take_next:
             taken = job_finish_and_take_next(job_id=rec.job_id, attempt=attempt, status=outcome, result={"output": "x"})
@@ -225,7 +226,9 @@ class SchedulingMachine(RuleBasedStateMachine):
             job_complete(job_id=rec.job_id, attempt=attempt, result={"output": "x"})
         else:
             job_fail(job_id=rec.job_id, attempt=attempt, error="boom")
-        rec.status = outcome
+        # A job asked to stop that then fails is not failed (nor retried): it ends cancelled.
+        asked_to_stop = current.cancel_requested_at is not None
+        rec.status = Job.Status.CANCELLED if outcome == Job.Status.FAILED and asked_to_stop else outcome
         started = self.replay_starts()
         if take_next:
             # The worker takes the first job its report started, already claimed for its attempt.

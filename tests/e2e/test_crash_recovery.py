@@ -11,7 +11,7 @@ from tests.e2e.harness import start_worker, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-LEASE = 2
+LEASE = 3
 FAST_RECOVERY = {"COORDINATOR_LEASE_SECONDS": str(LEASE), "COORDINATOR_REAPER_SECONDS": "1"}
 
 
@@ -41,11 +41,12 @@ def test_a_killed_worker_loses_its_job_and_the_queue_recovers(http, settings, tm
     try:
         first, second = submit_pair(http, first_seconds=30)
         wait_until(lambda: claims(first) == [1], timeout=20, message="the first job to be claimed")
+        # Up before the kill, so the figure below is recovery, not a cold start.
+        survivor = start_worker(tmp_path / "survivor.log", **FAST_RECOVERY)
 
         os.killpg(doomed.process.pid, signal.SIGKILL)  # the whole cluster: no goodbye, no report
         doomed.process.wait()
         killed_at = timezone.now()
-        survivor = start_worker(tmp_path / "survivor.log", **FAST_RECOVERY)
 
         lost = wait_until(lambda: finished(first), timeout=30, message="the lost job to be ended")
         after = wait_until(lambda: finished(second), timeout=30, message="the next job to run")

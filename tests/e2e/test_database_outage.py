@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,13 @@ from tests.e2e.harness import BASE_DIR, HttpApi, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]  # its own PostgreSQL; run once, in the PostgreSQL pass
 
-PORT_PG, PORT_WEB = 55432, 58765
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+PORT_PG, PORT_WEB = free_port(), free_port()
 
 
 def pg_bin(name: str) -> str | None:
