@@ -40,6 +40,14 @@ def queue_log_prune(*, days: int, dry_run: bool = False, batch_size: int = PRUNE
         deleted += JobQueueLog.objects.filter(id__in=ids).delete()[0]
 
 
+def idempotency_keys_prune() -> int:
+    """Keys older than 24 hours no longer protect anything; the daily prune removes them."""
+    from coordination.models import IdempotencyKey
+
+    cutoff = timezone.now() - timedelta(hours=24)
+    return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
+
+
 def schedules_ensure(Schedule=None) -> None:
     """Create or update the daily schedules by name; safe to run any number of times."""
     if Schedule is None:

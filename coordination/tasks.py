@@ -167,6 +167,8 @@ def reap() -> dict:
 
 
 def prune_queue_log(days: int = 7) -> int:
-    from coordination.maintenance import queue_log_prune
+    """The daily housekeeping schedule: old audit rows, and idempotency keys past their 24 hours."""
+    from coordination.maintenance import idempotency_keys_prune, queue_log_prune
 
+    idempotency_keys_prune()
     return queue_log_prune(days=days)

@@ -14,15 +14,8 @@ from rest_framework.views import APIView
 
 from coordination import selectors, services
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
-from coordination.api.serializers import (
-    ErrorSerializer,
-    HealthSerializer,
-    JobSerializer,
-    JobSubmitSerializer,
-    QueueStatusSerializer,
-    WorkflowExecuteSerializer,
-    WorkflowSerializer,
-)
+from coordination.api.schema import ErrorSerializer, HealthSerializer, QueueStatusSerializer, WorkflowSerializer
+from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WorkflowExecuteSerializer
 from coordination.api.throttling import SubmitThrottledMixin
 from coordination.models import Job
 

@@ -128,3 +128,22 @@ def test_ensure_schedules_creates_a_missing_schedule_and_removes_duplicates():
     schedule = _prune_schedules().get()
     assert schedule.schedule_type == Schedule.DAILY
     assert schedule.kwargs == "days=7"
+
+
+def test_the_daily_task_also_removes_idempotency_keys_older_than_a_day(user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from coordination.models import IdempotencyKey
+    from coordination.tasks import prune_queue_log
+    from tests.helpers import submit
+
+    job = submit(user)
+    old = IdempotencyKey.objects.create(user=user, key="old", request_hash="x", job=job)
+    IdempotencyKey.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=25))
+    fresh_key = IdempotencyKey.objects.create(user=user, key="new", request_hash="y", job=job)
+
+    prune_queue_log()
+
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == [fresh_key.key]

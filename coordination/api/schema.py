@@ -1,0 +1,134 @@
+"""The OpenAPI schema (/schema): response shapes the views build as dicts, and extensions for what
+drf-spectacular cannot see in a serializer (keys only some responses carry, JSON fields' types).
+
+Importing this module registers the extensions; views.py imports it.
+"""
+
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from rest_framework import serializers
+
+from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WaitingForSerializer, WorkflowExecuteSerializer
+from coordination.models import Job
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error response: a message a person can act on, a code, and per-field messages for bad input."""
+
+    def get_fields(self):
+        # "fields" would shadow Serializer.fields as a class attribute, so the fields are listed here.
+        return {
+            "error": serializers.CharField(),
+            "code": serializers.CharField(help_text="e.g. invalid, unknown_model, not_found, conflict."),
+            "fields": serializers.DictField(
+                required=False, help_text="Bad input only: the messages for each field, by field name."
+            ),
+        }
+
+
+class ActiveJobSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField(allow_null=True)
+    job_type = serializers.ChoiceField(Job.Kind.choices, allow_null=True, help_text="The job's kind.")
+    models = serializers.ListField(child=serializers.CharField())
+
+
+class ActiveSlotSerializer(ActiveJobSerializer):
+    slot = serializers.IntegerField()
+    started_at = serializers.DateTimeField(allow_null=True)
+
+
+class QueuedJobSerializer(serializers.Serializer):
+    """A waiting job. Someone else's (unless you are staff) shows only queue_position, kind, required_models."""
+
+    job_id = serializers.UUIDField(required=False)
+    kind = serializers.ChoiceField(Job.Kind.choices)
+    model = serializers.CharField(allow_null=True, required=False)
+    required_models = serializers.ListField(child=serializers.CharField())
+    priority = serializers.IntegerField(required=False)
+    queue_position = serializers.IntegerField()
+    blocked_by_job_id = serializers.UUIDField(allow_null=True, required=False)
+    conflict_reason = serializers.CharField(allow_null=True, required=False)
+    queued_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class QueueStatusSerializer(serializers.Serializer):
+    active_job = ActiveJobSerializer(help_text="The first slot's job (all nulls when it is free), as in the seed.")
+    active_jobs = ActiveSlotSerializer(many=True)
+    queued_jobs = QueuedJobSerializer(many=True, help_text="The line, first to start first (at most a set limit).")
+    queue_length = serializers.IntegerField(help_text="How many jobs wait, all of them.")
+
+
+class WorkflowStepSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    name = serializers.CharField()
+    default_model = serializers.CharField()
+
+
+class WorkflowSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    workflow_id = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    inputs = serializers.ListField(child=serializers.CharField(), help_text="Fields POST .../execute needs.")
+    required_models = serializers.ListField(child=serializers.CharField())
+    steps = WorkflowStepSerializer(many=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text="ok, or unavailable (503).")
+    database = serializers.CharField(help_text="ok, or unreachable (503).")
+    error = serializers.CharField(required=False, help_text="503 only: why the database did not answer.")
+
+
+PARAMS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "simulate_seconds": {"type": "number", "minimum": 0, "description": "How long the simulated run takes."},
+        "simulate_fail": {"type": "boolean", "description": "The simulated run raises."},
+    },
+}
+STRING_LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "readOnly": True}
+
+
+class JobSubmitSchema(OpenApiSerializerExtension):
+    target_class = JobSubmitSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["properties"]["params"] = PARAMS_SCHEMA
+        schema["additionalProperties"] = False  # StrictSerializer: an unknown field is a 400
+        return schema
+
+
+class WorkflowExecuteSchema(OpenApiSerializerExtension):
+    target_class = WorkflowExecuteSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["properties"]["params"] = PARAMS_SCHEMA
+        schema["additionalProperties"] = {
+            "type": "string",
+            "maxLength": 2048,
+            "description": "The workflow's own inputs (GET /workflows, `inputs`), e.g. input_image: an URL.",
+        }
+        return schema
+
+
+class JobSchema(OpenApiSerializerExtension):
+    target_class = JobSerializer
+    # Keys only some responses carry: the workflow ones on workflow jobs, waiting_for on GET /jobs/{id}.
+    optional = {"workflow_id", "current_step", "current_step_model", "waiting_for"}
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        properties = schema["properties"]
+        properties["required_models"] = STRING_LIST_SCHEMA
+        properties["params"] = {**PARAMS_SCHEMA, "readOnly": True}
+        properties["waiting_for"] = {
+            "type": "array",
+            "items": auto_schema.resolve_serializer(WaitingForSerializer, direction).ref,
+            "nullable": True,
+            "readOnly": True,
+            "description": "GET /jobs/{job_id} only: for a pending job, what it waits for, model by model.",
+        }
+        schema["required"] = [name for name in schema["required"] if name not in self.optional]
+        return schema
