@@ -116,7 +116,7 @@ class WorkflowExecuteSchema(OpenApiSerializerExtension):
 class JobSchema(OpenApiSerializerExtension):
     target_class = JobSerializer
     # Keys only some responses carry: the workflow ones on workflow jobs, waiting_for on GET /jobs/{id}.
-    optional = {"workflow_id", "current_step", "current_step_model", "waiting_for"}
+    optional = {"workflow_id", "current_step", "current_step_model", "waiting_for", "estimated_start_at"}
 
     def map_serializer(self, auto_schema, direction):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
@@ -129,6 +129,13 @@ class JobSchema(OpenApiSerializerExtension):
             "nullable": True,
             "readOnly": True,
             "description": "GET /jobs/{job_id} only: for a pending job, what it waits for, model by model.",
+        }
+        properties["estimated_start_at"] = {
+            "type": "string",
+            "format": "date-time",
+            "nullable": True,
+            "readOnly": True,
+            "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start.",
         }
         schema["required"] = [name for name in schema["required"] if name not in self.optional]
         return schema

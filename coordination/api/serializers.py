@@ -6,6 +6,7 @@ from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
+from coordination.estimates import estimated_start
 from coordination.queue import waiting_for
 from coordination.selectors import job_queue_position
 
@@ -170,6 +171,9 @@ class JobSerializer(serializers.ModelSerializer):
             data["waiting_for"] = (
                 WaitingForSerializer(waiting_for(job), many=True).data if job.status == Job.Status.PENDING else None
             )
+            # From each model's recent run times (coordination.estimates); null unless waiting.
+            eta = estimated_start(job)
+            data["estimated_start_at"] = serializers.DateTimeField().to_representation(eta) if eta else None
         if job.kind != Job.Kind.WORKFLOW:
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)
