@@ -2,10 +2,16 @@
 
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
+from django.urls import path
 
 from coordination import services
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.console import console_context
 from coordination.selectors import queue_clear_stale_preview, queue_reset_preview
+
+
+# The admin index links to the queue console.
+admin.site.index_template = "admin/coordination/index.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -88,6 +94,16 @@ class JobAdmin(admin.ModelAdmin):
 class JobQueueStateAdmin(ReadOnlyAdmin):
     list_display = ("id", "active_job_id", "active_job_type", "active_models", "started_at")
     actions = ["reset_state"]
+
+    def get_urls(self):
+        # The console hangs off the admin (staff only, admin login) at /admin/queue-console/.
+        console = path("queue-console/", self.admin_site.admin_view(self.queue_console), name="queue-console")
+        return [console, *super().get_urls()]
+
+    def queue_console(self, request):
+        """Read-only: slots, lines, metrics, the last hour as a timeline, recent events."""
+        context = {**self.admin_site.each_context(request), "title": "Queue console", **console_context()}
+        return TemplateResponse(request, "admin/coordination/queue_console.html", context)
 
     @admin.action(description="Reset state (free the selected slots; a job still running in one is failed)")
     def reset_state(self, request, queryset):
