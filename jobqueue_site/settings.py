@@ -188,6 +188,10 @@ CACHES = {
     },
 }
 
+# GET /metrics: a scraper sends `Authorization: Bearer <METRICS_TOKEN>`; empty turns token access
+# off (staff sessions may still read it).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+
 # --- Coordinator --------------------------------------------------------------------------------
 # Slots: how many jobs may run at once. 1 is the seed's serialized mode: global FIFO, one at a time.
 COORDINATOR_MAX_ACTIVE_JOBS = env_int("COORDINATOR_MAX_ACTIVE_JOBS", 1)

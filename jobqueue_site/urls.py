@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from coordination.metrics import metrics_view
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("coordination.api.urls")),
+    # Prometheus text format, computed from the database on each scrape (bearer token or staff session).
+    path("metrics", metrics_view, name="metrics"),
     # OpenAPI 3 (YAML; JSON with ?format=json or Accept: application/json) and Swagger UI on it.
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
