@@ -1,6 +1,7 @@
 """The operators' console: every table, read-only where it is history, and the guide's two fixes."""
 
 from django.contrib import admin, messages
+from django.db import models
 from django.template.response import TemplateResponse
 from django.urls import path
 
@@ -143,4 +144,6 @@ class CatalogModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("media_type", "runner", "enabled")
     list_editable = ("enabled",)
+    # provider_url without a scheme means https (Django 6's default, asked for explicitly now).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     search_fields = ("name", "description")

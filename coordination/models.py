@@ -7,6 +7,7 @@ Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -24,6 +25,10 @@ class CatalogModel(models.Model):
         SIMULATED = "simulated"
         HTTP = "http"
 
+    class ProviderStyle(models.TextChoices):
+        SYNC = "sync", "sync: answers the result at once"
+        POLL = "poll", "poll: answers a job to poll"
+
     name = models.CharField(max_length=100, unique=True, help_text="As clients name it, e.g. motion-2.0-fast.")
     media_type = models.CharField(max_length=10, choices=MediaType.choices)
     runner = models.CharField(max_length=20, choices=Runner.choices, default=Runner.SIMULATED)
@@ -39,6 +44,22 @@ class CatalogModel(models.Model):
     max_attempts = models.PositiveSmallIntegerField(
         default=1, help_text="Runs a failing job may get in all (1: no retry)."
     )
+    # The http runner's provider (coordination/runners/http.py); unused by the simulated runner.
+    provider_url = models.URLField(blank=True, default="", help_text="Where the http runner POSTs a job.")
+    # Only the variable's NAME is stored: the secret stays in the worker's environment, never in the database.
+    credential_env = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Name of the environment variable holding the provider's token (sent as a Bearer token).",
+    )
+    provider_style = models.CharField(max_length=10, choices=ProviderStyle.choices, default=ProviderStyle.SYNC)
+    timeout_seconds = models.PositiveIntegerField(
+        default=600, help_text="The http runner gives up on a provider call after this long."
+    )
+    max_connect_retries = models.PositiveSmallIntegerField(
+        default=3, help_text="Retries of a provider request after a connection error or a 5xx answer."
+    )
 
     class Meta:
         db_table = "model_catalog"
@@ -48,10 +69,18 @@ class CatalogModel(models.Model):
             models.CheckConstraint(
                 condition=Q(default_simulate_seconds__gte=0), name="model_catalog_simulate_seconds_nonnegative"
             ),
+            models.CheckConstraint(
+                condition=Q(provider_style__in=["sync", "poll"]), name="model_catalog_provider_style_valid"
+            ),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # An http model without a provider would fail every job it gets: refuse it when it is saved.
+        if self.runner == self.Runner.HTTP and not self.provider_url:
+            raise ValidationError({"provider_url": "A model using the http runner needs a provider URL."})
 
 
 class Job(models.Model):

@@ -1,9 +1,10 @@
 """Runners: the code that calls a model. A runner gets one step of work and returns its output."""
 
 from coordination.runners.base import Runner, RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.http import HttpRunner
 from coordination.runners.simulated import SimulatedRunner
 
-RUNNERS: dict[str, Runner] = {"simulated": SimulatedRunner()}
+RUNNERS: dict[str, Runner] = {"simulated": SimulatedRunner(), "http": HttpRunner()}
 
 
 def get_runner(name: str) -> Runner:

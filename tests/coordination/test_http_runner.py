@@ -1,0 +1,336 @@
+"""The http runner against a small provider served on 127.0.0.1 (real sockets, nothing of HTTP faked)."""
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+from uuid import uuid4
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner
+from coordination.tasks import run_job
+from tests.helpers import events, fresh, submit
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "sk-test-4f1c9e2b-never-stored"
+MODEL = "motion-2.0-fast"
+
+
+class Provider:
+    """What the provider was asked, and how it should answer (set by each test)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.failures_left = 0  # /flaky answers 500 this many times first
+        self.polls_needed = 3  # a /poll job succeeds on this poll
+        self.poll_outcome = "succeeded"
+        self.polls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def received(self, method: str, path: str | None = None) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and (path is None or r["path"] == path)]
+
+
+def _handler(provider: Provider):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _answer(self, status: int, body) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _record(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            request = {"method": self.command, "path": urlsplit(self.path).path, "headers": dict(self.headers), "body": body}
+            with provider.lock:
+                provider.requests.append(request)
+            return request
+
+        def do_POST(self):
+            request = self._record()
+            path, query = request["path"], parse_qs(urlsplit(self.path).query)
+            body = request["body"]
+            if path == "/sync":
+                return self._answer(200, {"output": f"video://{body['model']}/{body['job_id']}", "prompt": body["prompt"]})
+            if path == "/slow":
+                time.sleep(float(query["delay"][0]))
+                return self._answer(200, {"output": "slow but done"})
+            if path == "/flaky":
+                with provider.lock:
+                    failing = provider.failures_left > 0
+                    provider.failures_left -= 1
+                if failing:
+                    return self._answer(500, {"error": "upstream overloaded"})
+                return self._answer(200, {"output": "after retries"})
+            if path == "/bad":
+                return self._answer(400, {"error": {"message": "prompt violates the content policy"}})
+            if path == "/poll":
+                provider_job = f"p-{uuid4().hex[:8]}"
+                provider.polls[provider_job] = 0
+                return self._answer(202, {"id": provider_job, "status_url": f"/poll/jobs/{provider_job}"})
+            self._answer(404, {"error": "no such route"})
+
+        def do_GET(self):
+            request = self._record()
+            provider_job = request["path"].rsplit("/", 1)[-1]
+            with provider.lock:
+                provider.polls[provider_job] += 1
+                polls = provider.polls[provider_job]
+            if polls < provider.polls_needed:
+                return self._answer(200, {"id": provider_job, "status": "running", "progress": polls / provider.polls_needed})
+            if provider.poll_outcome == "failed":
+                return self._answer(200, {"id": provider_job, "status": "failed", "error": "GPU out of memory"})
+            self._answer(200, {"id": provider_job, "status": "succeeded", "output": f"video://{provider_job}.mp4"})
+
+        def do_DELETE(self):
+            self._record()
+            self._answer(200, {"status": "cancelled"})
+
+    return Handler
+
+
+@pytest.fixture
+def provider():
+    state = Provider()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def http_log(caplog):
+    caplog.set_level(logging.INFO, logger="coordination.runners.http")
+    return caplog
+
+
+def use_http(url: str, **fields) -> CatalogModel:
+    CatalogModel.objects.filter(name=MODEL).update(runner="http", provider_url=url, **fields)
+    return CatalogModel.objects.get(name=MODEL)
+
+
+def call(*, params=None, should_stop=lambda: False) -> RunnerCall:
+    return RunnerCall(job_id=uuid4(), model=MODEL, prompt="A knight riding a horse", params=params or {},
+                      inputs={"input_image": "https://example.com/user.jpg"}, should_stop=should_stop)
+
+
+def run(runner_call: RunnerCall) -> dict:
+    return get_runner("http").run(runner_call)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_sync_provider_answers_the_result_and_gets_the_whole_call(provider, monkeypatch):
+    monkeypatch.setenv("TEST_PROVIDER_TOKEN", SECRET)
+    use_http(f"{provider.url}/sync", credential_env="TEST_PROVIDER_TOKEN")
+    runner_call = call(params={"seed": 7})
+
+    result = run(runner_call)
+
+    assert result == {"output": f"video://{MODEL}/{runner_call.job_id}", "prompt": "A knight riding a horse"}
+    [request] = provider.received("POST", "/sync")
+    assert request["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["body"] == {
+        "model": MODEL,
+        "prompt": "A knight riding a horse",
+        "params": {"seed": 7},
+        "inputs": {"input_image": "https://example.com/user.jpg"},
+        "job_id": str(runner_call.job_id),
+    }
+
+
+def test_no_credential_env_sends_no_authorization(provider):
+    use_http(f"{provider.url}/sync")
+
+    run(call())
+
+    [request] = provider.received("POST")
+    assert "Authorization" not in request["headers"]
+
+
+def test_a_missing_credential_variable_fails_naming_it_before_any_request(provider, monkeypatch):
+    monkeypatch.delenv("TEST_PROVIDER_TOKEN", raising=False)
+    use_http(f"{provider.url}/sync", credential_env="TEST_PROVIDER_TOKEN")
+
+    with pytest.raises(RunnerError, match="TEST_PROVIDER_TOKEN is not set"):
+        run(call())
+    assert provider.requests == []
+
+
+def test_poll_provider_is_polled_until_it_succeeds_and_progress_is_logged(provider, http_log):
+    provider.polls_needed = 3
+    use_http(f"{provider.url}/poll", provider_style="poll")
+
+    runner_call = call(params={"poll_interval": 0.05})
+
+    result = run(runner_call)
+
+    assert len(provider.received("POST", "/poll")) == 1
+    provider_job = result["provider_job_id"]
+    assert result == {"runner": "http", "provider_job_id": provider_job, "output": f"video://{provider_job}.mp4"}
+    assert len(provider.received("GET", f"/poll/jobs/{provider_job}")) == 3
+    progress = [
+        (record.levelno, record.getMessage())
+        for record in http_log.records
+        if record.name == "coordination.runners.http" and "%" in record.getMessage()
+    ]
+    assert progress == [
+        (logging.INFO, f"Job {runner_call.job_id}: provider job {provider_job} at 33%"),
+        (logging.INFO, f"Job {runner_call.job_id}: provider job {provider_job} at 67%"),
+    ]
+
+
+def test_a_failed_provider_job_fails_with_the_providers_message(provider):
+    provider.poll_outcome = "failed"
+    provider.polls_needed = 2
+    use_http(f"{provider.url}/poll", provider_style="poll")
+
+    with pytest.raises(RunnerError, match="failed: GPU out of memory"):
+        run(call(params={"poll_interval": 0.05}))
+
+
+def test_stopping_while_polling_cancels_the_provider_job(provider):
+    provider.polls_needed = 1000
+    use_http(f"{provider.url}/poll", provider_style="poll")
+
+    def should_stop() -> bool:
+        return len(provider.received("GET")) >= 3
+
+    started = time.monotonic()
+    with pytest.raises(RunnerStopped):
+        run(call(params={"poll_interval": 0.5}, should_stop=should_stop))
+
+    assert time.monotonic() - started < 2.5  # seen within a tick, not after a whole poll interval
+    polled = provider.received("GET")[0]["path"]
+    assert [r["path"] for r in provider.received("DELETE")] == [polled]
+
+
+def test_stopping_while_a_slow_answer_is_awaited_does_not_wait_for_it(provider):
+    use_http(f"{provider.url}/slow")
+    stop_at = time.monotonic() + 0.3
+
+    started = time.monotonic()
+    with pytest.raises(RunnerStopped):
+        run(call(should_stop=lambda: time.monotonic() >= stop_at))
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_slow_answer_within_the_timeout_is_the_result(provider):
+    use_http(f"{provider.url}/slow?delay=0.5", timeout_seconds=5)
+
+    assert run(call()) == {"output": "slow but done"}
+
+
+def test_a_provider_slower_than_timeout_seconds_times_out(provider):
+    use_http(f"{provider.url}/slow?delay=5", timeout_seconds=1)
+
+    started = time.monotonic()
+    with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
+        run(call())
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider):
+    provider.polls_needed = 1000
+    use_http(f"{provider.url}/poll", provider_style="poll", timeout_seconds=1)
+
+    with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
+        run(call(params={"poll_interval": 0.1}))
+    assert len(provider.received("DELETE")) == 1
+
+
+def test_5xx_answers_are_retried_until_one_succeeds(provider):
+    provider.failures_left = 2
+    use_http(f"{provider.url}/flaky", max_connect_retries=3)
+
+    assert run(call()) == {"output": "after retries"}
+    assert len(provider.received("POST")) == 3
+
+
+def test_5xx_answers_beyond_max_connect_retries_fail_with_the_providers_message(provider):
+    provider.failures_left = 10
+    use_http(f"{provider.url}/flaky", max_connect_retries=1)
+
+    with pytest.raises(RunnerError, match=r"after 2 tries: HTTP 500: upstream overloaded"):
+        run(call())
+    assert len(provider.received("POST")) == 2
+
+
+def test_a_4xx_answer_fails_at_once_with_the_providers_message(provider):
+    use_http(f"{provider.url}/bad", max_connect_retries=3)
+
+    with pytest.raises(RunnerError, match=r"HTTP 400\): prompt violates the content policy"):
+        run(call())
+    assert len(provider.received("POST")) == 1
+
+
+def test_a_refused_connection_is_retried_then_fails():
+    use_http(f"http://127.0.0.1:{free_port()}/sync", max_connect_retries=2)
+
+    started = time.monotonic()
+    with pytest.raises(RunnerError, match=r"Provider unavailable after 3 tries: ConnectionRefusedError"):
+        run(call())
+    assert 0.5 <= time.monotonic() - started < 3.0  # backoff 0.2 s, then 0.4 s
+
+
+def test_an_http_model_without_provider_url_is_refused_on_clean():
+    model = CatalogModel.objects.get(name=MODEL)
+    model.runner = CatalogModel.Runner.HTTP
+    model.provider_url = ""
+
+    with pytest.raises(ValidationError) as refused:
+        model.full_clean()
+    assert "provider_url" in refused.value.message_dict
+
+    model.provider_url = "https://provider.example.com/v1/generate"
+    model.full_clean()
+
+
+def test_a_job_runs_end_to_end_on_a_poll_provider_and_the_secret_is_stored_nowhere(user, provider, monkeypatch):
+    monkeypatch.setenv("TEST_PROVIDER_TOKEN", SECRET)
+    use_http(f"{provider.url}/poll", provider_style="poll", credential_env="TEST_PROVIDER_TOKEN")
+    provider.polls_needed = 2
+    job = submit(user, params={"poll_interval": 0.05})
+
+    run_job(str(job.job_id), 1)
+
+    job = fresh(job)
+    assert job.status == Job.Status.COMPLETED, job.error
+    assert job.result["output"] == f"video://{job.result['provider_job_id']}.mp4"
+    assert events(job) == ["submitted", "started", "claimed", "completed"]
+    [submitted] = provider.received("POST", "/poll")
+    assert submitted["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert submitted["body"]["job_id"] == str(job.job_id)
+    stored = json.dumps(
+        [
+            list(Job.objects.values()),
+            list(JobQueueLog.objects.values()),
+            list(CatalogModel.objects.values()),
+        ],
+        default=str,
+    )
+    assert SECRET not in stored
+    assert "TEST_PROVIDER_TOKEN" in stored  # the name is stored, the value is not
