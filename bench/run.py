@@ -33,6 +33,12 @@ DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 MODELS = ["nano-banana-pro-leonardo", "motion-2.0-fast", "flux-dev", "minimax/video-01"]
 
 
+def out(*parts) -> None:
+    """The benchmark's report goes to standard output (it is the command's result, not a log)."""
+    sys.stdout.write(" ".join(str(part) for part in parts) + "\n")
+    sys.stdout.flush()
+
+
 def fresh_database() -> None:
     import psycopg
 
@@ -283,48 +289,48 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     owner = get_user_model().objects.create(username="bench", is_staff=True)
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
-    print(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
+    out(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
 
     if "a" in args.parts:
         decision_costs(sizes, owner, repeats)
     if "d" in args.parts:
-        print("\n(d) database queries per step of a job's life")
+        out("\n(d) database queries per step of a job's life")
         for step, count in count_queries(owner).items():
-            print(f"    {count:>3}  {step}")
+            out(f"    {count:>3}  {step}")
     if "b" in args.parts or "c" in args.parts:
-        print(f"\n(b) throughput, {drain_count} zero-second jobs over 4 models, 2 worker processes")
+        out(f"\n(b) throughput, {drain_count} zero-second jobs over 4 models, 2 worker processes")
         settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
         ours = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp)
         settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
         bare = drain_bare(drain_count, workers=2, tmp=tmp)
-        print(f"    coordinator (2 slots): {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
-        print(f"    bare django-q2 no-op:  {bare['rate']:>7.0f} tasks/s ({bare['seconds']:.2f} s)")
-        print(f"    ratio: {ours['rate'] / bare['rate']:.2f} (target >= 0.5)")
+        out(f"    coordinator (2 slots): {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
+        out(f"    bare django-q2 no-op:  {bare['rate']:>7.0f} tasks/s ({bare['seconds']:.2f} s)")
+        out(f"    ratio: {ours['rate'] / bare['rate']:.2f} (target >= 0.5)")
     if "e" in args.parts or "c" in args.parts:
-        print(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
+        out(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
         serial = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp)
-        print(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed) (target >= 100)")
+        out(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed) (target >= 100)")
     if "c" in args.parts:
-        print("\n(c) latency from a job's completion to the next job's runner starting")
+        out("\n(c) latency from a job's completion to the next job's runner starting")
         poll_ms = settings.Q_CLUSTER["poll"] * 1000
         for name, run in (("serialized (e)", serial), ("2 slots (b)", ours)):
             lat = [value * 1000 for value in run["latencies"]]
-            print(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
+            out(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
                   f"  max {max(lat):6.1f} ms  (n={len(lat)}; target p99 <= poll {poll_ms:.0f} ms + 50 ms)")
 
 
 def decision_costs(sizes: list[int], owner, repeats: int) -> None:
     from django.conf import settings
 
-    print("(a) decision cost, median of", repeats, "(submit to the back of a line; completion that starts its head)")
-    print(f"    {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
+    out("(a) decision cost, median of", repeats, "(submit to the back of a line; completion that starts its head)")
+    out(f"    {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
     for slots in (1, 4):
         settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
         base = None
         for size in sizes:
             cost = measure_decisions(size, owner, repeats)
             base = base or cost
-            print(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
+            out(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
                   f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
 
