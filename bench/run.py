@@ -71,8 +71,8 @@ def reset_queue() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "TRUNCATE job_model_lines, workflow_executions, jobs, job_queue_log, job_queue_counters, "
-            "job_queue_state, django_q_ormq, django_q_task"
+            "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
+            "job_queue_counters, job_queue_state, django_q_ormq, django_q_task"
         )
 
 

@@ -28,7 +28,7 @@ def lease_seconds() -> int:
     return settings.COORDINATOR_LEASE_SECONDS
 
 
-def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True) -> str:
+def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True, look_for_cancel: bool = True) -> str:
     """Renew the attempt's lease (no coordinator lock: it touches only this row, fenced by attempt).
 
     Returns "ok", "cancel" (an operator or the owner asked it to stop) or "lost" (the attempt is no
@@ -52,7 +52,7 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
         )
         logger.warning("[COORDINATOR] Refused heartbeat of job %s attempt %s: the attempt is no longer current", job_id, attempt)
         return HEARTBEAT_LOST
-    if fenced.filter(cancel_requested_at__isnull=False).exists():
+    if look_for_cancel and fenced.filter(cancel_requested_at__isnull=False).exists():
         return HEARTBEAT_CANCEL
     return HEARTBEAT_OK
 

@@ -32,7 +32,8 @@ def run_job(job_id: str, attempt: int) -> None:
     handoff_until = time.monotonic() + settings.COORDINATOR_JOB_TIMEOUT
     while job is not None:
         job = _run_and_report(job, take_next=time.monotonic() < handoff_until)
-        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt) != HEARTBEAT_OK:
+        # One UPDATE; a cancel, if any, is seen by the lease keeper within its first second.
+        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
             # Taking a handed-off job is confirmed by its first heartbeat; until then the reaper
             # treats it as never taken (re-sends it without using up an attempt).
             job = None
