@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue, enqueue_job_run, line
-from coordination.services import job_max_attempts, job_requeue
+from coordination.services import job_end_running, job_max_attempts, job_retry
 
 logger = logging.getLogger("job_coordinator")
 
@@ -115,21 +115,9 @@ def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) 
         status = Job.Status.FAILED
     JobQueueLog.objects.record(event_type=event, job=job, details={"attempt": job.attempt, "reason": reason})
     if retry and job.attempt < job_max_attempts(job):
-        logger.info("[COORDINATOR] Job %s attempt %s ended (%s), retrying", job.job_id, job.attempt, reason)
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": job.attempt, "error": reason}
-        )
-        job_requeue(queue, job)
-        return
-    job.status = status
-    job.completed_at = timezone.now()
-    job.error = reason
-    job.lease_expires_at = None
-    job.save(update_fields=["status", "completed_at", "error", "lease_expires_at"])
-    logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
-    queue.release(job)
-    JobQueueLog.objects.record(event_type=status, job=job, details={"attempt": job.attempt, "error": reason})
-    queue.settle_after(job.job_id)
+        job_retry(queue, job, error=reason)
+    else:
+        job_end_running(queue, job, status=status, error=reason)
 
 
 def stale_waiting_ids() -> list:

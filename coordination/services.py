@@ -135,8 +135,11 @@ def job_max_attempts(job: Job) -> int:
     return min(attempts, default=1)
 
 
-def job_requeue(queue: LockedQueue, job: Job) -> None:
-    """Back in line at its old place (see LockedQueue.requeue), then decide again for everyone."""
+def job_retry(queue: LockedQueue, job: Job, *, error: str | None) -> None:
+    """The attempt ended without an outcome and the job may run again: audited, then back in line
+    at its old place (see LockedQueue.requeue), and everyone decided again."""
+    logger.info("[COORDINATOR] Job %s attempt %s ended (%s), retrying", job.job_id, job.attempt, error)
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": job.attempt, "error": error})
     queue.requeue(job)
     started = {started.job_id for started in queue.settle_after(job.job_id)}
     if job.job_id not in started:
@@ -145,17 +148,25 @@ def job_requeue(queue: LockedQueue, job: Job) -> None:
             queue.reassess(job)
 
 
-def _end_cancelled(queue: LockedQueue, job: Job, attempt: int, error: str | None) -> None:
-    """A job asked to stop that failed meanwhile is not retried: it ends cancelled."""
-    job.status = Job.Status.CANCELLED
+def job_end_running(
+    queue: LockedQueue, job: Job, *, status: str, error: str | None = None, result: dict | None = None,
+    settle: bool = True,
+) -> None:
+    """End a running attempt for good: its outcome, its slot and models freed, its audit row, and
+    (unless the caller settles several at once) whatever may start now."""
+    job.status = status
     job.completed_at = timezone.now()
-    job.error = f"Cancelled while running (its last attempt failed: {error})" if error else "Cancelled while running"
+    job.result = result
+    job.error = error
     job.lease_expires_at = None
-    job.save(update_fields=["status", "completed_at", "error", "lease_expires_at"])
-    logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)
+    job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
+    logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
     queue.release(job)
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={"attempt": attempt, "error": error})
-    queue.settle_after(job.job_id)
+    JobQueueLog.objects.record(
+        event_type=status, job=job, details={"attempt": job.attempt, **({"error": error} if error else {})}
+    )
+    if settle:
+        queue.settle_after(job.job_id)
 
 
 def _finish(
@@ -184,26 +195,13 @@ def _finish(
                 details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
             )
         elif status == Job.Status.FAILED and job.cancel_requested_at is not None:
-            _end_cancelled(queue, job, attempt, error)
+            # Asked to stop, then failed meanwhile: not retried, it ends cancelled.
+            reason = f"Cancelled while running (its last attempt failed: {error})" if error else "Cancelled while running"
+            job_end_running(queue, job, status=Job.Status.CANCELLED, error=reason)
         elif status == Job.Status.FAILED and retry and job.attempt < job_max_attempts(job):
-            logger.info("[COORDINATOR] Job %s attempt %s failed, retrying: %s", job.job_id, attempt, error)
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": attempt, "error": error}
-            )
-            job_requeue(queue, job)
+            job_retry(queue, job, error=error)
         else:
-            job.status = status
-            job.completed_at = timezone.now()
-            job.result = result
-            job.error = error
-            job.lease_expires_at = None
-            job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
-            logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
-            queue.release(job)
-            JobQueueLog.objects.record(
-                event_type=status, job=job, details={"attempt": attempt, **({"error": error} if error else {})}
-            )
-            queue.settle_after(job.job_id)
+            job_end_running(queue, job, status=status, error=error, result=result)
     if refusal:
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)
@@ -333,14 +331,9 @@ def queue_reset(*, actor: str, slot_ids: list[int]) -> dict:
                 details={"actor": actor, "slot": slot.id, "active_job_id": str(slot.active_job_id) if slot.active_job_id else None},
             )
             if job is not None:
-                job.status = Job.Status.FAILED
-                job.completed_at = timezone.now()
-                job.error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
-                job.save(update_fields=["status", "completed_at", "error"])
-                logger.info("[COORDINATOR] Job %s failed, checking for next queued job...", job.job_id)
-                JobQueueLog.objects.record(event_type=JobQueueLog.Event.FAILED, job=job, details={"error": job.error})
+                error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
+                job_end_running(queue, job, status=Job.Status.FAILED, error=error, settle=False)
                 evicted.append(str(job.job_id))
-                queue.release(job)
             JobQueueState.objects.filter(pk=slot.pk).update(
                 active_job_id=None, active_job_type=None, active_models=[], started_at=None
             )
