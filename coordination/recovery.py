@@ -12,12 +12,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.queue import LockedQueue, enqueue_job_run, line
-from coordination.services import job_end_running, job_max_attempts, job_retry
+from coordination.queue import LockedQueue, enqueue_job_run
+from coordination.services import job_end_running, job_max_attempts, job_retry, stale_waiting, waiting_repair
 
 logger = logging.getLogger("job_coordinator")
 
@@ -61,7 +60,7 @@ def reap() -> dict:
     """One pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
     report = {"lease_expired": [], "timed_out": [], "requeued_tasks": [], "repaired": []}
     # Looked for without the lock (a read of committed rows); each is checked again under it.
-    suspects = stale_waiting_ids()
+    suspects = list(stale_waiting().values_list("job_id", flat=True)[:1000])
     now = timezone.now()
     with transaction.atomic():
         queue = LockedQueue()
@@ -90,8 +89,11 @@ def reap() -> dict:
                 # should the first copy turn up after all, the claim lets only one of them run.
                 _resend(job, now, reason="not claimed")
                 report["requeued_tasks"].append(str(job.job_id))
-        report["repaired"] = _repair_waiting(queue, suspects)
-        queue.dispatch()
+        if suspects:
+            stale, _ = waiting_repair(queue, actor="reaper", only=suspects)
+            report["repaired"] = [str(job.job_id) for job in stale]
+        else:
+            queue.dispatch()
     if any(report.values()):
         logger.info("[COORDINATOR] Reaper: %s", {key: len(value) for key, value in report.items() if value})
     return report
@@ -118,29 +120,6 @@ def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) 
         job_retry(queue, job, error=reason)
     else:
         job_end_running(queue, job, status=status, error=reason)
-
-
-def stale_waiting_ids() -> list:
-    """Pending jobs that name a finished or missing job, or none: I4 says there are none, unless
-    someone edited rows by hand (the guide's SQL). One anti-join, outside the lock."""
-    live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
-    return list(line().filter(~Exists(live)).values_list("job_id", flat=True)[:1000])
-
-
-def _repair_waiting(queue: LockedQueue, suspects: list) -> list[str]:
-    if not suspects:
-        return []
-    still_stale = set(stale_waiting_ids())  # once, under the lock
-    stale = [job for job in line().filter(job_id__in=suspects) if job.job_id in still_stale]
-    for job in stale:
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.STALE_CLEARED,
-            job=job,
-            conflict_reason=job.conflict_reason,
-            details={"actor": "reaper", "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
-        )
-        queue.reassess(job)
-    return [str(job.job_id) for job in stale]
 
 
 def reap_if_due() -> dict | None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from coordination.exceptions import (
@@ -290,30 +291,37 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
     return job
 
 
+def stale_waiting() -> QuerySet[Job]:
+    """Waiting jobs that name a finished or missing job, or none. I4 says there are none, unless
+    someone edited rows by hand (the guide's SQL). One anti-join."""
+    live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
+    return line().filter(~Exists(live))
+
+
+def waiting_repair(queue: LockedQueue, *, actor: str, only: list | None = None) -> tuple[list[Job], set]:
+    """Under the lock: audit each stale waiting job (of `only`, if given), start what may start, and
+    decide again for the rest. Returns the repaired jobs and the ids of every job started."""
+    stale = stale_waiting() if only is None else stale_waiting().filter(job_id__in=only)
+    stale = list(stale)
+    for job in stale:
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.STALE_CLEARED,
+            job=job,
+            conflict_reason=job.conflict_reason,
+            details={"actor": actor, "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
+        )
+    started = {job.job_id for job in queue.dispatch()}
+    for job in stale:
+        if job.job_id not in started and queue.reassess(job):
+            started.add(job.job_id)
+    return stale, started
+
+
 def queue_clear_stale(*, actor: str) -> dict:
     """The guide's "Clear stale queue", made safe: re-decide every pending job whose blocker is
     finished or missing (or that has none), then start what may start. Nothing is cleared blindly."""
     with transaction.atomic():
-        queue = LockedQueue()
-        pending = list(line())
-        blockers = {job.blocked_by_job_id for job in pending if job.blocked_by_job_id}
-        live = set(
-            Job.objects.filter(job_id__in=blockers, status__in=[Job.Status.PENDING, Job.Status.RUNNING]).values_list(
-                "job_id", flat=True
-            )
-        )
-        stale = [job for job in pending if job.blocked_by_job_id not in live]
-        for job in stale:
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.STALE_CLEARED,
-                job=job,
-                conflict_reason=job.conflict_reason,
-                details={"actor": actor, "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
-            )
-        started = {job.job_id for job in queue.dispatch()}
-        for job in stale:
-            if job.job_id not in started and queue.reassess(job):
-                started.add(job.job_id)
+        stale, started = waiting_repair(LockedQueue(), actor=actor)
     return {"repaired": [str(job.job_id) for job in stale], "started": [str(job_id) for job_id in started]}
 
 
