@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.queue import LockedQueue, enqueue_job_run
-from coordination.services import job_end_running, job_max_attempts, job_retry, stale_waiting, waiting_repair
+from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
+from coordination.services import job_end_running, job_max_attempts, job_retry, waiting_repair
 
 logger = logging.getLogger("job_coordinator")
 

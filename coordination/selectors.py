@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 
 from coordination.exceptions import JobNotFound
 from coordination.models import Job, JobQueueState
-from coordination.queue import line, line_position
+from coordination.queue import line, line_position, stale_waiting
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None, model: str | None = None) -> QuerySet[Job]:
@@ -86,16 +86,15 @@ def queue_status(*, user=None) -> dict:
 
 def queue_clear_stale_preview() -> dict:
     """What "Clear stale queue" would repair: waiting jobs whose blocker is finished, missing or unset."""
-    pending = list(line().only("job_id", "kind", "blocked_by_job_id", "conflict_reason"))
-    blockers = {
-        job.job_id: job.status
-        for job in Job.objects.filter(job_id__in={p.blocked_by_job_id for p in pending if p.blocked_by_job_id})
-    }
+    stale = list(stale_waiting().only("job_id", "kind", "blocked_by_job_id", "conflict_reason"))
+    blockers = dict(
+        Job.objects.filter(job_id__in={job.blocked_by_job_id for job in stale if job.blocked_by_job_id}).values_list(
+            "job_id", "status"
+        )
+    )
     rows = []
-    for job in pending:
+    for job in stale:
         blocker_status = blockers.get(job.blocked_by_job_id) if job.blocked_by_job_id else None
-        if blocker_status in (Job.Status.PENDING, Job.Status.RUNNING):
-            continue
         problem = (
             "no blocker recorded" if job.blocked_by_job_id is None
             else f"blocker is {blocker_status}" if blocker_status else "blocker does not exist"

@@ -12,7 +12,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from coordination.exceptions import (
@@ -25,7 +24,7 @@ from coordination.exceptions import (
     UnknownModel,
 )
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
-from coordination.queue import LockedQueue, line
+from coordination.queue import LockedQueue, line, stale_waiting
 
 logger = logging.getLogger("job_coordinator")
 
@@ -289,13 +288,6 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
         job = Job.objects.get(pk=job_id)
         JobQueueLog.objects.record(event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": attempt})
     return job
-
-
-def stale_waiting() -> QuerySet[Job]:
-    """Waiting jobs that name a finished or missing job, or none. I4 says there are none, unless
-    someone edited rows by hand (the guide's SQL). One anti-join."""
-    live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
-    return line().filter(~Exists(live))
 
 
 def waiting_repair(queue: LockedQueue, *, actor: str, only: list | None = None) -> tuple[list[Job], set]:

@@ -5,7 +5,7 @@ cost does not grow with the number of waiting jobs, except the counts, which rea
 decisions never do.
 """
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from coordination.models import Job, JobLine
 
@@ -68,3 +68,10 @@ def waiting_for(job: Job) -> list[dict]:
         }
         for model in job.required_models
     ]
+
+
+def stale_waiting() -> QuerySet[Job]:
+    """Waiting jobs that name a finished or missing job, or none. I4 says there are none, unless
+    someone edited rows by hand (the guide's SQL). One anti-join."""
+    live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
+    return line().filter(~Exists(live))
