@@ -3,7 +3,8 @@
 For every model a job needs: the time left on the jobs holding it (their model's typical run time
 less what they have run), plus the jobs before it in that model's line, each taking the typical time,
 shared over the model's capacity. The job starts when its slowest model frees: the largest of those.
-In serialized mode every job before it in the whole line runs first, one at a time. A read, for the
+In serialized mode every job before it in the whole line runs first, one at a time. A job held by a
+paused model gets no estimate (None): it starts when an operator resumes the model. A read, for the
 API and the console; the coordinator never uses it.
 """
 
@@ -36,6 +37,9 @@ def typical_run_seconds(model: str) -> float:
 def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None:
     if job.status != Job.Status.PENDING:
         return None
+    paused = set(CatalogModel.objects.filter(paused=True).values_list("name", flat=True))
+    if paused & set(job.required_models):
+        return None  # it starts when an operator resumes the model: no time to give
     now = now or timezone.now()
     typical = {model: typical_run_seconds(model) for model in job.required_models}
     running = list(Job.objects.filter(status=Job.Status.RUNNING).only("started_at", "required_models", "model"))
@@ -43,6 +47,8 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         # One at a time: what the running job has left, then everyone before it in the whole line.
         left = sum(max(0.0, _typical_for(r, typical) - _elapsed(r, now)) for r in running)
         ahead = list(line().filter(ahead_of(job)).only("model", "required_models")[:1000])
+        if any(paused & set(a.required_models) for a in ahead):
+            return None  # first come, first served: it waits for that job, which waits for an operator
         return now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead))
     waits = []
     capacities = dict(CatalogModel.objects.filter(name__in=job.required_models).values_list("name", "capacity"))

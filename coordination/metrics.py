@@ -54,7 +54,7 @@ class QueueCollector(Collector):
         yield from self._durations(now)
 
     def _per_model(self, now):
-        catalog = {row["name"]: row for row in CatalogModel.objects.values("name", "capacity", "enabled")}
+        catalog = {row["name"]: row for row in CatalogModel.objects.values("name", "capacity", "enabled", "paused")}
         # job_model_lines holds one row per waiting job and model it needs: a GROUP BY on its index.
         lines = {
             row["model"]: row
@@ -75,6 +75,7 @@ class QueueCollector(Collector):
         active = GaugeMetricFamily("jobqueue_model_jobs_running", "Running jobs that hold this model.", labels=["model"])
         capacity = GaugeMetricFamily("jobqueue_model_capacity", "Jobs that may use this model at once.", labels=["model"])
         enabled = GaugeMetricFamily("jobqueue_model_enabled", "1 if the catalog accepts jobs for this model, else 0.", labels=["model"])
+        paused = GaugeMetricFamily("jobqueue_model_paused", "1 if an operator paused this model (no new job starts on it), else 0.", labels=["model"])
         for model in sorted(catalog.keys() | lines.keys() | running.keys()):
             line = lines.get(model)
             waiting.add_metric([model], line["waiting"] if line else 0)
@@ -83,7 +84,8 @@ class QueueCollector(Collector):
             if model in catalog:
                 capacity.add_metric([model], catalog[model]["capacity"])
                 enabled.add_metric([model], 1 if catalog[model]["enabled"] else 0)
-        return [waiting, oldest, active, capacity, enabled]
+                paused.add_metric([model], 1 if catalog[model]["paused"] else 0)
+        return [waiting, oldest, active, capacity, enabled, paused]
 
     def _jobs_by_status(self):
         counts = dict(Job.objects.order_by().values_list("status").annotate(n=Count("pk")))

@@ -34,6 +34,9 @@ class CatalogModel(models.Model):
     runner = models.CharField(max_length=20, choices=Runner.choices, default=Runner.SIMULATED)
     capacity = models.PositiveSmallIntegerField(default=1, help_text="Jobs that may use this model at once.")
     enabled = models.BooleanField(default=True)
+    # Set only through the console's pause/resume (operations.model_pause), under the coordinator
+    # lock and audited: a paused model starts no new job; jobs running on it carry on.
+    paused = models.BooleanField(default=False, help_text="Paused by an operator: its jobs wait with the reason \"Model paused\".")
     default_simulate_seconds = models.FloatField(
         default=5.0, help_text="How long the simulated runner takes when a job does not say."
     )
@@ -259,6 +262,11 @@ class JobQueueLog(models.Model):
         STALE_CLEARED = "stale_cleared"
         STATE_RESET = "state_reset"
         PRUNED = "pruned"
+        MODEL_PAUSED = "model_paused"
+        MODEL_RESUMED = "model_resumed"
+        PRIORITY_CHANGED = "priority_changed"
+        DISPATCHED = "dispatched"
+        RECONCILED = "reconciled"
 
     id = models.BigAutoField(primary_key=True)
     job_id = models.UUIDField(null=True, blank=True, db_index=True)

@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
-from coordination.services import job_end_running, job_max_attempts, job_retry, waiting_repair
+from coordination.services.jobs import job_end_running, job_max_attempts, job_retry
+from coordination.services.repairs import waiting_repair
 
 logger = logging.getLogger("job_coordinator")
 
@@ -56,39 +57,62 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     return HEARTBEAT_OK
 
 
+TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
+
+
+def runtime_limits() -> dict[str, int | None]:
+    return dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
+
+
+def running_check(job: Job, now, limits: dict) -> tuple[str, str] | None:
+    """What recovery must do about a running attempt now, as (action, reason), or None while its
+    lease and its runtime limit both hold. A read: the reaper and the reconciler's preview share it."""
+    # Never beyond the job timeout: past it django-q2 may stop the task anyway.
+    runtime_limit = min(
+        [limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models]
+        + [settings.COORDINATOR_JOB_TIMEOUT]
+    )
+    claimed = job.claimed_attempt == job.attempt
+    lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
+    if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
+        return TIMED_OUT, f"timed out after {runtime_limit} s"
+    if claimed and job.heartbeat_at is None and lapsed:
+        # Handed to a worker in a finishing transaction, but that worker never confirmed it (it
+        # died in between): nothing ran, so it is sent again without using an attempt.
+        return RESEND, "handed off, never taken"
+    if claimed and lapsed:
+        return LEASE_EXPIRED, f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
+    if not claimed and lapsed:
+        # Started, but no worker took it in a whole lease: its task was lost. Send it again; should
+        # the first copy turn up after all, the claim lets only one of them run.
+        return RESEND, "not claimed"
+    return None
+
+
+def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) -> None:
+    """Under the lock: carry out what running_check() found."""
+    if action == TIMED_OUT:
+        _end(queue, job, JobQueueLog.Event.TIMED_OUT, reason, retry=False)
+    elif action == LEASE_EXPIRED:
+        _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
+    else:
+        _resend(job, now, reason=reason)
+
+
 def reap() -> dict:
     """One pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
-    report = {"lease_expired": [], "timed_out": [], "requeued_tasks": [], "repaired": []}
+    report = {LEASE_EXPIRED: [], TIMED_OUT: [], RESEND: [], "repaired": []}
     # Looked for without the lock (a read of committed rows); each is checked again under it.
     suspects = list(stale_waiting().values_list("job_id", flat=True)[:1000])
     now = timezone.now()
     with transaction.atomic():
         queue = LockedQueue()
-        limits = dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
+        limits = runtime_limits()
         for job in list(queue.running.values()):
-            # Never beyond the job timeout: past it django-q2 may stop the task anyway.
-            runtime_limit = min(
-                [limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models]
-                + [settings.COORDINATOR_JOB_TIMEOUT]
-            )
-            claimed = job.claimed_attempt == job.attempt
-            if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
-                _end(queue, job, JobQueueLog.Event.TIMED_OUT, f"timed out after {runtime_limit} s", retry=False)
-                report["timed_out"].append(str(job.job_id))
-            elif claimed and job.heartbeat_at is None and job.lease_expires_at and job.lease_expires_at < now:
-                # Handed to a worker in a finishing transaction, but that worker never confirmed it
-                # (it died in between): nothing ran, so it is sent again without using an attempt.
-                _resend(job, now, reason="handed off, never taken")
-                report["requeued_tasks"].append(str(job.job_id))
-            elif claimed and job.lease_expires_at and job.lease_expires_at < now:
-                reason = f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
-                _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
-                report["lease_expired"].append(str(job.job_id))
-            elif not claimed and job.lease_expires_at and job.lease_expires_at < now:
-                # Started, but no worker took it in a whole lease: its task was lost. Send it again;
-                # should the first copy turn up after all, the claim lets only one of them run.
-                _resend(job, now, reason="not claimed")
-                report["requeued_tasks"].append(str(job.job_id))
+            found = running_check(job, now, limits)
+            if found:
+                running_repair(queue, job, now, *found)
+                report[found[0]].append(str(job.job_id))
         if suspects:
             stale, _ = waiting_repair(queue, actor="reaper", only=suspects)
             report["repaired"] = [str(job.job_id) for job in stale]

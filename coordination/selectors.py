@@ -4,10 +4,16 @@ import uuid
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from coordination.exceptions import JobNotFound
-from coordination.models import Job, JobQueueState
-from coordination.queue import line, line_position, stale_waiting
+from coordination.models import Job, JobLine, JobQueueState
+from coordination.queue import ahead_of, line, line_position, stale_waiting
+from coordination.queue.lines import model_line
+from coordination.queue.reconcile import differences, running_jobs
+from coordination.recovery import runtime_limits
+
+LINE_PREVIEW = 20  # jobs listed per line in a preview
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None, model: str | None = None) -> QuerySet[Job]:
@@ -121,3 +127,76 @@ def queue_reset_preview(*, slot_ids: list[int]) -> dict:
         rows.append({"slot": slot.id, "active_job_id": slot.active_job_id, "active_models": ", ".join(slot.active_models or []),
                      "effect": effect})
     return {"columns": ["slot", "active_job_id", "active_models", "effect"], "rows": rows, "empty": "No slot selected."}
+
+
+# --- previews of the operators' console actions (services/operations.py) ----------------------
+
+
+def _preview(columns: list[str], rows: list[dict], empty: str) -> dict:
+    return {"columns": columns, "rows": rows, "empty": empty}
+
+
+def model_pause_preview(*, name: str, paused: bool) -> dict:
+    """What pausing (or resuming) a model will touch: the jobs running on it, and its line."""
+    running = Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")
+    rows = [
+        {"job_id": job.job_id, "status": "running", "place": "holds it",
+         "effect": "keeps running" if paused else "unchanged"}
+        for job in running if name in job.required_models
+    ]
+    waiting = list(model_line(name).select_related("job")[:LINE_PREVIEW])
+    for position, row in enumerate(waiting, start=1):
+        if paused:
+            effect = "waits with the reason \"Model paused\"" if position == 1 else "waits in line behind the job before it"
+        else:
+            effect = "starts now if its models and a slot are free" if position == 1 else "waits in line behind the job before it"
+        rows.append({"job_id": row.job_id, "status": "pending", "place": f"{position} in its line", "effect": effect})
+    total = JobLine.objects.filter(model=name).count()
+    if total > len(waiting):
+        rows.append({"job_id": None, "status": "pending", "place": f"{len(waiting) + 1}-{total}", "effect": "wait in line"})
+    return _preview(["job_id", "status", "place", "effect"], rows, f"No job runs on or waits for {name}.")
+
+
+def job_priority_preview(*, job_id, priority: int) -> dict:
+    """Where a waiting job stands now, and where the new priority would put it."""
+    job = Job.objects.filter(job_id=job_id).first()
+    if job is None or job.status != Job.Status.PENDING:
+        return _preview([], [], "Only a waiting job's priority can change.")
+    moved = Job(job_id=job.job_id, priority=priority, created_at=job.created_at)
+    ahead_now = line_position(job)
+    ahead_then = line().exclude(job_id=job.job_id).filter(ahead_of(moved)).count() + 1
+    row = {"job_id": job.job_id, "priority": f"{job.priority} → {priority}", "place in line": f"{ahead_now} → {ahead_then}",
+           "effect": "decided again: it starts now if it may, else it waits behind the job now before it"}
+    return _preview(list(row), [row], "")
+
+
+def job_cancel_preview(*, job_ids: list) -> dict:
+    """What cancelling each job does: a waiting job ends now; a running one is asked to stop."""
+    rows = []
+    for job in Job.objects.filter(job_id__in=job_ids).order_by("created_at"):
+        if job.status == Job.Status.PENDING:
+            effect = "cancelled now; the jobs behind it are decided again"
+        elif job.status == Job.Status.RUNNING:
+            effect = "its worker is asked to stop; its models are freed once it has"
+        else:
+            effect = f"nothing: it is already {job.status}"
+        rows.append({"job_id": job.job_id, "kind": job.kind, "models": ", ".join(job.required_models),
+                     "status": job.status, "effect": effect})
+    return _preview(["job_id", "kind", "models", "status", "effect"], rows, "No job selected.")
+
+
+def queue_dispatch_preview() -> dict:
+    """How many wait and how many slots are free; I2 says no waiting job may start by the rules."""
+    running = Job.objects.filter(status=Job.Status.RUNNING).count()
+    row = {"waiting": Job.objects.filter(status=Job.Status.PENDING).count(),
+           "slots free": max(settings.COORDINATOR_MAX_ACTIVE_JOBS - running, 0),
+           "effect": "every waiting job that may start by the rules starts now, in line order"}
+    return _preview(list(row), [row], "")
+
+
+def queue_reconcile_preview() -> dict:
+    """The differences between slot rows, running jobs and leases, and the repair for each."""
+    slots = list(JobQueueState.objects.order_by("id"))
+    found = differences(slots, running_jobs(), now=timezone.now(), limits=runtime_limits())
+    return _preview(["problem", "slot", "job_id", "found", "repair"], [d.as_row() for d in found],
+                    "Slots, running jobs and leases agree: nothing to repair.")

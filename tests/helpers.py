@@ -110,9 +110,20 @@ def log_row(job: Job, event_type: str) -> JobQueueLog:
 
 
 def assert_honest_waiting() -> None:
-    """I4: every pending job names a blocker that is running or pending now, and says why."""
+    """I4: every pending job names a blocker that is running or pending now, and says why. The one
+    exception: the first job in a paused model's line waits for an operator, and says so."""
+    paused = set(CatalogModel.objects.filter(paused=True).values_list("name", flat=True))
     for job in line():
-        assert job.blocked_by_job_id is not None, f"pending job {job.job_id} names no blocker"
+        if job.blocked_by_job_id is None:
+            prefix = "Model paused: "
+            assert job.conflict_reason and job.conflict_reason.startswith(prefix), (
+                f"pending job {job.job_id} names no blocker ({job.conflict_reason})"
+            )
+            named = job.conflict_reason.removeprefix(prefix).split(" (")[0].split(", ")
+            assert set(named) <= paused & set(job.required_models), (
+                f"pending job {job.job_id} says {job.conflict_reason!r}; paused now: {sorted(paused)}"
+            )
+            continue
         blocker = Job.objects.get(pk=job.blocked_by_job_id)
         assert blocker.status in (Job.Status.RUNNING, Job.Status.PENDING), (
             f"pending job {job.job_id} waits for {blocker.status} job {blocker.job_id}"

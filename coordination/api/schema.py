@@ -135,7 +135,7 @@ class JobSchema(OpenApiSerializerExtension):
             "format": "date-time",
             "nullable": True,
             "readOnly": True,
-            "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start.",
+            "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start (null while a paused model holds it).",
         }
         schema["required"] = [name for name in schema["required"] if name not in self.optional]
         return schema

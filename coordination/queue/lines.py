@@ -5,9 +5,12 @@ cost does not grow with the number of waiting jobs, except the counts, which rea
 decisions never do.
 """
 
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from coordination.models import Job, JobLine
+from coordination.models import CatalogModel, Job, JobLine
+
+PAUSED_PREFIX = "Model paused"
 
 LINE_ORDER = ("-priority", "created_at", "job_id")
 # The same index read backwards: from a job towards the head.
@@ -21,6 +24,33 @@ def line() -> QuerySet[Job]:
 
 def model_line(model: str) -> QuerySet[JobLine]:
     return JobLine.objects.filter(model=model).order_by(*LINE_ORDER)
+
+
+def line_key(job: Job) -> tuple:
+    return (-job.priority, job.created_at, job.job_id)
+
+
+def heads_of(models: list[str]) -> dict[str, Job | None]:
+    """The first waiting job in each model's line: one index probe per model, sent as one query
+    (a LATERAL join) on PostgreSQL."""
+    if not models:
+        return {}
+    if connection.vendor != "postgresql":
+        rows = {model: model_line(model).select_related("job").first() for model in models}
+        return {model: row.job if row else None for model, row in rows.items()}
+    table = JobLine._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT m.name, head.job_id FROM unnest(%s::text[]) AS m(name)
+                LEFT JOIN LATERAL (
+                    SELECT job_id FROM {table} WHERE model = m.name
+                    ORDER BY priority DESC, created_at ASC, job_id ASC LIMIT 1
+                ) AS head ON true""",
+            [models],
+        )
+        head_ids = dict(cursor.fetchall())
+    jobs = Job.objects.in_bulk([job_id for job_id in head_ids.values() if job_id])
+    return {model: jobs.get(head_ids.get(model)) for model in models}
 
 
 def _ahead(job: Job, *, same_priority: bool) -> Q:
@@ -44,6 +74,17 @@ def nearest_ahead(rows: QuerySet, job: Job):
     return (
         rows.filter(_ahead(job, same_priority=True)).order_by(*NEAREST_FIRST).first()
         or rows.filter(_ahead(job, same_priority=False)).order_by(*NEAREST_FIRST).first()
+    )
+
+
+def nearest_behind(rows: QuerySet, job: Job):
+    """The row just after `job` in `rows`' line, or None: two index probes, as nearest_ahead."""
+    same_priority_behind = Q(priority=job.priority) & (
+        Q(created_at__gt=job.created_at) | Q(created_at=job.created_at, job_id__gt=job.job_id)
+    )
+    return (
+        rows.filter(same_priority_behind).order_by(*LINE_ORDER).first()
+        or rows.filter(priority__lt=job.priority).order_by(*LINE_ORDER).first()
     )
 
 
@@ -72,6 +113,15 @@ def waiting_for(job: Job) -> list[dict]:
 
 def stale_waiting() -> QuerySet[Job]:
     """Waiting jobs that name a finished or missing job, or none. I4 says there are none, unless
-    someone edited rows by hand (the guide's SQL). One anti-join."""
+    someone edited rows by hand (the guide's SQL). One anti-join.
+
+    The one honest wait without a job to name is the first job in a paused model's line: it waits
+    for an operator, so it is not stale while one of its models is paused."""
     live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
-    return line().filter(~Exists(live))
+    on_paused_model = JobLine.objects.filter(job_id=OuterRef("job_id"), model__in=paused_models())
+    waits_for_operator = Q(blocked_by_job_id=None, conflict_reason__startswith=PAUSED_PREFIX) & Exists(on_paused_model)
+    return line().filter(~Exists(live)).exclude(waits_for_operator)
+
+
+def paused_models() -> QuerySet:
+    return CatalogModel.objects.filter(paused=True).values("name")

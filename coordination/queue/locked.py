@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import NEAREST_FIRST, line, model_line, nearest_ahead
+from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
 
 logger = logging.getLogger("job_coordinator")
 
@@ -49,31 +49,8 @@ def models_repr(models) -> str:
     return "{" + ", ".join(repr(m) for m in sorted(models)) + "}"
 
 
-def line_key(job: Job) -> tuple:
-    return (-job.priority, job.created_at, job.job_id)
-
-
-def heads_of(models: list[str]) -> dict[str, Job | None]:
-    """The first waiting job in each model's line: one index probe per model, sent as one query
-    (a LATERAL join) on PostgreSQL."""
-    if not models:
-        return {}
-    if connection.vendor != "postgresql":
-        rows = {model: model_line(model).select_related("job").first() for model in models}
-        return {model: row.job if row else None for model, row in rows.items()}
-    table = JobLine._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""SELECT m.name, head.job_id FROM unnest(%s::text[]) AS m(name)
-                LEFT JOIN LATERAL (
-                    SELECT job_id FROM {table} WHERE model = m.name
-                    ORDER BY priority DESC, created_at ASC, job_id ASC LIMIT 1
-                ) AS head ON true""",
-            [models],
-        )
-        head_ids = dict(cursor.fetchall())
-    jobs = Job.objects.in_bulk([job_id for job_id in head_ids.values() if job_id])
-    return {model: jobs.get(head_ids.get(model)) for model in models}
+def paused_reason(models: list[str]) -> str:
+    return f"{PAUSED_PREFIX}: {', '.join(models)} (an operator paused it; the job starts once it is resumed)"
 
 
 @dataclass(frozen=True)
@@ -94,6 +71,7 @@ class LockedQueue:
             job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")
         }
         self._capacities: dict[str, int] | None = None
+        self._paused: set[str] | None = None
         # A worker finishing a job may take the first job that finish starts, and run it at once
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
@@ -148,16 +126,27 @@ class LockedQueue:
         except ValueError:
             return None
 
+    def _read_catalog(self) -> None:
+        # Read when first needed: a decision with every model idle (serialized mode's hand-off)
+        # never needs it. Pauses change under this lock, so what is read here holds until commit.
+        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused"))
+        self._capacities = {name: capacity for name, capacity, _ in rows}
+        self._paused = {name for name, _, paused in rows if paused}
+
     @property
     def capacities(self) -> dict[str, int]:
-        # Read when first needed: a decision with every model idle (serialized mode's hand-off)
-        # never needs it.
         if self._capacities is None:
-            self._capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
+            self._read_catalog()
         return self._capacities
 
     def capacity(self, model: str) -> int:
         return self.capacities.get(model, 1)
+
+    def paused_among(self, models) -> list[str]:
+        """Which of `models` an operator has paused: no job starts on them until they are resumed."""
+        if self._paused is None:
+            self._read_catalog()
+        return [model for model in models if model in self._paused]
 
     def models_in_use(self) -> Counter:
         return Counter(model for job in self.running.values() for model in job.required_models)
@@ -165,10 +154,19 @@ class LockedQueue:
     def free_slot(self) -> JobQueueState | None:
         if len(self.running) >= self.slot_count:
             return None
+        return self.free_slot_row()
+
+    def free_slot_row(self) -> JobQueueState | None:
+        """The first slot row that may take a job and shows none that runs (the reconciler also
+        uses it to place a running job that no slot row shows)."""
         for slot in self.slots:
             if slot.id <= self.slot_count and (slot.active_job_id is None or slot.active_job_id not in self.running):
                 return slot
         return None
+
+    def catalog_changed(self) -> None:
+        """A model's capacity or pause changed in this transaction: read the catalog again."""
+        self._capacities = self._paused = None
 
     def conflicts(self, models) -> list[tuple[str, Job]]:
         """(model, a running job holding it) for each of `models` that has no free capacity."""
@@ -215,6 +213,12 @@ class LockedQueue:
             else:
                 reason = f"Serialized mode: one job at a time; waiting in line behind {ahead.kind} job {ahead.job_id}"
             return Verdict(False, ahead, reason)
+
+        paused = self.paused_among(job.required_models)
+        if paused:
+            # The one wait with no job to name: it waits for an operator. Only the first job in a
+            # paused model's line waits so; those behind it name the job before them, as always.
+            return Verdict(False, None, paused_reason(paused))
 
         if conflicts:
             reason = "Model conflict: " + "; ".join(
@@ -317,7 +321,7 @@ class LockedQueue:
 
     def block(self, job: Job, verdict: Verdict, *, first: bool) -> None:
         previous = job.blocked_by_job_id
-        job.blocked_by_job_id = verdict.blocker.job_id
+        job.blocked_by_job_id = verdict.blocker.job_id if verdict.blocker else None
         job.conflict_reason = verdict.reason
         fields = ["blocked_by_job_id", "conflict_reason"]
         if first or job.queued_at is None:
@@ -326,20 +330,24 @@ class LockedQueue:
             fields += ["queued_at", "queue_position"]
         job.save(update_fields=fields)
         self._mirror_blocker(job)
+        blocked_by = job.blocked_by_job_id or "no job: model paused"
         if first:
             logger.info("[COORDINATOR] Job %s blocked: %s", job.job_id, verdict.reason)
-            logger.info("[COORDINATOR] Marked job %s as queued (blocked by %s)", job.job_id, job.blocked_by_job_id)
+            logger.info("[COORDINATOR] Marked job %s as queued (blocked by %s)", job.job_id, blocked_by)
             event = JobQueueLog.Event.BLOCKED
         else:
             logger.info(
-                "[COORDINATOR] Job %s still queued (blocked by %s): %s", job.job_id, job.blocked_by_job_id, verdict.reason
+                "[COORDINATOR] Job %s still queued (blocked by %s): %s", job.job_id, blocked_by, verdict.reason
             )
             event = JobQueueLog.Event.REBLOCKED
         JobQueueLog.objects.record(
             event_type=event,
             job=job,
             conflict_reason=verdict.reason,
-            details={"blocked_by_job_id": str(job.blocked_by_job_id), "previous": str(previous) if previous else None},
+            details={
+                "blocked_by_job_id": str(job.blocked_by_job_id) if job.blocked_by_job_id else None,
+                "previous": str(previous) if previous else None,
+            },
         )
 
     def _position_on_entry(self, job: Job) -> int:
@@ -396,9 +404,13 @@ class LockedQueue:
         if self.slot_count == 1:
             # Serialized mode is global FIFO: only the head of the whole line may start.
             head = line().first()
-            return head if head is not None and not self.conflicts(head.required_models) else None
+            if head is None or self.conflicts(head.required_models) or self.paused_among(head.required_models):
+                return None
+            return head
         in_use = self.models_in_use()
-        free_models = [model for model in self.capacities if in_use[model] < self.capacity(model)]
+        free_models = [
+            model for model in self.capacities if in_use[model] < self.capacity(model) and not self.paused_among([model])
+        ]
         heads: dict[str, Job | None] = heads_of(free_models)
 
         def head_of(model: str) -> Job | None:
@@ -411,7 +423,7 @@ class LockedQueue:
             heads_all = all(
                 (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
             )
-            if heads_all and not self.conflicts(job.required_models):
+            if heads_all and not self.conflicts(job.required_models) and not self.paused_among(job.required_models):
                 return job
         return None
 

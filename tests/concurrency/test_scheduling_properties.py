@@ -1,6 +1,7 @@
 """The scheduling rules (DESIGN.md §3) as properties: hypothesis drives the real services on
 PostgreSQL through random runs — submissions of jobs and workflows at random priorities, completions,
-failures, hand-offs, cancellations and slot resets — with 1 to 4 slots and models of capacity 1 or 2, and after
+failures, hand-offs, cancellations, slot resets and the operators' actions (pausing and resuming
+models, changing a waiting job's priority, dispatch, reconcile) — with 1 to 4 slots and models of capacity 1 or 2, and after
 every step checks the invariants against the database.
 
 The test keeps its own model of the line (priority, then the order in which it submitted): every
@@ -13,6 +14,7 @@ the slot rows must agree with the jobs.
 
 import itertools
 import os
+from uuid import UUID
 from collections import Counter
 from dataclasses import dataclass
 
@@ -35,8 +37,12 @@ from coordination.services import (
     job_complete,
     job_fail,
     job_finish_and_take_next,
+    job_priority_set,
     job_submit,
+    model_pause,
     queue_clear_stale,
+    queue_dispatch,
+    queue_reconcile,
     queue_reset,
 )
 from tests.factories import UserFactory
@@ -85,7 +91,7 @@ def clean_job_tables() -> None:
     JobQueueState.objects.all().delete()
     OrmQ.objects.all().delete()  # the tasks the starts enqueued; no worker runs here
     WorkflowDefinition.objects.filter(workflow_id=RANDOM_WORKFLOW).delete()
-    CatalogModel.objects.update(capacity=1)
+    CatalogModel.objects.update(capacity=1, paused=False)
 
 
 class SchedulingMachine(RuleBasedStateMachine):
@@ -95,11 +101,14 @@ class SchedulingMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         clean_job_tables()
-        self.override = override_settings(COORDINATOR_MAX_ACTIVE_JOBS=self.slot_count)
+        # No worker runs here, so no lease is renewed: a lease longer than any run keeps the
+        # reconciler's step about slots and jobs, not about leases (tested apart).
+        self.override = override_settings(COORDINATOR_MAX_ACTIVE_JOBS=self.slot_count, COORDINATOR_LEASE_SECONDS=3600)
         self.override.enable()
         self.jobs: dict = {}
         self.seq = itertools.count()
         self.capacities = dict.fromkeys(MODELS, 1)
+        self.paused: set[str] = set()
         self.workflow_models = {KNIGHT: ("nano-banana-pro-leonardo", "motion-2.0-fast")}
         self.last_log_id = 0
         self.last_created_at = None
@@ -170,6 +179,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             in_use = Counter(model for rec in running for model in rec.models)
             for model in job.models:
                 assert in_use[model] < self.capacities[model], f"rule 2 (I1): started {job_id} on {model}, already full"
+                assert model not in self.paused, f"started {job_id} on paused model {model}"
             for other in self.pending():
                 if other is job or other.line_key > job.line_key:
                     continue
@@ -272,6 +282,33 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.jobs[job_id].status = Job.Status.FAILED
         self.replay_starts()
 
+    @rule(model=st.sampled_from(MODELS))
+    def operator_pauses_or_resumes_a_model(self, model):
+        """Pausing holds the model's line (its running jobs carry on); resuming starts what may start."""
+        pause = model not in self.paused
+        report = model_pause(name=model, paused=pause, actor="property test")
+        if pause:
+            self.paused.add(model)
+            assert report["started"] == []
+        else:
+            self.paused.discard(model)
+        assert self.replay_starts() == [UUID(job_id) for job_id in report["started"]]
+
+    @precondition(lambda self: self.pending())
+    @rule(data=st.data(), priority=st.integers(-2, 2))
+    def operator_changes_a_waiting_jobs_priority(self, data, priority):
+        rec = data.draw(st.sampled_from(self.pending()))
+        job_priority_set(job_id=rec.job_id, priority=priority, actor="property test")
+        rec.priority = priority
+        self.replay_starts()
+
+    @rule()
+    def dispatch_and_reconcile_find_nothing_to_do(self):
+        """While the invariants hold, "dispatch now" starts nothing and the reconciler finds no difference."""
+        assert queue_dispatch(actor="property test") == {"started": []}
+        assert queue_reconcile(actor="property test") == {"repaired": [], "started": []}
+        self.replay_starts()
+
     # --- invariants, checked against the database after every step -----------------------------
 
     @invariant()
@@ -291,7 +328,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         in_use = Counter(model for job in running for model in job.required_models)
         slot_free = len(running) < self.slot_count
         for index, job in enumerate(waiting):
-            models_free = all(in_use[model] < capacities[model] for model in job.required_models)
+            models_free = all(in_use[model] < capacities[model] and model not in self.paused for model in job.required_models)
             heads_its_lines = not any(
                 self.slot_count == 1 or set(ahead.required_models) & set(job.required_models)
                 for ahead in waiting[:index]

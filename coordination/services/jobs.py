@@ -1,9 +1,4 @@
-"""The coordinator service: every change to a job's state goes through here.
-
-Each function is one transaction: take the coordinator lock (LockedQueue), re-read the job under
-it, refuse an illegal transition, change it, write its audit row, and start whatever may start now.
-The worker task is enqueued on commit, never while the lock is held.
-"""
+"""A job's life under the coordinator lock: submit, start, finish, cancel, claim, retry."""
 
 import logging
 from collections.abc import Callable
@@ -23,8 +18,8 @@ from coordination.exceptions import (
     StaleAttempt,
     UnknownModel,
 )
-from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
-from coordination.queue import LockedQueue, line, stale_waiting
+from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.queue import LockedQueue
 
 logger = logging.getLogger("job_coordinator")
 
@@ -288,55 +283,3 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
         job = Job.objects.get(pk=job_id)
         JobQueueLog.objects.record(event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": attempt})
     return job
-
-
-def waiting_repair(queue: LockedQueue, *, actor: str, only: list | None = None) -> tuple[list[Job], set]:
-    """Under the lock: audit each stale waiting job (of `only`, if given), start what may start, and
-    decide again for the rest. Returns the repaired jobs and the ids of every job started."""
-    stale = stale_waiting() if only is None else stale_waiting().filter(job_id__in=only)
-    stale = list(stale)
-    for job in stale:
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.STALE_CLEARED,
-            job=job,
-            conflict_reason=job.conflict_reason,
-            details={"actor": actor, "stale_blocker": str(job.blocked_by_job_id) if job.blocked_by_job_id else None},
-        )
-    started = {job.job_id for job in queue.dispatch()}
-    for job in stale:
-        if job.job_id not in started and queue.reassess(job):
-            started.add(job.job_id)
-    return stale, started
-
-
-def queue_clear_stale(*, actor: str) -> dict:
-    """The guide's "Clear stale queue", made safe: re-decide every pending job whose blocker is
-    finished or missing (or that has none), then start what may start. Nothing is cleared blindly."""
-    with transaction.atomic():
-        stale, started = waiting_repair(LockedQueue(), actor=actor)
-    return {"repaired": [str(job.job_id) for job in stale], "started": [str(job_id) for job_id in started]}
-
-
-def queue_reset(*, actor: str, slot_ids: list[int]) -> dict:
-    """The guide's "Reset state", made safe: free the chosen slots; a job still running in one is
-    ended as failed first, so no two jobs ever share a model. Then start what may start."""
-    evicted: list[str] = []
-    with transaction.atomic():
-        queue = LockedQueue()
-        for slot in [s for s in queue.slots if s.id in set(slot_ids)]:
-            job = queue.running.get(slot.active_job_id) if slot.active_job_id else None
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.STATE_RESET,
-                job=job,
-                details={"actor": actor, "slot": slot.id, "active_job_id": str(slot.active_job_id) if slot.active_job_id else None},
-            )
-            if job is not None:
-                error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
-                job_end_running(queue, job, status=Job.Status.FAILED, error=error, settle=False)
-                evicted.append(str(job.job_id))
-            JobQueueState.objects.filter(pk=slot.pk).update(
-                active_job_id=None, active_job_type=None, active_models=[], started_at=None
-            )
-            slot.active_job_id = None
-        started = queue.settle_after(*evicted)
-    return {"evicted": evicted, "started": [str(job.job_id) for job in started]}

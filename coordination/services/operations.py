@@ -1,0 +1,169 @@
+"""The operators' console actions: pause and resume a model, change a waiting job's priority,
+dispatch now, and reconcile slots with running jobs and leases.
+
+Each is one transaction under the coordinator lock that writes its audit row (with the operator's
+name) and ends by starting whatever may start, so none of them can break I1-I4. Their previews
+(selectors.py) read the same things without the lock.
+"""
+
+import logging
+import uuid
+
+from django.db import transaction
+from django.utils import timezone
+
+from coordination.exceptions import InvalidJob, InvalidTransition, UnknownModel
+from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
+from coordination.queue import LockedQueue, line, nearest_behind
+from coordination.queue.lines import heads_of
+from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
+from coordination.recovery import running_check, running_repair, runtime_limits
+from coordination.services.jobs import _locked_job
+
+logger = logging.getLogger("job_coordinator")
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+
+
+def model_pause(*, name: str, paused: bool, actor: str) -> dict:
+    """Pause (no new job starts on the model; running ones carry on) or resume it.
+
+    Pausing re-decides the first job in the model's line, so it says "Model paused" at once; resuming
+    re-decides the jobs that waited on the pause and starts whatever may start."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        model = CatalogModel.objects.filter(name=name).first()
+        if model is None:
+            known = ", ".join(CatalogModel.objects.values_list("name", flat=True))
+            raise UnknownModel(f"Unknown model {name!r}. Known models: {known}.")
+        if model.paused == paused:
+            state = "paused" if paused else "not paused"
+            raise InvalidTransition(f"Model {name} is already {state}; nothing changed.")
+        CatalogModel.objects.filter(pk=model.pk).update(paused=paused)
+        queue.catalog_changed()
+        verb = "paused" if paused else "resumed"
+        logger.info("[COORDINATOR] Model %s %s by %s", name, verb, actor)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.MODEL_PAUSED if paused else JobQueueLog.Event.MODEL_RESUMED,
+            details={"model": name, "actor": actor},
+        )
+        started = [] if paused else [job.job_id for job in queue.dispatch()]
+        if paused:
+            affected = [head for head in heads_of([name]).values() if head is not None]
+        else:
+            # The jobs that waited for the operator: they name no job (bounded: one per paused line).
+            in_its_line = JobLine.objects.filter(model=name).values("job_id")
+            affected = list(line().filter(blocked_by_job_id=None, job_id__in=in_its_line))
+        for job in affected:
+            if job.job_id not in started and queue.reassess(job):
+                started.append(job.job_id)
+    return {"model": name, "paused": paused, "started": [str(job_id) for job_id in started]}
+
+
+def job_priority_set(*, job_id, priority: int, actor: str) -> dict:
+    """Move a waiting job to another priority: its place in every line it stands in changes, so it,
+    the jobs that waited behind it and the jobs now behind it are decided again."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidJob(f"Priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}.", field="priority")
+    with transaction.atomic():
+        queue = LockedQueue()
+        job = _locked_job(job_id)
+        if job.status != Job.Status.PENDING:
+            raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job's priority can change.")
+        previous = job.priority
+        if previous == priority:
+            return {"job_id": str(job.job_id), "from": previous, "to": priority, "started": []}
+        waited_behind_it = list(line().filter(blocked_by_job_id=job.job_id))
+        job.priority = priority
+        job.save(update_fields=["priority"])
+        JobLine.objects.filter(job_id=job.job_id).update(priority=priority)
+        logger.info("[COORDINATOR] Job %s priority changed from %s to %s by %s", job.job_id, previous, priority, actor)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.PRIORITY_CHANGED,
+            job=job,
+            details={"from": previous, "to": priority, "actor": actor},
+        )
+        now_behind_it = [nearest_behind(line(), job)] + [
+            row.job for model in job.required_models
+            if (row := nearest_behind(JobLine.objects.filter(model=model).select_related("job"), job))
+        ]
+        started = [started_job.job_id for started_job in queue.dispatch()]
+        seen = set(started)
+        for other in [job, *waited_behind_it, *now_behind_it]:
+            if other is None or other.job_id in seen:
+                continue
+            seen.add(other.job_id)
+            if queue.reassess(other):
+                started.append(other.job_id)
+    return {"job_id": str(job.job_id), "from": previous, "to": priority, "started": [str(i) for i in started]}
+
+
+def queue_dispatch(*, actor: str) -> dict:
+    """Start every waiting job that may start now. I2 says there is none; this is the operator's
+    way to prove it, or to act on a change made outside the coordinator (the guide's SQL)."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        started = [str(job.job_id) for job in queue.dispatch()]
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.DISPATCHED, details={"actor": actor, "started": started})
+    return {"started": started}
+
+
+def queue_reconcile(*, actor: str) -> dict:
+    """Compare slot rows, running jobs and leases under the lock, repair each difference (audited,
+    one row each), then start what may start. Returns the differences repaired."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        now = timezone.now()
+        limits = runtime_limits()
+        found = differences(queue.slots, queue.running, now=now, limits=limits)
+        running_before = set(queue.running)
+        ended: list = []
+        for difference in found:
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.RECONCILED,
+                job=queue.running.get(_uuid(difference.job_id)),
+                details={"actor": actor, **difference.as_row()},
+            )
+        for difference in found:
+            if difference.slot is not None:
+                _slot_repair(queue, difference)
+        for difference in found:
+            job = queue.running.get(_uuid(difference.job_id))
+            if job is None:
+                continue
+            if difference.problem == JOB_IN_NO_SLOT:
+                _slot_assign(queue, job)
+            elif difference.slot is None:
+                running_repair(queue, job, now, *running_check(job, now, limits))
+                if job.job_id not in queue.running:
+                    ended.append(job.job_id)
+        queue.settle_after(*ended)
+        # Ending an attempt starts the next job already; report every job that started here.
+        started = [str(job_id) for job_id in queue.running if job_id not in running_before]
+    logger.info("[COORDINATOR] Reconciled by %s: %d difference(s) repaired", actor, len(found))
+    return {"repaired": [difference.as_row() for difference in found], "started": started}
+
+
+def _uuid(job_id: str | None):
+    return uuid.UUID(job_id) if job_id else None
+
+
+def _slot_repair(queue: LockedQueue, difference) -> None:
+    slot = next(slot for slot in queue.slots if slot.id == difference.slot)
+    job = queue.running.get(slot.active_job_id)
+    named_elsewhere = any(other.id < slot.id and other.active_job_id == slot.active_job_id for other in queue.slots)
+    if job is None or named_elsewhere:
+        slot.active_job_id, slot.active_job_type, slot.active_models, slot.started_at = None, None, [], None
+    else:
+        slot.active_job_type, slot.active_models = job.kind, list(job.required_models)
+    slot.save()
+
+
+def _slot_assign(queue: LockedQueue, job: Job) -> None:
+    slot = queue.free_slot_row()
+    if slot is None:
+        logger.warning("[COORDINATOR] Reconcile: no free slot row for running job %s", job.job_id)
+        return
+    slot.active_job_id, slot.active_job_type = job.job_id, job.kind
+    slot.active_models, slot.started_at = list(job.required_models), job.started_at
+    slot.save()
