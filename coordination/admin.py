@@ -1,13 +1,17 @@
 """The operators' console: every table, read-only where it is history, and the guide's two fixes."""
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
 from django.db import models
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 
 from coordination import services
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
 from coordination.console import console_context
+from coordination.console_actions import console_action_urls
 from coordination.selectors import queue_clear_stale_preview, queue_reset_preview
 
 
@@ -52,7 +56,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     readonly_fields = [field.name for field in Job._meta.fields]
-    actions = ["clear_stale_queue"]
+    actions = ["clear_stale_queue", "cancel_jobs"]
 
     def has_add_permission(self, request):
         return False  # jobs enter through the API, so the coordinator decides about them
@@ -70,6 +74,12 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="required models")
     def models(self, job: Job) -> str:
         return ", ".join(job.required_models)
+
+    @admin.action(description="Cancel selected jobs (shows what each cancel does first)")
+    def cancel_jobs(self, request, queryset):
+        """Hands the ticked jobs to the queue console's cancel page: its preview, then the cancels."""
+        ids = [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)]
+        return HttpResponseRedirect(f"{reverse('admin:queue-console-cancel')}?{urlencode(ids)}")
 
     @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)")
     def clear_stale_queue(self, request, queryset):
@@ -99,10 +109,11 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
     def get_urls(self):
         # The console hangs off the admin (staff only, admin login) at /admin/queue-console/.
         console = path("queue-console/", self.admin_site.admin_view(self.queue_console), name="queue-console")
-        return [console, *super().get_urls()]
+        return [console, *console_action_urls(self.admin_site), *super().get_urls()]
 
     def queue_console(self, request):
-        """Read-only: slots, lines, metrics, the last hour as a timeline, recent events."""
+        """Slots, lines, metrics, the last hour as a timeline, recent events; its actions are in
+        console_actions.py, each behind a preview."""
         context = {**self.admin_site.each_context(request), "title": "Queue console", **console_context()}
         return TemplateResponse(request, "admin/coordination/queue_console.html", context)
 
@@ -139,11 +150,19 @@ class JobQueueLogAdmin(ReadOnlyAdmin):
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled",
+        "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled", "paused",
         "default_simulate_seconds",
     )
-    list_filter = ("media_type", "runner", "enabled")
+    list_filter = ("media_type", "runner", "enabled", "paused")
+    # Pausing goes through the queue console (under the coordinator lock, audited, waiters re-decided).
+    readonly_fields = ("paused",)
     list_editable = ("enabled",)
     # provider_url without a scheme means https (Django 6's default, asked for explicitly now).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     search_fields = ("name", "description")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        # Never write back `paused` as read when the form opened: a pause made meanwhile stands.
+        obj.save(update_fields=[field.name for field in obj._meta.concrete_fields if field.name not in ("id", "paused")])

@@ -41,6 +41,7 @@ def console_lines() -> list[dict]:
             "model": model.name,
             "capacity": model.capacity,
             "enabled": model.enabled,
+            "paused": model.paused,
             "waiting": waiting,
             "jobs": [
                 {"position": position, "job_id": row.job_id, "kind": row.job.kind, "priority": row.priority,

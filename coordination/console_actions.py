@@ -1,0 +1,188 @@
+"""The queue console's actions (admin → Queue console), each in two steps: a GET shows what it will
+change (a preview read from selectors.py), and a POST of that page's "Yes" runs the service, which
+writes the audit row with the operator's name. Staff only, through the admin's own login and CSRF."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from coordination import selectors, services
+from coordination.exceptions import CoordinationError
+from coordination.models import CatalogModel, JobQueueState
+
+
+@dataclass(frozen=True)
+class Action:
+    title: str
+    explain: str
+    preview: Callable[..., dict]
+    run: Callable[..., str]  # returns the message shown on the console afterwards
+    fields: tuple[str, ...] = ()  # request parameters the action takes (kept through the confirmation)
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin:{request.user.username}"
+
+
+def _priority(request: HttpRequest) -> int:
+    raw = request.GET.get("priority", request.POST.get("priority", ""))
+    try:
+        return int(raw)
+    except ValueError:
+        raise CoordinationError(f"Priority must be a whole number from -1000 to 1000, not {raw!r}.") from None
+
+
+def _ids(request: HttpRequest, name: str) -> list[str]:
+    return request.POST.getlist(name) if request.method == "POST" else request.GET.getlist(name)
+
+
+def _slot_ids(request: HttpRequest) -> list[int]:
+    chosen = [int(value) for value in _ids(request, "slot") if value.isdigit()]
+    return chosen or list(JobQueueState.objects.order_by("id").values_list("id", flat=True))
+
+
+def _pause(paused: bool) -> Action:
+    verb = "Pause" if paused else "Resume"
+
+    def run(request, name):
+        report = services.model_pause(name=name, paused=paused, actor=_actor(request))
+        started = f"; started {len(report['started'])} job(s)" if report["started"] else ""
+        return f"{verb}d {name}{started}."
+
+    explain = (
+        "No new job starts on this model until it is resumed; jobs running on it carry on. The first job in its "
+        "line waits with the reason \"Model paused\", the rest wait in line behind it. In serialized mode (one slot) "
+        "the whole line is first come, first served, so jobs behind a paused model's job wait too."
+        if paused else
+        "Jobs may start on this model again: whatever may start by the rules starts now."
+    )
+    return Action(f"{verb} model?", explain, lambda request, name: selectors.model_pause_preview(name=name, paused=paused), run)
+
+
+def _cancel_run(request):
+    cancelled = stopping = 0
+    refused = []
+    for job_id in _ids(request, "job"):
+        try:
+            job = services.job_cancel(job_id=job_id, user=request.user, reason=f"Cancelled by {_actor(request)}")
+        except CoordinationError as error:  # finished meanwhile: the others still go
+            refused.append(str(error))
+            continue
+        cancelled += job.status == "cancelled"
+        stopping += job.status == "running"
+    message = f"Cancelled {cancelled} job(s); asked {stopping} running job(s) to stop."
+    return message + (" Not cancelled: " + " ".join(refused) if refused else "")
+
+
+def _reconcile_run(request):
+    report = services.queue_reconcile(actor=_actor(request))
+    return f"Repaired {len(report['repaired'])} difference(s); started {len(report['started'])} job(s)."
+
+
+def _clear_stale_run(request):
+    report = services.queue_clear_stale(actor=_actor(request))
+    return f"Repaired {len(report['repaired'])} waiting job(s); started {len(report['started'])}."
+
+
+def _reset_run(request):
+    slot_ids = _slot_ids(request)
+    report = services.queue_reset(actor=_actor(request), slot_ids=slot_ids)
+    return f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); started {len(report['started'])}."
+
+
+def _priority_run(request, job_id):
+    report = services.job_priority_set(job_id=job_id, priority=_priority(request), actor=_actor(request))
+    return f"Job {job_id}: priority {report['from']} → {report['to']}; started {len(report['started'])} job(s)."
+
+
+ACTIONS: dict[str, Action] = {
+    "pause": _pause(True),
+    "resume": _pause(False),
+    "priority": Action(
+        "Change priority?",
+        "Higher priority stands earlier in every line the job waits in; the job and its neighbours in line are "
+        "decided again.",
+        lambda request, job_id: selectors.job_priority_preview(job_id=job_id, priority=_priority(request)),
+        _priority_run,
+        fields=("priority",),
+    ),
+    "cancel": Action(
+        "Cancel jobs?",
+        "A waiting job is cancelled at once. A running job's worker is asked to stop; the job ends as cancelled, "
+        "and its models are freed, once the worker has stopped.",
+        lambda request: selectors.job_cancel_preview(job_ids=_ids(request, "job")),
+        _cancel_run,
+        fields=("job",),
+    ),
+    "dispatch": Action(
+        "Dispatch now?",
+        "Starts every waiting job that may start by the rules. The coordinator does this on every change already, so "
+        "normally nothing starts; use it after rows were changed by hand.",
+        lambda request: selectors.queue_dispatch_preview(),
+        lambda request: f"Dispatched: started {len(services.queue_dispatch(actor=_actor(request))['started'])} job(s).",
+    ),
+    "reconcile": Action(
+        "Reconcile slots, running jobs and leases?",
+        "Each difference listed is repaired under the coordinator lock and audited; then whatever may start starts.",
+        lambda request: selectors.queue_reconcile_preview(),
+        _reconcile_run,
+    ),
+    "clear_stale": Action(
+        "Clear stale queue?",
+        "Each listed job is decided again: it starts if it may, or it is pointed at the job it really waits for. "
+        "Jobs that wait for a live job are left alone.",
+        lambda request: selectors.queue_clear_stale_preview(),
+        _clear_stale_run,
+    ),
+    "reset": Action(
+        "Reset state?",
+        "The listed slots are freed. A job still running in one is ended as failed, with the reason recorded; the "
+        "next waiting jobs then start.",
+        lambda request: selectors.queue_reset_preview(slot_ids=_slot_ids(request)),
+        _reset_run,
+        fields=("slot",),
+    ),
+}
+
+
+def console_action(request: HttpRequest, admin_site, action: str, **kwargs) -> HttpResponse:
+    spec = ACTIONS[action]
+    console = reverse("admin:queue-console")
+    if request.method == "POST" and request.POST.get("confirmed") == "yes":
+        try:
+            messages.success(request, spec.run(request, **kwargs))
+        except CoordinationError as error:
+            messages.error(request, str(error))
+        return HttpResponseRedirect(console)
+    context = {**admin_site.each_context(request), "title": spec.title, "explain": spec.explain, "subject": kwargs}
+    if spec.fields == ("priority",) and "priority" not in request.GET:
+        context["ask_priority"] = True  # the first step: which priority
+        return TemplateResponse(request, "admin/coordination/console_action.html", context)
+    try:
+        context["preview"] = spec.preview(request, **kwargs)
+        context["carried"] = [(field, value) for field in spec.fields for value in _ids(request, field)]
+    except CoordinationError as error:
+        context["error"] = str(error)
+    if action in ("pause", "resume") and not CatalogModel.objects.filter(name=kwargs["name"]).exists():
+        context["error"] = f"Unknown model {kwargs['name']!r}."
+    return TemplateResponse(request, "admin/coordination/console_action.html", context)
+
+
+def console_action_urls(admin_site) -> list:
+    def view(action: str):
+        return admin_site.admin_view(lambda request, **kwargs: console_action(request, admin_site, action, **kwargs))
+
+    return [
+        path("queue-console/models/<path:name>/pause/", view("pause"), name="queue-console-pause"),
+        path("queue-console/models/<path:name>/resume/", view("resume"), name="queue-console-resume"),
+        path("queue-console/jobs/<uuid:job_id>/priority/", view("priority"), name="queue-console-priority"),
+        path("queue-console/jobs/cancel/", view("cancel"), name="queue-console-cancel"),
+        path("queue-console/dispatch/", view("dispatch"), name="queue-console-dispatch"),
+        path("queue-console/reconcile/", view("reconcile"), name="queue-console-reconcile"),
+        path("queue-console/clear-stale/", view("clear_stale"), name="queue-console-clear-stale"),
+        path("queue-console/reset/", view("reset"), name="queue-console-reset"),
+    ]
