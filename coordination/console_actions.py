@@ -55,8 +55,8 @@ def _pause(paused: bool) -> Action:
 
     explain = (
         "No new job starts on this model until it is resumed; jobs running on it carry on. The first job in its "
-        "line waits with the reason \"Model paused\", the rest wait in line behind it. In serialized mode (one slot) "
-        "the whole line is first come, first served, so jobs behind a paused model's job wait too."
+        "line waits with the reason \"Model paused\", the rest wait in line behind it, all keeping their places. "
+        "Jobs that do not need this model pass them meanwhile."
         if paused else
         "Jobs may start on this model again: whatever may start by the rules starts now."
     )

@@ -4,7 +4,8 @@ For every model a job needs: the time left on the jobs holding it (their model's
 less what they have run), plus the jobs before it in that model's line, each taking the typical time,
 shared over the model's capacity. The job starts when its slowest model frees: the largest of those.
 In serialized mode every job before it in the whole line runs first, one at a time. A job held by a
-paused model gets no estimate (None): it starts when an operator resumes the model. A read, for the
+paused model gets no estimate (None): it starts when an operator resumes the model; the jobs of a
+paused model that it does not need are not counted before it (they step aside). A read, for the
 API and the console; the coordinator never uses it.
 """
 
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine
-from coordination.queue.lines import ahead_of, line
+from coordination.queue.lines import ahead_of, line, on_models
 
 RECENT = 50  # completed jobs per model that make its typical run time
 
@@ -47,8 +48,8 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         # One at a time: what the running job has left, then everyone before it in the whole line.
         left = sum(max(0.0, _typical_for(r, typical) - _elapsed(r, now)) for r in running)
         ahead = list(line().filter(ahead_of(job)).only("model", "required_models")[:1000])
-        if any(paused & set(a.required_models) for a in ahead):
-            return None  # first come, first served: it waits for that job, which waits for an operator
+        # A paused model's jobs step aside: they run after it is resumed, not before this one.
+        ahead = [a for a in ahead if not paused & set(a.required_models)]
         return now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead))
     waits = []
     capacities = dict(CatalogModel.objects.filter(name__in=job.required_models).values_list("name", "capacity"))
@@ -56,7 +57,7 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         holders_left = sum(
             max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models
         )
-        ahead = JobLine.objects.filter(model=model).filter(ahead_of(job)).count()
+        ahead = JobLine.objects.filter(model=model).filter(ahead_of(job)).exclude(job_id__in=on_models(paused)).count()
         waits.append((holders_left + ahead * typical[model]) / max(1, capacities.get(model, 1)))
     return now + timedelta(seconds=max(waits, default=0.0))
 

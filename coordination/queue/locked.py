@@ -23,10 +23,11 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
+from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead, on_models
 
 logger = logging.getLogger("job_coordinator")
 
@@ -142,11 +143,21 @@ class LockedQueue:
     def capacity(self, model: str) -> int:
         return self.capacities.get(model, 1)
 
-    def paused_among(self, models) -> list[str]:
-        """Which of `models` an operator has paused: no job starts on them until they are resumed."""
+    @property
+    def paused(self) -> set[str]:
         if self._paused is None:
             self._read_catalog()
-        return [model for model in models if model in self._paused]
+        return self._paused
+
+    def paused_among(self, models) -> list[str]:
+        """Which of `models` an operator has paused: no job starts on them until they are resumed."""
+        return [model for model in models if model in self.paused]
+
+    def _not_held(self, rows: QuerySet, job: Job) -> QuerySet:
+        """`rows` without the jobs held by a pause of a model `job` does not need: while paused, a
+        model's jobs hold back only jobs that need that model too (they keep their place in line)."""
+        held = self.paused - set(job.required_models)
+        return rows.exclude(job_id__in=on_models(held)) if held else rows
 
     def models_in_use(self) -> Counter:
         return Counter(model for job in self.running.values() for model in job.required_models)
@@ -191,10 +202,10 @@ class LockedQueue:
             return nearest_ahead(rows, job)
 
         if self.slot_count == 1 or any_model:
-            return nearest(line().exclude(job_id=job.job_id) if new else line())
+            return nearest(self._not_held(line().exclude(job_id=job.job_id) if new else line(), job))
         for model in job.required_models:
             # A new job has no line rows yet: it enters its lines only if it has to wait.
-            row = nearest(JobLine.objects.filter(model=model).select_related("job"))
+            row = nearest(self._not_held(JobLine.objects.filter(model=model), job).select_related("job"))
             if row is not None:
                 return row.job
         return None
@@ -218,6 +229,7 @@ class LockedQueue:
         if paused:
             # The one wait with no job to name: it waits for an operator. Only the first job in a
             # paused model's line waits so; those behind it name the job before them, as always.
+            # Jobs that do not need a paused model pass its jobs by (predecessor(), dispatch()).
             return Verdict(False, None, paused_reason(paused))
 
         if conflicts:
@@ -403,19 +415,17 @@ class LockedQueue:
         """The first job in line that heads the line of every model it needs, all of them free."""
         if self.slot_count == 1:
             # Serialized mode is global FIFO: only the head of the whole line may start.
-            head = line().first()
-            if head is None or self.conflicts(head.required_models) or self.paused_among(head.required_models):
-                return None
-            return head
+            # Global FIFO among the jobs that may run at all: a paused model's jobs step aside.
+            rows = line().exclude(job_id__in=on_models(self.paused)) if self.paused else line()
+            head = rows.first()
+            return head if head is not None and not self.conflicts(head.required_models) else None
         in_use = self.models_in_use()
-        free_models = [
-            model for model in self.capacities if in_use[model] < self.capacity(model) and not self.paused_among([model])
-        ]
-        heads: dict[str, Job | None] = heads_of(free_models)
+        free_models = [model for model in self.capacities if in_use[model] < self.capacity(model) and model not in self.paused]
+        heads: dict[str, Job | None] = heads_of(free_models, skipping=self.paused)
 
         def head_of(model: str) -> Job | None:
             if model not in heads:
-                heads.update(heads_of([model]))
+                heads.update(heads_of([model], skipping=self.paused))
             return heads[model]
 
         candidates = {head.job_id: head for head in heads.values() if head is not None}
@@ -423,7 +433,7 @@ class LockedQueue:
             heads_all = all(
                 (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
             )
-            if heads_all and not self.conflicts(job.required_models) and not self.paused_among(job.required_models):
+            if heads_all and not self.conflicts(job.required_models):
                 return job
         return None
 

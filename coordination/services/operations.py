@@ -15,7 +15,7 @@ from django.utils import timezone
 from coordination.exceptions import InvalidJob, InvalidTransition, UnknownModel
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line, nearest_behind
-from coordination.queue.lines import heads_of
+from coordination.queue.lines import heads_of, on_models
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
 from coordination.recovery import running_check, running_repair, runtime_limits
 from coordination.services.jobs import _locked_job
@@ -28,8 +28,13 @@ PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 def model_pause(*, name: str, paused: bool, actor: str) -> dict:
     """Pause (no new job starts on the model; running ones carry on) or resume it.
 
-    Pausing re-decides the first job in the model's line, so it says "Model paused" at once; resuming
-    re-decides the jobs that waited on the pause and starts whatever may start."""
+    While paused, the model's jobs keep their place in line but hold back no job that does not need
+    it. Pausing re-decides the first job in the model's line (it says "Model paused" at once) and the
+    jobs that waited behind one of its jobs without needing the model (they pass it now); resuming
+    re-decides the jobs that waited on the pause. Both then start whatever may start.
+
+    Cost: the jobs re-decided are those that name one of the model's jobs; in a mixed serialized line
+    that is up to one per waiting job of the model, so this is an operator action, not a hot path."""
     with transaction.atomic():
         queue = LockedQueue()
         model = CatalogModel.objects.filter(name=name).first()
@@ -47,9 +52,11 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
             event_type=JobQueueLog.Event.MODEL_PAUSED if paused else JobQueueLog.Event.MODEL_RESUMED,
             details={"model": name, "actor": actor},
         )
-        started = [] if paused else [job.job_id for job in queue.dispatch()]
+        started = [job.job_id for job in queue.dispatch()]
         if paused:
-            affected = [head for head in heads_of([name]).values() if head is not None]
+            its_jobs = on_models([name])
+            passing = line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)
+            affected = [head for head in heads_of([name]).values() if head is not None] + list(passing)
         else:
             # The jobs that waited for the operator: they name no job (bounded: one per paused line).
             in_its_line = JobLine.objects.filter(model=name).values("job_id")

@@ -23,7 +23,7 @@ from coordination.services import (
     queue_reconcile,
 )
 from tests.guide_sql import RESET_STATE
-from tests.helpers import assert_exclusion, assert_honest_waiting, events, fresh, submit
+from tests.helpers import assert_exclusion, assert_honest_waiting, events, execute_workflow, fresh, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -94,15 +94,50 @@ class TestPause:
         assert "in use by" in fresh(waiting).conflict_reason
         assert_honest_waiting()
 
-    def test_in_serialized_mode_the_line_stays_first_come_first_served(self, user):
-        """One slot is global FIFO (DESIGN.md §3): a paused model's job at the head holds the line."""
+    def test_other_models_jobs_pass_a_paused_models_jobs_which_keep_their_place(self, user):
+        """Serialized mode too: a paused model holds its own jobs, not the whole line."""
         model_pause(name="flux-dev", paused=True, actor="admin:ops")
         paused_job = submit(user, model="flux-dev")
-        behind = submit(user, model="motion-2.0-fast")
+        passing = submit(user, model="motion-2.0-fast")
+        later = submit(user, model="flux-dev")
 
-        assert fresh(behind).blocked_by_job_id == paused_job.job_id
+        assert fresh(passing).status == Job.Status.RUNNING
+        assert fresh(later).blocked_by_job_id == paused_job.job_id
+        job_complete(job_id=passing.job_id, attempt=1)
+        assert fresh(paused_job).status == Job.Status.PENDING
+
         model_pause(name="flux-dev", paused=False, actor="admin:ops")
-        assert fresh(paused_job).status == Job.Status.RUNNING
+
+        assert fresh(paused_job).status == Job.Status.RUNNING  # its place in line kept
+        assert fresh(later).blocked_by_job_id == paused_job.job_id
+        assert_honest_waiting()
+
+    def test_pausing_lets_the_jobs_waiting_behind_its_jobs_pass(self, user):
+        running = submit(user, model="motion-2.0-fast")
+        held = submit(user, model="flux-dev")
+        behind = submit(user, model="nano-banana-pro-leonardo")
+        assert fresh(behind).blocked_by_job_id == held.job_id
+
+        model_pause(name="flux-dev", paused=True, actor="admin:ops")
+
+        assert fresh(behind).blocked_by_job_id == running.job_id  # re-pointed past the paused job
+        assert (fresh(held).blocked_by_job_id, fresh(held).conflict_reason) == (None, PAUSED_FLUX)
+        job_complete(job_id=running.job_id, attempt=1)
+        assert fresh(behind).status == Job.Status.RUNNING
+        assert fresh(held).status == Job.Status.PENDING
+        assert_honest_waiting()
+
+    @override_settings(COORDINATOR_MAX_ACTIVE_JOBS=2)
+    def test_a_workflow_on_a_paused_model_holds_back_no_job_of_its_other_model(self, user):
+        workflow = execute_workflow(user)  # nano-banana-pro-leonardo, then motion-2.0-fast
+        job_complete(job_id=workflow.job_id, attempt=1)
+        model_pause(name="nano-banana-pro-leonardo", paused=True, actor="admin:ops")
+        held = execute_workflow(user)
+        motion = submit(user, model="motion-2.0-fast")
+
+        assert fresh(held).blocked_by_job_id is None and fresh(held).conflict_reason.startswith("Model paused")
+        assert fresh(motion).status == Job.Status.RUNNING  # passes the held workflow in motion's line
+        assert_honest_waiting()
 
     def test_pausing_twice_or_an_unknown_model_is_refused_and_changes_nothing(self):
         model_pause(name="flux-dev", paused=True, actor="admin:ops")
