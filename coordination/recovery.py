@@ -14,8 +14,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, running_check, runtime_limits
 from coordination.services.jobs import job_end_running, job_max_attempts, job_retry
 from coordination.services.repairs import waiting_repair
 
@@ -55,38 +56,6 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     if look_for_cancel and fenced.filter(cancel_requested_at__isnull=False).exists():
         return HEARTBEAT_CANCEL
     return HEARTBEAT_OK
-
-
-TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
-
-
-def runtime_limits() -> dict[str, int | None]:
-    return dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
-
-
-def running_check(job: Job, now, limits: dict) -> tuple[str, str] | None:
-    """What recovery must do about a running attempt now, as (action, reason), or None while its
-    lease and its runtime limit both hold. A read: the reaper and the reconciler's preview share it."""
-    # Never beyond the job timeout: past it django-q2 may stop the task anyway.
-    runtime_limit = min(
-        [limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models]
-        + [settings.COORDINATOR_JOB_TIMEOUT]
-    )
-    claimed = job.claimed_attempt == job.attempt
-    lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
-    if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
-        return TIMED_OUT, f"timed out after {runtime_limit} s"
-    if claimed and job.heartbeat_at is None and lapsed:
-        # Handed to a worker in a finishing transaction, but that worker never confirmed it (it
-        # died in between): nothing ran, so it is sent again without using an attempt.
-        return RESEND, "handed off, never taken"
-    if claimed and lapsed:
-        return LEASE_EXPIRED, f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
-    if not claimed and lapsed:
-        # Started, but no worker took it in a whole lease: its task was lost. Send it again; should
-        # the first copy turn up after all, the claim lets only one of them run.
-        return RESEND, "not claimed"
-    return None
 
 
 def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) -> None:

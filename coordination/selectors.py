@@ -6,12 +6,12 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from coordination.exceptions import JobNotFound
+from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import Job, JobLine, JobQueueState
 from coordination.queue import ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import model_line, on_models
 from coordination.queue.reconcile import differences, running_jobs
-from coordination.recovery import runtime_limits
+from coordination.queue.attempts import runtime_limits
 
 LINE_PREVIEW = 20  # jobs listed per line in a preview
 
@@ -165,8 +165,10 @@ def model_pause_preview(*, name: str, paused: bool) -> dict:
 def job_priority_preview(*, job_id, priority: int) -> dict:
     """Where a waiting job stands now, and where the new priority would put it."""
     job = Job.objects.filter(job_id=job_id).first()
-    if job is None or job.status != Job.Status.PENDING:
-        return _preview([], [], "Only a waiting job's priority can change.")
+    if job is None:
+        raise JobNotFound(f"No job {job_id}.")
+    if job.status != Job.Status.PENDING:
+        raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job's priority can change.")
     moved = Job(job_id=job.job_id, priority=priority, created_at=job.created_at)
     ahead_now = line_position(job)
     ahead_then = line().exclude(job_id=job.job_id).filter(ahead_of(moved)).count() + 1
@@ -203,5 +205,6 @@ def queue_reconcile_preview() -> dict:
     """The differences between slot rows, running jobs and leases, and the repair for each."""
     slots = list(JobQueueState.objects.order_by("id"))
     found = differences(slots, running_jobs(), now=timezone.now(), limits=runtime_limits())
-    return _preview(["problem", "slot", "job_id", "found", "repair"], [d.as_row() for d in found],
-                    "Slots, running jobs and leases agree: nothing to repair.")
+    preview = _preview(["problem", "slot", "job_id", "found", "repair"], [d.as_row() for d in found],
+                       "Slots, running jobs and leases agree: nothing to repair.")
+    return {**preview, "keys": [d.key for d in found]}

@@ -10,7 +10,7 @@ that list under the coordinator lock.
 from dataclasses import asdict, dataclass
 
 from coordination.models import Job, JobQueueState
-from coordination.recovery import running_check
+from coordination.queue.attempts import running_check
 
 SLOT_NAMES_NO_RUNNING_JOB = "slot names a job that is not running"
 JOB_IN_TWO_SLOTS = "job named by more than one slot"
@@ -29,6 +29,11 @@ class Difference:
 
     def as_row(self) -> dict:
         return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """What the operator saw, as one string the confirmation posts back."""
+        return f"{self.problem}|{self.slot or ''}|{self.job_id or ''}"
 
 
 def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict) -> list[Difference]:
@@ -66,6 +71,8 @@ def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict)
                 "lease_expired": "retry it if attempts remain, else fail it (worker lost)",
                 "requeued_tasks": "send its task again (no attempt used)",
             }[action]
+            if action != "requeued_tasks" and job.cancel_requested_at is not None:
+                repair = "end it as cancelled (a stop was asked for it)"
             found.append(Difference(ATTEMPT_LAPSED, None, str(job_id), reason, repair))
     return found
 

@@ -17,7 +17,8 @@ from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line, nearest_behind
 from coordination.queue.lines import heads_of, on_models
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
-from coordination.recovery import running_check, running_repair, runtime_limits
+from coordination.queue.attempts import running_check, runtime_limits
+from coordination.recovery import running_repair
 from coordination.services.jobs import _locked_job
 
 logger = logging.getLogger("job_coordinator")
@@ -115,40 +116,49 @@ def queue_dispatch(*, actor: str) -> dict:
     return {"started": started}
 
 
-def queue_reconcile(*, actor: str) -> dict:
+def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
     """Compare slot rows, running jobs and leases under the lock, repair each difference (audited,
-    one row each), then start what may start. Returns the differences repaired."""
+    one row each), then start what may start.
+
+    `only`: the keys of the differences the operator's preview showed; a difference found now that
+    the preview did not show is left for the next look, and one shown that is gone is reported."""
     with transaction.atomic():
         queue = LockedQueue()
         now = timezone.now()
         limits = runtime_limits()
         found = differences(queue.slots, queue.running, now=now, limits=limits)
+        not_repaired = [{"key": key, "why": "no longer found"}
+                        for key in sorted((only or set()) - {difference.key for difference in found})]
+        if only is not None:
+            found = [difference for difference in found if difference.key in only]
         running_before = set(queue.running)
-        ended: list = []
-        for difference in found:
+        repaired, ended = [], []
+        # Slot rows first: a freed row may then take a running job that no row shows.
+        for difference in sorted(found, key=lambda d: d.slot is None):
+            job = queue.running.get(_uuid(difference.job_id))
+            if difference.slot is None and job is None:  # ended by an earlier repair of this pass
+                not_repaired.append({**difference.as_row(), "why": "no longer running"})
+                continue
+            if difference.problem == JOB_IN_NO_SLOT and queue.free_slot_row() is None:
+                not_repaired.append({**difference.as_row(), "why": "no free slot row to write it into"})
+                continue
             JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.RECONCILED,
-                job=queue.running.get(_uuid(difference.job_id)),
-                details={"actor": actor, **difference.as_row()},
+                event_type=JobQueueLog.Event.RECONCILED, job=job, details={"actor": actor, **difference.as_row()}
             )
-        for difference in found:
+            repaired.append(difference.as_row())
             if difference.slot is not None:
                 _slot_repair(queue, difference)
-        for difference in found:
-            job = queue.running.get(_uuid(difference.job_id))
-            if job is None:
-                continue
-            if difference.problem == JOB_IN_NO_SLOT:
+            elif difference.problem == JOB_IN_NO_SLOT:
                 _slot_assign(queue, job)
-            elif difference.slot is None:
+            else:
                 running_repair(queue, job, now, *running_check(job, now, limits))
                 if job.job_id not in queue.running:
                     ended.append(job.job_id)
         queue.settle_after(*ended)
         # Ending an attempt starts the next job already; report every job that started here.
         started = [str(job_id) for job_id in queue.running if job_id not in running_before]
-    logger.info("[COORDINATOR] Reconciled by %s: %d difference(s) repaired", actor, len(found))
-    return {"repaired": [difference.as_row() for difference in found], "started": started}
+    logger.info("[COORDINATOR] Reconciled by %s: %d difference(s) repaired", actor, len(repaired))
+    return {"repaired": repaired, "not_repaired": not_repaired, "started": started}
 
 
 def _uuid(job_id: str | None):
@@ -168,9 +178,6 @@ def _slot_repair(queue: LockedQueue, difference) -> None:
 
 def _slot_assign(queue: LockedQueue, job: Job) -> None:
     slot = queue.free_slot_row()
-    if slot is None:
-        logger.warning("[COORDINATOR] Reconcile: no free slot row for running job %s", job.job_id)
-        return
     slot.active_job_id, slot.active_job_type = job.job_id, job.kind
     slot.active_models, slot.started_at = list(job.required_models), job.started_at
     slot.save()

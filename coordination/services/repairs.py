@@ -3,6 +3,7 @@ transaction under the coordinator lock, audited, and ends by starting whatever m
 
 from django.db import transaction
 
+from coordination.exceptions import InvalidTransition
 from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.queue import LockedQueue, stale_waiting
 from coordination.services.jobs import job_end_running
@@ -35,13 +36,24 @@ def queue_clear_stale(*, actor: str) -> dict:
     return {"repaired": [str(job.job_id) for job in stale], "started": [str(job_id) for job_id in started]}
 
 
-def queue_reset(*, actor: str, slot_ids: list[int]) -> dict:
+def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | None] | None = None) -> dict:
     """The guide's "Reset state", made safe: free the chosen slots; a job still running in one is
-    ended as failed first, so no two jobs ever share a model. Then start what may start."""
+    ended as failed first, so no two jobs ever share a model. Then start what may start.
+
+    `expected` maps slot ids to the job id (or None) the operator's preview showed in them: if a
+    slot shows another job by now, nothing is changed (a job the operator never saw is not failed)."""
     evicted: list[str] = []
     with transaction.atomic():
         queue = LockedQueue()
-        for slot in [s for s in queue.slots if s.id in set(slot_ids)]:
+        chosen = [s for s in queue.slots if s.id in set(slot_ids)]
+        for slot in chosen if expected is not None else []:
+            now_shows = str(slot.active_job_id) if slot.active_job_id else None
+            if slot.id in expected and expected[slot.id] != now_shows:
+                raise InvalidTransition(
+                    f"Slot {slot.id} now shows job {now_shows or 'none'}, not {expected[slot.id] or 'none'} as the "
+                    "preview did; nothing was changed. Look at the queue again."
+                )
+        for slot in chosen:
             job = queue.running.get(slot.active_job_id) if slot.active_job_id else None
             JobQueueLog.objects.record(
                 event_type=JobQueueLog.Event.STATE_RESET,

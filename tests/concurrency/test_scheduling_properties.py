@@ -32,6 +32,7 @@ from hypothesis.stateful import (
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.queue.lines import line_key
 from coordination.services import (
     job_cancel,
     job_complete,
@@ -312,7 +313,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def dispatch_and_reconcile_find_nothing_to_do(self):
         """While the invariants hold, "dispatch now" starts nothing and the reconciler finds no difference."""
         assert queue_dispatch(actor="property test") == {"started": []}
-        assert queue_reconcile(actor="property test") == {"repaired": [], "started": []}
+        assert queue_reconcile(actor="property test") == {"repaired": [], "not_repaired": [], "started": []}
         self.replay_starts()
 
     # --- invariants, checked against the database after every step -----------------------------
@@ -347,6 +348,18 @@ class SchedulingMachine(RuleBasedStateMachine):
     @invariant()
     def honest_waiting(self):
         assert_honest_waiting()  # I4
+
+    @invariant()
+    def reasons_say_what_is_true(self):
+        """I4's words: a job "in line behind" another names one that stands before it (or has
+        started since); a "Model conflict" names a running job."""
+        live = {job.job_id: job for job in Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])}
+        for job in (job for job in live.values() if job.status == Job.Status.PENDING):
+            reason, blocker = job.conflict_reason or "", live.get(job.blocked_by_job_id)
+            if "in line" in reason and blocker.status == Job.Status.PENDING:
+                assert line_key(blocker) < line_key(job), f"{job.job_id} says it waits behind {blocker.job_id}, which is behind it"
+            if reason.startswith("Model conflict"):
+                assert blocker.status == Job.Status.RUNNING, f"{job.job_id}: {reason}, but the job named is {blocker.status}"
 
     @invariant()
     def lines_counter_and_slots_agree_with_the_jobs(self):

@@ -23,6 +23,7 @@ from coordination.services import (
     queue_reconcile,
 )
 from tests.guide_sql import RESET_STATE
+from tests.factories import JobRowFactory
 from tests.helpers import assert_exclusion, assert_honest_waiting, events, execute_workflow, fresh, submit
 
 pytestmark = pytest.mark.django_db
@@ -232,7 +233,7 @@ class TestReconcile:
     def test_nothing_to_repair_while_the_records_agree(self, user):
         submit(user), submit(user)
         assert queue_reconcile_preview()["rows"] == []
-        assert queue_reconcile(actor="admin:ops") == {"repaired": [], "started": []}
+        assert queue_reconcile(actor="admin:ops") == {"repaired": [], "not_repaired": [], "started": []}
 
     def test_the_guides_reset_sql_on_a_running_job_is_put_back_not_overlapped(self, user):
         running, waiting = submit(user), submit(user)
@@ -278,3 +279,30 @@ class TestReconcile:
         assert report["started"] == [str(waiting.job_id)]
         assert events(lost)[-3:] == ["reconciled", "lease_expired", "failed"]
         assert_exclusion()
+
+    def test_a_running_job_with_no_slot_row_to_take_it_is_reported_not_repaired(self, user):
+        holder = submit(user)
+        stray = JobRowFactory(model="flux-dev", status=Job.Status.RUNNING, started_at=timezone.now(), attempt=1,
+                              lease_expires_at=timezone.now() + timedelta(minutes=5))  # written by hand
+
+        report = queue_reconcile(actor="admin:ops")
+
+        assert report["repaired"] == []
+        assert [(row["job_id"], row["why"]) for row in report["not_repaired"]] == [
+            (str(stray.job_id), "no free slot row to write it into")
+        ]
+        assert JobQueueState.objects.get(id=1).active_job_id == holder.job_id
+        assert audit("reconciled") == []
+
+    def test_a_lapsed_attempt_asked_to_stop_is_shown_and_ended_as_cancelled(self, user):
+        lost = submit(user)
+        job_claim(job_id=lost.job_id, attempt=1)
+        job_cancel(job_id=lost.job_id, user=user)
+        Job.objects.filter(pk=lost.pk).update(
+            heartbeat_at=timezone.now() - timedelta(minutes=2), lease_expires_at=timezone.now() - timedelta(minutes=1)
+        )
+
+        (row,) = queue_reconcile_preview()["rows"]
+        assert row["repair"] == "end it as cancelled (a stop was asked for it)"
+        queue_reconcile(actor="admin:ops")
+        assert fresh(lost).status == Job.Status.CANCELLED
