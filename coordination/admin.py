@@ -2,17 +2,15 @@
 
 from urllib.parse import urlencode
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from coordination import services
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
 from coordination.console import console_context
-from coordination.console_actions import console_action_urls
-from coordination.selectors import queue_clear_stale_preview, queue_reset_preview
+from coordination.console_actions import OPERATE, console_action_urls
 
 
 # The admin index links to the queue console.
@@ -30,19 +28,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-def _confirm(modeladmin, request, *, title: str, action: str, preview: dict, queryset, explain: str):
-    """An intermediate page in the style of Django's delete confirmation; posting it runs the action."""
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "title": title,
-        "action": action,
-        "preview": preview,
-        "explain": explain,
-        "queryset": queryset,
-        "opts": modeladmin.model._meta,
-        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-    }
-    return TemplateResponse(request, "admin/coordination/confirm_action.html", context)
+def _to_console(action: str, params: list[tuple] = ()) -> HttpResponseRedirect:
+    """The jobs and slots lists' actions open the queue console's page for them: one preview and one
+    way to run each action, whichever list it was started from."""
+    url = reverse(f"admin:queue-console-{action}")
+    return HttpResponseRedirect(f"{url}?{urlencode(params)}" if params else url)
 
 
 @admin.register(Job)
@@ -75,30 +65,20 @@ class JobAdmin(admin.ModelAdmin):
     def models(self, job: Job) -> str:
         return ", ".join(job.required_models)
 
-    @admin.action(description="Cancel selected jobs (shows what each cancel does first)")
+    @admin.action(description="Cancel selected jobs (shows what each cancel does first)", permissions=["operate"])
     def cancel_jobs(self, request, queryset):
         """Hands the ticked jobs to the queue console's cancel page: its preview, then the cancels."""
-        ids = [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)]
-        return HttpResponseRedirect(f"{reverse('admin:queue-console-cancel')}?{urlencode(ids)}")
+        return _to_console("cancel", [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)])
 
-    @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)")
+    @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)",
+                  permissions=["operate"])
     def clear_stale_queue(self, request, queryset):
-        """Re-decides every pending job whose blocker is finished, missing or unset, then starts what
-        may start. It looks at the whole queue, whichever rows are ticked."""
-        if request.POST.get("confirmed") == "yes":
-            report = services.queue_clear_stale(actor=f"admin:{request.user.username}")
-            self.message_user(
-                request,
-                f"Repaired {len(report['repaired'])} waiting job(s); started {len(report['started'])}.",
-                messages.SUCCESS,
-            )
-            return None
-        return _confirm(
-            self, request, title="Clear stale queue?", action="clear_stale_queue",
-            preview=queue_clear_stale_preview(), queryset=queryset,
-            explain="Each listed job is decided again: it starts if it may, or it is pointed at the job it "
-            "really waits for. Jobs that wait for a live job are left alone.",
-        )
+        """The queue console's "Clear stale queue" page: it re-decides every pending job whose blocker
+        is finished, missing or unset (the whole queue, whichever rows are ticked), after a preview."""
+        return _to_console("clear-stale")
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(OPERATE)
 
 
 @admin.register(JobQueueState)
@@ -114,29 +94,21 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
     def queue_console(self, request):
         """Slots, lines, metrics, the last hour as a timeline, recent events; its actions are in
         console_actions.py, each behind a preview."""
-        context = {**self.admin_site.each_context(request), "title": "Queue console", **console_context()}
+        context = {
+            **self.admin_site.each_context(request), "title": "Queue console", **console_context(),
+            "can_operate": request.user.has_perm(OPERATE),
+        }
         return TemplateResponse(request, "admin/coordination/queue_console.html", context)
 
-    @admin.action(description="Reset state (free the selected slots; a job still running in one is failed)")
+    @admin.action(description="Reset state (free the selected slots; a job still running in one is failed)",
+                  permissions=["operate"])
     def reset_state(self, request, queryset):
-        """Frees the selected slots. A job still running in one is ended as failed first (logged), so
-        no two jobs ever share a model; then waiting jobs that may start are started."""
-        slot_ids = list(queryset.values_list("id", flat=True))
-        if request.POST.get("confirmed") == "yes":
-            report = services.queue_reset(actor=f"admin:{request.user.username}", slot_ids=slot_ids)
-            self.message_user(
-                request,
-                f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); "
-                f"started {len(report['started'])}.",
-                messages.SUCCESS,
-            )
-            return None
-        return _confirm(
-            self, request, title="Reset state?", action="reset_state",
-            preview=queue_reset_preview(slot_ids=slot_ids), queryset=queryset,
-            explain="The selected slots are freed. A job still running in one is ended as failed, with the "
-            "reason recorded; the next waiting jobs then start.",
-        )
+        """The queue console's "Reset state" page for the ticked slots: it frees them (a job still
+        running in one is ended as failed first, logged) after a preview that names each job."""
+        return _to_console("reset", [("slot", slot_id) for slot_id in queryset.values_list("id", flat=True)])
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(OPERATE)
 
 
 @admin.register(JobQueueLog)

@@ -1,11 +1,18 @@
 """The queue console's actions (admin → Queue console), each in two steps: a GET shows what it will
 change (a preview read from selectors.py), and a POST of that page's "Yes" runs the service, which
-writes the audit row with the operator's name. Staff only, through the admin's own login and CSRF."""
+writes the audit row with the operator's name. Through the admin's own login and CSRF, for users
+with the `coordination.operate_queue` permission (superusers have it).
 
+A preview binds: what the operator saw travels back with the "Yes" (the job a slot showed, the
+differences the reconciler listed), so the action never touches something the page did not show."""
+
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -13,6 +20,9 @@ from django.urls import path, reverse
 from coordination import selectors, services
 from coordination.exceptions import CoordinationError
 from coordination.models import CatalogModel, JobQueueState
+from coordination.services.operations import PRIORITY_MAX, PRIORITY_MIN
+
+OPERATE = "coordination.operate_queue"
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,8 @@ class Action:
     preview: Callable[..., dict]
     run: Callable[..., str]  # returns the message shown on the console afterwards
     fields: tuple[str, ...] = ()  # request parameters the action takes (kept through the confirmation)
+    # (name, value) pairs taken from the preview, posted back with the "Yes" so the run can check them.
+    seen: Callable[[dict], list[tuple[str, str]]] = lambda preview: []
 
 
 def _actor(request: HttpRequest) -> str:
@@ -30,19 +42,46 @@ def _actor(request: HttpRequest) -> str:
 
 def _priority(request: HttpRequest) -> int:
     raw = request.GET.get("priority", request.POST.get("priority", ""))
-    try:
-        return int(raw)
-    except ValueError:
-        raise CoordinationError(f"Priority must be a whole number from -1000 to 1000, not {raw!r}.") from None
+    if not re.fullmatch(r"-?[0-9]{1,4}", raw.strip()) or not PRIORITY_MIN <= int(raw) <= PRIORITY_MAX:
+        raise CoordinationError(f"Priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}, not {raw!r}.")
+    return int(raw)
 
 
 def _ids(request: HttpRequest, name: str) -> list[str]:
     return request.POST.getlist(name) if request.method == "POST" else request.GET.getlist(name)
 
 
+def _job_ids(request: HttpRequest) -> list[str]:
+    values = _ids(request, "job")
+    if not values:
+        raise CoordinationError("No job chosen: pick jobs from the console or the jobs list.")
+    for value in values:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise CoordinationError(f"{value!r} is not a job id; nothing was changed.") from None
+    return values
+
+
 def _slot_ids(request: HttpRequest) -> list[int]:
-    chosen = [int(value) for value in _ids(request, "slot") if value.isdigit()]
-    return chosen or list(JobQueueState.objects.order_by("id").values_list("id", flat=True))
+    """The slots named (`slot=1&slot=2`), or every slot when none is named; a bad one is an error."""
+    existing = list(JobQueueState.objects.order_by("id").values_list("id", flat=True))
+    values = _ids(request, "slot")
+    if not values:
+        return existing
+    for value in values:
+        if not re.fullmatch(r"[0-9]{1,6}", value) or int(value) not in existing:
+            raise CoordinationError(f"There is no slot {value!r} (slots: {', '.join(map(str, existing))}); nothing was changed.")
+    return [int(value) for value in values]
+
+
+def _seen(request: HttpRequest, name: str) -> list[str]:
+    return request.POST.getlist(name)
+
+
+def require_operator(request: HttpRequest) -> None:
+    if not request.user.has_perm(OPERATE):
+        raise PermissionDenied("Operating the queue needs the permission 'Can operate the queue'.")
 
 
 def _pause(paused: bool) -> Action:
@@ -66,7 +105,7 @@ def _pause(paused: bool) -> Action:
 def _cancel_run(request):
     cancelled = stopping = 0
     refused = []
-    for job_id in _ids(request, "job"):
+    for job_id in _job_ids(request):
         try:
             job = services.job_cancel(job_id=job_id, user=request.user, reason=f"Cancelled by {_actor(request)}")
         except CoordinationError as error:  # finished meanwhile: the others still go
@@ -79,8 +118,12 @@ def _cancel_run(request):
 
 
 def _reconcile_run(request):
-    report = services.queue_reconcile(actor=_actor(request))
-    return f"Repaired {len(report['repaired'])} difference(s); started {len(report['started'])} job(s)."
+    report = services.queue_reconcile(actor=_actor(request), only=set(_seen(request, "difference")))
+    message = f"Repaired {len(report['repaired'])} difference(s); started {len(report['started'])} job(s)."
+    if report["not_repaired"]:
+        message += " Not repaired: " + "; ".join(f"{row.get('job_id') or row.get('key')}: {row['why']}"
+                                                  for row in report["not_repaired"]) + "."
+    return message
 
 
 def _clear_stale_run(request):
@@ -90,7 +133,11 @@ def _clear_stale_run(request):
 
 def _reset_run(request):
     slot_ids = _slot_ids(request)
-    report = services.queue_reset(actor=_actor(request), slot_ids=slot_ids)
+    expected = {}
+    for value in _seen(request, "expect"):  # "slot:job_id" as the preview showed it ("slot:" for free)
+        slot, _, job_id = value.partition(":")
+        expected[int(slot)] = job_id or None
+    report = services.queue_reset(actor=_actor(request), slot_ids=slot_ids, expected=expected)
     return f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); started {len(report['started'])}."
 
 
@@ -114,7 +161,7 @@ ACTIONS: dict[str, Action] = {
         "Cancel jobs?",
         "A waiting job is cancelled at once. A running job's worker is asked to stop; the job ends as cancelled, "
         "and its models are freed, once the worker has stopped.",
-        lambda request: selectors.job_cancel_preview(job_ids=_ids(request, "job")),
+        lambda request: selectors.job_cancel_preview(job_ids=_job_ids(request)),
         _cancel_run,
         fields=("job",),
     ),
@@ -130,6 +177,7 @@ ACTIONS: dict[str, Action] = {
         "Each difference listed is repaired under the coordinator lock and audited; then whatever may start starts.",
         lambda request: selectors.queue_reconcile_preview(),
         _reconcile_run,
+        seen=lambda preview: [("difference", key) for key in preview["keys"]],
     ),
     "clear_stale": Action(
         "Clear stale queue?",
@@ -145,11 +193,13 @@ ACTIONS: dict[str, Action] = {
         lambda request: selectors.queue_reset_preview(slot_ids=_slot_ids(request)),
         _reset_run,
         fields=("slot",),
+        seen=lambda preview: [("expect", f"{row['slot']}:{row['active_job_id'] or ''}") for row in preview["rows"]],
     ),
 }
 
 
 def console_action(request: HttpRequest, admin_site, action: str, **kwargs) -> HttpResponse:
+    require_operator(request)
     spec = ACTIONS[action]
     console = reverse("admin:queue-console")
     if request.method == "POST" and request.POST.get("confirmed") == "yes":
@@ -165,6 +215,7 @@ def console_action(request: HttpRequest, admin_site, action: str, **kwargs) -> H
     try:
         context["preview"] = spec.preview(request, **kwargs)
         context["carried"] = [(field, value) for field in spec.fields for value in _ids(request, field)]
+        context["carried"] += spec.seen(context["preview"])
     except CoordinationError as error:
         context["error"] = str(error)
     if action in ("pause", "resume") and not CatalogModel.objects.filter(name=kwargs["name"]).exists():

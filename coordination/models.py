@@ -212,6 +212,9 @@ class JobQueueState(models.Model):
         ordering = ["id"]
         verbose_name = "slot (job queue state)"
         verbose_name_plural = "slots (job queue state)"
+        # The queue console's actions (pause, priority, cancel, dispatch, reconcile, the repairs) and
+        # the matching admin actions; viewing the console needs staff status only.
+        permissions = [("operate_queue", "Can operate the queue")]
 
     def __str__(self) -> str:
         return f"slot {self.id}"

@@ -1,7 +1,9 @@
 """Shared by the coordinator's service tests: submitting jobs, reading the audit trail and the
 `[COORDINATOR]` lines, and checking the invariants of DESIGN.md §3 against the database."""
 
+import html
 import logging
+import re
 from collections import Counter
 
 import pytest
@@ -139,3 +141,18 @@ def assert_exclusion(max_active: int = 1) -> None:
     in_use = Counter(model for job in running for model in job.required_models)
     for model, count in in_use.items():
         assert count <= capacities.get(model, 1), f"{model} used by {count} running jobs"
+
+
+def submit_confirmation(client, preview, *, follow: bool = False):
+    """Press "Yes, I'm sure" on an admin preview page, as a browser would: post the form's hidden
+    fields back to the page's own URL."""
+    page = preview.content.decode()
+    assert 'id="confirm-form"' in page, "no confirmation form on this page:\n" + page[page.find('id="content"'):][:2000]
+    form = page[page.index('id="confirm-form"'):]
+    form = form[:form.index("</form>")]
+    data: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form):
+        data.setdefault(name, []).append(html.unescape(value))
+    query = preview.request.get("QUERY_STRING")
+    url = preview.request["PATH_INFO"] + (f"?{query}" if query else "")
+    return client.post(url, data, follow=follow)

@@ -16,6 +16,7 @@ from rest_framework.authtoken.models import Token
 from coordination import services
 from coordination.models import Job, JobQueueLog, JobQueueState
 from tests.factories import JobRowFactory
+from tests.helpers import submit_confirmation
 from workflows.services import workflow_execute
 
 pytestmark = pytest.mark.django_db
@@ -292,10 +293,12 @@ def test_log_and_state_changelists_offer_no_bulk_delete(console):
 # --- "Clear stale queue" --------------------------------------------------------------------------
 
 
-def clear_stale(console, job: Job, **extra):
-    return console.post(
-        JOB_CHANGELIST, {"action": "clear_stale_queue", ACTION_CHECKBOX_NAME: [str(job.pk)], **extra}
+def clear_stale(console, job: Job, confirmed: str | None = None):
+    """The jobs list's action, which opens the console's preview; `confirmed` presses its "Yes"."""
+    preview = console.post(
+        JOB_CHANGELIST, {"action": "clear_stale_queue", ACTION_CHECKBOX_NAME: [str(job.pk)]}, follow=True
     )
+    return submit_confirmation(console, preview) if confirmed else preview
 
 
 def test_clear_stale_queue_asks_first_and_lists_what_it_would_repair(console, user):
@@ -399,10 +402,12 @@ def test_confirmed_clear_stale_queue_starts_a_job_left_waiting_with_no_blocker(c
 # --- "Reset state" --------------------------------------------------------------------------------
 
 
-def reset_state(console, *slot_ids: int, **extra):
-    return console.post(
-        STATE_CHANGELIST, {"action": "reset_state", ACTION_CHECKBOX_NAME: [str(i) for i in slot_ids], **extra}
+def reset_state(console, *slot_ids: int, confirmed: str | None = None):
+    """The slots list's action, which opens the console's preview; `confirmed` presses its "Yes"."""
+    preview = console.post(
+        STATE_CHANGELIST, {"action": "reset_state", ACTION_CHECKBOX_NAME: [str(i) for i in slot_ids]}, follow=True
     )
+    return submit_confirmation(console, preview) if confirmed else preview
 
 
 def test_reset_state_asks_first_and_says_what_will_happen_to_the_running_job(console, user):

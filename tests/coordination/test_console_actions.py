@@ -2,11 +2,13 @@
 what will change and changes nothing; its "Yes" runs the action, audited with the operator's name."""
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
-from coordination.services import job_claim, job_stopped
-from tests.helpers import fresh, submit
+from coordination.services import job_claim, job_complete, job_stopped
+from tests.factories import UserFactory
+from tests.helpers import fresh, submit, submit_confirmation
 
 pytestmark = pytest.mark.django_db
 
@@ -19,9 +21,9 @@ def staff_client(client, staff_user):
     return client
 
 
-def confirm(client, url: str, **fields):
-    """Post the preview page's "Yes" and follow the redirect back to the console."""
-    return client.post(url, {"confirmed": "yes", **fields}, follow=True)
+def confirm(client, url: str, **params):
+    """Open the action's preview page, press its "Yes", and follow the redirect back to the console."""
+    return submit_confirmation(client, client.get(url, params), follow=True)
 
 
 def audit_rows() -> list[tuple]:
@@ -76,7 +78,7 @@ def test_priority_asks_shows_the_new_place_then_moves_the_job(staff_client, staf
     preview = staff_client.get(url, {"priority": 7}).content.decode()
     assert "0 → 7" in preview and "2 → 1" in preview and fresh(second).priority == 0
 
-    page = confirm(staff_client, f"{url}?priority=7", priority="7").content.decode()
+    page = confirm(staff_client, url, priority="7").content.decode()
 
     assert f"Job {second.job_id}: priority 0 → 7" in page
     assert fresh(second).priority == 7 and fresh(first).blocked_by_job_id == second.job_id
@@ -91,13 +93,26 @@ def test_bad_input_is_explained_and_changes_nothing(staff_client, user):
     bad_priority = staff_client.get(reverse("admin:queue-console-priority", args=[waiting.job_id]), {"priority": "soon"})
     assert "Priority must be a whole number" in bad_priority.content.decode()
     assert 'id="confirm-form"' not in bad_priority.content.decode()
-    too_high = confirm(staff_client, reverse("admin:queue-console-priority", args=[waiting.job_id]), priority="5000")
-    assert "whole number from -1000 to 1000" in too_high.content.decode()
-    of_running = confirm(staff_client, reverse("admin:queue-console-priority", args=[running.job_id]), priority="1")
-    assert "only a waiting job&#x27;s priority can change" in of_running.content.decode()
-    unknown = staff_client.get(reverse("admin:queue-console-pause", args=["no-such-model"]))
-    assert "Unknown model" in unknown.content.decode()
-    assert audit_rows() == before and fresh(waiting).priority == 0
+    pages = {
+        "whole number from -1000 to 1000": staff_client.get(
+            reverse("admin:queue-console-priority", args=[waiting.job_id]), {"priority": "5000"}),
+        "only a waiting job&#x27;s priority can change": staff_client.get(
+            reverse("admin:queue-console-priority", args=[running.job_id]), {"priority": "1"}),
+        "Unknown model": staff_client.get(reverse("admin:queue-console-pause", args=["no-such-model"])),
+        "is not a job id": staff_client.get(reverse("admin:queue-console-cancel"), {"job": "not-a-uuid"}),
+        "No job chosen": staff_client.get(reverse("admin:queue-console-cancel")),
+        "There is no slot": staff_client.get(reverse("admin:queue-console-reset"), {"slot": "²"}),
+    }
+    for message, response in pages.items():
+        page = response.content.decode()
+        assert response.status_code == 200 and message in page and 'id="confirm-form"' not in page, message
+    # Posted straight at the action (no preview), bad input still changes nothing.
+    for url, data in [(reverse("admin:queue-console-reset"), {"slot": "abc"}),
+                      (reverse("admin:queue-console-cancel"), {"job": "nope"}),
+                      (reverse("admin:queue-console-priority", args=[waiting.job_id]), {"priority": "5000"})]:
+        page = staff_client.post(url, {"confirmed": "yes", **data}, follow=True).content.decode()
+        assert "nothing was changed" in page or "whole number" in page, page
+    assert audit_rows() == before and fresh(waiting).priority == 0 and fresh(running).status == Job.Status.RUNNING
 
 
 def test_cancel_from_the_console_and_from_the_jobs_list(staff_client, user):
@@ -161,3 +176,46 @@ def test_only_staff_reach_the_actions(client, user):
     assert response.status_code == 302 and "/login/" in response.url
     response = client.post(reverse("admin:queue-console-dispatch"), {"confirmed": "yes"})
     assert response.status_code == 302 and not JobQueueLog.objects.filter(event_type="dispatched").exists()
+
+
+def test_staff_without_the_operate_permission_may_watch_but_not_act(client, user):
+    watcher = UserFactory(is_staff=True)
+    watcher.user_permissions.add(Permission.objects.get(codename="view_job"))
+    client.force_login(watcher)
+    running = submit(user)
+
+    page = client.get(reverse(CONSOLE)).content.decode()
+    assert str(running.job_id) in page and "needs the permission" in page
+    assert reverse("admin:queue-console-reset") not in page
+    assert client.get(reverse("admin:queue-console-reset"), {"slot": 1}).status_code == 403
+    response = client.post(reverse("admin:queue-console-reset"), {"confirmed": "yes", "slot": "1"})
+    assert response.status_code == 403 and fresh(running).status == Job.Status.RUNNING
+
+    watcher.user_permissions.add(Permission.objects.get(codename="operate_queue"))
+    client.force_login(type(watcher).objects.get(pk=watcher.pk))  # permissions are cached per user object
+    assert client.get(reverse("admin:queue-console-reset"), {"slot": 1}).status_code == 200
+
+
+def test_reset_refuses_when_the_slot_shows_another_job_than_the_preview_did(staff_client, user):
+    first, second = submit(user), submit(user)
+    preview = staff_client.get(reverse("admin:queue-console-reset"), {"slot": 1})
+    assert str(first.job_id) in preview.content.decode()
+    job_complete(job_id=first.job_id, attempt=1)  # meanwhile: the first ends, the second starts in slot 1
+
+    page = submit_confirmation(staff_client, preview, follow=True).content.decode()
+
+    assert f"Slot 1 now shows job {second.job_id}, not {first.job_id} as the preview did" in page
+    assert fresh(second).status == Job.Status.RUNNING
+    assert not JobQueueLog.objects.filter(event_type="state_reset").exists()
+
+
+def test_reconcile_repairs_what_its_preview_showed_and_nothing_else(staff_client, user):
+    submit(user), submit(user)
+    preview = staff_client.get(reverse("admin:queue-console-reconcile"))
+    assert "nothing to repair" in preview.content.decode()
+    JobQueueState.objects.filter(id=1).update(active_job_id=None, active_job_type=None, active_models=[])  # after the look
+
+    page = submit_confirmation(staff_client, preview, follow=True).content.decode()
+
+    assert "Repaired 0 difference(s)" in page
+    assert JobQueueState.objects.get(id=1).active_job_id is None  # left for the next look
