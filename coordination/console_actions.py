@@ -136,7 +136,10 @@ def _reset_run(request):
     expected = {}
     for value in _seen(request, "expect"):  # "slot:job_id" as the preview showed it ("slot:" for free)
         slot, _, job_id = value.partition(":")
-        expected[int(slot)] = job_id or None
+        if slot.isascii() and slot.isdigit():
+            expected[int(slot)] = job_id or None
+    if set(slot_ids) - set(expected):
+        raise CoordinationError("Reset state runs from its preview page only (it names the job in each slot); nothing was changed.")
     report = services.queue_reset(actor=_actor(request), slot_ids=slot_ids, expected=expected)
     return f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); started {len(report['started'])}."
 

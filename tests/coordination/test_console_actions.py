@@ -108,6 +108,7 @@ def test_bad_input_is_explained_and_changes_nothing(staff_client, user):
         assert response.status_code == 200 and message in page and 'id="confirm-form"' not in page, message
     # Posted straight at the action (no preview), bad input still changes nothing.
     for url, data in [(reverse("admin:queue-console-reset"), {"slot": "abc"}),
+                      (reverse("admin:queue-console-reset"), {"slot": "1"}),  # no preview seen: refused
                       (reverse("admin:queue-console-cancel"), {"job": "nope"}),
                       (reverse("admin:queue-console-priority", args=[waiting.job_id]), {"priority": "5000"})]:
         page = staff_client.post(url, {"confirmed": "yes", **data}, follow=True).content.decode()
