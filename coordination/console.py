@@ -72,6 +72,7 @@ class Bar:
     width: float
     y: int
     state: str  # "waiting" or "running"
+    outcome: str  # the job's status: a run that failed or was cancelled is drawn apart
     job_id: str
     title: str
 
@@ -100,20 +101,52 @@ def console_timeline(now: datetime, *, width: int = 900, lane_height: int = 26) 
                 until = job.started_at or job.completed_at or now
                 if until > start:
                     bars.append(Bar(x_of(waited_from), max(1.0, x_of(until) - x_of(waited_from)), y + 14, "waiting",
-                                    str(job.job_id), f"{job.job_id} waited for {model}"))
+                                    job.status, str(job.job_id), f"{job.job_id} waited for {model}"))
             if job.started_at:
                 until = job.completed_at or now
                 if until > start:
                     bars.append(Bar(x_of(job.started_at), max(1.0, x_of(until) - x_of(job.started_at)), y + 2,
-                                    "running", str(job.job_id), f"{job.job_id} ran on {model} ({job.status})"))
+                                    "running", job.status, str(job.job_id), f"{job.job_id} ran on {model} ({job.status})"))
     return {
         "width": width,
         "height": max(1, len(models)) * lane_height,
         "lane_height": lane_height,
         "lanes": [{"model": model, "y": index * lane_height} for index, model in enumerate(models)],
         "bars": bars,
-        "ticks": [{"x": minute * width / 60, "label": f"-{60 - minute} min"} for minute in range(0, 61, 10)],
+        "ticks": [{"x": minute * width / 60, "label": f"-{60 - minute} min" if minute < 60 else "now"}
+                  for minute in range(0, 61, 10)],
     }
+
+
+def event_note(details: dict) -> str:
+    """The parts of an audit row's details an operator scans for: who, on what, what went wrong."""
+    parts = []
+    if details.get("actor") or details.get("by"):
+        parts.append(f"by {details.get('actor') or details.get('by')}")
+    if details.get("model"):
+        parts.append(f"model {details['model']}")
+    if "from" in details and "to" in details:
+        parts.append(f"priority {details['from']} → {details['to']}")
+    if details.get("slot"):
+        parts.append(f"slot {details['slot']}")
+    if details.get("problem"):
+        parts.append(details["problem"])
+    for key in ("error", "reason"):
+        if details.get(key):
+            parts.append(str(details[key]))
+    if isinstance(details.get("repaired"), int):
+        parts.append(f"repaired {details['repaired']}")
+    if isinstance(details.get("started"), list) and details["started"]:
+        parts.append(f"started {len(details['started'])}")
+    return " · ".join(parts)
+
+
+def console_events() -> list[dict]:
+    return [
+        {"created_at": row.created_at, "event_type": row.event_type, "job_id": row.job_id, "job_type": row.job_type,
+         "reason": row.conflict_reason or "", "note": event_note(row.details or {})}
+        for row in JobQueueLog.objects.order_by("-id")[:EVENTS_SHOWN]
+    ]
 
 
 def console_context() -> dict:
@@ -122,7 +155,7 @@ def console_context() -> dict:
         "now": now,
         "slots": console_slots(now),
         "lines": console_lines(),
-        "events": list(JobQueueLog.objects.order_by("-id")[:EVENTS_SHOWN]),
+        "events": console_events(),
         "metrics": console_metrics(now),
         "timeline": console_timeline(now),
         "refresh_seconds": 5,

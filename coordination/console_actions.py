@@ -213,7 +213,12 @@ def console_action(request: HttpRequest, admin_site, action: str, **kwargs) -> H
         return HttpResponseRedirect(console)
     context = {**admin_site.each_context(request), "title": spec.title, "explain": spec.explain, "subject": kwargs}
     if spec.fields == ("priority",) and "priority" not in request.GET:
-        context["ask_priority"] = True  # the first step: which priority
+        # The first step: which priority (with where the job stands now).
+        context["ask_priority"] = True
+        try:
+            context["preview"] = selectors.job_priority_preview(job_id=kwargs["job_id"], priority=None)
+        except CoordinationError as error:
+            context["error"] = str(error)
         return TemplateResponse(request, "admin/coordination/console_action.html", context)
     try:
         context["preview"] = spec.preview(request, **kwargs)

@@ -154,8 +154,12 @@ def _refusal(request) -> JsonResponse | None:
         return _denied(403, "Wrong metrics token.", "permission_denied")
     if request.user.is_authenticated:
         return _denied(403, "Only staff may read /metrics.", "permission_denied")
+    hint = "" if settings.METRICS_TOKEN else " (this server has no METRICS_TOKEN set, so only a staff session works)"
+    if scheme.lower() == "token":
+        return _denied(401, f"/metrics does not take API tokens: send Authorization: Bearer <METRICS_TOKEN>, or sign in "
+                            f"to /admin/ as staff{hint}.", "not_authenticated")
     return _denied(
-        401, "Send Authorization: Bearer <METRICS_TOKEN>, or sign in to /admin/ as staff.", "not_authenticated"
+        401, f"Send Authorization: Bearer <METRICS_TOKEN>, or sign in to /admin/ as staff{hint}.", "not_authenticated"
     )
 
 

@@ -157,20 +157,23 @@ def model_pause_preview(*, name: str, paused: bool) -> dict:
     if paused:
         its_jobs = on_models([name])
         for job in line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)[:LINE_PREVIEW]:
-            rows.append({"job_id": job.job_id, "status": "pending", "place": "behind one of its jobs",
-                         "effect": "passes them: starts if it may, else waits for what it needs itself"})
+            rows.append({"job_id": job.job_id, "status": "pending", "place": f"behind a job that needs {name}",
+                         "effect": f"does not need {name}, so it passes that job: starts if it may, else waits for what it needs"})
     return _preview(["job_id", "status", "place", "effect"], rows, f"No job runs on or waits for {name}.")
 
 
-def job_priority_preview(*, job_id, priority: int) -> dict:
-    """Where a waiting job stands now, and where the new priority would put it."""
+def job_priority_preview(*, job_id, priority: int | None) -> dict:
+    """Where a waiting job stands now, and where the new priority would put it (None: only now)."""
     job = Job.objects.filter(job_id=job_id).first()
     if job is None:
         raise JobNotFound(f"No job {job_id}.")
     if job.status != Job.Status.PENDING:
         raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job's priority can change.")
-    moved = Job(job_id=job.job_id, priority=priority, created_at=job.created_at)
     ahead_now = line_position(job)
+    if priority is None:
+        row = {"job_id": job.job_id, "priority": job.priority, "place in line": ahead_now}
+        return _preview(list(row), [row], "")
+    moved = Job(job_id=job.job_id, priority=priority, created_at=job.created_at)
     ahead_then = line().exclude(job_id=job.job_id).filter(ahead_of(moved)).count() + 1
     row = {"job_id": job.job_id, "priority": f"{job.priority} → {priority}", "place in line": f"{ahead_now} → {ahead_then}",
            "effect": "decided again: it starts now if it may, else it waits behind the job now before it"}
@@ -195,9 +198,10 @@ def job_cancel_preview(*, job_ids: list) -> dict:
 def queue_dispatch_preview() -> dict:
     """How many wait and how many slots are free; I2 says no waiting job may start by the rules."""
     running = Job.objects.filter(status=Job.Status.RUNNING).count()
-    row = {"waiting": Job.objects.filter(status=Job.Status.PENDING).count(),
-           "slots free": max(settings.COORDINATOR_MAX_ACTIVE_JOBS - running, 0),
-           "effect": "every waiting job that may start by the rules starts now, in line order"}
+    free = max(settings.COORDINATOR_MAX_ACTIVE_JOBS - running, 0)
+    row = {"waiting": Job.objects.filter(status=Job.Status.PENDING).count(), "slots free": free,
+           "effect": "every waiting job that may start by the rules starts now, in line order" if free
+           else "none can start: every slot is busy (the next starts when one frees, without this)"}
     return _preview(list(row), [row], "")
 
 

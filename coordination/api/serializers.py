@@ -128,6 +128,7 @@ class WaitingForSerializer(serializers.Serializer):
     model = serializers.CharField()
     held_by = HolderSerializer(many=True)
     jobs_ahead = serializers.IntegerField()
+    paused = serializers.BooleanField(help_text="An operator paused this model: no job starts on it until it is resumed.")
 
 
 class JobSerializer(serializers.ModelSerializer):

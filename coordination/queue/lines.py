@@ -104,18 +104,21 @@ def line_position(job: Job) -> int:
 
 
 def waiting_for(job: Job) -> list[dict]:
-    """For each model a pending job needs: who holds it now and how many wait before it in its line."""
+    """For each model a pending job needs: who holds it now, how many wait before it in its line, and
+    whether an operator paused it (read now, so it is true even where the job's reason is older)."""
     holders: dict[str, list[Job]] = {}
     # In the order they started, as the coordinator names them: the first holder is the blocker.
     running_jobs = Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
     for running in running_jobs.only("job_id", "kind", "required_models"):
         for model in running.required_models:
             holders.setdefault(model, []).append(running)
+    paused = set(paused_models().filter(name__in=job.required_models).values_list("name", flat=True))
     return [
         {
             "model": model,
             "held_by": [{"job_id": h.job_id, "kind": h.kind} for h in holders.get(model, [])],
             "jobs_ahead": JobLine.objects.filter(model=model).filter(ahead_of(job)).count(),
+            "paused": model in paused,
         }
         for model in job.required_models
     ]

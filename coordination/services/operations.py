@@ -157,6 +157,11 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
         queue.settle_after(*ended)
         # Ending an attempt starts the next job already; report every job that started here.
         started = [str(job_id) for job_id in queue.running if job_id not in running_before]
+        # One row for the run itself, also when there was nothing to repair: the operator's look is on record.
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.RECONCILED,
+            details={"actor": actor, "repaired": len(repaired), "not_repaired": not_repaired, "started": started},
+        )
     logger.info("[COORDINATOR] Reconciled by %s: %d difference(s) repaired", actor, len(repaired))
     return {"repaired": repaired, "not_repaired": not_repaired, "started": started}
 

@@ -33,6 +33,11 @@ def queue_clear_stale(*, actor: str) -> dict:
     finished or missing (or that has none), then start what may start. Nothing is cleared blindly."""
     with transaction.atomic():
         stale, started = waiting_repair(LockedQueue(), actor=actor)
+        # One row for the run itself (each job repaired has its own): also an empty run is on record.
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.STALE_CLEARED,
+            details={"actor": actor, "repaired": len(stale), "started": [str(job_id) for job_id in started]},
+        )
     return {"repaired": [str(job.job_id) for job in stale], "started": [str(job_id) for job_id in started]}
 
 

@@ -204,3 +204,15 @@ def test_a_signed_in_user_who_is_not_staff_is_403(client, user):
 def test_only_get(staff_client):
     assert staff_client.post("/metrics").status_code == 405
     assert staff_client.get("/metrics/").status_code == 404
+
+
+def test_an_api_token_is_told_what_metrics_takes_instead(client, settings):
+    settings.METRICS_TOKEN = ""
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Token 0123456789abcdef")
+    assert response.status_code == 401
+    assert "does not take API tokens" in response.json()["error"]
+    assert "no METRICS_TOKEN set" in response.json()["error"]
+
+
+def test_browsers_asking_for_a_favicon_get_an_empty_answer(client):
+    assert client.get("/favicon.ico").status_code == 204

@@ -151,12 +151,13 @@ def test_dispatch_and_reconcile_preview_then_run(staff_client, staff_user, user)
     assert "slots free" in staff_client.get(reverse("admin:queue-console-dispatch")).content.decode()
     page = confirm(staff_client, reverse("admin:queue-console-dispatch")).content.decode()
     assert "Dispatched: started 0 job(s)." in page and fresh(waiting).status == Job.Status.PENDING
+    # Reconcile: one row for the difference, one for the run; dispatch: one.
     assert [details["actor"] for event, details in audit_rows() if event in ("reconciled", "dispatched")] == [
         f"admin:{staff_user.username}"
-    ] * 2
+    ] * 3
 
 
-def test_clear_stale_and_reset_are_on_the_console(staff_client, user):
+def test_clear_stale_and_reset_are_on_the_console(staff_client, staff_user, user):
     running, waiting = submit(user), submit(user)
     reset = reverse("admin:queue-console-reset")
 
@@ -169,6 +170,9 @@ def test_clear_stale_and_reset_are_on_the_console(staff_client, user):
     assert fresh(running).status == Job.Status.FAILED and fresh(waiting).status == Job.Status.RUNNING
     page = confirm(staff_client, reverse("admin:queue-console-clear-stale")).content.decode()
     assert "Repaired 0 waiting job(s); started 0." in page
+    assert JobQueueLog.objects.filter(event_type="stale_cleared", job_id=None).get().details == {
+        "actor": f"admin:{staff_user.username}", "repaired": 0, "started": [],
+    }
 
 
 def test_only_staff_reach_the_actions(client, user):

@@ -140,6 +140,17 @@ class TestPause:
         assert fresh(motion).status == Job.Status.RUNNING  # passes the held workflow in motion's line
         assert_honest_waiting()
 
+    def test_the_api_says_which_models_are_paused_also_for_jobs_further_back(self, api, user):
+        model_pause(name="flux-dev", paused=True, actor="admin:ops")
+        first, second = submit(user, model="flux-dev"), submit(user, model="flux-dev")
+
+        body = api.get(f"/jobs/{second.job_id}").json()
+
+        assert body["conflict_reason"].startswith("Waiting in line for flux-dev behind")
+        assert body["waiting_for"] == [{"model": "flux-dev", "held_by": [], "jobs_ahead": 1, "paused": True}]
+        assert body["estimated_start_at"] is None
+        assert api.get(f"/jobs/{first.job_id}").json()["conflict_reason"] == PAUSED_FLUX
+
     def test_pausing_twice_or_an_unknown_model_is_refused_and_changes_nothing(self):
         model_pause(name="flux-dev", paused=True, actor="admin:ops")
 
@@ -234,6 +245,9 @@ class TestReconcile:
         submit(user), submit(user)
         assert queue_reconcile_preview()["rows"] == []
         assert queue_reconcile(actor="admin:ops") == {"repaired": [], "not_repaired": [], "started": []}
+        assert [row.details for row in audit("reconciled")] == [
+            {"actor": "admin:ops", "repaired": 0, "not_repaired": [], "started": []}
+        ]
 
     def test_the_guides_reset_sql_on_a_running_job_is_put_back_not_overlapped(self, user):
         running, waiting = submit(user), submit(user)
@@ -292,7 +306,9 @@ class TestReconcile:
             (str(stray.job_id), "no free slot row to write it into")
         ]
         assert JobQueueState.objects.get(id=1).active_job_id == holder.job_id
-        assert audit("reconciled") == []
+        (summary,) = audit("reconciled")  # the run, with nothing repaired
+        assert summary.job_id is None and summary.details["repaired"] == 0
+        assert summary.details["not_repaired"][0]["job_id"] == str(stray.job_id)
 
     def test_a_lapsed_attempt_asked_to_stop_is_shown_and_ended_as_cancelled(self, user):
         lost = submit(user)

@@ -34,8 +34,8 @@ def test_the_console_shows_slots_lines_timeline_and_events(staff_client, user):
     assert "motion-2.0-fast" in lines and str(waiting.job_id) in lines
     start = page.index('id="timeline"')
     timeline = page[start:page.index("</svg>", start)]
-    runs = set(re.findall(r'class="running" data-job="([0-9a-f-]+)"', timeline))
-    waits = set(re.findall(r'class="waiting" data-job="([0-9a-f-]+)"', timeline))
+    runs = set(re.findall(r'class="running [a-z]+" data-job="([0-9a-f-]+)"', timeline))
+    waits = set(re.findall(r'class="waiting [a-z]+" data-job="([0-9a-f-]+)"', timeline))
     assert {str(done.job_id), str(running.job_id)} <= runs
     assert str(waiting.job_id) in waits and str(waiting.job_id) not in runs
     assert 'http-equiv="refresh"' in page
@@ -51,3 +51,17 @@ def test_only_staff_see_the_console(client, user):
     client.force_login(type(user).objects.get(pk=user.pk))
     response = client.get(reverse("admin:queue-console"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_failed_runs_are_drawn_apart_and_events_say_who_and_why(staff_client, user):
+    from coordination.services import job_fail, model_pause
+
+    failed = submit(user, model="flux-dev")
+    job_fail(job_id=failed.job_id, attempt=1, error="provider said no")
+    model_pause(name="flux-dev", paused=True, actor="admin:ops")
+
+    page = staff_client.get(reverse("admin:queue-console")).content.decode()
+
+    assert f'class="running failed" data-job="{failed.job_id}"' in page
+    events = page[page.index('id="events"'):]
+    assert "provider said no" in events and "by admin:ops · model flux-dev" in events
