@@ -83,7 +83,10 @@ PARAMS_SCHEMA = {
     "additionalProperties": True,
     "properties": {
         "simulate_seconds": {"type": "number", "minimum": 0, "description": "How long the simulated run takes."},
-        "simulate_fail": {"type": "boolean", "description": "The simulated run raises."},
+        "simulate_fail": {
+            "anyOf": [{"type": "boolean"}, {"type": "string"}],
+            "description": "The simulated run raises (a string: with that message).",
+        },
     },
 }
 STRING_LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "readOnly": True}

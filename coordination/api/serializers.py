@@ -54,9 +54,13 @@ def validate_params(value):
         raise serializers.ValidationError(
             f"params is {size} bytes as JSON; the limit is {PARAMS_MAX_BYTES} bytes (16 KB)."
         )
+    if "simulate_fail" in value and not isinstance(value["simulate_fail"], (bool, str)):
+        raise serializers.ValidationError(
+            "params.simulate_fail must be true, false, or the failure message to raise (a string)."
+        )
     seconds = value.get("simulate_seconds")
-    if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+    if "simulate_seconds" in value:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:  # null too
             raise serializers.ValidationError("params.simulate_seconds must be a number of seconds, 0 or more.")
         if seconds > settings.COORDINATOR_JOB_TIMEOUT:
             raise serializers.ValidationError(

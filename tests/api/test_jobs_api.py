@@ -185,9 +185,15 @@ def test_params_that_are_not_an_object_are_refused(api, params):
     assert_refused(submit(api, params=params), 400, "params")
 
 
-@pytest.mark.parametrize("seconds", [-1, "2", True, [2], 10**9])
+@pytest.mark.parametrize("seconds", [-1, "2", True, [2], 10**9, None])
 def test_bad_simulate_seconds_is_refused(api, seconds):
     assert_refused(submit(api, params={"simulate_seconds": seconds}), 400, "simulate_seconds")
+
+
+@pytest.mark.parametrize("fail", [None, 1, ["boom"], {"message": "boom"}])
+def test_bad_simulate_fail_is_refused(api, fail):
+    """Found by the schema fuzzer: null was accepted, then answered where the schema says boolean."""
+    assert_refused(submit(api, params={"simulate_fail": fail}), 400, "simulate_fail")
 
 
 def test_good_simulate_seconds_is_kept(api):
