@@ -17,7 +17,7 @@ from django.utils import timezone
 from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
 from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, running_check, runtime_limits
-from coordination.services.jobs import job_end_running, job_max_attempts, job_retry
+from coordination.services.jobs import job_cancel_reason, job_end_running, job_max_attempts, job_retry
 from coordination.services.repairs import waiting_repair
 
 logger = logging.getLogger("job_coordinator")
@@ -106,6 +106,7 @@ def _resend(job: Job, now, *, reason: str) -> None:
 def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) -> None:
     if job.cancel_requested_at is not None:
         status, retry = Job.Status.CANCELLED, False
+        reason = f"{job_cancel_reason(job)}; {reason}"
     else:
         status = Job.Status.FAILED
     JobQueueLog.objects.record(event_type=event, job=job, details={"attempt": job.attempt, "reason": reason})

@@ -98,7 +98,7 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
             result = _run(job, attempt, should_stop=lease.stop.is_set)
         except RunnerStopped:
             if lease.state == HEARTBEAT_CANCEL:
-                outcome = {"status": Job.Status.CANCELLED, "error": "Cancelled while running"}
+                outcome = {"status": Job.Status.CANCELLED, "error": "stopped while running"}
         except Exception as exc:  # any failure of the runner is the job's failure, recorded
             logger.info("Job %s attempt %s failed: %s", job.job_id, attempt, exc)
             outcome = {"status": Job.Status.FAILED, "error": str(exc) or type(exc).__name__}

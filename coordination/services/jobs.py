@@ -191,8 +191,11 @@ def _finish(
             )
         elif status == Job.Status.FAILED and job.cancel_requested_at is not None:
             # Asked to stop, then failed meanwhile: not retried, it ends cancelled.
-            reason = f"Cancelled while running (its last attempt failed: {error})" if error else "Cancelled while running"
+            reason = f"{job_cancel_reason(job)}; its last attempt failed: {error}" if error else job_cancel_reason(job)
             job_end_running(queue, job, status=Job.Status.CANCELLED, error=reason)
+        elif status == Job.Status.CANCELLED:
+            # Say who asked, as a cancel of a waiting job does; the worker only knows it stopped.
+            job_end_running(queue, job, status=status, error=f"{job_cancel_reason(job)}; {error or 'stopped'}")
         elif status == Job.Status.FAILED and retry and job.attempt < job_max_attempts(job):
             job_retry(queue, job, error=error)
         else:
@@ -201,6 +204,15 @@ def _finish(
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)
     return job, queue.taken
+
+
+def job_cancel_reason(job: Job) -> str:
+    """Why a running job was asked to stop, as its cancel recorded it (who, in their words)."""
+    details = (
+        JobQueueLog.objects.filter(job_id=job.job_id, event_type=JobQueueLog.Event.CANCEL_REQUESTED)
+        .order_by("-id").values_list("details", flat=True).first()
+    )
+    return (details or {}).get("reason") or "Cancelled"
 
 
 def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
@@ -213,7 +225,7 @@ def job_fail(*, job_id, attempt: int, error: str, retry: bool = True) -> Job:
     return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry)[0]
 
 
-def job_stopped(*, job_id, attempt: int, error: str = "Cancelled while running") -> Job:
+def job_stopped(*, job_id, attempt: int, error: str = "stopped while running") -> Job:
     """The worker stopped the runner of a job whose cancel was requested: it ends cancelled."""
     return _finish(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
 

@@ -61,6 +61,7 @@ def test_pause_shows_the_line_then_pauses_and_resume_starts_the_waiter(staff_cli
     confirm(staff_client, reverse("admin:queue-console-cancel"), job=str(running.job_id))
     job_claim(job_id=running.job_id, attempt=1)
     job_stopped(job_id=running.job_id, attempt=1)  # as its worker reports a stop: the model frees
+    assert fresh(running).error == f"Cancelled by admin:{staff_user.username}; stopped while running"
     assert fresh(waiting).status == Job.Status.PENDING  # ... but it is paused
 
     page = confirm(staff_client, reverse("admin:queue-console-resume", args=["motion-2.0-fast"])).content.decode()

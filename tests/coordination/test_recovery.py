@@ -172,7 +172,7 @@ def test_cancelling_a_running_job_stops_its_runner_then_frees_its_model(user, ru
     worker.join(timeout=10)
     assert not worker.is_alive()
     running = fresh(running)
-    assert running.status == Job.Status.CANCELLED and running.error == "Cancelled while running"
+    assert running.status == Job.Status.CANCELLED and running.error == "Cancelled by its owner; stopped while running"
     assert (running.completed_at - running.started_at).total_seconds() < 15, "stopped long before its 30 s"
     waiting = fresh(waiting)
     assert waiting.status == Job.Status.COMPLETED and waiting.started_at >= running.completed_at
