@@ -59,7 +59,8 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
             passing = line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)
             affected = [head for head in heads_of([name]).values() if head is not None] + list(passing)
         else:
-            # The jobs that waited for the operator: they name no job (bounded: one per paused line).
+            # The jobs that waited for the operator: they name no job (the first in its line, and any
+            # job ahead of which only jobs held by another paused model stand).
             in_its_line = JobLine.objects.filter(model=name).values("job_id")
             affected = list(line().filter(blocked_by_job_id=None, job_id__in=in_its_line))
         for job in affected:
