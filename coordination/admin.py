@@ -2,7 +2,8 @@
 
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -46,7 +47,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     readonly_fields = [field.name for field in Job._meta.fields]
-    actions = ["clear_stale_queue", "cancel_jobs"]
+    actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
 
     def has_add_permission(self, request):
         return False  # jobs enter through the API, so the coordinator decides about them
@@ -64,6 +65,27 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="required models")
     def models(self, job: Job) -> str:
         return ", ".join(job.required_models)
+
+    def get_actions(self, request):
+        # Django's "Delete selected" would offer waiting and running jobs too, then refuse them.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Delete selected finished jobs (history; waiting and running jobs are left)",
+                  permissions=["delete"])
+    def delete_finished(self, request, queryset):
+        """Django's delete confirmation, for the finished jobs among those ticked: a waiting or running
+        job leaves through a cancel, so that the coordinator frees its models and re-points its waiters."""
+        finished = queryset.filter(status__in=Job.FINISHED)
+        left = queryset.count() - finished.count()
+        if left and request.POST.get("post") != "yes":
+            self.message_user(request, f"{left} waiting or running job(s) among those selected will be left alone; "
+                              "cancel them to end them.", messages.WARNING)
+        if not finished.exists():
+            self.message_user(request, "None of the selected jobs is finished; nothing to delete.", messages.WARNING)
+            return None
+        return delete_selected(self, request, finished)
 
     @admin.action(description="Cancel selected jobs (shows what each cancel does first)", permissions=["operate"])
     def cancel_jobs(self, request, queryset):

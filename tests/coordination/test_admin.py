@@ -247,12 +247,25 @@ def test_a_waiting_or_running_job_cannot_be_deleted_behind_the_coordinators_back
     for job in (running, waiting):
         response = console.post(reverse("admin:coordination_job_delete", args=[job.pk]), {"post": "yes"})
         assert response.status_code == 403
-    bulk = console.post(
-        JOB_CHANGELIST, {"action": "delete_selected", ACTION_CHECKBOX_NAME: [str(waiting.pk)], "post": "yes"}
-    )
+    for action in ("delete_selected", "delete_finished"):  # the first is not offered; the second skips them
+        console.post(JOB_CHANGELIST, {"action": action, ACTION_CHECKBOX_NAME: [str(waiting.pk)], "post": "yes"})
 
-    assert bulk.status_code == 403
     assert set(Job.objects.values_list("status", flat=True)) == {"running", "pending"}
+    assert b"delete_selected" not in console.get(JOB_CHANGELIST).content
+
+
+def test_bulk_delete_takes_the_finished_jobs_among_those_ticked_after_djangos_confirmation(console, user):
+    done = submit(user)
+    services.job_complete(job_id=done.job_id, attempt=1)
+    running = submit(user, prompt="still running")
+    ticked = {"action": "delete_finished", ACTION_CHECKBOX_NAME: [str(done.pk), str(running.pk)]}
+
+    page = console.post(JOB_CHANGELIST, ticked, follow=True).content.decode()
+    assert "Are you sure you want to delete the selected" in page
+    assert "1 waiting or running job(s) among those selected will be left alone" in page
+    console.post(JOB_CHANGELIST, {**ticked, "post": "yes"})
+
+    assert list(Job.objects.values_list("job_id", flat=True)) == [running.job_id]
 
 
 def test_a_finished_job_may_be_deleted(console, user):
