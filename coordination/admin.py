@@ -60,7 +60,7 @@ class JobAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         # A waiting or running job leaves through the coordinator (cancel, or the actions), so
         # that its slot is freed and its waiters re-pointed; finished jobs are history and may go.
-        return obj is None or obj.is_finished
+        return super().has_delete_permission(request, obj) and (obj is None or obj.is_finished)
 
     @admin.display(description="required models")
     def models(self, job: Job) -> str:

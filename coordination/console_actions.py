@@ -136,7 +136,7 @@ def _reset_run(request):
     expected = {}
     for value in _seen(request, "expect"):  # "slot:job_id" as the preview showed it ("slot:" for free)
         slot, _, job_id = value.partition(":")
-        if slot.isascii() and slot.isdigit():
+        if re.fullmatch(r"[0-9]{1,6}", slot):
             expected[int(slot)] = job_id or None
     if set(slot_ids) - set(expected):
         raise CoordinationError("Reset state runs from its preview page only (it names the job in each slot); nothing was changed.")

@@ -32,8 +32,9 @@ class Difference:
 
     @property
     def key(self) -> str:
-        """What the operator saw, as one string the confirmation posts back."""
-        return f"{self.problem}|{self.slot or ''}|{self.job_id or ''}"
+        """What the operator saw, repair included, as one string the confirmation posts back: a
+        difference whose repair changed since (a lapsed lease that is now a timeout) is not run."""
+        return f"{self.problem}|{self.slot or ''}|{self.job_id or ''}|{self.repair}"
 
 
 def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict) -> list[Difference]:

@@ -497,3 +497,18 @@ def test_reset_state_of_a_slot_naming_a_finished_job_frees_it_without_touching_t
     assert slot_one().active_job_id == waiting.job_id
     assert JobQueueLog.objects.filter(event_type="state_reset").count() == 1
     assert "failed" not in events(blocker)
+
+
+def test_a_staff_user_who_may_only_view_jobs_deletes_none(client, user):
+    from django.contrib.auth.models import Permission
+    from tests.factories import UserFactory
+
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    client.force_login(viewer)
+    done = submit(user)
+    services.job_complete(job_id=done.job_id, attempt=1)
+
+    client.post(JOB_CHANGELIST, {"action": "delete_finished", ACTION_CHECKBOX_NAME: [str(done.pk)], "post": "yes"})
+
+    assert Job.objects.filter(pk=done.pk).exists()
