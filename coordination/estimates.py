@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine
-from coordination.queue.lines import ahead_of, line, on_models
+from coordination.queue.lines import ahead_of, line
 
 RECENT = 50  # completed jobs per model that make its typical run time
 
@@ -57,7 +57,8 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         holders_left = sum(
             max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models
         )
-        ahead = JobLine.objects.filter(model=model).filter(ahead_of(job)).exclude(job_id__in=on_models(paused)).count()
+        ahead_rows = JobLine.objects.filter(model=model).filter(ahead_of(job))
+        ahead = (ahead_rows.filter(held=False) if paused else ahead_rows).count()
         waits.append((holders_left + ahead * typical[model]) / max(1, capacities.get(model, 1)))
     return now + timedelta(seconds=max(waits, default=0.0))
 

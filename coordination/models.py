@@ -110,6 +110,10 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     priority = models.IntegerField(default=0)
+    # While waiting: it needs a paused model, so it holds back only jobs that need that model too.
+    # Kept in step by the coordinator (pause, resume, joining the line) so that the jobs passing it
+    # find their way with one index probe, however many are held.
+    held = models.BooleanField(default=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     required_models = models.JSONField(default=list)
     # Position in line when the job was queued; the API reports the live position.
@@ -137,6 +141,8 @@ class Job(models.Model):
         indexes = [
             # The line: pending jobs by priority, then acceptance order.
             models.Index(fields=["status", "-priority", "created_at", "job_id"], name="jobs_line_idx"),
+            # The same line without the jobs a pause holds (serialized mode passes them).
+            models.Index(fields=["status", "held", "-priority", "created_at", "job_id"], name="jobs_line_unheld_idx"),
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
             # The per-user pending limit counts these under the lock: only waiting jobs, not history.
             models.Index(fields=["owner"], condition=Q(status="pending"), name="jobs_owner_pending_idx"),
@@ -176,11 +182,13 @@ class JobLine(models.Model):
     model = models.CharField(max_length=100)
     priority = models.IntegerField()
     created_at = models.DateTimeField()
+    held = models.BooleanField(default=False)  # as its job's: it needs a paused model
 
     class Meta:
         db_table = "job_model_lines"
         indexes = [
-            models.Index(fields=["model", "-priority", "created_at", "job"], name="job_model_lines_order_idx")
+            models.Index(fields=["model", "-priority", "created_at", "job"], name="job_model_lines_order_idx"),
+            models.Index(fields=["model", "held", "-priority", "created_at", "job"], name="job_model_lines_unheld_idx"),
         ]
         constraints = [models.UniqueConstraint(fields=["job", "model"], name="job_model_lines_unique")]
 

@@ -35,28 +35,27 @@ def on_models(models) -> QuerySet:
     return JobLine.objects.filter(model__in=list(models)).values("job_id")
 
 
-def heads_of(models: list[str], *, skipping=()) -> dict[str, Job | None]:
+def heads_of(models: list[str], *, unheld: bool = False) -> dict[str, Job | None]:
     """The first waiting job in each model's line: one index probe per model, sent as one query
-    (a LATERAL join) on PostgreSQL. Jobs that need one of the `skipping` models (paused ones: they
-    hold back no one while paused) are passed over."""
+    (a LATERAL join) on PostgreSQL. `unheld`: passing over the jobs a pause holds (`held`), still
+    one probe (job_model_lines_unheld_idx)."""
     if not models:
         return {}
-    skipping = list(skipping)
     if connection.vendor != "postgresql":
         rows = {}
         for model in models:
-            rows[model] = model_line(model).exclude(job_id__in=on_models(skipping)).select_related("job").first()
+            model_rows = model_line(model).filter(held=False) if unheld else model_line(model)
+            rows[model] = model_rows.select_related("job").first()
         return {model: row.job if row else None for model, row in rows.items()}
     table = JobLine._meta.db_table
-    skip = f"AND NOT EXISTS (SELECT 1 FROM {table} h WHERE h.job_id = l.job_id AND h.model = ANY(%s::text[]))"
     with connection.cursor() as cursor:
         cursor.execute(
             f"""SELECT m.name, head.job_id FROM unnest(%s::text[]) AS m(name)
                 LEFT JOIN LATERAL (
-                    SELECT l.job_id FROM {table} l WHERE l.model = m.name {skip if skipping else ""}
+                    SELECT l.job_id FROM {table} l WHERE l.model = m.name {"AND NOT l.held" if unheld else ""}
                     ORDER BY l.priority DESC, l.created_at ASC, l.job_id ASC LIMIT 1
                 ) AS head ON true""",
-            [models, skipping] if skipping else [models],
+            [models],
         )
         head_ids = dict(cursor.fetchall())
     jobs = Job.objects.in_bulk([job_id for job_id in head_ids.values() if job_id])

@@ -27,7 +27,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead, on_models
+from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
 
 logger = logging.getLogger("job_coordinator")
 
@@ -154,10 +154,12 @@ class LockedQueue:
         return [model for model in models if model in self.paused]
 
     def _not_held(self, rows: QuerySet, job: Job) -> QuerySet:
-        """`rows` without the jobs held by a pause of a model `job` does not need: while paused, a
-        model's jobs hold back only jobs that need that model too (they keep their place in line)."""
-        held = self.paused - set(job.required_models)
-        return rows.exclude(job_id__in=on_models(held)) if held else rows
+        """`rows` (jobs or line rows) without the jobs a pause holds, for a job that may start: while
+        paused, a model's jobs hold back only jobs that need that model too (they keep their place
+        in line). A job that is held itself cannot start; it names the nearest job ahead, as ever."""
+        if not self.paused or self.paused_among(job.required_models):
+            return rows
+        return rows.filter(held=False)
 
     def models_in_use(self) -> Counter:
         return Counter(model for job in self.running.values() for model in job.required_models)
@@ -272,9 +274,13 @@ class LockedQueue:
             self.block(job, verdict, first=True)
 
     def enter_line(self, job: Job) -> None:
+        held = bool(self.paused) and bool(self.paused_among(job.required_models))
+        if held != job.held:
+            job.held = held
+            job.save(update_fields=["held"])
         JobLine.objects.bulk_create(
             [
-                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at)
+                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at, held=held)
                 for model in job.required_models
             ]
         )
@@ -416,16 +422,16 @@ class LockedQueue:
         if self.slot_count == 1:
             # Serialized mode is global FIFO: only the head of the whole line may start.
             # Global FIFO among the jobs that may run at all: a paused model's jobs step aside.
-            rows = line().exclude(job_id__in=on_models(self.paused)) if self.paused else line()
+            rows = line().filter(held=False) if self.paused else line()
             head = rows.first()
             return head if head is not None and not self.conflicts(head.required_models) else None
         in_use = self.models_in_use()
         free_models = [model for model in self.capacities if in_use[model] < self.capacity(model) and model not in self.paused]
-        heads: dict[str, Job | None] = heads_of(free_models, skipping=self.paused)
+        heads: dict[str, Job | None] = heads_of(free_models, unheld=bool(self.paused))
 
         def head_of(model: str) -> Job | None:
             if model not in heads:
-                heads.update(heads_of([model], skipping=self.paused))
+                heads.update(heads_of([model], unheld=bool(self.paused)))
             return heads[model]
 
         candidates = {head.job_id: head for head in heads.values() if head is not None}

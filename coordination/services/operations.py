@@ -47,6 +47,7 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
             raise InvalidTransition(f"Model {name} is already {state}; nothing changed.")
         CatalogModel.objects.filter(pk=model.pk).update(paused=paused)
         queue.catalog_changed()
+        _hold(name, paused=paused, still_paused=queue.paused)
         verb = "paused" if paused else "resumed"
         logger.info("[COORDINATOR] Model %s %s by %s", name, verb, actor)
         JobQueueLog.objects.record(
@@ -67,6 +68,17 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
             if job.job_id not in started and queue.reassess(job):
                 started.append(job.job_id)
     return {"model": name, "paused": paused, "started": [str(job_id) for job_id in started]}
+
+
+def _hold(name: str, *, paused: bool, still_paused: set[str]) -> None:
+    """Mark the waiting jobs of `name` held (paused) or not (resumed, unless another model they need
+    is still paused), job and line rows alike: the operator's action pays for every one of them once,
+    so that the decisions made meanwhile stay one index probe each."""
+    its_jobs = on_models([name])
+    if not paused:
+        its_jobs = JobLine.objects.filter(model=name).exclude(job_id__in=on_models(still_paused)).values("job_id")
+    Job.objects.filter(job_id__in=its_jobs).update(held=paused)
+    JobLine.objects.filter(job_id__in=its_jobs).update(held=paused)
 
 
 def job_priority_set(*, job_id, priority: int, actor: str) -> dict:

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
+from django.db.models import F
 from django.test import override_settings
 from hypothesis import HealthCheck, Phase, settings as hypothesis_settings, strategies as st, target
 from hypothesis.stateful import (
@@ -372,6 +373,12 @@ class SchedulingMachine(RuleBasedStateMachine):
         rows = list(JobLine.objects.values_list("job_id", "model", "priority", "created_at"))
         assert len(rows) == len(set(rows))
         assert set(rows) == expected, "job_model_lines: one row per (waiting job, model it needs)"
+
+        # A pause's hold, kept on the rows (so passing it is one probe): held = needs a paused model.
+        paused = set(CatalogModel.objects.filter(paused=True).values_list("name", flat=True))
+        for job in waiting.values():
+            assert job.held == bool(paused & set(job.required_models)), f"{job.job_id} held={job.held}"
+        assert not JobLine.objects.exclude(held=F("job__held")).exists(), "line rows held as their job"
 
         counter = JobQueueCounter.objects.filter(id=1).first()
         assert (counter.pending if counter else 0) == len(waiting), "the waiting-jobs counter"
