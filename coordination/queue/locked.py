@@ -2,8 +2,9 @@
 
 `LockedQueue` is built inside `transaction.atomic()`: it locks every slot row (`select_for_update`,
 id order, so two coordinators never deadlock) and then reads the running jobs. Everything it decides
-(start, block, dispatch) is written in that same transaction, with its audit row, and the worker
-task is enqueued only after commit. Services in services.py are the only callers.
+(start, block, dispatch, by the rules in rules.py) is written in that same transaction, with its
+audit row, and the worker task is enqueued only after commit. The services (services/) are the only
+callers.
 
 What a running job holds is read from `jobs` (status running), not from the slot rows: slot rows are
 the display and the lock. So a hand-edited `job_queue_state` (the usage guide's reset SQL) can make a
@@ -15,19 +16,16 @@ ten or a hundred thousand jobs wait (DESIGN.md §9).
 """
 
 import logging
-import uuid
-from collections import Counter
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
-from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
+from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.queue.lines import line
+from coordination.queue.rules import QueueRules, Verdict
 
 logger = logging.getLogger("job_coordinator")
 
@@ -45,23 +43,7 @@ def enqueue_job_run(job_id, attempt: int) -> None:
     )
 
 
-def models_repr(models) -> str:
-    """A set of model names as the guide prints it: {'motion-2.0-fast'} (sorted, so stable)."""
-    return "{" + ", ".join(repr(m) for m in sorted(models)) + "}"
-
-
-def paused_reason(models: list[str]) -> str:
-    return f"{PAUSED_PREFIX}: {', '.join(models)} (an operator paused it; the job starts once it is resumed)"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    can_start: bool
-    blocker: Job | None = None
-    reason: str | None = None
-
-
-class LockedQueue:
+class LockedQueue(QueueRules):
     def __init__(self, *, take_next: bool = False) -> None:
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
@@ -118,144 +100,6 @@ class LockedQueue:
         self._pending = Job.objects.filter(status=Job.Status.PENDING).count()
         JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": self._pending})
         return self._pending
-
-    # --- reading the locked state ---------------------------------------------------------------
-
-    def running_job(self, job_id) -> Job | None:
-        try:
-            return self.running.get(uuid.UUID(str(job_id)))
-        except ValueError:
-            return None
-
-    def _read_catalog(self) -> None:
-        # Read when first needed: a decision with every model idle (serialized mode's hand-off)
-        # never needs it. Pauses change under this lock, so what is read here holds until commit.
-        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused"))
-        self._capacities = {name: capacity for name, capacity, _ in rows}
-        self._paused = {name for name, _, paused in rows if paused}
-
-    @property
-    def capacities(self) -> dict[str, int]:
-        if self._capacities is None:
-            self._read_catalog()
-        return self._capacities
-
-    def capacity(self, model: str) -> int:
-        return self.capacities.get(model, 1)
-
-    @property
-    def paused(self) -> set[str]:
-        if self._paused is None:
-            self._read_catalog()
-        return self._paused
-
-    def paused_among(self, models) -> list[str]:
-        """Which of `models` an operator has paused: no job starts on them until they are resumed."""
-        return [model for model in models if model in self.paused]
-
-    def _not_held(self, rows: QuerySet, job: Job) -> QuerySet:
-        """`rows` (jobs or line rows) without the jobs a pause holds, for a job that may start: while
-        paused, a model's jobs hold back only jobs that need that model too (they keep their place
-        in line). A job that is held itself cannot start; it names the nearest job ahead, as ever."""
-        if not self.paused or self.paused_among(job.required_models):
-            return rows
-        return rows.filter(held=False)
-
-    def models_in_use(self) -> Counter:
-        return Counter(model for job in self.running.values() for model in job.required_models)
-
-    def free_slot(self) -> JobQueueState | None:
-        if len(self.running) >= self.slot_count:
-            return None
-        return self.free_slot_row()
-
-    def free_slot_row(self) -> JobQueueState | None:
-        """The first slot row that may take a job and shows none that runs (the reconciler also
-        uses it to place a running job that no slot row shows)."""
-        for slot in self.slots:
-            if slot.id <= self.slot_count and (slot.active_job_id is None or slot.active_job_id not in self.running):
-                return slot
-        return None
-
-    def catalog_changed(self) -> None:
-        """A model's capacity or pause changed in this transaction: read the catalog again."""
-        self._capacities = self._paused = None
-
-    def conflicts(self, models) -> list[tuple[str, Job]]:
-        """(model, a running job holding it) for each of `models` that has no free capacity."""
-        in_use = self.models_in_use()
-        found = []
-        for model in models:
-            if in_use[model] and in_use[model] >= self.capacity(model):
-                holder = next(job for job in self.running.values() if model in job.required_models)
-                found.append((model, holder))
-        return found
-
-    def predecessor(self, job: Job, *, new: bool = False, any_model: bool = False) -> Job | None:
-        """The nearest pending job ahead of `job` that it must wait behind (rule 3).
-
-        In serialized mode that is simply the job before it (global FIFO); with more slots, the
-        nearest earlier job in the line of one of its models. A `new` job is the last accepted, so
-        everything at its priority or above is ahead of it: one probe instead of two.
-        """
-        def nearest(rows):
-            if new:
-                return rows.filter(priority__gte=job.priority).order_by(*NEAREST_FIRST).first()
-            return nearest_ahead(rows, job)
-
-        if self.slot_count == 1 or any_model:
-            return nearest(self._not_held(line().exclude(job_id=job.job_id) if new else line(), job))
-        for model in job.required_models:
-            # A new job has no line rows yet: it enters its lines only if it has to wait.
-            row = nearest(self._not_held(JobLine.objects.filter(model=model), job).select_related("job"))
-            if row is not None:
-                return row.job
-        return None
-
-    def assess(self, job: Job, *, new: bool = False) -> Verdict:
-        """May `job` start now? If not, which job it waits for and why, in words."""
-        conflicts = self.conflicts(job.required_models)
-        if conflicts:
-            logger.info("[COORDINATOR] Model conflict detected: %s", models_repr(m for m, _ in conflicts))
-
-        ahead = self.predecessor(job, new=new)
-        if ahead is not None:
-            shared = [m for m in job.required_models if m in ahead.required_models]
-            if shared:
-                reason = f"Waiting in line for {', '.join(shared)} behind {ahead.kind} job {ahead.job_id}"
-            else:
-                reason = f"Serialized mode: one job at a time; waiting in line behind {ahead.kind} job {ahead.job_id}"
-            return Verdict(False, ahead, reason)
-
-        paused = self.paused_among(job.required_models)
-        if paused:
-            # The one wait with no job to name: it waits for an operator. Only the first job in a
-            # paused model's line waits so; those behind it name the job before them, as always.
-            # Jobs that do not need a paused model pass its jobs by (predecessor(), dispatch()).
-            return Verdict(False, None, paused_reason(paused))
-
-        if conflicts:
-            reason = "Model conflict: " + "; ".join(
-                f"{model} in use by {holder.kind} job {holder.job_id}" for model, holder in conflicts
-            )
-            return Verdict(False, conflicts[0][1], reason)
-
-        if self.free_slot() is None:
-            if self.slot_count > 1:
-                # Wait behind the job before it in the global line, so that when a slot frees only
-                # the first of the slot-waiters needs re-pointing, not all of them.
-                ahead = self.predecessor(job, new=new, any_model=True)
-                if ahead is not None:
-                    reason = f"All {self.slot_count} slots are busy; waiting in line behind {ahead.kind} job {ahead.job_id}"
-                    return Verdict(False, ahead, reason)
-            holder = next(iter(self.running.values()))
-            if self.slot_count == 1:
-                models = ", ".join(holder.required_models)
-                reason = f"Serialized mode: one job at a time; {holder.kind} job {holder.job_id} is running ({models})"
-            else:
-                reason = f"All {self.slot_count} slots are busy; waiting for a slot (longest running: {holder.kind} job {holder.job_id})"
-            return Verdict(False, holder, reason)
-        return Verdict(True)
 
     # --- changing it ----------------------------------------------------------------------------
 
@@ -416,32 +260,6 @@ class LockedQueue:
             self.start(job)
             started.append(job)
         return started
-
-    def _next_startable(self) -> Job | None:
-        """The first job in line that heads the line of every model it needs, all of them free."""
-        if self.slot_count == 1:
-            # Serialized mode is global FIFO: only the head of the whole line may start.
-            # Global FIFO among the jobs that may run at all: a paused model's jobs step aside.
-            rows = line().filter(held=False) if self.paused else line()
-            head = rows.first()
-            return head if head is not None and not self.conflicts(head.required_models) else None
-        in_use = self.models_in_use()
-        free_models = [model for model in self.capacities if in_use[model] < self.capacity(model) and model not in self.paused]
-        heads: dict[str, Job | None] = heads_of(free_models, unheld=bool(self.paused))
-
-        def head_of(model: str) -> Job | None:
-            if model not in heads:
-                heads.update(heads_of([model], unheld=bool(self.paused)))
-            return heads[model]
-
-        candidates = {head.job_id: head for head in heads.values() if head is not None}
-        for job in sorted(candidates.values(), key=line_key):
-            heads_all = all(
-                (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
-            )
-            if heads_all and not self.conflicts(job.required_models):
-                return job
-        return None
 
     def settle_after(self, *finished_job_ids) -> list[Job]:
         """After jobs left the line or their slots: start what may start, re-point their waiters (I2, I4).
