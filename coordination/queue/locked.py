@@ -236,11 +236,16 @@ class LockedQueue(QueueRules):
         self.running.pop(job.job_id, None)
         for slot in self.slots:
             if slot.active_job_id == job.job_id:
-                slot.active_job_id = None
-                slot.active_job_type = None
-                slot.active_models = []
-                slot.started_at = None
-                slot.save()
+                self.empty_slot(slot)
+
+    @staticmethod
+    def empty_slot(slot: JobQueueState) -> None:
+        """Show the slot free (it is one of the locked rows: callers hold the lock)."""
+        slot.active_job_id = None
+        slot.active_job_type = None
+        slot.active_models = []
+        slot.started_at = None
+        slot.save()
 
     def dispatch(self) -> list[Job]:
         """Start every waiting job that may start now (rules 1-3), in line order."""

@@ -7,7 +7,6 @@ name) and ends by starting whatever may start, so none of them can break I1-I4. 
 """
 
 import logging
-import uuid
 
 from django.db import transaction
 from django.utils import timezone
@@ -148,7 +147,7 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
         repaired, ended = [], []
         # Slot rows first: a freed row may then take a running job that no row shows.
         for difference in sorted(found, key=lambda d: d.slot is None):
-            job = queue.running.get(_uuid(difference.job_id))
+            job = queue.running_job(difference.job_id)
             if difference.slot is None and job is None:  # ended by an earlier repair of this pass
                 not_repaired.append({**difference.as_row(), "why": "no longer running"})
                 continue
@@ -179,19 +178,15 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
     return {"repaired": repaired, "not_repaired": not_repaired, "started": started}
 
 
-def _uuid(job_id: str | None):
-    return uuid.UUID(job_id) if job_id else None
-
-
 def _slot_repair(queue: LockedQueue, difference) -> None:
     slot = next(slot for slot in queue.slots if slot.id == difference.slot)
     job = queue.running.get(slot.active_job_id)
     named_elsewhere = any(other.id < slot.id and other.active_job_id == slot.active_job_id for other in queue.slots)
     if job is None or named_elsewhere:
-        slot.active_job_id, slot.active_job_type, slot.active_models, slot.started_at = None, None, [], None
+        queue.empty_slot(slot)
     else:
         slot.active_job_type, slot.active_models = job.kind, list(job.required_models)
-    slot.save()
+        slot.save()
 
 
 def _slot_assign(queue: LockedQueue, job: Job) -> None:

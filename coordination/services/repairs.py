@@ -4,7 +4,7 @@ transaction under the coordinator lock, audited, and ends by starting whatever m
 from django.db import transaction
 
 from coordination.exceptions import InvalidTransition
-from coordination.models import Job, JobQueueLog, JobQueueState
+from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, stale_waiting
 from coordination.services.jobs import job_end_running
 
@@ -69,9 +69,6 @@ def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | No
                 error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
                 job_end_running(queue, job, status=Job.Status.FAILED, error=error, settle=False)
                 evicted.append(str(job.job_id))
-            JobQueueState.objects.filter(pk=slot.pk).update(
-                active_job_id=None, active_job_type=None, active_models=[], started_at=None
-            )
-            slot.active_job_id = None
+            queue.empty_slot(slot)
         started = queue.settle_after(*evicted)
     return {"evicted": evicted, "started": [str(job.job_id) for job in started]}
