@@ -9,7 +9,7 @@ from django.utils import timezone
 from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import Job, JobLine, JobQueueState
 from coordination.queue import ahead_of, line, line_position, stale_waiting
-from coordination.queue.lines import model_line, on_models
+from coordination.queue.lines import model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
 from coordination.queue.attempts import runtime_limits
 
@@ -155,8 +155,7 @@ def model_pause_preview(*, name: str, paused: bool) -> dict:
     if total > len(waiting):
         rows.append({"job_id": None, "status": "pending", "place": f"{len(waiting) + 1}-{total}", "effect": "wait in line"})
     if paused:
-        its_jobs = on_models([name])
-        for job in line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)[:LINE_PREVIEW]:
+        for job in passing(name)[:LINE_PREVIEW]:
             rows.append({"job_id": job.job_id, "status": "pending", "place": f"behind a job that needs {name}",
                          "effect": f"does not need {name}, so it passes that job: starts if it may, else waits for what it needs"})
     return _preview(["job_id", "status", "place", "effect"], rows, f"No job runs on or waits for {name}.")

@@ -35,6 +35,13 @@ def on_models(models) -> QuerySet:
     return JobLine.objects.filter(model__in=list(models)).values("job_id")
 
 
+def passing(model: str) -> QuerySet[Job]:
+    """Waiting jobs that wait behind one of `model`'s jobs without needing `model`: a pause of it
+    lets them pass (the pause re-decides them; its preview lists them)."""
+    its_jobs = on_models([model])
+    return line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)
+
+
 def heads_of(models: list[str], *, unheld: bool = False) -> dict[str, Job | None]:
     """The first waiting job in each model's line: one index probe per model, sent as one query
     (a LATERAL join) on PostgreSQL. `unheld`: passing over the jobs a pause holds (`held`), still

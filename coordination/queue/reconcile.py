@@ -10,7 +10,7 @@ that list under the coordinator lock.
 from dataclasses import asdict, dataclass
 
 from coordination.models import Job, JobQueueState
-from coordination.queue.attempts import running_check
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, running_check
 
 SLOT_NAMES_NO_RUNNING_JOB = "slot names a job that is not running"
 JOB_IN_TWO_SLOTS = "job named by more than one slot"
@@ -68,11 +68,11 @@ def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict)
         if check is not None:
             action, reason = check
             repair = {
-                "timed_out": "fail it as timed out",
-                "lease_expired": "retry it if attempts remain, else fail it (worker lost)",
-                "requeued_tasks": "send its task again (no attempt used)",
+                TIMED_OUT: "fail it as timed out",
+                LEASE_EXPIRED: "retry it if attempts remain, else fail it (worker lost)",
+                RESEND: "send its task again (no attempt used)",
             }[action]
-            if action != "requeued_tasks" and job.cancel_requested_at is not None:
+            if action != RESEND and job.cancel_requested_at is not None:
                 repair = "end it as cancelled (a stop was asked for it)"
             found.append(Difference(ATTEMPT_LAPSED, None, str(job_id), reason, repair))
     return found

@@ -14,7 +14,7 @@ from django.utils import timezone
 from coordination.exceptions import InvalidJob, InvalidTransition, UnknownModel
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line, nearest_behind
-from coordination.queue.lines import heads_of, on_models
+from coordination.queue.lines import heads_of, on_models, passing
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
 from coordination.queue.attempts import running_check, runtime_limits
 from coordination.recovery import running_repair
@@ -55,9 +55,7 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
         )
         started = [job.job_id for job in queue.dispatch()]
         if paused:
-            its_jobs = on_models([name])
-            passing = line().filter(blocked_by_job_id__in=its_jobs).exclude(job_id__in=its_jobs)
-            affected = [head for head in heads_of([name]).values() if head is not None] + list(passing)
+            affected = [head for head in heads_of([name]).values() if head is not None] + list(passing(name))
         else:
             # The jobs that waited for the operator: they name no job (the first in its line, and any
             # job ahead of which only jobs held by another paused model stand).
