@@ -38,18 +38,16 @@ def typical_run_seconds(model: str) -> float:
 def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None:
     if job.status != Job.Status.PENDING:
         return None
-    paused = set(CatalogModel.objects.filter(paused=True).values_list("name", flat=True))
-    if paused & set(job.required_models):
-        return None  # it starts when an operator resumes the model: no time to give
+    if job.held:
+        return None  # it needs a paused model: it starts when an operator resumes it, no time to give
     now = now or timezone.now()
     typical = {model: typical_run_seconds(model) for model in job.required_models}
     running = list(Job.objects.filter(status=Job.Status.RUNNING).only("started_at", "required_models", "model"))
     if settings.COORDINATOR_MAX_ACTIVE_JOBS == 1:
         # One at a time: what the running job has left, then everyone before it in the whole line.
         left = sum(max(0.0, _typical_for(r, typical) - _elapsed(r, now)) for r in running)
-        ahead = list(line().filter(ahead_of(job)).only("model", "required_models")[:1000])
-        # A paused model's jobs step aside: they run after it is resumed, not before this one.
-        ahead = [a for a in ahead if not paused & set(a.required_models)]
+        # Held jobs (a paused model's) step aside: they run after it is resumed, not before this one.
+        ahead = list(line().filter(ahead_of(job), held=False).only("model", "required_models")[:1000])
         return now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead))
     waits = []
     capacities = dict(CatalogModel.objects.filter(name__in=job.required_models).values_list("name", "capacity"))
@@ -57,8 +55,7 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         holders_left = sum(
             max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models
         )
-        ahead_rows = JobLine.objects.filter(model=model).filter(ahead_of(job))
-        ahead = (ahead_rows.filter(held=False) if paused else ahead_rows).count()
+        ahead = JobLine.objects.filter(model=model, held=False).filter(ahead_of(job)).count()
         waits.append((holders_left + ahead * typical[model]) / max(1, capacities.get(model, 1)))
     return now + timedelta(seconds=max(waits, default=0.0))
 

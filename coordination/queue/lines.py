@@ -135,10 +135,9 @@ def stale_waiting() -> QuerySet[Job]:
     someone edited rows by hand (the guide's SQL). One anti-join.
 
     The one honest wait without a job to name is the first job in a paused model's line: it waits
-    for an operator, so it is not stale while one of its models is paused."""
+    for an operator, so it is not stale while it is held (it needs a paused model)."""
     live = Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING], job_id=OuterRef("blocked_by_job_id"))
-    on_paused_model = JobLine.objects.filter(job_id=OuterRef("job_id"), model__in=paused_models())
-    waits_for_operator = Q(blocked_by_job_id=None, conflict_reason__startswith=PAUSED_PREFIX) & Exists(on_paused_model)
+    waits_for_operator = Q(blocked_by_job_id=None, conflict_reason__startswith=PAUSED_PREFIX, held=True)
     return line().filter(~Exists(live)).exclude(waits_for_operator)
 
 
