@@ -99,7 +99,7 @@ def fill_queue(size: int, owner) -> None:
             batch_jobs.append(Job(
                 job_id=job_id, kind="normal", job_type="video", model="motion-2.0-fast", prompt=f"waiting {i}",
                 params={"simulate_seconds": 0}, owner=owner, status="pending", required_models=["motion-2.0-fast"],
-                blocked_by_job_id=previous, conflict_reason=f"Waiting in line for motion-2.0-fast behind normal job {previous}",
+                blocked_by_job_id=previous, conflict_reason=f"Waiting in line for motion-2.0-fast: normal job {previous} goes first",
                 queued_at=created, created_at=created, queue_position=i + 1,
             ))
             batch_lines.append(JobLine(job_id=job_id, model="motion-2.0-fast", priority=0, created_at=created))

@@ -3,6 +3,7 @@
 import logging
 import threading
 import time
+from multiprocessing import current_process
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
@@ -30,8 +31,16 @@ def run_job(job_id: str, attempt: int) -> None:
         logger.info("Job %s attempt %s is not ours to run any more; skipping", job_id, attempt)
         return
     handoff_until = time.monotonic() + settings.COORDINATOR_JOB_TIMEOUT
+    logger.info("%s processing job %s attempt %s", current_process().name, job.job_id, attempt)
     while job is not None:
+        finished = job.job_id
         job = _run_and_report(job, take_next=time.monotonic() < handoff_until)
+        if job is not None:
+            # django-q logs "processing" for the tasks it delivers; a hand-off is not delivered, so say it here.
+            logger.info(
+                "%s processing job %s attempt %s (handed over when job %s ended)",
+                current_process().name, job.job_id, job.attempt, finished,
+            )
         # One UPDATE; a cancel, if any, is seen by the lease keeper within its first second.
         if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
             # Taking a handed-off job is confirmed by its first heartbeat; until then the reaper

@@ -234,7 +234,8 @@ Q_CLUSTER = {
 }
 
 # --- Logging ------------------------------------------------------------------------------------
-# The coordinator's lines are printed bare, exactly as the usage guide shows them.
+# The coordinator's lines carry the usage guide's words exactly, after the time (as every other line
+# has it), so `grep COORDINATOR worker.log` shows when each decision was made.
 LOG_FILE = os.environ.get("LOG_FILE", "")
 _handlers = ["console"] + (["file"] if LOG_FILE else [])
 LOGGING = {
@@ -242,7 +243,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
-        "coordinator": {"format": "%(message)s"},
+        "coordinator": {"format": "%(asctime)s %(message)s"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},

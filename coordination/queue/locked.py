@@ -43,6 +43,15 @@ def enqueue_job_run(job_id, attempt: int) -> None:
     )
 
 
+class _IdleNotice:
+    """Whether this process last said "No queued jobs" (and nothing happened since)."""
+
+    said = False
+
+
+_idle = _IdleNotice()
+
+
 class LockedQueue(QueueRules):
     def __init__(self, *, take_next: bool = False) -> None:
         if not transaction.get_connection().in_atomic_block:
@@ -105,6 +114,7 @@ class LockedQueue(QueueRules):
 
     def admit(self, job: Job) -> None:
         """Start a newly accepted job, or queue it with its blocking info."""
+        _idle.said = False
         logger.info("[COORDINATOR] Checking if job %s can start - Models: %s", job.job_id, job.required_models)
         verdict = self.assess(job, new=True)
         if verdict.can_start:
@@ -253,8 +263,13 @@ class LockedQueue(QueueRules):
             return []
         count = self.pending_count()
         if count == 0:
-            logger.info("[COORDINATOR] No queued jobs")
+            # Once per change of state: the reaper dispatches every few seconds, and an idle queue
+            # saying so each time would bury the lines that matter.
+            if not _idle.said:
+                logger.info("[COORDINATOR] No queued jobs")
+                _idle.said = True
             return []
+        _idle.said = False
         logger.info("[COORDINATOR] Found %d queued job(s), checking for next eligible job...", count)
         started: list[Job] = []
         while self.free_slot() is not None:
@@ -272,6 +287,7 @@ class LockedQueue(QueueRules):
         Only jobs that named a finished job as their blocker are re-read: every other pending job
         still names a job that is running or pending.
         """
+        _idle.said = False  # a job ended: whether anything waits is news again
         started = self.dispatch()
         for waiter in line().filter(blocked_by_job_id__in=finished_job_ids):
             if self.reassess(waiter):

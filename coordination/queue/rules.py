@@ -142,9 +142,9 @@ class QueueRules:
         if ahead is not None:
             shared = [m for m in job.required_models if m in ahead.required_models]
             if shared:
-                reason = f"Waiting in line for {', '.join(shared)} behind {ahead.kind} job {ahead.job_id}"
+                reason = f"Waiting in line for {', '.join(shared)}: {ahead.kind} job {ahead.job_id} goes first"
             else:
-                reason = f"Serialized mode: one job at a time; waiting in line behind {ahead.kind} job {ahead.job_id}"
+                reason = f"Serialized mode: one job at a time; {ahead.kind} job {ahead.job_id} goes first"
             return Verdict(False, ahead, reason)
 
         paused = self.paused_among(job.required_models)
@@ -166,7 +166,7 @@ class QueueRules:
                 # the first of the slot-waiters needs re-pointing, not all of them.
                 ahead = self.predecessor(job, new=new, any_model=True)
                 if ahead is not None:
-                    reason = f"All {self.slot_count} slots are busy; waiting in line behind {ahead.kind} job {ahead.job_id}"
+                    reason = f"All {self.slot_count} slots are busy; {ahead.kind} job {ahead.job_id} goes first"
                     return Verdict(False, ahead, reason)
             holder = next(iter(self.running.values()))
             if self.slot_count == 1:

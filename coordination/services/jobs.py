@@ -256,7 +256,9 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
                 )
             return job
         if job.status != Job.Status.PENDING:
-            raise InvalidTransition(f"Job {job_id} is already {job.status}; only a pending job can be cancelled.")
+            raise InvalidTransition(
+                f"Job {job_id} is already {job.status}; only a pending or running job can be cancelled."
+            )
         job.status = Job.Status.CANCELLED
         job.completed_at = timezone.now()
         job.blocked_by_job_id = None

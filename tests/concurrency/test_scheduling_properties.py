@@ -352,12 +352,12 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     @invariant()
     def reasons_say_what_is_true(self):
-        """I4's words: a job "in line behind" another names one that stands before it (or has
+        """I4's words: a job another "goes first" of names one that stands before it (or has
         started since); a "Model conflict" names a running job."""
         live = {job.job_id: job for job in Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])}
         for job in (job for job in live.values() if job.status == Job.Status.PENDING):
             reason, blocker = job.conflict_reason or "", live.get(job.blocked_by_job_id)
-            if "in line" in reason and blocker.status == Job.Status.PENDING:
+            if "goes first" in reason and blocker.status == Job.Status.PENDING:
                 assert line_key(blocker) < line_key(job), f"{job.job_id} says it waits behind {blocker.job_id}, which is behind it"
             if reason.startswith("Model conflict"):
                 assert blocker.status == Job.Status.RUNNING, f"{job.job_id}: {reason}, but the job named is {blocker.status}"

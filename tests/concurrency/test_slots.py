@@ -77,9 +77,9 @@ class TestFourSlots:
             stream.append(submit(user, model=MOTION, prompt=f"video {n}"))
             waiter = fresh(stream[-1])
             assert waiter.status == Job.Status.PENDING
-            assert waiter.conflict_reason.startswith(f"Waiting in line for {MOTION} behind")
+            assert waiter.conflict_reason.startswith(f"Waiting in line for {MOTION}: ")
         assert fresh(stream[0]).blocked_by_job_id == workflow.job_id
-        assert fresh(stream[0]).conflict_reason == f"Waiting in line for {MOTION} behind workflow job {workflow.job_id}"
+        assert fresh(stream[0]).conflict_reason == f"Waiting in line for {MOTION}: workflow job {workflow.job_id} goes first"
         unrelated = submit(user, model=IMAGE)  # a model nobody waits for is not held back
         assert fresh(unrelated).status == Job.Status.RUNNING
         assert_honest_waiting()

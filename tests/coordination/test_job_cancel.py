@@ -138,8 +138,13 @@ def test_a_finished_job_cannot_be_cancelled(user, finished):
         job = waiting
     before = events(job)
 
-    with pytest.raises(InvalidTransition, match=f"already {finished}"):
+    with pytest.raises(InvalidTransition) as refused:
         job_cancel(job_id=job.job_id, user=user)
+
+    # It says what can be cancelled: a running job can (it is asked to stop), not only a pending one.
+    assert str(refused.value) == (
+        f"Job {job.job_id} is already {finished}; only a pending or running job can be cancelled."
+    )
 
     assert fresh(job).status == finished
     assert events(job) == before

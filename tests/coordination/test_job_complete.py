@@ -4,6 +4,7 @@ import pytest
 
 from coordination.exceptions import JobNotFound, StaleAttempt
 from coordination.models import Job, JobQueueLog, JobQueueState
+from coordination.recovery import reap
 from coordination.services import job_cancel, job_complete, job_fail
 from tests.helpers import (
     assert_exclusion,
@@ -365,3 +366,17 @@ class TestTwoSlots:
         assert fresh(nano).status == Job.Status.PENDING
         assert_honest_waiting()
         assert_exclusion(max_active=2)
+
+
+def test_an_idle_queue_says_no_queued_jobs_once_not_on_every_reaper_pass(coordinator_log, user):
+    job = submit(user)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    assert coordinator_lines(coordinator_log).count("[COORDINATOR] No queued jobs") == 1
+
+    for _ in range(3):
+        reap()
+
+    assert coordinator_lines(coordinator_log).count("[COORDINATOR] No queued jobs") == 1
+    job = submit(user)
+    job_complete(job_id=job.job_id, attempt=1, result={})  # a change of state: said again
+    assert coordinator_lines(coordinator_log).count("[COORDINATOR] No queued jobs") == 2

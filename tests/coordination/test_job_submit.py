@@ -6,6 +6,7 @@ from django.db import IntegrityError, transaction
 from coordination.exceptions import InvalidJob, NotAllowed, UnknownModel
 from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.queue import line_position
+from coordination.services import job_complete
 from tests.helpers import (
     assert_exclusion,
     assert_honest_waiting,
@@ -102,7 +103,7 @@ def test_serialized_mode_is_fifo_each_waiting_job_waits_behind_the_one_before_it
 
     third, fourth = fresh(third), fresh(fourth)
     assert third.blocked_by_job_id == second.job_id
-    assert third.conflict_reason == f"Serialized mode: one job at a time; waiting in line behind normal job {second.job_id}"
+    assert third.conflict_reason == f"Serialized mode: one job at a time; normal job {second.job_id} goes first"
     assert fourth.blocked_by_job_id == third.job_id
     assert [line_position(fresh(job)) for job in (second, third, fourth)] == [1, 2, 3]
     assert fresh(first).status == Job.Status.RUNNING
@@ -115,7 +116,21 @@ def test_a_waiting_job_that_shares_a_model_with_the_job_ahead_says_so(user):
     ahead = submit(user, model="motion-2.0-fast")
     behind = submit(user, model="motion-2.0-fast")
 
-    assert fresh(behind).conflict_reason == f"Waiting in line for motion-2.0-fast behind normal job {ahead.job_id}"
+    assert fresh(behind).conflict_reason == f"Waiting in line for motion-2.0-fast: normal job {ahead.job_id} goes first"
+
+
+def test_a_waiting_jobs_reason_stays_true_once_the_job_it_names_has_started(user):
+    first = submit(user, model="flux-dev")
+    second = submit(user, model="minimax/video-01")
+    third = submit(user, model="nano-banana-pro-leonardo")
+
+    job_complete(job_id=first.job_id, attempt=1, result={})
+
+    second, third = fresh(second), fresh(third)
+    assert second.status == Job.Status.RUNNING
+    # Still named (I4: it runs now), and the words are still true: it went first; it is not "in line".
+    assert third.blocked_by_job_id == second.job_id
+    assert third.conflict_reason == f"Serialized mode: one job at a time; normal job {second.job_id} goes first"
 
 
 def test_submission_writes_submitted_then_started_or_blocked_audit_rows(user):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from django.conf import settings
 from django.db import connection
 
 BASE_DIR = Path(settings.BASE_DIR)
+# "2026-12-01 10:30:00,123 [COORDINATOR] ...": the guide's words after the time the other lines have.
+TIMED_COORDINATOR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\[COORDINATOR\] .*)$")
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
@@ -47,7 +50,8 @@ class Worker:
         return self.log_path.read_text()
 
     def coordinator_lines(self) -> list[str]:
-        return [line for line in self.output().splitlines() if line.startswith("[COORDINATOR]")]
+        """The worker's [COORDINATOR] lines without their time (each must carry one, as django-q's do)."""
+        return [match[1] for line in self.output().splitlines() if (match := TIMED_COORDINATOR_LINE.match(line))]
 
     def stop(self) -> None:
         if self.process.poll() is None:
