@@ -2,9 +2,13 @@
 
 from datetime import timedelta
 
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
+from django_q.models import Schedule as QSchedule
 
-from coordination.models import JobQueueLog
+from coordination.models import IdempotencyKey, JobQueueLog, JobQueueState
+from coordination.queue import LockedQueue
 
 PRUNE_BATCH = 5000
 SCHEDULES = [
@@ -42,16 +46,14 @@ def queue_log_prune(*, days: int, dry_run: bool = False, batch_size: int = PRUNE
 
 def idempotency_keys_prune() -> int:
     """Keys older than 24 hours no longer protect anything; the daily prune removes them."""
-    from coordination.models import IdempotencyKey
-
     cutoff = timezone.now() - timedelta(hours=24)
     return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
 
 
 def schedules_ensure(Schedule=None) -> None:
-    """Create or update the daily schedules by name; safe to run any number of times."""
-    if Schedule is None:
-        from django_q.models import Schedule
+    """Create or update the daily schedules by name; safe to run any number of times (a migration
+    passes its historical Schedule)."""
+    Schedule = Schedule or QSchedule
     for spec in SCHEDULES:
         defaults = {key: value for key, value in spec.items() if key != "name"}
         matches = Schedule.objects.filter(name=spec["name"]).order_by("id")
@@ -71,12 +73,6 @@ def slots_sync() -> dict:
     Missing rows 1..N are created; rows beyond N are removed once free (one still running a job
     keeps it until the job ends, and takes no new job). The waiting-jobs counter is recounted.
     """
-    from django.conf import settings
-    from django.db import transaction
-
-    from coordination.models import JobQueueState
-    from coordination.queue import LockedQueue
-
     with transaction.atomic():
         queue = LockedQueue()
         surplus = JobQueueState.objects.filter(id__gt=settings.COORDINATOR_MAX_ACTIVE_JOBS)

@@ -11,7 +11,8 @@ import threading
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.core.cache import cache
+from django.db import connections, transaction
 from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
@@ -122,8 +123,6 @@ def reap_if_due() -> dict | None:
     django-q2's scheduler fires at most about once a minute; busy workers call this between jobs so
     that recovery runs every COORDINATOR_REAPER_SECONDS while there is work.
     """
-    from django.core.cache import cache
-
     if not cache.add("coordinator:reaper", 1, timeout=settings.COORDINATOR_REAPER_SECONDS):
         return None
     return reap()
@@ -134,8 +133,6 @@ def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading
     every COORDINATOR_REAPER_SECONDS, so recovery needs no request and no busy worker."""
 
     def tick() -> None:
-        from django.db import connections
-
         stop = threading.Event()
         while not stop.wait(settings.COORDINATOR_REAPER_SECONDS):
             try:

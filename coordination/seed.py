@@ -48,10 +48,3 @@ def seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState) 
                 )
     # The seed's singleton: `SELECT * FROM job_queue_state` shows slot 1 from the first start.
     JobQueueState.objects.get_or_create(id=1)
-
-
-def seed_catalog_now() -> None:
-    from coordination.models import CatalogModel, JobQueueState
-    from workflows.models import WorkflowDefinition, WorkflowStep
-
-    seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState)

@@ -10,8 +10,11 @@ from django.db import InterfaceError, OperationalError, connections
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
+from coordination.kinds import job_kind, job_kind_register
+from coordination.maintenance import idempotency_keys_prune, queue_log_prune
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
-from coordination.runners import RunnerCall, RunnerStopped, get_runner
+from coordination.recovery import reap as reaper_pass
+from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
 
 logger = logging.getLogger(__name__)
@@ -153,32 +156,25 @@ def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = Non
 
 
 def _run(job: Job, attempt: int, should_stop) -> dict:
-    if job.kind == Job.Kind.WORKFLOW:
-        from workflows.services import workflow_run
+    return job_kind(job.kind).run(job=job, attempt=attempt, should_stop=should_stop)
 
-        return workflow_run(job=job, attempt=attempt, should_stop=should_stop)
+
+def normal_run(*, job: Job, attempt: int, should_stop) -> dict:
+    """A normal job: one call of its model's runner."""
     model = CatalogModel.objects.get(name=job.model)
-    call = RunnerCall(
-        job_id=job.job_id,
-        model=model.name,
-        prompt=job.prompt,
-        params=job.params,
-        default_seconds=model.default_simulate_seconds,
-        should_stop=should_stop,
-    )
+    call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop)
     return get_runner(model.runner).run(call)
+
+
+job_kind_register(Job.Kind.NORMAL, run=normal_run)
 
 
 def reap() -> dict:
     """The reaper's schedule (see coordination.recovery)."""
-    from coordination.recovery import reap as reaper_pass
-
     return reaper_pass()
 
 
 def prune_queue_log(days: int = 7) -> int:
     """The daily housekeeping schedule: old audit rows, and idempotency keys past their 24 hours."""
-    from coordination.maintenance import idempotency_keys_prune, queue_log_prune
-
     idempotency_keys_prune()
     return queue_log_prune(days=days)

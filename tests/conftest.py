@@ -1,7 +1,7 @@
 import pytest
 from django.db import connection
 
-from coordination.seed import seed_catalog_now
+from workflows.seed import seed_catalog_now
 from tests.factories import UserFactory
 from tests.helpers import coordinator_log, fail_audit, runner_calls  # noqa: F401 (fixtures)
 

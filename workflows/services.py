@@ -6,7 +6,7 @@ from django.db import transaction
 
 from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner
+from coordination.runners import RunnerError, RunnerStopped, get_runner, runner_call
 from coordination.services import PROMPT_MAX_LENGTH, job_accept, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
 
@@ -84,6 +84,11 @@ def _step_begin(*, job_id, attempt: int, index: int, step_name: str, model: str)
         )
 
 
+def workflow_blocked_changed(job: Job) -> None:
+    """Under the coordinator lock: the execution row shows what its job waits for (the guide's column)."""
+    WorkflowExecution.objects.filter(job_id=job.job_id).update(blocked_by_job_id=job.blocked_by_job_id)
+
+
 def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
     """Run the steps in order, each step's output feeding the next; a failing step fails the whole."""
     execution = WorkflowExecution.objects.get(job_id=job.job_id)
@@ -94,13 +99,12 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
         name, model = step["name"], catalog[step["model"]]
         _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=name, model=model.name)
         template = step["prompt_template"]
-        call = RunnerCall(
+        call = runner_call(
+            model,
             job_id=job.job_id,
-            model=model.name,
             prompt=template.replace("{prompt}", job.prompt) if template else job.prompt,
             params={**step["params"], **job.params},
             inputs=inputs,
-            default_seconds=model.default_simulate_seconds,
             should_stop=should_stop,
         )
         try:

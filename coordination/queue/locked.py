@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from coordination.kinds import job_blocked_changed
 from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.lines import line
 from coordination.queue.rules import QueueRules, Verdict
@@ -306,7 +307,4 @@ class LockedQueue(QueueRules):
 
     @staticmethod
     def _mirror_blocker(job: Job) -> None:
-        if job.kind == Job.Kind.WORKFLOW:
-            from workflows.models import WorkflowExecution
-
-            WorkflowExecution.objects.filter(job_id=job.job_id).update(blocked_by_job_id=job.blocked_by_job_id)
+        job_blocked_changed(job)  # a workflow's execution row mirrors it (registered by workflows)

@@ -1,6 +1,6 @@
 """Runners: the code that calls a model. A runner gets one step of work and returns its output."""
 
-from coordination.runners.base import Runner, RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.base import Provider, Runner, RunnerCall, RunnerError, RunnerStopped
 from coordination.runners.http import HttpRunner
 from coordination.runners.simulated import SimulatedRunner
 
@@ -14,4 +14,19 @@ def get_runner(name: str) -> Runner:
         raise RunnerError(f"No runner named '{name}' (known: {', '.join(sorted(RUNNERS))})") from None
 
 
-__all__ = ["Runner", "RunnerCall", "RunnerError", "RunnerStopped", "get_runner"]
+def runner_call(model, **fields) -> RunnerCall:
+    """The call for one step of work on catalog `model` (a CatalogModel): everything the runner needs
+    comes in it, so runners never read the database."""
+    provider = None
+    if model.provider_url:
+        provider = Provider(
+            url=model.provider_url,
+            credential_env=model.credential_env,
+            style=model.provider_style,
+            timeout_seconds=model.timeout_seconds,
+            max_connect_retries=model.max_connect_retries,
+        )
+    return RunnerCall(model=model.name, default_seconds=model.default_simulate_seconds, provider=provider, **fields)
+
+
+__all__ = ["Provider", "Runner", "RunnerCall", "RunnerError", "RunnerStopped", "get_runner", "runner_call"]

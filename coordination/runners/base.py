@@ -17,6 +17,18 @@ def _never() -> bool:
 
 
 @dataclass(frozen=True)
+class Provider:
+    """Where the http runner sends a model's work, as the catalog says (the runner reads no table)."""
+
+    url: str
+    # The NAME of the environment variable holding the token; the secret never leaves the worker's environment.
+    credential_env: str = ""
+    style: str = "sync"  # "sync": answers the result; "poll": answers a job to poll
+    timeout_seconds: float = 600
+    max_connect_retries: int = 3
+
+
+@dataclass(frozen=True)
 class RunnerCall:
     job_id: UUID
     model: str
@@ -27,6 +39,8 @@ class RunnerCall:
     default_seconds: float = 0.0
     # Polled by the runner (the simulated one every 0.1 s): True once it must stop.
     should_stop: Callable[[], bool] = _never
+    # The model's provider, for the http runner (None for the simulated one).
+    provider: Provider | None = None
 
 
 class Runner(Protocol):

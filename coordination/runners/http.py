@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from coordination.runners.base import RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.base import Provider, RunnerCall, RunnerError, RunnerStopped
 
 logger = logging.getLogger("coordination.runners.http")
 
@@ -112,18 +112,16 @@ class HttpRunner:
     backoff_first, backoff_max = 0.2, 2.0
 
     def run(self, call: RunnerCall) -> dict:
-        from coordination.models import CatalogModel
-
-        model = CatalogModel.objects.get(name=call.model)
-        if not model.provider_url:
-            raise RunnerError(f"Model {model.name} uses the http runner but has no provider URL")
+        provider = call.provider
+        if provider is None or not provider.url:
+            raise RunnerError(f"Model {call.model} uses the http runner but has no provider URL")
         headers = {}
-        if model.credential_env:
-            token = os.environ.get(model.credential_env)
+        if provider.credential_env:
+            token = os.environ.get(provider.credential_env)
             if not token:
-                raise RunnerError(f"Credential environment variable {model.credential_env} is not set")
+                raise RunnerError(f"Credential environment variable {provider.credential_env} is not set")
             headers["Authorization"] = f"Bearer {token}"
-        session = _Session(call=call, model=model, headers=headers, backoff=(self.backoff_first, self.backoff_max))
+        session = _Session(call=call, provider=provider, headers=headers, backoff=(self.backoff_first, self.backoff_max))
         payload = {
             "model": call.model,
             "prompt": call.prompt,
@@ -131,8 +129,8 @@ class HttpRunner:
             "inputs": call.inputs,
             "job_id": str(call.job_id),
         }
-        answer = session.request("POST", model.provider_url, body=payload)
-        if model.provider_style == CatalogModel.ProviderStyle.POLL:
+        answer = session.request("POST", provider.url, body=payload)
+        if provider.style == "poll":
             return session.poll(answer)
         return answer if isinstance(answer, dict) else {"output": answer}
 
@@ -140,14 +138,14 @@ class HttpRunner:
 class _Session:
     """One runner call: its deadline, its credential header and its retry budget per request."""
 
-    def __init__(self, *, call: RunnerCall, model, headers: dict, backoff: tuple[float, float]):
-        self.call, self.model, self.headers = call, model, headers
+    def __init__(self, *, call: RunnerCall, provider: Provider, headers: dict, backoff: tuple[float, float]):
+        self.call, self.provider, self.headers = call, provider, headers
         self.backoff_first, self.backoff_max = backoff
         self.started = time.monotonic()
-        self.deadline = self.started + model.timeout_seconds
+        self.deadline = self.started + provider.timeout_seconds
 
     def timed_out(self) -> RunnerError:
-        return _TimedOut(f"timed out after {self.model.timeout_seconds} s")
+        return _TimedOut(f"timed out after {self.provider.timeout_seconds} s")
 
     def wait_until(self, moment: float, *, cancel_url: str | None = None) -> None:
         """Sleep until `moment` in ticks, stopping (and cancelling upstream) if told to."""
@@ -164,7 +162,7 @@ class _Session:
 
     def request(self, method: str, url: str, *, body: dict | None = None, cancel_url: str | None = None):
         """One request, retried after connection errors and 5xx; returns the decoded 2xx body."""
-        retries = self.model.max_connect_retries
+        retries = self.provider.max_connect_retries
         for attempt in range(retries + 1):
             try:
                 return self._once(method, url, body=body, cancel_url=cancel_url)
@@ -211,7 +209,7 @@ class _Session:
         if not isinstance(first, dict) or first.get("id") is None:
             raise RunnerError(f"Provider answered no job id to poll: {_message(first)}")
         provider_job_id = first["id"]
-        base = self.model.provider_url
+        base = self.provider.url
         status_url = urljoin(base, first["status_url"]) if first.get("status_url") else f"{base.rstrip('/')}/{provider_job_id}"
         interval = max(float(self.call.params.get("poll_interval", 1.0)), TICK / 10)
         state = first

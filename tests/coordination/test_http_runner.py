@@ -13,7 +13,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner
+from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner, runner_call
 from coordination.tasks import run_job
 from tests.helpers import events, fresh, submit
 
@@ -128,7 +128,8 @@ def use_http(url: str, **fields) -> CatalogModel:
 
 
 def call(*, params=None, should_stop=lambda: False) -> RunnerCall:
-    return RunnerCall(job_id=uuid4(), model=MODEL, prompt="A knight riding a horse", params=params or {},
+    """The call a worker makes: the model's provider settings as the catalog has them now."""
+    return runner_call(CatalogModel.objects.get(name=MODEL), job_id=uuid4(), prompt="A knight riding a horse", params=params or {},
                       inputs={"input_image": "https://example.com/user.jpg"}, should_stop=should_stop)
 
 
@@ -334,3 +335,13 @@ def test_a_job_runs_end_to_end_on_a_poll_provider_and_the_secret_is_stored_nowhe
     )
     assert SECRET not in stored
     assert "TEST_PROVIDER_TOKEN" in stored  # the name is stored, the value is not
+
+
+def test_the_runner_gets_everything_in_its_call_and_reads_no_table(provider, django_assert_num_queries):
+    use_http(f"{provider.url}/sync")
+    runner_call = call()
+
+    with django_assert_num_queries(0):
+        result = run(runner_call)
+
+    assert result["output"] == f"video://{MODEL}/{runner_call.job_id}"
