@@ -35,5 +35,6 @@ class WorkflowExecutionAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        # The run of a waiting or running job is still needed by its worker; it goes with its job.
-        return obj is None or obj.job.is_finished
+        # Django's own check first (the user's delete permission); then, the run of a waiting or
+        # running job is still needed by its worker: it goes with its job.
+        return super().has_delete_permission(request, obj) and (obj is None or obj.job.is_finished)

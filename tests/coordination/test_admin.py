@@ -512,3 +512,73 @@ def test_a_staff_user_who_may_only_view_jobs_deletes_none(client, user):
     client.post(JOB_CHANGELIST, {"action": "delete_finished", ACTION_CHECKBOX_NAME: [str(done.pk)], "post": "yes"})
 
     assert Job.objects.filter(pk=done.pk).exists()
+
+
+# --- each step up needs its own permission (view < change < delete; operate for the actions) ------
+
+
+def staff_with(*codenames: str) -> Client:
+    """A logged-in staff user (not a superuser) holding exactly these permissions."""
+    from django.contrib.auth.models import Permission
+    from tests.factories import UserFactory
+
+    user = UserFactory(is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    assert user.user_permissions.count() == len(codenames)
+    return logged_in(user)
+
+
+def test_a_staff_user_who_may_view_and_change_jobs_deletes_no_finished_one(user):
+    client = staff_with("view_job", "change_job")
+    done = submit(user)
+    services.job_complete(job_id=done.job_id, attempt=1)
+
+    client.post(JOB_CHANGELIST, {"action": "delete_finished", ACTION_CHECKBOX_NAME: [str(done.pk)], "post": "yes"})
+    page = client.post(reverse("admin:coordination_job_delete", args=[done.pk]), {"post": "yes"})
+
+    assert page.status_code == 403
+    assert Job.objects.filter(pk=done.pk).exists()
+
+
+def test_a_view_only_user_cannot_change_a_catalog_model():
+    from coordination.models import CatalogModel
+
+    client = staff_with("view_catalogmodel")
+    model = CatalogModel.objects.get(name="flux-dev")
+
+    response = client.post(reverse("admin:coordination_catalogmodel_change", args=[model.pk]), {"capacity": 5})
+
+    assert response.status_code == 403
+    assert CatalogModel.objects.get(pk=model.pk).capacity == 1
+
+
+def test_a_user_who_may_change_a_catalog_model_cannot_delete_it():
+    from coordination.models import CatalogModel
+
+    client = staff_with("view_catalogmodel", "change_catalogmodel")
+    model = CatalogModel.objects.get(name="minimax/video-01")
+
+    response = client.post(reverse("admin:coordination_catalogmodel_delete", args=[model.pk]), {"post": "yes"})
+
+    assert response.status_code == 403
+    assert CatalogModel.objects.filter(pk=model.pk).exists()
+
+
+def test_without_the_operate_permission_the_lists_offer_no_queue_action(user):
+    # Every table permission, but not "Can operate the queue".
+    client = staff_with("view_job", "change_job", "delete_job", "view_jobqueuestate", "change_jobqueuestate")
+    running = submit(user)
+    waiting = submit(user, prompt="A dragon flying")
+
+    jobs = client.get(JOB_CHANGELIST).content.decode()
+    slots = client.get(STATE_CHANGELIST).content.decode()
+    for action in ("cancel_jobs", "clear_stale_queue"):
+        response = client.post(JOB_CHANGELIST, {"action": action, ACTION_CHECKBOX_NAME: [str(waiting.pk)]})
+        assert not response.get("Location", "").startswith(reverse("admin:queue-console")), action
+    response = client.post(STATE_CHANGELIST, {"action": "reset_state", ACTION_CHECKBOX_NAME: ["1"]})
+
+    assert not response.get("Location", "").startswith(reverse("admin:queue-console"))
+    assert 'value="cancel_jobs"' not in jobs and 'value="clear_stale_queue"' not in jobs
+    assert 'value="reset_state"' not in slots
+    assert 'value="delete_finished"' in jobs  # the permissions it does have still count
+    assert {fresh.status for fresh in Job.objects.filter(pk__in=[running.pk, waiting.pk])} == {"running", "pending"}
