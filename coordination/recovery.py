@@ -16,18 +16,13 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
-from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
-from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, running_check, runtime_limits
-from coordination.services.jobs import job_cancel_reason, job_end_running, job_max_attempts, job_retry
-from coordination.services.repairs import waiting_repair
+from coordination.queue import LockedQueue, stale_waiting
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, lease_seconds, running_check, runtime_limits
+from coordination.services.repairs import running_repair, waiting_repair
 
 logger = logging.getLogger("job_coordinator")
 
 HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
-
-
-def lease_seconds() -> int:
-    return settings.COORDINATOR_LEASE_SECONDS
 
 
 def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True, look_for_cancel: bool = True) -> str:
@@ -59,16 +54,6 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     return HEARTBEAT_OK
 
 
-def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) -> None:
-    """Under the lock: carry out what running_check() found."""
-    if action == TIMED_OUT:
-        _end(queue, job, JobQueueLog.Event.TIMED_OUT, reason, retry=False)
-    elif action == LEASE_EXPIRED:
-        _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
-    else:
-        _resend(job, now, reason=reason)
-
-
 def reap() -> dict:
     """One pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
     report = {LEASE_EXPIRED: [], TIMED_OUT: [], RESEND: [], "repaired": []}
@@ -91,30 +76,6 @@ def reap() -> dict:
     if any(report.values()):
         logger.info("[COORDINATOR] Reaper: %s", {key: len(value) for key, value in report.items() if value})
     return report
-
-
-def _resend(job: Job, now, *, reason: str) -> None:
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": reason})
-    logger.info("[COORDINATOR] Job %s attempt %s was never taken by a worker; sending its task again", job.job_id, job.attempt)
-    # A lease from now before the next re-send; started_at stays, so the runtime limit still ends
-    # a job whose task never gets taken.
-    job.claimed_attempt = job.attempt - 1
-    job.lease_expires_at = now + timedelta(seconds=lease_seconds())
-    job.save(update_fields=["claimed_attempt", "lease_expires_at"])
-    transaction.on_commit(lambda: enqueue_job_run(job.job_id, job.attempt))
-
-
-def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) -> None:
-    if job.cancel_requested_at is not None:
-        status, retry = Job.Status.CANCELLED, False
-        reason = f"{job_cancel_reason(job)}; {reason}"
-    else:
-        status = Job.Status.FAILED
-    JobQueueLog.objects.record(event_type=event, job=job, details={"attempt": job.attempt, "reason": reason})
-    if retry and job.attempt < job_max_attempts(job):
-        job_retry(queue, job, error=reason)
-    else:
-        job_end_running(queue, job, status=status, error=reason)
 
 
 def reap_if_due() -> dict | None:

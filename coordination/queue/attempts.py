@@ -10,6 +10,10 @@ from coordination.models import CatalogModel, Job
 TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
 
 
+def lease_seconds() -> int:
+    return settings.COORDINATOR_LEASE_SECONDS
+
+
 def runtime_limits() -> dict[str, int | None]:
     return dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
 

@@ -16,7 +16,6 @@ ten or a hundred thousand jobs wait (DESIGN.md §9).
 """
 
 import logging
-from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -27,6 +26,7 @@ from coordination.kinds import job_blocked_changed
 from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.lines import line
 from coordination.queue.rules import QueueRules, Verdict
+from coordination.transitions import job_requeued, job_started
 
 logger = logging.getLogger("job_coordinator")
 
@@ -152,24 +152,8 @@ class LockedQueue(QueueRules):
         slot = self.free_slot()
         assert slot is not None, "start() needs a free slot; assess() first"
         now = timezone.now()
-        job.status = Job.Status.RUNNING
-        job.started_at = now
-        job.attempt += 1
-        job.blocked_by_job_id = None
-        job.conflict_reason = None
-        # The attempt's lease runs from its start: a task that is never claimed is re-sent by the
-        # reaper, and a worker that dies lets it lapse.
-        job.lease_expires_at = now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS)
-        job.cancel_requested_at = None
-        fields = [
-            "status", "started_at", "attempt", "blocked_by_job_id", "conflict_reason", "lease_expires_at",
-            "cancel_requested_at",
-        ]
         taken = self.take_next and self.taken is None
-        if taken:
-            job.claimed_attempt = job.attempt
-            fields.append("claimed_attempt")
-        job.save(update_fields=fields)
+        job_started(job, now=now, claimed=taken)
         if waiting:
             self.leave_line(job)
         slot.active_job_id = job.job_id
@@ -237,9 +221,7 @@ class LockedQueue(QueueRules):
         worker) goes back in line, at the place its acceptance gave it: no job that came later
         overtakes it. Its models are freed first."""
         self.release(job)
-        job.status = Job.Status.PENDING
-        job.lease_expires_at = None
-        job.save(update_fields=["status", "lease_expires_at"])
+        job_requeued(job)
         self.enter_line(job)
 
     def release(self, job: Job) -> None:

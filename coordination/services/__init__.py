@@ -5,7 +5,8 @@ it, refuse an illegal transition, change it, write its audit row, and start what
 The worker task is enqueued on commit, never while the lock is held.
 
 jobs.py: a job's life (submit, start, finish, cancel, claim, retry); repairs.py: the guide's "Clear
-stale queue" and "Reset state"; operations.py: the operators' console actions.
+stale queue" and "Reset state"; operations.py: the operators' console actions; catalog.py: the
+operators' edits of the model catalog.
 """
 
 from coordination.services.jobs import (
@@ -15,6 +16,7 @@ from coordination.services.jobs import (
     job_cancel,
     job_claim,
     job_complete,
+    job_attempt_end,
     job_end_running,
     job_fail,
     job_finish_and_take_next,
@@ -25,12 +27,13 @@ from coordination.services.jobs import (
     pending_limit_check,
     priority_check,
 )
+from coordination.services.catalog import catalog_model_save
 from coordination.services.operations import job_priority_set, model_pause, queue_dispatch, queue_reconcile
 from coordination.services.repairs import queue_clear_stale, queue_reset, waiting_repair
 
 __all__ = [
-    "PROMPT_MAX_LENGTH", "catalog_model_get", "job_accept", "job_cancel", "job_claim", "job_complete",
-    "job_end_running", "job_fail", "job_finish_and_take_next", "job_max_attempts", "job_priority_set",
+    "PROMPT_MAX_LENGTH", "catalog_model_get", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
+    "job_attempt_end", "job_end_running", "job_fail", "job_finish_and_take_next", "job_max_attempts", "job_priority_set",
     "job_retry", "job_stopped", "job_submit", "model_pause", "pending_limit_check", "priority_check",
     "queue_clear_stale", "queue_dispatch", "queue_reconcile", "queue_reset", "waiting_repair",
 ]

@@ -11,7 +11,6 @@ from django.utils import timezone
 
 from coordination.exceptions import (
     InvalidJob,
-    InvalidTransition,
     JobNotFound,
     NotAllowed,
     PendingLimitReached,
@@ -20,6 +19,14 @@ from coordination.exceptions import (
 )
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
+from coordination.transitions import (
+    RETRY,
+    Outcome,
+    attempt_outcome,
+    job_accepted,
+    job_cancelled_waiting,
+    job_ended,
+)
 
 logger = logging.getLogger("job_coordinator")
 
@@ -69,8 +76,7 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
         queue = LockedQueue()
         pending_limit_check(owner=job.owner)
         # Taken under the lock, so line order is the order in which jobs were accepted.
-        job.created_at = timezone.now()
-        job.save(force_insert=True)
+        job_accepted(job, now=timezone.now())
         if on_create is not None:
             on_create(job)
         JobQueueLog.objects.record(
@@ -149,12 +155,7 @@ def job_end_running(
 ) -> None:
     """End a running attempt for good: its outcome, its slot and models freed, its audit row, and
     (unless the caller settles several at once) whatever may start now."""
-    job.status = status
-    job.completed_at = timezone.now()
-    job.result = result
-    job.error = error
-    job.lease_expires_at = None
-    job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
+    job_ended(job, status=status, now=timezone.now(), result=result, error=error)
     logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
     queue.release(job)
     JobQueueLog.objects.record(
@@ -162,6 +163,30 @@ def job_end_running(
     )
     if settle:
         queue.settle_after(job.job_id)
+
+
+def job_attempt_end(
+    queue: LockedQueue, job: Job, *, reported: str, error: str | None = None, result: dict | None = None,
+    retry: bool = True, settle: bool = True,
+) -> Outcome:
+    """A running attempt ended as `reported` (by its worker, the reaper, the reconciler or Reset
+    state): the one outcome rule (transitions.attempt_outcome) decides, and it is carried out."""
+    may_retry = retry and reported == Job.Status.FAILED and job.cancel_requested_at is None
+    outcome = attempt_outcome(
+        job,
+        reported=reported,
+        error=error,
+        retry=retry,
+        max_attempts=job_max_attempts(job) if may_retry else 1,
+        cancel_reason=job_cancel_reason(job) if reported != Job.Status.COMPLETED and (
+            job.cancel_requested_at is not None or reported == Job.Status.CANCELLED
+        ) else None,
+    )
+    if outcome.status == RETRY:
+        job_retry(queue, job, error=error)
+    else:
+        job_end_running(queue, job, status=outcome.status, error=outcome.error, result=result, settle=settle)
+    return outcome
 
 
 def _finish(
@@ -189,17 +214,8 @@ def _finish(
                 job=job,
                 details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
             )
-        elif status == Job.Status.FAILED and job.cancel_requested_at is not None:
-            # Asked to stop, then failed meanwhile: not retried, it ends cancelled.
-            reason = f"{job_cancel_reason(job)}; its last attempt failed: {error}" if error else job_cancel_reason(job)
-            job_end_running(queue, job, status=Job.Status.CANCELLED, error=reason)
-        elif status == Job.Status.CANCELLED:
-            # Say who asked, as a cancel of a waiting job does; the worker only knows it stopped.
-            job_end_running(queue, job, status=status, error=f"{job_cancel_reason(job)}; {error or 'stopped'}")
-        elif status == Job.Status.FAILED and retry and job.attempt < job_max_attempts(job):
-            job_retry(queue, job, error=error)
         else:
-            job_end_running(queue, job, status=status, error=error, result=result)
+            job_attempt_end(queue, job, reported=status, error=error, result=result, retry=retry)
     if refusal:
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)
@@ -255,16 +271,7 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
                     details={"by": getattr(user, "username", None), "reason": reason, "attempt": job.attempt},
                 )
             return job
-        if job.status != Job.Status.PENDING:
-            raise InvalidTransition(
-                f"Job {job_id} is already {job.status}; only a pending or running job can be cancelled."
-            )
-        job.status = Job.Status.CANCELLED
-        job.completed_at = timezone.now()
-        job.blocked_by_job_id = None
-        job.conflict_reason = None
-        job.error = reason
-        job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+        job_cancelled_waiting(job, now=timezone.now(), reason=reason)
         queue.leave_line(job)
         LockedQueue._mirror_blocker(job)
         logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)

@@ -17,7 +17,7 @@ from coordination.queue import LockedQueue, line, nearest_behind
 from coordination.queue.lines import heads_of, on_models, passing
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
 from coordination.queue.attempts import running_check, runtime_limits
-from coordination.recovery import running_repair
+from coordination.services.repairs import running_repair
 from coordination.services.jobs import _locked_job
 
 logger = logging.getLogger("job_coordinator")

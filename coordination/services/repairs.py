@@ -1,12 +1,18 @@
 """The guide's two repairs, made safe: "Clear stale queue" and "Reset state". Each is one
 transaction under the coordinator lock, audited, and ends by starting whatever may start."""
 
+import logging
+from datetime import timedelta
+
 from django.db import transaction
 
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job, JobQueueLog
-from coordination.queue import LockedQueue, stale_waiting
-from coordination.services.jobs import job_end_running
+from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
+from coordination.queue.attempts import LEASE_EXPIRED, TIMED_OUT, lease_seconds
+from coordination.services.jobs import job_attempt_end
+
+logger = logging.getLogger("job_coordinator")
 
 
 def waiting_repair(queue: LockedQueue, *, actor: str, only: list | None = None) -> tuple[list[Job], set]:
@@ -67,8 +73,34 @@ def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | No
             )
             if job is not None:
                 error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
-                job_end_running(queue, job, status=Job.Status.FAILED, error=error, settle=False)
+                job_attempt_end(queue, job, reported=Job.Status.FAILED, error=error, retry=False, settle=False)
                 evicted.append(str(job.job_id))
             queue.empty_slot(slot)
         started = queue.settle_after(*evicted)
     return {"evicted": evicted, "started": [str(job.job_id) for job in started]}
+
+
+def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) -> None:
+    """Under the lock: carry out what running_check() found."""
+    if action == TIMED_OUT:
+        _end(queue, job, JobQueueLog.Event.TIMED_OUT, reason, retry=False)
+    elif action == LEASE_EXPIRED:
+        _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
+    else:
+        _resend(job, now, reason=reason)
+
+
+def _resend(job: Job, now, *, reason: str) -> None:
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": reason})
+    logger.info("[COORDINATOR] Job %s attempt %s was never taken by a worker; sending its task again", job.job_id, job.attempt)
+    # A lease from now before the next re-send; started_at stays, so the runtime limit still ends
+    # a job whose task never gets taken.
+    job.claimed_attempt = job.attempt - 1
+    job.lease_expires_at = now + timedelta(seconds=lease_seconds())
+    job.save(update_fields=["claimed_attempt", "lease_expires_at"])
+    transaction.on_commit(lambda: enqueue_job_run(job.job_id, job.attempt))
+
+
+def _end(queue: LockedQueue, job: Job, event: str, reason: str, *, retry: bool) -> None:
+    JobQueueLog.objects.record(event_type=event, job=job, details={"attempt": job.attempt, "reason": reason})
+    job_attempt_end(queue, job, reported=Job.Status.FAILED, error=reason, retry=retry)

@@ -281,12 +281,13 @@ class SchedulingMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.running())
     @rule(data=st.data())
     def operator_resets_a_busy_slot(self, data):
-        """The admin's "reset state" on one busy slot: its job is ended as failed, and whatever may
-        start then starts."""
+        """The admin's "reset state" on one busy slot: its job is ended as failed (cancelled, if its
+        cancel was asked for: the one outcome rule), and whatever may start then starts."""
         busy = list(JobQueueState.objects.exclude(active_job_id=None).order_by("id").values_list("id", "active_job_id"))
         slot_id, job_id = data.draw(st.sampled_from(busy))
+        asked_to_stop = Job.objects.get(pk=job_id).cancel_requested_at is not None
         assert queue_reset(actor="property test", slot_ids=[slot_id])["evicted"] == [str(job_id)]
-        self.jobs[job_id].status = Job.Status.FAILED
+        self.jobs[job_id].status = Job.Status.CANCELLED if asked_to_stop else Job.Status.FAILED
         self.replay_starts()
 
     @rule(model=st.sampled_from(MODELS))
