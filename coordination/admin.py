@@ -12,6 +12,7 @@ from django.urls import path, reverse
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
 from coordination.console import console_context
 from coordination.console_actions import OPERATE, console_action_urls
+from coordination.services import catalog_model_save
 
 
 # The admin index links to the queue console.
@@ -156,7 +157,9 @@ class CatalogModelAdmin(admin.ModelAdmin):
     search_fields = ("name", "description")
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            return super().save_model(request, obj, form, change)
-        # Never write back `paused` as read when the form opened: a pause made meanwhile stands.
-        obj.save(update_fields=[field.name for field in obj._meta.concrete_fields if field.name not in ("id", "paused")])
+        """The edit (this page or the list's "enabled" column) goes through the coordinator: saved
+        under its lock and audited, a pause made meanwhile kept, and the waiting jobs a new capacity
+        lets start started at once."""
+        report = catalog_model_save(model=obj, actor=f"admin:{request.user.username}")
+        if report["started"]:
+            self.message_user(request, f"{obj.name}: started {len(report['started'])} waiting job(s) it now has room for.")

@@ -275,6 +275,9 @@ class JobQueueLog(models.Model):
         PRUNED = "pruned"
         MODEL_PAUSED = "model_paused"
         MODEL_RESUMED = "model_resumed"
+        # An operator's edit of a catalog model or a workflow definition (the admin's forms).
+        MODEL_CHANGED = "model_changed"
+        WORKFLOW_CHANGED = "workflow_changed"
         PRIORITY_CHANGED = "priority_changed"
         DISPATCHED = "dispatched"
         RECONCILED = "reconciled"

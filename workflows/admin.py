@@ -1,6 +1,9 @@
+from functools import partial
+
 from django.contrib import admin
 
 from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
+from workflows.services import workflow_definition_save
 
 
 class WorkflowStepInline(admin.TabularInline):
@@ -19,6 +22,16 @@ class WorkflowDefinitionAdmin(admin.ModelAdmin):
     @admin.display(description="required models")
     def models(self, workflow: WorkflowDefinition) -> str:
         return ", ".join(workflow.required_models())
+
+    def save_model(self, request, obj, form, change):
+        pass  # saved with its steps in save_related, through the service: one change, one audit row
+
+    def save_related(self, request, form, formsets, change):
+        workflow_definition_save(
+            workflow=form.instance,
+            actor=f"admin:{request.user.username}",
+            save_steps=partial(super().save_related, request, form, formsets, change),
+        )
 
 
 @admin.register(WorkflowExecution)

@@ -120,3 +120,25 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
         ).update(step_outputs=outputs)
         inputs = {"input": output.get("output"), "previous_step": name}
     return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs}
+
+
+def workflow_definition_save(
+    *, workflow: WorkflowDefinition, actor: str, save_steps: Callable[[], None] = lambda: None
+) -> dict:
+    """Save an operator's edit of a workflow definition and of its steps (`save_steps` writes them:
+    the admin's step rows), as one transaction with its audit row naming the operator.
+
+    Nothing waiting is decided again, so the coordinator lock is not taken: an accepted workflow job
+    holds a copy of its steps and of its required models (WorkflowExecution.steps, Job.required_models),
+    so an edit changes only the jobs accepted after it."""
+    with transaction.atomic():
+        before = WorkflowDefinition.objects.filter(pk=workflow.pk).first()
+        models_before = before.required_models() if before is not None else []
+        workflow.save()
+        save_steps()
+        models = workflow.required_models()
+        details = {"workflow": workflow.workflow_id, "actor": actor, "created": before is None, "enabled": workflow.enabled}
+        if models != models_before:
+            details["models"] = [models_before, models]
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.WORKFLOW_CHANGED, details=details)
+    return details
