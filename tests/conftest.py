@@ -6,16 +6,38 @@ from tests.factories import UserFactory
 from tests.helpers import coordinator_log, fail_audit, runner_calls  # noqa: F401 (fixtures)
 
 
+class _Flushed:
+    """Whether a transactional test has run in this session: its tables are flushed after it, the
+    data migrations' rows with them."""
+
+    seen = False
+
+
 @pytest.fixture(autouse=True)
 def _catalog(request):
     """Every database test starts with the usage guide's catalog and workflow.
 
     The data migration seeds them once, but transactional tests flush every table afterwards.
+    Tests marked `migration_data` check that migration, so they get only what it wrote: no seeding
+    here. They must not be transactional, and they run before any transactional test has flushed
+    the tables (pytest-django runs the non-transactional tests first).
     """
     marker = request.node.get_closest_marker("django_db")
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if request.node.get_closest_marker("migration_data"):
+        if marker is None or transactional:
+            pytest.fail("a migration_data test needs @pytest.mark.django_db without transaction=True")
+        if _Flushed.seen:
+            pytest.fail("a migration_data test ran after a transactional test flushed the migrated rows")
+        request.getfixturevalue("db")
+        return
+    if transactional:
+        _Flushed.seen = True
     if marker is None:
         return
-    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    request.getfixturevalue("transactional_db" if transactional else "db")
     seed_catalog_now()
 
 

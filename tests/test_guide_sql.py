@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from coordination import services
-from coordination.models import Job, JobQueueLog, JobQueueState
+from coordination.models import Job, JobQueueLog
 from tests.guide_sql import (
     AVG_QUEUE_TIME,
     BLOCKED_LAST_HOUR,
@@ -128,5 +128,8 @@ def test_prune_and_metrics_queries(workflow_then_normal, user):
     assert float(average) == pytest.approx((normal.started_at - normal.queued_at).total_seconds(), abs=1e-3)
 
 
+@pytest.mark.migration_data
+@pytest.mark.django_db
 def test_slot_one_exists_from_the_start():
-    assert JobQueueState.objects.filter(id=1).exists()
+    # Before any job: the guide's `SELECT * FROM job_queue_state` shows the row the data migration wrote.
+    assert run(STATE)[1] == [(1, None, None, "[]", None)]

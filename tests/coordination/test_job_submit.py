@@ -193,15 +193,21 @@ def test_required_models_of_a_workflow_are_all_its_step_models_in_order(user):
 
 
 def test_required_models_is_never_null(user):
-    submit(user)
-    submit(user, model="flux-dev")
-    execute_workflow(user)
+    running = submit(user)
+    waiting = submit(user, model="flux-dev")
+    workflow = execute_workflow(user)
 
-    # The guide's troubleshooting query finds nothing...
-    assert not Job.objects.filter(required_models__isnull=True).exists()
+    # The guide's question ("Are required_models populated?") asked of every job as stored, the
+    # waiting ones too: each holds its own models, not null and not empty...
+    assert {job.job_id: job.required_models for job in Job.objects.all()} == {
+        running.job_id: ["motion-2.0-fast"],
+        waiting.job_id: ["flux-dev"],
+        workflow.job_id: ["nano-banana-pro-leonardo", "motion-2.0-fast"],
+    }
+    assert (fresh(running).status, fresh(waiting).status, fresh(workflow).status) == ("running", "pending", "pending")
     # ...and the database itself refuses a job without them.
     with pytest.raises(IntegrityError), transaction.atomic():
-        Job.objects.filter(pk=Job.objects.first().pk).update(required_models=None)
+        Job.objects.filter(pk=running.pk).update(required_models=None)
 
 
 def test_unknown_model_is_refused_naming_the_known_ones(user):
