@@ -1,14 +1,20 @@
 """Reads for the API, the admin and templates."""
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Case, F, Func, IntegerField, OuterRef, QuerySet, Subquery, When, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
+from coordination.estimates import job_wait
 from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import Job, JobLine, JobQueueState
-from coordination.queue import ahead_of, line, line_position, stale_waiting
+from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
 from coordination.queue.attempts import runtime_limits
@@ -29,10 +35,11 @@ def job_list(*, user, status: str | None = None, kind: str | None = None, model:
     return jobs
 
 
-def job_get(*, user, job_id) -> Job:
+def job_get(*, user, job_id, jobs: QuerySet[Job] | None = None) -> Job:
     """A job its owner (or staff) may see; anyone else is told it does not exist."""
+    jobs = Job.objects.select_related("workflow_execution") if jobs is None else jobs
     try:
-        job = Job.objects.select_related("workflow_execution").get(pk=uuid.UUID(str(job_id)))
+        job = jobs.get(pk=uuid.UUID(str(job_id)))
     except (Job.DoesNotExist, ValueError):
         raise JobNotFound(f"No job {job_id}.") from None
     if not user.is_staff and job.owner_id != user.pk:
@@ -40,8 +47,67 @@ def job_get(*, user, job_id) -> Job:
     return job
 
 
+@dataclass(frozen=True)
+class JobDetail:
+    """GET /jobs/{job_id}: the job, its live place in line, what it waits for and when it should start."""
+
+    job: Job
+    queue_position: int | None
+    waiting_for: list[dict] | None
+    estimated_start_at: datetime | None
+
+
+def job_detail(*, user, job_id) -> JobDetail:
+    """The job with its place in line counted in the same query, and what it waits for read by
+    estimates.job_wait: five queries at most, however long the line and however many models."""
+    waiting = Case(When(status=Job.Status.PENDING, then=count_ahead(line())), output_field=IntegerField())
+    job = job_get(user=user, job_id=job_id, jobs=Job.objects.select_related("workflow_execution").annotate(jobs_before=waiting))
+    wait = job_wait(job)
+    return JobDetail(
+        job=job,
+        queue_position=None if job.jobs_before is None else job.jobs_before + 1,
+        waiting_for=wait.waiting_for,
+        estimated_start_at=wait.estimated_start_at,
+    )
+
+
 def job_queue_position(job: Job) -> int | None:
     return line_position(job) if job.status == Job.Status.PENDING else None
+
+
+# The outer query's row, as ahead_of() reads a job: "the rows before this one in line" for each row
+# of a list, in that list's own query.
+_OUTER_ROW = SimpleNamespace(priority=OuterRef("priority"), created_at=OuterRef("created_at"), job_id=OuterRef("job_id"))
+
+
+def count_ahead(rows: QuerySet) -> Coalesce:
+    """How many of `rows` (jobs or line rows) stand before the outer query's row in line: a
+    subquery, so that a whole list gets its places in one query instead of one count per row."""
+    before = rows.filter(ahead_of(_OUTER_ROW)).order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")
+    return Coalesce(Subquery(before, output_field=IntegerField()), 0)
+
+
+def job_queue_positions(job_ids) -> dict:
+    """The live place in line (as the API's queue_position) of each waiting job among `job_ids`,
+    in one query; jobs that do not wait are left out.
+
+    The line is numbered once, in its own order (ROW_NUMBER() over LINE_ORDER, the order
+    jobs_line_idx keeps), and only the asked rows are kept: one pass over the waiting jobs
+    however many are asked, where a count per job would read the line up to each of them."""
+    pk = Job._meta.pk
+    ids = [pk.get_db_prep_value(job_id, connection) for job_id in job_ids]
+    if not ids:
+        return {}
+    numbered = line().order_by().annotate(place=Window(RowNumber(), order_by=list(LINE_ORDER)))
+    sql, params = numbered.values_list("job_id", "place").query.sql_with_params()
+    # The ids are kept outside the numbering (beside it, a WHERE would number only the asked rows),
+    # which the ORM cannot say: hence the SELECT around its query.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT job_id, place FROM ({sql}) numbered WHERE job_id IN ({', '.join(['%s'] * len(ids))})",
+            [*params, *ids],
+        )
+        return {pk.to_python(job_id): place for job_id, place in cursor.fetchall()}
 
 
 def queue_status(*, user=None) -> dict:

@@ -6,8 +6,6 @@ from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
-from coordination.estimates import estimated_start
-from coordination.queue import waiting_for
 from coordination.selectors import job_queue_position
 
 
@@ -152,6 +150,12 @@ class JobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_queue_position(self, job: Job) -> int | None:
+        # Read beforehand for a page (context "queue_positions") or GET /jobs/{id} ("detail"), in one
+        # query whatever their number; a job answered after a change (submit, cancel) counts its own.
+        if "detail" in self.context:
+            return self.context["detail"].queue_position
+        if "queue_positions" in self.context:
+            return self.context["queue_positions"].get(job.job_id)
         return job_queue_position(job)
 
     def _execution(self, job: Job):
@@ -171,13 +175,13 @@ class JobSerializer(serializers.ModelSerializer):
 
     def to_representation(self, job: Job) -> dict:
         data = super().to_representation(job)
-        if self.context.get("detail"):
+        detail = self.context.get("detail")  # selectors.JobDetail, on GET /jobs/{id} only
+        if detail is not None:
             # What a waiting job waits for, model by model: who holds it, how many are before it.
-            data["waiting_for"] = (
-                WaitingForSerializer(waiting_for(job), many=True).data if job.status == Job.Status.PENDING else None
-            )
+            waits = detail.waiting_for
+            data["waiting_for"] = WaitingForSerializer(waits, many=True).data if waits is not None else None
             # From each model's recent run times (coordination.estimates); null unless waiting.
-            eta = estimated_start(job)
+            eta = detail.estimated_start_at
             data["estimated_start_at"] = serializers.DateTimeField().to_representation(eta) if eta else None
         if job.kind != Job.Kind.WORKFLOW:
             for key in ("workflow_id", "current_step", "current_step_model"):

@@ -111,6 +111,13 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
             user=self.request.user, status=params.get("status"), kind=params.get("kind"), model=params.get("model")
         )
 
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        # Every waiting job's place in line, for the whole page in one query.
+        waiting = [job.job_id for job in page if job.status == Job.Status.PENDING]
+        context = {**self.get_serializer_context(), "queue_positions": selectors.job_queue_positions(waiting)}
+        return self.get_paginated_response(JobSerializer(page, many=True, context=context).data)
+
     def post(self, request):
         serializer = JobSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -124,8 +131,8 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
 )
 class JobDetailView(APIView):
     def get(self, request, job_id: str):
-        job = selectors.job_get(user=request.user, job_id=job_id)
-        return Response(JobSerializer(job, context={"detail": True}).data)
+        detail = selectors.job_detail(user=request.user, job_id=job_id)
+        return Response(JobSerializer(detail.job, context={"detail": detail}).data)
 
 
 @extend_schema(
