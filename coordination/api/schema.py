@@ -7,7 +7,7 @@ Importing this module registers the extensions; views.py imports it.
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
-from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WaitingForSerializer, WorkflowExecuteSerializer
+from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WaitingForSerializer
 from coordination.models import Job
 
 class ErrorSerializer(serializers.Serializer):
@@ -56,22 +56,6 @@ class QueueStatusSerializer(serializers.Serializer):
     queue_length = serializers.IntegerField(help_text="How many jobs wait, all of them.")
 
 
-class WorkflowStepSerializer(serializers.Serializer):
-    position = serializers.IntegerField()
-    name = serializers.CharField()
-    default_model = serializers.CharField()
-
-
-class WorkflowSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    workflow_id = serializers.CharField()
-    name = serializers.CharField()
-    description = serializers.CharField(allow_blank=True)
-    inputs = serializers.ListField(child=serializers.CharField(), help_text="Fields POST .../execute needs.")
-    required_models = serializers.ListField(child=serializers.CharField())
-    steps = WorkflowStepSerializer(many=True)
-
-
 class HealthSerializer(serializers.Serializer):
     status = serializers.CharField(help_text="ok, or unavailable (503).")
     database = serializers.CharField(help_text="ok, or unreachable (503).")
@@ -99,20 +83,6 @@ class JobSubmitSchema(OpenApiSerializerExtension):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         schema["properties"]["params"] = PARAMS_SCHEMA
         schema["additionalProperties"] = False  # StrictSerializer: an unknown field is a 400
-        return schema
-
-
-class WorkflowExecuteSchema(OpenApiSerializerExtension):
-    target_class = WorkflowExecuteSerializer
-
-    def map_serializer(self, auto_schema, direction):
-        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        schema["properties"]["params"] = PARAMS_SCHEMA
-        schema["additionalProperties"] = {
-            "type": "string",
-            "maxLength": 2048,
-            "description": "The workflow's own inputs (GET /workflows, `inputs`), e.g. input_image: an URL.",
-        }
         return schema
 
 

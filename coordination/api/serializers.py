@@ -1,8 +1,6 @@
 import json
 
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
@@ -24,7 +22,6 @@ class StrictSerializer(serializers.Serializer):
 
 PARAMS_MAX_BYTES = 16 * 1024
 PARAMS_MAX_DEPTH = 5
-ADDRESS_MAX_LENGTH = 2048
 
 
 def _depth_exceeds(value, limit: int) -> bool:
@@ -67,25 +64,6 @@ def validate_params(value):
     return value
 
 
-_url_syntax = URLValidator(schemes=["http", "https"])
-
-
-def validate_http_address(value: str) -> str:
-    """An input image or video is fetched by the runner: only a plain http(s) address will do
-    (no ftp:, javascript:, data: or file:)."""
-    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-    if scheme not in ("http", "https"):
-        shown = f"'{scheme}:'" if scheme else "none"
-        raise serializers.ValidationError(
-            f"Must be an http:// or https:// URL (scheme {shown} is not accepted), e.g. https://example.com/user.jpg."
-        )
-    try:
-        _url_syntax(value)
-    except DjangoValidationError:
-        raise serializers.ValidationError("Must be a valid http(s) URL, e.g. https://example.com/user.jpg.") from None
-    return value
-
-
 class SubmitFields(StrictSerializer):
     params = serializers.JSONField(required=False, default=dict, validators=[validate_params])
     priority = serializers.IntegerField(required=False, default=0, min_value=-1000, max_value=1000)
@@ -101,24 +79,6 @@ class JobSubmitSerializer(SubmitFields):
     )
     model = serializers.CharField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
     job_type = serializers.ChoiceField(choices=MediaType.choices, required=False)
-
-
-class WorkflowExecuteSerializer(SubmitFields):
-    """The workflow's own inputs (its definition's `inputs`, edited in the admin) are fields too."""
-
-    prompt = serializers.CharField(required=False, allow_blank=True, default="")
-
-    def __init__(self, *args, input_names: list[str], **kwargs):
-        super().__init__(*args, **kwargs)
-        for name in input_names:
-            if name in self.fields:
-                continue  # an input may not shadow prompt, params or priority
-            # Images and files are passed by address (http or https only); other inputs are short strings.
-            is_address = name.endswith(("_image", "_video", "_url"))
-            validators = [validate_http_address] if is_address else []
-            self.fields[name] = serializers.CharField(
-                required=False, max_length=ADDRESS_MAX_LENGTH, validators=validators, trim_whitespace=False
-            )
 
 
 class HolderSerializer(serializers.Serializer):

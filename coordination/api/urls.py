@@ -2,13 +2,12 @@ from django.urls import path
 
 from coordination.api import views
 
-# No trailing slashes: the usage guide's clients call POST /jobs.
+# No trailing slashes: the usage guide's clients call POST /jobs. GET /workflows and POST
+# /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
 urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="job-list"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
-    path("workflows", views.WorkflowListView.as_view(), name="workflow-list"),
-    path("workflows/<str:workflow_id>/execute", views.WorkflowExecuteView.as_view(), name="workflow-execute"),
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),
     path("health", views.HealthView.as_view(), name="health"),
 ]

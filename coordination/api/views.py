@@ -14,12 +14,13 @@ from rest_framework.views import APIView
 
 from coordination import selectors, services
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
-from coordination.api.schema import ErrorSerializer, HealthSerializer, QueueStatusSerializer, WorkflowSerializer
-from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WorkflowExecuteSerializer
+from coordination.api.schema import ErrorSerializer, HealthSerializer, QueueStatusSerializer
+from coordination.api.serializers import JobSerializer, JobSubmitSerializer
 from coordination.api.throttling import SubmitThrottledMixin
 from coordination.models import Job
 
 # --- OpenAPI: what each operation takes and answers (served at /schema, shown at /docs) ---------
+# Shared with the workflows app's operations (workflows/api.py), which submit jobs too.
 
 
 def _error(description: str, **kwargs) -> OpenApiResponse:
@@ -57,8 +58,11 @@ def _job_response(job: Job, code: int) -> Response:
     return Response(JobSerializer(job).data, status=code)
 
 
-def _submit(request, validated: dict, submit) -> Response:
-    """Create the job, or, for an Idempotency-Key this user already sent, answer its job with 200."""
+def submit_response(request, validated: dict, submit) -> Response:
+    """Create the job, or, for an Idempotency-Key this user already sent, answer its job with 200.
+
+    `submit(owner=..., on_create=...)` accepts the job (a service); the workflows app's execute
+    answers through this too."""
     key = idempotency_key_from(request)
     if key is None:
         return _job_response(submit(owner=request.user), status.HTTP_201_CREATED)
@@ -121,7 +125,7 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
     def post(self, request):
         serializer = JobSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _submit(request, serializer.validated_data, partial(services.job_submit, **serializer.validated_data))
+        return submit_response(request, serializer.validated_data, partial(services.job_submit, **serializer.validated_data))
 
 
 @extend_schema(
@@ -160,55 +164,6 @@ class JobCancelView(APIView):
         # worker stops it (or its lease lapses) and it ends `cancelled`.
         code = status.HTTP_202_ACCEPTED if job.status == Job.Status.RUNNING else status.HTTP_200_OK
         return _job_response(job, code)
-
-
-@extend_schema(
-    summary="Workflow definitions",
-    parameters=[RETRY_AFTER],
-    responses={200: WorkflowSerializer(many=True), **COMMON_ERRORS},
-)
-class WorkflowListView(APIView):
-    def get(self, request):
-        from workflows.selectors import workflow_list_as_dicts
-
-        return Response(workflow_list_as_dicts())
-
-
-@extend_schema(
-    summary="Start a workflow",
-    description="Queue a workflow job: it holds every model its steps use. Rate-limited per user (429).",
-    parameters=[
-        OpenApiParameter(
-            "workflow_id",
-            OpenApiTypes.STR,
-            OpenApiParameter.PATH,
-            examples=[OpenApiExample("The seeded workflow", value="knight-style-img-to-video")],
-        ),
-        IDEMPOTENCY_KEY,
-        RETRY_AFTER,
-    ],
-    examples=[
-        OpenApiExample(
-            "Knight style",
-            value={"input_image": "https://example.com/portrait.png", "prompt": "at dawn"},
-            request_only=True,
-        )
-    ],
-    # Fields beyond prompt, params and priority are the workflow's own inputs (WorkflowExecuteSchema).
-    request=WorkflowExecuteSerializer(input_names=[]),
-    responses={**SUBMIT_RESPONSES, **NOT_FOUND},
-)
-class WorkflowExecuteView(SubmitThrottledMixin, APIView):
-    def post(self, request, workflow_id: str):
-        from workflows.services import workflow_execute, workflow_get
-
-        workflow = workflow_get(workflow_id=workflow_id)  # an unknown workflow is a 404 before any body check
-        serializer = WorkflowExecuteSerializer(data=request.data, input_names=workflow.inputs)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        inputs = {name: data.pop(name) for name in workflow.inputs if name in data}
-        submit = partial(workflow_execute, workflow_id=workflow_id, inputs=inputs, **data)
-        return _submit(request, serializer.validated_data, submit)
 
 
 @extend_schema(

@@ -12,10 +12,16 @@ from django.urls import URLPattern
 from drf_spectacular.validation import validate_schema
 
 from coordination.api import urls as api_urls
+from jobqueue_site import urls as site_urls
 
 pytestmark = pytest.mark.django_db
 
 BASE_DIR = Path(django_settings.BASE_DIR)
+# The coordinator's operations, and the workflows app's (routed beside them in the site's urls).
+API_ROUTES = [
+    *api_urls.urlpatterns,
+    *(p for p in site_urls.urlpatterns if getattr(p, "name", None) in ("workflow-list", "workflow-execute")),
+]
 
 
 @pytest.fixture
@@ -57,7 +63,8 @@ def test_schema_generates_without_warnings():
 
 
 def test_every_api_route_and_method_is_in_the_schema(schema):
-    for pattern in api_urls.urlpatterns:
+    assert {"/workflows", "/workflows/{workflow_id}/execute"} <= {_openapi_path(p) for p in API_ROUTES}
+    for pattern in API_ROUTES:
         path = _openapi_path(pattern)
         assert path in schema["paths"], path
         view = pattern.callback.view_class

@@ -3,9 +3,11 @@
 from datetime import datetime
 
 import pytest
+from django.urls import resolve, reverse
 from rest_framework.test import APIClient
 
 from coordination.models import CatalogModel, Job, JobQueueLog
+from workflows.api import WorkflowExecuteView, WorkflowListView
 from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
 
 pytestmark = pytest.mark.django_db
@@ -227,3 +229,11 @@ def test_execute_path_with_trailing_slash_is_404(api):
     response = api.post(f"{EXECUTE}/", {"input_image": INPUT_IMAGE}, format="json")
 
     assert_refused(response, 404, "trailing slash")
+
+
+def test_the_workflow_routes_keep_their_paths_and_names():
+    """The workflows app routes its own operations (workflows/api.py): same paths, same URL names."""
+    assert reverse("workflow-list") == "/workflows"
+    assert reverse("workflow-execute", args=[WORKFLOW]) == EXECUTE
+    assert resolve("/workflows").func.view_class is WorkflowListView
+    assert resolve(EXECUTE).func.view_class is WorkflowExecuteView
