@@ -110,7 +110,8 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
     actions = ["reset_state"]
 
     def get_urls(self):
-        # The console hangs off the admin (staff only, admin login) at /admin/queue-console/.
+        # The console hangs off the admin (staff only, admin login) at .../jobqueuestate/queue-console/;
+        # the sidebar gives it its own entry (templates/admin/app_list.html, `queue_console_nav`).
         console = path("queue-console/", self.admin_site.admin_view(self.queue_console), name="queue-console")
         return [console, *console_action_urls(self.admin_site), *super().get_urls()]
 
@@ -118,8 +119,9 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
         """Slots, lines, metrics, the last hour as a timeline, recent events; its actions are in
         console_actions.py, each behind a preview."""
         context = {
-            **self.admin_site.each_context(request), "title": "Queue console", **console_context(),
-            "can_operate": request.user.has_perm(OPERATE),
+            **self.admin_site.each_context(request), "title": "Queue console",
+            **console_context(range_key=request.GET.get("range")),
+            "can_operate": request.user.has_perm(OPERATE), "queue_console_nav": True,
         }
         return TemplateResponse(request, "admin/coordination/queue_console.html", context)
 

@@ -1,21 +1,52 @@
 """Reads for the operators' queue console (admin → Queue console): slots, lines, events, metrics and
-the last hour as a timeline, all bounded queries."""
+a timeline of the last 10 minutes, hour or day. A render makes the same few queries however many
+jobs wait or ran (tests/coordination/test_queue_console.py holds it to 20)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Avg, DurationField, ExpressionWrapper, F, Q
+from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from coordination.estimates import estimated_start
+from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState
-from coordination.queue.lines import model_line
+from coordination.queue.lines import LINE_ORDER
 
 LINE_SHOWN = 10  # jobs shown per model line
 EVENTS_SHOWN = 20
-TIMELINE_WINDOW = timedelta(hours=1)
-TIMELINE_JOBS = 500
+TIMELINE_JOBS = 500  # the most recent jobs drawn; the page says when there were more
+
+
+@dataclass(frozen=True)
+class TimelineRange:
+    key: str  # the `range` query parameter
+    label: str  # on the link that chooses it
+    heading: str  # "The last ..."
+    window: timedelta
+    tick: timedelta  # a labelled tick at every multiple of this (clock time)
+
+
+RANGES = {
+    r.key: r
+    for r in (
+        TimelineRange("10m", "10 min", "10 minutes", timedelta(minutes=10), timedelta(minutes=2)),
+        TimelineRange("1h", "1 h", "hour", timedelta(hours=1), timedelta(minutes=10)),
+        TimelineRange("24h", "24 h", "24 hours", timedelta(hours=24), timedelta(hours=3)),
+    )
+}
+DEFAULT_RANGE = "1h"
+
+
+def timeline_range(value: str | None) -> TimelineRange:
+    """The range a `?range=` asks for; anything else (missing, mistyped) is the default."""
+    return RANGES.get(value or "", RANGES[DEFAULT_RANGE])
+
+
+def console_mode() -> dict:
+    slots = settings.COORDINATOR_MAX_ACTIVE_JOBS
+    return {"slots": slots, "serialized": slots == 1}
 
 
 def console_slots(now: datetime) -> list[dict]:
@@ -32,37 +63,46 @@ def console_slots(now: datetime) -> list[dict]:
     ]
 
 
-def console_lines() -> list[dict]:
-    lines = []
-    for model in CatalogModel.objects.order_by("name"):
-        rows = list(model_line(model.name).select_related("job")[:LINE_SHOWN])
-        waiting = JobLine.objects.filter(model=model.name).count()
-        lines.append({
-            "model": model.name,
-            "capacity": model.capacity,
-            "enabled": model.enabled,
-            "paused": model.paused,
-            "waiting": waiting,
-            "jobs": [
-                {"position": position, "job_id": row.job_id, "kind": row.job.kind, "priority": row.priority,
-                 "eta": estimated_start(row.job)}
-                for position, row in enumerate(rows, start=1)
-            ],
+def console_lines(catalog: list[CatalogModel], now: datetime) -> list[dict]:
+    """Each model's first LINE_SHOWN waiting jobs, why each waits and when it should start."""
+    # Every line's head in one query: the rows numbered within their model's line.
+    place = Window(RowNumber(), partition_by=F("model"), order_by=list(LINE_ORDER))
+    rows = list(
+        JobLine.objects.filter(model__in=[model.name for model in catalog])
+        .annotate(place=place).filter(place__lte=LINE_SHOWN).select_related("job").order_by("model", "place")
+    )
+    waiting = dict(JobLine.objects.values("model").annotate(n=Count("id")).values_list("model", "n"))
+    etas = estimated_starts([row.job for row in rows], now=now)
+    by_model: dict[str, list] = {}
+    for row in rows:
+        job = row.job
+        by_model.setdefault(row.model, []).append({
+            "position": row.place, "job_id": job.job_id, "kind": job.kind, "priority": job.priority,
+            "reason": job.conflict_reason or "", "blocked_by": job.blocked_by_job_id, "held": job.held,
+            "eta": etas.get(job.job_id),
         })
-    return lines
+    return [
+        {"model": model.name, "capacity": model.capacity, "enabled": model.enabled, "paused": model.paused,
+         "waiting": waiting.get(model.name, 0), "jobs": by_model.get(model.name, [])}
+        for model in catalog
+    ]
 
 
 def console_metrics(now: datetime) -> dict:
-    """The guide's "Monitor Key Metrics", plus throughput."""
+    """The guide's "Monitor Key Metrics", plus throughput: one pass over jobs, one count of blocks."""
     hour_ago = now - timedelta(hours=1)
     waited = ExpressionWrapper(F("started_at") - F("queued_at"), output_field=DurationField())
-    average = Job.objects.filter(queued_at__isnull=False, started_at__isnull=False).aggregate(value=Avg(waited))["value"]
+    jobs = Job.objects.aggregate(
+        average=Avg(waited, filter=Q(queued_at__isnull=False, started_at__isnull=False)),
+        completed_last_hour=Count("pk", filter=Q(status=Job.Status.COMPLETED, completed_at__gt=hour_ago)),
+        waiting=Count("pk", filter=Q(status=Job.Status.PENDING)),
+        running=Count("pk", filter=Q(status=Job.Status.RUNNING)),
+    )
+    average = jobs.pop("average")
     return {
+        **jobs,
         "blocked_last_hour": JobQueueLog.objects.filter(event_type="blocked", created_at__gt=hour_ago).count(),
         "avg_queue_seconds": round(average.total_seconds(), 1) if average else None,
-        "completed_last_hour": Job.objects.filter(status=Job.Status.COMPLETED, completed_at__gt=hour_ago).count(),
-        "waiting": Job.objects.filter(status=Job.Status.PENDING).count(),
-        "running": Job.objects.filter(status=Job.Status.RUNNING).count(),
     }
 
 
@@ -77,45 +117,104 @@ class Bar:
     title: str
 
 
-def console_timeline(now: datetime, *, width: int = 900, lane_height: int = 26) -> dict:
-    """One lane per model; for each job of the last hour one bar while it waited and one while it ran."""
-    start = now - TIMELINE_WINDOW
-    models = list(CatalogModel.objects.order_by("name").values_list("name", flat=True))
+def span(seconds: float) -> str:
+    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 2 h 10 min."""
+    if seconds < 0.5:
+        return "< 1 s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _clock(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%H:%M:%S")
+
+
+def _bar_title(job: Job, model: str, state: str, since: datetime, until: datetime | None, now: datetime) -> str:
+    """The tooltip: which job, on which model, from when to when, and how it ended."""
+    end = _clock(until) if until else "now"
+    length = span(((until or now) - since).total_seconds())
+    if state == "running":
+        outcome = "still running" if job.status == Job.Status.RUNNING else job.status
+        return f"{job.kind} job {job.job_id} on {model}: ran {_clock(since)} → {end} ({length}), {outcome}"
+    if job.status == Job.Status.PENDING:
+        outcome = "still waiting"
+    elif job.started_at:
+        outcome = "then started"
+    else:
+        outcome = f"{job.status} while waiting"
+    return f"{job.kind} job {job.job_id} on {model}: waited {_clock(since)} → {end} ({length}), {outcome}"
+
+
+def console_timeline(catalog: list[CatalogModel], now: datetime, chosen: TimelineRange, *, width: int = 800,
+                     lane_height: int = 26, label_width: int = 190) -> dict:
+    """One lane per model; for each job of the range one bar while it waited and one while it ran.
+
+    Drawn in viewBox units: the page scales the whole picture to its width."""
+    start = now - chosen.window
+    models = [model.name for model in catalog]
     lane = {model: index for index, model in enumerate(models)}
-    jobs = Job.objects.filter(
-        Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING]) | Q(completed_at__gt=start)
-    ).order_by("-created_at")[:TIMELINE_JOBS]
-    scale = width / TIMELINE_WINDOW.total_seconds()
+    recent = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING]) | Q(completed_at__gt=start)
+    jobs = list(
+        Job.objects.filter(recent)
+        .only("job_id", "kind", "status", "required_models", "queued_at", "started_at", "completed_at")
+        .order_by("-created_at")[:TIMELINE_JOBS + 1]
+    )
+    more = len(jobs) > TIMELINE_JOBS
+    scale = width / chosen.window.total_seconds()
 
     def x_of(moment: datetime) -> float:
         return max(0.0, (moment - start).total_seconds() * scale)
 
+    def bar(since: datetime, until: datetime | None, y: int, state: str, job: Job, model: str) -> Bar:
+        x = x_of(since)
+        return Bar(x, max(2.0, x_of(until or now) - x), y, state, job.status, str(job.job_id),
+                   _bar_title(job, model, state, since, until, now))
+
     bars: list[Bar] = []
-    for job in jobs:
+    for job in jobs[:TIMELINE_JOBS]:
         for model in job.required_models:
             if model not in lane:
                 continue
             y = lane[model] * lane_height
-            waited_from = job.queued_at
-            if waited_from:
-                until = job.started_at or job.completed_at or now
-                if until > start:
-                    bars.append(Bar(x_of(waited_from), max(1.0, x_of(until) - x_of(waited_from)), y + 14, "waiting",
-                                    job.status, str(job.job_id), f"{job.job_id} waited for {model}"))
-            if job.started_at:
-                until = job.completed_at or now
-                if until > start:
-                    bars.append(Bar(x_of(job.started_at), max(1.0, x_of(until) - x_of(job.started_at)), y + 2,
-                                    "running", job.status, str(job.job_id), f"{job.job_id} ran on {model} ({job.status})"))
+            if job.queued_at:
+                until = job.started_at or job.completed_at
+                if (until or now) > start:
+                    bars.append(bar(job.queued_at, until, y + 14, "waiting", job, model))
+            if job.started_at and (job.completed_at or now) > start:
+                bars.append(bar(job.started_at, job.completed_at, y + 2, "running", job, model))
+    step = chosen.tick.total_seconds()
+    first_tick = (int(start.timestamp() // step) + 1) * step
+    ticks = [
+        {"x": x_of(datetime.fromtimestamp(moment, tz=start.tzinfo)),
+         "label": timezone.localtime(datetime.fromtimestamp(moment, tz=start.tzinfo)).strftime("%H:%M")}
+        for moment in _frange(first_tick, now.timestamp(), step)
+        if (now.timestamp() - moment) * scale > 40  # leave room for "now"
+    ]
     return {
+        "range": chosen,
+        "ranges": list(RANGES.values()),
         "width": width,
+        "label_width": label_width,
+        "view_width": label_width + width + 20,
+        "view_height": max(1, len(models)) * lane_height + 24,
         "height": max(1, len(models)) * lane_height,
         "lane_height": lane_height,
         "lanes": [{"model": model, "y": index * lane_height} for index, model in enumerate(models)],
         "bars": bars,
-        "ticks": [{"x": minute * width / 60, "label": f"-{60 - minute} min" if minute < 60 else "now"}
-                  for minute in range(0, 61, 10)],
+        "more": more,
+        "ticks": [*ticks, {"x": width, "label": "now"}],
     }
+
+
+def _frange(first: float, last: float, step: float):
+    moment = first
+    while moment <= last:
+        yield moment
+        moment += step
 
 
 def event_note(details: dict) -> str:
@@ -149,14 +248,16 @@ def console_events() -> list[dict]:
     ]
 
 
-def console_context() -> dict:
+def console_context(*, range_key: str | None = None) -> dict:
     now = timezone.now()
+    catalog = list(CatalogModel.objects.order_by("name"))
     return {
         "now": now,
+        "mode": console_mode(),
         "slots": console_slots(now),
-        "lines": console_lines(),
+        "lines": console_lines(catalog, now),
         "events": console_events(),
         "metrics": console_metrics(now),
-        "timeline": console_timeline(now),
+        "timeline": console_timeline(catalog, now, timeline_range(range_key)),
         "refresh_seconds": 5,
     }

@@ -211,7 +211,8 @@ def console_action(request: HttpRequest, admin_site, action: str, **kwargs) -> H
         except CoordinationError as error:
             messages.error(request, str(error))
         return HttpResponseRedirect(console)
-    context = {**admin_site.each_context(request), "title": spec.title, "explain": spec.explain, "subject": kwargs}
+    context = {**admin_site.each_context(request), "title": spec.title, "explain": spec.explain, "subject": kwargs,
+               "queue_console_nav": True}  # the sidebar highlights the console, not "Slots"
     if spec.fields == ("priority",) and "priority" not in request.GET:
         # The first step: which priority (with where the job stands now).
         context["ask_priority"] = True

@@ -1,10 +1,14 @@
 """The operators' queue console: slots, lines, metrics, the last hour as an SVG timeline."""
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
+from coordination.estimates import estimated_start, estimated_starts
+from coordination.models import Job, JobLine
 from coordination.services import job_claim, job_complete
 from tests.helpers import submit
 
@@ -65,3 +69,211 @@ def test_failed_runs_are_drawn_apart_and_events_say_who_and_why(staff_client, us
     assert f'class="running failed" data-job="{failed.job_id}"' in page
     events = page[page.index('id="events"'):]
     assert "provider said no" in events and "by admin:ops · model flux-dev" in events
+
+
+# --- read as an operator reads it ----------------------------------------------------------------
+
+
+def console_page(client, **params) -> str:
+    response = client.get(reverse("admin:queue-console"), params)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def section(page: str, start: str, end: str) -> str:
+    return page[page.index(start):page.index(end, page.index(start))]
+
+
+def test_each_waiting_job_says_in_its_line_why_it_waits_and_for_whom(staff_client, user):
+    running = submit(user)
+    waiting = submit(user)
+    other = submit(user, model="flux-dev")
+
+    lines = section(console_page(staff_client), 'id="lines"', 'id="timeline"')
+
+    row = section(lines, f'<tr data-job="{waiting.job_id}"', "</tr>")
+    blocker = f'<a class="job-id" href="{reverse("admin:coordination_job_change", args=[running.job_id])}" title="{running.job_id}">{str(running.job_id)[:8]}</a>'
+    assert f"Model conflict: motion-2.0-fast in use by normal job {blocker}" in row
+    assert f'title="Model conflict: motion-2.0-fast in use by normal job {running.job_id}"' in row
+    assert "Serialized mode: one job at a time" in section(lines, f'<tr data-job="{other.job_id}"', "</tr>")
+
+
+def test_job_ids_are_shown_short_with_the_whole_id_on_hover_and_in_links(staff_client, user):
+    running = submit(user)
+    waiting = submit(user)
+
+    page = console_page(staff_client)
+
+    for job in (running, waiting):
+        full, short = str(job.job_id), str(job.job_id)[:8]
+        assert f'title="{full}">{short}</a>' in page
+        assert f">{full}<" not in page  # never spelled out as text (tooltips in the timeline aside)
+
+
+@pytest.mark.parametrize("slots, says", [(1, "Serialized"), (3, "3 slots")])
+def test_the_console_says_how_many_jobs_may_run_at_once(staff_client, settings, slots, says):
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
+    mode = section(console_page(staff_client), 'id="mode"', "</div></div>")
+    assert says in mode and f"COORDINATOR_MAX_ACTIVE_JOBS = {slots}" in mode
+
+
+def ran_for(user, seconds: float, *, ago: timedelta, model: str = "flux-dev", fail: bool = False) -> Job:
+    from coordination.services import job_fail
+
+    job = submit(user, model=model)
+    job_claim(job_id=job.job_id, attempt=1)
+    if fail:
+        job_fail(job_id=job.job_id, attempt=1, error="provider said no")
+    else:
+        job_complete(job_id=job.job_id, attempt=1)
+    ended = timezone.now() - ago
+    Job.objects.filter(pk=job.pk).update(started_at=ended - timedelta(seconds=seconds), completed_at=ended)
+    return Job.objects.get(pk=job.pk)
+
+
+def bar(page: str, job: Job, state: str = "running") -> str:
+    timeline = section(page, 'id="timeline"', "</svg>")
+    start = timeline.index(f'class="{state} ', timeline.index(f'data-job="{job.job_id}"') - 40)
+    return timeline[start:timeline.index("</rect>", start)]
+
+
+def bar_width(page: str, job: Job) -> float:
+    return float(re.search(r'width="([0-9.]+)"', bar(page, job))[1])
+
+
+def test_the_timeline_offers_ten_minutes_an_hour_and_a_day(staff_client, user):
+    recent = ran_for(user, 15, ago=timedelta(minutes=3))
+    older = ran_for(user, 15, ago=timedelta(minutes=40), fail=True)
+    yesterday = ran_for(user, 15, ago=timedelta(hours=20))
+
+    hour = console_page(staff_client)
+    ten = console_page(staff_client, range="10m")
+    day = console_page(staff_client, range="24h")
+
+    assert 'data-range="1h"' in hour and "The last hour" in hour
+    assert 'data-range="10m"' in ten and "The last 10 minutes" in ten
+    assert 'data-range="24h"' in day and "The last 24 hours" in day
+    ranges = section(hour, 'id="timeline-ranges"', "</p>")
+    assert 'href="?range=10m"' in ranges and 'href="?range=24h"' in ranges and "<strong>1 h</strong>" in ranges
+    # A 15 s run is a sliver in an hour (800 units), and six times as wide over 10 minutes.
+    assert bar_width(hour, recent) == pytest.approx(800 * 15 / 3600, abs=0.1)
+    assert bar_width(ten, recent) == pytest.approx(800 * 15 / 600, abs=0.1)
+    assert str(older.job_id) not in section(ten, 'id="timeline"', "</svg>")
+    assert str(yesterday.job_id) not in section(hour, 'id="timeline"', "</svg>")
+    assert f'data-job="{yesterday.job_id}"' in day
+
+
+@pytest.mark.parametrize("value", ["", "2h", "10M", "1h;drop", "../../etc"])
+def test_a_bad_range_shows_the_last_hour(staff_client, value):
+    assert 'data-range="1h"' in console_page(staff_client, range=value)
+
+
+def test_the_timeline_scales_to_the_page_and_every_bar_says_what_it_was(staff_client, user):
+    done = ran_for(user, 12, ago=timedelta(minutes=5))
+    failed = ran_for(user, 4, ago=timedelta(minutes=2), fail=True)
+    running = submit(user)
+    waiting = submit(user)
+
+    page = console_page(staff_client)
+
+    svg = section(page, 'id="timeline"', ">")
+    assert re.search(r'viewBox="0 0 \d+ \d+"', svg) and 'width="100%"' in svg and "height=" not in svg
+    clock = r"\d\d:\d\d:\d\d"
+    assert re.search(rf"<title>normal job {done.job_id} on flux-dev: ran {clock} → {clock} \(12 s\), completed</title>", bar(page, done))
+    assert re.search(rf"ran {clock} → {clock} \(4 s\), failed</title>", bar(page, failed))
+    assert re.search(rf"job {running.job_id} on motion-2.0-fast: ran {clock} → now \(.* s\), still running", bar(page, running))
+    assert re.search(rf"job {waiting.job_id} on motion-2.0-fast: waited {clock} → now .*still waiting", bar(page, waiting, "waiting"))
+    assert f'<a href="{reverse("admin:coordination_job_change", args=[done.job_id])}"><rect class="running completed"' in page
+
+
+def test_the_sidebar_highlights_the_console_not_the_slots(staff_client, user):
+    waiting = submit(user) and submit(user)
+    for url in (reverse("admin:queue-console"), reverse("admin:queue-console-priority", args=[waiting.job_id])):
+        page = staff_client.get(url).content.decode()
+        sidebar = section(page, 'id="nav-sidebar"', "</nav>")
+        assert re.findall(r'<tr class="model-(\w+) current-model">', sidebar) == ["queueconsole"], url
+
+    slots = staff_client.get(reverse("admin:coordination_jobqueuestate_changelist")).content.decode()
+    assert re.findall(r'<tr class="model-(\w+) current-model">', section(slots, 'id="nav-sidebar"', "</nav>")) == ["jobqueuestate"]
+
+
+@pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (7830, "2 h 10 min")])
+def test_durations_read_as_an_operator_says_them(seconds, reads):
+    from coordination.console import span
+
+    assert span(seconds) == reads
+
+
+def test_a_cut_reason_keeps_every_job_id():
+    from coordination.templatetags.job_ids import linked_ids
+
+    first, second = "3d25f178-1111-2222-3333-444455556666", "12ebff71-1111-2222-3333-444455556666"
+    reason = f"Model conflict: nano-banana-pro-leonardo in use by normal job {first}; motion-2.0-fast in use by workflow job {second}"
+
+    shown = re.sub(r"<a [^>]*>([0-9a-f]{8})</a>", r"[\1]", linked_ids(reason, 60))
+
+    assert shown == "Model conflict: nano-banana-pro-leonardo in use by normal… [3d25f178], [12ebff71]"
+    assert re.sub(r"<a [^>]*>([0-9a-f]{8})</a>", r"[\1]", linked_ids("Paused: <b>x</b> " * 3, 17)) == "Paused: &lt;b&gt;x&lt;/b&gt;…"
+
+
+# --- a fixed number of queries, however many jobs are shown ------------------------------------
+
+MODELS = ("flux-dev", "motion-2.0-fast", "minimax/video-01", "nano-banana-pro-leonardo")
+
+
+def busy_queue(user, *, waiting: int = 50, pause: str | None = "minimax/video-01") -> None:
+    """Finished runs of different lengths (completed, failed), then `waiting` jobs spread over every
+    model at three priorities, every fifth a workflow: whatever may start runs, the rest wait; then
+    one model is paused, so some jobs are held."""
+    from coordination.services import job_fail, model_pause
+    from tests.helpers import execute_workflow
+
+    for n in range(6):
+        done = submit(user, model=MODELS[n % len(MODELS)])
+        job_claim(job_id=done.job_id, attempt=1)
+        job_complete(job_id=done.job_id, attempt=1)
+        ended = timezone.now() - timedelta(minutes=30)
+        Job.objects.filter(pk=done.pk).update(started_at=ended - timedelta(seconds=10 + 7 * n), completed_at=ended)
+    failed = submit(user, model="flux-dev")
+    job_fail(job_id=failed.job_id, attempt=1, error="provider said no")
+    for n in range(waiting):
+        if n % 5 == 0:
+            execute_workflow(user, priority=-(n % 3))
+        else:
+            submit(user, model=MODELS[n % len(MODELS)], prompt=f"waiting {n}", priority=-(n % 3))
+    if pause:
+        model_pause(name=pause, paused=True, actor="test")
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_console_makes_a_fixed_number_of_queries(staff_client, user, settings, django_assert_max_num_queries, slots):
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 1000
+    busy_queue(user, waiting=50)
+    assert Job.objects.filter(status=Job.Status.PENDING).count() >= 45
+    assert Job.objects.filter(status=Job.Status.RUNNING).count() == slots
+
+    with django_assert_max_num_queries(20):
+        response = staff_client.get(reverse("admin:queue-console"))
+
+    assert response.status_code == 200
+    shown = re.findall(r'<tr data-job="([0-9a-f-]+)"', response.content.decode())
+    # The first ten of every model's line (a waiting workflow is in two lines).
+    assert len(shown) == sum(min(10, JobLine.objects.filter(model=model).count()) for model in MODELS) > 30
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_consoles_expected_starts_are_the_apis(user, settings, slots):
+    """The console estimates its lines in one go (estimated_starts); the API one job at a time
+    (estimated_start): the same rule, the same instants."""
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 1000
+    busy_queue(user, waiting=40)
+    jobs = list(Job.objects.all())
+    now = timezone.now()
+
+    batch = estimated_starts(jobs, now=now)
+
+    assert batch == {job.job_id: estimated_start(job, now=now) for job in jobs}
+    assert sum(eta is not None for eta in batch.values()) > 20
+    assert any(job.held for job in jobs) and len({eta for eta in batch.values() if eta}) > 5
