@@ -4,14 +4,20 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.views.main import ChangeList
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html
 
 from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
-from coordination.console import console_context
+from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
+from coordination.selectors import job_queue_positions
+from coordination.templatetags.job_ids import linked_ids, short_id
 from coordination.services import catalog_model_save
 
 
@@ -37,18 +43,73 @@ def _to_console(action: str, params: list[tuple] = ()) -> HttpResponseRedirect:
     return HttpResponseRedirect(f"{url}?{urlencode(params)}" if params else url)
 
 
+class JobChangeList(ChangeList):
+    """The jobs list, with each waiting job's live place in line read for the whole page at once
+    (one query, not one per row)."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        places = job_queue_positions(job.job_id for job in self.result_list if job.status == Job.Status.PENDING)
+        for job in self.result_list:
+            job.queue_place = places.get(job.job_id)
+
+
+REASON_SHOWN = 60  # characters of a reason in the jobs list; the whole of it is in its title and on the job's page
+
+
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = (
-        "job_id", "status", "kind", "job_type", "model", "models", "priority", "blocked_by_job_id",
-        "conflict_reason", "queued_at", "started_at", "completed_at", "owner",
-    )
+    # Few, narrow columns, so the list fits a laptop's width beside the sidebar: ids shortened, a
+    # workflow marked under its models (kind and media type are filters), priority shown with the
+    # place in line it decides, times compact, the reason cut short.
+    list_display = ("job", "status", "models", "place", "reason", "submitted", "ran", "owner")
+    list_display_links = ("job",)
+    list_select_related = ("owner",)
     list_filter = ("status", "kind", "job_type", "model")
     search_fields = ("job_id", "prompt", "model", "conflict_reason", "owner__username")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     readonly_fields = [field.name for field in Job._meta.fields]
     actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
+
+    def get_changelist(self, request, **kwargs):
+        return JobChangeList
+
+    @admin.display(description="job", ordering="job_id")
+    def job(self, job: Job) -> str:
+        return format_html('<span class="job-id" title="{}">{}</span>', job.job_id, short_id(job.job_id))
+
+    @admin.display(description="place")
+    def place(self, job: Job) -> str | None:
+        """A waiting job's live place in the whole line (the API's queue_position), and its priority
+        when that is not the default."""
+        place = getattr(job, "queue_place", None)
+        if place is None:
+            return None
+        return f"{place} (priority {job.priority})" if job.priority else str(place)
+
+    @admin.display(description="reason / error")
+    def reason(self, job: Job) -> str:
+        """Why it waits (what it waits for links to that job), or what went wrong; cut short."""
+        text = job.conflict_reason or job.error or ""
+        if not text:
+            return ""
+        return format_html('<span title="{}">{}</span>', text, linked_ids(text, REASON_SHOWN))
+
+    @admin.display(description="submitted", ordering="created_at")
+    def submitted(self, job: Job) -> str:
+        """Today's as the console shows times (10:30:05); older ones with their day."""
+        moment = timezone.localtime(job.created_at)
+        return date_format(moment, "H:i:s" if moment.date() == timezone.localdate() else "M j, H:i")
+
+    @admin.display(description="ran", ordering="started_at")
+    def ran(self, job: Job) -> str:
+        if not job.started_at:
+            return ""
+        if job.completed_at:
+            return span((job.completed_at - job.started_at).total_seconds())
+        return f"{span((timezone.now() - job.started_at).total_seconds())} so far"
 
     def has_add_permission(self, request):
         return False  # jobs enter through the API, so the coordinator decides about them
@@ -63,9 +124,10 @@ class JobAdmin(admin.ModelAdmin):
         # that its slot is freed and its waiters re-pointed; finished jobs are history and may go.
         return super().has_delete_permission(request, obj) and (obj is None or obj.is_finished)
 
-    @admin.display(description="required models")
+    @admin.display(description="models")
     def models(self, job: Job) -> str:
-        return ", ".join(job.required_models)
+        models = ", ".join(job.required_models)
+        return format_html('{}<div class="help">workflow</div>', models) if job.kind == Job.Kind.WORKFLOW else models
 
     def get_actions(self, request):
         # Django's "Delete selected" would offer waiting and running jobs too, then refuse them.

@@ -197,6 +197,26 @@ def test_the_sidebar_highlights_the_console_not_the_slots(staff_client, user):
     assert re.findall(r'<tr class="model-(\w+) current-model">', section(slots, 'id="nav-sidebar"', "</nav>")) == ["jobqueuestate"]
 
 
+def test_the_jobs_list_shows_each_waiting_jobs_place_and_a_short_reason(staff_client, user):
+    running = submit(user)
+    first = submit(user)
+    second = submit(user, model="flux-dev")
+    from coordination.selectors import job_queue_position
+
+    response = staff_client.get(reverse("admin:coordination_job_changelist"))
+
+    rows = {str(job.job_id): job for job in response.context["cl"].result_list}
+    assert rows[str(first.job_id)].queue_place == job_queue_position(first) == 1
+    assert rows[str(second.job_id)].queue_place == job_queue_position(second) == 2
+    assert rows[str(running.job_id)].queue_place is None
+    page = response.content.decode()
+    row = section(page, f'title="{second.job_id}">{str(second.job_id)[:8]}</span>', "</tr>")
+    assert '<td class="field-place">2</td>' in row
+    reason = Job.objects.get(pk=second.pk).conflict_reason
+    assert len(reason) > 60 and f'<span title="{reason}">Serialized mode: one job at a time; normal job <a class="job-id"' in row
+    assert f'title="{first.job_id}">{str(first.job_id)[:8]}</a>' in row  # what it waits for, linked
+
+
 @pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (7830, "2 h 10 min")])
 def test_durations_read_as_an_operator_says_them(seconds, reads):
     from coordination.console import span
@@ -260,6 +280,16 @@ def test_the_console_makes_a_fixed_number_of_queries(staff_client, user, setting
     shown = re.findall(r'<tr data-job="([0-9a-f-]+)"', response.content.decode())
     # The first ten of every model's line (a waiting workflow is in two lines).
     assert len(shown) == sum(min(10, JobLine.objects.filter(model=model).count()) for model in MODELS) > 30
+
+
+def test_the_jobs_list_makes_a_fixed_number_of_queries(staff_client, user, settings, django_assert_max_num_queries):
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 1000
+    busy_queue(user, waiting=60)
+
+    with django_assert_max_num_queries(12):
+        response = staff_client.get(reverse("admin:coordination_job_changelist"))
+
+    assert response.status_code == 200 and len(response.context["cl"].result_list) >= 60
 
 
 @pytest.mark.parametrize("slots", [1, 2])
