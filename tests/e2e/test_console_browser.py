@@ -1,8 +1,11 @@
 """The queue console in a real browser (headless Debian Chromium driven by Playwright), while a real
 worker runs jobs and others wait: log in, find the console from the admin index, see the slots, the
-lines and the timeline, and repair the queue with "Clear stale queue" through its confirmation page.
+lines with why each job waits, and the timeline over two ranges; read the jobs list; and repair the
+queue with "Clear stale queue" through its confirmation page. At a laptop's 1,280 px, neither the
+console nor the jobs list may scroll sideways.
 
-A screenshot of the console is saved to test-artifacts/queue-console.png for a person to look at.
+Screenshots for a person to look at: test-artifacts/queue-console.png, queue-console-10min.png and
+jobs-list.png.
 """
 
 import os
@@ -26,8 +29,24 @@ CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--no-first-run",
 ]
-SCREENSHOT = Path(settings.BASE_DIR) / "test-artifacts" / "queue-console.png"
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+SCREENSHOTS = {name: ARTIFACTS / f"{name}.png" for name in ("queue-console", "queue-console-10min", "jobs-list")}
 PASSWORD = "console-operator-pw"
+WIDTH = 1280  # a laptop
+
+
+def short(job_id: str) -> str:
+    return job_id[:8]
+
+
+def assert_no_sideways_scroll(page, what: str) -> None:
+    widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1], f"{what} scrolls sideways at {WIDTH} px: {widths[0]} px wide in {widths[1]} px"
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS[name]), full_page=True)
 
 
 @pytest.fixture
@@ -63,11 +82,15 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         _, running = http.post("/jobs", {"prompt": "a long one", "model": "flux-dev", "params": {"simulate_seconds": 60}})
         _, waiting = http.post("/jobs", {"prompt": "next", "model": "flux-dev", "params": {"simulate_seconds": 0.2}})
         _, other = http.post("/jobs", {"prompt": "a video", "model": "motion-2.0-fast", "params": {"simulate_seconds": 0.2}})
+        _, workflow = http.post("/workflows/knight-style-img-to-video/execute",
+                                {"input_image": "https://example.com/user.jpg", "params": {"simulate_seconds": 0.2}})
+        _, last = http.post("/jobs", {"prompt": "another video", "model": "minimax/video-01", "params": {"simulate_seconds": 0.2}})
         assert (running["status"], waiting["status"], other["status"]) == ("running", "pending", "pending")
+        assert (workflow["status"], last["status"]) == ("pending", "pending")
         wait_until(lambda: Job.objects.get(pk=running["job_id"]).heartbeat_at, timeout=30,
                    message="the worker to run the long job")
 
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
         page.goto(f"{live_server.url}/admin/login/?next=/admin/")
         page.fill("#id_username", "operator")
         page.fill("#id_password", PASSWORD)
@@ -75,19 +98,53 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         page.click("text=Queue console")
         page.wait_for_selector("#timeline")
 
+        # Its own place in the sidebar, not "Slots" (its pages live under the slots' URL).
+        assert page.inner_text("#nav-sidebar .current-model").strip() == "Queue console"
+        assert "Serialized" in page.inner_text("#mode")
         slots = page.inner_text("#slots")
-        assert running["job_id"] in slots and "flux-dev" in slots
-        lines = page.inner_text("#lines")
-        assert waiting["job_id"] in lines and other["job_id"] in lines
+        assert short(running["job_id"]) in slots and running["job_id"] not in slots and "flux-dev" in slots
+        # Why each job waits, in its line, naming the job it waits for (short id, linking to it).
+        lines = page.locator("#lines")
+        row = lines.locator(f'tr[data-job="{waiting["job_id"]}"]').first
+        assert f"flux-dev in use by normal job {short(running['job_id'])}" in row.inner_text()
+        assert row.locator(f'a[title="{running["job_id"]}"]').count() == 1
+        assert "Serialized mode: one job at a time" in lines.locator(f'tr[data-job="{other["job_id"]}"]').inner_text()
+        assert workflow["job_id"] not in lines.inner_text()  # ids are shown short
+
         timeline = page.locator("#timeline")
+        assert timeline.get_attribute("data-range") == "1h"
         assert timeline.locator(f'rect.running[data-job="{done["job_id"]}"]').count() == 1
         assert timeline.locator(f'rect.running[data-job="{running["job_id"]}"]').count() == 1
         assert timeline.locator(f'rect.waiting[data-job="{waiting["job_id"]}"]').count() == 1
         assert timeline.locator(f'rect.running[data-job="{waiting["job_id"]}"]').count() == 0
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        tooltip = timeline.locator(f'rect.running[data-job="{done["job_id"]}"] title').text_content()
+        assert done["job_id"] in tooltip and "flux-dev" in tooltip and "→" in tooltip and "completed" in tooltip
+        screenshot(page, "queue-console")
+        assert_no_sideways_scroll(page, "the console")
+
+        page.click("#timeline-ranges >> text=10 min")
+        page.wait_for_selector('#timeline[data-range="10m"]')
+        assert page.inner_text("#timeline-heading") == "The last 10 minutes"
+        assert page.locator(f'#timeline rect.running[data-job="{running["job_id"]}"]').count() == 1
+        screenshot(page, "queue-console-10min")
+        assert_no_sideways_scroll(page, "the console over 10 minutes")
+
+        page.click("#nav-sidebar >> text=Jobs")
+        page.wait_for_selector("#result_list")
+        screenshot(page, "jobs-list")
+        assert page.inner_text("#nav-sidebar .current-model").strip() == "Jobs"
+        waiting_row = page.locator("#result_list tr", has=page.locator(f'span[title="{waiting["job_id"]}"]'))
+        assert short(waiting["job_id"]) in waiting_row.inner_text()
+        assert waiting_row.locator("td.field-place").inner_text().strip() == "1"
+        assert f"in use by normal job {short(running['job_id'])}" in waiting_row.locator("td.field-reason").inner_text()
+        assert_no_sideways_scroll(page, "the jobs list")
+        cut_off = page.evaluate("(e => e.scrollWidth - e.clientWidth)(document.querySelector('#changelist-form .results'))")
+        assert cut_off <= 0, f"the jobs list's table is {cut_off} px wider than its box"
 
         # The guide's "clear stale queue" SQL, run by hand, leaves the waiting jobs pointing at nothing.
+        page.goto(f"{live_server.url}/admin/")
+        page.click("text=Queue console")
+        page.wait_for_selector("#timeline")
         with connection.cursor() as cursor:
             cursor.execute(CLEAR_STALE)
         page.click("#actions >> text=Clear stale queue")
@@ -97,17 +154,19 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         page.click("text=Yes, I'm sure")
 
         page.wait_for_selector("#timeline")  # back on the console
-        assert "Repaired 2 waiting job(s); started 0." in page.inner_text("ul.messagelist")
+        assert "Repaired 4 waiting job(s); started 0." in page.inner_text("ul.messagelist")
         page.close()
         assert str(Job.objects.get(pk=waiting["job_id"]).blocked_by_job_id) == running["job_id"]
         assert str(Job.objects.get(pk=other["job_id"]).blocked_by_job_id) == waiting["job_id"]
 
         # Cancelled, the long job stops within a second; the repaired line then runs to its end.
         assert http.post(f"/jobs/{running['job_id']}/cancel", {})[0] == 202
-        ids = [running["job_id"], waiting["job_id"], other["job_id"]]
+        ids = [running["job_id"], waiting["job_id"], other["job_id"], workflow["job_id"], last["job_id"]]
         wait_until(lambda: list(Job.objects.filter(pk__in=ids).order_by("created_at").values_list("status", flat=True))
-                   == ["cancelled", "completed", "completed"], timeout=30, message="the line to run to its end")
+                   == ["cancelled", "completed", "completed", "completed", "completed"], timeout=30,
+                   message="the line to run to its end")
     finally:
         worker.stop()
 
-    assert SCREENSHOT.stat().st_size > 10_000
+    for path in SCREENSHOTS.values():
+        assert path.stat().st_size > 10_000, path
