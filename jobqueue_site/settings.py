@@ -206,6 +206,9 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 # many of a user's jobs waiting at once (checked under the coordinator lock; 0: no limit).
 COORDINATOR_SUBMIT_RATE = env_int("COORDINATOR_SUBMIT_RATE", 60)
 COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 100)
+# PostgreSQL: a submit and a worker's report are one PL/pgSQL call under the lock (coordination/fastpath).
+# 0 takes the Python path there too (SQLite always does); both decide alike.
+COORDINATOR_FASTPATH = env_bool("COORDINATOR_FASTPATH", True)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
 # The worker runs at least one process per slot, so every started job runs at once.

@@ -26,6 +26,7 @@ from coordination.kinds import job_blocked_changed
 from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.lines import line
 from coordination.queue.rules import QueueRules, Verdict
+from coordination.queue.words import NO_BLOCKER, say
 from coordination.transitions import job_requeued, job_started
 
 logger = logging.getLogger("job_coordinator")
@@ -44,13 +45,20 @@ def enqueue_job_run(job_id, attempt: int) -> None:
     )
 
 
-class _IdleNotice:
-    """Whether this process last said "No queued jobs" (and nothing happened since)."""
+def slots_lock(slot_count: int) -> list[JobQueueState]:
+    """The coordinator lock: every slot row, `select_for_update` in id order (so two coordinators never
+    deadlock). Also any row beyond the slot count (a job may still run in one after the setting
+    shrank): releasing it must clear it. Only ids <= the count take new jobs."""
 
-    said = False
+    def locked():
+        return list(JobQueueState.objects.select_for_update().order_by("id"))
 
-
-_idle = _IdleNotice()
+    slots = locked()
+    if sum(1 for slot in slots if slot.id <= slot_count) < slot_count:
+        # First use, or the slot count grew: create the missing rows, then lock them all.
+        JobQueueState.objects.bulk_create([JobQueueState(id=i) for i in range(1, slot_count + 1)], ignore_conflicts=True)
+        slots = locked()
+    return slots
 
 
 class LockedQueue(QueueRules):
@@ -61,8 +69,10 @@ class LockedQueue(QueueRules):
         self.slots = self._lock_slots()
         # Bounded by the slot count: only running jobs are read.
         self.running: dict = {
-            job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")
+            job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
         }
+        # One instant for the whole transition: every job it starts, queues or ends shows the same time.
+        self.now = timezone.now()
         self._capacities: dict[str, int] | None = None
         self._paused: set[str] | None = None
         # A worker finishing a job may take the first job that finish starts, and run it at once
@@ -72,19 +82,7 @@ class LockedQueue(QueueRules):
         self._pending: int | None = None
 
     def _lock_slots(self) -> list[JobQueueState]:
-        def locked():
-            # Every row, also any beyond the slot count (a job may still run in one after the
-            # setting shrank): releasing it must clear it. Only ids <= the count take new jobs.
-            return list(JobQueueState.objects.select_for_update().order_by("id"))
-
-        slots = locked()
-        if sum(1 for slot in slots if slot.id <= self.slot_count) < self.slot_count:
-            # First use, or the slot count grew: create the missing rows, then lock them all.
-            JobQueueState.objects.bulk_create(
-                [JobQueueState(id=i) for i in range(1, self.slot_count + 1)], ignore_conflicts=True
-            )
-            slots = locked()
-        return slots
+        return slots_lock(self.slot_count)
 
     # --- the waiting-jobs counter ---------------------------------------------------------------
 
@@ -115,14 +113,10 @@ class LockedQueue(QueueRules):
 
     def admit(self, job: Job) -> None:
         """Start a newly accepted job, or queue it with its blocking info."""
-        _idle.said = False
-        logger.info("[COORDINATOR] Checking if job %s can start - Models: %s", job.job_id, job.required_models)
+        say("checking", job.job_id, job.required_models)
         verdict = self.assess(job, new=True)
         if verdict.can_start:
-            if self.running:
-                logger.info("[COORDINATOR] No model conflict - %s can start immediately", job.job_id)
-            else:
-                logger.info("[COORDINATOR] No active job - %s can start immediately", job.job_id)
+            say("start_beside" if self.running else "start_idle", job.job_id)
             self.start(job, waiting=False)
         else:
             self.enter_line(job)
@@ -151,7 +145,7 @@ class LockedQueue(QueueRules):
         """Occupy a slot with `job`; `waiting` is False only for a job admitted straight away."""
         slot = self.free_slot()
         assert slot is not None, "start() needs a free slot; assess() first"
-        now = timezone.now()
+        now = self.now
         taken = self.take_next and self.taken is None
         job_started(job, now=now, claimed=taken)
         if waiting:
@@ -163,9 +157,7 @@ class LockedQueue(QueueRules):
         slot.save()
         self.running[job.job_id] = job
         self._mirror_blocker(job)
-        logger.info(
-            "[COORDINATOR] Set active job: %s (%s) - Models: %s", job.job_id, job.kind, job.required_models
-        )
+        say("set_active", job.job_id, job.kind, job.required_models)
         events = [(JobQueueLog.Event.STARTED, {"slot": slot.id, "attempt": job.attempt, "models": job.required_models})]
         if taken:
             # The finishing worker runs it next; nothing to deliver. Should that worker die, the job
@@ -182,20 +174,18 @@ class LockedQueue(QueueRules):
         job.conflict_reason = verdict.reason
         fields = ["blocked_by_job_id", "conflict_reason"]
         if first or job.queued_at is None:
-            job.queued_at = timezone.now()
+            job.queued_at = self.now
             job.queue_position = self._position_on_entry(job)
             fields += ["queued_at", "queue_position"]
         job.save(update_fields=fields)
         self._mirror_blocker(job)
-        blocked_by = job.blocked_by_job_id or "no job: model paused"
+        blocked_by = job.blocked_by_job_id or NO_BLOCKER
         if first:
-            logger.info("[COORDINATOR] Job %s blocked: %s", job.job_id, verdict.reason)
-            logger.info("[COORDINATOR] Marked job %s as queued (blocked by %s)", job.job_id, blocked_by)
+            say("blocked", job.job_id, verdict.reason)
+            say("marked_queued", job.job_id, blocked_by)
             event = JobQueueLog.Event.BLOCKED
         else:
-            logger.info(
-                "[COORDINATOR] Job %s still queued (blocked by %s): %s", job.job_id, blocked_by, verdict.reason
-            )
+            say("still_queued", job.job_id, blocked_by, verdict.reason)
             event = JobQueueLog.Event.REBLOCKED
         JobQueueLog.objects.record(
             event_type=event,
@@ -246,20 +236,15 @@ class LockedQueue(QueueRules):
             return []
         count = self.pending_count()
         if count == 0:
-            # Once per change of state: the reaper dispatches every few seconds, and an idle queue
-            # saying so each time would bury the lines that matter.
-            if not _idle.said:
-                logger.info("[COORDINATOR] No queued jobs")
-                _idle.said = True
+            say("no_queued")
             return []
-        _idle.said = False
-        logger.info("[COORDINATOR] Found %d queued job(s), checking for next eligible job...", count)
+        say("found", count)
         started: list[Job] = []
         while self.free_slot() is not None:
             job = self._next_startable()
             if job is None:
                 break
-            logger.info("[COORDINATOR] Starting next queued job: %s", job.job_id)
+            say("starting_next", job.job_id)
             self.start(job)
             started.append(job)
         return started
@@ -270,7 +255,6 @@ class LockedQueue(QueueRules):
         Only jobs that named a finished job as their blocker are re-read: every other pending job
         still names a job that is running or pending.
         """
-        _idle.said = False  # a job ended: whether anything waits is news again
         started = self.dispatch()
         for waiter in line().filter(blocked_by_job_id__in=finished_job_ids):
             if self.reassess(waiter):
@@ -281,7 +265,7 @@ class LockedQueue(QueueRules):
         """Decide again for a job already in line: start it, or record what it waits for now."""
         verdict = self.assess(job)
         if verdict.can_start:
-            logger.info("[COORDINATOR] Starting next queued job: %s", job.job_id)
+            say("starting_next", job.job_id)
             self.start(job)
             return True
         self.block(job, verdict, first=False)

@@ -15,17 +15,19 @@ from django.db.models import QuerySet
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueState
 from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
+from coordination.queue.words import models_repr, say
 
 logger = logging.getLogger("job_coordinator")
 
 
-def models_repr(models) -> str:
-    """A set of model names as the guide prints it: {'motion-2.0-fast'} (sorted, so stable)."""
-    return "{" + ", ".join(repr(m) for m in sorted(models)) + "}"
-
-
 def paused_reason(models: list[str]) -> str:
     return f"{PAUSED_PREFIX}: {', '.join(models)} (an operator paused it; the job starts once it is resumed)"
+
+
+def started_order(job: Job) -> tuple:
+    """Running jobs in the order they started (then by id, for jobs started in one transaction):
+    the first that holds a model is the one a waiting job names."""
+    return (job.started_at, job.job_id)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class QueueRules:
         found = []
         for model in models:
             if in_use[model] and in_use[model] >= self.capacity(model):
-                holder = next(job for job in self.running.values() if model in job.required_models)
+                holder = min((job for job in self.running.values() if model in job.required_models), key=started_order)
                 found.append((model, holder))
         return found
 
@@ -136,7 +138,7 @@ class QueueRules:
         """May `job` start now? If not, which job it waits for and why, in words."""
         conflicts = self.conflicts(job.required_models)
         if conflicts:
-            logger.info("[COORDINATOR] Model conflict detected: %s", models_repr(m for m, _ in conflicts))
+            say("conflict", models_repr(m for m, _ in conflicts))
 
         ahead = self.predecessor(job, new=new)
         if ahead is not None:
@@ -168,7 +170,7 @@ class QueueRules:
                 if ahead is not None:
                     reason = f"All {self.slot_count} slots are busy; {ahead.kind} job {ahead.job_id} goes first"
                     return Verdict(False, ahead, reason)
-            holder = next(iter(self.running.values()))
+            holder = min(self.running.values(), key=started_order)
             if self.slot_count == 1:
                 models = ", ".join(holder.required_models)
                 reason = f"Serialized mode: one job at a time; {holder.kind} job {holder.job_id} is running ({models})"

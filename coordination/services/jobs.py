@@ -18,7 +18,10 @@ from coordination.exceptions import (
     UnknownModel,
 )
 from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination import fastpath
 from coordination.queue import LockedQueue
+from coordination.queue.locked import slots_lock
+from coordination.queue.words import say
 from coordination.transitions import (
     RETRY,
     Outcome,
@@ -72,17 +75,31 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
     """
     if not job.required_models:
         raise InvalidJob("A job must require at least one model.", field="model")
+    if fastpath.enabled():
+        return _accept_fast(job, on_create)
     with transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=job.owner)
         # Taken under the lock, so line order is the order in which jobs were accepted.
-        job_accepted(job, now=timezone.now())
+        job_accepted(job, now=queue.now)
         if on_create is not None:
             on_create(job)
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
         )
         queue.admit(job)
+    return job
+
+
+def _accept_fast(job: Job, on_create: Callable[[Job], None] | None) -> Job:
+    """job_accept on PostgreSQL: the lock, then one function call (coordination/fastpath)."""
+    with transaction.atomic():
+        slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        pending_limit_check(owner=job.owner)
+        answer = fastpath.submit(job, now=timezone.now())
+        if on_create is not None:
+            on_create(job)
+        fastpath.play(answer)
     return job
 
 
@@ -155,8 +172,8 @@ def job_end_running(
 ) -> None:
     """End a running attempt for good: its outcome, its slot and models freed, its audit row, and
     (unless the caller settles several at once) whatever may start now."""
-    job_ended(job, status=status, now=timezone.now(), result=result, error=error)
-    logger.info("[COORDINATOR] Job %s %s, checking for next queued job...", job.job_id, status)
+    job_ended(job, status=status, now=queue.now, result=result, error=error)
+    say("ended", job.job_id, status)
     queue.release(job)
     JobQueueLog.objects.record(
         event_type=status, job=job, details={"attempt": job.attempt, **({"error": error} if error else {})}
@@ -199,6 +216,28 @@ def _finish(
     take_next: bool = False,
     retry: bool = True,
 ) -> tuple[Job, Job | None]:
+    if fastpath.enabled():
+        with transaction.atomic():
+            slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+            done = fastpath.finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
+                                   retry=retry, take_next=take_next, now=timezone.now())
+        # Committed: an outcome, or the refusal's audit row (a late worker's call is part of the story).
+        if done.outcome == "ended":
+            return done.job, done.taken
+        if done.outcome == "refused":
+            job = done.job
+            refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
+            logger.warning("[COORDINATOR] %s", refusal)
+            raise StaleAttempt(refusal)
+        # A cancel asked for, or a retry: the function changed nothing; the Python path decides.
+    return _finish_locked(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
+                          take_next=take_next, retry=retry)
+
+
+def _finish_locked(
+    *, job_id, attempt: int, status: str, result: dict | None, error: str | None, take_next: bool, retry: bool,
+) -> tuple[Job, Job | None]:
+    """The Python path of _finish: its own transaction, under the lock."""
     refusal = None
     with transaction.atomic():
         queue = LockedQueue(take_next=take_next)
@@ -271,10 +310,10 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
                     details={"by": getattr(user, "username", None), "reason": reason, "attempt": job.attempt},
                 )
             return job
-        job_cancelled_waiting(job, now=timezone.now(), reason=reason)
+        job_cancelled_waiting(job, now=queue.now, reason=reason)
         queue.leave_line(job)
         LockedQueue._mirror_blocker(job)
-        logger.info("[COORDINATOR] Job %s cancelled, checking for next queued job...", job.job_id)
+        say("ended", job.job_id, Job.Status.CANCELLED)
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.CANCELLED,
             job=job,

@@ -6,6 +6,7 @@ from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.services import job_cancel, job_complete
 from tests.helpers import (
+    AUDIT_FAILED,
     assert_exclusion,
     assert_honest_waiting,
     assert_in_order,
@@ -118,7 +119,7 @@ def test_a_cancel_and_its_audit_row_are_one_transaction(user, fail_audit):
     running = submit(user)
     waiting = submit(user)
     fail_audit(JobQueueLog.Event.CANCELLED)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(AUDIT_FAILED):
         job_cancel(job_id=waiting.job_id, user=user)
 
     waiting = fresh(waiting)

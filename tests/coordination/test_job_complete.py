@@ -7,6 +7,7 @@ from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.recovery import reap
 from coordination.services import job_cancel, job_complete, job_fail
 from tests.helpers import (
+    AUDIT_FAILED,
     assert_exclusion,
     assert_honest_waiting,
     assert_in_order,
@@ -140,7 +141,7 @@ def test_completion_and_the_next_start_are_one_transaction(user, fail_audit):
     job1 = submit(user)
     job2 = submit(user)
     fail_audit(JobQueueLog.Event.STARTED)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(AUDIT_FAILED):
         job_complete(job_id=job1.job_id, attempt=1, result={})
 
     assert fresh(job1).status == Job.Status.RUNNING
@@ -156,7 +157,7 @@ def test_an_outcome_and_its_audit_row_are_one_transaction(user, fail_audit, fini
     job = submit(user)
     fail_audit(event)
     kwargs = {"result": {}} if finish is job_complete else {"error": "boom"}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(AUDIT_FAILED):
         finish(job_id=job.job_id, attempt=1, **kwargs)
 
     job = fresh(job)

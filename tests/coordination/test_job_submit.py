@@ -8,6 +8,7 @@ from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.queue import line_position
 from coordination.services import job_complete
 from tests.helpers import (
+    AUDIT_FAILED,
     assert_exclusion,
     assert_honest_waiting,
     coordinator_lines,
@@ -158,7 +159,7 @@ def test_a_workflows_audit_rows_say_workflow(user):
 def test_submission_and_its_audit_row_are_one_transaction(user, fail_audit):
     """I6: if writing the `started` row fails, the job is not accepted at all."""
     fail_audit(JobQueueLog.Event.STARTED)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(AUDIT_FAILED):
         submit(user)
 
     assert not Job.objects.exists()
