@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
@@ -23,6 +23,21 @@ from coordination.services.repairs import running_repair, waiting_repair
 logger = logging.getLogger("job_coordinator")
 
 HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
+
+
+def job_taken_confirm(*, job_id, attempt: int) -> bool:
+    """A worker confirms it took a handed-over job (its first heartbeat), before its runner starts.
+    One statement, written as SQL: it runs once per job on the hot path. False if the attempt is no
+    longer current (an operator ended it in between): the worker must not run it."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s "
+            "WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt = %s",
+            [now, now + timedelta(seconds=lease_seconds()), Job._meta.pk.get_db_prep_value(job_id, connection),
+             Job.Status.RUNNING, attempt, attempt],
+        )
+        return cursor.rowcount == 1
 
 
 def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True, look_for_cancel: bool = True) -> str:

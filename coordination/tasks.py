@@ -12,7 +12,7 @@ from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, queue_log_prune
-from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
+from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, job_taken_confirm, reap_if_due
 from coordination.recovery import reap as reaper_pass
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
@@ -24,8 +24,8 @@ def run_job(job_id: str, attempt: int) -> None:
     """Run the job for this attempt, then every job handed to this worker by its finish.
 
     When a job ends, the coordinator starts the next one in the same transaction; the worker takes
-    it there (claimed, so its own delivery does nothing) and runs it at once. That hop is what makes
-    back-to-back jobs fast in serialized mode. Hand-offs stop once the task has used up one job
+    it there (claimed, so its own delivery does nothing), confirms that with one UPDATE and runs it
+    at once. That hop is what makes back-to-back jobs fast in serialized mode. Hand-offs stop once the task has used up one job
     timeout, so a task never outlives django-q2's timeout (twice the job timeout).
     """
     job = job_claim(job_id=job_id, attempt=attempt)
@@ -44,10 +44,10 @@ def run_job(job_id: str, attempt: int) -> None:
                 "%s processing job %s attempt %s (handed over when job %s ended)",
                 current_process().name, job.job_id, job.attempt, finished,
             )
-        # One UPDATE; a cancel, if any, is seen by the lease keeper within its first second.
-        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
-            # Taking a handed-off job is confirmed by its first heartbeat; until then the reaper
-            # treats it as never taken (re-sends it without using up an attempt).
+        # One UPDATE before the runner starts: should this worker die before it, the reaper sends the
+        # job again without using up an attempt (it never ran). A cancel is seen by the lease keeper.
+        if job is not None and not job_taken_confirm(job_id=job.job_id, attempt=job.attempt):
+            job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False)  # audits the refusal
             job = None
         try:
             reap_if_due()
@@ -161,13 +161,13 @@ def _run(job: Job, attempt: int, should_stop) -> dict:
 
 def normal_run(*, job: Job, attempt: int, should_stop) -> dict:
     """A normal job: one call of its model's runner."""
-    model = CatalogModel.objects.get(name=job.model)
+    # A handed-over job comes with its model's catalog row, read in the transaction that started it.
+    model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
     call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop)
     return get_runner(model.runner).run(call)
 
 
 job_kind_register(Job.Kind.NORMAL, run=normal_run)
-
 
 def reap() -> dict:
     """The reaper's schedule (see coordination.recovery)."""

@@ -49,7 +49,7 @@ def job_accepted(job: Job, *, now: datetime) -> None:
 def job_started(job: Job, *, now: datetime, claimed: bool = False) -> None:
     """A waiting job takes a slot: a new attempt, with a lease from now (a task no worker takes is
     sent again by the reaper; a worker that dies lets it lapse). `claimed`: the finishing worker
-    runs it at once (the hand-off)."""
+    runs it at once (the hand-off); its first heartbeat confirms that it did."""
     _move(job, RUNNING)
     job.started_at = now
     job.attempt += 1

@@ -24,7 +24,7 @@ from django.db import connection, models, transaction
 from django.utils.dateparse import parse_datetime
 
 from coordination.kinds import job_blocked_changed
-from coordination.models import Job
+from coordination.models import CatalogModel, Job
 from coordination.queue.locked import enqueue_job_run
 from coordination.queue.words import NO_BLOCKER, models_repr, say
 
@@ -42,6 +42,14 @@ def install(schema_editor=None) -> None:
         return
     with target.cursor() as cursor:
         cursor.execute(SCHEMA_SQL.read_text())
+
+
+def _model_from_row(model_class, row: dict):
+    values = {field.attname: row.get(field.column) for field in model_class._meta.concrete_fields}
+    instance = model_class(**values)
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance
 
 
 def _job_from_row(row: dict, into: Job | None = None) -> Job:
@@ -96,11 +104,18 @@ def _play(answer: dict) -> Job | None:
     for job_id, attempt in answer.get("enqueue", ()):
         transaction.on_commit(partial(enqueue_job_run, uuid.UUID(job_id), attempt))
     taken = answer.get("taken")
-    return _job_from_row(taken) if taken else None
+    if not taken:
+        return None
+    job = _job_from_row(taken)
+    if answer.get("taken_model"):
+        # Its worker runs it at once: the catalog row comes along, so the runner's call needs no read.
+        job.catalog_row = _model_from_row(CatalogModel, answer["taken_model"])
+    return job
 
 
 SIGNATURES = {
     "jq_submit": ("jsonb", "timestamptz", "int", "int"),
+    "jq_submit_many": ("jsonb", "timestamptz", "int", "int"),
     "jq_finish": ("uuid", "int", "text", "jsonb", "text", "boolean", "boolean", "timestamptz", "int", "int"),
 }
 
@@ -113,21 +128,37 @@ def _call(function: str, params: list):
     return json.loads(answer) if isinstance(answer, str) else answer
 
 
+def _submission(job: Job) -> dict:
+    return {
+        "job_id": str(job.job_id), "kind": job.kind, "job_type": job.job_type, "model": job.model,
+        "prompt": job.prompt, "params": job.params, "owner_id": job.owner_id, "priority": job.priority,
+        "required_models": job.required_models,
+    }
+
+
 def submit(job: Job, *, now: datetime) -> dict:
     """Insert `job` and start or queue it (jq_submit). Fills `job` in with what was decided; returns
     the answer to play once the caller's own rows for the job exist (`play`)."""
     answer = _call(
         "jq_submit",
+        [json.dumps(_submission(job)), now, settings.COORDINATOR_MAX_ACTIVE_JOBS, settings.COORDINATOR_LEASE_SECONDS],
+    )
+    _job_from_row(answer["job"], into=job)
+    return answer
+
+
+def submit_many(jobs: list[Job], *, now: datetime) -> dict:
+    """Insert and admit `jobs` in order, in one call (jq_submit_many): a batch under one lock hold.
+    Fills each job in with what was decided; returns the answer to `play` afterwards."""
+    answer = _call(
+        "jq_submit_many",
         [
-            json.dumps({
-                "job_id": str(job.job_id), "kind": job.kind, "job_type": job.job_type, "model": job.model,
-                "prompt": job.prompt, "params": job.params, "owner_id": job.owner_id, "priority": job.priority,
-                "required_models": job.required_models,
-            }),
+            json.dumps([_submission(job) for job in jobs]),
             now, settings.COORDINATOR_MAX_ACTIVE_JOBS, settings.COORDINATOR_LEASE_SECONDS,
         ],
     )
-    _job_from_row(answer["job"], into=job)
+    for job, row in zip(jobs, answer["jobs"], strict=True):
+        _job_from_row(row, into=job)
     return answer
 
 

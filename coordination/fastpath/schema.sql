@@ -308,6 +308,7 @@ BEGIN
         INSERT INTO job_queue_log (job_id, job_type, event_type, conflict_reason, created_at, details)
             VALUES (r.job_id, r.kind, 'claimed', NULL, now_, jsonb_build_object('attempt', r.attempt, 'handoff', true));
         ctx := jsonb_set(ctx, '{taken}', to_jsonb(r));
+        ctx := jsonb_set(ctx, '{taken_model}', coalesce((SELECT to_jsonb(c) FROM model_catalog c WHERE c.name = r.model), 'null'::jsonb));
     ELSE
         ctx := jsonb_set(ctx, '{enqueue}', (ctx->'enqueue') || jsonb_build_array(jsonb_build_array(r.job_id, r.attempt)));
     END IF;
@@ -444,9 +445,44 @@ END $$;
 -- job_accept() + LockedQueue.admit(): insert a new job, then start it or queue it.
 CREATE OR REPLACE FUNCTION jq_submit(p_job jsonb, p_now timestamptz, p_slots int, p_lease int) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN jq_admit(jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
+                                       'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease), p_job);
+END $$;
+
+-- A batch (POST /jobs/batch): each job admitted in turn, in order, under the one lock the caller holds.
+-- Answers {"events": [...], "enqueue": [...], "jobs": [row, ...]} in the batch's order.
+CREATE OR REPLACE FUNCTION jq_submit_many(p_jobs jsonb, p_now timestamptz, p_slots int, p_lease int) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     ctx jsonb := jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
                                     'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease);
+    item jsonb;
+    -- Collected per job in arrays (appended in place), not in ctx: a jsonb grown by one event at a
+    -- time would be copied whole at every step.
+    events jsonb[] := '{}';
+    enqueue jsonb[] := '{}';
+    rows jsonb[] := '{}';
+BEGIN
+    FOR item IN SELECT e.value FROM jsonb_array_elements(p_jobs) WITH ORDINALITY AS e(value, n) ORDER BY e.n LOOP
+        ctx := jq_admit(ctx || jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb), item);
+        events := array_append(events, ctx->'events');
+        enqueue := array_append(enqueue, ctx->'enqueue');
+        rows := array_append(rows, ctx->'job');
+    END LOOP;
+    RETURN jsonb_build_object(
+        'events', (SELECT coalesce(jsonb_agg(e.value ORDER BY a.n, e.n), '[]'::jsonb)
+                   FROM unnest(events) WITH ORDINALITY AS a(value, n), jsonb_array_elements(a.value) WITH ORDINALITY AS e(value, n)),
+        'enqueue', (SELECT coalesce(jsonb_agg(e.value ORDER BY a.n, e.n), '[]'::jsonb)
+                    FROM unnest(enqueue) WITH ORDINALITY AS a(value, n), jsonb_array_elements(a.value) WITH ORDINALITY AS e(value, n)),
+        'jobs', to_jsonb(rows),
+        'taken', 'null'::jsonb);
+END $$;
+
+CREATE OR REPLACE FUNCTION jq_admit(ctx jsonb, p_job jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    p_now timestamptz := (ctx->>'now')::timestamptz;
     j jobs;
     verdict record;
     is_held boolean;

@@ -1,12 +1,13 @@
 """A job's life under the coordinator lock: submit, start, finish, cancel, claim, retry."""
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.exceptions import (
@@ -329,17 +330,23 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
     django-q2 may deliver a task twice; only the first delivery of an attempt gets the job, so a
     runner never runs twice for one attempt.
     """
+    try:
+        job_id = uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+    now = timezone.now()
+    columns = ", ".join(field.column for field in Job._meta.concrete_fields)
     with transaction.atomic():
-        now = timezone.now()
-        claimed = Job.objects.filter(
-            pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt__lt=attempt
-        ).update(
-            claimed_attempt=attempt,
-            heartbeat_at=now,
-            lease_expires_at=now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS),
-        )
+        # One statement takes the attempt and returns the row (RETURNING: PostgreSQL, SQLite >= 3.35);
+        # the audit row is the second. Fenced by status and attempt: a second delivery takes nothing.
+        claimed = list(Job.objects.raw(
+            f"UPDATE {Job._meta.db_table} SET claimed_attempt = %s, heartbeat_at = %s, lease_expires_at = %s "
+            f"WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt < %s RETURNING {columns}",
+            [attempt, now, now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS),
+             Job._meta.pk.get_db_prep_value(job_id, connection), Job.Status.RUNNING, attempt, attempt],
+        ))
         if not claimed:
             return None
-        job = Job.objects.get(pk=job_id)
+        job = claimed[0]
         JobQueueLog.objects.record(event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": attempt})
     return job
