@@ -152,11 +152,14 @@ def _typical_for(job: Job, cache: dict) -> float:
 @dataclass(frozen=True)
 class Wait:
     """A waiting job's `waiting_for` (model by model: who holds it, how many wait before it in its
-    line, whether an operator paused it) and `estimated_start_at`; both None for a job that does not
-    wait, and the estimate None while a paused model holds it."""
+    line, whether an operator paused it), `estimated_start_at`, and `waiting_for_slot` (every slot
+    is busy: how many there are, the jobs holding them, how many wait before it in the whole line);
+    all None for a job that does not wait, the estimate None while a paused model holds it, and the
+    slot wait None while a slot is free."""
 
     waiting_for: list[dict] | None = None
     estimated_start_at: datetime | None = None
+    waiting_for_slot: dict | None = None
 
 
 def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
@@ -164,7 +167,8 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
     before it, its place in each of its models' lines, their catalog rows, their recent run times.
     Four queries at most (three for a held job, none for a job that does not wait), however long
     the line and however many models: the values queue.waiting_for() and estimated_start() give
-    by reading them one model at a time."""
+    by reading them one model at a time. With every slot busy, one more counts the jobs before it
+    in the whole line, unless the job was read with that count (`unheld_before`, as job_detail does)."""
     if job.status != Job.Status.PENDING:
         return Wait()
     serialized = settings.COORDINATOR_MAX_ACTIVE_JOBS == 1
@@ -188,8 +192,11 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
         }
         for model in job.required_models
     ]
+    # Its models may all be free and it still waits: for a slot (in serialized mode, the single one).
+    slot = _slot_wait(job, running)
     if job.held:
-        return Wait(waiting_for=waiting_for)  # it starts when an operator resumes its model: no time to give
+        # It starts when an operator resumes its model: no time to give.
+        return Wait(waiting_for=waiting_for, waiting_for_slot=slot)
     now = now or timezone.now()
     typical = typical_run_seconds_of(
         models, defaults={name: row.default_simulate_seconds for name, row in catalog.items()}
@@ -201,14 +208,28 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
         # (held jobs step aside: they run after their model is resumed, not before this one).
         ahead = sorted((other for other in before if other.status == Job.Status.PENDING), key=line_key)
         left = sum(max(0.0, _typical_for(r, typical) - _elapsed(r, now)) for r in running)
-        return Wait(waiting_for, now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead)))
+        return Wait(waiting_for, now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead)), slot)
     waits = []
     for model in job.required_models:
         holders_left = sum(max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models)
         unheld_ahead = in_lines.get(model, (0, 0))[1]
         capacity = catalog[model].capacity if model in catalog else 1
         waits.append((holders_left + unheld_ahead * typical[model]) / max(1, capacity))
-    return Wait(waiting_for, now + timedelta(seconds=max(waits, default=0.0)))
+    return Wait(waiting_for, now + timedelta(seconds=max(waits, default=0.0)), slot)
+
+
+def _slot_wait(job: Job, running: list[Job]) -> dict | None:
+    """Every slot busy: the slots, their jobs (in the order they started), and how many jobs wait
+    before `job` in the whole line, not counting those a pause holds (they step aside for it). The
+    count comes with the job when its reader annotated it (`unheld_before`, selectors.job_detail);
+    else it is one query."""
+    slots = settings.COORDINATOR_MAX_ACTIVE_JOBS
+    if len(running) < slots:
+        return None
+    ahead = getattr(job, "unheld_before", None)
+    if ahead is None:
+        ahead = line().filter(ahead_of(job), held=False).count()
+    return {"slots": slots, "held_by": [{"job_id": r.job_id, "kind": r.kind} for r in running], "jobs_ahead": ahead}
 
 
 def _jobs_before(job: Job, *, serialized: bool) -> list[Job]:

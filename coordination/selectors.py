@@ -55,19 +55,29 @@ class JobDetail:
     queue_position: int | None
     waiting_for: list[dict] | None
     estimated_start_at: datetime | None
+    waiting_for_slot: dict | None = None
 
 
 def job_detail(*, user, job_id) -> JobDetail:
-    """The job with its place in line counted in the same query, and what it waits for read by
-    estimates.job_wait: five queries at most, however long the line and however many models."""
-    waiting = Case(When(status=Job.Status.PENDING, then=count_ahead(line())), output_field=IntegerField())
-    job = job_get(user=user, job_id=job_id, jobs=Job.objects.select_related("workflow_execution").annotate(jobs_before=waiting))
+    """The job with its place in line counted in the same query (all the jobs before it, and those
+    a pause does not hold, for its slot wait), and what it waits for read by estimates.job_wait:
+    five queries at most, however long the line and however many models."""
+
+    def when_waiting(count):
+        return Case(When(status=Job.Status.PENDING, then=count), output_field=IntegerField())
+
+    jobs = Job.objects.select_related("workflow_execution").annotate(
+        jobs_before=when_waiting(count_ahead(line())),
+        unheld_before=when_waiting(count_ahead(line().filter(held=False))),
+    )
+    job = job_get(user=user, job_id=job_id, jobs=jobs)
     wait = job_wait(job)
     return JobDetail(
         job=job,
         queue_position=None if job.jobs_before is None else job.jobs_before + 1,
         waiting_for=wait.waiting_for,
         estimated_start_at=wait.estimated_start_at,
+        waiting_for_slot=wait.waiting_for_slot,
     )
 
 

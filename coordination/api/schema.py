@@ -7,7 +7,12 @@ Importing this module registers the extensions; views.py imports it.
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
-from coordination.api.serializers import JobSerializer, JobSubmitSerializer, WaitingForSerializer
+from coordination.api.serializers import (
+    JobSerializer,
+    JobSubmitSerializer,
+    WaitingForSerializer,
+    WaitingForSlotSerializer,
+)
 from coordination.models import Job
 
 class ErrorSerializer(serializers.Serializer):
@@ -88,8 +93,10 @@ class JobSubmitSchema(OpenApiSerializerExtension):
 
 class JobSchema(OpenApiSerializerExtension):
     target_class = JobSerializer
-    # Keys only some responses carry: the workflow ones on workflow jobs, waiting_for on GET /jobs/{id}.
-    optional = {"workflow_id", "current_step", "current_step_model", "waiting_for", "estimated_start_at"}
+    # Keys only some responses carry: the workflow ones on workflow jobs, the waits on GET /jobs/{id}.
+    optional = {
+        "workflow_id", "current_step", "current_step_model", "waiting_for", "estimated_start_at", "waiting_for_slot",
+    }
 
     def map_serializer(self, auto_schema, direction):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
@@ -109,6 +116,13 @@ class JobSchema(OpenApiSerializerExtension):
             "nullable": True,
             "readOnly": True,
             "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start (null while a paused model holds it).",
+        }
+        properties["waiting_for_slot"] = {
+            "allOf": [auto_schema.resolve_serializer(WaitingForSlotSerializer, direction).ref],
+            "nullable": True,
+            "readOnly": True,
+            "description": "GET /jobs/{job_id} only: for a pending job while every slot is busy, the slot it "
+            "waits for (in serialized mode, the single one), whatever its models; null while a slot is free.",
         }
         schema["required"] = [name for name in schema["required"] if name not in self.optional]
         return schema

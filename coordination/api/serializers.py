@@ -93,6 +93,14 @@ class WaitingForSerializer(serializers.Serializer):
     paused = serializers.BooleanField(help_text="An operator paused this model: no job starts on it until it is resumed.")
 
 
+class WaitingForSlotSerializer(serializers.Serializer):
+    slots = serializers.IntegerField(help_text="How many jobs may run at once (COORDINATOR_MAX_ACTIVE_JOBS); 1: serialized mode.")
+    held_by = HolderSerializer(many=True, help_text="The jobs running in them, in the order they started.")
+    jobs_ahead = serializers.IntegerField(
+        help_text="Jobs before it in the whole line, not counting those a paused model holds (they step aside)."
+    )
+
+
 class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
     workflow_id = serializers.SerializerMethodField()
@@ -143,6 +151,9 @@ class JobSerializer(serializers.ModelSerializer):
             # From each model's recent run times (coordination.estimates); null unless waiting.
             eta = detail.estimated_start_at
             data["estimated_start_at"] = serializers.DateTimeField().to_representation(eta) if eta else None
+            # Every slot busy: it waits for one (in serialized mode, the single one), whoever holds its models.
+            slot = detail.waiting_for_slot
+            data["waiting_for_slot"] = WaitingForSlotSerializer(slot).data if slot is not None else None
         if job.kind != Job.Kind.WORKFLOW:
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)

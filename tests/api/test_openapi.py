@@ -157,3 +157,14 @@ def test_docs_assets_are_served_from_our_static_files(settings):
         response = client.get(asset)
         assert response.status_code == 200, asset
         assert b"".join(response.streaming_content if response.streaming else [response.content])
+
+
+def test_the_slot_wait_is_typed_and_optional(schema):
+    job = schema["components"]["schemas"]["Job"]
+    slot = job["properties"]["waiting_for_slot"]
+    assert slot["nullable"] is True and slot["readOnly"] is True
+    assert slot["allOf"][0]["$ref"].endswith("/WaitingForSlot")
+    assert "waiting_for_slot" not in job["required"]
+    shape = schema["components"]["schemas"]["WaitingForSlot"]
+    assert set(shape["required"]) == {"slots", "held_by", "jobs_ahead"}
+    assert shape["properties"]["held_by"]["items"]["$ref"].endswith("/Holder")

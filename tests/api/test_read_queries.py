@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from coordination.estimates import estimated_start, job_wait
 from coordination.models import Job
 from coordination.queue import line, line_position, waiting_for
+from coordination.queue.lines import line_key
 from coordination.services import job_cancel, job_claim, job_complete, job_fail, model_pause
 from tests.factories import UserFactory
 from tests.helpers import execute_workflow, submit
@@ -163,3 +164,18 @@ def test_queue_status_is_read_in_a_fixed_number_of_queries(busy_queue, django_as
     assert len(status["active_jobs"]) == settings.COORDINATOR_MAX_ACTIVE_JOBS
     assert status["queue_length"] == line().count() > 100
     assert len(status["queued_jobs"]) == settings.COORDINATOR_STATUS_LIST_LIMIT
+
+
+def test_the_slot_wait_read_with_the_job_says_what_counting_it_apart_says(busy_queue, settings):
+    """job_detail counts the unheld jobs before a job in its own query; job_wait, given a job read
+    without that count, counts them apart: the same numbers, and the same running jobs."""
+    client = token_client(UserFactory(is_staff=True))
+    running = list(Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id"))
+    waiting = list(line())
+    for job in waiting[::9]:
+        body = client.get(f"/jobs/{job.job_id}").json()
+        apart = job_wait(job).waiting_for_slot
+        counted = sum(1 for other in waiting if not other.held and line_key(other) < line_key(job))
+        assert body["waiting_for_slot"]["jobs_ahead"] == apart["jobs_ahead"] == counted, job
+        assert body["waiting_for_slot"]["slots"] == settings.COORDINATOR_MAX_ACTIVE_JOBS
+        assert [holder["job_id"] for holder in body["waiting_for_slot"]["held_by"]] == [str(r.job_id) for r in running]
