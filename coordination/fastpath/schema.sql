@@ -10,37 +10,57 @@
 -- into [COORDINATOR] lines (the words live in Python, coordination/queue/words.py), the tasks to
 -- enqueue on commit, and the job a finishing worker takes (the hand-off).
 
-CREATE OR REPLACE FUNCTION jq_capacity(p_model text) RETURNS int LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce((SELECT capacity FROM model_catalog WHERE name = p_model), 1)
-$$;
+-- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL
+-- function anew at every call, while PL/pgSQL keeps its plans for the session.
 
-CREATE OR REPLACE FUNCTION jq_paused_any() RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT EXISTS (SELECT 1 FROM model_catalog WHERE paused)
-$$;
+CREATE OR REPLACE FUNCTION jq_capacity(p_model text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN coalesce((SELECT capacity FROM model_catalog WHERE name = p_model), 1);
+END $$;
+
+CREATE OR REPLACE FUNCTION jq_paused_any() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM model_catalog WHERE paused);
+END $$;
 
 -- Which of `models` (in their order) an operator paused.
-CREATE OR REPLACE FUNCTION jq_paused_among(p_models jsonb) RETURNS text[] LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(array_agg(m.name ORDER BY m.n), '{}')
-    FROM jsonb_array_elements_text(p_models) WITH ORDINALITY AS m(name, n)
-    WHERE EXISTS (SELECT 1 FROM model_catalog c WHERE c.name = m.name AND c.paused)
-$$;
+CREATE OR REPLACE FUNCTION jq_paused_among(p_models jsonb) RETURNS text[] LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT jq_paused_any() THEN
+        RETURN '{}';
+    END IF;
+    RETURN (SELECT coalesce(array_agg(m.name ORDER BY m.n), '{}')
+            FROM jsonb_array_elements_text(p_models) WITH ORDINALITY AS m(name, n)
+            WHERE EXISTS (SELECT 1 FROM model_catalog c WHERE c.name = m.name AND c.paused));
+END $$;
 
-CREATE OR REPLACE FUNCTION jq_in_use(p_model text) RETURNS int LANGUAGE sql VOLATILE AS $$
-    SELECT count(*)::int FROM jobs WHERE status = 'running' AND required_models ? p_model
-$$;
+CREATE OR REPLACE FUNCTION jq_in_use(p_model text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM jobs WHERE status = 'running' AND required_models ? p_model);
+END $$;
 
 -- The running job that holds `model` longest (running jobs in order of start, then id).
-CREATE OR REPLACE FUNCTION jq_holder(p_model text) RETURNS jobs LANGUAGE sql VOLATILE AS $$
-    SELECT * FROM jobs WHERE status = 'running' AND required_models ? p_model
-    ORDER BY started_at, job_id LIMIT 1
-$$;
+CREATE OR REPLACE FUNCTION jq_holder(p_model text) RETURNS jobs LANGUAGE plpgsql VOLATILE AS $$
+DECLARE r jobs;
+BEGIN
+    SELECT * INTO r FROM jobs WHERE status = 'running' AND required_models ? p_model
+        ORDER BY started_at, job_id LIMIT 1;
+    RETURN r;
+END $$;
 
-CREATE OR REPLACE FUNCTION jq_any_conflict(p_models jsonb) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM jsonb_array_elements_text(p_models) AS m(name)
-        WHERE jq_in_use(m.name) > 0 AND jq_in_use(m.name) >= jq_capacity(m.name)
-    )
-$$;
+CREATE OR REPLACE FUNCTION jq_any_conflict(p_models jsonb) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m text;
+    used int;
+BEGIN
+    FOR m IN SELECT e.name FROM jsonb_array_elements_text(p_models) AS e(name) LOOP
+        used := jq_in_use(m);
+        IF used > 0 AND used >= jq_capacity(m) THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END $$;
 
 -- rules.free_slot(): a slot row that may take a job, or NULL when every slot is busy.
 CREATE OR REPLACE FUNCTION jq_free_slot(p_slots int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
@@ -265,9 +285,10 @@ BEGIN
     can_start := true;
 END $$;
 
-CREATE OR REPLACE FUNCTION jq_event(ctx jsonb, VARIADIC p_parts text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_set(ctx, '{events}', (ctx->'events') || jsonb_build_array(to_jsonb(p_parts)))
-$$;
+CREATE OR REPLACE FUNCTION jq_event(ctx jsonb, VARIADIC p_parts text[]) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN jsonb_set(ctx, '{events}', (ctx->'events') || jsonb_build_array(to_jsonb(p_parts)));
+END $$;
 
 -- transitions.job_started + LockedQueue.start(): occupy a slot with waiting job `p_job`.
 CREATE OR REPLACE FUNCTION jq_start(ctx jsonb, p_job uuid, p_waiting boolean) RETURNS jsonb
@@ -488,12 +509,12 @@ DECLARE
     is_held boolean;
     had_running boolean;
 BEGIN
-    INSERT INTO jobs (job_id, kind, job_type, model, prompt, params, owner_id, priority, held, status,
+    INSERT INTO jobs (job_id, kind, job_type, model, prompt, params, owner_id, priority, client_ref, held, status,
                       required_models, queue_position, blocked_by_job_id, conflict_reason, queued_at, created_at,
                       started_at, completed_at, result, error, attempt, claimed_attempt, lease_expires_at,
                       heartbeat_at, cancel_requested_at)
         VALUES ((p_job->>'job_id')::uuid, p_job->>'kind', p_job->>'job_type', p_job->>'model', p_job->>'prompt',
-                p_job->'params', (p_job->>'owner_id')::int, (p_job->>'priority')::int, false, 'pending',
+                p_job->'params', (p_job->>'owner_id')::int, (p_job->>'priority')::int, p_job->>'client_ref', false, 'pending',
                 p_job->'required_models', NULL, NULL, NULL, NULL, p_now, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, NULL)
         RETURNING * INTO j;
     INSERT INTO job_queue_log (job_id, job_type, event_type, conflict_reason, created_at, details)
