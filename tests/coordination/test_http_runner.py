@@ -4,14 +4,14 @@ import json
 import logging
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import pytest
 from django.core.exceptions import ValidationError
 
+import coordination.runners.http as http_runner
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner, runner_call
 from coordination.tasks import run_job
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.django_db
 
 SECRET = "sk-test-4f1c9e2b-never-stored"
 MODEL = "motion-2.0-fast"
+# How long /hold keeps an answer nobody released: only a bound for a runner that (wrongly) waits.
+HOLD_LIMIT = 30
 
 
 class Provider:
@@ -33,6 +35,11 @@ class Provider:
         self.poll_outcome = "succeeded"
         self.polls: dict[str, int] = {}
         self.lock = threading.Lock()
+        # /hold keeps its answer until `release` is set: `holding` requests are waiting there now,
+        # `answered` were let go (all of them counted under the lock).
+        self.release = threading.Event()
+        self.holding = 0
+        self.answered = 0
 
     def received(self, method: str, path: str | None = None) -> list[dict]:
         return [r for r in self.requests if r["method"] == method and (path is None or r["path"] == path)]
@@ -61,13 +68,20 @@ def _handler(provider: Provider):
 
         def do_POST(self):
             request = self._record()
-            path, query = request["path"], parse_qs(urlsplit(self.path).query)
-            body = request["body"]
+            path, body = request["path"], request["body"]
             if path == "/sync":
                 return self._answer(200, {"output": f"video://{body['model']}/{body['job_id']}", "prompt": body["prompt"]})
-            if path == "/slow":
-                time.sleep(float(query["delay"][0]))
-                return self._answer(200, {"output": "slow but done"})
+            if path == "/hold":
+                with provider.lock:
+                    provider.holding += 1
+                provider.release.wait(HOLD_LIMIT)
+                with provider.lock:
+                    provider.holding -= 1
+                    provider.answered += 1
+                try:
+                    return self._answer(200, {"output": "slow but done"})
+                except OSError:  # the runner stopped listening, as it should have
+                    return None
             if path == "/flaky":
                 with provider.lock:
                     failing = provider.failures_left > 0
@@ -111,6 +125,7 @@ def provider():
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield state
+    state.release.set()  # let a held answer go, so its handler thread ends
     server.shutdown()
     server.server_close()
     thread.join()
@@ -135,6 +150,35 @@ def call(*, params=None, should_stop=lambda: False) -> RunnerCall:
 
 def run(runner_call: RunnerCall) -> dict:
     return get_runner("http").run(runner_call)
+
+
+class FakeClock:
+    """Stands in for the http runner's `time`: a sleep moves the clock on at once (and is recorded).
+
+    Only the runner's own waits (backoff, poll interval, deadline) run on it; its HTTP requests are
+    real, and take no time on this clock."""
+
+    def __init__(self):
+        self.start = self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(http_runner, "time", fake)
+    return fake
 
 
 def free_port() -> int:
@@ -213,53 +257,62 @@ def test_a_failed_provider_job_fails_with_the_providers_message(provider):
         run(call(params={"poll_interval": 0.05}))
 
 
-def test_stopping_while_polling_cancels_the_provider_job(provider):
+def test_stopping_while_polling_is_seen_within_a_tick_and_cancels_the_provider_job(provider, clock):
     provider.polls_needed = 1000
     use_http(f"{provider.url}/poll", provider_style="poll")
+    # Polls at 0.5 s and 1.0 s; told to stop halfway through the tick at 1.2-1.3 s, before the next poll.
+    stop_at = clock.now + 1.25
 
-    def should_stop() -> bool:
-        return len(provider.received("GET")) >= 3
-
-    started = time.monotonic()
     with pytest.raises(RunnerStopped):
-        run(call(params={"poll_interval": 0.5}, should_stop=should_stop))
+        run(call(params={"poll_interval": 0.5}, should_stop=lambda: clock.now >= stop_at))
 
-    assert time.monotonic() - started < 2.5  # seen within a tick, not after a whole poll interval
-    polled = provider.received("GET")[0]["path"]
-    assert [r["path"] for r in provider.received("DELETE")] == [polled]
+    # Seen at the next tick, not at the next poll (1.5 s): the wait between polls looks every tick.
+    assert stop_at <= clock.now <= stop_at + http_runner.TICK
+    polls = provider.received("GET")
+    assert len(polls) == 2
+    assert [r["path"] for r in provider.received("DELETE")] == [polls[0]["path"]]
 
 
 def test_stopping_while_a_slow_answer_is_awaited_does_not_wait_for_it(provider):
-    use_http(f"{provider.url}/slow")
-    stop_at = time.monotonic() + 0.3
+    use_http(f"{provider.url}/hold")
 
-    started = time.monotonic()
+    # Told to stop once the provider holds the request; it answers only when released (never, here).
     with pytest.raises(RunnerStopped):
-        run(call(should_stop=lambda: time.monotonic() >= stop_at))
-    assert time.monotonic() - started < 1.0
+        run(call(should_stop=lambda: provider.holding > 0))
+    assert provider.answered == 0  # the runner gave up on the answer; it did not wait for it
 
 
 def test_a_slow_answer_within_the_timeout_is_the_result(provider):
-    use_http(f"{provider.url}/slow?delay=0.5", timeout_seconds=5)
+    use_http(f"{provider.url}/hold", timeout_seconds=HOLD_LIMIT * 2)
+    ticks_held = []
 
-    assert run(call()) == {"output": "slow but done"}
+    def should_stop() -> bool:  # asked every tick while the runner waits for the answer
+        if provider.holding:
+            ticks_held.append(True)
+        if len(ticks_held) == 3:  # it has waited three ticks on a held answer: now the answer comes
+            provider.release.set()
+        return False
+
+    assert run(call(should_stop=should_stop)) == {"output": "slow but done"}
+    assert provider.answered == 1 and len(ticks_held) >= 3
 
 
 def test_a_provider_slower_than_timeout_seconds_times_out(provider):
-    use_http(f"{provider.url}/slow?delay=5", timeout_seconds=1)
+    use_http(f"{provider.url}/hold", timeout_seconds=1)  # the provider holds its answer for HOLD_LIMIT
 
-    started = time.monotonic()
     with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
         run(call())
-    assert time.monotonic() - started < 2.0
+    assert provider.answered == 0  # it gave up at its own deadline, not when the answer came
 
 
-def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider):
+def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider, clock):
     provider.polls_needed = 1000
     use_http(f"{provider.url}/poll", provider_style="poll", timeout_seconds=1)
 
     with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
         run(call(params={"poll_interval": 0.1}))
+    assert clock.elapsed == pytest.approx(1.0)  # it waited out the timeout, then no longer
+    assert len(provider.received("GET")) >= 1
     assert len(provider.received("DELETE")) == 1
 
 
@@ -288,13 +341,14 @@ def test_a_4xx_answer_fails_at_once_with_the_providers_message(provider):
     assert len(provider.received("POST")) == 1
 
 
-def test_a_refused_connection_is_retried_then_fails():
+def test_a_refused_connection_is_retried_with_backoff_then_fails(clock):
     use_http(f"http://127.0.0.1:{free_port()}/sync", max_connect_retries=2)
 
-    started = time.monotonic()
     with pytest.raises(RunnerError, match=r"Provider unavailable after 3 tries: ConnectionRefusedError"):
         run(call())
-    assert 0.5 <= time.monotonic() - started < 3.0  # backoff 0.2 s, then 0.4 s
+    # Between the three tries it backed off 0.2 s, then 0.4 s, looking for a stop every tick meanwhile.
+    assert clock.elapsed == pytest.approx(0.2 + 0.4)
+    assert max(clock.sleeps) <= http_runner.TICK
 
 
 def test_an_http_model_without_provider_url_is_refused_on_clean():

@@ -4,7 +4,6 @@ import os
 import signal
 
 import pytest
-from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
 from tests.e2e.harness import start_worker, wait_until
@@ -13,6 +12,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.django_db(trans
 
 LEASE = 3
 FAST_RECOVERY = {"COORDINATOR_LEASE_SECONDS": str(LEASE), "COORDINATOR_REAPER_SECONDS": "1"}
+# The first job would run this long: far beyond every wait below, so it can only end as the test makes it.
+FOREVER = 600
+# Give-up bounds for polling, not claims: recovery takes about a lease and a reaper tick.
+GIVE_UP = 60
 
 
 def submit_pair(http, first_seconds: float) -> tuple[str, str]:
@@ -34,30 +37,33 @@ def finished(job_id) -> Job | None:
     return job if job.status in Job.FINISHED else None
 
 
-def test_a_killed_worker_loses_its_job_and_the_queue_recovers(http, settings, tmp_path, record_property):
+def events(job_id) -> list[str]:
+    return list(JobQueueLog.objects.filter(job_id=job_id).order_by("id").values_list("event_type", flat=True))
+
+
+def test_a_killed_worker_loses_its_job_and_the_queue_recovers(http, settings, tmp_path):
     settings.COORDINATOR_LEASE_SECONDS = LEASE  # the web side stamps the first lease at start
     doomed = start_worker(tmp_path / "doomed.log", **FAST_RECOVERY)
     survivor = None
     try:
-        first, second = submit_pair(http, first_seconds=30)
-        wait_until(lambda: claims(first) == [1], timeout=20, message="the first job to be claimed")
-        # Up before the kill, so the figure below is recovery, not a cold start.
+        first, second = submit_pair(http, first_seconds=FOREVER)
+        wait_until(lambda: claims(first) == [1], timeout=GIVE_UP, message="the first job to be claimed")
         survivor = start_worker(tmp_path / "survivor.log", **FAST_RECOVERY)
 
         os.killpg(doomed.process.pid, signal.SIGKILL)  # the whole cluster: no goodbye, no report
         doomed.process.wait()
-        killed_at = timezone.now()
 
-        lost = wait_until(lambda: finished(first), timeout=30, message="the lost job to be ended")
-        after = wait_until(lambda: finished(second), timeout=30, message="the next job to run")
+        lost = wait_until(lambda: finished(first), timeout=GIVE_UP, message="the lost job to be ended")
+        after = wait_until(lambda: finished(second), timeout=GIVE_UP, message="the next job to run")
     finally:
         if survivor:
             survivor.stop()
+        doomed.stop()  # already dead, unless the test failed before the kill
 
+    # The lost attempt was ended by recovery (its lease lapsed), with that outcome on record...
     assert lost.status == Job.Status.FAILED and lost.error.startswith("worker lost")
-    recovery = (lost.completed_at - killed_at).total_seconds()
-    record_property("recovery_seconds", round(recovery, 2))
-    assert recovery < LEASE + 10, f"recovered after {recovery:.1f} s"
+    assert events(first) == ["submitted", "started", "claimed", "lease_expired", "failed"]
+    # ...and only then did the next job on its model start, on the surviving worker, and complete.
     assert after.status == Job.Status.COMPLETED and after.started_at >= lost.completed_at
     # Each attempt was claimed, and so run, once: nothing ran twice, nothing was lost.
     assert claims(first) == [1] and claims(second) == [1]
@@ -68,18 +74,18 @@ def test_a_frozen_worker_cannot_change_the_outcome_once_it_wakes(http, settings,
     frozen = start_worker(tmp_path / "frozen.log", **FAST_RECOVERY)
     other = None
     try:
-        first, second = submit_pair(http, first_seconds=4)
-        wait_until(lambda: claims(first) == [1], timeout=20, message="the first job to be claimed")
+        first, second = submit_pair(http, first_seconds=FOREVER)
+        wait_until(lambda: claims(first) == [1], timeout=GIVE_UP, message="the first job to be claimed")
 
         os.killpg(frozen.process.pid, signal.SIGSTOP)
         other = start_worker(tmp_path / "other.log", **FAST_RECOVERY)
-        lost = wait_until(lambda: finished(first), timeout=30, message="the reaper to end the frozen attempt")
-        wait_until(lambda: finished(second), timeout=30, message="the next job to run")
+        lost = wait_until(lambda: finished(first), timeout=GIVE_UP, message="the reaper to end the frozen attempt")
+        wait_until(lambda: finished(second), timeout=GIVE_UP, message="the next job to run")
         os.killpg(frozen.process.pid, signal.SIGCONT)
 
         refusals = wait_until(
             lambda: list(JobQueueLog.objects.filter(job_id=first, event_type="refused")),
-            timeout=20, message="the woken worker's late call to be refused",
+            timeout=GIVE_UP, message="the woken worker's late call to be refused",
         )
     finally:
         if other:
