@@ -110,6 +110,8 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     priority = models.IntegerField(default=0)
+    # The client's own name for the job (POST /jobs/batch), answered back on it; never read by us.
+    client_ref = models.CharField(max_length=200, null=True, blank=True, help_text="The client's reference, as it sent it.")
     # While waiting: it needs a paused model, so it holds back only jobs that need that model too.
     # Kept in step by the coordinator (pause, resume, joining the line) so that the jobs passing it
     # find their way with one index probe, however many are held.

@@ -132,7 +132,7 @@ def _submission(job: Job) -> dict:
     return {
         "job_id": str(job.job_id), "kind": job.kind, "job_type": job.job_type, "model": job.model,
         "prompt": job.prompt, "params": job.params, "owner_id": job.owner_id, "priority": job.priority,
-        "required_models": job.required_models,
+        "client_ref": job.client_ref, "required_models": job.required_models,
     }
 
 

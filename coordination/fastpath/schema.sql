@@ -509,12 +509,12 @@ DECLARE
     is_held boolean;
     had_running boolean;
 BEGIN
-    INSERT INTO jobs (job_id, kind, job_type, model, prompt, params, owner_id, priority, held, status,
+    INSERT INTO jobs (job_id, kind, job_type, model, prompt, params, owner_id, priority, client_ref, held, status,
                       required_models, queue_position, blocked_by_job_id, conflict_reason, queued_at, created_at,
                       started_at, completed_at, result, error, attempt, claimed_attempt, lease_expires_at,
                       heartbeat_at, cancel_requested_at)
         VALUES ((p_job->>'job_id')::uuid, p_job->>'kind', p_job->>'job_type', p_job->>'model', p_job->>'prompt',
-                p_job->'params', (p_job->>'owner_id')::int, (p_job->>'priority')::int, false, 'pending',
+                p_job->'params', (p_job->>'owner_id')::int, (p_job->>'priority')::int, p_job->>'client_ref', false, 'pending',
                 p_job->'required_models', NULL, NULL, NULL, NULL, p_now, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, NULL)
         RETURNING * INTO j;
     INSERT INTO job_queue_log (job_id, job_type, event_type, conflict_reason, created_at, details)
