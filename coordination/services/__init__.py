@@ -10,6 +10,7 @@ operators' edits of the model catalog.
 """
 
 from coordination.services.jobs import (
+    BATCH_MAX_JOBS,
     PROMPT_MAX_LENGTH,
     catalog_model_get,
     job_accept,
@@ -17,6 +18,7 @@ from coordination.services.jobs import (
     job_claim,
     job_complete,
     job_attempt_end,
+    job_build,
     job_end_running,
     job_fail,
     job_finish_and_take_next,
@@ -24,6 +26,7 @@ from coordination.services.jobs import (
     job_retry,
     job_stopped,
     job_submit,
+    jobs_submit_batch,
     pending_limit_check,
     priority_check,
 )
@@ -32,8 +35,8 @@ from coordination.services.operations import job_priority_set, model_pause, queu
 from coordination.services.repairs import queue_clear_stale, queue_reset, waiting_repair
 
 __all__ = [
-    "PROMPT_MAX_LENGTH", "catalog_model_get", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
-    "job_attempt_end", "job_end_running", "job_fail", "job_finish_and_take_next", "job_max_attempts", "job_priority_set",
-    "job_retry", "job_stopped", "job_submit", "model_pause", "pending_limit_check", "priority_check",
+    "BATCH_MAX_JOBS", "PROMPT_MAX_LENGTH", "catalog_model_get", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
+    "job_attempt_end", "job_build", "job_end_running", "job_fail", "job_finish_and_take_next", "job_max_attempts", "job_priority_set",
+    "job_retry", "job_stopped", "job_submit", "jobs_submit_batch", "model_pause", "pending_limit_check", "priority_check",
     "queue_clear_stale", "queue_dispatch", "queue_reconcile", "queue_reset", "waiting_repair",
 ]

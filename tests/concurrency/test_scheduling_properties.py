@@ -48,6 +48,7 @@ from coordination.services import (
     job_finish_and_take_next,
     job_priority_set,
     job_submit,
+    jobs_submit_batch,
     model_pause,
     queue_clear_stale,
     queue_dispatch,
@@ -186,7 +187,7 @@ def run_once(call, *, fast: bool, now: datetime, ids: list, keep: bool) -> Run:
 def comparable(result):
     if isinstance(result, Job):
         return ("job", result.job_id, result.status)
-    if isinstance(result, tuple):
+    if isinstance(result, (tuple, list)):
         return tuple(comparable(part) for part in result)
     return result
 
@@ -203,6 +204,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.override = override_settings(COORDINATOR_MAX_ACTIVE_JOBS=self.slot_count, COORDINATOR_LEASE_SECONDS=3600)
         self.override.enable()
         self.jobs: dict = {}
+        self.arriving: dict = {}  # a batch's jobs, until the replay reaches their `submitted` rows
         self.seq = itertools.count()
         self.capacities = dict.fromkeys(MODELS, 1)
         self.paused: set[str] = set()
@@ -269,23 +271,36 @@ class SchedulingMachine(RuleBasedStateMachine):
     def pending(self) -> list[Rec]:
         return self.with_status(Job.Status.PENDING)
 
-    def accepted(self, job: Job, models: tuple[str, ...], priority: int) -> None:
+    def accepted(self, job: Job, models: tuple[str, ...], priority: int, *, replay: bool = True) -> None:
+        """`replay=False`: one job of a batch. The batch's rule replays once it has recorded them all;
+        each joins the test's queue at its `submitted` audit row, as it joined the real one."""
         assert tuple(job.required_models) == models
-        # One client submitting in turn: acceptance times strictly increase, so the line order the
-        # coordinator uses (priority, created_at, job_id) is the test's (priority, seq).
-        assert self.last_created_at is None or job.created_at > self.last_created_at
+        if self.arriving:
+            # A later job of the same batch: accepted at the same instant, with an id after the job
+            # before it, so the line order (priority, created_at, job_id) is still the test's.
+            assert job.created_at == self.last_created_at
+            assert job.job_id > list(self.arriving)[-1]
+        else:
+            # One client submitting in turn: acceptance times strictly increase, so the line order the
+            # coordinator uses (priority, created_at, job_id) is the test's (priority, seq).
+            assert self.last_created_at is None or job.created_at > self.last_created_at
         self.last_created_at = job.created_at
-        self.jobs[job.job_id] = Rec(job.job_id, next(self.seq), priority, models)
-        self.replay_starts(accepted=job.job_id)
+        rec = Rec(job.job_id, next(self.seq), priority, models)
+        if replay:
+            self.jobs[job.job_id] = rec
+            self.replay_starts(accepted={job.job_id})
+        else:
+            self.arriving[job.job_id] = rec
 
     def held_apart(self, other, models) -> bool:
         """A job waiting on a paused model that `models` do not include holds no such job back."""
         other_models = other.models if isinstance(other, Rec) else other.required_models
         return bool((set(other_models) & self.paused) - set(models))
 
-    def replay_starts(self, *, accepted=None) -> list:
+    def replay_starts(self, *, accepted=()) -> list:
         """Replay this step's starts, in audit order, against rules 1-3 (I1, I3), then compare
-        every job's status with the database. Returns the ids of the jobs started, in order."""
+        every job's status with the database. Returns the ids of the jobs started, in order.
+        `accepted`: the jobs this step submitted (their own starts do not come from the line)."""
         rows = list(
             JobQueueLog.objects.filter(id__gt=self.last_log_id).order_by("id").values_list("id", "event_type", "job_id")
         )
@@ -293,6 +308,9 @@ class SchedulingMachine(RuleBasedStateMachine):
             self.last_log_id = rows[-1][0]
         started = []
         for _, event, job_id in rows:
+            if event == JobQueueLog.Event.SUBMITTED and job_id in self.arriving:
+                self.jobs[job_id] = self.arriving.pop(job_id)  # a batch's job joins the queue here
+                continue
             if event != JobQueueLog.Event.STARTED:
                 continue
             job = self.jobs[job_id]
@@ -313,8 +331,9 @@ class SchedulingMachine(RuleBasedStateMachine):
                 )
             job.status = Job.Status.RUNNING
             started.append(job_id)
-            if job_id != accepted:
+            if job_id not in accepted:
                 self.starts_from_line += 1
+        assert not self.arriving, "a batch's job was accepted without its `submitted` audit row"
         actual = dict(Job.objects.values_list("job_id", "status"))
         expected = {job_id: rec.status for job_id, rec in self.jobs.items()}
         assert actual == expected
@@ -341,6 +360,19 @@ class SchedulingMachine(RuleBasedStateMachine):
                     owner=self.staff, workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
                 ))
                 self.accepted(job, self.workflow_models[name], priority)
+
+    @rule(bodies=st.lists(st.tuples(st.sampled_from(MODELS), st.integers(-2, 2)), min_size=1, max_size=4))
+    def submit_batch(self, bodies):
+        """Submit 1-4 jobs in one batch (POST /jobs/batch): accepted in their order, at one instant,
+        under one hold of the lock, each as if submitted alone in turn."""
+        jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.staff, bodies=[
+            {"model": name, "prompt": "a knight", "params": NO_WAIT, "priority": priority, "client_ref": f"ref {n}"}
+            for n, (name, priority) in enumerate(bodies)
+        ]))
+        assert [job.client_ref for job in jobs] == [f"ref {n}" for n in range(len(bodies))]
+        for job, (name, priority) in zip(jobs, bodies, strict=True):
+            self.accepted(job, (name,), priority, replay=False)
+        self.replay_starts(accepted={job.job_id for job in jobs})
 
     @precondition(lambda self: self.running())
     @rule(

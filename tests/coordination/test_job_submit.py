@@ -254,3 +254,125 @@ def test_a_higher_priority_job_stands_ahead_of_earlier_lower_priority_ones(user,
     assert line_position(urgent) == 1
     assert line_position(early) == 2
     assert_honest_waiting()
+
+
+# --- job_build and jobs_submit_batch (POST /jobs/batch) ----------------------------------------------
+
+
+def batch_body(model: str = "motion-2.0-fast", **extra) -> dict:
+    return {"model": model, "prompt": "A knight riding a horse", "params": {"simulate_seconds": 0}, **extra}
+
+
+def test_job_build_checks_a_submission_and_writes_nothing(user):
+    from coordination.services import job_build
+
+    job = job_build(owner=user, model="flux-dev", prompt="A castle", client_ref="poster")
+
+    assert job._state.adding and job.required_models == ["flux-dev"] and job.job_type == "image"
+    assert job.client_ref == "poster"
+    assert not Job.objects.exists() and not JobQueueLog.objects.exists()
+    with pytest.raises(UnknownModel, match="Unknown model 'x'"):
+        job_build(owner=user, model="x", prompt="A castle")
+
+
+def test_job_build_reads_a_given_catalog_instead_of_the_database(user, django_assert_num_queries):
+    from coordination.models import CatalogModel
+    from coordination.services import job_build
+
+    catalog = {model.name: model for model in CatalogModel.objects.order_by("name")}
+
+    with django_assert_num_queries(0):
+        assert job_build(owner=user, model="flux-dev", prompt="A castle", catalog=catalog).model == "flux-dev"
+        with pytest.raises(UnknownModel) as error:
+            job_build(owner=user, model="x", prompt="A castle", catalog=catalog)
+    assert error.value.message == (
+        "Unknown model 'x'. Known models: flux-dev, minimax/video-01, motion-2.0-fast, nano-banana-pro-leonardo."
+    )
+
+
+def test_a_batch_is_accepted_in_order_as_submissions_in_a_row(user, coordinator_log):
+    from coordination.services import jobs_submit_batch
+
+    first, second, other, third = jobs_submit_batch(
+        owner=user, bodies=[batch_body(), batch_body(), batch_body("flux-dev"), batch_body(client_ref="3")]
+    )
+
+    first, second, other, third = (fresh(job) for job in (first, second, other, third))
+    assert first.status == Job.Status.RUNNING
+    # Serialized mode: each waits behind the job before it in the one line, flux-dev's too.
+    assert (second.blocked_by_job_id, other.blocked_by_job_id, third.blocked_by_job_id) == (
+        first.job_id, second.job_id, other.job_id,
+    )
+    assert [line_position(job) for job in (second, other, third)] == [1, 2, 3]
+    assert third.client_ref == "3" and first.client_ref is None
+    assert len({job.created_at for job in (first, second, other, third)}) == 1  # one instant
+    assert events(first) == ["submitted", "started"] and events(third) == ["submitted", "blocked"]
+    lines = coordinator_lines(coordinator_log)
+    assert lines[0] == f"[COORDINATOR] Checking if job {first.job_id} can start - Models: ['motion-2.0-fast']"
+    assert_exclusion()
+    assert_honest_waiting()
+
+
+def test_a_bad_body_refuses_the_batch_naming_its_place(user):
+    from coordination.services import jobs_submit_batch
+
+    with pytest.raises(UnknownModel) as error:
+        jobs_submit_batch(owner=user, bodies=[batch_body(), batch_body("x")])
+    assert error.value.message.startswith("jobs[1].model: Unknown model 'x'. Known models: ")
+    assert error.value.field == "jobs[1].model"
+    with pytest.raises(NotAllowed, match=r"^jobs\[0\]\.priority: Only staff"):
+        jobs_submit_batch(owner=user, bodies=[batch_body(priority=1)])
+    with pytest.raises(InvalidJob, match=r"^jobs\[0\]\.prompt: A prompt is required"):
+        jobs_submit_batch(owner=user, bodies=[batch_body(prompt=" ")])
+
+    assert not Job.objects.exists() and not JobQueueLog.objects.exists()
+
+
+@pytest.mark.parametrize("size", [0, 1001])
+def test_a_batch_holds_one_to_a_thousand_jobs(user, size):
+    from coordination.services import jobs_submit_batch
+
+    with pytest.raises(InvalidJob, match="A batch"):
+        jobs_submit_batch(owner=user, bodies=[batch_body()] * size)
+
+    assert not Job.objects.exists()
+
+
+def test_a_batch_and_its_audit_rows_are_one_transaction(user, fail_audit):
+    """I6 for a batch: the third job's `blocked` row fails, and none of the batch is accepted."""
+    from coordination.services import jobs_submit_batch
+
+    fail_audit(JobQueueLog.Event.BLOCKED)
+    with pytest.raises(AUDIT_FAILED):
+        jobs_submit_batch(owner=user, bodies=[batch_body(), batch_body()])
+
+    assert not Job.objects.exists()
+    assert not JobQueueLog.objects.exists()
+    assert JobQueueState.objects.get(id=1).active_job_id is None
+
+
+def test_a_batch_enqueues_the_worker_task_of_each_job_it_started_after_commit(user, settings, django_capture_on_commit_callbacks):
+    from coordination.services import jobs_submit_batch
+
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
+    with django_capture_on_commit_callbacks() as callbacks:
+        first, second, waiting = jobs_submit_batch(
+            owner=user, bodies=[batch_body(), batch_body("flux-dev"), batch_body()]
+        )
+
+    assert [(callback.func.__name__, callback.args) for callback in callbacks] == [
+        ("enqueue_job_run", (first.job_id, 1)), ("enqueue_job_run", (second.job_id, 1)),
+    ]
+    assert fresh(waiting).status == Job.Status.PENDING
+
+
+def test_the_pending_limit_counts_a_batch_whole(user, settings):
+    from coordination.exceptions import PendingLimitReached
+    from coordination.services import jobs_submit_batch
+
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 2
+    with pytest.raises(PendingLimitReached, match="the batch adds 3; the limit is 2"):
+        jobs_submit_batch(owner=user, bodies=[batch_body(), batch_body("flux-dev"), batch_body("minimax/video-01")])
+    assert not Job.objects.exists()
+
+    assert len(jobs_submit_batch(owner=user, bodies=[batch_body(), batch_body()])) == 2
