@@ -81,6 +81,25 @@ def job_detail(*, user, job_id) -> JobDetail:
     )
 
 
+def jobs_in_order(job_ids: list) -> list[Job]:
+    """The jobs (a batch's answer), in the order of `job_ids`, in one query."""
+    jobs = Job.objects.select_related("workflow_execution").in_bulk(job_ids)
+    return [jobs[job_id] for job_id in job_ids if job_id in jobs]
+
+
+def job_batch(*, first: Job, size: int) -> list[Job]:
+    """The batch of `size` jobs that `first` opened (its Idempotency-Key's job), in its order.
+
+    A batch is accepted at one instant, by one owner, its job ids ascending in the batch's order
+    (services.jobs_submit_batch): one range on the same instant and owner, in one query. Jobs
+    since deleted are missing from the answer."""
+    return list(
+        Job.objects.select_related("workflow_execution")
+        .filter(owner_id=first.owner_id, created_at=first.created_at, job_id__gte=first.job_id)
+        .order_by("job_id")[:size]
+    )
+
+
 def job_queue_position(job: Job) -> int | None:
     return line_position(job) if job.status == Job.Status.PENDING else None
 

@@ -27,7 +27,8 @@ def exception_handler(exc, context):
     if isinstance(exc, CoordinationError):
         body = {"error": exc.message, "code": exc.default_code}
         if exc.field:
-            body["fields"] = {exc.field: [exc.message]}
+            # A message that names its field first (a batch's "jobs[3].model: ...") names it once here.
+            body["fields"] = {exc.field: [exc.message.removeprefix(f"{exc.field}: ")]}
         return Response(body, status=exc.status_code)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

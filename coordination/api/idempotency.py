@@ -1,13 +1,17 @@
 """`Idempotency-Key` on the submit endpoints: a client may retry a submission without making a
 second job. The same key from the same user within KEY_LIFETIME returns the first job; the same key
 with another request is refused (422). The key row is written in the job's own transaction (through
-job_accept's `on_create`), and (user, key) is unique, so two racing requests make one job."""
+job_accept's `on_create`), and (user, key) is unique, so two racing requests make one job.
+
+A batch's key is stored against its first job, and a replay answers the whole batch again
+(selectors.job_batch finds the rest from it)."""
 
 import hashlib
 import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from django.db import IntegrityError
 from django.utils import timezone
@@ -18,6 +22,7 @@ from coordination.models import IdempotencyKey, Job
 HEADER = "Idempotency-Key"
 KEY_LIFETIME = timedelta(hours=24)
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
+T = TypeVar("T")
 
 
 class IdempotencyKeyReused(exceptions.APIException):
@@ -56,11 +61,17 @@ def _replay(record: IdempotencyKey, *, digest: str) -> Job:
     return record.job
 
 
-def submit_once(*, user, key: str, digest: str, submit: Callable[..., Job]) -> tuple[Job, bool]:
-    """Run `submit(on_create=...)` unless this key already made a job; (job, created)."""
+def submit_once(
+    *, user, key: str, digest: str, submit: Callable[..., T], replay: Callable[[Job], T] | None = None
+) -> tuple[T, bool]:
+    """Run `submit(on_create=...)` unless this key already made a job; (what it answered, created).
+
+    `submit` calls `on_create(job)` with the job the key stands for (a batch: its first job);
+    `replay(job)` turns that job into what `submit` answers (a batch: all its jobs)."""
+    replay = replay or (lambda job: job)
     record = _live_key(user=user, key=key)
     if record is not None:
-        return _replay(record, digest=digest), False
+        return replay(_replay(record, digest=digest)), False
 
     def remember(job: Job) -> None:
         # Inside the job's transaction. An expired key is free again: its old row goes first.
@@ -77,4 +88,4 @@ def submit_once(*, user, key: str, digest: str, submit: Callable[..., Job]) -> t
         record = _live_key(user=user, key=key)
         if record is None:
             raise
-        return _replay(record, digest=digest), False
+        return replay(_replay(record, digest=digest)), False

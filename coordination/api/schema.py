@@ -8,12 +8,14 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from coordination.api.serializers import (
+    JobBatchSerializer,
     JobSerializer,
     JobSubmitSerializer,
     WaitingForSerializer,
     WaitingForSlotSerializer,
 )
 from coordination.models import Job
+from coordination.services import BATCH_MAX_JOBS
 
 class ErrorSerializer(serializers.Serializer):
     """Every error response: a message a person can act on, a code, and per-field messages for bad input."""
@@ -61,6 +63,10 @@ class QueueStatusSerializer(serializers.Serializer):
     queue_length = serializers.IntegerField(help_text="How many jobs wait, all of them.")
 
 
+class JobBatchAnswerSerializer(serializers.Serializer):
+    jobs = JobSerializer(many=True, help_text="The batch's jobs, in the order they were sent.")
+
+
 class HealthSerializer(serializers.Serializer):
     status = serializers.CharField(help_text="ok, or unavailable (503).")
     database = serializers.CharField(help_text="ok, or unreachable (503).")
@@ -83,11 +89,24 @@ STRING_LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "readOnly": 
 
 class JobSubmitSchema(OpenApiSerializerExtension):
     target_class = JobSubmitSerializer
+    match_subclasses = True  # a batch's bodies (JobBatchItemSerializer) are POST /jobs bodies too
 
     def map_serializer(self, auto_schema, direction):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         schema["properties"]["params"] = PARAMS_SCHEMA
         schema["additionalProperties"] = False  # StrictSerializer: an unknown field is a 400
+        return schema
+
+
+class JobBatchSchema(OpenApiSerializerExtension):
+    target_class = JobBatchSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        jobs = schema["properties"]["jobs"]
+        jobs.update(minItems=1, maxItems=BATCH_MAX_JOBS)
+        jobs["description"] = f"1 to {BATCH_MAX_JOBS} POST /jobs bodies, each with an optional client_ref; accepted in this order."
+        schema["additionalProperties"] = False
         return schema
 
 
@@ -102,6 +121,13 @@ class JobSchema(OpenApiSerializerExtension):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         properties = schema["properties"]
         properties["required_models"] = STRING_LIST_SCHEMA
+        properties["client_ref"] = {
+            "type": "string",
+            "maxLength": 200,
+            "nullable": True,
+            "readOnly": True,
+            "description": "The client_ref its POST /jobs/batch body gave it; null for any other job.",
+        }
         properties["params"] = {**PARAMS_SCHEMA, "readOnly": True}
         properties["waiting_for"] = {
             "type": "array",

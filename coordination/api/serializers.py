@@ -4,6 +4,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
+from coordination.services import BATCH_MAX_JOBS
 from coordination.selectors import job_queue_position
 
 
@@ -81,6 +82,63 @@ class JobSubmitSerializer(SubmitFields):
     job_type = serializers.ChoiceField(choices=MediaType.choices, required=False)
 
 
+class JobBatchItemSerializer(JobSubmitSerializer):
+    """One job of a batch: a POST /jobs body, and the client's own reference for it."""
+
+    client_ref = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_null=True,
+        help_text="Your own reference for this job (at most 200 characters): it comes back on the job.",
+    )
+
+
+class JobBatchSerializer(StrictSerializer):
+    """POST /jobs/batch: {"jobs": [body, ...]}. A bad body's errors are named by its place in the
+    list (`jobs[3].model`), so the client knows which one to fix."""
+
+    # A ListSerializer built here, not many=True: its messages are for the list, not for each body.
+    jobs = serializers.ListSerializer(
+        child=JobBatchItemSerializer(),
+        allow_empty=False,
+        max_length=BATCH_MAX_JOBS,
+        error_messages={
+            # DRF formats these messages: literal braces are doubled.
+            "not_a_list": 'jobs must be a list of job bodies (got {input_type}), e.g. '
+            '{{"jobs": [{{"prompt": "A castle", "model": "flux-dev"}}]}}.',
+            "required": 'A batch is {{"jobs": [body, ...]}}: "jobs" is missing.',
+            "null": "jobs must be a list of job bodies, not null.",
+            "empty": "A batch needs at least one job in \"jobs\".",
+            "max_length": "A batch holds at most {max_length} jobs; send the rest in another batch.",
+        },
+    )
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            raise serializers.ValidationError(_by_place(error.detail)) from None
+
+
+def _by_place(detail):
+    """{"jobs": {1: {"model": [...]}}} → {"jobs[1].model": [...]}: each bad body's errors under its
+    index (`jobs[1]` alone for errors of the whole body, such as an unknown field). Errors about
+    the list itself (missing, not a list, empty, too long) are under "jobs"."""
+    jobs = detail.get("jobs") if isinstance(detail, dict) else None
+    if isinstance(jobs, dict) and set(jobs) == {"non_field_errors"}:
+        return {**detail, "jobs": jobs["non_field_errors"]}  # about the list: empty, too long, not a list
+    if not isinstance(jobs, dict) or not all(isinstance(index, int) for index in jobs):
+        return detail
+    placed = {key: value for key, value in detail.items() if key != "jobs"}
+    for index, errors in sorted(jobs.items()):
+        if not isinstance(errors, dict):
+            placed[f"jobs[{index}]"] = errors  # the body is not an object at all
+            continue
+        for field, messages in errors.items():
+            placed[f"jobs[{index}]" if field == "non_field_errors" else f"jobs[{index}].{field}"] = messages
+    return placed
+
+
 class HolderSerializer(serializers.Serializer):
     job_id = serializers.UUIDField()
     kind = serializers.CharField()
@@ -113,7 +171,7 @@ class JobSerializer(serializers.ModelSerializer):
             "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
             "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
-            "workflow_id", "current_step", "current_step_model",
+            "client_ref", "workflow_id", "current_step", "current_step_model",
         ]
         read_only_fields = fields
 

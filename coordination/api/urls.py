@@ -6,6 +6,8 @@ from coordination.api import views
 # /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
 urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="job-list"),
+    # Before jobs/<job_id>, which would take "batch" for a job id.
+    path("jobs/batch", views.JobBatchView.as_view(), name="job-batch"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),

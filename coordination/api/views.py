@@ -14,8 +14,8 @@ from rest_framework.views import APIView
 
 from coordination import selectors, services
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
-from coordination.api.schema import ErrorSerializer, HealthSerializer, QueueStatusSerializer
-from coordination.api.serializers import JobSerializer, JobSubmitSerializer
+from coordination.api.schema import ErrorSerializer, HealthSerializer, JobBatchAnswerSerializer, QueueStatusSerializer
+from coordination.api.serializers import JobBatchSerializer, JobSerializer, JobSubmitSerializer
 from coordination.api.throttling import SubmitThrottledMixin
 from coordination.models import Job
 
@@ -126,6 +126,75 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
         serializer = JobSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return submit_response(request, serializer.validated_data, partial(services.job_submit, **serializer.validated_data))
+
+
+@extend_schema(
+    summary="Submit a batch of jobs",
+    description=(
+        f"Queue up to {services.BATCH_MAX_JOBS} jobs in one request: `{{\"jobs\": [body, ...]}}`, each body a "
+        "`POST /jobs` body with an optional `client_ref` that comes back on its job. Every body is checked "
+        "first: one bad body is a 400 naming its place (`jobs[3].model: ...`) and nothing is accepted. "
+        "Then all are accepted at once, in their order, as that many `POST /jobs` in a row would be. "
+        "Each job counts towards the submission rate and the pending-jobs limit (429, nothing accepted). "
+        "An Idempotency-Key stands for the whole batch: a retry answers its jobs again (200)."
+    ),
+    request=JobBatchSerializer,
+    parameters=[IDEMPOTENCY_KEY, RETRY_AFTER],
+    examples=[
+        OpenApiExample(
+            "Two videos and an image",
+            value={"jobs": [
+                {"prompt": "A knight rides at dawn", "model": "motion-2.0-fast", "client_ref": "scene-1"},
+                {"prompt": "The knight at dusk", "model": "motion-2.0-fast", "client_ref": "scene-2"},
+                {"prompt": "A castle", "model": "flux-dev", "client_ref": "poster"},
+            ]},
+            request_only=True,
+        )
+    ],
+    responses={
+        201: OpenApiResponse(JobBatchAnswerSerializer, description="Accepted: the new jobs, in the order sent."),
+        200: OpenApiResponse(JobBatchAnswerSerializer, description="Idempotency-Key seen before: the jobs it made."),
+        400: _error("Bad input: `fields` names the body and its field (`jobs[3].model`); an empty list or more "
+                    f"than {services.BATCH_MAX_JOBS} jobs too. Nothing was accepted."),
+        **COMMON_ERRORS,
+        403: _error("Not allowed, e.g. a priority above 0 without being staff (the message names the body)."),
+        422: _error("Idempotency-Key reused with a different request."),
+        429: _error("Too many submissions (each job counts), or the batch would pass the pending-jobs limit; "
+                    "nothing was accepted."),
+    },
+)
+class JobBatchView(SubmitThrottledMixin, APIView):
+    def submission_count(self, request) -> int:
+        # Read before the body is checked (throttles run first): a list's length, else one.
+        jobs = request.data.get("jobs") if isinstance(request.data, dict) else None
+        return max(len(jobs), 1) if isinstance(jobs, list) else 1
+
+    def post(self, request):
+        serializer = JobBatchSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        bodies = serializer.validated_data["jobs"]
+        submit = partial(services.jobs_submit_batch, owner=request.user, bodies=bodies)
+        key = idempotency_key_from(request)
+        if key is None:
+            return _batch_response(submit(), status.HTTP_201_CREATED)
+        jobs, created = submit_once(
+            user=request.user,
+            key=key,
+            digest=request_hash(path=request.path, data=serializer.validated_data),
+            # The key is stored against the batch's first job; a replay reads the batch from it.
+            submit=lambda on_create: submit(on_create=lambda jobs: on_create(jobs[0])),
+            replay=lambda first: selectors.job_batch(first=first, size=len(bodies)),
+        )
+        return _batch_response(jobs, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+def _batch_response(jobs: list[Job], code: int) -> Response:
+    """The jobs as each is answered to POST /jobs, read again in one query, with the places in line
+    of those that wait in one more."""
+    jobs = selectors.jobs_in_order([job.job_id for job in jobs])
+    positions = selectors.job_queue_positions([job.job_id for job in jobs if job.status == Job.Status.PENDING])
+    data = JobSerializer(jobs, many=True, context={"queue_positions": positions}).data
+    return Response({"jobs": data}, status=code)
 
 
 @extend_schema(

@@ -72,6 +72,10 @@ def flatmap_body(context, body):
         return st.just(body)
     if context.operation.path == "/jobs":
         return st.one_of(st.just(body), st.sampled_from(KNOWN_MODELS).map(lambda model: {**body, "model": model}))
+    if context.operation.path == "/jobs/batch" and isinstance(body.get("jobs"), list):
+        # Every body of the batch on a real model, so that some whole batches are accepted.
+        named = [{**job, "model": model} if isinstance(job, dict) else job for job, model in zip(body["jobs"], KNOWN_MODELS * 250)]
+        return st.one_of(st.just(body), st.just({**body, "jobs": named}))
     if context.operation.path.endswith("/execute"):
         # Keys beyond the declared ones are the workflow's inputs: unknown ones are (rightly) a 400.
         declared = {key: value for key, value in body.items() if key in ("prompt", "params", "priority")}

@@ -168,3 +168,34 @@ def test_the_slot_wait_is_typed_and_optional(schema):
     shape = schema["components"]["schemas"]["WaitingForSlot"]
     assert set(shape["required"]) == {"slots", "held_by", "jobs_ahead"}
     assert shape["properties"]["held_by"]["items"]["$ref"].endswith("/Holder")
+
+
+def test_the_batch_is_described_body_and_answers(schema):
+    operation = schema["paths"]["/jobs/batch"]["post"]
+    assert set(operation["responses"]) == {"200", "201", "400", "401", "403", "422", "429", "503"}
+    assert "Idempotency-Key" in {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert "Retry-After" in operation["responses"]["429"]["headers"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert request.endswith("/JobBatch")
+    components = schema["components"]["schemas"]
+    jobs = components["JobBatch"]["properties"]["jobs"]
+    assert (jobs["minItems"], jobs["maxItems"]) == (1, 1000)
+    assert components["JobBatch"]["required"] == ["jobs"]
+    assert components["JobBatch"]["additionalProperties"] is False
+    item = components[jobs["items"]["$ref"].rsplit("/", 1)[1]]
+    # A POST /jobs body (the same keys, params and strictness), and a client_ref.
+    submit = components["JobSubmit"]
+    assert set(item["properties"]) == set(submit["properties"]) | {"client_ref"}
+    assert item["properties"]["params"] == submit["properties"]["params"]
+    assert item["additionalProperties"] is False
+    assert item["properties"]["client_ref"] == {
+        "type": "string", "nullable": True, "maxLength": 200, "description": item["properties"]["client_ref"]["description"],
+    }
+    answer = operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+    assert components[answer.rsplit("/", 1)[1]]["properties"]["jobs"]["items"]["$ref"].endswith("/Job")
+
+
+def test_every_job_carries_its_client_ref(schema):
+    job = schema["components"]["schemas"]["Job"]
+    assert job["properties"]["client_ref"]["nullable"] is True
+    assert "client_ref" in job["required"]
