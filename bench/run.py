@@ -295,7 +295,7 @@ def lock_holds(owner, repeats: int) -> dict:
     from coordination.services import jobs as job_services
 
     held: list[float] = []
-    original = job_services.slots_lock
+    original = job_services.slot_ids_lock
 
     def timed_lock(slot_count):
         began = time.perf_counter()
@@ -303,7 +303,7 @@ def lock_holds(owner, repeats: int) -> dict:
         return original(slot_count)
 
     reset_queue()
-    job_services.slots_lock = timed_lock
+    job_services.slot_ids_lock = timed_lock
     try:
         first = job_services.job_submit(owner=owner, model="flux-dev", prompt="first", params={})
         submits, completions = [], []
@@ -320,15 +320,17 @@ def lock_holds(owner, repeats: int) -> dict:
             completions.extend(held)
             running = taken
     finally:
-        job_services.slots_lock = original
+        job_services.slot_ids_lock = original
     del first
     return {"submit (waits)": submits, "complete + hand over": completions}
 
 
 def batch_rate(owner, size: int, repeats: int) -> float:
     """(h) POST /jobs/batch with `size` jobs through the API (in-process client), best of `repeats`."""
+    from django.conf import settings
     from rest_framework.test import APIClient
 
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]  # the in-process client's host
     client = APIClient()
     client.force_authenticate(owner)
     rng = random.Random(11)

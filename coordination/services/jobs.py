@@ -22,7 +22,7 @@ from coordination.exceptions import (
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination import fastpath
 from coordination.queue import LockedQueue
-from coordination.queue.locked import slots_lock
+from coordination.queue.locked import slot_ids_lock
 from coordination.queue.words import say
 from coordination.transitions import (
     RETRY,
@@ -109,7 +109,7 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
 def _accept_fast(job: Job, on_create: Callable[[Job], None] | None) -> Job:
     """job_accept on PostgreSQL: the lock, then one function call (coordination/fastpath)."""
     with transaction.atomic():
-        slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
         pending_limit_check(owner=job.owner)
         answer = fastpath.submit(job, now=timezone.now())
         if on_create is not None:
@@ -223,7 +223,7 @@ def jobs_submit_batch(
 def _accept_many_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job]:
     """jobs_submit_batch on PostgreSQL: the lock, then one function call for the whole batch."""
     with transaction.atomic():
-        slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
         pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
         answer = fastpath.submit_many(jobs, now=timezone.now())
         if on_create is not None:
@@ -311,7 +311,7 @@ def _finish(
 ) -> tuple[Job, Job | None]:
     if fastpath.enabled():
         with transaction.atomic():
-            slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+            slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
             done = fastpath.finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
                                    retry=retry, take_next=take_next, now=timezone.now())
         # Committed: an outcome, or the refusal's audit row (a late worker's call is part of the story).

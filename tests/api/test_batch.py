@@ -123,14 +123,14 @@ class TestOrderAndStatuses:
 
 class TestOneLockHold:
     def test_the_batch_takes_the_coordinator_lock_once(self, api, monkeypatch):
-        """Whichever path (the PL/pgSQL fast path or the Python one): one slots_lock for the batch."""
+        """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the batch."""
         from coordination.queue import locked
         from coordination.services import jobs as job_services
 
         taken = []
-        for module in (locked, job_services):
-            original = module.slots_lock
-            monkeypatch.setattr(module, "slots_lock", lambda count, _original=original: taken.append(count) or _original(count))
+        for module, name in ((locked, "slots_lock"), (job_services, "slot_ids_lock")):
+            original = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda count, _original=original: taken.append(count) or _original(count))
 
         accepted(api, [body(prompt=str(n)) for n in range(5)])
 
