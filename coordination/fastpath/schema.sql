@@ -10,6 +10,11 @@
 -- into [COORDINATOR] lines (the words live in Python, coordination/queue/words.py), the tasks to
 -- enqueue on commit, and the job a finishing worker takes (the hand-off).
 
+DROP FUNCTION IF EXISTS jq_in_use(text);
+DROP FUNCTION IF EXISTS jq_holder(text);
+DROP FUNCTION IF EXISTS jq_any_conflict(jsonb);
+DROP FUNCTION IF EXISTS jq_free_slot(int);
+
 -- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL
 -- function anew at every call, while PL/pgSQL keeps its plans for the session.
 
@@ -34,27 +39,50 @@ BEGIN
             WHERE EXISTS (SELECT 1 FROM model_catalog c WHERE c.name = m.name AND c.paused));
 END $$;
 
-CREATE OR REPLACE FUNCTION jq_in_use(p_model text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+-- The running jobs, read once per transition (as LockedQueue reads them) and carried in ctx->'running'
+-- in the order they started (then by id): [{"id", "kind", "models", "at"}]. They are read by status,
+-- not from the slot rows, so a hand-edited slot row can never make a model in use look free.
+CREATE OR REPLACE FUNCTION jq_running_load() RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    RETURN (SELECT count(*) FROM jobs WHERE status = 'running' AND required_models ? p_model);
+    RETURN coalesce((SELECT jsonb_agg(jsonb_build_object('id', job_id, 'kind', kind, 'models', required_models,
+                                                         'at', started_at) ORDER BY started_at, job_id)
+                     FROM jobs WHERE status = 'running'), '[]'::jsonb);
 END $$;
 
--- The running job that holds `model` longest (running jobs in order of start, then id).
-CREATE OR REPLACE FUNCTION jq_holder(p_model text) RETURNS jobs LANGUAGE plpgsql VOLATILE AS $$
-DECLARE r jobs;
+CREATE OR REPLACE FUNCTION jq_running_add(ctx jsonb, r jobs) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    SELECT * INTO r FROM jobs WHERE status = 'running' AND required_models ? p_model
-        ORDER BY started_at, job_id LIMIT 1;
-    RETURN r;
+    RETURN jsonb_set(ctx, '{running}', (
+        SELECT jsonb_agg(e.value ORDER BY (e.value->>'at')::timestamptz, (e.value->>'id')::uuid)
+        FROM jsonb_array_elements((ctx->'running') || jsonb_build_array(jsonb_build_object(
+            'id', r.job_id, 'kind', r.kind, 'models', r.required_models, 'at', r.started_at))) AS e));
 END $$;
 
-CREATE OR REPLACE FUNCTION jq_any_conflict(p_models jsonb) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+CREATE OR REPLACE FUNCTION jq_running_remove(ctx jsonb, p_job uuid) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN jsonb_set(ctx, '{running}', coalesce((
+        SELECT jsonb_agg(e.value ORDER BY e.n) FROM jsonb_array_elements(ctx->'running') WITH ORDINALITY AS e(value, n)
+        WHERE (e.value->>'id')::uuid <> p_job), '[]'::jsonb));
+END $$;
+
+CREATE OR REPLACE FUNCTION jq_in_use(ctx jsonb, p_model text) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM jsonb_array_elements(ctx->'running') AS e WHERE e.value->'models' ? p_model);
+END $$;
+
+-- The running job that holds `model` longest: {"id", "kind", "models", "at"}.
+CREATE OR REPLACE FUNCTION jq_holder(ctx jsonb, p_model text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN (SELECT e.value FROM jsonb_array_elements(ctx->'running') WITH ORDINALITY AS e(value, n)
+            WHERE e.value->'models' ? p_model ORDER BY e.n LIMIT 1);
+END $$;
+
+CREATE OR REPLACE FUNCTION jq_any_conflict(ctx jsonb, p_models jsonb) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m text;
     used int;
 BEGIN
     FOR m IN SELECT e.name FROM jsonb_array_elements_text(p_models) AS e(name) LOOP
-        used := jq_in_use(m);
+        used := jq_in_use(ctx, m);
         IF used > 0 AND used >= jq_capacity(m) THEN
             RETURN true;
         END IF;
@@ -63,16 +91,18 @@ BEGIN
 END $$;
 
 -- rules.free_slot(): a slot row that may take a job, or NULL when every slot is busy.
-CREATE OR REPLACE FUNCTION jq_free_slot(p_slots int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+CREATE OR REPLACE FUNCTION jq_free_slot(ctx jsonb) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    slots int := (ctx->>'slots')::int;
 BEGIN
-    IF (SELECT count(*) FROM jobs WHERE status = 'running') >= p_slots THEN
+    IF jsonb_array_length(ctx->'running') >= slots THEN
         RETURN NULL;
     END IF;
     RETURN (
         SELECT s.id FROM job_queue_state s
-        WHERE s.id <= p_slots AND (
+        WHERE s.id <= slots AND (
             s.active_job_id IS NULL
-            OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = s.active_job_id AND j.status = 'running')
+            OR NOT (ctx->'running') @> jsonb_build_array(jsonb_build_object('id', s.active_job_id))
         )
         ORDER BY s.id LIMIT 1
     );
@@ -209,7 +239,7 @@ DECLARE
     conflict_models text[] := '{}';
     conflict_words text[] := '{}';
     first_holder uuid;
-    holder jobs;
+    holder jsonb;
     ahead jobs;
     ahead_id uuid;
     shared text[];
@@ -218,12 +248,12 @@ DECLARE
     used int;
 BEGIN
     FOR m IN SELECT e.name FROM jsonb_array_elements_text(j.required_models) WITH ORDINALITY AS e(name, n) ORDER BY e.n LOOP
-        used := jq_in_use(m);
+        used := jq_in_use(ctx, m);
         IF used > 0 AND used >= jq_capacity(m) THEN
-            holder := jq_holder(m);
+            holder := jq_holder(ctx, m);
             conflict_models := conflict_models || m;
-            conflict_words := conflict_words || format('%s in use by %s job %s', m, holder.kind, holder.job_id);
-            first_holder := coalesce(first_holder, holder.job_id);
+            conflict_words := conflict_words || format('%s in use by %s job %s', m, holder->>'kind', holder->>'id');
+            first_holder := coalesce(first_holder, (holder->>'id')::uuid);
         END IF;
     END LOOP;
     IF cardinality(conflict_models) > 0 THEN
@@ -261,7 +291,7 @@ BEGIN
         RETURN;
     END IF;
 
-    IF jq_free_slot(slots) IS NULL THEN
+    IF jq_free_slot(ctx) IS NULL THEN
         can_start := false;
         IF slots > 1 THEN
             ahead_id := jq_predecessor(j, p_new, true, slots);
@@ -272,13 +302,13 @@ BEGIN
                 RETURN;
             END IF;
         END IF;
-        SELECT * INTO holder FROM jobs WHERE status = 'running' ORDER BY started_at, job_id LIMIT 1;
-        blocker := holder.job_id;
+        holder := ctx->'running'->0;
+        blocker := (holder->>'id')::uuid;
         IF slots = 1 THEN
-            reason := format('Serialized mode: one job at a time; %s job %s is running (%s)', holder.kind, holder.job_id,
-                (SELECT string_agg(e.name, ', ' ORDER BY e.n) FROM jsonb_array_elements_text(holder.required_models) WITH ORDINALITY AS e(name, n)));
+            reason := format('Serialized mode: one job at a time; %s job %s is running (%s)', holder->>'kind', holder->>'id',
+                (SELECT string_agg(e.name, ', ' ORDER BY e.n) FROM jsonb_array_elements_text(holder->'models') WITH ORDINALITY AS e(name, n)));
         ELSE
-            reason := format('All %s slots are busy; waiting for a slot (longest running: %s job %s)', slots, holder.kind, holder.job_id);
+            reason := format('All %s slots are busy; waiting for a slot (longest running: %s job %s)', slots, holder->>'kind', holder->>'id');
         END IF;
         RETURN;
     END IF;
@@ -295,7 +325,7 @@ CREATE OR REPLACE FUNCTION jq_start(ctx jsonb, p_job uuid, p_waiting boolean) RE
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ timestamptz := (ctx->>'now')::timestamptz;
-    slot int := jq_free_slot((ctx->>'slots')::int);
+    slot int := jq_free_slot(ctx);
     taken boolean := (ctx->>'take_next')::boolean AND ctx->'taken' = 'null'::jsonb;
     r jobs;
 BEGIN
@@ -318,6 +348,7 @@ BEGIN
     UPDATE job_queue_state SET active_job_id = r.job_id, active_job_type = r.kind, active_models = r.required_models,
             started_at = now_
         WHERE id = slot;
+    ctx := jq_running_add(ctx, r);
     IF r.kind <> 'normal' THEN
         ctx := jq_event(ctx, 'blocked_changed', r.job_id::text, r.kind, NULL);
     END IF;
@@ -388,7 +419,7 @@ BEGIN
         ELSE
             SELECT * INTO head FROM jobs WHERE status = 'pending' ORDER BY priority DESC, created_at, job_id LIMIT 1;
         END IF;
-        IF head.job_id IS NOT NULL AND NOT jq_any_conflict(head.required_models) THEN
+        IF head.job_id IS NOT NULL AND NOT jq_any_conflict(ctx, head.required_models) THEN
             RETURN head.job_id;
         END IF;
         RETURN NULL;
@@ -402,7 +433,7 @@ BEGIN
             ORDER BY l.priority DESC, l.created_at, l.job_id LIMIT 1
         ) AS h
         JOIN jobs j ON j.job_id = h.job_id
-        WHERE jq_in_use(c.name) < c.capacity AND NOT c.paused
+        WHERE jq_in_use(ctx, c.name) < c.capacity AND NOT c.paused
         ORDER BY j.priority DESC, j.created_at, j.job_id
     LOOP
         SELECT bool_and(
@@ -411,7 +442,7 @@ BEGIN
              ORDER BY l.priority DESC, l.created_at, l.job_id LIMIT 1) IS NOT DISTINCT FROM candidate.job_id
         ) INTO heads_all
         FROM jsonb_array_elements_text(candidate.required_models) AS e(name);
-        IF heads_all AND NOT jq_any_conflict(candidate.required_models) THEN
+        IF heads_all AND NOT jq_any_conflict(ctx, candidate.required_models) THEN
             RETURN candidate.job_id;
         END IF;
     END LOOP;
@@ -425,7 +456,7 @@ DECLARE
     waiting int;
     next_job uuid;
 BEGIN
-    IF jq_free_slot(slots) IS NULL THEN
+    IF jq_free_slot(ctx) IS NULL THEN
         RETURN ctx;
     END IF;
     waiting := jq_pending_count();
@@ -433,7 +464,7 @@ BEGIN
         RETURN jq_event(ctx, 'no_queued');
     END IF;
     ctx := jq_event(ctx, 'found', waiting::text);
-    WHILE jq_free_slot(slots) IS NOT NULL LOOP
+    WHILE jq_free_slot(ctx) IS NOT NULL LOOP
         next_job := jq_next_startable(ctx);
         EXIT WHEN next_job IS NULL;
         ctx := jq_event(ctx, 'starting_next', next_job::text);
@@ -468,7 +499,8 @@ CREATE OR REPLACE FUNCTION jq_submit(p_job jsonb, p_now timestamptz, p_slots int
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN jq_admit(jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
-                                       'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease), p_job);
+                                       'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease,
+                                    'running', jq_running_load()), p_job);
 END $$;
 
 -- A batch (POST /jobs/batch): each job admitted in turn, in order, under the one lock the caller holds.
@@ -477,7 +509,8 @@ CREATE OR REPLACE FUNCTION jq_submit_many(p_jobs jsonb, p_now timestamptz, p_slo
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     ctx jsonb := jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
-                                    'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease);
+                                    'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease,
+                                    'running', jq_running_load());
     item jsonb;
     -- Collected per job in arrays (appended in place), not in ctx: a jsonb grown by one event at a
     -- time would be copied whole at every step.
@@ -523,7 +556,7 @@ BEGIN
     SELECT * INTO verdict FROM jq_assess(ctx, j, true);
     ctx := verdict.ctx;
     IF verdict.can_start THEN
-        had_running := EXISTS (SELECT 1 FROM jobs WHERE status = 'running');
+        had_running := jsonb_array_length(ctx->'running') > 0;
         ctx := jq_event(ctx, 'start_now', j.job_id::text, had_running::text);
         ctx := jq_start(ctx, j.job_id, false);
     ELSE
@@ -551,7 +584,8 @@ CREATE OR REPLACE FUNCTION jq_finish(
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     ctx jsonb := jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
-                                    'take_next', p_take_next, 'now', p_now, 'slots', p_slots, 'lease', p_lease);
+                                    'take_next', p_take_next, 'now', p_now, 'slots', p_slots, 'lease', p_lease,
+                                    'running', jq_running_load());
     j jobs;
     allowed int;
 BEGIN
@@ -583,6 +617,7 @@ BEGIN
         WHERE job_id = p_job AND status = 'running'
         RETURNING * INTO j;
     ctx := jq_event(ctx, 'ended', j.job_id::text, p_status);
+    ctx := jq_running_remove(ctx, p_job);
     UPDATE job_queue_state SET active_job_id = NULL, active_job_type = NULL, active_models = '[]'::jsonb,
             started_at = NULL
         WHERE active_job_id = p_job;
