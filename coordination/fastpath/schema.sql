@@ -14,6 +14,7 @@ DROP FUNCTION IF EXISTS jq_in_use(text);
 DROP FUNCTION IF EXISTS jq_holder(text);
 DROP FUNCTION IF EXISTS jq_any_conflict(jsonb);
 DROP FUNCTION IF EXISTS jq_free_slot(int);
+DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
 
 -- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL
 -- function anew at every call, while PL/pgSQL keeps its plans for the session.
@@ -321,7 +322,8 @@ BEGIN
 END $$;
 
 -- transitions.job_started + LockedQueue.start(): occupy a slot with waiting job `p_job`.
-CREATE OR REPLACE FUNCTION jq_start(ctx jsonb, p_job uuid, p_waiting boolean) RETURNS jsonb
+-- `p_new`: a job being accepted, not inserted yet: it is inserted running, in one write.
+CREATE OR REPLACE FUNCTION jq_start(ctx jsonb, p_job uuid, p_waiting boolean, p_new jobs DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ timestamptz := (ctx->>'now')::timestamptz;
@@ -332,14 +334,26 @@ BEGIN
     IF slot IS NULL THEN
         RAISE EXCEPTION 'jq_start(%): no free slot', p_job;
     END IF;
-    UPDATE jobs SET status = 'running', started_at = now_, attempt = attempt + 1, blocked_by_job_id = NULL,
-            conflict_reason = NULL, lease_expires_at = now_ + make_interval(secs => (ctx->>'lease')::int),
-            cancel_requested_at = NULL,
-            claimed_attempt = CASE WHEN taken THEN attempt + 1 ELSE claimed_attempt END
-        WHERE job_id = p_job AND status = 'pending'
-        RETURNING * INTO r;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Job % is not pending; it cannot become running', p_job USING ERRCODE = 'check_violation';
+    IF p_new.job_id IS NOT NULL THEN
+        r := p_new;
+        r.status := 'running';
+        r.started_at := now_;
+        r.attempt := r.attempt + 1;
+        r.lease_expires_at := now_ + make_interval(secs => (ctx->>'lease')::int);
+        IF taken THEN
+            r.claimed_attempt := r.attempt;
+        END IF;
+        INSERT INTO jobs SELECT r.*;
+    ELSE
+        UPDATE jobs SET status = 'running', started_at = now_, attempt = attempt + 1, blocked_by_job_id = NULL,
+                conflict_reason = NULL, lease_expires_at = now_ + make_interval(secs => (ctx->>'lease')::int),
+                cancel_requested_at = NULL,
+                claimed_attempt = CASE WHEN taken THEN attempt + 1 ELSE claimed_attempt END
+            WHERE job_id = p_job AND status = 'pending'
+            RETURNING * INTO r;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'Job % is not pending; it cannot become running', p_job USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
     IF p_waiting THEN
         DELETE FROM job_model_lines WHERE job_id = p_job;
@@ -364,7 +378,7 @@ BEGIN
     ELSE
         ctx := jsonb_set(ctx, '{enqueue}', (ctx->'enqueue') || jsonb_build_array(jsonb_build_array(r.job_id, r.attempt)));
     END IF;
-    RETURN ctx;
+    RETURN ctx || jsonb_build_object('started', to_jsonb(r));
 END $$;
 
 -- LockedQueue.block(): record what a waiting job waits for now.
@@ -539,17 +553,27 @@ DECLARE
     p_now timestamptz := (ctx->>'now')::timestamptz;
     j jobs;
     verdict record;
-    is_held boolean;
     had_running boolean;
+    behind int;
+    waiting int;
 BEGIN
-    INSERT INTO jobs (job_id, kind, job_type, model, prompt, params, owner_id, priority, client_ref, held, status,
-                      required_models, queue_position, blocked_by_job_id, conflict_reason, queued_at, created_at,
-                      started_at, completed_at, result, error, attempt, claimed_attempt, lease_expires_at,
-                      heartbeat_at, cancel_requested_at)
-        VALUES ((p_job->>'job_id')::uuid, p_job->>'kind', p_job->>'job_type', p_job->>'model', p_job->>'prompt',
-                p_job->'params', (p_job->>'owner_id')::int, (p_job->>'priority')::int, p_job->>'client_ref', false, 'pending',
-                p_job->'required_models', NULL, NULL, NULL, NULL, p_now, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, NULL)
-        RETURNING * INTO j;
+    -- The new row is decided on before it is written, and written once (an insert followed by an
+    -- update of its indexed columns would write every index twice).
+    j.job_id := (p_job->>'job_id')::uuid;
+    j.kind := p_job->>'kind';
+    j.job_type := p_job->>'job_type';
+    j.model := p_job->>'model';
+    j.prompt := p_job->>'prompt';
+    j.params := p_job->'params';
+    j.owner_id := (p_job->>'owner_id')::int;
+    j.priority := (p_job->>'priority')::int;
+    j.client_ref := p_job->>'client_ref';
+    j.held := false;
+    j.status := 'pending';
+    j.required_models := p_job->'required_models';
+    j.created_at := p_now;
+    j.attempt := 0;
+    j.claimed_attempt := 0;
     INSERT INTO job_queue_log (job_id, job_type, event_type, conflict_reason, created_at, details)
         VALUES (j.job_id, j.kind, 'submitted', NULL, p_now, jsonb_build_object('models', j.required_models));
     ctx := jq_event(ctx, 'checking', j.job_id::text, j.required_models::text);
@@ -558,20 +582,34 @@ BEGIN
     IF verdict.can_start THEN
         had_running := jsonb_array_length(ctx->'running') > 0;
         ctx := jq_event(ctx, 'start_now', j.job_id::text, had_running::text);
-        ctx := jq_start(ctx, j.job_id, false);
-    ELSE
-        -- LockedQueue.enter_line(): a row in the line of each model it needs; a pause's hold noted.
-        is_held := jq_paused_any() AND cardinality(jq_paused_among(j.required_models)) > 0;
-        IF is_held THEN
-            UPDATE jobs SET held = true WHERE job_id = j.job_id;
-        END IF;
-        INSERT INTO job_model_lines (job_id, model, priority, created_at, held)
-            SELECT j.job_id, e.name, j.priority, j.created_at, is_held
-            FROM jsonb_array_elements_text(j.required_models) WITH ORDINALITY AS e(name, n) ORDER BY e.n;
-        PERFORM jq_count_pending(1);
-        ctx := jq_block(ctx, j.job_id, verdict.blocker, verdict.reason, true);
+        ctx := jq_start(ctx, j.job_id, false, j);
+        RETURN (ctx - 'started') || jsonb_build_object('job', ctx->'started');
     END IF;
-    SELECT * INTO j FROM jobs WHERE job_id = j.job_id;
+    -- LockedQueue.enter_line(), then block(): a pause's hold noted, its place in the global line when it
+    -- joined (the counter, less the lower-priority jobs behind it), what it waits for; then its line rows.
+    j.held := jq_paused_any() AND cardinality(jq_paused_among(j.required_models)) > 0;
+    behind := (SELECT count(*) FROM jobs WHERE status = 'pending' AND priority < j.priority);
+    UPDATE job_queue_counters SET pending = pending + 1 WHERE id = 1 RETURNING pending INTO waiting;
+    IF NOT FOUND THEN
+        waiting := (SELECT count(*) FROM jobs WHERE status = 'pending') + 1;  -- this job is not written yet
+        INSERT INTO job_queue_counters (id, pending) VALUES (1, waiting)
+            ON CONFLICT (id) DO UPDATE SET pending = EXCLUDED.pending;
+    END IF;
+    j.queue_position := waiting - behind;
+    j.blocked_by_job_id := verdict.blocker;
+    j.conflict_reason := verdict.reason;
+    j.queued_at := p_now;
+    INSERT INTO jobs SELECT j.*;
+    INSERT INTO job_model_lines (job_id, model, priority, created_at, held)
+        SELECT j.job_id, e.name, j.priority, j.created_at, j.held
+        FROM jsonb_array_elements_text(j.required_models) WITH ORDINALITY AS e(name, n) ORDER BY e.n;
+    IF j.kind <> 'normal' THEN
+        ctx := jq_event(ctx, 'blocked_changed', j.job_id::text, j.kind, verdict.blocker::text);
+    END IF;
+    ctx := jq_event(ctx, 'blocked', j.job_id::text, verdict.reason, verdict.blocker::text);
+    INSERT INTO job_queue_log (job_id, job_type, event_type, conflict_reason, created_at, details)
+        VALUES (j.job_id, j.kind, 'blocked', verdict.reason, p_now,
+                jsonb_build_object('blocked_by_job_id', verdict.blocker::text, 'previous', NULL));
     RETURN ctx || jsonb_build_object('job', to_jsonb(j));
 END $$;
 
@@ -626,5 +664,5 @@ BEGIN
                 jsonb_build_object('attempt', j.attempt) || CASE WHEN j.error IS NOT NULL
                     THEN jsonb_build_object('error', j.error) ELSE '{}'::jsonb END);
     ctx := jq_settle_after(ctx, ARRAY[p_job]);
-    RETURN ctx || jsonb_build_object('outcome', 'ended', 'job', to_jsonb(j));
+    RETURN (ctx - 'started') || jsonb_build_object('outcome', 'ended', 'job', to_jsonb(j));
 END $$;
