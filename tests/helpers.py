@@ -17,6 +17,17 @@ from workflows.services import workflow_execute
 COORDINATOR_LOGGER = "job_coordinator"
 
 
+class LineCollector(logging.Handler):
+    """Keeps the messages a logger emits, in order (for a logger that does not propagate)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture
 def coordinator_log(caplog):
     """caplog that sees the coordinator's lines.

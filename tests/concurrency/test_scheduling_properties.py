@@ -57,7 +57,7 @@ from coordination.services import (
 )
 from coordination.queue import words
 from tests.factories import UserFactory
-from tests.helpers import assert_exclusion, assert_honest_waiting
+from tests.helpers import LineCollector, assert_exclusion, assert_honest_waiting
 from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
 from workflows.services import workflow_execute
 
@@ -128,15 +128,6 @@ def whole_state() -> dict:
     }
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @contextmanager
 def new_job_ids(ids: list):
     """New jobs take their ids from `ids`, in order (the field caches its default: reset it)."""
@@ -162,7 +153,7 @@ class Run:
 
 
 def run_once(call, *, fast: bool, now: datetime, ids: list, keep: bool) -> Run:
-    handler = _Lines()
+    handler = LineCollector()
     logger = logging.getLogger("job_coordinator")
     logger.addHandler(handler)
     idle_said = words._idle.said

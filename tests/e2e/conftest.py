@@ -5,21 +5,13 @@ from rest_framework.authtoken.models import Token
 
 from tests.e2e.harness import HttpApi, start_worker
 from tests.factories import UserFactory
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
+from tests.helpers import LineCollector
 
 
 @pytest.fixture
 def web_log():
     """[COORDINATOR] lines the web side (the live server, in this process) logs."""
-    handler = _Lines()
+    handler = LineCollector()
     logger = logging.getLogger("job_coordinator")
     logger.addHandler(handler)
     yield handler.lines
