@@ -293,6 +293,7 @@ def lock_holds(owner, repeats: int) -> dict:
 
     from coordination.models import Job
     from coordination.services import jobs as job_services
+    from coordination.services import submit as submit_services
 
     held: list[float] = []
     original = job_services.slot_ids_lock
@@ -303,13 +304,13 @@ def lock_holds(owner, repeats: int) -> dict:
         return original(slot_count)
 
     reset_queue()
-    job_services.slot_ids_lock = timed_lock
+    job_services.slot_ids_lock = submit_services.slot_ids_lock = timed_lock
     try:
-        first = job_services.job_submit(owner=owner, model="flux-dev", prompt="first", params={})
+        submit_services.job_submit(owner=owner, model="flux-dev", prompt="first", params={})
         submits, completions = [], []
         for _ in range(repeats):
             held.clear()
-            job_services.job_submit(owner=owner, model="flux-dev", prompt="next", params={})
+            submit_services.job_submit(owner=owner, model="flux-dev", prompt="next", params={})
             submits.extend(held)
         running = Job.objects.get(status="running")
         for _ in range(repeats):
@@ -320,8 +321,7 @@ def lock_holds(owner, repeats: int) -> dict:
             completions.extend(held)
             running = taken
     finally:
-        job_services.slot_ids_lock = original
-    del first
+        job_services.slot_ids_lock = submit_services.slot_ids_lock = original
     return {"submit (waits)": submits, "complete + hand over": completions}
 
 

@@ -4,27 +4,30 @@ Each function is one transaction: take the coordinator lock (LockedQueue), re-re
 it, refuse an illegal transition, change it, write its audit row, and start whatever may start now.
 The worker task is enqueued on commit, never while the lock is held.
 
-jobs.py: a job's life (submit, start, finish, cancel, claim, retry); repairs.py: the guide's "Clear
+submit.py: accepting jobs (one, or a batch); jobs.py: the rest of a job's life (start, finish,
+cancel, claim, retry); repairs.py: the guide's "Clear
 stale queue" and "Reset state"; operations.py: the operators' console actions; catalog.py: the
 operators' edits of the model catalog.
 """
 
 from coordination.services.jobs import (
-    BATCH_MAX_JOBS,
-    PROMPT_MAX_LENGTH,
-    catalog_model_get,
-    job_accept,
+    job_attempt_end,
     job_cancel,
     job_claim,
     job_complete,
-    job_attempt_end,
-    job_build,
     job_end_running,
     job_fail,
     job_finish_and_take_next,
     job_max_attempts,
     job_retry,
     job_stopped,
+)
+from coordination.services.submit import (
+    BATCH_MAX_JOBS,
+    PROMPT_MAX_LENGTH,
+    catalog_model_get,
+    job_accept,
+    job_build,
     job_submit,
     jobs_submit_batch,
     pending_limit_check,

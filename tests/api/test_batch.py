@@ -125,10 +125,10 @@ class TestOneLockHold:
     def test_the_batch_takes_the_coordinator_lock_once(self, api, monkeypatch):
         """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the batch."""
         from coordination.queue import locked
-        from coordination.services import jobs as job_services
+        from coordination.services import submit as submit_services
 
         taken = []
-        for module, name in ((locked, "slots_lock"), (job_services, "slot_ids_lock")):
+        for module, name in ((locked, "slots_lock"), (submit_services, "slot_ids_lock")):
             original = getattr(module, name)
             monkeypatch.setattr(module, name, lambda count, _original=original: taken.append(count) or _original(count))
 

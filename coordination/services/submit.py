@@ -1,0 +1,214 @@
+"""Accepting jobs: a submission checked, then inserted and started or queued under the coordinator lock
+(one job, or a batch in one lock hold). The rest of a job's life is in jobs.py."""
+
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from coordination import fastpath
+from coordination.exceptions import CoordinationError, InvalidJob, NotAllowed, PendingLimitReached, UnknownModel
+from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.queue import LockedQueue
+from coordination.queue.locked import slot_ids_lock
+from coordination.transitions import job_accepted
+
+logger = logging.getLogger("job_coordinator")
+
+PROMPT_MAX_LENGTH = 4000
+
+
+def catalog_model_get(*, name: str, catalog: dict[str, CatalogModel] | None = None) -> CatalogModel:
+    """The enabled catalog model `name`. `catalog`: the whole catalog by name (in name order), read
+    once by a caller that checks many jobs, so that checking them costs no query each."""
+    model = CatalogModel.objects.filter(name=name).first() if catalog is None else catalog.get(name)
+    if model is None or not model.enabled:
+        if catalog is None:
+            known = ", ".join(CatalogModel.objects.filter(enabled=True).values_list("name", flat=True))
+        else:
+            known = ", ".join(entry.name for entry in catalog.values() if entry.enabled)
+        problem = f"Unknown model '{name}'" if model is None else f"Model '{name}' is disabled by an operator"
+        raise UnknownModel(f"{problem}. Known models: {known}.", field="model")
+    return model
+
+
+def priority_check(*, owner, priority: int) -> None:
+    if priority > 0 and not (owner is not None and owner.is_staff):
+        raise NotAllowed("Only staff may submit jobs with a priority above 0.", field="priority")
+
+
+def pending_limit_check(*, owner, adding: int = 1) -> None:
+    """Refuse `adding` new jobs (a batch: all of them, as if none could start) unless their owner's
+    waiting jobs and they fit in the most jobs waiting that one user may have.
+
+    Called under the coordinator lock, so two submissions at once cannot both slip under the limit.
+    Staff (operators, the benchmark, load tests) and jobs without an owner are not limited.
+    """
+    limit = settings.COORDINATOR_MAX_PENDING_PER_USER
+    if owner is None or owner.is_staff or not limit:
+        return
+    waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+    if waiting + adding <= limit:
+        return
+    if adding == 1:
+        raise PendingLimitReached(
+            f"You have {waiting} jobs waiting; the limit is {limit} (COORDINATOR_MAX_PENDING_PER_USER). "
+            "Submit more once some have started, or cancel some."
+        )
+    raise PendingLimitReached(
+        f"You have {waiting} jobs waiting and the batch adds {adding}; the limit is {limit} "
+        "(COORDINATOR_MAX_PENDING_PER_USER), and every job of a batch counts. "
+        f"Send at most {max(limit - waiting, 0)} now, or cancel some."
+    )
+
+
+def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> Job:
+    """Insert a new job and start it or queue it, in one transaction under the coordinator lock.
+
+    `on_create(job)` runs in that transaction right after the insert (a workflow's execution row, an
+    idempotency key): if it raises, the job is rolled back with it.
+    """
+    if not job.required_models:
+        raise InvalidJob("A job must require at least one model.", field="model")
+    if fastpath.enabled():
+        return _accept_fast(job, on_create)
+    with transaction.atomic():
+        queue = LockedQueue()
+        pending_limit_check(owner=job.owner)
+        # Taken under the lock, so line order is the order in which jobs were accepted.
+        job_accepted(job, now=queue.now)
+        if on_create is not None:
+            on_create(job)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
+        )
+        queue.admit(job)
+    return job
+
+
+def _accept_fast(job: Job, on_create: Callable[[Job], None] | None) -> Job:
+    """job_accept on PostgreSQL: the lock, then one function call (coordination/fastpath)."""
+    with transaction.atomic():
+        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        pending_limit_check(owner=job.owner)
+        answer = fastpath.submit(job, now=timezone.now())
+        if on_create is not None:
+            on_create(job)
+        fastpath.play(answer)
+    return job
+
+
+def job_build(
+    *,
+    owner,
+    model: str,
+    prompt: str,
+    job_type: str | None = None,
+    params: dict | None = None,
+    priority: int = 0,
+    client_ref: str | None = None,
+    catalog: dict[str, CatalogModel] | None = None,
+) -> Job:
+    """Check a submission and make its job, not saved yet (job_accept or jobs_submit_batch accept it).
+    `catalog`: as catalog_model_get takes it."""
+    catalog = catalog_model_get(name=model, catalog=catalog)
+    if not prompt or not prompt.strip():
+        raise InvalidJob("A prompt is required: describe what to generate.", field="prompt")
+    if len(prompt) > PROMPT_MAX_LENGTH:
+        raise InvalidJob(
+            f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt"
+        )
+    if job_type is not None and job_type != catalog.media_type:
+        raise InvalidJob(
+            f"Model '{model}' makes {catalog.media_type}s, so job_type must be '{catalog.media_type}' (got '{job_type}').",
+            field="job_type",
+        )
+    priority_check(owner=owner, priority=priority)
+    return Job(
+        kind=Job.Kind.NORMAL,
+        job_type=catalog.media_type,
+        model=catalog.name,
+        prompt=prompt,
+        params=params or {},
+        owner=owner,
+        priority=priority,
+        client_ref=client_ref,
+        required_models=[catalog.name],
+    )
+
+
+def job_submit(
+    *,
+    owner,
+    model: str,
+    prompt: str,
+    job_type: str | None = None,
+    params: dict | None = None,
+    priority: int = 0,
+    on_create: Callable[[Job], None] | None = None,
+) -> Job:
+    job = job_build(owner=owner, model=model, prompt=prompt, job_type=job_type, params=params, priority=priority)
+    return job_accept(job=job, on_create=on_create)
+
+
+BATCH_MAX_JOBS = 1000
+
+
+def jobs_submit_batch(
+    *, owner, bodies: list[dict], on_create: Callable[[list[Job]], None] | None = None
+) -> list[Job]:
+    """Accept several jobs at once (POST /jobs/batch), in their order, as that many job_submit calls
+    in a row would, but in one transaction under one hold of the coordinator lock.
+
+    Each body holds job_build's arguments. All are checked before any is accepted: one bad body
+    refuses the batch, its error naming the body (`jobs[3].model: Unknown model ...`); so does a
+    batch that would take its owner past the pending-jobs limit (every job counts). `on_create(jobs)`
+    runs in the transaction once the jobs are inserted (an idempotency key).
+    """
+    if not bodies:
+        raise InvalidJob("A batch needs at least one job in \"jobs\".", field="jobs")
+    if len(bodies) > BATCH_MAX_JOBS:
+        raise InvalidJob(
+            f"A batch holds at most {BATCH_MAX_JOBS} jobs (got {len(bodies)}); send the rest in another batch.",
+            field="jobs",
+        )
+    catalog = {model.name: model for model in CatalogModel.objects.order_by("name")}  # once, not per body
+    jobs = []
+    for index, body in enumerate(bodies):
+        try:
+            jobs.append(job_build(owner=owner, catalog=catalog, **body))
+        except CoordinationError as error:
+            where = f"jobs[{index}].{error.field}" if error.field else f"jobs[{index}]"
+            raise type(error)(f"{where}: {error.message}", field=where) from None
+    # The batch is accepted at one instant, so every job has the same created_at; line order breaks
+    # that tie by job_id. Ids handed out in ascending order keep the line in the batch's order.
+    for job, job_id in zip(jobs, sorted(job.job_id for job in jobs)):
+        job.job_id = job_id
+    if fastpath.enabled():
+        return _accept_many_fast(jobs, on_create)
+    with transaction.atomic():
+        queue = LockedQueue()
+        pending_limit_check(owner=owner, adding=len(jobs))
+        for job in jobs:  # job_accept's steps, one job after the other
+            job_accepted(job, now=queue.now)
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
+            )
+            queue.admit(job)
+        if on_create is not None:
+            on_create(jobs)
+    return jobs
+
+
+def _accept_many_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job]:
+    """jobs_submit_batch on PostgreSQL: the lock, then one function call for the whole batch."""
+    with transaction.atomic():
+        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+        pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
+        answer = fastpath.submit_many(jobs, now=timezone.now())
+        if on_create is not None:
+            on_create(jobs)
+        fastpath.play(answer)
+    return jobs
