@@ -87,7 +87,7 @@ def reap() -> dict:
             stale, _ = waiting_repair(queue, actor="reaper", only=suspects)
             report["repaired"] = [str(job.job_id) for job in stale]
         else:
-            queue.dispatch()
+            queue.dispatch(quiet_when_idle=True)
     if any(report.values()):
         logger.info("[COORDINATOR] Reaper: %s", {key: len(value) for key, value in report.items() if value})
     return report

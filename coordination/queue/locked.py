@@ -250,13 +250,15 @@ class LockedQueue(QueueRules):
         slot.started_at = None
         slot.save()
 
-    def dispatch(self) -> list[Job]:
-        """Start every waiting job that may start now (rules 1-3), in line order."""
+    def dispatch(self, *, quiet_when_idle: bool = False) -> list[Job]:
+        """Start every waiting job that may start now (rules 1-3), in line order. `quiet_when_idle`:
+        a pass that nothing prompted (the reaper's) does not say "No queued jobs"."""
         if self.free_slot() is None:
             return []
         count = self.pending_count()
         if count == 0:
-            say("no_queued")
+            if not quiet_when_idle:
+                say("no_queued")
             return []
         say("found", count)
         started: list[Job] = []
