@@ -8,8 +8,9 @@ paused model gets no estimate (None): it starts when an operator resumes the mod
 paused model that it does not need are not counted before it (they step aside). A read, for the
 API and the console; the coordinator never uses it.
 
-estimated_start() is the rule for one job (the API); estimated_starts() the same rule for a list
-(the console), in a fixed number of queries however long the list. A test holds them equal.
+estimated_start() is the rule for one job, read plainly: the definition the others are tested
+against. estimated_starts() applies it to a list (the console) and job_wait() to one job with its
+waiting_for (GET /jobs/{id}), each in a fixed number of queries; tests hold both equal to it.
 """
 
 from dataclasses import dataclass

@@ -114,7 +114,6 @@ def _play(answer: dict) -> Job | None:
 
 
 SIGNATURES = {
-    "jq_submit": ("jsonb", "timestamptz", "int", "int"),
     "jq_submit_many": ("jsonb", "timestamptz", "int", "int"),
     "jq_finish": ("uuid", "int", "text", "jsonb", "text", "boolean", "boolean", "timestamptz", "int", "int"),
 }
@@ -136,20 +135,10 @@ def _submission(job: Job) -> dict:
     }
 
 
-def submit(job: Job, *, now: datetime) -> dict:
-    """Insert `job` and start or queue it (jq_submit). Fills `job` in with what was decided; returns
-    the answer to play once the caller's own rows for the job exist (`play`)."""
-    answer = _call(
-        "jq_submit",
-        [json.dumps(_submission(job)), now, settings.COORDINATOR_MAX_ACTIVE_JOBS, settings.COORDINATOR_LEASE_SECONDS],
-    )
-    _job_from_row(answer["job"], into=job)
-    return answer
-
-
 def submit_many(jobs: list[Job], *, now: datetime) -> dict:
-    """Insert and admit `jobs` in order, in one call (jq_submit_many): a batch under one lock hold.
-    Fills each job in with what was decided; returns the answer to `play` afterwards."""
+    """Insert and admit `jobs` in order (one job, or a batch), in one call (jq_submit_many) under the
+    caller's lock. Fills each job in with what was decided; returns the answer to `play` once the
+    caller's own rows for the jobs exist."""
     answer = _call(
         "jq_submit_many",
         [

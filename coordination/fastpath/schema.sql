@@ -15,6 +15,7 @@ DROP FUNCTION IF EXISTS jq_holder(text);
 DROP FUNCTION IF EXISTS jq_any_conflict(jsonb);
 DROP FUNCTION IF EXISTS jq_free_slot(int);
 DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
+DROP FUNCTION IF EXISTS jq_submit(jsonb, timestamptz, int, int);
 
 -- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL
 -- function anew at every call, while PL/pgSQL keeps its plans for the session.
@@ -508,16 +509,8 @@ BEGIN
     RETURN ctx;
 END $$;
 
--- job_accept() + LockedQueue.admit(): insert a new job, then start it or queue it.
-CREATE OR REPLACE FUNCTION jq_submit(p_job jsonb, p_now timestamptz, p_slots int, p_lease int) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    RETURN jq_admit(jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb, 'taken', 'null'::jsonb,
-                                       'take_next', false, 'now', p_now, 'slots', p_slots, 'lease', p_lease,
-                                    'running', jq_running_load()), p_job);
-END $$;
-
--- A batch (POST /jobs/batch): each job admitted in turn, in order, under the one lock the caller holds.
+-- job_accept() and POST /jobs/batch: each job admitted in turn (jq_admit), in order, under the one lock
+-- the caller holds.
 -- Answers {"events": [...], "enqueue": [...], "jobs": [row, ...]} in the batch's order.
 CREATE OR REPLACE FUNCTION jq_submit_many(p_jobs jsonb, p_now timestamptz, p_slots int, p_lease int) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
@@ -547,6 +540,7 @@ BEGIN
         'taken', 'null'::jsonb);
 END $$;
 
+-- job_accept() + LockedQueue.admit() for one job: decide, then insert it started or queued.
 CREATE OR REPLACE FUNCTION jq_admit(ctx jsonb, p_job jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE

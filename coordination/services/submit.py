@@ -73,31 +73,34 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
     if not job.required_models:
         raise InvalidJob("A job must require at least one model.", field="model")
     if fastpath.enabled():
-        return _accept_fast(job, on_create)
+        return _accept_fast([job], None if on_create is None else lambda jobs: on_create(job))[0]
     with transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=job.owner)
-        # Taken under the lock, so line order is the order in which jobs were accepted.
-        job_accepted(job, now=queue.now)
-        if on_create is not None:
-            on_create(job)
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
-        )
-        queue.admit(job)
+        _admit_new(queue, job, on_create)
     return job
 
 
-def _accept_fast(job: Job, on_create: Callable[[Job], None] | None) -> Job:
-    """job_accept on PostgreSQL: the lock, then one function call (coordination/fastpath)."""
+def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | None = None) -> None:
+    """The Python path of accepting one job, under the caller's lock: inserted (created_at taken under
+    the lock, so line order is acceptance order), `on_create`, its `submitted` row, started or queued."""
+    job_accepted(job, now=queue.now)
+    if on_create is not None:
+        on_create(job)
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models})
+    queue.admit(job)
+
+
+def _accept_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job]:
+    """job_accept or jobs_submit_batch on PostgreSQL: the lock, then one function call for every job."""
     with transaction.atomic():
         slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
-        pending_limit_check(owner=job.owner)
-        answer = fastpath.submit(job, now=timezone.now())
+        pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
+        answer = fastpath.submit_many(jobs, now=timezone.now())
         if on_create is not None:
-            on_create(job)
+            on_create(jobs)
         fastpath.play(answer)
-    return job
+    return jobs
 
 
 def job_build(
@@ -187,28 +190,12 @@ def jobs_submit_batch(
     for job, job_id in zip(jobs, sorted(job.job_id for job in jobs)):
         job.job_id = job_id
     if fastpath.enabled():
-        return _accept_many_fast(jobs, on_create)
+        return _accept_fast(jobs, on_create)
     with transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=owner, adding=len(jobs))
-        for job in jobs:  # job_accept's steps, one job after the other
-            job_accepted(job, now=queue.now)
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models}
-            )
-            queue.admit(job)
+        for job in jobs:  # each in turn, as job_accept does it: the next one's place depends on this one
+            _admit_new(queue, job)
         if on_create is not None:
             on_create(jobs)
-    return jobs
-
-
-def _accept_many_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job]:
-    """jobs_submit_batch on PostgreSQL: the lock, then one function call for the whole batch."""
-    with transaction.atomic():
-        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
-        pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
-        answer = fastpath.submit_many(jobs, now=timezone.now())
-        if on_create is not None:
-            on_create(jobs)
-        fastpath.play(answer)
     return jobs
