@@ -25,11 +25,10 @@ logger = logging.getLogger("job_coordinator")
 HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
 
 
-def job_taken_confirm(*, job_id, attempt: int) -> bool:
-    """A worker confirms it took a handed-over job (its first heartbeat), before its runner starts.
-    One statement, written as SQL: it runs once per job on the hot path. False if the attempt is no
-    longer current (an operator ended it in between): the worker must not run it."""
-    now = timezone.now()
+def _lease_renew(*, job_id, attempt: int, now) -> bool:
+    """Renew the attempt's lease; False if it is no longer current. One UPDATE written as SQL: it runs
+    once per job on the hot path (a hand-off's confirmation), where building the ORM update cost more
+    than the round trip."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s "
@@ -49,7 +48,7 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     now = timezone.now()
     fenced = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt)
     if renew:
-        alive = fenced.update(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds()))
+        alive = _lease_renew(job_id=job_id, attempt=attempt, now=now)
     else:
         alive = fenced.exists()
     if not alive:

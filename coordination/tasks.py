@@ -12,7 +12,7 @@ from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, queue_log_prune
-from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, job_taken_confirm, reap_if_due
+from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
 from coordination.recovery import reap as reaper_pass
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
@@ -44,10 +44,10 @@ def run_job(job_id: str, attempt: int) -> None:
                 "%s processing job %s attempt %s (handed over when job %s ended)",
                 current_process().name, job.job_id, job.attempt, finished,
             )
-        # One UPDATE before the runner starts: should this worker die before it, the reaper sends the
-        # job again without using up an attempt (it never ran). A cancel is seen by the lease keeper.
-        if job is not None and not job_taken_confirm(job_id=job.job_id, attempt=job.attempt):
-            job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False)  # audits the refusal
+        # Its first heartbeat (one UPDATE) before the runner starts: should this worker die before it,
+        # the reaper sends the job again without using up an attempt (it never ran). A cancel, if any,
+        # is seen by the lease keeper within its first second.
+        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
             job = None
         try:
             reap_if_due()

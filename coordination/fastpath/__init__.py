@@ -44,18 +44,11 @@ def install(schema_editor=None) -> None:
         cursor.execute(SCHEMA_SQL.read_text())
 
 
-def _model_from_row(model_class, row: dict):
-    values = {field.attname: row.get(field.column) for field in model_class._meta.concrete_fields}
-    instance = model_class(**values)
-    instance._state.adding = False
-    instance._state.db = connection.alias
-    return instance
-
-
-def _job_from_row(row: dict, into: Job | None = None) -> Job:
-    """A Job from a `to_jsonb(jobs row)`: the fields the function wrote, as Django would read them."""
+def _from_row(row: dict, model_class=Job, into=None):
+    """An instance of `model_class` from a `to_jsonb(row)`: the fields the function wrote, as Django
+    would read them (`into`: fill this instance in instead)."""
     values = {}
-    for field in Job._meta.concrete_fields:
+    for field in model_class._meta.concrete_fields:
         value = row.get(field.column)
         if value is not None:
             if isinstance(field, models.DateTimeField):
@@ -64,17 +57,17 @@ def _job_from_row(row: dict, into: Job | None = None) -> Job:
                 value = uuid.UUID(value)
         values[field.attname] = value
     if into is None:
-        job = Job(**values)
+        instance = model_class(**values)
     else:
-        job = into
+        instance = into
         for name, value in values.items():
-            setattr(job, name, value)
-    job._state.adding = False
-    job._state.db = connection.alias
-    return job
+            setattr(instance, name, value)
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance
 
 
-def _play(answer: dict) -> Job | None:
+def play(answer: dict) -> Job | None:
     """Say what the function did, mirror workflow waits, and enqueue the started jobs on commit.
     Returns the job a finishing worker takes (the hand-off), if any."""
     for kind, *args in answer.get("events", ()):
@@ -106,10 +99,10 @@ def _play(answer: dict) -> Job | None:
     taken = answer.get("taken")
     if not taken:
         return None
-    job = _job_from_row(taken)
+    job = _from_row(taken)
     if answer.get("taken_model"):
         # Its worker runs it at once: the catalog row comes along, so the runner's call needs no read.
-        job.catalog_row = _model_from_row(CatalogModel, answer["taken_model"])
+        job.catalog_row = _from_row(answer["taken_model"], CatalogModel)
     return job
 
 
@@ -147,12 +140,8 @@ def submit_many(jobs: list[Job], *, now: datetime) -> dict:
         ],
     )
     for job, row in zip(jobs, answer["jobs"], strict=True):
-        _job_from_row(row, into=job)
+        _from_row(row, into=job)
     return answer
-
-
-def play(answer: dict) -> Job | None:
-    return _play(answer)
 
 
 @dataclass(frozen=True)
@@ -180,7 +169,7 @@ def finish(
     )
     if answer["outcome"] == "python":
         return Finished("python")
-    job = _job_from_row(answer["job"])
+    job = _from_row(answer["job"])
     if answer["outcome"] == "refused":
         return Finished("refused", job)
-    return Finished("ended", job, _play(answer))
+    return Finished("ended", job, play(answer))
