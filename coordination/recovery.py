@@ -45,12 +45,13 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     Returns "ok", "cancel" (an operator or the owner asked it to stop) or "lost" (the attempt is no
     longer current: the reaper or an operator ended it; the worker must stop and report nothing).
     """
-    now = timezone.now()
-    fenced = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt)
+    def fenced():  # built only when asked for: the hand-off's confirmation needs none of it
+        return Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt)
+
     if renew:
-        alive = _lease_renew(job_id=job_id, attempt=attempt, now=now)
+        alive = _lease_renew(job_id=job_id, attempt=attempt, now=timezone.now())
     else:
-        alive = fenced.exists()
+        alive = fenced().exists()
     if not alive:
         if not audit:  # the worker's own report may just have ended it: nothing to record
             return HEARTBEAT_LOST
@@ -63,7 +64,7 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
         )
         logger.warning("[COORDINATOR] Refused heartbeat of job %s attempt %s: the attempt is no longer current", job_id, attempt)
         return HEARTBEAT_LOST
-    if look_for_cancel and fenced.filter(cancel_requested_at__isnull=False).exists():
+    if look_for_cancel and fenced().filter(cancel_requested_at__isnull=False).exists():
         return HEARTBEAT_CANCEL
     return HEARTBEAT_OK
 

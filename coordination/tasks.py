@@ -1,6 +1,7 @@
 """The worker task django-q2 runs: claim the job for its attempt, run it, report the outcome."""
 
 import logging
+import os
 import threading
 import time
 from multiprocessing import current_process
@@ -57,7 +58,11 @@ def run_job(job_id: str, attempt: int) -> None:
 
 class LeaseKeeper:
     """While the runner works: renews the attempt's lease, and tells the runner to stop when the job
-    was cancelled (state "cancel") or taken from this worker (state "lost")."""
+    was cancelled (state "cancel") or taken from this worker (state "lost").
+
+    One keeper thread per worker process watches whichever job the worker runs (starting and joining
+    a thread for every job was a tenth of a zero-second job's time); this object is that job's watch.
+    """
 
     def __init__(self, job_id, attempt: int):
         self.job_id, self.attempt = job_id, attempt
@@ -66,40 +71,111 @@ class LeaseKeeper:
         # Set once the runner returned: from then on the keeper only keeps the lease alive while
         # the outcome is reported, and a "lost" answer (the report itself ended the job) is quiet.
         self.reporting = False
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name=f"lease-{job_id}", daemon=True)
+        self.last_renewal = time.monotonic()
 
     def __enter__(self) -> "LeaseKeeper":
-        self._thread.start()
+        _keeper().watch(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        self._thread.join()
+        _keeper().unwatch(self)
+
+
+class _KeeperThread:
+    """The worker process's keeper: looks at the watched job every second (a cancel is seen within
+    about a second) and renews its lease every third of a lease."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._current: LeaseKeeper | None = None
+        self._busy = False  # a heartbeat of the current watch is in flight
+        self._connected = False  # this thread holds a database connection
+        self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def watch(self, lease: LeaseKeeper) -> None:
+        with self._changed:
+            self._current = lease
+            self._changed.notify_all()
+
+    def unwatch(self, lease: LeaseKeeper) -> None:
+        # Returns once no heartbeat of this job is in flight and the keeper's connection, if a long job
+        # made it open one, is closed: nothing of this job outlives its report.
+        with self._changed:
+            if self._current is lease:
+                self._current = None
+            self._changed.notify_all()
+            while self._busy or self._connected:
+                self._changed.wait()
 
     def _keep(self) -> None:
         renew_every = settings.COORDINATOR_LEASE_SECONDS / 3
-        last_renewal = time.monotonic()
-        try:
-            # Looks every second (a cancel is seen within about a second), renews every third of a lease.
-            while not self._done.wait(min(1.0, renew_every)):
-                renew = time.monotonic() - last_renewal >= renew_every
-                try:
-                    state = job_heartbeat(
-                        job_id=self.job_id, attempt=self.attempt, renew=renew, audit=not self.reporting
-                    )
-                except Exception:  # a database hiccup: not renewed this time; the next look tries again
-                    logger.warning("Heartbeat of job %s attempt %s failed; retrying", self.job_id, self.attempt)
-                    connections.close_all()
+        look_every = min(1.0, renew_every)
+        while True:
+            with self._changed:
+                lease = self._current
+                if lease is not None:
+                    # Sleeps a look's interval unless the watch changes (the job ended).
+                    self._changed.wait_for(lambda: self._current is not lease, timeout=look_every)
+                    if self._current is lease:
+                        self._busy = True
+                    else:
+                        lease = None
+                elif not self._connected:
+                    self._changed.wait()
                     continue
-                if renew:
-                    last_renewal = time.monotonic()
-                if state != HEARTBEAT_OK:
-                    self.state = state
-                    self.stop.set()
-                    return
-        finally:
-            connections.close_all()  # this thread's own connection
+            if lease is None:
+                if self._connected:  # idle: hold no connection between jobs
+                    _close_quietly()
+                    with self._changed:
+                        self._connected = False
+                        self._changed.notify_all()
+                continue
+            try:
+                self._look(lease, renew_every)
+            finally:
+                with self._changed:
+                    self._busy, self._connected = False, True
+                    if lease.stop.is_set() and self._current is lease:
+                        self._current = None
+                    self._changed.notify_all()
+
+    def _look(self, lease: LeaseKeeper, renew_every: float) -> None:
+        renew = time.monotonic() - lease.last_renewal >= renew_every
+        try:
+            state = job_heartbeat(job_id=lease.job_id, attempt=lease.attempt, renew=renew, audit=not lease.reporting)
+        except Exception:  # a database hiccup: not renewed this time; the next look tries again
+            logger.warning("Heartbeat of job %s attempt %s failed; retrying", lease.job_id, lease.attempt)
+            _close_quietly()
+            return
+        if renew:
+            lease.last_renewal = time.monotonic()
+        if state != HEARTBEAT_OK:
+            lease.state = state
+            lease.stop.set()
+
+
+def _close_quietly() -> None:
+    """Drops the keeper's connection; one broken by an outage may fail to close, which must not stop the keeper."""
+    try:
+        connections.close_all()
+    except Exception:
+        logger.debug("Closing the lease keeper's connection failed", exc_info=True)
+
+
+_keeper_thread: _KeeperThread | None = None
+_keeper_guard = threading.Lock()
+
+
+def _keeper() -> _KeeperThread:
+    """This process's keeper, started on first use (django-q2 forks its workers: each gets its own)."""
+    global _keeper_thread
+    with _keeper_guard:
+        if _keeper_thread is None or _keeper_thread.pid != os.getpid():
+            _keeper_thread = _KeeperThread()
+        return _keeper_thread
 
 
 def _run_and_report(job: Job, *, take_next: bool) -> Job | None:

@@ -4,6 +4,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from coordination.exceptions import StaleAttempt
@@ -13,6 +14,14 @@ from coordination.services import job_cancel, job_claim, job_complete, job_finis
 from coordination.tasks import run_job
 from tests.e2e.harness import wait_until
 from tests.helpers import assert_honest_waiting, events, fresh, log_row, submit
+
+
+def run_job_in_thread(job_id: str, attempt: int) -> None:
+    """run_job as a worker thread runs it, closing the thread's connection as django-q2's worker does."""
+    try:
+        run_job(job_id, attempt)
+    finally:
+        connections.close_all()
 
 pytestmark = pytest.mark.django_db
 
@@ -162,7 +171,7 @@ def test_cancelling_a_running_job_stops_its_runner_then_frees_its_model(user, ru
     """The worker's lease keeper sees the request within a second; the runner stops within 0.1 s."""
     running = submit(user, params={"simulate_seconds": 30})
     waiting = submit(user, params={"simulate_seconds": 0})
-    worker = threading.Thread(target=run_job, args=(str(running.job_id), 1))
+    worker = threading.Thread(target=run_job_in_thread, args=(str(running.job_id), 1))
     worker.start()
     wait_until(lambda: fresh(running).claimed_attempt == 1, timeout=10, message="the worker to claim its job")
 
@@ -176,3 +185,24 @@ def test_cancelling_a_running_job_stops_its_runner_then_frees_its_model(user, ru
     assert (running.completed_at - running.started_at).total_seconds() < 15, "stopped long before its 30 s"
     waiting = fresh(waiting)
     assert waiting.status == Job.Status.COMPLETED and waiting.started_at >= running.completed_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_keeper_watches_each_job_a_worker_runs_in_turn(user, runner_calls):
+    """One keeper per worker process: after a job, it watches the job handed over next, and a cancel
+    of that one stops it too; the worker then holds no connection of the keeper's."""
+    first = submit(user, params={"simulate_seconds": 0})
+    second = submit(user, params={"simulate_seconds": 30})
+    worker = threading.Thread(target=run_job_in_thread, args=(str(first.job_id), 1))
+    worker.start()
+    wait_until(lambda: fresh(second).claimed_attempt == 1, timeout=10, message="the hand-over of the second job")
+
+    job_cancel(job_id=second.job_id, user=user)
+
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert fresh(first).status == Job.Status.COMPLETED
+    second = fresh(second)
+    assert second.status == Job.Status.CANCELLED and second.error == "Cancelled by its owner; stopped while running"
+    keepers = [thread for thread in threading.enumerate() if thread.name == "lease-keeper"]
+    assert len(keepers) <= 1, "one keeper thread per process, not one per job"
