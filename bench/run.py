@@ -351,7 +351,7 @@ def batch_rate(owner, size: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--parts", default="abcdefgh", help="which parts to run, e.g. 'be' (default: all)")
+    parser.add_argument("--parts", default="abcdefghi", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -419,6 +419,8 @@ def main() -> None:
             lat = [value * 1000 for value in run["latencies"]]
             out(f"    {name:<15} p50 {percentile(lat, 50):6.1f} ms  p99 {percentile(lat, 99):6.1f} ms"
                 f"  max {max(lat):6.1f} ms  (n={len(lat)})")
+    if "i" in args.parts:
+        policy_costs(sizes, owner, repeats)
     if "h" in args.parts:
         rate = batch_rate(owner, 1000, 3)
         out(f"\n(h) POST /jobs/batch of 1,000 jobs (best of 3): {rate:.0f} accepted jobs/s (target >= 2,000)")
@@ -437,6 +439,31 @@ def decision_costs(sizes: list[int], owner, repeats: int) -> None:
             base = base or cost
             out(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
                   f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+
+
+def policy_costs(sizes: list[int], owner, repeats: int) -> None:
+    """(i) The decision cost with a scheduling policy in use: a capacity group over the line's model
+    and another (4 slots). It takes the Python path; the cost must stay flat with the queue's length."""
+    from django.conf import settings
+
+    from coordination.models import CapacityGroup, CatalogModel
+    from coordination.services import capacity_group_save
+
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
+    out("\n(i) decision cost with a capacity group in use (4 slots; the Python path), median of", repeats)
+    out(f"    {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
+    group = CapacityGroup(name="bench-key", capacity=2)
+    capacity_group_save(group=group, models=list(CatalogModel.objects.filter(name__in=["motion-2.0-fast", "minimax/video-01"])),
+                        actor="bench")
+    base = None
+    for size in (sizes[0], sizes[-1]):
+        cost = measure_decisions(size, owner, repeats)
+        base = base or cost
+        out(f"    {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
+            f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}   (target <= 1.5)")
+    group.delete()
+    reset_queue()
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
 
 

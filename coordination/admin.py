@@ -13,12 +13,12 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from coordination.models import CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
 from coordination.selectors import job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id
-from coordination.services import catalog_model_save
+from coordination.services import capacity_group_delete, capacity_group_save, catalog_model_save
 
 
 # The admin index links to the queue console.
@@ -210,7 +210,7 @@ class JobQueueLogAdmin(ReadOnlyAdmin):
 class CatalogModelAdmin(admin.ModelAdmin):
     list_display = (
         "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled", "paused",
-        "default_simulate_seconds",
+        "max_waiting", "default_simulate_seconds",
     )
     list_filter = ("media_type", "runner", "enabled", "paused")
     # Pausing goes through the queue console (under the coordinator lock, audited, waiters re-decided).
@@ -227,3 +227,38 @@ class CatalogModelAdmin(admin.ModelAdmin):
         report = catalog_model_save(model=obj, actor=f"admin:{request.user.username}")
         if report["started"]:
             self.message_user(request, f"{obj.name}: started {len(report['started'])} waiting job(s) it now has room for.")
+
+
+@admin.register(CapacityGroup)
+class CapacityGroupAdmin(admin.ModelAdmin):
+    """Groups of models that share a limit (a provider key's concurrency, say). Every edit goes through
+    the coordinator (capacity_group_save): saved under its lock, audited, and the waiting jobs of its
+    models decided again at once."""
+
+    list_display = ("name", "capacity", "members", "description")
+    filter_horizontal = ("catalog_models",)
+    search_fields = ("name", "description")
+
+    @admin.display(description="models")
+    def members(self, group: CapacityGroup) -> str:
+        return ", ".join(model.name for model in group.catalog_models.all()) or "-"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("catalog_models")
+
+    def save_model(self, request, obj, form, change):
+        pass  # saved with its members in save_related, in one coordinator transaction
+
+    def save_related(self, request, form, formsets, change):
+        report = capacity_group_save(
+            group=form.instance, models=list(form.cleaned_data["catalog_models"]), actor=f"admin:{request.user.username}"
+        )
+        if report["started"]:
+            self.message_user(request, f"{form.instance.name}: started {len(report['started'])} waiting job(s) it now has room for.")
+
+    def delete_model(self, request, obj):
+        capacity_group_delete(group=obj, actor=f"admin:{request.user.username}")
+
+    def delete_queryset(self, request, queryset):
+        for group in queryset:
+            capacity_group_delete(group=group, actor=f"admin:{request.user.username}")

@@ -13,6 +13,7 @@ against. estimated_starts() applies it to a list (the console) and job_wait() to
 waiting_for (GET /jobs/{id}), each in a fixed number of queries; tests hold both equal to it.
 """
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,6 +42,14 @@ def typical_run_seconds(model: str) -> float:
         return sum(durations) / len(durations)
     catalog = CatalogModel.objects.filter(name=model).only("default_simulate_seconds").first()
     return catalog.default_simulate_seconds if catalog else 0.0
+
+
+def line_retry_after(model: str, running: list[Job], *, now: datetime) -> int:
+    """Seconds until a full line of `model` should move (its next job starts): what the soonest of its
+    running jobs has left, by the model's typical run time; at least 1. For Retry-After."""
+    typical = typical_run_seconds(model)
+    left = [max(0.0, typical - _elapsed(job, now)) for job in running if model in job.required_models]
+    return max(1, math.ceil(min(left) if left else typical))
 
 
 def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None:
@@ -179,10 +188,7 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
     models = set(job.required_models)
     if serialized:
         models.update(model for other in before for model in other.required_models)
-    catalog = {
-        row.name: row
-        for row in CatalogModel.objects.filter(name__in=models).only("name", "paused", "capacity", "default_simulate_seconds")
-    }
+    catalog, groups = _catalog_with_groups(models)
     waiting_for = [
         {
             "model": model,
@@ -190,6 +196,7 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
             "held_by": [{"job_id": r.job_id, "kind": r.kind} for r in running if model in r.required_models],
             "jobs_ahead": in_lines.get(model, (0, 0))[0],
             "paused": model in catalog and catalog[model].paused,
+            "groups": group_use(groups.get(model, {}), running),
         }
         for model in job.required_models
     ]
@@ -217,6 +224,41 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
         capacity = catalog[model].capacity if model in catalog else 1
         waits.append((holders_left + unheld_ahead * typical[model]) / max(1, capacity))
     return Wait(waiting_for, now + timedelta(seconds=max(waits, default=0.0)), slot)
+
+
+@dataclass(frozen=True)
+class _CatalogRow:
+    name: str
+    paused: bool
+    capacity: int
+    default_simulate_seconds: float
+
+
+def _catalog_with_groups(models) -> tuple[dict[str, _CatalogRow], dict[str, dict[str, tuple[int, set[str]]]]]:
+    """The catalog rows of `models`, and for each its capacity groups (name -> capacity, members), in
+    one query (a row per model, group and member)."""
+    rows = CatalogModel.objects.filter(name__in=models).values_list(
+        "name", "paused", "capacity", "default_simulate_seconds",
+        "capacity_groups__name", "capacity_groups__capacity", "capacity_groups__catalog_models__name",
+    )
+    catalog, groups = {}, {}
+    for name, paused, capacity, seconds, group, group_capacity, member in rows:
+        catalog[name] = _CatalogRow(name, paused, capacity, seconds)
+        if group is not None:
+            groups.setdefault(name, {}).setdefault(group, (group_capacity, set()))[1].add(member)
+    return catalog, groups
+
+
+def group_use(groups: dict[str, tuple[int, set[str]]], running: list[Job]) -> list[dict]:
+    """Each capacity group (name -> capacity, members) with how many running jobs use it now."""
+    return [
+        {
+            "name": name,
+            "running": sum(1 for job in running if members.intersection(job.required_models)),
+            "capacity": capacity,
+        }
+        for name, (capacity, members) in sorted(groups.items())
+    ]
 
 
 def _slot_wait(job: Job, running: list[Job]) -> dict | None:

@@ -55,3 +55,25 @@ class PendingLimitReached(CoordinationError):
 
     status_code = 429
     default_code = "pending_limit"
+
+
+class LineFull(CoordinationError):
+    """The job would wait in a model's line that already holds its catalog `max_waiting` jobs."""
+
+    status_code = 429
+    default_code = "line_full"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class DuplicateJob(CoordinationError):
+    """A live job of the same owner already has this dedupe_key (and may not, or cannot, be replaced)."""
+
+    status_code = 409
+    default_code = "duplicate"
+
+    def __init__(self, message: str, *, job_id, field: str | None = "dedupe_key"):
+        super().__init__(message, field=field)
+        self.job_id = job_id

@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
+from coordination.queue.rules import groups_by_model
 
 # Upper bounds in seconds, from a no-op job to the default job timeout (an hour).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -49,6 +50,7 @@ class QueueCollector(Collector):
     def collect(self):
         now = timezone.now()
         yield from self._per_model(now)
+        yield from self._per_group()
         yield from self._jobs_by_status()
         yield self._events()
         yield from self._durations(now)
@@ -86,6 +88,18 @@ class QueueCollector(Collector):
                 enabled.add_metric([model], 1 if catalog[model]["enabled"] else 0)
                 paused.add_metric([model], 1 if catalog[model]["paused"] else 0)
         return [waiting, oldest, active, capacity, enabled, paused]
+
+    def _per_group(self):
+        """Each capacity group's running jobs (a job counts once, however many of its models it
+        uses) and capacity: two queries, the membership rows and the running jobs."""
+        groups = groups_by_model()
+        running = list(Job.objects.order_by().filter(status=Job.Status.RUNNING).values_list("required_models", flat=True))
+        active = GaugeMetricFamily("jobqueue_group_jobs_running", "Running jobs that use a model of this capacity group.", labels=["group"])
+        capacity = GaugeMetricFamily("jobqueue_group_capacity", "Jobs that may run at once on this group's models together.", labels=["group"])
+        for group in sorted({group for members in groups.values() for group in members}, key=lambda group: group.name):
+            active.add_metric([group.name], sum(1 for required in running if group.models.intersection(required or [])))
+            capacity.add_metric([group.name], group.capacity)
+        return [active, capacity]
 
     def _jobs_by_status(self):
         counts = dict(Job.objects.order_by().values_list("status").annotate(n=Count("pk")))

@@ -57,6 +57,11 @@ class CatalogModel(models.Model):
         help_text="Name of the environment variable holding the provider's token (sent as a Bearer token).",
     )
     provider_style = models.CharField(max_length=10, choices=ProviderStyle.choices, default=ProviderStyle.SYNC)
+    # A line limit: a submit that would make this model's line longer is answered 429 (checked under the lock).
+    max_waiting = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Most jobs that may wait in this model's line; a submit beyond it is refused with 429 (empty: no limit).",
+    )
     timeout_seconds = models.PositiveIntegerField(
         default=600, help_text="The http runner gives up on a provider call after this long."
     )
@@ -86,6 +91,27 @@ class CatalogModel(models.Model):
             raise ValidationError({"provider_url": "A model using the http runner needs a provider URL."})
 
 
+class CapacityGroup(models.Model):
+    """Models that share a limit, such as a provider API key that allows N jobs at once across them:
+    a job starts only when every group of every model it needs has room."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="As operators name it, e.g. acme-api-key.")
+    capacity = models.PositiveSmallIntegerField(default=1, help_text="Jobs that may run at once on this group's models together.")
+    catalog_models = models.ManyToManyField(
+        CatalogModel, related_name="capacity_groups", blank=True, db_table="capacity_group_models",
+        verbose_name="models", help_text="The catalog models whose running jobs count against this group.",
+    )
+    description = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "capacity_groups"
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=Q(capacity__gte=1), name="capacity_groups_capacity_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Job(models.Model):
     class Kind(models.TextChoices):
         NORMAL = "normal"
@@ -97,8 +123,12 @@ class Job(models.Model):
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        EXPIRED = "expired"
 
-    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    # How a running attempt may end for good; and every status a job ends in (a waiting job whose
+    # start-by deadline passed ends `expired`, never having run).
+    OUTCOMES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    FINISHED = (*OUTCOMES, Status.EXPIRED)
 
     job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.NORMAL)
@@ -136,6 +166,10 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # Scheduling policies a submit may ask for: ends `expired` if still waiting at start_by; two live
+    # jobs of one owner never share a dedupe_key.
+    start_by = models.DateTimeField(null=True, blank=True, help_text="Expires if it has not started by then.")
+    dedupe_key = models.CharField(max_length=255, null=True, blank=True, help_text="The owner's name for this work.")
 
     class Meta:
         db_table = "jobs"
@@ -157,10 +191,18 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
             # The per-user pending limit counts these under the lock: only waiting jobs, not history.
             models.Index(fields=["owner"], condition=Q(status="pending"), name="jobs_owner_pending_idx"),
+            # The reaper's expiry pass: the waiting jobs that have a deadline, soonest first.
+            models.Index(fields=["start_by"], condition=Q(status="pending", start_by__isnull=False), name="jobs_deadline_idx"),
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["pending", "running", "completed", "failed", "cancelled"]), name="jobs_status_valid"
+                condition=Q(status__in=["pending", "running", "completed", "failed", "cancelled", "expired"]),
+                name="jobs_status_valid",
+            ),
+            # A key is taken while its job is live, free again once it ends.
+            models.UniqueConstraint(
+                fields=["owner", "dedupe_key"], condition=Q(status__in=["pending", "running"], dedupe_key__isnull=False),
+                name="jobs_dedupe_live_unique",
             ),
             models.CheckConstraint(condition=Q(kind__in=["normal", "workflow"]), name="jobs_kind_valid"),
             # Only a waiting job can be blocked; the guide's "queued jobs" query relies on it.
@@ -288,6 +330,8 @@ class JobQueueLog(models.Model):
         MODEL_RESUMED = "model_resumed"
         # An operator's edit of a catalog model or a workflow definition (the admin's forms).
         MODEL_CHANGED = "model_changed"
+        GROUP_CHANGED = "group_changed"
+        EXPIRED = "expired"
         WORKFLOW_CHANGED = "workflow_changed"
         PRIORITY_CHANGED = "priority_changed"
         DISPATCHED = "dispatched"

@@ -4,8 +4,8 @@ one rule that turns how an attempt ended into the job's outcome.
 Every function here runs under the coordinator lock, inside the caller's transaction, and re-checks
 the state it starts from: a job that moved on raises InvalidTransition (never an `assert`, which
 `python -O` would drop). Nothing else in the code base writes `jobs.status`: the coordinator's SQL
-fast path (coordination/fastpath) applies the same edges, and on PostgreSQL a trigger refuses any
-other edge, whoever writes it (the usage guide's hand-written SQL included).
+fast path (coordination/fastpath) applies the same edges (tests/test_structure.py holds both: no
+other module assigns a status). Hand-written SQL is not stopped (the repairs exist for it).
 """
 
 from dataclasses import dataclass
@@ -18,12 +18,14 @@ from coordination.models import Job
 
 PENDING, RUNNING = Job.Status.PENDING, Job.Status.RUNNING
 COMPLETED, FAILED, CANCELLED = Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.CANCELLED
+EXPIRED = Job.Status.EXPIRED
 
 # (from, to) -> the edge's name. A job is inserted `pending` (job_accepted); it may be cancelled
 # while it waits; a running attempt ends in an outcome, or goes back in line (a retry, a lost worker).
 TRANSITIONS: dict[tuple[str, str], str] = {
     (PENDING, RUNNING): "started",
     (PENDING, CANCELLED): "cancelled while waiting",
+    (PENDING, EXPIRED): "expired: not started by its deadline",
     (RUNNING, COMPLETED): "completed",
     (RUNNING, FAILED): "failed",
     (RUNNING, CANCELLED): "cancelled while running",
@@ -38,7 +40,8 @@ def _move(job: Job, to: str) -> None:
 
 
 def job_accepted(job: Job, *, now: datetime) -> None:
-    """Insert a new job, waiting: line order is the order of `now`, taken under the lock."""
+    """Insert a new job, waiting: line order is the order of `now`, taken under the lock (a job that
+    replaces another by its dedupe_key is given that job's time: it takes its place)."""
     if not job._state.adding:
         raise InvalidTransition(f"Job {job.job_id} was accepted already.")
     job.status = PENDING
@@ -76,8 +79,8 @@ def job_requeued(job: Job) -> None:
 
 def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = None, error: str | None = None) -> None:
     """A running attempt ends for good: completed, failed or cancelled."""
-    if status not in Job.FINISHED:
-        raise InvalidTransition(f"'{status}' is not an outcome (one of {', '.join(Job.FINISHED)}).")
+    if status not in Job.OUTCOMES:
+        raise InvalidTransition(f"'{status}' is not an outcome (one of {', '.join(Job.OUTCOMES)}).")
     _move(job, status)
     job.completed_at = now
     job.result = result
@@ -97,6 +100,18 @@ def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
     job.blocked_by_job_id = None
     job.conflict_reason = None
     job.error = reason
+    job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+
+
+def job_expired(job: Job, *, now: datetime) -> None:
+    """A waiting job's start-by deadline passed: it ends without having run, blocked by nothing."""
+    if job.status != PENDING:
+        raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job can expire.")
+    _move(job, EXPIRED)
+    job.completed_at = now
+    job.blocked_by_job_id = None
+    job.conflict_reason = None
+    job.error = f"not started by {job.start_by.isoformat()}"
     job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
 
 

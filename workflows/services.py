@@ -7,7 +7,7 @@ from django.db import transaction
 from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.runners import RunnerError, RunnerStopped, get_runner, runner_call
-from coordination.services import PROMPT_MAX_LENGTH, job_accept, priority_check
+from coordination.services import PROMPT_MAX_LENGTH, job_accept, job_policies_set, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
 
 
@@ -28,8 +28,10 @@ def workflow_execute(
     params: dict | None = None,
     priority: int = 0,
     on_create: Callable[[Job], None] | None = None,
+    **policies,
 ) -> Job:
-    """Accept a workflow job; it holds every model its steps use from start to end."""
+    """Accept a workflow job; it holds every model its steps use from start to end. `policies`: a
+    deadline or a dedupe_key, as coordination.services.job_policies_set takes them."""
     workflow = workflow_get(workflow_id=workflow_id)
     missing = [name for name in workflow.inputs if not inputs.get(name)]
     if missing:
@@ -53,6 +55,7 @@ def workflow_execute(
         priority=priority,
         required_models=required,
     )
+    job_policies_set(job, **policies)
 
     snapshot = [
         {"position": step.position, "name": step.name, "model": step.default_model.name,

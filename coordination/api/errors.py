@@ -29,7 +29,12 @@ def exception_handler(exc, context):
         if exc.field:
             # A message that names its field first (a batch's "jobs[3].model: ...") names it once here.
             body["fields"] = {exc.field: [exc.message.removeprefix(f"{exc.field}: ")]}
-        return Response(body, status=exc.status_code)
+        if getattr(exc, "job_id", None) is not None:
+            body["job_id"] = str(exc.job_id)  # the live job a duplicate names
+        response = Response(body, status=exc.status_code)
+        if getattr(exc, "retry_after", None) is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

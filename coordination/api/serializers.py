@@ -68,6 +68,21 @@ def validate_params(value):
 class SubmitFields(StrictSerializer):
     params = serializers.JSONField(required=False, default=dict, validators=[validate_params])
     priority = serializers.IntegerField(required=False, default=0, min_value=-1000, max_value=1000)
+    # Scheduling policies (checked by coordination.services.job_policies_set, which names the field).
+    start_by = serializers.DateTimeField(
+        required=False, help_text="ISO 8601 with a zone: if the job has not started by then, it ends `expired` (at most 30 days ahead)."
+    )
+    max_wait_seconds = serializers.IntegerField(
+        required=False, help_text="The same deadline as a number of seconds from now (not both)."
+    )
+    dedupe_key = serializers.CharField(
+        required=False, trim_whitespace=False,
+        help_text="Your name for this work (1-255 printable characters): no two of your live jobs share one.",
+    )
+    on_duplicate = serializers.ChoiceField(
+        choices=["reject", "replace"], required=False,
+        help_text="When a live job of yours has the dedupe_key: reject (409, the default) or replace a waiting one.",
+    )
 
 
 class JobSubmitSerializer(SubmitFields):
@@ -144,11 +159,18 @@ class HolderSerializer(serializers.Serializer):
     kind = serializers.CharField()
 
 
+class GroupWaitSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    running = serializers.IntegerField()
+    capacity = serializers.IntegerField()
+
+
 class WaitingForSerializer(serializers.Serializer):
     model = serializers.CharField()
     held_by = HolderSerializer(many=True)
     jobs_ahead = serializers.IntegerField()
     paused = serializers.BooleanField(help_text="An operator paused this model: no job starts on it until it is resumed.")
+    groups = GroupWaitSerializer(many=True, help_text="The capacity groups this model belongs to, with their jobs running now.")
 
 
 class WaitingForSlotSerializer(serializers.Serializer):
@@ -171,7 +193,7 @@ class JobSerializer(serializers.ModelSerializer):
             "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
             "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
-            "client_ref", "workflow_id", "current_step", "current_step_model",
+            "client_ref", "start_by", "dedupe_key", "workflow_id", "current_step", "current_step_model",
         ]
         read_only_fields = fields
 

@@ -45,8 +45,10 @@ SUBMIT_RESPONSES = {
     200: OpenApiResponse(JobSerializer, description="Idempotency-Key seen before: the job it made."),
     400: _error("Bad input; `fields` says which (an unknown model lists the known ones)."),
     **COMMON_ERRORS,
+    409: _error("A live job of yours already has this dedupe_key (`job_id` names it), or the one to replace is running."),
     422: _error("Idempotency-Key reused with a different request."),
-    429: _error("Too many submissions, or too many pending jobs; try again after Retry-After seconds."),
+    429: _error("Too many submissions, too many pending jobs, or the model's line is full (max_waiting); "
+                "try again after Retry-After seconds."),
 }
 RETRY_AFTER = OpenApiParameter(
     "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429, 503], description="Seconds to wait."
@@ -159,7 +161,9 @@ class JobListCreateView(SubmitThrottledMixin, ListAPIView):
         **COMMON_ERRORS,
         403: _error("Not allowed, e.g. a priority above 0 without being staff (the message names the body)."),
         422: _error("Idempotency-Key reused with a different request."),
-        429: _error("Too many submissions (each job counts), or the batch would pass the pending-jobs limit; "
+        409: _error("A body's dedupe_key is held by a live job of yours (`job_id` names it); nothing was accepted."),
+        429: _error("Too many submissions (each job counts), the batch would pass the pending-jobs limit, or a "
+                    "model's line is full (max_waiting); "
                     "nothing was accepted."),
     },
 )

@@ -139,6 +139,8 @@ def submit_many(jobs: list[Job], *, now: datetime) -> dict:
             now, settings.COORDINATOR_MAX_ACTIVE_JOBS, settings.COORDINATOR_LEASE_SECONDS,
         ],
     )
+    if answer.get("outcome") == "python":
+        return answer  # a scheduling policy is in use: nothing was done, the Python path decides
     for job, row in zip(jobs, answer["jobs"], strict=True):
         _from_row(row, into=job)
     return answer

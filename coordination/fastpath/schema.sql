@@ -17,6 +17,16 @@ DROP FUNCTION IF EXISTS jq_free_slot(int);
 DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
 DROP FUNCTION IF EXISTS jq_submit(jsonb, timestamptz, int, int);
 
+-- Scheduling policies (capacity groups, line limits, deadlines) are decided by the Python path alone:
+-- while one is in use, jq_submit_many and jq_finish answer {"outcome": "python"} having changed
+-- nothing. Three probes of tiny tables or an empty partial index when none is.
+CREATE OR REPLACE FUNCTION jq_policies_in_use() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM capacity_group_models)
+        OR EXISTS (SELECT 1 FROM model_catalog WHERE max_waiting IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND start_by IS NOT NULL);
+END $$;
+
 -- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL
 -- function anew at every call, while PL/pgSQL keeps its plans for the session.
 
@@ -525,6 +535,9 @@ DECLARE
     enqueue jsonb[] := '{}';
     rows jsonb[] := '{}';
 BEGIN
+    IF jq_policies_in_use() THEN
+        RETURN jsonb_build_object('outcome', 'python');
+    END IF;
     FOR item IN SELECT e.value FROM jsonb_array_elements(p_jobs) WITH ORDINALITY AS e(value, n) ORDER BY e.n LOOP
         ctx := jq_admit(ctx || jsonb_build_object('events', '[]'::jsonb, 'enqueue', '[]'::jsonb), item);
         events := array_append(events, ctx->'events');
@@ -638,7 +651,7 @@ BEGIN
             RETURN jsonb_build_object('outcome', 'python');
         END IF;
     END IF;
-    IF NOT (p_status = 'completed' OR (p_status = 'failed' AND j.cancel_requested_at IS NULL)) THEN
+    IF NOT (p_status = 'completed' OR (p_status = 'failed' AND j.cancel_requested_at IS NULL)) OR jq_policies_in_use() THEN
         RETURN jsonb_build_object('outcome', 'python');
     END IF;
     -- transitions.job_ended + job_end_running()

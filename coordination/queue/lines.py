@@ -8,7 +8,7 @@ decisions never do.
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from coordination.models import CatalogModel, Job, JobLine
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine
 
 PAUSED_PREFIX = "Model paused"
 
@@ -119,12 +119,22 @@ def waiting_for(job: Job) -> list[dict]:
         for model in running.required_models:
             holders.setdefault(model, []).append(running)
     paused = set(paused_models().filter(name__in=job.required_models).values_list("name", flat=True))
+    running = list(running_jobs.only("job_id", "required_models"))
     return [
         {
             "model": model,
             "held_by": [{"job_id": h.job_id, "kind": h.kind} for h in holders.get(model, [])],
             "jobs_ahead": JobLine.objects.filter(model=model).filter(ahead_of(job)).count(),
             "paused": model in paused,
+            "groups": [
+                {
+                    "name": group.name,
+                    "running": sum(1 for other in running if set(other.required_models) & set(members)),
+                    "capacity": group.capacity,
+                }
+                for group in CapacityGroup.objects.filter(catalog_models__name=model).order_by("name")
+                for members in [list(group.catalog_models.values_list("name", flat=True))]
+            ],
         }
         for model in job.required_models
     ]

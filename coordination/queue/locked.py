@@ -27,7 +27,8 @@ from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQ
 from coordination.queue.lines import line
 from coordination.queue.rules import QueueRules, Verdict
 from coordination.queue.words import NO_BLOCKER, say
-from coordination.transitions import job_requeued, job_started
+from coordination.exceptions import LineFull
+from coordination.transitions import job_expired, job_requeued, job_started
 
 logger = logging.getLogger("job_coordinator")
 
@@ -95,6 +96,7 @@ class LockedQueue(QueueRules):
         self.now = timezone.now()
         self._capacities: dict[str, int] | None = None
         self._paused: set[str] | None = None
+        self._groups = None
         # A worker finishing a job may take the first job that finish starts, and run it at once
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
@@ -131,16 +133,59 @@ class LockedQueue(QueueRules):
 
     # --- changing it ----------------------------------------------------------------------------
 
-    def admit(self, job: Job) -> None:
-        """Start a newly accepted job, or queue it with its blocking info."""
+    def admit(self, job: Job, *, newest: bool = True) -> None:
+        """Start a newly accepted job, or queue it with its blocking info. `newest`: it is the last
+        accepted (False for a job that took a replaced job's place in line).
+
+        A job that would wait in a line already holding its model's `max_waiting` jobs is refused
+        (LineFull): the caller's transaction rolls back, so nothing of it remains."""
         say("checking", job.job_id, job.required_models)
-        verdict = self.assess(job, new=True)
+        verdict = self.assess(job, new=newest)
         if verdict.can_start:
             say("start_beside" if self.running else "start_idle", job.job_id)
             self.start(job, waiting=False)
         else:
+            self._line_limits_check(job)
             self.enter_line(job)
-            self.block(job, verdict, first=True)
+            self.block(job, verdict, first=newest)
+
+    def _line_limits_check(self, job: Job) -> None:
+        for model in job.required_models:
+            limit = self.max_waiting.get(model)
+            if limit is None:
+                continue
+            waiting = JobLine.objects.filter(model=model).order_by()[:limit].count()  # counts no further than the limit
+            if waiting >= limit:
+                from coordination.estimates import line_retry_after  # estimates reads the lines this package keeps
+
+                retry_after = line_retry_after(model, list(self.running.values()), now=self.now)
+                logger.info(
+                    "[COORDINATOR] Job %s refused: the line of %s is full (%s waiting, max_waiting %s)",
+                    job.job_id, model, waiting, limit,
+                )
+                raise LineFull(
+                    f"The line of {model} is full: {waiting} jobs wait and its limit (max_waiting) is {limit}. "
+                    f"Try again in about {retry_after} s, when its next job should have started.",
+                    retry_after=retry_after, field="model",
+                )
+
+    def expire_due(self) -> list:
+        """End every waiting job whose start-by deadline has passed (`expired`), and re-point the jobs
+        that named one of them. Called before any dispatch, so a job never starts after its deadline."""
+        due = list(line().filter(start_by__lte=self.now).order_by("start_by")[:1000])
+        for job in due:
+            job_expired(job, now=self.now)
+            self.leave_line(job)
+            self._mirror_blocker(job)
+            say("ended", job.job_id, Job.Status.EXPIRED)
+            JobQueueLog.objects.record(
+                event_type=JobQueueLog.Event.EXPIRED, job=job, details={"start_by": job.start_by.isoformat()}
+            )
+        ids = [job.job_id for job in due]
+        if ids:
+            for waiter in line().filter(blocked_by_job_id__in=ids):
+                self.reassess(waiter)
+        return ids
 
     def enter_line(self, job: Job) -> None:
         held = bool(self.paused) and bool(self.paused_among(job.required_models))
@@ -253,6 +298,7 @@ class LockedQueue(QueueRules):
     def dispatch(self, *, quiet_when_idle: bool = False) -> list[Job]:
         """Start every waiting job that may start now (rules 1-3), in line order. `quiet_when_idle`:
         a pass that nothing prompted (the reaper's) does not say "No queued jobs"."""
+        self.expire_due()
         if self.free_slot() is None:
             return []
         count = self.pending_count()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from coordination.models import CatalogModel, Job, JobLine, JobQueueState
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueState
 from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
 from coordination.queue.words import models_repr, say
 
@@ -42,6 +42,7 @@ class QueueRules:
 
     _capacities: dict[str, int] | None = None
     _paused: set[str] | None = None
+    _groups: "dict[str, list[Group]] | None" = None
 
     def running_job(self, job_id) -> Job | None:
         try:
@@ -52,9 +53,11 @@ class QueueRules:
     def _read_catalog(self) -> None:
         # Read when first needed: a decision with every model idle (serialized mode's hand-off)
         # never needs it. Pauses change under this lock, so what is read here holds until commit.
-        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused"))
-        self._capacities = {name: capacity for name, capacity, _ in rows}
-        self._paused = {name for name, _, paused in rows if paused}
+        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused", "max_waiting"))
+        self._capacities = {name: capacity for name, capacity, _, _ in rows}
+        self._paused = {name for name, _, paused, _ in rows if paused}
+        self._max_waiting = {name: limit for name, _, _, limit in rows if limit is not None}
+        self._groups = groups_by_model()
 
     @property
     def capacities(self) -> dict[str, int]:
@@ -83,6 +86,34 @@ class QueueRules:
             return rows
         return rows.filter(held=False)
 
+    @property
+    def max_waiting(self) -> dict[str, int]:
+        """model -> the most jobs its line may hold (line limits), for the models that have one."""
+        if self._capacities is None:
+            self._read_catalog()
+        return self._max_waiting
+
+    @property
+    def groups(self) -> "dict[str, list[Group]]":
+        """model -> the capacity groups it belongs to (none for most models)."""
+        if self._groups is None:
+            self._read_catalog()
+        return self._groups
+
+    def group_conflicts(self, models) -> "list[tuple[Group, int, Job]]":
+        """(group, jobs running in it, a running job of it) for each full group of `models`; a job
+        counts once in a group, however many of the group's models it uses."""
+        found, seen = [], set()
+        for model in models:
+            for group in self.groups.get(model, ()):
+                if group.name in seen:
+                    continue
+                seen.add(group.name)
+                members = [job for job in self.running.values() if group.models.intersection(job.required_models)]
+                if len(members) >= group.capacity:
+                    found.append((group, len(members), min(members, key=started_order)))
+        return found
+
     def models_in_use(self) -> Counter:
         return Counter(model for job in self.running.values() for model in job.required_models)
 
@@ -100,8 +131,8 @@ class QueueRules:
         return None
 
     def catalog_changed(self) -> None:
-        """A model's capacity or pause changed in this transaction: read the catalog again."""
-        self._capacities = self._paused = None
+        """A model's capacity or pause, or a capacity group, changed in this transaction: read them again."""
+        self._capacities = self._paused = self._groups = None
 
     def conflicts(self, models) -> list[tuple[str, Job]]:
         """(model, a running job holding it) for each of `models` that has no free capacity."""
@@ -162,6 +193,13 @@ class QueueRules:
             )
             return Verdict(False, conflicts[0][1], reason)
 
+        full = self.group_conflicts(job.required_models)
+        if full:
+            reason = "; ".join(
+                f"Capacity group {group.name} full: {running} of {group.capacity} running" for group, running, _ in full
+            )
+            return Verdict(False, full[0][2], reason)
+
         if self.free_slot() is None:
             if self.slot_count > 1:
                 # Wait behind the job before it in the global line, so that when a slot frees only
@@ -186,9 +224,14 @@ class QueueRules:
             # Global FIFO among the jobs that may run at all: a paused model's jobs step aside.
             rows = line().filter(held=False) if self.paused else line()
             head = rows.first()
-            return head if head is not None and not self.conflicts(head.required_models) else None
+            return head if head is not None and self._has_room(head) else None
         in_use = self.models_in_use()
-        free_models = [model for model in self.capacities if in_use[model] < self.capacity(model) and model not in self.paused]
+        full_groups = {group.name for group, _, _ in self.group_conflicts(self.capacities)}
+        free_models = [
+            model for model in self.capacities
+            if in_use[model] < self.capacity(model) and model not in self.paused
+            and not any(group.name in full_groups for group in self.groups.get(model, ()))
+        ]
         heads: dict[str, Job | None] = heads_of(free_models, unheld=bool(self.paused))
 
         def head_of(model: str) -> Job | None:
@@ -201,6 +244,33 @@ class QueueRules:
             heads_all = all(
                 (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
             )
-            if heads_all and not self.conflicts(job.required_models):
+            if heads_all and self._has_room(job):
                 return job
         return None
+
+    def _has_room(self, job: Job) -> bool:
+        """Every model `job` needs, and every capacity group of those, has room now."""
+        return not self.conflicts(job.required_models) and not self.group_conflicts(job.required_models)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    capacity: int
+    models: frozenset
+
+
+def groups_by_model() -> dict[str, list[Group]]:
+    """Every capacity group with members, by member model: one query over the membership rows."""
+    rows = CapacityGroup.catalog_models.through.objects.values_list(
+        "capacitygroup__name", "capacitygroup__capacity", "catalogmodel__name"
+    )
+    members: dict[tuple[str, int], set[str]] = {}
+    for name, capacity, model in rows:
+        members.setdefault((name, capacity), set()).add(model)
+    by_model: dict[str, list[Group]] = {}
+    for (name, capacity), models in sorted(members.items()):
+        group = Group(name, capacity, frozenset(models))
+        for model in models:
+            by_model.setdefault(model, []).append(group)
+    return by_model

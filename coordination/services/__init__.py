@@ -28,17 +28,18 @@ from coordination.services.submit import (
     catalog_model_get,
     job_accept,
     job_build,
+    job_policies_set,
     job_submit,
     jobs_submit_batch,
     pending_limit_check,
     priority_check,
 )
-from coordination.services.catalog import catalog_model_save
+from coordination.services.catalog import capacity_group_delete, capacity_group_save, catalog_model_save
 from coordination.services.operations import job_priority_set, model_pause, queue_dispatch, queue_reconcile
 from coordination.services.repairs import queue_clear_stale, queue_reset, waiting_repair
 
 __all__ = [
-    "BATCH_MAX_JOBS", "PROMPT_MAX_LENGTH", "catalog_model_get", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
+    "BATCH_MAX_JOBS", "PROMPT_MAX_LENGTH", "capacity_group_delete", "capacity_group_save", "catalog_model_get", "job_policies_set", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
     "job_attempt_end", "job_build", "job_end_running", "job_fail", "job_finish_and_take_next", "job_max_attempts", "job_priority_set",
     "job_retry", "job_stopped", "job_submit", "jobs_submit_batch", "model_pause", "pending_limit_check", "priority_check",
     "queue_clear_stale", "queue_dispatch", "queue_reconcile", "queue_reset", "waiting_repair",

@@ -12,7 +12,7 @@ import logging
 from django.db import transaction
 from django.db.models import Q
 
-from coordination.models import CatalogModel, JobLine, JobQueueLog
+from coordination.models import CapacityGroup, CatalogModel, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line
 
 logger = logging.getLogger("job_coordinator")
@@ -62,3 +62,60 @@ def catalog_model_save(*, model: CatalogModel, actor: str) -> dict:
             details={"model": model.name, "actor": actor, "changes": changes, "started": started},
         )
     return {"model": model.name, "changes": changes, "started": started}
+
+
+def capacity_group_save(*, group: CapacityGroup, models: list[CatalogModel] | None, actor: str) -> dict:
+    """Save a capacity group as the operator edited it (its capacity, and its member models when
+    `models` is given), then decide again at once: start what the change lets start, and re-decide
+    the waiting jobs of its models that wait on a running job or on none (what they said about the
+    group may no longer hold). Deleting a group is capacity_group_delete."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        before = CapacityGroup.objects.filter(pk=group.pk).first() if group.pk is not None else None
+        members_before = sorted(before.catalog_models.values_list("name", flat=True)) if before else []
+        group.save()
+        if models is not None:
+            group.catalog_models.set(models)
+        members = sorted(group.catalog_models.values_list("name", flat=True))
+        changes = {}
+        if before is None or before.capacity != group.capacity:
+            changes["capacity"] = [before.capacity if before else None, group.capacity]
+        if members != members_before:
+            changes["models"] = [members_before, members]
+        logger.info(
+            "[COORDINATOR] Capacity group %s %s by %s: %s", group.name, "changed" if before else "added", actor,
+            ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()) or "nothing changed",
+        )
+        started = _decide_again(queue, set(members) | set(members_before))
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.GROUP_CHANGED,
+            details={"group": group.name, "actor": actor, "changes": changes, "started": started},
+        )
+    return {"group": group.name, "changes": changes, "started": started}
+
+
+def capacity_group_delete(*, group: CapacityGroup, actor: str) -> dict:
+    """Delete a capacity group: its models' waiting jobs may start at once."""
+    with transaction.atomic():
+        queue = LockedQueue()
+        members = list(group.catalog_models.values_list("name", flat=True))
+        name = group.name
+        group.delete()
+        logger.info("[COORDINATOR] Capacity group %s deleted by %s", name, actor)
+        started = _decide_again(queue, set(members))
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.GROUP_CHANGED,
+            details={"group": name, "actor": actor, "changes": {"deleted": [members, None]}, "started": started},
+        )
+    return {"group": name, "started": started}
+
+
+def _decide_again(queue: LockedQueue, models: set[str]) -> list[str]:
+    queue.catalog_changed()
+    started = [job.job_id for job in queue.dispatch()]
+    its_lines = JobLine.objects.filter(model__in=models).values("job_id")
+    on_running = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
+    for job in line().filter(on_running, job_id__in=its_lines):
+        if queue.reassess(job):
+            started.append(job.job_id)
+    return [str(job_id) for job_id in started]

@@ -3,17 +3,21 @@
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from coordination import fastpath
-from coordination.exceptions import CoordinationError, InvalidJob, NotAllowed, PendingLimitReached, UnknownModel
+from coordination.exceptions import (
+    CoordinationError, DuplicateJob, InvalidJob, NotAllowed, PendingLimitReached, UnknownModel,
+)
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
-from coordination.transitions import job_accepted
+from coordination.queue.words import say
+from coordination.transitions import job_accepted, job_cancelled_waiting
 
 logger = logging.getLogger("job_coordinator")
 
@@ -72,8 +76,10 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
     """
     if not job.required_models:
         raise InvalidJob("A job must require at least one model.", field="model")
-    if fastpath.enabled():
-        return _accept_fast([job], None if on_create is None else lambda jobs: on_create(job))[0]
+    if _fast(job):
+        accepted = _accept_fast([job], None if on_create is None else lambda jobs: on_create(job))
+        if accepted is not None:
+            return job
     with transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=job.owner)
@@ -81,26 +87,124 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
     return job
 
 
+def _fast(*jobs: Job) -> bool:
+    """Whether the PostgreSQL fast path may accept `jobs`: a deadline or a dedupe_key is the Python path's."""
+    return fastpath.enabled() and not any(job.start_by or job.dedupe_key for job in jobs)
+
+
 def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | None = None) -> None:
     """The Python path of accepting one job, under the caller's lock: inserted (created_at taken under
-    the lock, so line order is acceptance order), `on_create`, its `submitted` row, started or queued."""
-    job_accepted(job, now=queue.now)
+    the lock, so line order is acceptance order), `on_create`, its `submitted` row, started or queued.
+    A job whose dedupe_key a waiting job holds and that may replace it takes that job's place."""
+    replaced = _dedupe(queue, job) if job.dedupe_key else None
+    job_accepted(job, now=replaced.created_at if replaced else queue.now)
     if on_create is not None:
         on_create(job)
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details={"models": job.required_models})
-    queue.admit(job)
+    details = {"models": job.required_models}
+    if replaced is not None:
+        details["replaces"] = str(replaced.job_id)
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details=details)
+    queue.admit(job, newest=replaced is None)
+    if replaced is not None:
+        queue.settle_after(replaced.job_id)  # those that waited behind it now wait behind this one
 
 
-def _accept_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job]:
-    """job_accept or jobs_submit_batch on PostgreSQL: the lock, then one function call for every job."""
+def _dedupe(queue: LockedQueue, job: Job) -> Job | None:
+    """The live job of the same owner with `job`'s dedupe_key, if any: refused (409) unless `job` may
+    replace it and it still waits, in which case it is cancelled ("replaced by ...") and returned."""
+    live = (
+        Job.objects.filter(owner=job.owner, dedupe_key=job.dedupe_key, status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+        .first()
+    )
+    if live is None:
+        return None
+    if getattr(job, "on_duplicate", REJECT) != REPLACE:
+        raise DuplicateJob(
+            f"Job {live.job_id} ({live.status}) already has dedupe_key '{job.dedupe_key}'. Wait for it to end, "
+            "cancel it, or send on_duplicate \"replace\" to take the place of a waiting one.",
+            job_id=live.job_id,
+        )
+    if live.status != Job.Status.PENDING:
+        raise DuplicateJob(
+            f"Job {live.job_id} with dedupe_key '{job.dedupe_key}' is running and cannot be replaced; "
+            "cancel it or wait for it to end.",
+            job_id=live.job_id,
+        )
+    reason = f"replaced by {job.job_id}"
+    job_cancelled_waiting(live, now=queue.now, reason=reason)
+    queue.leave_line(live)
+    LockedQueue._mirror_blocker(live)
+    say("ended", live.job_id, Job.Status.CANCELLED)
+    JobQueueLog.objects.record(
+        event_type=JobQueueLog.Event.CANCELLED, job=live,
+        details={"by": getattr(job.owner, "username", None), "reason": reason, "replaced_by": str(job.job_id)},
+    )
+    return live
+
+
+def _accept_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job] | None:
+    """job_accept or jobs_submit_batch on PostgreSQL: the lock, then one function call for every job.
+    None, having changed nothing, when a scheduling policy is in use (a capacity group, a line
+    limit, a waiting job's deadline): the Python path decides then."""
     with transaction.atomic():
         slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
         pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
         answer = fastpath.submit_many(jobs, now=timezone.now())
+        if answer.get("outcome") == "python":
+            return None
         if on_create is not None:
             on_create(jobs)
         fastpath.play(answer)
     return jobs
+
+
+REJECT, REPLACE = "reject", "replace"
+DEADLINE_MAX = timedelta(days=30)
+DEDUPE_KEY_MAX_LENGTH = 255
+
+
+def job_policies_set(
+    job: Job,
+    *,
+    start_by: datetime | None = None,
+    max_wait_seconds: int | None = None,
+    dedupe_key: str | None = None,
+    on_duplicate: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Check a submission's scheduling policies and set them on its job (not saved yet): a start-by
+    deadline (`start_by`, or `max_wait_seconds` from now), and a dedupe_key with what to do when a
+    live job of the same owner has it (`on_duplicate`: reject, the default, or replace)."""
+    now = now or timezone.now()
+    if start_by is not None and max_wait_seconds is not None:
+        raise InvalidJob("Send start_by or max_wait_seconds, not both.", field="start_by")
+    if max_wait_seconds is not None:
+        if isinstance(max_wait_seconds, bool) or not isinstance(max_wait_seconds, int) or max_wait_seconds < 1:
+            raise InvalidJob("max_wait_seconds must be a whole number of seconds, 1 or more.", field="max_wait_seconds")
+        if max_wait_seconds > DEADLINE_MAX.total_seconds():
+            raise InvalidJob(
+                f"max_wait_seconds may be at most {int(DEADLINE_MAX.total_seconds())} (30 days).", field="max_wait_seconds"
+            )
+        start_by = now + timedelta(seconds=max_wait_seconds)
+    elif start_by is not None:
+        if start_by.tzinfo is None:
+            raise InvalidJob("start_by needs a time zone, e.g. 2026-12-01T10:30:00Z.", field="start_by")
+        if start_by <= now:
+            raise InvalidJob(f"start_by {start_by.isoformat()} is in the past; give a time still to come.", field="start_by")
+        if start_by > now + DEADLINE_MAX:
+            raise InvalidJob(f"start_by may be at most 30 days ahead (until {(now + DEADLINE_MAX).isoformat()}).", field="start_by")
+    if on_duplicate is not None and on_duplicate not in (REJECT, REPLACE):
+        raise InvalidJob(f"on_duplicate must be \"{REJECT}\" or \"{REPLACE}\" (got '{on_duplicate}').", field="on_duplicate")
+    if dedupe_key is not None:
+        if not isinstance(dedupe_key, str) or not dedupe_key or len(dedupe_key) > DEDUPE_KEY_MAX_LENGTH or not dedupe_key.isprintable():
+            raise InvalidJob(
+                f"dedupe_key must be 1 to {DEDUPE_KEY_MAX_LENGTH} printable characters.", field="dedupe_key"
+            )
+    elif on_duplicate is not None:
+        raise InvalidJob("on_duplicate applies to a dedupe_key: send one with it.", field="on_duplicate")
+    job.start_by = start_by
+    job.dedupe_key = dedupe_key
+    job.on_duplicate = on_duplicate or REJECT
 
 
 def job_build(
@@ -113,9 +217,10 @@ def job_build(
     priority: int = 0,
     client_ref: str | None = None,
     catalog: dict[str, CatalogModel] | None = None,
+    **policies,
 ) -> Job:
     """Check a submission and make its job, not saved yet (job_accept or jobs_submit_batch accept it).
-    `catalog`: as catalog_model_get takes it."""
+    `catalog`: as catalog_model_get takes it; `policies`: as job_policies_set takes them."""
     catalog = catalog_model_get(name=model, catalog=catalog)
     if not prompt or not prompt.strip():
         raise InvalidJob("A prompt is required: describe what to generate.", field="prompt")
@@ -129,7 +234,7 @@ def job_build(
             field="job_type",
         )
     priority_check(owner=owner, priority=priority)
-    return Job(
+    job = Job(
         kind=Job.Kind.NORMAL,
         job_type=catalog.media_type,
         model=catalog.name,
@@ -140,6 +245,8 @@ def job_build(
         client_ref=client_ref,
         required_models=[catalog.name],
     )
+    job_policies_set(job, **policies)
+    return job
 
 
 def job_submit(
@@ -151,8 +258,11 @@ def job_submit(
     params: dict | None = None,
     priority: int = 0,
     on_create: Callable[[Job], None] | None = None,
+    **policies,
 ) -> Job:
-    job = job_build(owner=owner, model=model, prompt=prompt, job_type=job_type, params=params, priority=priority)
+    job = job_build(
+        owner=owner, model=model, prompt=prompt, job_type=job_type, params=params, priority=priority, **policies
+    )
     return job_accept(job=job, on_create=on_create)
 
 
@@ -185,12 +295,17 @@ def jobs_submit_batch(
         except CoordinationError as error:
             where = f"jobs[{index}].{error.field}" if error.field else f"jobs[{index}]"
             raise type(error)(f"{where}: {error.message}", field=where) from None
+    keys: dict[str, int] = {}
+    for index, job in enumerate(jobs):
+        if job.dedupe_key is not None and keys.setdefault(job.dedupe_key, index) != index:
+            where = f"jobs[{index}].dedupe_key"
+            raise InvalidJob(f"{where}: jobs[{keys[job.dedupe_key]}] has the same dedupe_key; a batch names a key once.", field=where)
     # The batch is accepted at one instant, so every job has the same created_at; line order breaks
     # that tie by job_id. Ids handed out in ascending order keep the line in the batch's order.
     for job, job_id in zip(jobs, sorted(job.job_id for job in jobs)):
         job.job_id = job_id
-    if fastpath.enabled():
-        return _accept_fast(jobs, on_create)
+    if _fast(*jobs) and _accept_fast(jobs, on_create) is not None:
+        return jobs
     with transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=owner, adding=len(jobs))

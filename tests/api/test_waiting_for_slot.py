@@ -32,7 +32,7 @@ class TestSerializedMode:
 
         assert body["status"] == "pending"
         # Its own model is free: waiting_for alone said nothing of why it waits.
-        assert body["waiting_for"] == [{"model": "flux-dev", "held_by": [], "jobs_ahead": 0, "paused": False}]
+        assert body["waiting_for"] == [{"model": "flux-dev", "held_by": [], "jobs_ahead": 0, "paused": False, "groups": []}]
         assert body["waiting_for_slot"] == {"slots": 1, "held_by": [holder(running)], "jobs_ahead": 0}
 
     def test_jobs_ahead_counts_every_job_before_it_in_the_whole_line(self, api, user):
@@ -84,7 +84,7 @@ class TestSeveralSlots:
         body = detail(api, waiting)
 
         assert body["waiting_for"] == [
-            {"model": "nano-banana-pro-leonardo", "held_by": [], "jobs_ahead": 0, "paused": False}
+            {"model": "nano-banana-pro-leonardo", "held_by": [], "jobs_ahead": 0, "paused": False, "groups": []}
         ]
         assert body["waiting_for_slot"] == {"slots": 2, "held_by": [holder(first), holder(second)], "jobs_ahead": 0}
 

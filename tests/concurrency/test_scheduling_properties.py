@@ -38,10 +38,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from coordination.exceptions import StaleAttempt
-from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.exceptions import DuplicateJob, LineFull, StaleAttempt
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.lines import line_key
+from coordination.recovery import reap
 from coordination.services import (
+    capacity_group_delete,
+    capacity_group_save,
+    catalog_model_save,
     job_cancel,
     job_complete,
     job_fail,
@@ -85,6 +89,8 @@ class Rec:
     priority: int
     models: tuple[str, ...]
     status: str = Job.Status.PENDING
+    deadline: bool = False  # submitted with a start-by deadline
+    overdue: bool = False  # its deadline has passed: it must never start
 
     @property
     def line_key(self) -> tuple:
@@ -102,7 +108,8 @@ def clean_job_tables() -> None:
     JobQueueState.objects.all().delete()
     OrmQ.objects.all().delete()  # the tasks the starts enqueued; no worker runs here
     WorkflowDefinition.objects.filter(workflow_id=RANDOM_WORKFLOW).delete()
-    CatalogModel.objects.update(capacity=1, paused=False)
+    CapacityGroup.objects.all().delete()
+    CatalogModel.objects.update(capacity=1, paused=False, max_waiting=None)
 
 
 # --- one truth for the rules: every hot step runs on both paths -----------------------------------
@@ -203,6 +210,9 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.last_log_id = 0
         self.last_created_at = None
         self.starts_from_line = 0
+        self.groups: dict[str, tuple[int, frozenset]] = {}  # capacity group -> (capacity, its models)
+        self.limits: dict[str, int] = {}  # model -> max_waiting
+        self.keys: dict[str, object] = {}  # dedupe_key -> the job last accepted with it
         self.clock = itertools.count(1)
         self.epoch = datetime.now(dt_timezone.utc)
 
@@ -288,6 +298,17 @@ class SchedulingMachine(RuleBasedStateMachine):
         other_models = other.models if isinstance(other, Rec) else other.required_models
         return bool((set(other_models) & self.paused) - set(models))
 
+    def group_use(self, running) -> dict[str, int]:
+        """Capacity group -> how many of `running` (recs or jobs) use it (a job counts once)."""
+        models_of = lambda job: set(job.models if isinstance(job, Rec) else job.required_models)  # noqa: E731
+        return {name: sum(1 for job in running if members & models_of(job)) for name, (_, members) in self.groups.items()}
+
+    def lines_full(self, models) -> bool:
+        """Whether a line of `models` holds its max_waiting jobs already (a job that must wait there is refused)."""
+        return any(
+            model in self.limits and JobLine.objects.filter(model=model).count() >= self.limits[model] for model in models
+        )
+
     def replay_starts(self, *, accepted=()) -> list:
         """Replay this step's starts, in audit order, against rules 1-3 (I1, I3), then compare
         every job's status with the database. Returns the ids of the jobs started, in order.
@@ -312,6 +333,10 @@ class SchedulingMachine(RuleBasedStateMachine):
             for model in job.models:
                 assert in_use[model] < self.capacities[model], f"rule 2 (I1): started {job_id} on {model}, already full"
                 assert model not in self.paused, f"started {job_id} on paused model {model}"
+            for name, in_group in self.group_use(running).items():
+                if self.groups[name][1] & set(job.models):
+                    assert in_group < self.groups[name][0], f"capacity group {name}: started {job_id} with the group full"
+            assert not job.overdue, f"started {job_id} after its start-by deadline"
             for other in self.pending():
                 if other is job or other.line_key > job.line_key or self.held_apart(other, job.models):
                     continue
@@ -341,25 +366,38 @@ class SchedulingMachine(RuleBasedStateMachine):
     def submit(self, submissions):
         """Submit a few jobs or workflows in turn (a few per step, so that lines grow long)."""
         for kind, name, priority in submissions:
-            if kind == "job":
-                job = self.both_paths(lambda: job_submit(
-                    owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority
-                ))
-                self.accepted(job, (name,), priority)
-            else:
-                job = self.both_paths(lambda: workflow_execute(
-                    owner=self.staff, workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
-                ))
-                self.accepted(job, self.workflow_models[name], priority)
+            models = (name,) if kind == "job" else self.workflow_models[name]
+            full = self.lines_full(models)
+            try:
+                if kind == "job":
+                    job = self.both_paths(lambda: job_submit(
+                        owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority
+                    ))
+                else:
+                    job = self.both_paths(lambda: workflow_execute(
+                        owner=self.staff, workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
+                    ))
+            except LineFull:
+                assert full, f"refused {models} as a full line, but no line of them was full"
+                self.replay_starts()
+                continue
+            self.accepted(job, models, priority)
+            if Job.objects.get(pk=job.job_id).status == Job.Status.PENDING:
+                assert not full, f"{job.job_id} joined a full line of {models}"
 
     @rule(bodies=st.lists(st.tuples(st.sampled_from(MODELS), st.integers(-2, 2)), min_size=1, max_size=4))
     def submit_batch(self, bodies):
         """Submit 1-4 jobs in one batch (POST /jobs/batch): accepted in their order, at one instant,
         under one hold of the lock, each as if submitted alone in turn."""
-        jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.staff, bodies=[
-            {"model": name, "prompt": "a knight", "params": NO_WAIT, "priority": priority, "client_ref": f"ref {n}"}
-            for n, (name, priority) in enumerate(bodies)
-        ]))
+        try:
+            jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.staff, bodies=[
+                {"model": name, "prompt": "a knight", "params": NO_WAIT, "priority": priority, "client_ref": f"ref {n}"}
+                for n, (name, priority) in enumerate(bodies)
+            ]))
+        except LineFull:
+            assert any(name in self.limits for name, _ in bodies), "a batch refused as a full line without a limit"
+            self.replay_starts()  # nothing of the batch remains
+            return
         assert [job.client_ref for job in jobs] == [f"ref {n}" for n in range(len(bodies))]
         for job, (name, priority) in zip(jobs, bodies, strict=True):
             self.accepted(job, (name,), priority, replay=False)
@@ -461,6 +499,97 @@ class SchedulingMachine(RuleBasedStateMachine):
         assert queue_reconcile(actor="property test") == {"repaired": [], "not_repaired": [], "started": []}
         self.replay_starts()
 
+    # --- scheduling policies (issue 11) ---------------------------------------------------------
+
+    @rule(models=st.sets(st.sampled_from(MODELS), max_size=3), capacity=st.integers(1, 2))
+    def operator_sets_a_capacity_group(self, models, capacity):
+        """An operator creates, changes or (no models) deletes the group "provider-key": the change is
+        decided at once; a job starts only while every group of its models has room."""
+        group = CapacityGroup.objects.filter(name="provider-key").first()
+        if not models:
+            self.groups.pop("provider-key", None)
+            report = capacity_group_delete(group=group, actor="property test") if group else {"started": []}
+        else:
+            self.groups["provider-key"] = (capacity, frozenset(models))
+            group = group or CapacityGroup(name="provider-key")
+            group.capacity = capacity
+            report = capacity_group_save(
+                group=group, models=list(CatalogModel.objects.filter(name__in=models)), actor="property test"
+            )
+        assert self.replay_starts() == [UUID(job_id) for job_id in report["started"]]
+
+    @rule(model=st.sampled_from(MODELS), limit=st.one_of(st.none(), st.integers(0, 3)))
+    def operator_sets_a_line_limit(self, model, limit):
+        catalog = CatalogModel.objects.get(name=model)
+        catalog.max_waiting = limit
+        catalog_model_save(model=catalog, actor="property test")
+        if limit is None:
+            self.limits.pop(model, None)
+        else:
+            self.limits[model] = limit
+        assert self.replay_starts() == []
+
+    @rule(name=st.sampled_from(MODELS), priority=st.integers(-2, 2))
+    def submit_with_a_deadline(self, name, priority):
+        full = self.lines_full((name,))
+        try:
+            job = self.both_paths(lambda: job_submit(
+                owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority, max_wait_seconds=3600
+            ))
+        except LineFull:
+            assert full
+            self.replay_starts()
+            return
+        self.accepted(job, (name,), priority)
+        self.jobs[job.job_id].deadline = True
+
+    @precondition(lambda self: any(rec.deadline for rec in self.pending()))
+    @rule(data=st.data())
+    def a_waiting_jobs_deadline_passes(self, data):
+        """Its start-by time passes (set by hand: no clock is waited for); the reaper expires it, and
+        it never starts."""
+        rec = data.draw(st.sampled_from([rec for rec in self.pending() if rec.deadline]))
+        Job.objects.filter(pk=rec.job_id).update(start_by=timezone.now() - timedelta(days=1))
+        rec.overdue = True
+        rec.status = Job.Status.EXPIRED  # the test's model first: the starts are judged without it
+        reap()
+        self.replay_starts()
+        assert Job.objects.get(pk=rec.job_id).started_at is None
+
+    @rule(name=st.sampled_from(MODELS), key=st.sampled_from(["k1", "k2"]), replace=st.booleans())
+    def submit_with_a_dedupe_key(self, name, key, replace):
+        """Two different requests for the same work: refused while the first is live, or (replace) the
+        waiting first is cancelled and the new job takes its place in line."""
+        live = self.jobs.get(self.keys.get(key))
+        live = live if live is not None and live.status in (Job.Status.PENDING, Job.Status.RUNNING) else None
+        call = lambda: job_submit(  # noqa: E731
+            owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, dedupe_key=key,
+            on_duplicate="replace" if replace else "reject",
+        )
+        if live is not None and (not replace or live.status == Job.Status.RUNNING):
+            with pytest.raises(DuplicateJob):
+                self.both_paths(call)
+            self.replay_starts()
+            return
+        full = self.lines_full((name,))
+        if live is not None:
+            live.status = Job.Status.CANCELLED  # replaced: the test's model first
+        try:
+            job = self.both_paths(call)
+        except LineFull:
+            assert full
+            if live is not None:
+                live.status = Job.Status.PENDING  # nothing changed
+            self.replay_starts()
+            return
+        self.keys[key] = job.job_id
+        if live is None:
+            self.accepted(job, (name,), 0)
+            return
+        assert job.created_at == Job.objects.get(pk=live.job_id).created_at, "the new job takes the replaced one's place"
+        self.jobs[job.job_id] = Rec(job.job_id, live.seq, 0, (name,))
+        self.replay_starts(accepted={job.job_id})
+
     # --- invariants, checked against the database after every step -----------------------------
 
     @invariant()
@@ -479,8 +608,12 @@ class SchedulingMachine(RuleBasedStateMachine):
         capacities = dict(CatalogModel.objects.values_list("name", "capacity"))
         in_use = Counter(model for job in running for model in job.required_models)
         slot_free = len(running) < self.slot_count
+        group_use = self.group_use(running)
         for index, job in enumerate(waiting):
             models_free = all(in_use[model] < capacities[model] and model not in self.paused for model in job.required_models)
+            models_free = models_free and all(
+                group_use[name] < capacity for name, (capacity, members) in self.groups.items() if members & set(job.required_models)
+            )
             heads_its_lines = not any(
                 (self.slot_count == 1 or set(ahead.required_models) & set(job.required_models))
                 and not self.held_apart(ahead, job.required_models)

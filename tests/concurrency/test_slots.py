@@ -178,16 +178,16 @@ class TestWaitingFor:
         assert body["status"] == "pending"
         assert body["queue_position"] == 1
         assert body["waiting_for"] == [
-            {"model": STYLE, "held_by": [], "jobs_ahead": 0, "paused": False},
+            {"model": STYLE, "held_by": [], "jobs_ahead": 0, "paused": False, "groups": []},
             {"model": MOTION, "held_by": [{"job_id": str(running.job_id), "kind": "normal"}], "jobs_ahead": 0,
-             "paused": False},
+             "paused": False, "groups": []},
         ]
 
         body = api.get(f"/jobs/{behind.job_id}").json()
         assert body["queue_position"] == 2
         assert body["waiting_for"] == [
             {"model": MOTION, "held_by": [{"job_id": str(running.job_id), "kind": "normal"}], "jobs_ahead": 1,
-             "paused": False},
+             "paused": False, "groups": []},
         ]
 
     def test_every_holder_of_a_model_of_capacity_two_is_named_in_start_order(self, api, user):
@@ -206,6 +206,7 @@ class TestWaitingFor:
                 ],
                 "jobs_ahead": 0,
                 "paused": False,
+                "groups": [],
             }
         ]
 

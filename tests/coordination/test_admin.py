@@ -14,7 +14,7 @@ from django_q.signing import SignedPackage
 from rest_framework.authtoken.models import Token
 
 from coordination import services
-from coordination.models import Job, JobQueueLog, JobQueueState
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState
 from tests.factories import JobRowFactory
 from tests.helpers import submit_confirmation
 from workflows.services import workflow_execute
@@ -79,6 +79,7 @@ def one_of_each(user, staff_user):
     normal = submit(user)
     submit_workflow(user)
     Group.objects.create(name="operators")
+    CapacityGroup.objects.create(name="acme-api-key", capacity=2).catalog_models.set(CatalogModel.objects.all()[:2])
     Token.objects.create(user=staff_user)
     Schedule.objects.create(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES, minutes=1)
     now = timezone.now()

@@ -147,7 +147,7 @@ class TestPause:
         body = api.get(f"/jobs/{second.job_id}").json()
 
         assert body["conflict_reason"].startswith("Waiting in line for flux-dev: ")
-        assert body["waiting_for"] == [{"model": "flux-dev", "held_by": [], "jobs_ahead": 1, "paused": True}]
+        assert body["waiting_for"] == [{"model": "flux-dev", "held_by": [], "jobs_ahead": 1, "paused": True, "groups": []}]
         assert body["estimated_start_at"] is None
         assert api.get(f"/jobs/{first.job_id}").json()["conflict_reason"] == PAUSED_FLUX
 

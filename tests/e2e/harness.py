@@ -102,6 +102,7 @@ class HttpApi:
     def __init__(self, base_url: str, token: str | None):
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.last_headers = None  # the last answer's headers (Retry-After, say)
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
@@ -111,8 +112,10 @@ class HttpApi:
             request.add_header("Authorization", f"Token {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
+                self.last_headers = response.headers
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
+            self.last_headers = error.headers
             return error.code, json.loads(error.read() or b"null")
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:

@@ -1,0 +1,158 @@
+"""Fair lines (catalog `line_policy = fair`): among a model's waiting jobs of the same priority, owners
+take turns. The next job is the oldest job of the owner who started a job on this line least recently
+(an owner who never did goes first; ties by acceptance), so one user with 10,000 jobs waiting does
+not make another user's single job wait behind all of them.
+
+What keeps that one index probe, however many jobs and owners wait: `job_line_shares`, one row per
+(model, owner, priority) with how many of the owner's jobs wait there, the owner's oldest one (its
+head) and the owner's last turn on the line. Its partial index orders the rows with waiting jobs as
+the line takes them: priority (higher first), last turn (never first), then the head's acceptance.
+LockedQueue keeps the rows in step, under the coordinator lock, in the transitions that change them
+(a job joins or leaves a line, or starts on it).
+
+Serialized mode (one slot) is the usage guide's global FIFO: there `line_policy` has no effect.
+"""
+
+from datetime import timedelta
+
+from django.db.models import F, Q
+
+from coordination.models import Job, JobLine, LineShare
+
+NEVER_FIRST = (F("priority").desc(), F("last_turn").asc(nulls_first=True), "head_created_at", "head_job_id")
+
+
+def owner_key(job: Job) -> int:
+    return job.owner_id or 0  # jobs without an owner share one turn
+
+
+def shares_enter(job: Job, models: list[str]) -> None:
+    """`job` joined the lines of `models` (fair ones): its owner's row counts it, and names it as the
+    owner's head if it is the owner's oldest there."""
+    key = owner_key(job)
+    for model in models:
+        share = LineShare.objects.filter(model=model, owner_key=key, priority=job.priority).first()
+        if share is None:
+            turn = (
+                LineShare.objects.filter(model=model, owner_key=key).exclude(last_turn=None)
+                .order_by("-last_turn").values_list("last_turn", flat=True).first()
+            )
+            LineShare.objects.create(
+                model=model, owner_key=key, priority=job.priority, waiting=1, last_turn=turn,
+                head_created_at=job.created_at, head_job_id=job.job_id,
+            )
+            continue
+        share.waiting += 1
+        if share.head_job_id is None or (job.created_at, job.job_id) < (share.head_created_at, share.head_job_id):
+            share.head_created_at, share.head_job_id = job.created_at, job.job_id
+        share.save(update_fields=["waiting", "head_created_at", "head_job_id"])
+
+
+def shares_leave(job: Job, models: list[str], *, priority: int | None = None) -> None:
+    """`job` left the lines of `models` (its line rows are gone already): its owner's row counts one
+    fewer, and names the owner's next job as head if it was the head. `priority`: the one it stood at."""
+    key = owner_key(job)
+    priority = job.priority if priority is None else priority
+    for model in models:
+        share = LineShare.objects.filter(model=model, owner_key=key, priority=priority).first()
+        if share is None:
+            continue
+        share.waiting = max(0, share.waiting - 1)
+        if share.head_job_id == job.job_id or share.waiting == 0:
+            following = (
+                JobLine.objects.filter(model=model, owner_key=key, priority=priority)
+                .order_by("created_at", "job_id").values_list("created_at", "job_id").first()
+            )
+            share.head_created_at, share.head_job_id = following or (None, None)
+        share.save(update_fields=["waiting", "head_created_at", "head_job_id"])
+
+
+def shares_started(job: Job, models: list[str], *, turn) -> None:
+    """`job` started on the fair lines of `models`: its owner's turn there is `turn` (strictly after
+    every earlier start), which sends the owner's other jobs behind the owners who have waited longer."""
+    key = owner_key(job)
+    for model in models:
+        if not LineShare.objects.filter(model=model, owner_key=key).update(last_turn=turn):
+            LineShare.objects.create(model=model, owner_key=key, priority=job.priority, waiting=0, last_turn=turn)
+
+
+def fair_head(model: str, *, unheld: bool = False) -> Job | None:
+    """The job a fair line takes next: one probe of job_line_shares_order_idx. `unheld`: passing
+    over the jobs a pause holds; while the line holds some (rare), the owners are read in turn order
+    until one has a job that is not held."""
+    shares = LineShare.objects.filter(model=model, waiting__gt=0).order_by(*NEVER_FIRST)
+    if not unheld or not JobLine.objects.filter(model=model, held=True).exists():
+        share = shares.values_list("head_job_id", flat=True).first()
+        return Job.objects.filter(pk=share).first() if share else None
+    for share in shares.only("owner_key", "priority"):
+        row = (
+            JobLine.objects.filter(model=model, owner_key=share.owner_key, priority=share.priority, held=False)
+            .order_by("created_at", "job_id").select_related("job").first()
+        )
+        if row is not None:
+            return row.job
+    return None
+
+
+def fair_predecessor(job: Job, model: str) -> Job | None:
+    """A job that goes before `job` in a fair line, or None if `job` is next: its owner's previous
+    job there (an owner's jobs keep their order), else the job the line takes next."""
+    own = (
+        JobLine.objects.filter(model=model, owner_key=owner_key(job))
+        .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at)
+                | Q(priority=job.priority, created_at=job.created_at, job_id__lt=job.job_id))
+        .order_by("priority", "-created_at", "-job_id").select_related("job").first()
+    )
+    if own is not None:
+        return own.job
+    head = fair_head(model, unheld=not job.held)
+    return head if head is not None and head.job_id != job.job_id else None
+
+
+def fair_ahead(job: Job, model: str) -> int:
+    """How many jobs go before `job` in a fair line, if the owners take their turns from now on and no
+    job arrives: the jobs of higher priority, then round by round one job of each owner at its
+    priority in turn order (`job` is in its owner's round k). A read for queue_position and the
+    estimate: it reads the line's owners at that priority (one query) and the owner's jobs before it."""
+    key = owner_key(job)
+    higher = JobLine.objects.filter(model=model, priority__gt=job.priority).count()
+    rank = JobLine.objects.filter(
+        Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, job_id__lt=job.job_id),
+        model=model, owner_key=key, priority=job.priority,
+    ).count() + 1
+    rows = list(
+        LineShare.objects.filter(model=model, priority=job.priority, waiting__gt=0)
+        .order_by(*NEVER_FIRST[1:]).values_list("owner_key", "waiting")
+    )
+    before_owner, ahead = True, higher + rank - 1
+    for other, waiting in rows:
+        if other == key:
+            before_owner = False
+            continue
+        ahead += min(waiting, rank if before_owner else rank - 1)
+    return ahead
+
+
+def shares_rebuild(model: str, *, fair: bool) -> None:
+    """A model's line became fair (its shares are built from its line, every owner's turn yet to come)
+    or first-come-first-served again (its shares are dropped)."""
+    LineShare.objects.filter(model=model).delete()
+    if not fair:
+        return
+    heads: dict[tuple[int, int], list] = {}
+    for key, priority, created_at, job_id in (
+        JobLine.objects.filter(model=model).order_by("created_at", "job_id")
+        .values_list("owner_key", "priority", "created_at", "job_id")
+    ):
+        entry = heads.setdefault((key, priority), [0, created_at, job_id])
+        entry[0] += 1
+    LineShare.objects.bulk_create([
+        LineShare(model=model, owner_key=key, priority=priority, waiting=count, head_created_at=created_at, head_job_id=job_id)
+        for (key, priority), (count, created_at, job_id) in heads.items()
+    ])
+
+
+def next_turn(now, starts_so_far: int):
+    """A start's turn: its transaction's instant, a microsecond apart for each start it makes, so that
+    starts made together take their turns in the order they were made."""
+    return now + timedelta(microseconds=starts_so_far)

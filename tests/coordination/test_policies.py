@@ -1,0 +1,316 @@
+"""Scheduling policies (issue 11): capacity groups, start-by deadlines, de-duplication, line limits.
+
+Each changes nothing when unused (the rest of the suite runs without them); here each is used."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog
+from coordination.recovery import reap
+from coordination.services import capacity_group_save, job_cancel, job_complete, jobs_submit_batch
+from tests.helpers import assert_honest_waiting, events, execute_workflow, fresh, log_row, submit
+
+pytestmark = pytest.mark.django_db
+
+IMAGE, VIDEO, OTHER_VIDEO = "flux-dev", "motion-2.0-fast", "minimax/video-01"
+
+
+def complete(job: Job) -> None:
+    job_complete(job_id=job.job_id, attempt=fresh(job).attempt, result={"output": "done"})
+
+
+# --- capacity groups ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def four_slots(settings):
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
+
+
+def group(name: str, capacity: int, *models: str) -> CapacityGroup:
+    made = CapacityGroup(name=name, capacity=capacity)
+    capacity_group_save(group=made, models=list(CatalogModel.objects.filter(name__in=models)), actor="test")
+    return made
+
+
+@pytest.mark.usefixtures("four_slots")
+class TestCapacityGroups:
+    def test_a_full_group_holds_back_a_job_on_another_of_its_models_and_says_so(self, user):
+        group("acme-key", 1, VIDEO, OTHER_VIDEO)
+        running = submit(user, model=VIDEO)
+        waiting = submit(user, model=OTHER_VIDEO)
+        free = submit(user, model=IMAGE)  # not in the group: starts beside it
+
+        assert fresh(running).status == fresh(free).status == Job.Status.RUNNING
+        waiting = fresh(waiting)
+        assert waiting.status == Job.Status.PENDING
+        assert waiting.conflict_reason == "Capacity group acme-key full: 1 of 1 running"
+        assert waiting.blocked_by_job_id == running.job_id
+        assert_honest_waiting()
+
+        complete(running)
+
+        assert fresh(waiting).status == Job.Status.RUNNING
+
+    def test_a_job_counts_once_in_a_group_however_many_of_its_models_it_uses(self, user):
+        group("studio", 2, "nano-banana-pro-leonardo", VIDEO, IMAGE)
+        workflow = execute_workflow(user)  # nano-banana-pro-leonardo and motion-2.0-fast: one job of two
+        image = submit(user, model=IMAGE)
+        third = submit(user, model=OTHER_VIDEO)  # outside the group
+
+        assert fresh(workflow).status == fresh(image).status == fresh(third).status == Job.Status.RUNNING
+        late = submit(user, model=IMAGE, prompt="late")
+        assert fresh(late).conflict_reason.startswith("Model conflict")  # flux-dev itself is busy (capacity 1)
+
+    def test_raising_a_groups_capacity_starts_its_waiting_jobs_at_once(self, user):
+        acme = group("acme-key", 1, VIDEO, OTHER_VIDEO)
+        submit(user, model=VIDEO)
+        waiting = submit(user, model=OTHER_VIDEO)
+        assert fresh(waiting).status == Job.Status.PENDING
+
+        acme.capacity = 2
+        report = capacity_group_save(group=acme, models=None, actor="admin:ops")
+
+        assert fresh(waiting).status == Job.Status.RUNNING
+        assert report["started"] == [str(waiting.job_id)]
+        row = JobQueueLog.objects.filter(event_type=JobQueueLog.Event.GROUP_CHANGED).order_by("id").last()
+        assert row.details["actor"] == "admin:ops" and row.details["changes"] == {"capacity": [1, 2]}
+
+    def test_taking_a_model_out_of_a_group_starts_its_job_and_lowering_stops_nothing(self, user):
+        acme = group("acme-key", 2, VIDEO, OTHER_VIDEO)
+        first, second = submit(user, model=VIDEO), submit(user, model=OTHER_VIDEO)
+        acme.capacity = 1
+        capacity_group_save(group=acme, models=None, actor="test")
+        assert fresh(first).status == fresh(second).status == Job.Status.RUNNING  # lowering stops no job
+
+        complete(first)
+        blocked = submit(user, model=VIDEO)
+        assert fresh(blocked).conflict_reason == "Capacity group acme-key full: 1 of 1 running"
+
+        capacity_group_save(group=acme, models=list(CatalogModel.objects.filter(name=OTHER_VIDEO)), actor="test")
+
+        assert fresh(blocked).status == Job.Status.RUNNING
+
+    def test_the_api_lists_a_waiting_jobs_groups(self, api, user):
+        group("acme-key", 1, VIDEO, OTHER_VIDEO)
+        running = submit(user, model=VIDEO)
+        waiting = submit(user, model=OTHER_VIDEO)
+
+        body = api.get(f"/jobs/{waiting.job_id}").json()
+
+        assert body["waiting_for"] == [
+            {"model": OTHER_VIDEO, "held_by": [], "jobs_ahead": 0, "paused": False,
+             "groups": [{"name": "acme-key", "running": 1, "capacity": 1}]},
+        ]
+        assert body["blocked_by_job_id"] == str(running.job_id)
+
+    def test_metrics_show_each_groups_running_jobs_and_capacity(self, client, staff_user, user):
+        group("acme-key", 3, VIDEO, OTHER_VIDEO)
+        submit(user, model=VIDEO)
+        submit(user, model=OTHER_VIDEO)
+        client.force_login(staff_user)
+
+        text = client.get("/metrics").content.decode()
+
+        assert 'jobqueue_group_jobs_running{group="acme-key"} 2.0' in text
+        assert 'jobqueue_group_capacity{group="acme-key"} 3.0' in text
+
+
+# --- start-by deadlines ---------------------------------------------------------------------------
+
+
+def overdue(job: Job) -> Job:
+    """As if its deadline had passed: set by hand, since a test does not wait for a clock."""
+    Job.objects.filter(pk=job.pk).update(start_by=timezone.now() - timedelta(seconds=1))
+    return fresh(job)
+
+
+class TestDeadlines:
+    def test_max_wait_seconds_sets_start_by_from_now(self, user):
+        before = timezone.now()
+        job = submit(user, max_wait_seconds=90)
+        assert before + timedelta(seconds=90) <= fresh(job).start_by <= timezone.now() + timedelta(seconds=90)
+
+    @pytest.mark.parametrize(
+        "policy, message",
+        [
+            ({"start_by": "past"}, "is in the past"),
+            ({"start_by": "far"}, "at most 30 days ahead"),
+            ({"max_wait_seconds": 31 * 86400}, "at most 2592000"),
+            ({"max_wait_seconds": 0}, "1 or more"),
+            ({"max_wait_seconds": 60, "start_by": "soon"}, "not both"),
+        ],
+    )
+    def test_a_bad_deadline_is_refused_and_changes_nothing(self, user, policy, message):
+        now = timezone.now()
+        times = {"past": now - timedelta(minutes=1), "far": now + timedelta(days=31), "soon": now + timedelta(minutes=5)}
+        policy = {key: times.get(value, value) if key == "start_by" else value for key, value in policy.items()}
+        with pytest.raises(InvalidJob, match=message):
+            submit(user, **policy)
+        assert not Job.objects.exists()
+
+    def test_a_waiting_job_past_its_deadline_expires_and_the_job_behind_it_moves_up(self, user):
+        running = submit(user)
+        deadline = submit(user, max_wait_seconds=60)
+        behind = submit(user)
+        assert fresh(behind).blocked_by_job_id == deadline.job_id
+        overdue(deadline)
+
+        reap()
+
+        deadline = fresh(deadline)
+        assert deadline.status == Job.Status.EXPIRED
+        assert deadline.error == f"not started by {deadline.start_by.isoformat()}"
+        assert events(deadline)[-1] == "expired"
+        assert not JobLine.objects.filter(job_id=deadline.job_id).exists()
+        assert fresh(behind).blocked_by_job_id == running.job_id
+        assert_honest_waiting()
+
+    def test_a_job_past_its_deadline_never_starts_when_its_turn_comes(self, user):
+        running = submit(user)
+        deadline = overdue(submit(user, max_wait_seconds=60))
+        behind = submit(user)
+
+        complete(running)
+
+        assert fresh(deadline).status == Job.Status.EXPIRED and fresh(deadline).started_at is None
+        assert fresh(behind).status == Job.Status.RUNNING
+
+    def test_a_running_job_is_never_expired(self, user):
+        job = overdue(submit(user, max_wait_seconds=60))  # it started at once
+        reap()
+        assert fresh(job).status == Job.Status.RUNNING
+
+    def test_the_api_takes_a_deadline_and_refuses_a_bad_one(self, api):
+        body = {"prompt": "A castle", "model": IMAGE}
+        answer = api.post("/jobs", {**body, "start_by": "2020-01-01T00:00:00Z"}, format="json")
+        assert answer.status_code == 400 and "in the past" in answer.json()["error"]
+        start_by = (timezone.now() + timedelta(hours=1)).isoformat()
+        answer = api.post("/jobs", {**body, "start_by": start_by}, format="json")
+        assert answer.status_code == 201 and answer.json()["start_by"] is not None
+
+
+# --- de-duplication -------------------------------------------------------------------------------
+
+
+class TestDedupe:
+    def test_a_second_live_job_with_the_key_is_refused_naming_the_first(self, user):
+        first = submit(user, dedupe_key="render-42")
+        with pytest.raises(DuplicateJob) as refused:
+            submit(user, dedupe_key="render-42")
+        assert refused.value.job_id == first.job_id and str(first.job_id) in refused.value.message
+        assert Job.objects.count() == 1
+
+    def test_keys_are_per_owner_and_free_again_once_the_job_ended(self, user, other_user):
+        first = submit(user, dedupe_key="render-42")
+        submit(other_user, dedupe_key="render-42", model=IMAGE)  # another owner's key
+        complete(first)
+        again = submit(user, dedupe_key="render-42")
+        assert fresh(again).status in (Job.Status.PENDING, Job.Status.RUNNING)
+
+    def test_replace_cancels_the_waiting_job_and_takes_its_place(self, user):
+        running = submit(user)
+        old = submit(user, dedupe_key="render-42", params={"simulate_seconds": 0, "v": 1})
+        behind = submit(user)
+
+        new = submit(user, dedupe_key="render-42", on_duplicate="replace", params={"simulate_seconds": 0, "v": 2})
+
+        old = fresh(old)
+        assert old.status == Job.Status.CANCELLED and old.error == f"replaced by {new.job_id}"
+        assert log_row(old, "cancelled").details["replaced_by"] == str(new.job_id)
+        new = fresh(new)
+        assert new.created_at == old.created_at  # its place in line
+        assert fresh(behind).blocked_by_job_id == new.job_id
+        assert_honest_waiting()
+
+        complete(running)
+
+        assert fresh(new).status == Job.Status.RUNNING and fresh(behind).status == Job.Status.PENDING
+
+    def test_a_running_job_cannot_be_replaced(self, user):
+        running = submit(user, dedupe_key="render-42")
+        with pytest.raises(DuplicateJob, match="is running and cannot be replaced"):
+            submit(user, dedupe_key="render-42", on_duplicate="replace")
+        assert fresh(running).status == Job.Status.RUNNING and Job.objects.count() == 1
+
+    def test_a_batch_may_not_name_a_key_twice(self, user):
+        bodies = [{"model": IMAGE, "prompt": "a", "dedupe_key": "k"}, {"model": IMAGE, "prompt": "b", "dedupe_key": "k"}]
+        with pytest.raises(InvalidJob, match=r"jobs\[1\].dedupe_key: jobs\[0\] has the same dedupe_key"):
+            jobs_submit_batch(owner=user, bodies=bodies)
+
+    def test_the_api_answers_409_with_the_live_jobs_id(self, api):
+        body = {"prompt": "A castle", "model": IMAGE, "dedupe_key": "castle"}
+        first = api.post("/jobs", body, format="json").json()
+        answer = api.post("/jobs", body, format="json")
+        assert answer.status_code == 409
+        assert answer.json()["code"] == "duplicate" and answer.json()["job_id"] == first["job_id"]
+        bad = api.post("/jobs", {**body, "dedupe_key": "tab\there"}, format="json")
+        assert bad.status_code == 400 and "printable" in bad.json()["error"]
+
+
+# --- line limits ----------------------------------------------------------------------------------
+
+
+class TestLineLimits:
+    def test_a_submit_beyond_max_waiting_is_refused_with_retry_after_and_changes_nothing(self, user):
+        CatalogModel.objects.filter(name=VIDEO).update(max_waiting=2)
+        running = submit(user, params={"simulate_seconds": 30})
+        submit(user), submit(user)
+        jobs, audit = Job.objects.count(), JobQueueLog.objects.count()
+
+        with pytest.raises(LineFull) as refused:
+            submit(user)
+
+        assert "The line of motion-2.0-fast is full: 2 jobs wait" in refused.value.message
+        assert 1 <= refused.value.retry_after <= 30
+        assert (Job.objects.count(), JobQueueLog.objects.count()) == (jobs, audit)
+        submit(user, model=IMAGE)  # other lines are not limited
+        complete(running)
+        submit(user)  # one started, so there is room again
+
+    def test_a_job_that_starts_at_once_is_not_held_by_the_limit(self, user):
+        CatalogModel.objects.filter(name=VIDEO).update(max_waiting=0)
+        job = submit(user)
+        assert fresh(job).status == Job.Status.RUNNING
+        with pytest.raises(LineFull):
+            submit(user)
+
+    def test_the_api_answers_429_with_retry_after(self, api, user):
+        CatalogModel.objects.filter(name=VIDEO).update(max_waiting=0)
+        submit(user)
+        answer = api.post("/jobs", {"prompt": "A knight", "model": VIDEO}, format="json")
+        assert answer.status_code == 429 and answer.json()["code"] == "line_full"
+        assert int(answer["Retry-After"]) >= 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_line_limit_holds_under_concurrent_submits(user):
+    """Eight threads submit at once into a line that may hold three: exactly three wait."""
+    CatalogModel.objects.filter(name=VIDEO).update(max_waiting=3)
+    submit(user, params={"simulate_seconds": 30})
+    barrier = threading.Barrier(8)
+    outcomes = []
+
+    def one():
+        try:
+            barrier.wait(timeout=30)
+            submit(user)
+            outcomes.append("accepted")
+        except LineFull:
+            outcomes.append("refused")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["accepted"] * 3 + ["refused"] * 5
+    assert JobLine.objects.filter(model=VIDEO).count() == 3
