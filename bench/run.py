@@ -77,16 +77,17 @@ def reset_queue() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
-            "job_queue_counters, job_queue_state, django_q_ormq, django_q_task"
+            "job_queue_counters, job_queue_state, job_line_shares, django_q_ormq, django_q_task"
         )
 
 
 # --- (a) decision cost against queue length ---------------------------------------------------
 
 
-def fill_queue(size: int, owner) -> None:
+def fill_queue(size: int, owner, owners: list | None = None) -> None:
     """One job running on motion-2.0-fast and `size` waiting behind it, as the coordinator would
-    have left them (each names the one before it), written in bulk."""
+    have left them (each names the one before it), written in bulk. `owners`: the waiting jobs'
+    owners, in turn (else all `owner`'s)."""
     from django.db import connection, transaction
     from django.utils import timezone
 
@@ -103,11 +104,15 @@ def fill_queue(size: int, owner) -> None:
             created = base + timedelta(microseconds=i + 1)
             batch_jobs.append(Job(
                 job_id=job_id, kind="normal", job_type="video", model="motion-2.0-fast", prompt=f"waiting {i}",
-                params={"simulate_seconds": 0}, owner=owner, status="pending", required_models=["motion-2.0-fast"],
+                params={"simulate_seconds": 0}, owner=owners[i % len(owners)] if owners else owner, status="pending",
+                required_models=["motion-2.0-fast"],
                 blocked_by_job_id=previous, conflict_reason=f"Waiting in line for motion-2.0-fast: normal job {previous} goes first",
                 queued_at=created, created_at=created, queue_position=i + 1,
             ))
-            batch_lines.append(JobLine(job_id=job_id, model="motion-2.0-fast", priority=0, created_at=created))
+            batch_lines.append(JobLine(
+                job_id=job_id, model="motion-2.0-fast", priority=0, created_at=created,
+                owner_key=(owners[i % len(owners)] if owners else owner).pk,
+            ))
             previous = job_id
             if len(batch_jobs) == 5000:
                 Job.objects.bulk_create(batch_jobs)
@@ -120,12 +125,15 @@ def fill_queue(size: int, owner) -> None:
         cursor.execute("ANALYZE jobs; ANALYZE job_model_lines;")
 
 
-def measure_decisions(size: int, owner, repeats: int) -> dict:
-    from coordination.models import Job
+def measure_decisions(size: int, owner, repeats: int, owners: list | None = None) -> dict:
+    from coordination.models import CatalogModel, Job
+    from coordination.queue.fair import shares_rebuild
     from coordination.services import job_cancel, job_complete, job_submit
 
     reset_queue()
-    fill_queue(size, owner)
+    fill_queue(size, owner, owners)
+    if CatalogModel.objects.filter(name="motion-2.0-fast", line_policy="fair").exists():
+        shares_rebuild("motion-2.0-fast", fair=True)
     submits, completions = [], []
     for _ in range(repeats):
         began = time.perf_counter()
@@ -451,7 +459,8 @@ def policy_costs(sizes: list[int], owner, repeats: int) -> None:
     from coordination.services import capacity_group_save
 
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
-    out("\n(i) decision cost with a capacity group in use (4 slots; the Python path), median of", repeats)
+    out("\n(i) decision cost with a scheduling policy in use (the Python path), median of", repeats)
+    out("    a capacity group over the line's model and another (4 slots)")
     out(f"    {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
     group = CapacityGroup(name="bench-key", capacity=2)
     capacity_group_save(group=group, models=list(CatalogModel.objects.filter(name__in=["motion-2.0-fast", "minimax/video-01"])),
@@ -463,6 +472,25 @@ def policy_costs(sizes: list[int], owner, repeats: int) -> None:
         out(f"    {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
             f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}   (target <= 1.5)")
     group.delete()
+
+    from django.contrib.auth import get_user_model
+
+    from coordination.models import LineShare
+
+    out(f"\n    a fair line (4 slots): {sizes[-1]:,} waiting from 1,000 owners against {sizes[0]} from 10")
+    out(f"    {'waiting':>8} {'owners':>7} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
+    CatalogModel.objects.filter(name="motion-2.0-fast").update(line_policy="fair")
+    users = get_user_model().objects.bulk_create(
+        [get_user_model()(username=f"bench-owner-{n}", is_staff=True) for n in range(1000)]
+    )
+    base = None
+    for size, count in ((sizes[0], 10), (sizes[-1], 1000)):
+        cost = measure_decisions(size, owner, repeats, owners=users[:count])
+        base = base or cost
+        out(f"    {size:>8} {count:>7} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
+            f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}   (target <= 1.5)")
+    CatalogModel.objects.filter(name="motion-2.0-fast").update(line_policy="fifo")
+    LineShare.objects.all().delete()
     reset_queue()
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
 

@@ -210,7 +210,7 @@ class JobQueueLogAdmin(ReadOnlyAdmin):
 class CatalogModelAdmin(admin.ModelAdmin):
     list_display = (
         "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled", "paused",
-        "max_waiting", "default_simulate_seconds",
+        "line_policy", "max_waiting", "default_simulate_seconds",
     )
     list_filter = ("media_type", "runner", "enabled", "paused")
     # Pausing goes through the queue console (under the coordinator lock, audited, waiters re-decided).

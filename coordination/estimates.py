@@ -23,6 +23,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine
+from coordination.queue.fair import fair_ahead
 from coordination.queue.lines import ahead_of, line, line_key
 
 RECENT = 50  # completed jobs per model that make its typical run time
@@ -67,12 +68,20 @@ def estimated_start(job: Job, *, now: datetime | None = None) -> datetime | None
         ahead = list(line().filter(ahead_of(job), held=False).only("model", "required_models")[:AHEAD_COUNTED])
         return now + timedelta(seconds=left + sum(_typical_for(a, typical) for a in ahead))
     waits = []
-    capacities = dict(CatalogModel.objects.filter(name__in=job.required_models).values_list("name", "capacity"))
+    catalog = {
+        name: (capacity, policy)
+        for name, capacity, policy in CatalogModel.objects.filter(name__in=job.required_models)
+        .values_list("name", "capacity", "line_policy")
+    }
+    capacities = {name: capacity for name, (capacity, _) in catalog.items()}
     for model in job.required_models:
         holders_left = sum(
             max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models
         )
-        ahead = JobLine.objects.filter(model=model, held=False).filter(ahead_of(job)).count()
+        if model in catalog and catalog[model][1] == CatalogModel.LinePolicy.FAIR:
+            ahead = fair_ahead(job, model)  # a fair line: the jobs its owners' turns put before it
+        else:
+            ahead = JobLine.objects.filter(model=model, held=False).filter(ahead_of(job)).count()
         waits.append((holders_left + ahead * typical[model]) / max(1, capacities.get(model, 1)))
     return now + timedelta(seconds=max(waits, default=0.0))
 
@@ -124,7 +133,9 @@ def estimated_starts(jobs: list[Job], *, now: datetime | None = None) -> dict:
 
     models = {model for job in waiting for model in job.required_models}
     typical = typical_run_seconds_of(models)
-    capacities = dict(CatalogModel.objects.filter(name__in=models).values_list("name", "capacity"))
+    catalog = list(CatalogModel.objects.filter(name__in=models).values_list("name", "capacity", "line_policy"))
+    capacities = {name: capacity for name, capacity, _ in catalog}
+    fair = {name for name, _, policy in catalog if policy == CatalogModel.LinePolicy.FAIR}
     holders_left = {
         model: sum(max(0.0, typical[model] - _elapsed(r, now)) for r in running if model in r.required_models)
         for model in models
@@ -136,6 +147,9 @@ def estimated_starts(jobs: list[Job], *, now: datetime | None = None) -> dict:
         .annotate(ahead=count_ahead(JobLine.objects.filter(model=OuterRef("model"), held=False)))
         .values_list("job_id", "model", "ahead")
     }
+    for job in waiting:  # a fair line's order is its owners' turns: one read per job in one
+        for model in fair.intersection(job.required_models):
+            ahead[(job.job_id, model)] = fair_ahead(job, model)
     for job in waiting:
         waits = [
             (holders_left[model] + ahead.get((job.job_id, model), 0) * typical[model]) / max(1, capacities.get(model, 1))
@@ -184,11 +198,16 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
     serialized = settings.COORDINATOR_MAX_ACTIVE_JOBS == 1
     before = _jobs_before(job, serialized=serialized)
     running = [other for other in before if other.status == Job.Status.RUNNING]
-    in_lines = _ahead_in_lines(job)
+    in_lines = _ahead_in_lines(job)  # a fair line's counts follow below, once the catalog is read
     models = set(job.required_models)
     if serialized:
         models.update(model for other in before for model in other.required_models)
     catalog, groups = _catalog_with_groups(models)
+    if not serialized:
+        for model in job.required_models:
+            if model in catalog and catalog[model].line_policy == CatalogModel.LinePolicy.FAIR:
+                count = fair_ahead(job, model)
+                in_lines[model] = (count, count)
     waiting_for = [
         {
             "model": model,
@@ -232,18 +251,19 @@ class _CatalogRow:
     paused: bool
     capacity: int
     default_simulate_seconds: float
+    line_policy: str
 
 
 def _catalog_with_groups(models) -> tuple[dict[str, _CatalogRow], dict[str, dict[str, tuple[int, set[str]]]]]:
     """The catalog rows of `models`, and for each its capacity groups (name -> capacity, members), in
     one query (a row per model, group and member)."""
     rows = CatalogModel.objects.filter(name__in=models).values_list(
-        "name", "paused", "capacity", "default_simulate_seconds",
+        "name", "paused", "capacity", "default_simulate_seconds", "line_policy",
         "capacity_groups__name", "capacity_groups__capacity", "capacity_groups__catalog_models__name",
     )
     catalog, groups = {}, {}
-    for name, paused, capacity, seconds, group, group_capacity, member in rows:
-        catalog[name] = _CatalogRow(name, paused, capacity, seconds)
+    for name, paused, capacity, seconds, policy, group, group_capacity, member in rows:
+        catalog[name] = _CatalogRow(name, paused, capacity, seconds, policy)
         if group is not None:
             groups.setdefault(name, {}).setdefault(group, (group_capacity, set()))[1].add(member)
     return catalog, groups

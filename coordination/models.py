@@ -5,6 +5,7 @@ Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state
 """
 
 import uuid
+from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -57,6 +58,14 @@ class CatalogModel(models.Model):
         help_text="Name of the environment variable holding the provider's token (sent as a Bearer token).",
     )
     provider_style = models.CharField(max_length=10, choices=ProviderStyle.choices, default=ProviderStyle.SYNC)
+    class LinePolicy(models.TextChoices):
+        FIFO = "fifo", "fifo: first come, first served"
+        FAIR = "fair", "fair: owners take turns"
+
+    line_policy = models.CharField(
+        max_length=10, choices=LinePolicy.choices, default=LinePolicy.FIFO,
+        help_text="fair: among jobs of one priority, owners take turns (with more than one slot; serialized mode is global FIFO).",
+    )
     # A line limit: a submit that would make this model's line longer is answered 429 (checked under the lock).
     max_waiting = models.PositiveIntegerField(
         null=True, blank=True,
@@ -237,16 +246,50 @@ class JobLine(models.Model):
     created_at = models.DateTimeField()
     held = models.BooleanField(default=False)  # as its job's: it needs a paused model
 
+    # The job's owner (0: none): a fair line takes its owners' jobs in turns (queue/fair.py).
+    owner_key = models.IntegerField(default=0)
+
     class Meta:
         db_table = "job_model_lines"
         indexes = [
             models.Index(fields=["model", "-priority", "created_at", "job"], name="job_model_lines_order_idx"),
             models.Index(fields=["model", "held", "-priority", "created_at", "job"], name="job_model_lines_unheld_idx"),
+            # An owner's jobs in a fair line, oldest first (its next head when one leaves).
+            models.Index(fields=["model", "owner_key", "priority", "created_at", "job"], name="job_model_lines_owner_idx"),
         ]
         constraints = [models.UniqueConstraint(fields=["job", "model"], name="job_model_lines_unique")]
 
     def __str__(self) -> str:
         return f"{self.job_id} in line for {self.model}"
+
+
+NEVER_STARTED = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+
+
+class LineShare(models.Model):
+    """A fair line's owner at one priority: how many of its jobs wait there, the oldest of them (its
+    head), and the owner's last turn on the line (coordination/queue/fair.py)."""
+
+    model = models.CharField(max_length=100)
+    owner_key = models.IntegerField()
+    priority = models.IntegerField()
+    waiting = models.PositiveIntegerField(default=0)
+    # When the owner last started a job on the line; NEVER_STARTED (the epoch) if it never did, so that
+    # those owners sort first in a plain ascending index (SQLite has no NULLS FIRST in an index).
+    last_turn = models.DateTimeField(default=NEVER_STARTED)
+    head_created_at = models.DateTimeField(null=True, blank=True)
+    head_job_id = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        db_table = "job_line_shares"
+        constraints = [models.UniqueConstraint(fields=["model", "owner_key", "priority"], name="job_line_shares_unique")]
+        indexes = [
+            # The line's order of owners: priority, last turn (never first), the head's acceptance.
+            models.Index(
+                fields=["model", "-priority", "last_turn", "head_created_at", "head_job_id"],
+                condition=Q(waiting__gt=0), name="job_line_shares_order_idx",
+            ),
+        ]
 
 
 class JobQueueCounter(models.Model):

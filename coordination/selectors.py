@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from coordination.estimates import job_wait
 from coordination.exceptions import InvalidTransition, JobNotFound
-from coordination.models import Job, JobLine, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueState
+from coordination.queue.fair import fair_ahead
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
@@ -69,12 +70,16 @@ def job_detail(*, user, job_id) -> JobDetail:
     jobs = Job.objects.select_related("workflow_execution").annotate(
         jobs_before=when_waiting(count_ahead(line())),
         unheld_before=when_waiting(count_ahead(line().filter(held=False))),
+        line_policy=Subquery(CatalogModel.objects.filter(name=OuterRef("model")).values("line_policy")[:1]),
     )
     job = job_get(user=user, job_id=job_id, jobs=jobs)
     wait = job_wait(job)
+    place = None if job.jobs_before is None else job.jobs_before + 1
+    if place is not None and job.line_policy == CatalogModel.LinePolicy.FAIR and _fair_lines_apply(job):
+        place = fair_ahead(job, job.model) + 1
     return JobDetail(
         job=job,
-        queue_position=None if job.jobs_before is None else job.jobs_before + 1,
+        queue_position=place,
         waiting_for=wait.waiting_for,
         estimated_start_at=wait.estimated_start_at,
         waiting_for_slot=wait.waiting_for_slot,
@@ -101,7 +106,28 @@ def job_batch(*, first: Job, size: int) -> list[Job]:
 
 
 def job_queue_position(job: Job) -> int | None:
-    return line_position(job) if job.status == Job.Status.PENDING else None
+    if job.status != Job.Status.PENDING:
+        return None
+    if _fair_lines_apply(job) and CatalogModel.objects.filter(name=job.model, line_policy=CatalogModel.LinePolicy.FAIR).exists():
+        return fair_ahead(job, job.model) + 1
+    return line_position(job)
+
+
+def _fair_lines_apply(job: Job) -> bool:
+    """A waiting normal job's place follows its line's fair order (with more than one slot) when that
+    line is fair: then its place is in that line, where the owners take turns."""
+    return settings.COORDINATOR_MAX_ACTIVE_JOBS > 1 and job.kind == Job.Kind.NORMAL
+
+
+def _fair_places(places: dict) -> dict:
+    """`places` with the jobs that wait in a fair line numbered in its order instead (one query to find
+    them, then one read per such job)."""
+    if settings.COORDINATOR_MAX_ACTIVE_JOBS == 1 or not places:
+        return places
+    fair = CatalogModel.objects.filter(line_policy=CatalogModel.LinePolicy.FAIR).values("name")
+    for job in Job.objects.filter(pk__in=list(places), kind=Job.Kind.NORMAL, model__in=fair):
+        places[job.job_id] = fair_ahead(job, job.model) + 1
+    return places
 
 
 # The outer query's row, as ahead_of() reads a job: "the rows before this one in line" for each row
@@ -136,7 +162,7 @@ def job_queue_positions(job_ids) -> dict:
             f"SELECT job_id, place FROM ({sql}) numbered WHERE job_id IN ({', '.join(['%s'] * len(ids))})",
             [*params, *ids],
         )
-        return {pk.to_python(job_id): place for job_id, place in cursor.fetchall()}
+        return _fair_places({pk.to_python(job_id): place for job_id, place in cursor.fetchall()})
 
 
 def queue_status(*, user=None) -> dict:

@@ -17,13 +17,13 @@ DROP FUNCTION IF EXISTS jq_free_slot(int);
 DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
 DROP FUNCTION IF EXISTS jq_submit(jsonb, timestamptz, int, int);
 
--- Scheduling policies (capacity groups, line limits, deadlines) are decided by the Python path alone:
+-- Scheduling policies (capacity groups, fair lines, line limits, deadlines) are decided by the Python path alone:
 -- while one is in use, jq_submit_many and jq_finish answer {"outcome": "python"} having changed
 -- nothing. Three probes of tiny tables or an empty partial index when none is.
 CREATE OR REPLACE FUNCTION jq_policies_in_use() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN EXISTS (SELECT 1 FROM capacity_group_models)
-        OR EXISTS (SELECT 1 FROM model_catalog WHERE max_waiting IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM model_catalog WHERE max_waiting IS NOT NULL OR line_policy <> 'fifo')
         OR EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND start_by IS NOT NULL);
 END $$;
 
@@ -607,8 +607,8 @@ BEGIN
     j.conflict_reason := verdict.reason;
     j.queued_at := p_now;
     INSERT INTO jobs SELECT j.*;
-    INSERT INTO job_model_lines (job_id, model, priority, created_at, held)
-        SELECT j.job_id, e.name, j.priority, j.created_at, j.held
+    INSERT INTO job_model_lines (job_id, model, priority, created_at, held, owner_key)
+        SELECT j.job_id, e.name, j.priority, j.created_at, j.held, coalesce(j.owner_id, 0)
         FROM jsonb_array_elements_text(j.required_models) WITH ORDINALITY AS e(name, n) ORDER BY e.n;
     IF j.kind <> 'normal' THEN
         ctx := jq_event(ctx, 'blocked_changed', j.job_id::text, j.kind, verdict.blocker::text);

@@ -15,11 +15,12 @@ Serialized mode (one slot) is the usage guide's global FIFO: there `line_policy`
 
 from datetime import timedelta
 
-from django.db.models import F, Q
+from django.db.models import Q
 
-from coordination.models import Job, JobLine, LineShare
+from coordination.models import NEVER_STARTED, Job, JobLine, LineShare
 
-NEVER_FIRST = (F("priority").desc(), F("last_turn").asc(nulls_first=True), "head_created_at", "head_job_id")
+# The line's order of owners (job_line_shares_order_idx): an owner who never started has the epoch.
+TURN_ORDER = ("-priority", "last_turn", "head_created_at", "head_job_id")
 
 
 def owner_key(job: Job) -> int:
@@ -33,10 +34,7 @@ def shares_enter(job: Job, models: list[str]) -> None:
     for model in models:
         share = LineShare.objects.filter(model=model, owner_key=key, priority=job.priority).first()
         if share is None:
-            turn = (
-                LineShare.objects.filter(model=model, owner_key=key).exclude(last_turn=None)
-                .order_by("-last_turn").values_list("last_turn", flat=True).first()
-            )
+            turn = _turn(model, key) or NEVER_STARTED
             LineShare.objects.create(
                 model=model, owner_key=key, priority=job.priority, waiting=1, last_turn=turn,
                 head_created_at=job.created_at, head_job_id=job.job_id,
@@ -80,7 +78,7 @@ def fair_head(model: str, *, unheld: bool = False) -> Job | None:
     """The job a fair line takes next: one probe of job_line_shares_order_idx. `unheld`: passing
     over the jobs a pause holds; while the line holds some (rare), the owners are read in turn order
     until one has a job that is not held."""
-    shares = LineShare.objects.filter(model=model, waiting__gt=0).order_by(*NEVER_FIRST)
+    shares = LineShare.objects.filter(model=model, waiting__gt=0).order_by(*TURN_ORDER)
     if not unheld or not JobLine.objects.filter(model=model, held=True).exists():
         share = shares.values_list("head_job_id", flat=True).first()
         return Job.objects.filter(pk=share).first() if share else None
@@ -106,7 +104,24 @@ def fair_predecessor(job: Job, model: str) -> Job | None:
     if own is not None:
         return own.job
     head = fair_head(model, unheld=not job.held)
-    return head if head is not None and head.job_id != job.job_id else None
+    if head is None or head.job_id == job.job_id:
+        return None
+    # `job` is its owner's first here (a new job may not be in the line yet): it goes first if its
+    # owner's turn comes before the head's owner's.
+    return head if _order_key(model, head) < _order_key(model, job) else None
+
+
+def _turn(model: str, key: int):
+    """The owner's last start on the line, or None if it never started there."""
+    return (
+        LineShare.objects.filter(model=model, owner_key=key).exclude(last_turn=NEVER_STARTED)
+        .order_by("-last_turn").values_list("last_turn", flat=True).first()
+    )
+
+
+def _order_key(model: str, job: Job) -> tuple:
+    """Where an owner's first job stands among the owners at the top: priority, turn (never first), acceptance."""
+    return (-job.priority, _turn(model, owner_key(job)) or NEVER_STARTED, job.created_at, job.job_id)
 
 
 def fair_ahead(job: Job, model: str) -> int:
@@ -122,7 +137,7 @@ def fair_ahead(job: Job, model: str) -> int:
     ).count() + 1
     rows = list(
         LineShare.objects.filter(model=model, priority=job.priority, waiting__gt=0)
-        .order_by(*NEVER_FIRST[1:]).values_list("owner_key", "waiting")
+        .order_by(*TURN_ORDER[1:]).values_list("owner_key", "waiting")
     )
     before_owner, ahead = True, higher + rank - 1
     for other, waiting in rows:

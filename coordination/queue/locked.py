@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from coordination.kinds import job_blocked_changed
 from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_leave, shares_started
 from coordination.queue.lines import line
 from coordination.queue.rules import QueueRules, Verdict
 from coordination.queue.words import NO_BLOCKER, say
@@ -102,6 +103,7 @@ class LockedQueue(QueueRules):
         self.take_next = take_next
         self.taken: Job | None = None
         self._pending: int | None = None
+        self._turns = 0  # starts on fair lines made in this transaction
 
     def _lock_slots(self) -> list[JobQueueState]:
         return slots_lock(self.slot_count)
@@ -194,17 +196,23 @@ class LockedQueue(QueueRules):
             job.save(update_fields=["held"])
         JobLine.objects.bulk_create(
             [
-                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at, held=held)
+                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at, held=held,
+                        owner_key=owner_key(job))
                 for model in job.required_models
             ]
         )
+        shares_enter(job, self._fair_of(job))
         self._count_pending(+1)
 
     def leave_line(self, job: Job) -> None:
         """A waiting job started or was cancelled (its new status already saved): it leaves every
         line it stood in."""
         JobLine.objects.filter(job_id=job.job_id).delete()
+        shares_leave(job, self._fair_of(job))
         self._count_pending(-1)
+
+    def _fair_of(self, job: Job) -> list[str]:
+        return [model for model in job.required_models if model in self.fair_models] if self.fair_models else []
 
     def start(self, job: Job, *, waiting: bool = True) -> None:
         """Occupy a slot with `job`; `waiting` is False only for a job admitted straight away."""
@@ -215,6 +223,10 @@ class LockedQueue(QueueRules):
         job_started(job, now=now, claimed=taken)
         if waiting:
             self.leave_line(job)
+        fair = self._fair_of(job)
+        if fair:
+            shares_started(job, fair, turn=next_turn(now, self._turns))
+            self._turns += 1
         slot.active_job_id = job.job_id
         slot.active_job_type = job.kind
         slot.active_models = list(job.required_models)

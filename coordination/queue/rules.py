@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueState
+from coordination.queue.fair import fair_head, fair_predecessor
 from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
 from coordination.queue.words import models_repr, say
 
@@ -53,10 +54,11 @@ class QueueRules:
     def _read_catalog(self) -> None:
         # Read when first needed: a decision with every model idle (serialized mode's hand-off)
         # never needs it. Pauses change under this lock, so what is read here holds until commit.
-        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused", "max_waiting"))
-        self._capacities = {name: capacity for name, capacity, _, _ in rows}
-        self._paused = {name for name, _, paused, _ in rows if paused}
-        self._max_waiting = {name: limit for name, _, _, limit in rows if limit is not None}
+        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused", "max_waiting", "line_policy"))
+        self._capacities = {name: capacity for name, capacity, *_ in rows}
+        self._paused = {name for name, _, paused, *_ in rows if paused}
+        self._max_waiting = {name: limit for name, _, _, limit, _ in rows if limit is not None}
+        self._fair = {name for name, *_, policy in rows if policy == CatalogModel.LinePolicy.FAIR}
         self._groups = groups_by_model()
 
     @property
@@ -85,6 +87,18 @@ class QueueRules:
         if not self.paused or self.paused_among(job.required_models):
             return rows
         return rows.filter(held=False)
+
+    @property
+    def fair_models(self) -> set[str]:
+        """Models whose line is fair (queue/fair.py): their line shares are kept in step always."""
+        if self._capacities is None:
+            self._read_catalog()
+        return self._fair
+
+    @property
+    def fair_lines(self) -> set[str]:
+        """The fair lines the rules follow: none in serialized mode (the guide's global FIFO)."""
+        return self.fair_models if self.slot_count > 1 else set()
 
     @property
     def max_waiting(self) -> dict[str, int]:
@@ -159,6 +173,11 @@ class QueueRules:
         if self.slot_count == 1 or any_model:
             return nearest(self._not_held(line().exclude(job_id=job.job_id) if new else line(), job))
         for model in job.required_models:
+            if model in self.fair_lines:
+                ahead = fair_predecessor(job, model)
+                if ahead is not None:
+                    return ahead
+                continue
             # A new job has no line rows yet: it enters its lines only if it has to wait.
             row = nearest(self._not_held(JobLine.objects.filter(model=model), job).select_related("job"))
             if row is not None:
@@ -232,11 +251,16 @@ class QueueRules:
             if in_use[model] < self.capacity(model) and model not in self.paused
             and not any(group.name in full_groups for group in self.groups.get(model, ()))
         ]
-        heads: dict[str, Job | None] = heads_of(free_models, unheld=bool(self.paused))
+        fair = self.fair_lines
+        heads: dict[str, Job | None] = heads_of([m for m in free_models if m not in fair], unheld=bool(self.paused))
+        heads.update({model: fair_head(model, unheld=bool(self.paused)) for model in free_models if model in fair})
 
         def head_of(model: str) -> Job | None:
             if model not in heads:
-                heads.update(heads_of([model], unheld=bool(self.paused)))
+                if model in fair:
+                    heads[model] = fair_head(model, unheld=bool(self.paused))
+                else:
+                    heads.update(heads_of([model], unheld=bool(self.paused)))
             return heads[model]
 
         candidates = {head.job_id: head for head in heads.values() if head is not None}

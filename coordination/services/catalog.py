@@ -14,6 +14,7 @@ from django.db.models import Q
 
 from coordination.models import CapacityGroup, CatalogModel, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line
+from coordination.queue.fair import shares_rebuild
 
 logger = logging.getLogger("job_coordinator")
 
@@ -43,11 +44,13 @@ def catalog_model_save(*, model: CatalogModel, actor: str) -> dict:
                 field.name: [getattr(before, field.attname), getattr(model, field.attname)]
                 for field in edited if getattr(before, field.attname) != getattr(model, field.attname)
             }
+        if "line_policy" in changes or (before is None and model.line_policy != CatalogModel.LinePolicy.FIFO):
+            shares_rebuild(model.name, fair=model.line_policy == CatalogModel.LinePolicy.FAIR)
         queue.catalog_changed()
         summary = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()) or "nothing changed"
         logger.info("[COORDINATOR] Model %s %s by %s: %s", model.name, "changed" if before else "added", actor, summary)
         started = [job.job_id for job in queue.dispatch()]
-        if before is not None and "capacity" in changes:
+        if before is not None and ("capacity" in changes or "line_policy" in changes):
             # Jobs in its line that name a pending job still wait behind it; those naming a running
             # job (a conflict, or the job that went first and now runs) or none were told something
             # about the model that may no longer hold.

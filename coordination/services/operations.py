@@ -14,6 +14,7 @@ from django.utils import timezone
 from coordination.exceptions import InvalidJob, InvalidTransition, UnknownModel
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line, nearest_behind
+from coordination.queue.fair import shares_enter, shares_leave
 from coordination.queue.lines import heads_of, on_models, passing
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
 from coordination.queue.attempts import running_check, runtime_limits
@@ -95,6 +96,10 @@ def job_priority_set(*, job_id, priority: int, actor: str) -> dict:
         job.priority = priority
         job.save(update_fields=["priority"])
         JobLine.objects.filter(job_id=job.job_id).update(priority=priority)
+        fair = [model for model in job.required_models if model in queue.fair_models]
+        if fair:  # its owner's count moves from the old priority to the new one
+            shares_leave(job, fair, priority=previous)
+            shares_enter(job, fair)
         logger.info("[COORDINATOR] Job %s priority changed from %s to %s by %s", job.job_id, previous, priority, actor)
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.PRIORITY_CHANGED,

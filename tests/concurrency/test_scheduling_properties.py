@@ -39,7 +39,9 @@ from hypothesis.stateful import (
 )
 
 from coordination.exceptions import DuplicateJob, LineFull, StaleAttempt
-from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.models import (
+    CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState, LineShare,
+)
 from coordination.queue.lines import line_key
 from coordination.recovery import reap
 from coordination.services import (
@@ -89,6 +91,7 @@ class Rec:
     priority: int
     models: tuple[str, ...]
     status: str = Job.Status.PENDING
+    owner: int = 0  # which of the test's owners submitted it
     deadline: bool = False  # submitted with a start-by deadline
     overdue: bool = False  # its deadline has passed: it must never start
 
@@ -109,7 +112,8 @@ def clean_job_tables() -> None:
     OrmQ.objects.all().delete()  # the tasks the starts enqueued; no worker runs here
     WorkflowDefinition.objects.filter(workflow_id=RANDOM_WORKFLOW).delete()
     CapacityGroup.objects.all().delete()
-    CatalogModel.objects.update(capacity=1, paused=False, max_waiting=None)
+    CatalogModel.objects.update(capacity=1, paused=False, max_waiting=None, line_policy="fifo")
+    LineShare.objects.all().delete()
 
 
 # --- one truth for the rules: every hot step runs on both paths -----------------------------------
@@ -125,7 +129,9 @@ def whole_state() -> dict:
     job_columns = [field.attname for field in Job._meta.concrete_fields]
     return {
         "jobs": list(Job.objects.order_by("job_id").values_list(*job_columns)),
-        "lines": sorted(JobLine.objects.values_list("job_id", "model", "priority", "created_at", "held")),
+        "lines": sorted(JobLine.objects.values_list("job_id", "model", "priority", "created_at", "held", "owner_key")),
+        "shares": sorted(LineShare.objects.values_list(
+            "model", "owner_key", "priority", "waiting", "last_turn", "head_created_at", "head_job_id")),
         "slots": list(JobQueueState.objects.order_by("id").values_list(
             "id", "active_job_id", "active_job_type", "active_models", "started_at")),
         "counter": list(JobQueueCounter.objects.values_list("id", "pending")),
@@ -192,6 +198,7 @@ def comparable(result):
 
 class SchedulingMachine(RuleBasedStateMachine):
     staff = None  # a staff user (priority > 0 is staff-only), set by the test
+    others = ()  # two more staff users: fair lines take their owners in turns
     slot_count = 1  # set by the test
 
     def __init__(self):
@@ -212,7 +219,11 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.starts_from_line = 0
         self.groups: dict[str, tuple[int, frozenset]] = {}  # capacity group -> (capacity, its models)
         self.limits: dict[str, int] = {}  # model -> max_waiting
-        self.keys: dict[str, object] = {}  # dedupe_key -> the job last accepted with it
+        self.keys: dict[tuple, object] = {}  # (owner, dedupe_key) -> the job last accepted with it
+        self.fair: set[str] = set()  # models whose line is fair
+        self.turns: dict[tuple, int] = {}  # (fair model, owner) -> the number of its last start there
+        self.passed: Counter = Counter()  # (fair model, owner) -> starts of others since its own
+        self.start_count = itertools.count(1)
         self.clock = itertools.count(1)
         self.epoch = datetime.now(dt_timezone.utc)
 
@@ -247,11 +258,15 @@ class SchedulingMachine(RuleBasedStateMachine):
     @initialize(
         capacities=st.lists(st.integers(1, 2), min_size=len(MODELS), max_size=len(MODELS)),
         steps=st.lists(st.sampled_from(MODELS), min_size=2, max_size=3),
+        fair=st.sets(st.sampled_from(MODELS), max_size=2),
     )
-    def configure(self, capacities, steps):
+    def configure(self, capacities, steps, fair):
         for name, capacity in zip(MODELS, capacities):
             CatalogModel.objects.filter(name=name).update(capacity=capacity)
             self.capacities[name] = capacity
+        # Fair lines from the start in many runs: owners then take turns on them throughout.
+        CatalogModel.objects.filter(name__in=fair).update(line_policy="fair")
+        self.fair = set(fair)
         # A second workflow over a random set of models (a repeated model is held once).
         workflow = WorkflowDefinition.objects.create(workflow_id=RANDOM_WORKFLOW, name="Random", inputs=["input_image"])
         for position, name in enumerate(steps, start=1):
@@ -272,7 +287,10 @@ class SchedulingMachine(RuleBasedStateMachine):
     def pending(self) -> list[Rec]:
         return self.with_status(Job.Status.PENDING)
 
-    def accepted(self, job: Job, models: tuple[str, ...], priority: int, *, replay: bool = True) -> None:
+    def owner(self, index: int):
+        return ([self.staff, *self.others])[index]
+
+    def accepted(self, job: Job, models: tuple[str, ...], priority: int, *, replay: bool = True, owner: int = 0) -> None:
         """`replay=False`: one job of a batch. The batch's rule replays once it has recorded them all;
         each joins the test's queue at its `submitted` audit row, as it joined the real one."""
         assert tuple(job.required_models) == models
@@ -286,7 +304,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             # coordinator uses (priority, created_at, job_id) is the test's (priority, seq).
             assert self.last_created_at is None or job.created_at > self.last_created_at
         self.last_created_at = job.created_at
-        rec = Rec(job.job_id, next(self.seq), priority, models)
+        rec = Rec(job.job_id, next(self.seq), priority, models, owner=owner)
         if replay:
             self.jobs[job.job_id] = rec
             self.replay_starts(accepted={job.job_id})
@@ -307,6 +325,26 @@ class SchedulingMachine(RuleBasedStateMachine):
         """Whether a line of `models` holds its max_waiting jobs already (a job that must wait there is refused)."""
         return any(
             model in self.limits and JobLine.objects.filter(model=model).count() >= self.limits[model] for model in models
+        )
+
+    def fair_lines(self) -> set[str]:
+        return self.fair if self.slot_count > 1 else set()  # serialized mode is global FIFO
+
+    def fair_head(self, model: str, job) -> "Rec | None":
+        """The job a fair line takes next, by the test's own turns: the highest priority, then the owner
+        whose last start there is oldest (never first; ties by the owner's oldest job), that owner's
+        oldest job. Jobs a pause holds and `job` does not need to pass are left out."""
+        models = job.models if isinstance(job, Rec) else job.required_models
+        waiting = [rec for rec in self.pending() if model in rec.models and not self.held_apart(rec, models)]
+        if not waiting:
+            return None
+        top = max(rec.priority for rec in waiting)
+        firsts = {}
+        for rec in sorted((rec for rec in waiting if rec.priority == top), key=lambda rec: rec.seq):
+            firsts.setdefault(rec.owner, rec)
+        return min(
+            firsts.values(),
+            key=lambda rec: (self.turns.get((model, rec.owner)) is not None, self.turns.get((model, rec.owner), 0), rec.seq),
         )
 
     def replay_starts(self, *, accepted=()) -> list:
@@ -337,10 +375,21 @@ class SchedulingMachine(RuleBasedStateMachine):
                 if self.groups[name][1] & set(job.models):
                     assert in_group < self.groups[name][0], f"capacity group {name}: started {job_id} with the group full"
             assert not job.overdue, f"started {job_id} after its start-by deadline"
+            fair = self.fair_lines() & set(job.models)
+            for model in fair:
+                head = self.fair_head(model, job)
+                assert head is job, f"fair line {model}: started {job_id} (owner {job.owner}) where {head.job_id} (owner {head.owner}) was next"
+                # Fairness bound: an owner waiting at this priority is passed at most (owners - 1) times.
+                for other in {rec.owner for rec in self.pending() if model in rec.models and rec.priority == job.priority
+                              and not self.held_apart(rec, job.models)} - {job.owner}:
+                    self.passed[(model, other)] += 1
+                    assert self.passed[(model, other)] <= len(self.others), f"owner {other} passed too often on {model}"
+                self.passed[(model, job.owner)] = 0
+                self.turns[(model, job.owner)] = next(self.start_count)
             for other in self.pending():
                 if other is job or other.line_key > job.line_key or self.held_apart(other, job.models):
                     continue
-                shares = self.slot_count == 1 or set(other.models) & set(job.models)
+                shares = self.slot_count == 1 or (set(other.models) & set(job.models)) - fair
                 assert not shares, (
                     f"rule 3 (I3): started {job_id} {job.models} at priority {job.priority} while "
                     f"{other.job_id} {other.models} at priority {other.priority} stood before it in line"
@@ -357,40 +406,43 @@ class SchedulingMachine(RuleBasedStateMachine):
 
     # --- rules ----------------------------------------------------------------------------------
 
+    # Priority 0 half the time: owners then often wait at one priority, where a fair line takes turns.
+    priority = st.one_of(st.just(0), st.integers(-2, 2))
     submission = st.one_of(
-        st.tuples(st.just("job"), st.sampled_from(MODELS), st.integers(-2, 2)),
-        st.tuples(st.just("workflow"), st.sampled_from([KNIGHT, RANDOM_WORKFLOW]), st.integers(-2, 2)),
+        st.tuples(st.just("job"), st.sampled_from(MODELS), priority, st.integers(0, 2)),
+        st.tuples(st.just("workflow"), st.sampled_from([KNIGHT, RANDOM_WORKFLOW]), priority, st.integers(0, 2)),
     )
 
     @rule(submissions=st.lists(submission, min_size=1, max_size=3))
     def submit(self, submissions):
         """Submit a few jobs or workflows in turn (a few per step, so that lines grow long)."""
-        for kind, name, priority in submissions:
+        for kind, name, priority, owner in submissions:
             models = (name,) if kind == "job" else self.workflow_models[name]
             full = self.lines_full(models)
             try:
                 if kind == "job":
                     job = self.both_paths(lambda: job_submit(
-                        owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority
+                        owner=self.owner(owner), model=name, prompt="a knight", params=NO_WAIT, priority=priority
                     ))
                 else:
                     job = self.both_paths(lambda: workflow_execute(
-                        owner=self.staff, workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
+                        owner=self.owner(owner), workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
                     ))
             except LineFull:
                 assert full, f"refused {models} as a full line, but no line of them was full"
                 self.replay_starts()
                 continue
-            self.accepted(job, models, priority)
+            self.accepted(job, models, priority, owner=owner)
             if Job.objects.get(pk=job.job_id).status == Job.Status.PENDING:
                 assert not full, f"{job.job_id} joined a full line of {models}"
 
-    @rule(bodies=st.lists(st.tuples(st.sampled_from(MODELS), st.integers(-2, 2)), min_size=1, max_size=4))
-    def submit_batch(self, bodies):
+    @rule(bodies=st.lists(st.tuples(st.sampled_from(MODELS), st.integers(-2, 2)), min_size=1, max_size=4),
+          owner=st.integers(0, 2))
+    def submit_batch(self, bodies, owner):
         """Submit 1-4 jobs in one batch (POST /jobs/batch): accepted in their order, at one instant,
         under one hold of the lock, each as if submitted alone in turn."""
         try:
-            jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.staff, bodies=[
+            jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.owner(owner), bodies=[
                 {"model": name, "prompt": "a knight", "params": NO_WAIT, "priority": priority, "client_ref": f"ref {n}"}
                 for n, (name, priority) in enumerate(bodies)
             ]))
@@ -400,7 +452,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             return
         assert [job.client_ref for job in jobs] == [f"ref {n}" for n in range(len(bodies))]
         for job, (name, priority) in zip(jobs, bodies, strict=True):
-            self.accepted(job, (name,), priority, replay=False)
+            self.accepted(job, (name,), priority, replay=False, owner=owner)
         self.replay_starts(accepted={job.job_id for job in jobs})
 
     @precondition(lambda self: self.running())
@@ -518,6 +570,19 @@ class SchedulingMachine(RuleBasedStateMachine):
             )
         assert self.replay_starts() == [UUID(job_id) for job_id in report["started"]]
 
+    @rule(model=st.sampled_from(MODELS), fair=st.booleans())
+    def operator_sets_a_line_policy(self, model, fair):
+        """A line made fair takes its owners in turns from then on (every owner's turn yet to come);
+        made first-come-first-served again, it is the plain line."""
+        catalog = CatalogModel.objects.get(name=model)
+        catalog.line_policy = "fair" if fair else "fifo"
+        if fair and model not in self.fair:
+            self.turns = {key: turn for key, turn in self.turns.items() if key[0] != model}
+            self.passed = Counter({key: n for key, n in self.passed.items() if key[0] != model})
+        (self.fair.add if fair else self.fair.discard)(model)
+        report = catalog_model_save(model=catalog, actor="property test")
+        assert self.replay_starts() == [UUID(job_id) for job_id in report["started"]]
+
     @rule(model=st.sampled_from(MODELS), limit=st.one_of(st.none(), st.integers(0, 3)))
     def operator_sets_a_line_limit(self, model, limit):
         catalog = CatalogModel.objects.get(name=model)
@@ -529,18 +594,19 @@ class SchedulingMachine(RuleBasedStateMachine):
             self.limits[model] = limit
         assert self.replay_starts() == []
 
-    @rule(name=st.sampled_from(MODELS), priority=st.integers(-2, 2))
-    def submit_with_a_deadline(self, name, priority):
+    @rule(name=st.sampled_from(MODELS), priority=st.integers(-2, 2), owner=st.integers(0, 2))
+    def submit_with_a_deadline(self, name, priority, owner):
         full = self.lines_full((name,))
         try:
             job = self.both_paths(lambda: job_submit(
-                owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, priority=priority, max_wait_seconds=3600
+                owner=self.owner(owner), model=name, prompt="a knight", params=NO_WAIT, priority=priority,
+                max_wait_seconds=3600,
             ))
         except LineFull:
             assert full
             self.replay_starts()
             return
-        self.accepted(job, (name,), priority)
+        self.accepted(job, (name,), priority, owner=owner)
         self.jobs[job.job_id].deadline = True
 
     @precondition(lambda self: any(rec.deadline for rec in self.pending()))
@@ -556,14 +622,14 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.replay_starts()
         assert Job.objects.get(pk=rec.job_id).started_at is None
 
-    @rule(name=st.sampled_from(MODELS), key=st.sampled_from(["k1", "k2"]), replace=st.booleans())
-    def submit_with_a_dedupe_key(self, name, key, replace):
+    @rule(name=st.sampled_from(MODELS), key=st.sampled_from(["k1", "k2"]), replace=st.booleans(), owner=st.integers(0, 2))
+    def submit_with_a_dedupe_key(self, name, key, replace, owner):
         """Two different requests for the same work: refused while the first is live, or (replace) the
         waiting first is cancelled and the new job takes its place in line."""
-        live = self.jobs.get(self.keys.get(key))
+        live = self.jobs.get(self.keys.get((owner, key)))
         live = live if live is not None and live.status in (Job.Status.PENDING, Job.Status.RUNNING) else None
         call = lambda: job_submit(  # noqa: E731
-            owner=self.staff, model=name, prompt="a knight", params=NO_WAIT, dedupe_key=key,
+            owner=self.owner(owner), model=name, prompt="a knight", params=NO_WAIT, dedupe_key=key,
             on_duplicate="replace" if replace else "reject",
         )
         if live is not None and (not replace or live.status == Job.Status.RUNNING):
@@ -582,12 +648,12 @@ class SchedulingMachine(RuleBasedStateMachine):
                 live.status = Job.Status.PENDING  # nothing changed
             self.replay_starts()
             return
-        self.keys[key] = job.job_id
+        self.keys[(owner, key)] = job.job_id
         if live is None:
-            self.accepted(job, (name,), 0)
+            self.accepted(job, (name,), 0, owner=owner)
             return
         assert job.created_at == Job.objects.get(pk=live.job_id).created_at, "the new job takes the replaced one's place"
-        self.jobs[job.job_id] = Rec(job.job_id, live.seq, 0, (name,))
+        self.jobs[job.job_id] = Rec(job.job_id, live.seq, 0, (name,), owner=owner)
         self.replay_starts(accepted={job.job_id})
 
     # --- invariants, checked against the database after every step -----------------------------
@@ -614,11 +680,12 @@ class SchedulingMachine(RuleBasedStateMachine):
             models_free = models_free and all(
                 group_use[name] < capacity for name, (capacity, members) in self.groups.items() if members & set(job.required_models)
             )
+            fair = self.fair_lines() & set(job.required_models)
             heads_its_lines = not any(
-                (self.slot_count == 1 or set(ahead.required_models) & set(job.required_models))
+                (self.slot_count == 1 or (set(ahead.required_models) & set(job.required_models)) - fair)
                 and not self.held_apart(ahead, job.required_models)
                 for ahead in waiting[:index]
-            )
+            ) and all(self.fair_head(model, job) is self.jobs[job.job_id] for model in fair)
             assert not (slot_free and models_free and heads_its_lines), (
                 f"I2: {job.job_id} {job.required_models} may start but waits ({job.conflict_reason})"
             )
@@ -634,7 +701,9 @@ class SchedulingMachine(RuleBasedStateMachine):
         live = {job.job_id: job for job in Job.objects.filter(status__in=[Job.Status.PENDING, Job.Status.RUNNING])}
         for job in (job for job in live.values() if job.status == Job.Status.PENDING):
             reason, blocker = job.conflict_reason or "", live.get(job.blocked_by_job_id)
-            if "goes first" in reason and blocker.status == Job.Status.PENDING:
+            fair_shared = blocker is not None and set(job.required_models) & set(blocker.required_models) & self.fair_lines()
+            if "goes first" in reason and blocker.status == Job.Status.PENDING and not fair_shared:
+                # (In a fair line the order is the owners' turns, checked at every start instead.)
                 assert line_key(blocker) < line_key(job), f"{job.job_id} says it waits behind {blocker.job_id}, which is behind it"
             if reason.startswith("Model conflict"):
                 assert blocker.status == Job.Status.RUNNING, f"{job.job_id}: {reason}, but the job named is {blocker.status}"
@@ -673,7 +742,8 @@ def test_random_runs_keep_the_scheduling_invariants(slot_count):
     machine = type(
         f"SchedulingWith{slot_count}Slots",
         (SchedulingMachine,),
-        {"staff": UserFactory(is_staff=True), "slot_count": slot_count},
+        {"staff": UserFactory(is_staff=True), "others": (UserFactory(is_staff=True), UserFactory(is_staff=True)),
+         "slot_count": slot_count},
     )
     run_state_machine_as_test(
         machine,

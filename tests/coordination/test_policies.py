@@ -10,9 +10,10 @@ from django.db import connections
 from django.utils import timezone
 
 from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
-from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog
+from coordination import selectors
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog, LineShare
 from coordination.recovery import reap
-from coordination.services import capacity_group_save, job_cancel, job_complete, jobs_submit_batch
+from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch
 from tests.helpers import assert_honest_waiting, events, execute_workflow, fresh, log_row, submit
 
 pytestmark = pytest.mark.django_db
@@ -314,3 +315,96 @@ def test_a_line_limit_holds_under_concurrent_submits(user):
         thread.join(timeout=60)
     assert sorted(outcomes) == ["accepted"] * 3 + ["refused"] * 5
     assert JobLine.objects.filter(model=VIDEO).count() == 3
+
+
+# --- fair lines -----------------------------------------------------------------------------------
+
+
+def fair(model: str = VIDEO) -> None:
+    catalog = CatalogModel.objects.get(name=model)
+    catalog.line_policy = CatalogModel.LinePolicy.FAIR
+    catalog_model_save(model=catalog, actor="test")
+
+
+def run_next(model: str = VIDEO) -> Job:
+    """Complete the job running on `model`; return the job that starts on it then."""
+    running = Job.objects.get(status=Job.Status.RUNNING, model=model)
+    complete(running)
+    return Job.objects.get(status=Job.Status.RUNNING, model=model)
+
+
+@pytest.mark.usefixtures("four_slots")
+class TestFairLines:
+    def test_owners_take_turns_so_a_single_job_does_not_wait_behind_anothers_many(self, user, other_user, staff_user):
+        fair()
+        a = [submit(user, prompt=f"a{i}") for i in range(5)]  # a0 runs, a1-a4 wait
+        b = submit(other_user, prompt="b0")
+        c = submit(staff_user, prompt="c0")
+
+        # b and c have never had a turn: they go before a's next job, in the order they came.
+        assert [run_next().job_id for _ in range(4)] == [b.job_id, c.job_id, a[1].job_id, a[2].job_id]
+        assert_honest_waiting()
+
+    def test_the_next_owner_is_the_one_who_started_least_recently(self, user, other_user):
+        fair()
+        first = submit(user, prompt="a0")
+        a1, a2 = submit(user, prompt="a1"), submit(user, prompt="a2")
+        b0, b1 = submit(other_user, prompt="b0"), submit(other_user, prompt="b1")
+
+        order = [run_next().job_id for _ in range(4)]
+
+        assert order == [b0.job_id, a1.job_id, b1.job_id, a2.job_id]
+        assert fresh(first).status == Job.Status.COMPLETED
+
+    def test_priority_still_comes_first(self, user, other_user, staff_user):
+        fair()
+        submit(staff_user, prompt="running")
+        low = submit(other_user, prompt="never started, low priority")
+        high = submit(staff_user, prompt="staff, high priority", priority=5)
+        assert run_next().job_id == high.job_id
+        assert run_next().job_id == low.job_id
+
+    def test_the_place_in_line_and_the_api_follow_the_fair_order(self, api, user, other_user):
+        fair()
+        submit(user, prompt="a0")
+        a1, a2 = submit(user, prompt="a1"), submit(user, prompt="a2")
+        b0 = submit(other_user, prompt="b0")
+
+        assert [selectors.job_queue_position(fresh(job)) for job in (b0, a1, a2)] == [1, 2, 3]
+        body = api.get(f"/jobs/{a2.job_id}").json()
+        assert body["queue_position"] == 3 and body["waiting_for"][0]["jobs_ahead"] == 2
+        assert [job["queue_position"] for job in api.get("/jobs").json()["results"] if job["status"] == "pending"] == [3, 2]
+
+    def test_a_line_made_fair_with_jobs_waiting_takes_turns_from_then_on(self, user, other_user):
+        submit(user, prompt="a0")
+        a1 = submit(user, prompt="a1")
+        a2 = submit(user, prompt="a2")
+        b0 = submit(other_user, prompt="b0")
+        fair()
+        assert LineShare.objects.filter(model=VIDEO, waiting__gt=0).count() == 2
+        # Nobody has had a turn since: the owners go by their oldest job, then take turns.
+        assert [run_next().job_id for _ in range(3)] == [a1.job_id, b0.job_id, a2.job_id]
+
+    def test_serialized_mode_stays_global_fifo(self, settings, user, other_user):
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+        fair()
+        submit(user, prompt="a0")
+        a1 = submit(user, prompt="a1")
+        b0 = submit(other_user, prompt="b0")
+        assert run_next().job_id == a1.job_id and fresh(b0).status == Job.Status.PENDING
+
+    def test_a_two_model_job_still_starts_only_at_the_head_of_every_line(self, user, other_user):
+        fair()
+        fair("nano-banana-pro-leonardo")
+        submit(user, prompt="a0")  # motion-2.0-fast busy
+        workflow = execute_workflow(user)  # needs nano-banana-pro-leonardo and motion-2.0-fast
+        image = submit(other_user, model="nano-banana-pro-leonardo", prompt="b0")
+        # Neither owner has had a turn on nano-banana-pro-leonardo: the workflow came first, so the
+        # image waits for it there although its model is free (rule 3: the workflow cannot starve).
+        assert fresh(image).status == Job.Status.PENDING and fresh(image).blocked_by_job_id == workflow.job_id
+
+        complete(Job.objects.get(status=Job.Status.RUNNING, model=VIDEO))
+
+        assert fresh(workflow).status == Job.Status.RUNNING
+        assert fresh(image).status == Job.Status.PENDING
+        assert_honest_waiting()

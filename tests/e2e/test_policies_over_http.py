@@ -2,9 +2,12 @@
 
 import pytest
 
+from rest_framework.authtoken.models import Token
+
 from coordination.models import CapacityGroup, CatalogModel, Job
-from coordination.services import capacity_group_save
-from tests.e2e.harness import start_worker, wait_until
+from coordination.services import capacity_group_save, catalog_model_save
+from tests.e2e.harness import HttpApi, start_worker, wait_until
+from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -98,3 +101,23 @@ def test_a_full_line_answers_429_with_retry_after(http, worker):
     typical = CatalogModel.objects.get(name=VIDEO).default_simulate_seconds
     assert 1 <= int(http.last_headers["Retry-After"]) <= typical
     assert Job.objects.count() == 2
+
+
+def test_a_fair_line_lets_a_second_user_in_before_the_first_users_backlog(http, live_server, slots_worker):
+    catalog = CatalogModel.objects.get(name=VIDEO)
+    catalog.line_policy = CatalogModel.LinePolicy.FAIR
+    catalog_model_save(model=catalog, actor="test")
+    other = HttpApi(live_server.url, Token.objects.create(user=UserFactory()).key)
+    body = {"prompt": "A knight", "model": VIDEO, "params": {"simulate_seconds": 0.3}}
+    backlog = [http.post("/jobs", body)[1] for _ in range(4)]  # the first runs, three wait
+    status, single = other.post("/jobs", {**body, "prompt": "A dragon"})
+    assert status == 201 and single["status"] == "pending"
+    _, detail = other.get(f"/jobs/{single['job_id']}")
+    assert detail["queue_position"] == 1, "first in the fair line: its owner never had a turn"
+
+    jobs = [wait_until(lambda job_id=job["job_id"]: ended(job_id), timeout=30, message="every job to end")
+            for job in [*backlog, single]]
+    started = sorted(jobs, key=lambda job: job.started_at)
+    assert [str(job.job_id) for job in started] == [
+        backlog[0]["job_id"], single["job_id"], backlog[1]["job_id"], backlog[2]["job_id"], backlog[3]["job_id"],
+    ]
