@@ -95,11 +95,14 @@ def fair_head(model: str, *, unheld: bool = False) -> Job | None:
 def fair_predecessor(job: Job, model: str) -> Job | None:
     """A job that goes before `job` in a fair line, or None if `job` is next: its owner's previous
     job there (an owner's jobs keep their order), else the job the line takes next."""
+    # Two probes of job_model_lines_owner_idx, each a range in its order (one ORDER BY over both would
+    # let the planner walk the whole line's index instead, filtering on the owner).
+    mine = JobLine.objects.filter(model=model, owner_key=owner_key(job)).select_related("job")
     own = (
-        JobLine.objects.filter(model=model, owner_key=owner_key(job))
-        .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, created_at__lt=job.created_at)
-                | Q(priority=job.priority, created_at=job.created_at, job_id__lt=job.job_id))
-        .order_by("priority", "-created_at", "-job_id").select_related("job").first()
+        mine.filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, job_id__lt=job.job_id),
+                    priority=job.priority)
+        .order_by("-created_at", "-job_id").first()
+        or mine.filter(priority__gt=job.priority).order_by("priority", "-created_at", "-job_id").first()
     )
     if own is not None:
         return own.job
