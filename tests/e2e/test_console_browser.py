@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.conf import settings
 from django.db import connection
 
@@ -68,6 +69,9 @@ def browser(chromium_path, monkeypatch):
         browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+        # The test's ORM reads ran in Playwright's context, where Django keeps a connection of their
+        # own: closed here, or the test database could not be dropped at the end of the run.
+        connections.close_all()
 
 
 def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http, live_server, tmp_path):
