@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, WebhookDelivery
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
 from coordination.selectors import job_queue_positions
@@ -262,3 +262,30 @@ class CapacityGroupAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for group in queryset:
             capacity_group_delete(group=group, actor=f"admin:{request.user.username}")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every webhook delivery with its attempts; "Send again" puts failed (or any) ones back in line."""
+
+    list_display = ("webhook_id", "event_type", "job_link", "state", "attempts", "last_status_code", "next_attempt_at", "created_at")
+    list_filter = ("state", "event_type")
+    search_fields = ("webhook_id", "job__job_id", "url")
+    readonly_fields = [field.name for field in WebhookDelivery._meta.fields]
+    actions = ["send_again"]
+
+    @admin.display(description="job")
+    def job_link(self, delivery: WebhookDelivery):
+        url = reverse("admin:coordination_job_change", args=[delivery.job_id])
+        return format_html('<a href="{}" title="{}">{}</a>', url, delivery.job_id, short_id(delivery.job_id))
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Send again (same webhook-id, 24 more hours of tries)", permissions=["change"])
+    def send_again(self, request, queryset):
+        from coordination.webhooks import delivery_resend
+
+        for delivery in queryset:
+            delivery_resend(delivery)
+        self.message_user(request, f"{queryset.count()} delivery(ies) will be sent again.")

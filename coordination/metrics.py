@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from coordination.models import CatalogModel, Job, JobLine, JobQueueLog
+from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, WebhookDelivery
 from coordination.queue.rules import groups_by_model
 
 # Upper bounds in seconds, from a no-op job to the default job timeout (an hour).
@@ -51,6 +51,7 @@ class QueueCollector(Collector):
         now = timezone.now()
         yield from self._per_model(now)
         yield from self._per_group()
+        yield self._webhooks()
         yield from self._jobs_by_status()
         yield self._events()
         yield from self._durations(now)
@@ -100,6 +101,15 @@ class QueueCollector(Collector):
             active.add_metric([group.name], sum(1 for required in running if group.models.intersection(required or [])))
             capacity.add_metric([group.name], group.capacity)
         return [active, capacity]
+
+    def _webhooks(self):
+        counts = dict(WebhookDelivery.objects.order_by().values_list("state").annotate(n=Count("id")))
+        family = GaugeMetricFamily(
+            "jobqueue_webhook_deliveries", "Webhook deliveries by outcome (pending: still being tried).", labels=["state"]
+        )
+        for state in WebhookDelivery.State.values:
+            family.add_metric([state], counts.get(state, 0))
+        return family
 
     def _jobs_by_status(self):
         counts = dict(Job.objects.order_by().values_list("status").annotate(n=Count("pk")))

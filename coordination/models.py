@@ -179,6 +179,9 @@ class Job(models.Model):
     # jobs of one owner never share a dedupe_key.
     start_by = models.DateTimeField(null=True, blank=True, help_text="Expires if it has not started by then.")
     dedupe_key = models.CharField(max_length=255, null=True, blank=True, help_text="The owner's name for this work.")
+    # Where its events are POSTed (coordination/webhooks.py), and which ones (null: the terminal ones).
+    webhook_url = models.CharField(max_length=2048, null=True, blank=True)
+    webhook_events_filter = models.JSONField(null=True, blank=True)
 
     class Meta:
         db_table = "jobs"
@@ -200,6 +203,9 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
             # The per-user pending limit counts these under the lock: only waiting jobs, not history.
             models.Index(fields=["owner"], condition=Q(status="pending"), name="jobs_owner_pending_idx"),
+            # The fast path's policy gate asks whether any live job wants webhooks: an empty index, mostly.
+            models.Index(fields=["status"], condition=Q(status__in=["pending", "running"], webhook_url__isnull=False),
+                         name="jobs_webhook_live_idx"),
             # The reaper's expiry pass: the waiting jobs that have a deadline, soonest first.
             models.Index(fields=["start_by"], condition=Q(status="pending", start_by__isnull=False), name="jobs_deadline_idx"),
         ]
@@ -419,3 +425,63 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.user_id})"
+
+
+class WebhookSecret(models.Model):
+    """A user's signing secret for webhooks (Standard Webhooks, "whsec_" + base64). After a rotation
+    the previous one still signs, beside the new one, until `previous_until`."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    secret = models.CharField(max_length=100)
+    previous = models.CharField(max_length=100, blank=True, default="")
+    previous_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "webhook_secrets"
+
+
+class WebhookDelivery(models.Model):
+    """One event of a job for its webhook_url: written in the transition's own transaction (an outbox),
+    sent after commit by the worker cluster, retried with the same webhook_id until delivered or 24 h."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    webhook_id = models.CharField(max_length=40, unique=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event_type = models.CharField(max_length=30)  # job.started, job.completed, ...
+    url = models.CharField(max_length=2048)
+    payload = models.JSONField()  # {"type", "timestamp", "data"}: the body, as sent every time
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "webhook_deliveries"
+        ordering = ["id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(fields=["next_attempt_at"], condition=Q(state="pending"), name="webhook_deliveries_due_idx"),
+            models.Index(fields=["job", "id"], name="webhook_deliveries_job_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.webhook_id}"
+
+
+class WebhookAttempt(models.Model):
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "webhook_attempts"
+        ordering = ["id"]

@@ -101,7 +101,12 @@ def reap_if_due() -> dict | None:
     """
     if not cache.add("coordinator:reaper", 1, timeout=settings.COORDINATOR_REAPER_SECONDS):
         return None
-    return reap()
+    report = reap()
+    # Webhook deliveries that are due (a retry's time came): sent outside the coordinator lock.
+    from coordination.webhooks import deliver_due  # webhooks imports the API's serializers lazily
+
+    report["webhooks_delivered"] = deliver_due()
+    return report
 
 
 def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading.Thread:

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job
+from coordination.webhooks import webhook_record
 
 PENDING, RUNNING = Job.Status.PENDING, Job.Status.RUNNING
 COMPLETED, FAILED, CANCELLED = Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.CANCELLED
@@ -68,6 +69,7 @@ def job_started(job: Job, *, now: datetime, claimed: bool = False) -> None:
         job.claimed_attempt = job.attempt
         fields.append("claimed_attempt")
     job.save(update_fields=fields)
+    webhook_record(job, "started")
 
 
 def job_requeued(job: Job) -> None:
@@ -87,6 +89,7 @@ def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = Non
     job.error = error
     job.lease_expires_at = None
     job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
+    webhook_record(job, status)
 
 
 def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
@@ -101,6 +104,7 @@ def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
     job.conflict_reason = None
     job.error = reason
     job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+    webhook_record(job, CANCELLED)
 
 
 def job_expired(job: Job, *, now: datetime) -> None:
@@ -113,6 +117,7 @@ def job_expired(job: Job, *, now: datetime) -> None:
     job.conflict_reason = None
     job.error = f"not started by {job.start_by.isoformat()}"
     job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+    webhook_record(job, EXPIRED)
 
 
 # --- how an attempt ended -> the job's outcome ------------------------------------------------------

@@ -201,6 +201,11 @@ COORDINATOR_JOB_TIMEOUT = env_int("COORDINATOR_JOB_TIMEOUT", 3600)
 COORDINATOR_LEASE_SECONDS = env_int("COORDINATOR_LEASE_SECONDS", 30)
 # How often the reaper may run (it also runs from the minute schedule when the workers are idle).
 COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
+# Webhooks (coordination/webhooks.py): https only and public addresses only, unless these say otherwise
+# (for a receiver on this machine while testing); a delivery attempt gives up after this many seconds.
+COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
+COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
+COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
 # Per-user limits on submissions (POST /jobs and POST /workflows/{id}/execute): at most this
 # many a minute (more answer 429 with Retry-After; 0 turns the throttle off), and at most this
 # many of a user's jobs waiting at once (checked under the coordinator lock; 0: no limit).

@@ -4,10 +4,11 @@
 import html
 import logging
 import re
+import threading
 from collections import Counter
 
 import pytest
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, connections
 
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import line
@@ -195,3 +196,22 @@ def submit_confirmation(client, preview, *, follow: bool = False):
     query = preview.request.get("QUERY_STRING")
     url = preview.request["PATH_INFO"] + (f"?{query}" if query else "")
     return client.post(url, data, follow=follow)
+
+
+def at_once(target, count: int, *, timeout: float = 60) -> None:
+    """Run `target()` in `count` threads released together (a barrier), each closing its database
+    connection after, and wait for all of them (concurrency tests on PostgreSQL)."""
+    barrier = threading.Barrier(count)
+
+    def run():
+        try:
+            barrier.wait(timeout=timeout)
+            target()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)

@@ -79,6 +79,13 @@ class SubmitFields(StrictSerializer):
         required=False, trim_whitespace=False,
         help_text="Your name for this work (1-255 printable characters): no two of your live jobs share one.",
     )
+    webhook_url = serializers.CharField(
+        required=False, max_length=2048, help_text="POSTed a signed event when the job starts or ends (see webhook_events_filter)."
+    )
+    webhook_events_filter = serializers.ListField(
+        child=serializers.CharField(), required=False,
+        help_text="Which events: from started, completed, failed, cancelled, expired (default: the four terminal ones).",
+    )
     on_duplicate = serializers.ChoiceField(
         choices=["reject", "replace"], required=False,
         help_text="When a live job of yours has the dedupe_key: reject (409, the default) or replace a waiting one.",
@@ -193,7 +200,8 @@ class JobSerializer(serializers.ModelSerializer):
             "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
             "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
-            "client_ref", "start_by", "dedupe_key", "workflow_id", "current_step", "current_step_model",
+            "client_ref", "start_by", "dedupe_key", "webhook_url", "webhook_events_filter",
+            "workflow_id", "current_step", "current_step_model",
         ]
         read_only_fields = fields
 
@@ -238,3 +246,11 @@ class JobSerializer(serializers.ModelSerializer):
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)
         return data
+
+
+def detail_of(job: Job) -> dict:
+    """A job that is not waiting, exactly as GET /jobs/{id} shows it (a webhook's `data`): its JSON,
+    with the waiting-only fields null."""
+    data = dict(JobSerializer(job, context={"queue_positions": {}}).data)
+    data.update(waiting_for=None, estimated_start_at=None, waiting_for_slot=None)
+    return data

@@ -10,6 +10,9 @@ urlpatterns = [
     path("jobs/batch", views.JobBatchView.as_view(), name="job-batch"),
     path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("jobs/<str:job_id>/webhooks", views.JobWebhooksView.as_view(), name="job-webhooks"),
+    path("webhooks/secret", views.WebhookSecretView.as_view(), name="webhook-secret"),
+    path("webhooks/secret/rotate", views.WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),
     path("health", views.HealthView.as_view(), name="health"),
 ]

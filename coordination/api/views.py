@@ -5,14 +5,15 @@ from functools import partial
 from django.db import connection
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from django.utils import timezone
+from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from coordination import selectors, services
+from coordination import selectors, services, webhooks
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
 from coordination.api.schema import ErrorSerializer, HealthSerializer, JobBatchAnswerSerializer, QueueStatusSerializer
 from coordination.api.serializers import JobBatchSerializer, JobSerializer, JobSubmitSerializer
@@ -269,3 +270,55 @@ class HealthView(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response({"status": "ok", "database": "ok"})
+
+
+class WebhookSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="whsec_…: verify deliveries with it (Standard Webhooks).")
+    previous_until = serializers.DateTimeField(
+        allow_null=True, help_text="After a rotation: until when the previous secret also signs."
+    )
+
+
+class WebhookAttemptSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+
+
+class WebhookDeliverySerializer(serializers.Serializer):
+    webhook_id = serializers.CharField()
+    event_type = serializers.CharField()
+    url = serializers.CharField()
+    state = serializers.CharField(help_text="pending (tried again at next_attempt_at), delivered, or failed (gave up after 24 h).")
+    attempts = WebhookAttemptSerializer(many=True, source="attempt_rows.all")
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+
+
+def _secret_answer(record) -> dict:
+    previous_until = record.previous_until if record.previous_until and record.previous_until > timezone.now() else None
+    return WebhookSecretSerializer({"secret": record.secret, "previous_until": previous_until}).data
+
+
+@extend_schema(summary="Your webhook signing secret", parameters=[RETRY_AFTER],
+               responses={200: WebhookSecretSerializer, **COMMON_ERRORS})
+class WebhookSecretView(APIView):
+    def get(self, request):
+        return Response(_secret_answer(webhooks.secret_get(user=request.user)))
+
+
+@extend_schema(summary="Rotate your webhook signing secret", parameters=[RETRY_AFTER], request=None,
+               responses={200: WebhookSecretSerializer, **COMMON_ERRORS})
+class WebhookSecretRotateView(APIView):
+    def post(self, request):
+        return Response(_secret_answer(webhooks.secret_rotate(user=request.user)))
+
+
+@extend_schema(summary="A job's webhook deliveries", parameters=[JOB_ID, RETRY_AFTER],
+               responses={200: WebhookDeliverySerializer(many=True), **COMMON_ERRORS, **NOT_FOUND})
+class JobWebhooksView(APIView):
+    def get(self, request, job_id: str):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        deliveries = job.webhook_deliveries.prefetch_related("attempt_rows").order_by("id")
+        return Response(WebhookDeliverySerializer(deliveries, many=True).data)

@@ -17,14 +17,16 @@ DROP FUNCTION IF EXISTS jq_free_slot(int);
 DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
 DROP FUNCTION IF EXISTS jq_submit(jsonb, timestamptz, int, int);
 
--- Scheduling policies (capacity groups, fair lines, line limits, deadlines) are decided by the Python path alone:
+-- Scheduling policies (capacity groups, fair lines, line limits, deadlines) and webhooks (their outbox
+-- rows are written with each transition) are decided by the Python path alone:
 -- while one is in use, jq_submit_many and jq_finish answer {"outcome": "python"} having changed
 -- nothing. Three probes of tiny tables or an empty partial index when none is.
 CREATE OR REPLACE FUNCTION jq_policies_in_use() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN EXISTS (SELECT 1 FROM capacity_group_models)
         OR EXISTS (SELECT 1 FROM model_catalog WHERE max_waiting IS NOT NULL OR line_policy <> 'fifo')
-        OR EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND start_by IS NOT NULL);
+        OR EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND start_by IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM jobs WHERE status IN ('pending', 'running') AND webhook_url IS NOT NULL);
 END $$;
 
 -- The small reads below are PL/pgSQL, not SQL functions: PostgreSQL plans a non-inlined SQL

@@ -18,6 +18,7 @@ from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
 from coordination.queue.words import say
 from coordination.transitions import job_accepted, job_cancelled_waiting
+from coordination.webhooks import webhook_set
 
 logger = logging.getLogger("job_coordinator")
 
@@ -89,7 +90,7 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
 
 def _fast(*jobs: Job) -> bool:
     """Whether the PostgreSQL fast path may accept `jobs`: a deadline or a dedupe_key is the Python path's."""
-    return fastpath.enabled() and not any(job.start_by or job.dedupe_key for job in jobs)
+    return fastpath.enabled() and not any(job.start_by or job.dedupe_key or job.webhook_url for job in jobs)
 
 
 def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | None = None) -> None:
@@ -170,6 +171,8 @@ def job_policies_set(
     max_wait_seconds: int | None = None,
     dedupe_key: str | None = None,
     on_duplicate: str | None = None,
+    webhook_url: str | None = None,
+    webhook_events_filter: list | None = None,
     now: datetime | None = None,
 ) -> None:
     """Check a submission's scheduling policies and set them on its job (not saved yet): a start-by
@@ -205,6 +208,7 @@ def job_policies_set(
     job.start_by = start_by
     job.dedupe_key = dedupe_key
     job.on_duplicate = on_duplicate or REJECT
+    webhook_set(job, webhook_url=webhook_url, webhook_events_filter=webhook_events_filter)
 
 
 def job_build(

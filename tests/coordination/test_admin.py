@@ -14,7 +14,7 @@ from django_q.signing import SignedPackage
 from rest_framework.authtoken.models import Token
 
 from coordination import services
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, WebhookDelivery
 from tests.factories import JobRowFactory
 from tests.helpers import submit_confirmation
 from workflows.services import workflow_execute
@@ -80,6 +80,9 @@ def one_of_each(user, staff_user):
     submit_workflow(user)
     Group.objects.create(name="operators")
     CapacityGroup.objects.create(name="acme-api-key", capacity=2).catalog_models.set(CatalogModel.objects.all()[:2])
+    WebhookDelivery.objects.create(
+        webhook_id="msg_example", job=normal, event_type="job.completed", url="https://example.com/hook", payload={}
+    )
     Token.objects.create(user=staff_user)
     Schedule.objects.create(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES, minutes=1)
     now = timezone.now()

@@ -2,11 +2,9 @@
 
 Each changes nothing when unused (the rest of the suite runs without them); here each is used."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
@@ -14,7 +12,7 @@ from coordination import selectors
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog, LineShare
 from coordination.recovery import reap
 from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch
-from tests.helpers import assert_honest_waiting, events, execute_workflow, fresh, log_row, submit
+from tests.helpers import assert_honest_waiting, at_once, events, execute_workflow, fresh, log_row, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -295,24 +293,16 @@ def test_a_line_limit_holds_under_concurrent_submits(user):
     """Eight threads submit at once into a line that may hold three: exactly three wait."""
     CatalogModel.objects.filter(name=VIDEO).update(max_waiting=3)
     submit(user, params={"simulate_seconds": 30})
-    barrier = threading.Barrier(8)
     outcomes = []
 
     def one():
         try:
-            barrier.wait(timeout=30)
             submit(user)
             outcomes.append("accepted")
         except LineFull:
             outcomes.append("refused")
-        finally:
-            connections.close_all()
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    at_once(one, 8)
     assert sorted(outcomes) == ["accepted"] * 3 + ["refused"] * 5
     assert JobLine.objects.filter(model=VIDEO).count() == 3
 

@@ -1,0 +1,274 @@
+"""Webhooks (issue 12, part 1): signed as Standard Webhooks, written with the transition (an outbox),
+retried with the same webhook-id, in order per job, and never sent to a private address."""
+
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from coordination.models import Job, WebhookDelivery
+from coordination.services import job_cancel, job_complete
+from coordination.webhooks import UnsafeUrl, deliver_job, secret_get, secret_rotate, url_check
+from tests.helpers import at_once, fresh, submit
+
+pytestmark = pytest.mark.django_db
+
+
+class Receiver:
+    """A local HTTP server that records each delivery and answers with the next of `answers` (then 200)."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        self.answers: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {name.lower(): value for name, value in self.headers.items()}  # names are case-insensitive
+                receiver.received.append({"body": body.decode(), "headers": headers})
+                code = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(code)
+                if code in (301, 302):
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def ids(self) -> list[str]:
+        return [delivery["headers"]["webhook-id"] for delivery in self.received]
+
+
+@pytest.fixture
+def receiver(settings):
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = True
+    settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on this machine
+    made = Receiver()
+    made.thread.start()
+    yield made
+    made.server.shutdown()
+
+
+def test_a_completed_job_is_delivered_signed_with_the_job_as_the_api_shows_it(user, api, receiver):
+    secret = secret_get(user=user).secret
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={"output": "done"})
+    [delivery] = WebhookDelivery.objects.filter(job=job)  # written with the completion; the default filter
+
+    assert deliver_job(str(job.job_id)) == 1
+
+    [got] = receiver.received
+    payload = Webhook(secret).verify(got["body"], got["headers"])  # raises unless the signature is right
+    assert payload["type"] == "job.completed" and got["headers"]["webhook-id"] == delivery.webhook_id
+    assert payload["data"] == api.get(f"/jobs/{job.job_id}").json()
+    assert fresh_delivery(delivery).state == WebhookDelivery.State.DELIVERED
+
+
+def fresh_delivery(delivery: WebhookDelivery) -> WebhookDelivery:
+    return WebhookDelivery.objects.get(pk=delivery.pk)
+
+
+def test_a_failing_receiver_gets_the_same_webhook_id_until_it_answers_2xx(user, receiver):
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    receiver.answers = [500, 500]
+    now = timezone.now()
+
+    deliver_job(str(job.job_id), now=now)
+    delivery = WebhookDelivery.objects.get(job=job)
+    assert delivery.state == WebhookDelivery.State.PENDING and delivery.next_attempt_at == now + timedelta(seconds=5)
+    assert deliver_job(str(job.job_id), now=now + timedelta(seconds=1)) == 0  # not due yet: nothing sent
+    deliver_job(str(job.job_id), now=now + timedelta(seconds=5))
+    assert fresh_delivery(delivery).next_attempt_at == now + timedelta(seconds=35)
+    deliver_job(str(job.job_id), now=now + timedelta(seconds=35))
+
+    assert receiver.ids() == [delivery.webhook_id] * 3
+    delivery = fresh_delivery(delivery)
+    assert delivery.state == WebhookDelivery.State.DELIVERED and delivery.attempts == 3
+    assert [attempt.status_code for attempt in delivery.attempt_rows.all()] == [500, 500, 200]
+
+
+def test_a_receiver_down_for_a_day_is_given_up_on_after_24_hours(user, settings):
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
+    secret_get(user=user)
+    job = submit(user, webhook_url="http://127.0.0.1:9/nobody-listens")
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    delivery = WebhookDelivery.objects.get(job=job)
+    now = delivery.created_at
+    while fresh_delivery(delivery).state == WebhookDelivery.State.PENDING:
+        now = fresh_delivery(delivery).next_attempt_at
+        deliver_job(str(job.job_id), now=now)
+    delivery = fresh_delivery(delivery)
+    assert delivery.state == WebhookDelivery.State.FAILED
+    assert 24 <= delivery.attempts <= 30 and "Connection refused" in delivery.last_error
+    assert now - delivery.created_at <= timedelta(hours=24)
+
+
+def test_one_jobs_events_arrive_in_order_a_later_one_waits_for_an_earlier_one(user, receiver):
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    receiver.answers = [503]
+    now = timezone.now()
+
+    deliver_job(str(job.job_id), now=now)  # started: refused; completed must not overtake it
+    assert [json.loads(d["body"])["type"] for d in receiver.received] == ["job.started"]
+    deliver_job(str(job.job_id), now=now + timedelta(seconds=5))
+    assert [json.loads(d["body"])["type"] for d in receiver.received] == ["job.started", "job.started", "job.completed"]
+
+
+def test_the_filter_chooses_the_events(user, receiver):
+    job = submit(user, webhook_url=receiver.url, webhook_events_filter=["cancelled"])
+    waiting = submit(user, webhook_url=receiver.url, webhook_events_filter=["cancelled"])
+    job_cancel(job_id=waiting.job_id, user=user)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    assert list(WebhookDelivery.objects.values_list("job_id", "event_type")) == [(waiting.job_id, "job.cancelled")]
+
+
+def test_after_a_rotation_both_secrets_sign_for_a_day(user, receiver):
+    old = secret_get(user=user).secret
+    new = secret_rotate(user=user).secret
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    deliver_job(str(job.job_id))
+
+    [got] = receiver.received
+    assert len(got["headers"]["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(got["body"], got["headers"])
+
+
+def test_a_redirect_is_not_followed(user, receiver):
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    receiver.answers = [302]
+    deliver_job(str(job.job_id))
+    delivery = WebhookDelivery.objects.get(job=job)
+    assert delivery.state == WebhookDelivery.State.PENDING and delivery.last_status_code == 302
+    assert len(receiver.received) == 1
+
+
+def test_the_delivery_is_written_with_the_transition_or_not_at_all(user, receiver, fail_audit):
+    job = submit(user, webhook_url=receiver.url)
+    fail_audit("completed")
+    with pytest.raises(Exception):
+        job_complete(job_id=job.job_id, attempt=1, result={})
+    assert fresh(job).status == Job.Status.RUNNING and not WebhookDelivery.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url, refused",
+    [
+        ("http://example.com/hook", "must be an https URL"),
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://localhost/hook", "loopback"),
+        ("https://10.1.2.3/hook", "private"),
+        ("https://192.168.0.10/hook", "private"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://224.0.0.1/hook", "multicast"),
+        ("https://[::1]/hook", "loopback"),
+        ("ftp://example.com/hook", "must be an https URL"),
+    ],
+)
+def test_unsafe_urls_are_refused(url, refused):
+    with pytest.raises(UnsafeUrl, match=refused):
+        url_check(url)
+
+
+def test_an_unsafe_url_is_a_400_at_submit_and_changes_nothing(api):
+    answer = api.post("/jobs", {"prompt": "A castle", "model": "flux-dev", "webhook_url": "https://10.0.0.5/x"}, format="json")
+    assert answer.status_code == 400 and "private" in answer.json()["error"]
+    assert not Job.objects.exists()
+
+
+def test_an_address_that_turned_private_after_submit_is_refused_at_send(user, receiver, settings):
+    """DNS rebinding: the check runs again at every send."""
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = False
+    deliver_job(str(job.job_id))
+    delivery = WebhookDelivery.objects.get(job=job)
+    assert not receiver.received and "loopback" in delivery.last_error and delivery.state == WebhookDelivery.State.PENDING
+
+
+def test_the_api_shows_the_webhook_the_secret_and_the_deliveries(api, user, other_user, receiver):
+    job = api.post("/jobs", {"prompt": "A castle", "model": "flux-dev", "webhook_url": receiver.url,
+                             "webhook_events_filter": ["started", "completed"]}, format="json").json()
+    assert job["webhook_url"] == receiver.url and job["webhook_events_filter"] == ["started", "completed"]
+    secret = api.get("/webhooks/secret").json()["secret"]
+    assert secret.startswith("whsec_") and api.get("/webhooks/secret").json()["secret"] == secret
+    rotated = api.post("/webhooks/secret/rotate").json()
+    assert rotated["secret"] != secret and rotated["previous_until"] is not None
+
+    deliver_job(job["job_id"])
+    [started] = api.get(f"/jobs/{job['job_id']}/webhooks").json()
+    assert started["event_type"] == "job.started" and started["state"] == "delivered"
+    assert [attempt["status_code"] for attempt in started["attempts"]] == [200]
+
+    from rest_framework.test import APIClient
+
+    stranger = APIClient()
+    stranger.force_authenticate(other_user)
+    assert stranger.get(f"/jobs/{job['job_id']}/webhooks").status_code == 404
+
+
+def test_an_operator_sends_a_failed_delivery_again_and_metrics_count_outcomes(user, staff_user, client, receiver):
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    delivery = WebhookDelivery.objects.get(job=job)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(state=WebhookDelivery.State.FAILED, next_attempt_at=None)
+    client.force_login(staff_user)
+    assert 'jobqueue_webhook_deliveries{state="failed"} 1.0' in client.get("/metrics").content.decode()
+
+    answer = client.post("/admin/coordination/webhookdelivery/", {"action": "send_again", "_selected_action": [delivery.pk]})
+
+    assert answer.status_code == 302
+    assert fresh_delivery(delivery).state == WebhookDelivery.State.PENDING
+    deliver_job(str(job.job_id))
+    assert receiver.ids() == [delivery.webhook_id]
+    assert 'jobqueue_webhook_deliveries{state="delivered"} 1.0' in client.get("/metrics").content.decode()
+
+
+def test_a_delivery_whose_task_was_lost_is_sent_by_the_reapers_pass(user, receiver):
+    """A worker killed before (or while) sending: the row is still pending, and due; the next reaper
+    pass sends it."""
+    from django.core.cache import cache
+
+    from coordination.recovery import reap_if_due
+
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})  # its task is never run here
+    cache.delete("coordinator:reaper")
+
+    report = reap_if_due()
+
+    assert report["webhooks_delivered"] == 1 and len(receiver.received) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_at_once_keep_one_jobs_events_in_order(user, receiver):
+    """Two workers deliver the same job's events at once: the second does not skip past the event the
+    first is sending."""
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=job.job_id, attempt=1, result={})
+
+    at_once(lambda: deliver_job(str(job.job_id)), 2)
+
+    deliver_job(str(job.job_id))  # whatever a skipped sender left
+    assert [json.loads(d["body"])["type"] for d in receiver.received] == ["job.started", "job.completed"]
