@@ -101,12 +101,16 @@ def reap_if_due() -> dict | None:
     """
     if not cache.add("coordinator:reaper", 1, timeout=settings.COORDINATOR_REAPER_SECONDS):
         return None
-    report = reap()
-    # Webhook deliveries that are due (a retry's time came): sent outside the coordinator lock.
+    return reap()
+
+
+def background_pass() -> dict:
+    """What each worker process's ticker does: a reaper pass when one is due, then the webhook
+    deliveries whose time came (sent with no lock and no transaction held; never from a job's loop,
+    where a slow receiver would hold up the job)."""
     from coordination.webhooks import deliver_due  # webhooks imports the API's serializers lazily
 
-    report["webhooks_delivered"] = deliver_due()
-    return report
+    return {"reaped": reap_if_due(), "webhooks_delivered": deliver_due()}
 
 
 def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading.Thread:
@@ -117,7 +121,7 @@ def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading
         stop = threading.Event()
         while not stop.wait(settings.COORDINATOR_REAPER_SECONDS):
             try:
-                reap_if_due()
+                background_pass()
             except Exception:  # the database may be away; the next tick tries again
                 logger.exception("Reaper pass failed")
             finally:

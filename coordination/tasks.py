@@ -246,8 +246,12 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict:
 job_kind_register(Job.Kind.NORMAL, run=normal_run)
 
 def reap() -> dict:
-    """The reaper's schedule (see coordination.recovery)."""
-    return reaper_pass()
+    """The reaper's schedule (see coordination.recovery), and the webhook deliveries that are due."""
+    from coordination.webhooks import deliver_due
+
+    report = reaper_pass()
+    report["webhooks_delivered"] = deliver_due()
+    return report
 
 
 def prune_queue_log(days: int = 7) -> int:

@@ -14,19 +14,20 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
 """
 
 import base64
+import http.client
 import ipaddress
 import json
 import logging
 import secrets
 import socket
-import urllib.error
+import ssl
 import urllib.parse
-import urllib.request
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -101,13 +102,17 @@ def url_check(url: str, *, field: str = "webhook_url") -> list[str]:
 
 
 def _private_kind(address) -> str | None:
+    """Why `address` is not a public one to send to, or None if it is (anything not globally routable:
+    loopback, private, link-local, multicast, shared 100.64/10, reserved, 6to4 of any of those...)."""
     if getattr(address, "ipv4_mapped", None):
         address = address.ipv4_mapped
+    if getattr(address, "sixtofour", None):
+        address = address.sixtofour
     for kind, test in (("loopback", "is_loopback"), ("link-local", "is_link_local"), ("multicast", "is_multicast"),
                        ("private", "is_private"), ("reserved", "is_reserved"), ("unspecified", "is_unspecified")):
         if getattr(address, test):
             return kind
-    return None
+    return None if address.is_global else "non-public"
 
 
 # --- the signing secret ---------------------------------------------------------------------------
@@ -180,46 +185,66 @@ def _enqueue(job_id) -> None:
 
 # --- sending ----------------------------------------------------------------------------------------
 
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a 3xx is an answer (not delivered), not a place to go
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
+IN_FLIGHT = timedelta(seconds=60)  # a send claims its row this long; a sender that died frees it so
 
 
 def deliver_job(job_id: str, *, now: datetime | None = None) -> int:
     """Send the job's due deliveries in order, stopping at the first that fails (the next ones wait
-    for it: one job's events arrive in order). Returns how many were delivered."""
+    for it: one job's events arrive in order). Returns how many were delivered.
+
+    No transaction is open while a receiver is called: the job's earliest pending row is claimed in
+    one short UPDATE (its next try moved IN_FLIGHT ahead, so another sender finds it not due and stops
+    rather than skip to a later event), then sent, then its outcome recorded in a second statement."""
     delivered = 0
     while True:
-        with transaction.atomic():
-            # The job's earliest pending delivery, taken only if no other sender holds it: a second
-            # sender must not skip to the next one (one job's events go in order).
-            earliest = (
-                WebhookDelivery.objects.filter(job_id=job_id, state=WebhookDelivery.State.PENDING)
-                .order_by("id").values_list("pk", flat=True).first()
-            )
-            first = (
-                WebhookDelivery.objects.select_for_update(skip_locked=True)
-                .filter(pk=earliest, state=WebhookDelivery.State.PENDING).first() if earliest else None
-            )
-            if first is None or first.next_attempt_at > (now or timezone.now()):
-                return delivered
-            if not _attempt(first, now=now or timezone.now()):
-                return delivered
+        moment = now or timezone.now()
+        earliest = (
+            WebhookDelivery.objects.filter(job_id=job_id, state=WebhookDelivery.State.PENDING)
+            .order_by("id").values_list("pk", flat=True).first()
+        )
+        if earliest is None:
+            return delivered
+        claimed = WebhookDelivery.objects.filter(
+            pk=earliest, state=WebhookDelivery.State.PENDING, next_attempt_at__lte=moment
+        ).update(next_attempt_at=moment + IN_FLIGHT)
+        if not claimed or not _attempt(WebhookDelivery.objects.get(pk=earliest), now=moment):
+            return delivered
         delivered += 1
 
 
 def deliver_due(*, now: datetime | None = None, limit: int = 100) -> int:
-    """Every job with a delivery that is due (the reaper's pass): each job's in order."""
+    """The jobs whose earliest pending delivery is due (the background pass): each job's in order.
+    A later event waiting behind an earlier one is not "due" itself, so it cannot crowd out others."""
     now = now or timezone.now()
+    earlier = WebhookDelivery.objects.filter(
+        job_id=OuterRef("job_id"), state=WebhookDelivery.State.PENDING, id__lt=OuterRef("id")
+    )
     jobs = (
         WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now)
-        .order_by("next_attempt_at").values_list("job_id", flat=True).distinct()[:limit]
+        .filter(~Exists(earlier)).order_by("next_attempt_at").values_list("job_id", flat=True)[:limit]
     )
     return sum(deliver_job(job_id, now=now) for job_id in list(dict.fromkeys(jobs)))
+
+
+def _post(url: str, address: str, body: bytes, headers: dict) -> int:
+    """POST to `url`, connecting to `address` (the one url_check passed: a name that resolves elsewhere
+    by now is not asked again), with the host's name kept for TLS and the Host header. A redirect is an
+    answer like any other (not followed)."""
+    parts = urllib.parse.urlsplit(url)
+    timeout = settings.COORDINATOR_WEBHOOK_TIMEOUT
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                                 context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    port = connection.port
+    connection._create_connection = lambda _, *args, **kwargs: socket.create_connection((address, port), *args, **kwargs)
+    try:
+        path = parts.path or "/"
+        connection.request("POST", path + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def _attempt(delivery: WebhookDelivery, *, now: datetime) -> bool:
@@ -227,46 +252,48 @@ def _attempt(delivery: WebhookDelivery, *, now: datetime) -> bool:
     status, error = None, ""
     signers = _signers(Job.objects.filter(pk=delivery.job_id).values_list("owner_id", flat=True).first())
     try:
-        url_check(delivery.url)  # again at send: the name may resolve elsewhere now
+        addresses = url_check(delivery.url)  # again at send: the name may resolve elsewhere now
         if not signers:
-            raise RuntimeError("the job's owner has no signing secret")
+            raise RuntimeError("the job has no owner whose secret could sign it")
         signed_at = timezone.now()
         signature = " ".join(signer.sign(delivery.webhook_id, signed_at, body) for signer in signers)
-        request = urllib.request.Request(delivery.url, data=body.encode(), method="POST", headers={
+        status = _post(delivery.url, addresses[0], body.encode(), {
             "Content-Type": "application/json",
             "webhook-id": delivery.webhook_id,
             "webhook-timestamp": str(int(signed_at.timestamp())),
             "webhook-signature": signature,
             "User-Agent": "job-queue-coordinator-webhooks",
         })
-        with _opener.open(request, timeout=settings.COORDINATOR_WEBHOOK_TIMEOUT) as response:
-            status = response.status
-    except urllib.error.HTTPError as answer:
-        status, error = answer.code, f"HTTP {answer.code}"
+        if not 200 <= status < 300:
+            error = f"HTTP {status}"
     except InvalidJob as refused:
         error = f"refused: {refused.message}"
     except Exception as failure:  # a timeout, a refused connection, a TLS error: tried again later
         error = f"{type(failure).__name__}: {failure}"
     ok = status is not None and 200 <= status < 300
-    WebhookAttempt.objects.create(delivery=delivery, at=now, status_code=status, error=error)
-    delivery.attempts += 1
-    delivery.last_status_code, delivery.last_error = status, error
-    if ok:
-        delivery.state, delivery.delivered_at, delivery.next_attempt_at = WebhookDelivery.State.DELIVERED, now, None
-    else:
-        delay = timedelta(seconds=DELAYS[delivery.attempts - 1] if delivery.attempts <= len(DELAYS) else 3600)
-        if now + delay > delivery.created_at + GIVE_UP_AFTER:
-            delivery.state, delivery.next_attempt_at = WebhookDelivery.State.FAILED, None
-            logger.warning("Webhook %s of job %s given up after %s attempts: %s",
-                           delivery.webhook_id, delivery.job_id, delivery.attempts, error)
+    with transaction.atomic():
+        WebhookAttempt.objects.create(delivery=delivery, at=now, status_code=status, error=error)
+        first_try = delivery.attempt_rows.order_by("id").values_list("at", flat=True).first()
+        delivery.attempts += 1
+        delivery.last_status_code, delivery.last_error = status, error
+        if ok:
+            delivery.state, delivery.delivered_at, delivery.next_attempt_at = WebhookDelivery.State.DELIVERED, now, None
         else:
-            delivery.next_attempt_at = now + delay
-    delivery.save()
+            delay = timedelta(seconds=DELAYS[delivery.attempts - 1] if delivery.attempts <= len(DELAYS) else 3600)
+            # 24 hours from its first try (an event that waited behind an earlier one gets its full day).
+            if now + delay > first_try + GIVE_UP_AFTER:
+                delivery.state, delivery.next_attempt_at = WebhookDelivery.State.FAILED, None
+                logger.warning("Webhook %s of job %s given up after %s attempts: %s",
+                               delivery.webhook_id, delivery.job_id, delivery.attempts, error)
+            else:
+                delivery.next_attempt_at = now + delay
+        delivery.save()
     return ok
 
 
 def delivery_resend(delivery: WebhookDelivery) -> None:
-    """An operator's "send again": the same webhook_id, due now, 24 more hours of tries."""
-    delivery.state, delivery.next_attempt_at, delivery.created_at = WebhookDelivery.State.PENDING, timezone.now(), timezone.now()
-    delivery.save(update_fields=["state", "next_attempt_at", "created_at"])
+    """An operator's "send again": the same webhook_id, due now, a fresh day of tries."""
+    delivery.attempt_rows.all().delete()
+    delivery.state, delivery.attempts, delivery.next_attempt_at = WebhookDelivery.State.PENDING, 0, timezone.now()
+    delivery.save(update_fields=["state", "attempts", "next_attempt_at"])
     transaction.on_commit(lambda: _enqueue(delivery.job_id))

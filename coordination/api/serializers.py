@@ -1,6 +1,7 @@
 import json
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from coordination.models import Job, MediaType
@@ -65,11 +66,21 @@ def validate_params(value):
     return value
 
 
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time that must say its zone: a time without one is refused, not taken as UTC."""
+
+    def to_internal_value(self, value):
+        parsed = parse_datetime(value) if isinstance(value, str) else None
+        if parsed is not None and parsed.tzinfo is None:
+            raise serializers.ValidationError("needs a time zone, e.g. 2026-12-01T10:30:00Z.")
+        return super().to_internal_value(value)
+
+
 class SubmitFields(StrictSerializer):
     params = serializers.JSONField(required=False, default=dict, validators=[validate_params])
     priority = serializers.IntegerField(required=False, default=0, min_value=-1000, max_value=1000)
     # Scheduling policies (checked by coordination.services.job_policies_set, which names the field).
-    start_by = serializers.DateTimeField(
+    start_by = AwareDateTimeField(
         required=False, help_text="ISO 8601 with a zone: if the job has not started by then, it ends `expired` (at most 30 days ahead)."
     )
     max_wait_seconds = serializers.IntegerField(

@@ -98,6 +98,8 @@ def fair_predecessor(job: Job, model: str) -> Job | None:
     # Two probes of job_model_lines_owner_idx, each a range in its order (one ORDER BY over both would
     # let the planner walk the whole line's index instead, filtering on the owner).
     mine = JobLine.objects.filter(model=model, owner_key=owner_key(job)).select_related("job")
+    if not job.held:
+        mine = mine.filter(held=False)  # a pause's hold on its own earlier job does not hold it back
     own = (
         mine.filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, job_id__lt=job.job_id),
                     priority=job.priority)

@@ -25,7 +25,7 @@ from django.utils import timezone
 from coordination.kinds import job_blocked_changed
 from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_leave, shares_started
-from coordination.queue.lines import line
+from coordination.queue.lines import line, line_position
 from coordination.queue.rules import QueueRules, Verdict
 from coordination.queue.words import NO_BLOCKER, say
 from coordination.exceptions import LineFull
@@ -149,7 +149,10 @@ class LockedQueue(QueueRules):
         else:
             self._line_limits_check(job)
             self.enter_line(job)
-            self.block(job, verdict, first=newest)
+            self.block(job, verdict, first=True)
+            if not newest:  # it stands where an earlier job stood: its place is counted, not the last
+                job.queue_position = line_position(job)
+                job.save(update_fields=["queue_position"])
 
     def _line_limits_check(self, job: Job) -> None:
         for model in job.required_models:

@@ -98,14 +98,16 @@ def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | 
     the lock, so line order is acceptance order), `on_create`, its `submitted` row, started or queued.
     A job whose dedupe_key a waiting job holds and that may replace it takes that job's place."""
     replaced = _dedupe(queue, job) if job.dedupe_key else None
-    job_accepted(job, now=replaced.created_at if replaced else queue.now)
+    # It takes the replaced job's place only in the same lines: a job for other models is simply new.
+    in_its_place = replaced is not None and list(replaced.required_models) == list(job.required_models)
+    job_accepted(job, now=replaced.created_at if in_its_place else queue.now)
     if on_create is not None:
         on_create(job)
     details = {"models": job.required_models}
     if replaced is not None:
         details["replaces"] = str(replaced.job_id)
     JobQueueLog.objects.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details=details)
-    queue.admit(job, newest=replaced is None)
+    queue.admit(job, newest=not in_its_place)
     if replaced is not None:
         queue.settle_after(replaced.job_id)  # those that waited behind it now wait behind this one
 

@@ -649,7 +649,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             self.replay_starts()
             return
         self.keys[(owner, key)] = job.job_id
-        if live is None:
+        if live is None or live.models != (name,):  # a replacement for other models is simply new
             self.accepted(job, (name,), 0, owner=owner)
             return
         assert job.created_at == Job.objects.get(pk=live.job_id).created_at, "the new job takes the replaced one's place"

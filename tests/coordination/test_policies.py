@@ -11,7 +11,7 @@ from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
 from coordination import selectors
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog, LineShare
 from coordination.recovery import reap
-from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch
+from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch, model_pause
 from tests.helpers import assert_honest_waiting, at_once, events, execute_workflow, fresh, log_row, submit
 
 pytestmark = pytest.mark.django_db
@@ -187,6 +187,8 @@ class TestDeadlines:
 
     def test_the_api_takes_a_deadline_and_refuses_a_bad_one(self, api):
         body = {"prompt": "A castle", "model": IMAGE}
+        answer = api.post("/jobs", {**body, "start_by": "2031-01-01T10:00:00"}, format="json")
+        assert answer.status_code == 400 and "time zone" in answer.json()["error"]
         answer = api.post("/jobs", {**body, "start_by": "2020-01-01T00:00:00Z"}, format="json")
         assert answer.status_code == 400 and "in the past" in answer.json()["error"]
         start_by = (timezone.now() + timedelta(hours=1)).isoformat()
@@ -230,6 +232,18 @@ class TestDedupe:
         complete(running)
 
         assert fresh(new).status == Job.Status.RUNNING and fresh(behind).status == Job.Status.PENDING
+
+    def test_a_replacement_for_other_models_is_simply_new_and_takes_no_place(self, user, other_user):
+        submit(user)  # motion-2.0-fast busy
+        placeholder = submit(user, model=IMAGE, dedupe_key="k")  # waits behind it (serialized mode)
+        ahead = [submit(other_user, prompt=f"other {n}") for n in range(2)]
+
+        new = submit(user, dedupe_key="k", on_duplicate="replace")
+
+        assert fresh(placeholder).status == Job.Status.CANCELLED
+        new = fresh(new)
+        assert new.created_at > fresh(ahead[-1]).created_at and new.blocked_by_job_id == ahead[-1].job_id
+        assert events(new) == ["submitted", "blocked"]
 
     def test_a_running_job_cannot_be_replaced(self, user):
         running = submit(user, dedupe_key="render-42")
@@ -374,6 +388,14 @@ class TestFairLines:
         assert LineShare.objects.filter(model=VIDEO, waiting__gt=0).count() == 2
         # Nobody has had a turn since: the owners go by their oldest job, then take turns.
         assert [run_next().job_id for _ in range(3)] == [a1.job_id, b0.job_id, a2.job_id]
+
+    def test_an_owners_job_held_by_a_pause_does_not_hold_back_its_job_on_a_free_fair_line(self, user):
+        fair()
+        fair("nano-banana-pro-leonardo")
+        model_pause(name="motion-2.0-fast", paused=True, actor="test")
+        workflow = execute_workflow(user)  # needs the paused model: held
+        image = submit(user, model="nano-banana-pro-leonardo", prompt="mine too")
+        assert fresh(workflow).status == Job.Status.PENDING and fresh(image).status == Job.Status.RUNNING
 
     def test_serialized_mode_stays_global_fifo(self, settings, user, other_user):
         settings.COORDINATOR_MAX_ACTIVE_JOBS = 1

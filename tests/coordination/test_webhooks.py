@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook
 
 from coordination.models import Job, WebhookDelivery
 from coordination.services import job_cancel, job_complete
-from coordination.webhooks import UnsafeUrl, deliver_job, secret_get, secret_rotate, url_check
+from coordination.webhooks import UnsafeUrl, _post, deliver_due, deliver_job, secret_get, secret_rotate, url_check
 from tests.helpers import at_once, fresh, submit
 
 pytestmark = pytest.mark.django_db
@@ -178,6 +178,8 @@ def test_the_delivery_is_written_with_the_transition_or_not_at_all(user, receive
         ("https://169.254.169.254/latest/meta-data", "link-local"),
         ("https://224.0.0.1/hook", "multicast"),
         ("https://[::1]/hook", "loopback"),
+        ("https://100.100.100.200/latest/meta-data", "non-public"),  # shared address space (100.64/10)
+        ("https://[2002:7f00:1::]/hook", "loopback"),  # 6to4 of 127.0.0.1
         ("ftp://example.com/hook", "must be an https URL"),
     ],
 )
@@ -242,19 +244,16 @@ def test_an_operator_sends_a_failed_delivery_again_and_metrics_count_outcomes(us
     assert 'jobqueue_webhook_deliveries{state="delivered"} 1.0' in client.get("/metrics").content.decode()
 
 
-def test_a_delivery_whose_task_was_lost_is_sent_by_the_reapers_pass(user, receiver):
-    """A worker killed before (or while) sending: the row is still pending, and due; the next reaper
-    pass sends it."""
-    from django.core.cache import cache
-
-    from coordination.recovery import reap_if_due
+def test_a_delivery_whose_task_was_lost_is_sent_by_the_background_pass(user, receiver):
+    """A worker killed before (or while) sending: the row is still pending, and due (a claim lapses
+    after a minute); the next pass of a worker's ticker sends it."""
+    from coordination.recovery import background_pass
 
     secret_get(user=user)
     job = submit(user, webhook_url=receiver.url)
     job_complete(job_id=job.job_id, attempt=1, result={})  # its task is never run here
-    cache.delete("coordinator:reaper")
 
-    report = reap_if_due()
+    report = background_pass()
 
     assert report["webhooks_delivered"] == 1 and len(receiver.received) == 1
 
@@ -272,3 +271,28 @@ def test_two_senders_at_once_keep_one_jobs_events_in_order(user, receiver):
 
     deliver_job(str(job.job_id))  # whatever a skipped sender left
     assert [json.loads(d["body"])["type"] for d in receiver.received] == ["job.started", "job.completed"]
+
+
+
+def test_the_send_connects_to_the_address_that_was_checked(receiver):
+    """The name is resolved once, checked, and that address is the one connected to (a name that
+    resolves elsewhere by the time of the connection is not asked again); the Host stays the name."""
+    port = receiver.server.server_address[1]
+    status = _post(f"http://hooks.example.invalid:{port}/hook?x=1", "127.0.0.1", b"{}", {"Content-Type": "application/json"})
+    assert status == 200 and receiver.received[0]["headers"]["host"] == f"hooks.example.invalid:{port}"
+
+
+def test_a_later_event_behind_an_earlier_one_does_not_crowd_out_other_jobs(user, receiver):
+    secret_get(user=user)
+    stuck = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=stuck.job_id, attempt=1, result={})
+    other = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=other.job_id, attempt=1, result={})
+    now = timezone.now()
+    started = WebhookDelivery.objects.get(job=stuck, event_type="job.started")
+    WebhookDelivery.objects.filter(pk=started.pk).update(next_attempt_at=now + timedelta(hours=1))  # backing off
+    WebhookDelivery.objects.filter(job=stuck, event_type="job.completed").update(next_attempt_at=now - timedelta(days=1))
+
+    assert deliver_due(now=now, limit=1) == 1
+
+    assert [json.loads(d["body"])["data"]["job_id"] for d in receiver.received] == [str(other.job_id)]
