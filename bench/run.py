@@ -77,7 +77,8 @@ def reset_queue() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
-            "job_queue_counters, job_queue_state, job_line_shares, django_q_ormq, django_q_task"
+            "job_queue_counters, job_queue_state, job_line_shares, webhook_attempts, webhook_deliveries, "
+            "django_q_ormq, django_q_task"
         )
 
 
