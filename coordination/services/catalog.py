@@ -46,20 +46,10 @@ def catalog_model_save(*, model: CatalogModel, actor: str) -> dict:
             }
         if "line_policy" in changes or (before is None and model.line_policy != CatalogModel.LinePolicy.FIFO):
             shares_rebuild(model.name, fair=model.line_policy == CatalogModel.LinePolicy.FAIR)
-        queue.catalog_changed()
         summary = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()) or "nothing changed"
         logger.info("[COORDINATOR] Model %s %s by %s: %s", model.name, "changed" if before else "added", actor, summary)
-        started = [job.job_id for job in queue.dispatch()]
-        if before is not None and ("capacity" in changes or "line_policy" in changes):
-            # Jobs in its line that name a pending job still wait behind it; those naming a running
-            # job (a conflict, or the job that went first and now runs) or none were told something
-            # about the model that may no longer hold.
-            its_line = JobLine.objects.filter(model=model.name).values("job_id")
-            on_running = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
-            for job in line().filter(on_running, job_id__in=its_line):
-                if queue.reassess(job):
-                    started.append(job.job_id)
-        started = [str(job_id) for job_id in started]
+        stale = before is not None and ("capacity" in changes or "line_policy" in changes)
+        started = _decide_again(queue, {model.name} if stale else set())
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.MODEL_CHANGED,
             details={"model": model.name, "actor": actor, "changes": changes, "started": started},
@@ -114,8 +104,14 @@ def capacity_group_delete(*, group: CapacityGroup, actor: str) -> dict:
 
 
 def _decide_again(queue: LockedQueue, models: set[str]) -> list[str]:
+    """After a catalog or group edit: read the catalog again, start what may start now, then decide
+    again for the jobs in the lines of `models` that wait on a running job or on none. Jobs that name
+    a pending job still wait behind it; the others were told something about these models (a
+    conflict, a full group, the job that went first and now runs) that may no longer hold."""
     queue.catalog_changed()
     started = [job.job_id for job in queue.dispatch()]
+    if not models:
+        return [str(job_id) for job_id in started]
     its_lines = JobLine.objects.filter(model__in=models).values("job_id")
     on_running = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
     for job in line().filter(on_running, job_id__in=its_lines):
