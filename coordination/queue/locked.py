@@ -29,7 +29,7 @@ from coordination.queue.lines import line, line_position
 from coordination.queue.rules import QueueRules, Verdict
 from coordination.queue.words import NO_BLOCKER, say
 from coordination.exceptions import LineFull
-from coordination.transitions import job_expired, job_requeued, job_started
+from coordination.transitions import job_cancelled_waiting, job_expired, job_requeued, job_started
 
 logger = logging.getLogger("job_coordinator")
 
@@ -173,6 +173,15 @@ class LockedQueue(QueueRules):
                     f"Try again in about {retry_after} s, when its next job should have started.",
                     retry_after=retry_after, field="model",
                 )
+
+    def cancel_waiting(self, job: Job, *, reason: str, details: dict) -> None:
+        """End a waiting job as cancelled (`reason` is its error): out of its lines, said, audited with
+        `details`. The caller re-points the jobs that named it (settle_after) when it is done."""
+        job_cancelled_waiting(job, now=self.now, reason=reason)
+        self.leave_line(job)
+        self._mirror_blocker(job)
+        say("ended", job.job_id, Job.Status.CANCELLED)
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={**details, "reason": reason})
 
     def expire_due(self) -> list:
         """End every waiting job whose start-by deadline has passed (`expired`), and re-point the jobs

@@ -16,7 +16,7 @@ from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
 from coordination.queue.words import say
-from coordination.transitions import RETRY, Outcome, attempt_outcome, job_cancelled_waiting, job_ended
+from coordination.transitions import RETRY, Outcome, attempt_outcome, job_ended
 
 logger = logging.getLogger("job_coordinator")
 
@@ -192,15 +192,7 @@ def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> 
                     details={"by": getattr(user, "username", None), "reason": reason, "attempt": job.attempt},
                 )
             return job
-        job_cancelled_waiting(job, now=queue.now, reason=reason)
-        queue.leave_line(job)
-        LockedQueue._mirror_blocker(job)
-        say("ended", job.job_id, Job.Status.CANCELLED)
-        JobQueueLog.objects.record(
-            event_type=JobQueueLog.Event.CANCELLED,
-            job=job,
-            details={"by": getattr(user, "username", None), "reason": reason},
-        )
+        queue.cancel_waiting(job, reason=reason, details={"by": getattr(user, "username", None)})
         queue.settle_after(job.job_id)
     return job
 

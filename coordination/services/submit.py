@@ -16,8 +16,7 @@ from coordination.exceptions import (
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
-from coordination.queue.words import say
-from coordination.transitions import job_accepted, job_cancelled_waiting
+from coordination.transitions import job_accepted
 from coordination.webhooks import webhook_set
 
 logger = logging.getLogger("job_coordinator")
@@ -133,14 +132,9 @@ def _dedupe(queue: LockedQueue, job: Job) -> Job | None:
             "cancel it or wait for it to end.",
             job_id=live.job_id,
         )
-    reason = f"replaced by {job.job_id}"
-    job_cancelled_waiting(live, now=queue.now, reason=reason)
-    queue.leave_line(live)
-    LockedQueue._mirror_blocker(live)
-    say("ended", live.job_id, Job.Status.CANCELLED)
-    JobQueueLog.objects.record(
-        event_type=JobQueueLog.Event.CANCELLED, job=live,
-        details={"by": getattr(job.owner, "username", None), "reason": reason, "replaced_by": str(job.job_id)},
+    queue.cancel_waiting(
+        live, reason=f"replaced by {job.job_id}",
+        details={"by": getattr(job.owner, "username", None), "replaced_by": str(job.job_id)},
     )
     return live
 
