@@ -25,6 +25,7 @@ from django.utils import timezone
 from coordination.models import CatalogModel, Job, JobLine
 from coordination.queue.fair import fair_ahead
 from coordination.queue.lines import ahead_of, line, line_key
+from coordination.queue.rules import Group
 
 RECENT = 50  # completed jobs per model that make its typical run time
 AHEAD_COUNTED = 1000  # serialized mode: at most this many jobs before a job are summed
@@ -215,7 +216,7 @@ def job_wait(job: Job, *, now: datetime | None = None) -> Wait:
             "held_by": [{"job_id": r.job_id, "kind": r.kind} for r in running if model in r.required_models],
             "jobs_ahead": in_lines.get(model, (0, 0))[0],
             "paused": model in catalog and catalog[model].paused,
-            "groups": group_use(groups.get(model, {}), running),
+            "groups": [group.use(running) for group in groups.get(model, ())],
         }
         for model in job.required_models
     ]
@@ -254,31 +255,22 @@ class _CatalogRow:
     line_policy: str
 
 
-def _catalog_with_groups(models) -> tuple[dict[str, _CatalogRow], dict[str, dict[str, tuple[int, set[str]]]]]:
-    """The catalog rows of `models`, and for each its capacity groups (name -> capacity, members), in
-    one query (a row per model, group and member)."""
+def _catalog_with_groups(models) -> tuple[dict[str, _CatalogRow], dict[str, list[Group]]]:
+    """The catalog rows of `models`, and for each its capacity groups (as rules.groups_by_model gives
+    them), in one query: a row per model, group and member."""
     rows = CatalogModel.objects.filter(name__in=models).values_list(
         "name", "paused", "capacity", "default_simulate_seconds", "line_policy",
         "capacity_groups__name", "capacity_groups__capacity", "capacity_groups__catalog_models__name",
     )
-    catalog, groups = {}, {}
+    catalog, members = {}, {}
     for name, paused, capacity, seconds, policy, group, group_capacity, member in rows:
         catalog[name] = _CatalogRow(name, paused, capacity, seconds, policy)
         if group is not None:
-            groups.setdefault(name, {}).setdefault(group, (group_capacity, set()))[1].add(member)
+            members.setdefault((name, group, group_capacity), set()).add(member)
+    groups: dict[str, list[Group]] = {}
+    for (name, group, capacity), names in sorted(members.items()):
+        groups.setdefault(name, []).append(Group(group, capacity, frozenset(names)))
     return catalog, groups
-
-
-def group_use(groups: dict[str, tuple[int, set[str]]], running: list[Job]) -> list[dict]:
-    """Each capacity group (name -> capacity, members) with how many running jobs use it now."""
-    return [
-        {
-            "name": name,
-            "running": sum(1 for job in running if members.intersection(job.required_models)),
-            "capacity": capacity,
-        }
-        for name, (capacity, members) in sorted(groups.items())
-    ]
 
 
 def _slot_wait(job: Job, running: list[Job]) -> dict | None:

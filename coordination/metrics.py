@@ -94,11 +94,11 @@ class QueueCollector(Collector):
         """Each capacity group's running jobs (a job counts once, however many of its models it
         uses) and capacity: two queries, the membership rows and the running jobs."""
         groups = groups_by_model()
-        running = list(Job.objects.order_by().filter(status=Job.Status.RUNNING).values_list("required_models", flat=True))
+        running = list(Job.objects.order_by().filter(status=Job.Status.RUNNING).only("required_models"))
         active = GaugeMetricFamily("jobqueue_group_jobs_running", "Running jobs that use a model of this capacity group.", labels=["group"])
         capacity = GaugeMetricFamily("jobqueue_group_capacity", "Jobs that may run at once on this group's models together.", labels=["group"])
         for group in sorted({group for members in groups.values() for group in members}, key=lambda group: group.name):
-            active.add_metric([group.name], sum(1 for required in running if group.models.intersection(required or [])))
+            active.add_metric([group.name], len(group.using(running)))
             capacity.add_metric([group.name], group.capacity)
         return [active, capacity]
 

@@ -8,7 +8,7 @@ decisions never do.
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobLine
+from coordination.models import CatalogModel, Job, JobLine
 
 PAUSED_PREFIX = "Model paused"
 
@@ -120,21 +120,16 @@ def waiting_for(job: Job) -> list[dict]:
             holders.setdefault(model, []).append(running)
     paused = set(paused_models().filter(name__in=job.required_models).values_list("name", flat=True))
     running = list(running_jobs.only("job_id", "required_models"))
+    from coordination.queue.rules import groups_by_model  # rules reads the lines this module keeps
+
+    groups = groups_by_model()
     return [
         {
             "model": model,
             "held_by": [{"job_id": h.job_id, "kind": h.kind} for h in holders.get(model, [])],
             "jobs_ahead": JobLine.objects.filter(model=model).filter(ahead_of(job)).count(),
             "paused": model in paused,
-            "groups": [
-                {
-                    "name": group.name,
-                    "running": sum(1 for other in running if set(other.required_models) & set(members)),
-                    "capacity": group.capacity,
-                }
-                for group in CapacityGroup.objects.filter(catalog_models__name=model).order_by("name")
-                for members in [list(group.catalog_models.values_list("name", flat=True))]
-            ],
+            "groups": [group.use(running) for group in groups.get(model, ())],
         }
         for model in job.required_models
     ]

@@ -123,7 +123,7 @@ class QueueRules:
                 if group.name in seen:
                     continue
                 seen.add(group.name)
-                members = [job for job in self.running.values() if group.models.intersection(job.required_models)]
+                members = group.using(self.running.values())
                 if len(members) >= group.capacity:
                     found.append((group, len(members), min(members, key=started_order)))
         return found
@@ -282,6 +282,15 @@ class Group:
     name: str
     capacity: int
     models: frozenset
+
+    def using(self, jobs) -> list:
+        """The jobs (running ones, as the caller passes them) that use this group: a job counts once,
+        however many of the group's models it needs."""
+        return [job for job in jobs if self.models.intersection(job.required_models)]
+
+    def use(self, jobs) -> dict:
+        """As the API and the console show a group: its name, jobs running in it, its capacity."""
+        return {"name": self.name, "running": len(self.using(jobs)), "capacity": self.capacity}
 
 
 def groups_by_model() -> dict[str, list[Group]]:
