@@ -39,12 +39,28 @@ def _depth_exceeds(value, limit: int) -> bool:
     return any(_depth_exceeds(child, limit - 1) for child in children)
 
 
+def _unstorable_text(value) -> bool:
+    """Whether a key or a string anywhere in `value` holds U+0000 or half of a surrogate pair: JSON can
+    say them, but no database column of ours can hold them (PostgreSQL refuses them in jsonb)."""
+    if isinstance(value, str):
+        return "\x00" in value or not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_unstorable_text(key) or _unstorable_text(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_unstorable_text(item) for item in value)
+    return False
+
+
 def validate_params(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("params must be a JSON object, e.g. {\"simulate_seconds\": 2}.")
     if _depth_exceeds(value, PARAMS_MAX_DEPTH):
         raise serializers.ValidationError(
             f"params nests objects and arrays more than {PARAMS_MAX_DEPTH} levels deep (params itself is level 1)."
+        )
+    if _unstorable_text(value):
+        raise serializers.ValidationError(
+            "params may not contain the character U+0000 or an unpaired surrogate (\\ud800-\\udfff), in a key or a value."
         )
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > PARAMS_MAX_BYTES:

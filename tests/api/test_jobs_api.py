@@ -185,6 +185,17 @@ def test_params_that_are_not_an_object_are_refused(api, params):
     assert_refused(submit(api, params=params), 400, "params")
 
 
+@pytest.mark.parametrize("body", [
+    b'{"prompt": "A castle", "model": "flux-dev", "params": {"key\\u0000": 1}}',
+    b'{"prompt": "A castle", "model": "flux-dev", "params": {"style": ["\\u0000"]}}',
+    b'{"prompt": "A castle", "model": "flux-dev", "params": {"style": "\\ud800 half a pair"}}',
+])
+def test_params_with_text_no_column_can_hold_are_refused(api, body):
+    """Found by the schema fuzzer: JSON may say U+0000 or half a surrogate pair; jsonb refused it (a 500)."""
+    response = api.generic("POST", "/jobs", body, content_type="application/json")
+    assert_refused(response, 400, "params", "U+0000")
+
+
 @pytest.mark.parametrize("seconds", [-1, "2", True, [2], 10**9, None])
 def test_bad_simulate_seconds_is_refused(api, seconds):
     assert_refused(submit(api, params={"simulate_seconds": seconds}), 400, "simulate_seconds")
