@@ -65,7 +65,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "jobqueue_site.middleware.StaticFilesMiddleware",  # WhiteNoise, asynchronous too (see there)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -76,6 +76,8 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "jobqueue_site.urls"
 WSGI_APPLICATION = "jobqueue_site.wsgi.application"
+# What `make run` serves (gunicorn with uvicorn workers): streams and waiting answers hold no thread.
+ASGI_APPLICATION = "jobqueue_site.asgi.application"
 
 TEMPLATES = [
     {
@@ -206,6 +208,9 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
 COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
 COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
+# Live event streams (GET /jobs/{id}/events, /queue/events): a comment line this often keeps proxies
+# from closing a quiet stream.
+COORDINATOR_EVENTS_KEEPALIVE = float(os.environ.get("COORDINATOR_EVENTS_KEEPALIVE", "15"))
 # Per-user limits on submissions (POST /jobs and POST /workflows/{id}/execute): at most this
 # many a minute (more answer 429 with Retry-After; 0 turns the throttle off), and at most this
 # many of a user's jobs waiting at once (checked under the coordinator lock; 0: no limit).
