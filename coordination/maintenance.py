@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_q.models import Schedule as QSchedule
 
-from coordination.models import IdempotencyKey, JobQueueLog, JobQueueState
+from coordination.models import IdempotencyKey, JobEvent, JobQueueLog, JobQueueState
 from coordination.queue import LockedQueue
 
 PRUNE_BATCH = 5000
@@ -42,6 +42,15 @@ def queue_log_prune(*, days: int, dry_run: bool = False, batch_size: int = PRUNE
         if not ids:
             return deleted
         deleted += JobQueueLog.objects.filter(id__in=ids).delete()[0]
+
+
+def job_events_prune(*, hours: int = 24, batch_size: int = PRUNE_BATCH) -> int:
+    """Live events older than a day: a stream that reconnects later gets its job as it is now."""
+    cutoff = timezone.now() - timedelta(hours=hours)
+    deleted = 0
+    while ids := list(JobEvent.objects.filter(created_at__lt=cutoff).order_by("id").values_list("id", flat=True)[:batch_size]):
+        deleted += JobEvent.objects.filter(id__in=ids).delete()[0]
+    return deleted
 
 
 def idempotency_keys_prune() -> int:

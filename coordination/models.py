@@ -485,3 +485,33 @@ class WebhookAttempt(models.Model):
     class Meta:
         db_table = "webhook_attempts"
         ordering = ["id"]
+
+
+class JobEvent(models.Model):
+    """One change of a job that a client can see (its status, what it waits for, its priority, a
+    workflow's step), written by the database itself: triggers on `jobs` and `workflow_executions`
+    (coordination/events/triggers.py) add the row in the transaction that makes the change, whoever
+    makes it (the Python path, the SQL fast path, an operator's SQL). Live streams and `Prefer: wait`
+    read them (coordination/events); the id orders one job's changes as they were committed.
+
+    `state` holds the job's changing fields as they were right after it (STATE_COLUMNS), so an event
+    sent late (a reconnect) still shows the job as it was then."""
+
+    id = models.BigAutoField(primary_key=True)
+    job_id = models.UUIDField()
+    # submitted, started, requeued, completed, failed, cancelled, expired, blocked, priority,
+    # cancel_requested, step, changed
+    event = models.CharField(max_length=20)
+    state = models.JSONField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "job_events"
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["job_id", "id"], name="job_events_job_idx"),
+            models.Index(fields=["created_at"], name="job_events_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job.{self.event} {self.job_id}"

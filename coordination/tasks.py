@@ -12,7 +12,7 @@ from django.db import InterfaceError, OperationalError, connections
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
 from coordination.kinds import job_kind, job_kind_register
-from coordination.maintenance import idempotency_keys_prune, queue_log_prune
+from coordination.maintenance import idempotency_keys_prune, job_events_prune, queue_log_prune
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
 from coordination.recovery import reap as reaper_pass
 from coordination.runners import RunnerStopped, get_runner, runner_call
@@ -255,6 +255,7 @@ def reap() -> dict:
 
 
 def prune_queue_log(days: int = 7) -> int:
-    """The daily housekeeping schedule: old audit rows, and idempotency keys past their 24 hours."""
+    """The daily housekeeping schedule: old audit rows, idempotency keys and live events past their 24 hours."""
     idempotency_keys_prune()
+    job_events_prune()
     return queue_log_prune(days=days)

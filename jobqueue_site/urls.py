@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.decorators.cache import cache_control
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from coordination.api.events import waitable
 from coordination.metrics import metrics_view
 from workflows.api import WorkflowExecuteView, WorkflowListView
 
@@ -12,7 +13,8 @@ urlpatterns = [
     path("", include("coordination.api.urls")),
     # The workflows app's operations, on the coordinator's API (workflows imports coordination, not the reverse).
     path("workflows", WorkflowListView.as_view(), name="workflow-list"),
-    path("workflows/<str:workflow_id>/execute", WorkflowExecuteView.as_view(), name="workflow-execute"),
+    path("workflows/<str:workflow_id>/execute", waitable(WorkflowExecuteView.as_view(), methods={"POST"}),
+         name="workflow-execute"),
     # Prometheus text format, computed from the database on each scrape (bearer token or staff session).
     path("metrics", metrics_view, name="metrics"),
     # OpenAPI 3 (YAML; JSON with ?format=json or Accept: application/json) and Swagger UI on it.

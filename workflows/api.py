@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coordination.api.prefer import PREFER_WAIT, PREFERENCE_APPLIED, PreferWaitMixin
 from coordination.api.schema import PARAMS_SCHEMA
 from coordination.api.serializers import SubmitFields
 from coordination.api.throttling import SubmitThrottledMixin
@@ -114,7 +115,9 @@ class WorkflowListView(APIView):
             examples=[OpenApiExample("The seeded workflow", value="knight-style-img-to-video")],
         ),
         IDEMPOTENCY_KEY,
+        PREFER_WAIT,
         RETRY_AFTER,
+        PREFERENCE_APPLIED,
     ],
     examples=[
         OpenApiExample(
@@ -127,7 +130,9 @@ class WorkflowListView(APIView):
     request=WorkflowExecuteSerializer(input_names=[]),
     responses={**SUBMIT_RESPONSES, **NOT_FOUND},
 )
-class WorkflowExecuteView(SubmitThrottledMixin, APIView):
+class WorkflowExecuteView(PreferWaitMixin, SubmitThrottledMixin, APIView):
+    wait_methods = {"POST"}
+
     def post(self, request, workflow_id: str):
         workflow = workflow_get(workflow_id=workflow_id)  # an unknown workflow is a 404 before any body check
         serializer = WorkflowExecuteSerializer(data=request.data, input_names=workflow.inputs)

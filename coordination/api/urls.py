@@ -1,18 +1,22 @@
 from django.urls import path
 
-from coordination.api import views
+from coordination.api import events, views
 
 # No trailing slashes: the usage guide's clients call POST /jobs. GET /workflows and POST
 # /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
 urlpatterns = [
-    path("jobs", views.JobListCreateView.as_view(), name="job-list"),
+    # POST /jobs and GET /jobs/{id} may hold their answer (Prefer: wait=N) without holding a thread.
+    path("jobs", events.waitable(views.JobListCreateView.as_view(), methods={"POST"}), name="job-list"),
     # Before jobs/<job_id>, which would take "batch" for a job id.
     path("jobs/batch", views.JobBatchView.as_view(), name="job-batch"),
-    path("jobs/<str:job_id>", views.JobDetailView.as_view(), name="job-detail"),
+    path("jobs/<str:job_id>", events.waitable(views.JobDetailView.as_view(), methods={"GET"}, ask_again=True),
+         name="job-detail"),
+    path("jobs/<str:job_id>/events", events.JobEventsView.as_view(), name="job-events"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<str:job_id>/webhooks", views.JobWebhooksView.as_view(), name="job-webhooks"),
     path("webhooks/secret", views.WebhookSecretView.as_view(), name="webhook-secret"),
     path("webhooks/secret/rotate", views.WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),
+    path("queue/events", events.QueueEventsView.as_view(), name="queue-events"),
     path("health", views.HealthView.as_view(), name="health"),
 ]

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coordination import selectors, services, webhooks
+from coordination.api.prefer import PREFER_WAIT, PREFERENCE_APPLIED, PreferWaitMixin
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
 from coordination.api.schema import ErrorSerializer, HealthSerializer, JobBatchAnswerSerializer, QueueStatusSerializer
 from coordination.api.serializers import JobBatchSerializer, JobSerializer, JobSubmitSerializer
@@ -56,9 +57,13 @@ RETRY_AFTER = OpenApiParameter(
 )
 
 
+def job_answer(job_id) -> dict:
+    """A job's JSON as a submit or a cancel answers it (read again: what the coordinator decided)."""
+    return JobSerializer(Job.objects.select_related("workflow_execution").get(pk=job_id)).data
+
+
 def _job_response(job: Job, code: int) -> Response:
-    job = Job.objects.select_related("workflow_execution").get(pk=job.pk)
-    return Response(JobSerializer(job).data, status=code)
+    return Response(job_answer(job.pk), status=code)
 
 
 def submit_response(request, validated: dict, submit) -> Response:
@@ -95,7 +100,7 @@ def submit_response(request, validated: dict, submit) -> Response:
     summary="Submit a job",
     description="Queue a job for one model. Rate-limited per user (429).",
     request=JobSubmitSerializer,
-    parameters=[IDEMPOTENCY_KEY, RETRY_AFTER],
+    parameters=[IDEMPOTENCY_KEY, PREFER_WAIT, RETRY_AFTER, PREFERENCE_APPLIED],
     examples=[
         OpenApiExample(
             "A short video",
@@ -105,8 +110,9 @@ def submit_response(request, validated: dict, submit) -> Response:
     ],
     responses=SUBMIT_RESPONSES,
 )
-class JobListCreateView(SubmitThrottledMixin, ListAPIView):
+class JobListCreateView(PreferWaitMixin, SubmitThrottledMixin, ListAPIView):
     serializer_class = JobSerializer
+    wait_methods = {"POST"}
 
     def get_queryset(self):
         params = self.request.query_params
@@ -204,10 +210,12 @@ def _batch_response(jobs: list[Job], code: int) -> Response:
 
 @extend_schema(
     summary="One job",
-    parameters=[JOB_ID, RETRY_AFTER],
+    parameters=[JOB_ID, PREFER_WAIT, RETRY_AFTER, PREFERENCE_APPLIED],
     responses={200: JobSerializer, **COMMON_ERRORS, **NOT_FOUND},
 )
-class JobDetailView(APIView):
+class JobDetailView(PreferWaitMixin, APIView):
+    wait_methods = {"GET"}
+
     def get(self, request, job_id: str):
         detail = selectors.job_detail(user=request.user, job_id=job_id)
         return Response(JobSerializer(detail.job, context={"detail": detail}).data)

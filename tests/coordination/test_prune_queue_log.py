@@ -147,3 +147,18 @@ def test_the_daily_task_also_removes_idempotency_keys_older_than_a_day(user):
     prune_queue_log()
 
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == [fresh_key.key]
+
+
+def test_the_daily_schedule_also_drops_live_events_older_than_a_day(user):
+    from coordination.models import JobEvent
+    from tests.helpers import submit
+
+    job = submit(user, model="flux-dev")
+    JobEvent.objects.update(created_at=timezone.now() - timedelta(hours=25))
+    submit(user, model="flux-dev")
+    recent = set(JobEvent.objects.filter(created_at__gt=timezone.now() - timedelta(hours=1)).values_list("id", flat=True))
+    assert recent and JobEvent.objects.filter(job_id=job.job_id).exists()
+
+    prune_queue_log()
+
+    assert set(JobEvent.objects.values_list("id", flat=True)) == recent

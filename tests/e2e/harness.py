@@ -42,26 +42,31 @@ def test_database_url() -> str:
 
 
 @dataclass
-class Worker:
+class Started:
+    """A process of the product's that a test started, its output going to `log_path`."""
+
     process: subprocess.Popen
     log_path: Path
 
     def output(self) -> str:
         return self.log_path.read_text()
 
-    def coordinator_lines(self) -> list[str]:
-        """The worker's [COORDINATOR] lines without their time (each must carry one, as django-q's do)."""
-        return [match[1] for line in self.output().splitlines() if (match := TIMED_COORDINATOR_LINE.match(line))]
-
     def stop(self) -> None:
         if self.process.poll() is None:
-            # SIGTERM to the main process only: qcluster then stops its workers cleanly.
+            # SIGTERM to the main process only: qcluster (or gunicorn) then stops its workers cleanly.
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@dataclass
+class Worker(Started):
+    def coordinator_lines(self) -> list[str]:
+        """The worker's [COORDINATOR] lines without their time (each must carry one, as django-q's do)."""
+        return [match[1] for line in self.output().splitlines() if (match := TIMED_COORDINATOR_LINE.match(line))]
 
 
 def start_worker(log_path: Path, **env) -> Worker:
@@ -123,3 +128,48 @@ class HttpApi:
 
     def get(self, path: str) -> tuple[int, dict]:
         return self.request("GET", path)
+
+
+@dataclass
+class Web(Started):
+    """The web server as `make run` starts it (gunicorn, uvicorn workers, jobqueue_site.asgi), in its
+    own process, on a port of its own."""
+
+    url: str = ""
+
+
+def start_web(log_path: Path, **env) -> Web:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
+    environment = {**os.environ, "DATABASE_URL": test_database_url(), "LOG_FILE": "", "PYTHONUNBUFFERED": "1", **env}
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "jobqueue_site.asgi:application", "--worker-class", "jobqueue_site.server.Worker",
+         "--bind", f"fd://{listener.fileno()}", "--workers", "1", "--graceful-timeout", "5"],
+        cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        pass_fds=[listener.fileno()],
+    )
+    listener.close()
+    web = Web(process, log_path, f"http://127.0.0.1:{port}")
+
+    def answers():
+        if process.poll() is not None:
+            return True
+        try:
+            with urllib.request.urlopen(web.url + "/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, timeout=60, interval=0.1, message="the web server to answer /health")
+    except AssertionError:
+        web.stop()
+        raise
+    if process.poll() is not None:
+        raise AssertionError(f"the web server exited early:\n{web.output()}")
+    return web

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from django.db import connections
 from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 
 from coordination.models import Job
-from tests.e2e.harness import start_worker, wait_until
+from rest_framework.authtoken.models import Token
+
+from tests.e2e.harness import HttpApi, start_web, start_worker, wait_until
 from tests.factories import UserFactory
 from tests.guide_sql import CLEAR_STALE
 
@@ -74,10 +77,24 @@ def browser(chromium_path, monkeypatch):
         connections.close_all()
 
 
-def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http, live_server, tmp_path):
+@pytest.fixture
+def web(transactional_db, tmp_path):
+    """The web server as `make run` serves it (ASGI): the console's live updates need its event streams.
+    It serves the admin's static files from STATIC_ROOT, as after `make run`'s collectstatic."""
+    from django.core.management import call_command
+
+    call_command("collectstatic", interactive=False, verbosity=0)
+    server = start_web(tmp_path / "web.log")
+    yield server
+    server.stop()
+
+
+def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, tmp_path):
     operator = UserFactory(is_staff=True, is_superuser=True, username="operator")
-    operator.set_password(PASSWORD)
+    # Hashed as the server (a process of its own, with the default hashers) can check it.
+    operator.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt(), iterations=1000)
     operator.save()
+    http = HttpApi(web.url, Token.objects.create(user=UserFactory()).key)
     worker = start_worker(tmp_path / "qcluster.log")
     try:
         _, done = http.post("/jobs", {"prompt": "a quick one", "model": "flux-dev", "params": {"simulate_seconds": 0.2}})
@@ -95,7 +112,7 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
                    message="the worker to run the long job")
 
         page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(f"{live_server.url}/admin/login/?next=/admin/")
+        page.goto(f"{web.url}/admin/login/?next=/admin/")
         page.fill("#id_username", "operator")
         page.fill("#id_password", PASSWORD)
         page.click("input[type=submit]")
@@ -126,6 +143,14 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         screenshot(page, "queue-console")
         assert_no_sideways_scroll(page, "the console")
 
+        # Live: a job submitted now appears in its line without the page reloading (a reload would
+        # forget the mark set here), well before the 5 s reload that is only the fallback.
+        page.wait_for_function("document.getElementById('live-status').textContent === 'Live'", timeout=5000)
+        page.evaluate("window.stillTheSamePage = true")
+        _, arrived = http.post("/jobs", {"prompt": "just now", "model": "flux-dev", "params": {"simulate_seconds": 0.2}})
+        page.wait_for_selector(f'#lines tr[data-job="{arrived["job_id"]}"]', timeout=4000)
+        assert page.evaluate("window.stillTheSamePage") is True
+
         page.click("#timeline-ranges >> text=10 min")
         page.wait_for_selector('#timeline[data-range="10m"]')
         assert page.inner_text("#timeline-heading") == "The last 10 minutes"
@@ -146,7 +171,7 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         assert cut_off <= 0, f"the jobs list's table is {cut_off} px wider than its box"
 
         # The guide's "clear stale queue" SQL, run by hand, leaves the waiting jobs pointing at nothing.
-        page.goto(f"{live_server.url}/admin/")
+        page.goto(f"{web.url}/admin/")
         page.click("text=Queue console")
         page.wait_for_selector("#timeline")
         with connection.cursor() as cursor:
@@ -158,16 +183,16 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, http,
         page.click("text=Yes, I'm sure")
 
         page.wait_for_selector("#timeline")  # back on the console
-        assert "Repaired 4 waiting job(s); started 0." in page.inner_text("ul.messagelist")
+        assert "Repaired 5 waiting job(s); started 0." in page.inner_text("ul.messagelist")  # the four, and the one that arrived live
         page.close()
         assert str(Job.objects.get(pk=waiting["job_id"]).blocked_by_job_id) == running["job_id"]
         assert str(Job.objects.get(pk=other["job_id"]).blocked_by_job_id) == waiting["job_id"]
 
         # Cancelled, the long job stops within a second; the repaired line then runs to its end.
         assert http.post(f"/jobs/{running['job_id']}/cancel", {})[0] == 202
-        ids = [running["job_id"], waiting["job_id"], other["job_id"], workflow["job_id"], last["job_id"]]
+        ids = [running["job_id"], waiting["job_id"], other["job_id"], workflow["job_id"], last["job_id"], arrived["job_id"]]
         wait_until(lambda: list(Job.objects.filter(pk__in=ids).order_by("created_at").values_list("status", flat=True))
-                   == ["cancelled", "completed", "completed", "completed", "completed"], timeout=30,
+                   == ["cancelled", "completed", "completed", "completed", "completed", "completed"], timeout=30,
                    message="the line to run to its end")
     finally:
         worker.stop()

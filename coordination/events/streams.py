@@ -1,0 +1,178 @@
+"""Server-Sent Events streams and answers that wait, as asynchronous code: an open stream or a waiting
+answer is a coroutine and a Subscription (hub.py), holding no thread and no database connection
+while it waits. What each starts from is read once, on the request's threads (under ASGI the
+process's shared pool: jobqueue_site/asgi.py).
+"""
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from coordination.events import feed
+from coordination.events.hub import Item, Subscription, encode, hub
+from coordination.models import Job, JobEvent
+
+KEEPALIVE = b": keepalive\n\n"  # every COORDINATOR_EVENTS_KEEPALIVE seconds of quiet
+REPLAY_LIMIT = 1000  # /queue/events: events resent after a reconnect, at most
+_LAST_EVENT_ID = re.compile(r"^(\d+)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A Last-Event-ID we sent: the last event the client has, and its place in line then."""
+
+    event_id: int
+    position: int | None
+
+    @classmethod
+    def parse(cls, header: str | None) -> "Resume | None":
+        match = _LAST_EVENT_ID.match((header or "").strip())
+        if not match:
+            return None
+        return cls(int(match[1]), int(match[2]) if match[2] else None)
+
+
+# --- one job: GET /jobs/{id}/events ------------------------------------------------------------------
+
+
+def job_stream_open(job_id, resume: Resume | None) -> tuple[Subscription, list[Item]]:
+    """Subscribe, then read what the client starts from: the job now (a new stream), or the events
+    it missed (a reconnect). Runs in a thread."""
+    subscription = hub.subscribe(job_id)
+    try:
+        rows = list(JobEvent.objects.filter(job_id=job_id).order_by("id"))
+        job = Job.objects.select_related("workflow_execution").get(pk=job_id)
+        subscription.seen.update(row.id for row in rows)
+        place = feed.positions([job_id]).get(job_id) if job.status == Job.Status.PENDING else None
+        newest = str(rows[-1].id) if rows else "0"
+        missed = [row for row in rows if resume is not None and row.id > resume.event_id]
+        if resume is None or not missed and job.is_finished:
+            # A new stream; or a reconnect to a job that ended, whose events are gone (pruned after a day).
+            fields = feed.current(job, place)
+            first = [Item(newest, "job.state", encode(fields), job.is_finished, fields)]
+        else:
+            first = []
+            for row in missed:
+                fields = feed.as_of(job, row.state, place)
+                first.append(Item(str(row.id), f"job.{row.event}", encode(fields), row.event in feed.ENDS, fields))
+            if not missed and place is not None and place != resume.position:
+                fields = feed.current(job, place)
+                first.append(Item(f"{newest}:{place}", "job.queue_position", encode(fields), False, fields))
+        for item in first:
+            subscription.sent(item)
+        if not first:
+            subscription.last_id, subscription.position = newest, resume.position
+            subscription.last_fields = feed.current(job, place)
+        return subscription, first
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+
+
+def job_has_ended_for(resume: Resume | None, job: Job) -> bool:
+    """A reconnect to a job that ended, after its last event: nothing more will come (answered 204,
+    which tells a browser's EventSource to stop reconnecting)."""
+    if resume is None or not job.is_finished:
+        return False
+    newest = JobEvent.objects.filter(job_id=job.job_id).order_by("-id").values_list("id", flat=True).first()
+    return newest is not None and resume.event_id >= newest
+
+
+async def job_stream(job_id, resume: Resume | None):
+    """The frames of one job's stream: what it starts from, then every change; it ends after the
+    job's terminal event. A comment line now and then keeps proxies from closing it."""
+    subscription, first = await sync_to_async(job_stream_open)(job_id, resume)
+    try:
+        async for frame in _frames(subscription, first):
+            yield frame
+    finally:
+        hub.unsubscribe(subscription)
+
+
+# --- every job: GET /queue/events (staff) ------------------------------------------------------------
+
+
+def queue_stream_open(resume: Resume | None, status) -> tuple[Subscription, list[Item]]:
+    """Subscribe to every job's events, then read the queue's status (a new stream) or the events
+    missed (a reconnect: at most REPLAY_LIMIT, else the status again). `status()`: /queue/status."""
+    subscription = hub.subscribe(None)
+    try:
+        newest = feed.latest_id()
+        missed = feed.rows_after(resume.event_id, limit=REPLAY_LIMIT + 1) if resume is not None else None
+        if missed is None or len(missed) > REPLAY_LIMIT:
+            return subscription, [Item(str(newest), "queue.status", encode(status()), False)]
+        jobs = feed.jobs_by_id({row.job_id for row in missed})
+        places = feed.positions([row.job_id for row in missed if row.state.get("status") == "pending"])
+        first = []
+        for row in missed:
+            if row.job_id in jobs:
+                fields = feed.as_of(jobs[row.job_id], row.state, places.get(row.job_id))
+                first.append(Item(str(row.id), f"job.{row.event}", encode(fields), False, fields))
+        # The hub may bring some of these again: they are skipped by id.
+        subscription.seen.update(row.id for row in missed)
+        return subscription, first
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+
+
+async def queue_stream(resume: Resume | None, status):
+    subscription, first = await sync_to_async(queue_stream_open)(resume, status)
+    try:
+        async for frame in _frames(subscription, first, end_with_job=False):
+            yield frame
+    finally:
+        hub.unsubscribe(subscription)
+
+
+async def _frames(subscription: Subscription, first: list[Item], *, end_with_job: bool = True):
+    subscription.attach()
+    for item in first:
+        yield item.frame()
+        if end_with_job and item.ends:
+            return
+    while True:
+        items = await subscription.get(settings.COORDINATOR_EVENTS_KEEPALIVE)
+        if items is None:
+            yield KEEPALIVE
+            continue
+        for item in items:
+            if not end_with_job and item.id.isdigit() and int(item.id) in subscription.seen:
+                continue
+            yield item.frame()
+            if end_with_job and item.ends:
+                return
+
+
+# --- answers that wait: Prefer: wait=N ---------------------------------------------------------------
+
+
+def _waiter_open(job_id) -> tuple[Subscription, bool]:
+    subscription = hub.subscribe(job_id, render=False)
+    try:
+        ended = Job.objects.filter(pk=job_id, status__in=Job.FINISHED).exists()
+        subscription.seen.update(JobEvent.objects.filter(job_id=job_id).values_list("id", flat=True))
+        return subscription, ended
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+
+
+async def wait_until_ended(job_id, seconds: float) -> bool:
+    """Wait until the job has ended or `seconds` passed; whether it ended."""
+    subscription, ended = await sync_to_async(_waiter_open)(job_id)
+    try:
+        if ended:
+            return True
+        subscription.attach()
+        loop_time = asyncio.get_running_loop().time
+        deadline = loop_time() + seconds
+        while (remaining := deadline - loop_time()) > 0:
+            items = await subscription.get(remaining)
+            if items and any(item.ends for item in items):
+                return True
+        return False
+    finally:
+        hub.unsubscribe(subscription)

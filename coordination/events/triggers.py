@@ -1,0 +1,125 @@
+"""The triggers that write `job_events` (coordination.models.JobEvent), for PostgreSQL and SQLite.
+
+A row is added whenever a job is inserted, whenever one of the fields a client sees changes (status,
+priority, what it waits for, a cancel asked for) and whenever a workflow's current step changes, in
+the transaction that makes the change. Triggers rather than calls in our code: the coordinator's SQL
+fast path, the Python path, the repairs and an operator's own SQL all change jobs, and none of them
+can forget an event. On PostgreSQL each such transaction also NOTIFYs `job_events` (one notification
+per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
+
+Installed by migration 0019 from the text here; a change to it comes with a migration that calls
+install() again (the statements replace what was there).
+"""
+
+# The job's fields an event keeps as they were right after it (feed.py lays them over the job when
+# it is shown); the rest of a job does not change once it is accepted, or is read live.
+STATE_COLUMNS = (
+    "status", "priority", "blocked_by_job_id", "conflict_reason", "queued_at", "started_at", "completed_at",
+    "error", "attempt", "cancel_requested_at",
+)
+STEP_COLUMNS = ("current_step", "current_step_model")
+WATCHED = ("status", "priority", "blocked_by_job_id", "conflict_reason", "cancel_requested_at")
+CHANNEL = "job_events"
+
+
+def _pairs(row: str, step: str, step_model: str) -> str:
+    columns = ", ".join(f"'{column}', {row}.{column}" for column in STATE_COLUMNS)
+    return f"{columns}, 'current_step', {step}, 'current_step_model', {step_model}"
+
+
+def _what(distinct: str) -> str:
+    """The event's name for an UPDATE of jobs (`distinct`: the database's null-safe "differs")."""
+    return f"""CASE
+        WHEN OLD.status {distinct} NEW.status THEN
+            CASE NEW.status WHEN 'running' THEN 'started' WHEN 'pending' THEN 'requeued' ELSE NEW.status END
+        WHEN OLD.cancel_requested_at IS NULL AND NEW.cancel_requested_at IS NOT NULL THEN 'cancel_requested'
+        WHEN OLD.priority {distinct} NEW.priority THEN 'priority'
+        WHEN OLD.blocked_by_job_id {distinct} NEW.blocked_by_job_id
+             OR OLD.conflict_reason {distinct} NEW.conflict_reason THEN 'blocked'
+        ELSE 'changed' END"""
+
+
+def _changed(columns, distinct: str) -> str:
+    return " OR ".join(f"OLD.{column} {distinct} NEW.{column}" for column in columns)
+
+
+def postgresql_sql() -> str:
+    d = "IS DISTINCT FROM"
+    return f"""
+CREATE OR REPLACE FUNCTION jq_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    j jobs;
+    what text;
+    step integer;
+    step_model text;
+BEGIN
+    IF TG_TABLE_NAME = 'jobs' THEN
+        j := NEW;
+        IF TG_OP = 'INSERT' THEN
+            what := 'submitted';
+        ELSE
+            what := {_what(d)};
+            IF NEW.kind = 'workflow' THEN
+                SELECT current_step, current_step_model INTO step, step_model
+                FROM workflow_executions WHERE job_id = NEW.job_id;
+            END IF;
+        END IF;
+    ELSE
+        what := 'step';
+        SELECT * INTO j FROM jobs WHERE job_id = NEW.job_id;
+        step := NEW.current_step;
+        step_model := NEW.current_step_model;
+    END IF;
+    INSERT INTO job_events (job_id, event, state, created_at)
+    VALUES (j.job_id, what, jsonb_build_object({_pairs('j', 'step', 'step_model')}), now());
+    PERFORM pg_notify('{CHANNEL}', '');
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS job_events_insert ON jobs;
+CREATE TRIGGER job_events_insert AFTER INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jq_job_event();
+DROP TRIGGER IF EXISTS job_events_update ON jobs;
+CREATE TRIGGER job_events_update AFTER UPDATE OF {", ".join(WATCHED)} ON jobs FOR EACH ROW
+    WHEN ({_changed(WATCHED, d)}) EXECUTE FUNCTION jq_job_event();
+DROP TRIGGER IF EXISTS job_events_step ON workflow_executions;
+CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON workflow_executions FOR EACH ROW
+    WHEN ({_changed(STEP_COLUMNS, d)}) EXECUTE FUNCTION jq_job_event();
+"""
+
+
+def sqlite_sql() -> list[str]:
+    d = "IS NOT"
+    now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    step = "(SELECT {column} FROM workflow_executions WHERE job_id = NEW.job_id)"
+    return [
+        "DROP TRIGGER IF EXISTS job_events_insert",
+        f"""CREATE TRIGGER job_events_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_events (job_id, event, state, created_at)
+            VALUES (NEW.job_id, 'submitted', json_object({_pairs('NEW', 'NULL', 'NULL')}), {now});
+        END""",
+        "DROP TRIGGER IF EXISTS job_events_update",
+        f"""CREATE TRIGGER job_events_update AFTER UPDATE OF {", ".join(WATCHED)} ON jobs
+            WHEN {_changed(WATCHED, d)} BEGIN
+            INSERT INTO job_events (job_id, event, state, created_at)
+            VALUES (NEW.job_id, {_what(d)},
+                    json_object({_pairs('NEW', step.format(column='current_step'), step.format(column='current_step_model'))}),
+                    {now});
+        END""",
+        "DROP TRIGGER IF EXISTS job_events_step",
+        f"""CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON workflow_executions
+            WHEN {_changed(STEP_COLUMNS, d)} BEGIN
+            INSERT INTO job_events (job_id, event, state, created_at)
+            SELECT j.job_id, 'step', json_object({_pairs('j', 'NEW.current_step', 'NEW.current_step_model')}), {now}
+            FROM jobs j WHERE j.job_id = NEW.job_id;
+        END""",
+    ]
+
+
+def install(schema_editor) -> None:
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(postgresql_sql())
+        elif connection.vendor == "sqlite":
+            for statement in sqlite_sql():
+                cursor.execute(statement)
