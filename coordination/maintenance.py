@@ -45,12 +45,19 @@ def queue_log_prune(*, days: int, dry_run: bool = False, batch_size: int = PRUNE
 
 
 def job_events_prune(*, hours: int = 24, batch_size: int = PRUNE_BATCH) -> int:
-    """Live events older than a day: a stream that reconnects later gets its job as it is now."""
+    """Live events older than a day: a stream that reconnects later gets its job as it is now.
+
+    Ids follow time (one job's strictly, others' within a transaction's length), so the oldest rows
+    are walked in key order, a batch at a time, until one holds nothing old enough."""
     cutoff = timezone.now() - timedelta(hours=hours)
     deleted = 0
-    while ids := list(JobEvent.objects.filter(created_at__lt=cutoff).order_by("id").values_list("id", flat=True)[:batch_size]):
-        deleted += JobEvent.objects.filter(id__in=ids).delete()[0]
-    return deleted
+    while True:
+        rows = list(JobEvent.objects.order_by("id").values_list("id", "created_at")[:batch_size])
+        old = [event_id for event_id, created_at in rows if created_at < cutoff]
+        if old:
+            deleted += JobEvent.objects.filter(id__in=old).delete()[0]
+        if len(old) < batch_size:
+            return deleted
 
 
 def idempotency_keys_prune() -> int:

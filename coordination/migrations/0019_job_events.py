@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
             options={
                 'db_table': 'job_events',
                 'ordering': ['id'],
-                'indexes': [models.Index(fields=['job_id', 'id'], name='job_events_job_idx'), models.Index(fields=['created_at'], name='job_events_created_idx')],
+                'indexes': [models.Index(fields=['job_id', 'id'], name='job_events_job_idx')],
             },
         ),
         migrations.RunPython(install, migrations.RunPython.noop),
