@@ -89,13 +89,15 @@ class Subscription:
             self.position = item.fields.get("queue_position") if item.fields.get("status") == "pending" else None
 
     def put(self, item: Item, row_id: int | None = None):
-        """From the hub's thread: keep `item` (unless its row was seen already). Returns what to wake
-        (wake() below), or None if there is nothing to wake yet."""
+        """From the hub's thread: keep `item`, unless its row was seen already (read with what the
+        subscriber started from; a per-job stream also remembers each row it is given). Returns what
+        to wake (wake() below), or None if there is nothing to wake yet."""
         with self._lock:
             if row_id is not None:
                 if row_id in self.seen:
                     return None
-                self.seen.add(row_id)
+                if self.job_id is not None:  # every job's stream would remember rows without end
+                    self.seen.add(row_id)
             self.sent(item)
             self._items.append(item)
             return (self._loop, self._ready) if self._loop is not None else None
@@ -308,7 +310,7 @@ class Hub:
             item = Item(str(row.id), f"job.{row.event}", encode(fields) if fields is not None else None,
                         row.event in feed.ENDS, fields)
             woken += [subscription.put(item, row.id) for subscription in by_job.get(row.job_id, ())]
-            woken += [subscription.put(item) for subscription in everyone]
+            woken += [subscription.put(item, row.id) for subscription in everyone]
         wake(woken)
 
     def _recount_positions(self) -> None:

@@ -6,6 +6,7 @@ process's shared pool: jobqueue_site/asgi.py).
 
 import asyncio
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
@@ -34,14 +35,36 @@ class Resume:
         return cls(int(match[1]), int(match[2]) if match[2] else None)
 
 
+@contextmanager
+def _subscribed(job_id=None, *, render: bool = True):
+    """Subscribe before reading what the subscriber starts from (hub.subscribe says why); dropped again
+    if that read fails."""
+    subscription = hub.subscribe(job_id, render=render)
+    try:
+        yield subscription
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+
+
+async def _stream(open_stream, *args, end_with_job: bool):
+    """A stream's frames: `open_stream(*args)` (on the request's threads) gives the subscription and
+    the first items; the subscription goes when the stream does (its end, or the client gone)."""
+    subscription, first = await sync_to_async(open_stream)(*args)
+    try:
+        async for frame in _frames(subscription, first, end_with_job=end_with_job):
+            yield frame
+    finally:
+        hub.unsubscribe(subscription)
+
+
 # --- one job: GET /jobs/{id}/events ------------------------------------------------------------------
 
 
 def job_stream_open(job_id, resume: Resume | None) -> tuple[Subscription, list[Item]]:
     """Subscribe, then read what the client starts from: the job now (a new stream), or the events
     it missed (a reconnect). Runs in a thread."""
-    subscription = hub.subscribe(job_id)
-    try:
+    with _subscribed(job_id) as subscription:
         rows = list(JobEvent.objects.filter(job_id=job_id).order_by("id"))
         job = Job.objects.select_related("workflow_execution").get(pk=job_id)
         subscription.seen.update(row.id for row in rows)
@@ -66,9 +89,6 @@ def job_stream_open(job_id, resume: Resume | None) -> tuple[Subscription, list[I
             subscription.last_id, subscription.position = newest, resume.position
             subscription.last_fields = feed.current(job, place)
         return subscription, first
-    except BaseException:
-        hub.unsubscribe(subscription)
-        raise
 
 
 def job_has_ended_for(resume: Resume | None, job: Job) -> bool:
@@ -80,15 +100,10 @@ def job_has_ended_for(resume: Resume | None, job: Job) -> bool:
     return newest is not None and resume.event_id >= newest
 
 
-async def job_stream(job_id, resume: Resume | None):
+def job_stream(job_id, resume: Resume | None):
     """The frames of one job's stream: what it starts from, then every change; it ends after the
     job's terminal event. A comment line now and then keeps proxies from closing it."""
-    subscription, first = await sync_to_async(job_stream_open)(job_id, resume)
-    try:
-        async for frame in _frames(subscription, first):
-            yield frame
-    finally:
-        hub.unsubscribe(subscription)
+    return _stream(job_stream_open, job_id, resume, end_with_job=True)
 
 
 # --- every job: GET /queue/events (staff) ------------------------------------------------------------
@@ -97,8 +112,7 @@ async def job_stream(job_id, resume: Resume | None):
 def queue_stream_open(resume: Resume | None, status) -> tuple[Subscription, list[Item]]:
     """Subscribe to every job's events, then read the queue's status (a new stream) or the events
     missed (a reconnect: at most REPLAY_LIMIT, else the status again). `status()`: /queue/status."""
-    subscription = hub.subscribe(None)
-    try:
+    with _subscribed(None) as subscription:
         newest = feed.latest_id()
         missed = feed.rows_after(resume.event_id, limit=REPLAY_LIMIT + 1) if resume is not None else None
         if missed is None or len(missed) > REPLAY_LIMIT:
@@ -113,21 +127,13 @@ def queue_stream_open(resume: Resume | None, status) -> tuple[Subscription, list
         # The hub may bring some of these again: they are skipped by id.
         subscription.seen.update(row.id for row in missed)
         return subscription, first
-    except BaseException:
-        hub.unsubscribe(subscription)
-        raise
 
 
-async def queue_stream(resume: Resume | None, status):
-    subscription, first = await sync_to_async(queue_stream_open)(resume, status)
-    try:
-        async for frame in _frames(subscription, first, end_with_job=False):
-            yield frame
-    finally:
-        hub.unsubscribe(subscription)
+def queue_stream(resume: Resume | None, status):
+    return _stream(queue_stream_open, resume, status, end_with_job=False)
 
 
-async def _frames(subscription: Subscription, first: list[Item], *, end_with_job: bool = True):
+async def _frames(subscription: Subscription, first: list[Item], *, end_with_job: bool):
     subscription.attach()
     for item in first:
         yield item.frame()
@@ -139,8 +145,6 @@ async def _frames(subscription: Subscription, first: list[Item], *, end_with_job
             yield KEEPALIVE
             continue
         for item in items:
-            if not end_with_job and item.id.isdigit() and int(item.id) in subscription.seen:
-                continue
             yield item.frame()
             if end_with_job and item.ends:
                 return
@@ -150,14 +154,10 @@ async def _frames(subscription: Subscription, first: list[Item], *, end_with_job
 
 
 def _waiter_open(job_id) -> tuple[Subscription, bool]:
-    subscription = hub.subscribe(job_id, render=False)
-    try:
+    with _subscribed(job_id, render=False) as subscription:
         ended = Job.objects.filter(pk=job_id, status__in=Job.FINISHED).exists()
         subscription.seen.update(JobEvent.objects.filter(job_id=job_id).values_list("id", flat=True))
         return subscription, ended
-    except BaseException:
-        hub.unsubscribe(subscription)
-        raise
 
 
 async def wait_until_ended(job_id, seconds: float) -> bool:
