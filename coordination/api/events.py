@@ -49,6 +49,7 @@ def waitable(view, *, methods: set[str], ask_again: bool = False):
         response["Preference-Applied"] = f"wait={seconds}"
         return response
 
+    answer.without_wait = view  # what jobqueue_site.asgi calls when a request does not ask to wait
     return answer
 
 
