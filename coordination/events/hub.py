@@ -38,6 +38,7 @@ POSITIONS_SECONDS = 0.5  # places in line are counted again at most this often
 # A change near the head of a long line moves every watched job behind it: their place-in-line events
 # go out this many at a time, between reads, so that a job's own change is never stuck behind them.
 MOVES_PER_SLICE = 100
+SLICE_WAIT_SECONDS = 0.2  # at most this long for the last slice to be written
 HOLE_SECONDS = 30.0
 LINGER_SECONDS = 5.0  # the thread stays this long after the last subscriber left (reconnects)
 RETRY_SECONDS = 2.0  # after a database error
@@ -124,23 +125,26 @@ class Subscription:
         return items
 
 
-def wake(pending) -> None:
+def wake(pending, flushed: threading.Event | None = None) -> None:
     """Wake the subscriptions put to, with one call into each event loop (not one per subscription:
-    a change that moves a thousand waiting jobs wakes the loop once)."""
+    a change that moves a thousand waiting jobs wakes the loop once). `flushed` is set once each loop
+    has run the woken streams, which have then written their frames."""
     by_loop: dict = {}
     for pair in pending:
         if pair is not None:
             by_loop.setdefault(pair[0], []).append(pair[1])
     for loop, events in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_set_all, events)
+            loop.call_soon_threadsafe(_set_all, events, flushed)
         except RuntimeError:
             pass  # its loop closed: those streams are gone, and unsubscribe themselves
 
 
-def _set_all(events) -> None:
+def _set_all(events, flushed) -> None:
     for event in events:
-        event.set()
+        event.set()  # each schedules its stream's next step: after them (in order) comes the mark
+    if flushed is not None:
+        asyncio.get_running_loop().call_soon(flushed.set)
 
 
 class Hub:
@@ -153,6 +157,8 @@ class Hub:
         self._holes: dict[int, float] = {}
         self._positions_due: float | None = None
         self._moves: deque = deque()  # (subscription, new place) still to send
+        self._slice_written = threading.Event()
+        self._slice_written.set()
         self._idle_since: float | None = None
 
     # --- subscribers (any thread) -------------------------------------------------------------
@@ -324,13 +330,21 @@ class Hub:
         self._moves = deque((s, places[s.job_id]) for s in waiting if places.get(s.job_id) not in (None, s.position))
 
     def _send_moves(self) -> None:
+        """One slice of the place-in-line events, sent once the event loop has written the last one:
+        slices go out no faster than the loop writes them, so that what the next read brings (a job's
+        own change) waits behind one slice at most."""
+        if not self._moves:
+            return
+        self._slice_written.wait(SLICE_WAIT_SECONDS)  # then on regardless: its loop may be gone
         woken = []
         for _ in range(min(MOVES_PER_SLICE, len(self._moves))):
             subscription, place = self._moves.popleft()
             # Skipped if its own event came first: it left the line, or already says this place.
             if subscription.last_fields is not None and subscription.position not in (None, place):
                 woken.append(subscription.put(_moved(subscription, place)))
-        wake(woken)
+        if any(woken):
+            self._slice_written.clear()
+        wake(woken, self._slice_written)
 
 
 def _moved(subscription: Subscription, place: int) -> Item:
