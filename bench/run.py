@@ -14,7 +14,9 @@ Measures, in one run on this machine:
   (f) 4 slots with 4 worker processes, against (b)'s 2 slots with 2;
   (g) how long the coordinator lock is held per transition (from the lock statement to COMMIT's
       end), p50 and p99, for a submit and for a completion that hands the next job over;
-  (h) POST /jobs/batch of 1,000 jobs: accepted jobs per second (in-process API client).
+  (h) POST /jobs/batch of 1,000 jobs: accepted jobs per second (in-process API client);
+  (j) 1,000 live event streams on one web process: its memory, the submit path's throughput with
+      them open against none, and the time from a transition's commit to its event (bench/events.py).
 
 Nothing here asserts a time: it prints what it measured, and the README quotes it.
 """
@@ -78,7 +80,7 @@ def reset_queue() -> None:
         cursor.execute(
             "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
             "job_queue_counters, job_queue_state, job_line_shares, webhook_attempts, webhook_deliveries, "
-            "django_q_ormq, django_q_task"
+            "job_events, django_q_ormq, django_q_task"
         )
 
 
@@ -360,7 +362,7 @@ def batch_rate(owner, size: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--parts", default="abcdefghi", help="which parts to run, e.g. 'be' (default: all)")
+    parser.add_argument("--parts", default="abcdefghij", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -433,6 +435,12 @@ def main() -> None:
     if "h" in args.parts:
         rate = batch_rate(owner, 1000, 3)
         out(f"\n(h) POST /jobs/batch of 1,000 jobs (best of 3): {rate:.0f} accepted jobs/s (target >= 2,000)")
+    if "j" in args.parts:
+        from bench.events import measure as measure_events
+
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+        reset_queue()
+        measure_events(DB_URL, owner, out, tmp, quick=args.quick)
 
 
 def decision_costs(sizes: list[int], owner, repeats: int) -> None:
