@@ -11,6 +11,11 @@ never has more threads, nor database connections, than that, however many stream
 And an ordinary request (no stream, no wait) goes through Django's synchronous middleware and view
 in one call on that pool, as under WSGI, instead of hopping between the event loop and a thread for
 every middleware hook (about fifteen hops a request, a quarter of a submit's time here).
+
+What this gives up: asgiref asks that a request's synchronous calls run on one thread; here each
+runs on whichever pool thread is free. Each call is whole in itself (a view, a middleware hook: no
+transaction, lock or session setting spans two of them), so nothing here depends on it; code that
+wants one database session across several `sync_to_async` calls of one request must not be added.
 """
 
 import gc
@@ -85,7 +90,7 @@ def _waits(request) -> bool:
     """What needs the asynchronous way: an event stream, an answer asked to wait, a static file
     (served asynchronously: jobqueue_site.middleware)."""
     path = request.path_info
-    return (path.endswith("/events") or "wait" in request.headers.get("Prefer", "")
+    return (path.endswith("/events") or "wait" in request.headers.get("Prefer", "").lower()
             or path.startswith("/" + settings.STATIC_URL.lstrip("/")))
 
 

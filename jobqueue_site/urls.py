@@ -13,7 +13,7 @@ urlpatterns = [
     path("", include("coordination.api.urls")),
     # The workflows app's operations, on the coordinator's API (workflows imports coordination, not the reverse).
     path("workflows", WorkflowListView.as_view(), name="workflow-list"),
-    path("workflows/<str:workflow_id>/execute", waitable(WorkflowExecuteView.as_view(), methods={"POST"}),
+    path("workflows/<str:workflow_id>/execute", waitable(WorkflowExecuteView.as_view()),
          name="workflow-execute"),
     # Prometheus text format, computed from the database on each scrape (bearer token or staff session).
     path("metrics", metrics_view, name="metrics"),

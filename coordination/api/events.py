@@ -4,6 +4,7 @@ The views check who asks and what, as every view does (token or session, 404 for
 then hand over to coordination/events, where waiting costs no thread (under ASGI).
 """
 
+import logging
 from functools import wraps
 
 from asgiref.sync import sync_to_async
@@ -21,12 +22,15 @@ from coordination.api.views import COMMON_ERRORS, NOT_FOUND, _error, job_answer
 from coordination.events.streams import Resume, job_has_ended_for, job_stream, queue_stream, wait_until_ended
 from coordination.models import Job
 
-def waitable(view, *, methods: set[str], ask_again: bool = False):
-    """`view` (a DRF view function), able to hold its answer: with `Prefer: wait=N` on one of `methods`,
-    a job answered with 200/201 that has not ended is waited for (at most N s, with no thread held),
-    then answered as it is by then: the view asked once more (`ask_again`: a GET), or the job's JSON
-    as a submit answers it, with the submit's status code."""
+logger = logging.getLogger(__name__)
+
+def waitable(view):
+    """`view` (a DRF view function of a PreferWaitMixin view), able to hold its answer: with
+    `Prefer: wait=N` on one of its `wait_methods`, a job answered with 200/201 that has not ended is
+    waited for (at most N s, with no thread held), then answered as it is by then: a GET is asked
+    once more, a submit's job read again (with the submit's status code)."""
     call = sync_to_async(view)
+    methods = view.cls.wait_methods
 
     @wraps(view)
     async def answer(request, *args, **kwargs):
@@ -41,11 +45,17 @@ def waitable(view, *, methods: set[str], ask_again: bool = False):
         if seconds is None or not isinstance(data, dict) or "job_id" not in data:
             return response
         if data.get("status") not in Job.FINISHED:
-            await wait_until_ended(data["job_id"], seconds)
-            if ask_again:
-                response = await call(request, *args, **kwargs)
-            else:
-                response.data = await sync_to_async(job_answer)(data["job_id"])
+            try:
+                await wait_until_ended(data["job_id"], seconds)
+                if request.method == "GET":
+                    response = await call(request, *args, **kwargs)
+                else:
+                    response.data = await sync_to_async(job_answer)(data["job_id"])
+            except Exception:
+                # The job is accepted already: a failed wait must not turn its 201 into a 500 (which
+                # a client would retry, submitting it twice). It is answered as it was, not waited for.
+                logger.exception("Prefer: wait on job %s failed; answering without waiting", data["job_id"])
+                return response
         response["Preference-Applied"] = f"wait={seconds}"
         return response
 
@@ -96,6 +106,11 @@ class EventStreamView(APIView):
 
 
 NEEDS_ASGI = {501: _error("The app is served as WSGI (runserver, say): live events need the ASGI server (`make run`).")}
+async def _nothing():
+    return
+    yield
+
+
 LAST_EVENT_ID = OpenApiParameter(
     "Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER,
     description="The `id:` of the last event received (a browser's EventSource sends it when it reconnects): "
@@ -104,9 +119,9 @@ LAST_EVENT_ID = OpenApiParameter(
 EVENTS_DESCRIPTION = (
     "`text/event-stream`: each event has `event: job.<what>`, `id:` and `data:` the job's JSON (as `POST /jobs` "
     "answers it), as it was right after the change. `<what>` is `state` (the first event: the job now), "
-    "`started`, `requeued`, `completed`, `failed`, `cancelled`, `expired`, `blocked` (what it waits for changed), "
-    "`queue_position`, `priority`, `cancel_requested` or `step` (a workflow's current step). A comment line "
-    "every 15 s keeps proxies from closing it."
+    "`submitted`, `started`, `requeued`, `completed`, `failed`, `cancelled`, `expired`, `blocked` (what it waits "
+    "for changed), `queue_position`, `priority`, `cancel_requested`, `step` (a workflow's current step) or "
+    "`changed` (anything else a client sees). A comment line every 15 s keeps proxies from closing it."
 )
 
 
@@ -129,6 +144,8 @@ class JobEventsView(EventStreamView):
         resume = Resume.parse(request.headers.get("Last-Event-ID"))
         if job_has_ended_for(resume, job):
             return HttpResponse(status=204)
+        if request.method == "HEAD":  # the headers a GET would have, not a stream until the job ends
+            return self.stream(_nothing())
         return self.stream(job_stream(job.job_id, resume))
 
 
@@ -146,4 +163,6 @@ class QueueEventsView(EventStreamView):
     def get(self, request):
         resume = Resume.parse(request.headers.get("Last-Event-ID"))
         user = request.user
+        if request.method == "HEAD":
+            return self.stream(_nothing())
         return self.stream(queue_stream(resume, lambda: selectors.queue_status(user=user)))

@@ -6,10 +6,10 @@ from coordination.api import events, views
 # /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
 urlpatterns = [
     # POST /jobs and GET /jobs/{id} may hold their answer (Prefer: wait=N) without holding a thread.
-    path("jobs", events.waitable(views.JobListCreateView.as_view(), methods={"POST"}), name="job-list"),
+    path("jobs", events.waitable(views.JobListCreateView.as_view()), name="job-list"),
     # Before jobs/<job_id>, which would take "batch" for a job id.
     path("jobs/batch", views.JobBatchView.as_view(), name="job-batch"),
-    path("jobs/<str:job_id>", events.waitable(views.JobDetailView.as_view(), methods={"GET"}, ask_again=True),
+    path("jobs/<str:job_id>", events.waitable(views.JobDetailView.as_view()),
          name="job-detail"),
     path("jobs/<str:job_id>/events", events.JobEventsView.as_view(), name="job-events"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),

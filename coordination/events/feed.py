@@ -6,6 +6,7 @@ event is today's JSON with those fields laid over it: a client that reconnects l
 happened in order (started, then completed), each time with the job as it was then.
 """
 
+import time
 from datetime import timezone as dt_timezone
 from uuid import UUID
 
@@ -13,13 +14,23 @@ from django.db.models import Q
 
 from coordination.api.serializers import JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
-from coordination.models import Job, JobEvent
+from coordination.models import CatalogModel, Job, JobEvent
 from coordination.selectors import job_queue_positions
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
 # Events that may move other jobs' places in line: a job joined it, left it or moved in it.
 LINE_CHANGES = frozenset({"submitted", "started", "requeued", "cancelled", "expired", "priority"})
+
+
+_fair = {"until": 0.0, "any": False}
+
+
+def fair_lines() -> bool:
+    """Whether any line is fair (there an equal priority may go ahead): read at most every 30 s."""
+    if time.monotonic() >= _fair["until"]:
+        _fair.update(until=time.monotonic() + 30, any=CatalogModel.objects.filter(line_policy=CatalogModel.LinePolicy.FAIR).exists())
+    return _fair["any"]
 
 
 def latest_id() -> int:

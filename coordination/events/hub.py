@@ -59,6 +59,12 @@ class Item:
         return f"id: {self.id}\nevent: {self.event}\ndata: {self.data}\n\n".encode()
 
 
+def item_of(row, job, place: int | None) -> Item:
+    """A job_events row as an event: the job as it was then (`job` None: only whether it ended)."""
+    fields = feed.as_of(job, row.state, place) if job is not None else None
+    return Item(str(row.id), f"job.{row.event}", encode(fields) if fields is not None else None, row.event in feed.ENDS, fields)
+
+
 def encode(data: dict) -> str:
     """JSON as the API writes it (DRF's encoder: times in ISO 8601, ids as text)."""
     return json.dumps(data, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
@@ -74,7 +80,6 @@ class Subscription:
     # and its place in line then (None unless waiting), so the hub can tell it when that changes.
     seen: set = field(default_factory=set)
     last_fields: dict | None = None
-    last_data: str | None = None
     last_id: str = "0"
     position: int | None = None
     _items: deque = field(default_factory=deque)
@@ -86,7 +91,7 @@ class Subscription:
         """Remember `item` as the last the client has (first items, or one the hub put)."""
         self.last_id = item.id.split(":")[0]
         if item.fields is not None:
-            self.last_fields, self.last_data = item.fields, item.data
+            self.last_fields = item.fields
             self.position = item.fields.get("queue_position") if item.fields.get("status") == "pending" else None
 
     def put(self, item: Item, row_id: int | None = None):
@@ -102,6 +107,18 @@ class Subscription:
             self.sent(item)
             self._items.append(item)
             return (self._loop, self._ready) if self._loop is not None else None
+
+    def begin(self, first: list[Item], read: set[int]) -> None:
+        """What the subscriber starts from: `first` (its first items) and the ids of the rows it read
+        with them. The hub may have put some of those rows already (they committed between subscribing
+        and reading): dropped, as read; rows it put that are newer stay queued, after `first`."""
+        with self._lock:
+            self.seen |= read
+            kept = deque(item for item in self._items if _row_id(item) not in read)
+            self._items = kept
+            if not kept:  # else the newer queued items already say where the client will stand
+                for item in first:
+                    self.sent(item)
 
     def attach(self) -> None:
         """From the event loop that will drain it, before the first get()."""
@@ -123,6 +140,11 @@ class Subscription:
             items = list(self._items)
             self._items.clear()
         return items
+
+
+def _row_id(item: Item) -> int | None:
+    head = item.id.split(":")[0]
+    return int(head) if head.isdigit() else None
 
 
 def wake(pending, flushed: threading.Event | None = None) -> None:
@@ -168,12 +190,21 @@ class Hub:
         reaches it (it skips those it has read itself, by id). May read the database (the first
         subscriber starts the thread from the newest row)."""
         subscription = Subscription(job_id=feed.as_uuid(job_id) if job_id is not None else None, render=render)
-        with self._lock:
-            self._subscriptions.setdefault(subscription.job_id, set()).add(subscription)
-            self._idle_since = None
-            if self._thread is None or not self._thread.is_alive():
-                self._start()
-        return subscription
+        while True:
+            with self._lock:
+                if self._thread is not None and self._thread.is_alive():
+                    self._subscriptions.setdefault(subscription.job_id, set()).add(subscription)
+                    self._idle_since = None
+                    return subscription
+            # No thread: where it starts from is read without the lock (a slow database must not
+            # stall the streams that unsubscribe meanwhile), then it starts, unless another did.
+            start = self._starting_point()
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._start(*start)
+                    self._subscriptions.setdefault(subscription.job_id, set()).add(subscription)
+                    self._idle_since = None
+                    return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
@@ -200,13 +231,16 @@ class Hub:
             self._stop.clear()
             self._thread = None
 
-    def _start(self) -> None:
+    @staticmethod
+    def _starting_point() -> tuple[int, dict]:
         newest = feed.latest_id()
         # Ids below the newest that are not there yet may belong to transactions still open.
         low = max(newest - 1000, 0)
         now = time.monotonic()
-        self._holes = {i: now for i in set(range(low + 1, newest + 1)) - feed.ids_between(low, newest)}
-        self._cursor = newest
+        return newest, {i: now for i in set(range(low + 1, newest + 1)) - feed.ids_between(low, newest)}
+
+    def _start(self, cursor: int, holes: dict) -> None:
+        self._cursor, self._holes = cursor, holes
         self._positions_due = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="job-events-hub", daemon=True)
@@ -281,8 +315,8 @@ class Hub:
 
     def _may_move_watched(self, rows) -> bool:
         """Whether these events may have moved a watched waiting job in line. A job that joins the line
-        moves only those of a lower priority (it queues behind its equals); one that started at once
-        never stood in it."""
+        moves only those of a lower priority (it queues behind its equals; on a fair line another
+        owner's job of the same priority may go ahead); one that started at once never stood in it."""
         lowest, known = None, False
         for row in rows:
             if row.event == "submitted":
@@ -290,10 +324,12 @@ class Hub:
                     continue
                 if not known:
                     with self._lock:
-                        lowest = min((s.last_fields.get("priority", 0) for group in self._subscriptions.values()
-                                      for s in group if s.position is not None and s.last_fields), default=None)
+                        lowest = min((s.last_fields.get("priority", 0) for job_id, group in self._subscriptions.items()
+                                      if job_id is not None for s in group if s.position is not None and s.last_fields),
+                                     default=None)
                     known = True
-                if lowest is not None and row.state.get("priority", 0) > lowest:
+                priority = row.state.get("priority", 0)
+                if lowest is not None and (priority > lowest or priority == lowest and feed.fair_lines()):
                     return True
             elif row.event in feed.LINE_CHANGES:
                 return True
@@ -312,9 +348,9 @@ class Hub:
         woken = []
         for row in wanted:
             job = jobs.get(row.job_id)
-            fields = feed.as_of(job, row.state, places.get(row.job_id)) if job is not None else None
-            item = Item(str(row.id), f"job.{row.event}", encode(fields) if fields is not None else None,
-                        row.event in feed.ENDS, fields)
+            if job is None and row.job_id in rendered:
+                continue  # deleted since (an operator's clean-up): nothing to show
+            item = item_of(row, job, places.get(row.job_id))
             woken += [subscription.put(item, row.id) for subscription in by_job.get(row.job_id, ())]
             woken += [subscription.put(item, row.id) for subscription in everyone]
         wake(woken)
@@ -341,23 +377,12 @@ class Hub:
             subscription, place = self._moves.popleft()
             # Skipped if its own event came first: it left the line, or already says this place.
             if subscription.last_fields is not None and subscription.position not in (None, place):
-                woken.append(subscription.put(_moved(subscription, place)))
+                fields = {**subscription.last_fields, "queue_position": place}
+                woken.append(subscription.put(Item(f"{subscription.last_id}:{place}", "job.queue_position",
+                                                   encode(fields), False, fields)))
         if any(woken):
             self._slice_written.clear()
         wake(woken, self._slice_written)
-
-
-def _moved(subscription: Subscription, place: int) -> Item:
-    """The job as last sent, at its new place in line. Its JSON is the last one sent with the number
-    replaced, not encoded again: a change that moves a thousand watched jobs sends a thousand of these
-    (queue_position is the first such key in it: the serializer writes it before params)."""
-    fields = {**subscription.last_fields, "queue_position": place}
-    head, key, tail = (subscription.last_data or "").partition('"queue_position":')
-    if key and tail[:1].isdigit():
-        data = f"{head}{key}{place}{tail[len(tail) - len(tail.lstrip('0123456789')):]}"
-    else:
-        data = encode(fields)
-    return Item(f"{subscription.last_id}:{place}", "job.queue_position", data, False, fields)
 
 
 def _listen():

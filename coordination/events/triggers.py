@@ -116,10 +116,25 @@ def sqlite_sql() -> list[str]:
 
 
 def install(schema_editor) -> None:
+    """Put the triggers in place (again), if job_events exists: not after migrating back before it."""
     connection = schema_editor.connection
+    if "job_events" not in connection.introspection.table_names():
+        return
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(postgresql_sql())
         elif connection.vendor == "sqlite":
             for statement in sqlite_sql():
                 cursor.execute(statement)
+
+
+def uninstall(schema_editor) -> None:
+    """What migrating back before job_events does first: no trigger may write to a table that goes."""
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        for trigger, table in (("job_events_insert", "jobs"), ("job_events_update", "jobs"),
+                               ("job_events_step", "workflow_executions")):
+            cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}" if connection.vendor == "postgresql"
+                           else f"DROP TRIGGER IF EXISTS {trigger}")
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP FUNCTION IF EXISTS jq_job_event()")

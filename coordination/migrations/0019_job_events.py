@@ -10,6 +10,12 @@ def install(apps, schema_editor):
     install_triggers(schema_editor)
 
 
+def uninstall(apps, schema_editor):
+    from coordination.events.triggers import uninstall as uninstall_triggers
+
+    uninstall_triggers(schema_editor)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -33,5 +39,5 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['job_id', 'id'], name='job_events_job_idx')],
             },
         ),
-        migrations.RunPython(install, migrations.RunPython.noop),
+        migrations.RunPython(install, uninstall),
     ]

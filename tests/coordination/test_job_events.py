@@ -150,7 +150,6 @@ def test_a_waiting_job_hears_its_place_in_line_move_and_only_its_own_events(hub,
     mine = submit(user, model="flux-dev")
     subscription = hub.subscribe(mine.job_id)
     subscription.position, subscription.last_fields = 3, feed.current(fresh(mine), 3)
-    subscription.last_data = encode(subscription.last_fields)
 
     def cancel_the_one_ahead():
         job_cancel(job_id=ahead.job_id, reason="Cancelled by its owner")
@@ -176,3 +175,49 @@ def test_the_hub_stops_with_its_last_subscriber_and_closes_its_connections(hub, 
     hub.unsubscribe(subscription)
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_row_the_hub_brought_before_the_stream_read_it_is_not_sent_twice():
+    from coordination.events.hub import Item, Subscription
+
+    subscription = Subscription(job_id=None)
+    older = Item("5", "job.started", "{}", False, {"status": "running"})
+    newer = Item("7", "job.completed", "{}", True, {"status": "completed"})
+    subscription.put(older, 5)
+    subscription.put(newer, 7)
+    state = Item("6", "job.state", "{}", False, {"status": "running"})
+
+    subscription.begin([state], read={5, 6})  # the stream read rows 5 and 6 itself
+
+    assert [item.id for item in subscription._items] == ["7"]  # 5 dropped; 7 (newer) still to send
+    assert subscription.last_id == "7"  # where the client will stand once 7 is sent
+
+
+def test_a_subscription_opened_after_its_request_left_is_dropped_at_once(monkeypatch):
+    import asyncio
+
+    from coordination.events import streams
+
+    dropped = []
+    monkeypatch.setattr(streams.hub, "subscribe", lambda *args, **kwargs: "a subscription")
+    monkeypatch.setattr(streams.hub, "unsubscribe", dropped.append)
+    opening = streams._Opening()
+    opening.close()  # the client left while the thread was still opening it
+
+    with pytest.raises(asyncio.CancelledError):
+        opening.subscribe("a job")
+    assert dropped == ["a subscription"]
+
+
+@pytest.mark.django_db
+def test_a_submit_whose_wait_fails_is_still_answered_201_once(api, monkeypatch):
+    from coordination.api import events as api_events
+
+    async def broken(job_id, seconds):
+        raise RuntimeError("the listener could not start")
+
+    monkeypatch.setattr(api_events, "wait_until_ended", broken)
+    response = api.post("/jobs", {"prompt": "A castle", "model": "flux-dev"}, format="json", HTTP_PREFER="wait=5")
+
+    assert response.status_code == 201 and "Preference-Applied" not in response
+    assert Job.objects.count() == 1

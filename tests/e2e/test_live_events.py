@@ -154,6 +154,7 @@ def test_a_reconnect_with_last_event_id_is_told_every_change_it_missed_and_then_
     JobEvent.objects.filter(job_id=job["job_id"]).delete()  # pruned: a day has passed
     late = list(EventStream(web.url, f"/jobs/{job['job_id']}/events", alice, last_event_id=first["id"]).events())
     assert [(item["event"], item["data"]["status"]) for item in late] == [("job.state", "completed")]
+    assert EventStream(web.url, f"/jobs/{job['job_id']}/events", alice, last_event_id=late[0]["id"]).status == 204
 
 
 def test_a_waiting_job_is_told_when_its_place_in_line_moves(web, api, alice):
@@ -231,7 +232,7 @@ def test_a_submit_that_prefers_to_wait_is_answered_once_the_job_has_ended(web, a
 def test_an_answer_that_prefers_to_wait_longer_than_the_job_takes_comes_after_n_seconds_as_it_is(web, api):
     job = submit(api, seconds=30)  # no worker: it stays running
     began = time.monotonic()
-    status, answer = request(api, "GET", f"/jobs/{job['job_id']}", prefer="wait=1")
+    status, answer = request(api, "GET", f"/jobs/{job['job_id']}", prefer="Wait=1")  # as RFC 7240 allows
     assert status == 200 and answer["status"] == "running"
     assert "waiting_for" in answer  # GET /jobs/{id}'s own answer
     assert api.last_headers["Preference-Applied"] == "wait=1"
