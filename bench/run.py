@@ -16,7 +16,10 @@ Measures, in one run on this machine:
       end), p50 and p99, for a submit and for a completion that hands the next job over;
   (h) POST /jobs/batch of 1,000 jobs: accepted jobs per second (in-process API client);
   (j) 1,000 live event streams on one web process: its memory, the submit path's throughput with
-      them open against none, and the time from a transition's commit to its event (bench/events.py).
+      them open against none, and the time from a transition's commit to its event (bench/events.py);
+  (k) 1,000 jobs in flight at a (fake, local) provider on one qcluster of 2 worker processes: the
+      cluster's memory, CPU, connections and statements per poll tick, and the time from the
+      provider's answer to the next job's start (bench/providers.py).
 
 Nothing here asserts a time: it prints what it measured, and the README quotes it.
 """
@@ -80,7 +83,7 @@ def reset_queue() -> None:
         cursor.execute(
             "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
             "job_queue_counters, job_queue_state, job_line_shares, webhook_attempts, webhook_deliveries, "
-            "job_events, django_q_ormq, django_q_task"
+            "job_events, provider_runs, django_q_ormq, django_q_task"
         )
 
 
@@ -362,7 +365,7 @@ def batch_rate(owner, size: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--parts", default="abcdefghij", help="which parts to run, e.g. 'be' (default: all)")
+    parser.add_argument("--parts", default="abcdefghijk", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -441,6 +444,10 @@ def main() -> None:
         settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
         reset_queue()
         measure_events(DB_URL, owner, out, tmp, quick=args.quick)
+    if "k" in args.parts:
+        from bench.providers import measure as measure_providers
+
+        measure_providers(out, tmp, quick=args.quick)
 
 
 def decision_costs(sizes: list[int], owner, repeats: int) -> None:
