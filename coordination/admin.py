@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, WebhookDelivery
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
 from coordination.selectors import job_queue_positions
@@ -204,6 +204,17 @@ class JobQueueLogAdmin(ReadOnlyAdmin):
     list_filter = ("event_type", "job_type")
     search_fields = ("job_id", "conflict_reason")
     date_hierarchy = "created_at"
+
+
+@admin.register(ProviderRun)
+class ProviderRunAdmin(ReadOnlyAdmin):
+    """Jobs at a provider (coordination/providers): written by workers, pollers and callbacks only."""
+
+    list_display = ("provider_job_id", "job_id", "attempt", "model", "style", "state", "provider_status", "watcher",
+                    "submitted_at", "deadline_at", "cancel_sent_at", "finished_at")
+    list_filter = ("state", "style", "model")
+    search_fields = ("provider_job_id", "job__job_id")
+    date_hierarchy = "submitted_at"
 
 
 @admin.register(CatalogModel)

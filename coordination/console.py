@@ -11,7 +11,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.estimates import estimated_starts
-from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.lines import LINE_ORDER
 
 LINE_SHOWN = 10  # jobs shown per model line
@@ -51,6 +51,14 @@ def console_mode() -> dict:
 
 def console_slots(now: datetime) -> list[dict]:
     slots = list(JobQueueState.objects.filter(id__lte=settings.COORDINATOR_MAX_ACTIVE_JOBS).order_by("id"))
+    # Jobs waiting at their provider (no worker process holds them): what the provider last said.
+    at_provider = {
+        run.job_id: run
+        for run in ProviderRun.objects.filter(
+            state=ProviderRun.State.IN_FLIGHT, job_id__in=[slot.active_job_id for slot in slots if slot.active_job_id],
+            job__attempt=F("attempt"),
+        ).only("job_id", "provider_job_id", "provider_status", "watcher")
+    }
     return [
         {
             "id": slot.id,
@@ -58,6 +66,7 @@ def console_slots(now: datetime) -> list[dict]:
             "kind": slot.active_job_type,
             "models": ", ".join(slot.active_models or []),
             "running_for": int((now - slot.started_at).total_seconds()) if slot.started_at else None,
+            "at_provider": at_provider.get(slot.active_job_id),
         }
         for slot in slots
     ]

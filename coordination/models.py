@@ -29,6 +29,10 @@ class CatalogModel(models.Model):
     class ProviderStyle(models.TextChoices):
         SYNC = "sync", "sync: answers the result at once"
         POLL = "poll", "poll: answers a job to poll"
+        CALLBACK = "callback", "callback: answers a job, then calls us back"
+
+    # The styles whose jobs leave the worker once the provider has accepted them (coordination/providers).
+    DETACHED_STYLES = (ProviderStyle.POLL, ProviderStyle.CALLBACK)
 
     name = models.CharField(max_length=100, unique=True, help_text="As clients name it, e.g. motion-2.0-fast.")
     media_type = models.CharField(max_length=10, choices=MediaType.choices)
@@ -58,6 +62,15 @@ class CatalogModel(models.Model):
         help_text="Name of the environment variable holding the provider's token (sent as a Bearer token).",
     )
     provider_style = models.CharField(max_length=10, choices=ProviderStyle.choices, default=ProviderStyle.SYNC)
+    poll_interval_seconds = models.FloatField(
+        default=5.0, help_text="How often a job at the provider is polled (callback style: the safety net's interval is ten times this).",
+    )
+    # Only the variable's NAME is stored, as for credential_env.
+    callback_secret_env = models.CharField(
+        max_length=100, blank=True, default="",
+        help_text="Name of the environment variable holding the secret the provider's callbacks carry "
+                  "(Authorization: Bearer <secret>, or X-Signature: sha256=<HMAC of the body>).",
+    )
     class LinePolicy(models.TextChoices):
         FIFO = "fifo", "fifo: first come, first served"
         FAIR = "fair", "fair: owners take turns"
@@ -87,7 +100,7 @@ class CatalogModel(models.Model):
                 condition=Q(default_simulate_seconds__gte=0), name="model_catalog_simulate_seconds_nonnegative"
             ),
             models.CheckConstraint(
-                condition=Q(provider_style__in=["sync", "poll"]), name="model_catalog_provider_style_valid"
+                condition=Q(provider_style__in=["sync", "poll", "callback"]), name="model_catalog_provider_style_valid"
             ),
         ]
 
@@ -98,6 +111,15 @@ class CatalogModel(models.Model):
         # An http model without a provider would fail every job it gets: refuse it when it is saved.
         if self.runner == self.Runner.HTTP and not self.provider_url:
             raise ValidationError({"provider_url": "A model using the http runner needs a provider URL."})
+        if self.provider_style == self.ProviderStyle.CALLBACK and not self.callback_secret_env:
+            raise ValidationError({"callback_secret_env": "A callback provider needs the name of the variable holding its callbacks' secret."})
+        if self.poll_interval_seconds is not None and self.poll_interval_seconds < 0.05:
+            raise ValidationError({"poll_interval_seconds": "Poll at most twenty times a second (0.05 s or more)."})
+
+    @property
+    def detaches(self) -> bool:
+        """Whether its jobs leave the worker once the provider accepted them (a row, not a process)."""
+        return self.runner == self.Runner.HTTP and self.provider_style in self.DETACHED_STYLES
 
 
 class CapacityGroup(models.Model):
@@ -381,6 +403,9 @@ class JobQueueLog(models.Model):
         MODEL_CHANGED = "model_changed"
         GROUP_CHANGED = "group_changed"
         EXPIRED = "expired"
+        # The provider accepted the attempt; the worker let go of it (coordination/providers).
+        AT_PROVIDER = "at_provider"
+        ADOPTED = "adopted"
         WORKFLOW_CHANGED = "workflow_changed"
         PRIORITY_CHANGED = "priority_changed"
         DISPATCHED = "dispatched"
@@ -485,6 +510,48 @@ class WebhookAttempt(models.Model):
     class Meta:
         db_table = "webhook_attempts"
         ordering = ["id"]
+
+
+class ProviderRun(models.Model):
+    """A job's attempt that is at a remote provider (coordination/providers): the provider accepted it
+    and said where to ask about it, and no worker process waits for it. One poller of one qcluster
+    watches it at a time (`watcher`; its lease is the job's `lease_expires_at`, which that poller renews
+    every tick); a poller that adopts it from another raises `fence`, so the one it was taken from can
+    no longer report it. Its outcome ends the job through the coordinator, in the same transaction
+    that marks this row done (a poller's poll, or the provider's callback: whichever comes first)."""
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        DONE = "done"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="provider_runs", db_column="job_id")
+    attempt = models.PositiveIntegerField()
+    model = models.CharField(max_length=100)
+    style = models.CharField(max_length=10)  # poll or callback
+    provider_job_id = models.CharField(max_length=255)
+    status_url = models.CharField(max_length=2048, blank=True, default="")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
+    provider_status = models.CharField(max_length=50, blank=True, default="")  # as the provider last said
+    submitted_at = models.DateTimeField()
+    deadline_at = models.DateTimeField()  # submitted_at + the model's timeout_seconds
+    watcher = models.CharField(max_length=100, null=True, blank=True)
+    fence = models.PositiveIntegerField(default=0)
+    cancel_sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "provider_runs"
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt"], name="provider_runs_job_attempt_unique")]
+        indexes = [
+            # What pollers watch and adopt: the runs in flight (a small partial index).
+            models.Index(fields=["watcher"], condition=Q(state="in_flight"), name="provider_runs_in_flight_idx"),
+            # A callback finds its run by the provider's id.
+            models.Index(fields=["model", "provider_job_id"], name="provider_runs_provider_id_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider_job_id} for job {self.job_id} attempt {self.attempt}"
 
 
 class JobEvent(models.Model):

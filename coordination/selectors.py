@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, F, Func, IntegerField, OuterRef, QuerySet, Subquery, When, Window
+from django.db.models import Case, F, Func, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, When, Window
 from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
 from coordination.estimates import job_wait
 from coordination.exceptions import InvalidTransition, JobNotFound
-from coordination.models import CatalogModel, Job, JobLine, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_ahead
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import model_line, passing
@@ -23,8 +23,15 @@ from coordination.queue.attempts import runtime_limits
 LINE_PREVIEW = 20  # jobs listed per line in a preview
 
 
+def with_runs(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """`jobs` with their runs at a provider read in one more query for the lot (the API's `at_provider`)."""
+    return jobs.prefetch_related(Prefetch(
+        "provider_runs", queryset=ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT), to_attr="runs_in_flight"
+    ))
+
+
 def job_list(*, user, status: str | None = None, kind: str | None = None, model: str | None = None) -> QuerySet[Job]:
-    jobs = Job.objects.select_related("workflow_execution").order_by("-created_at")
+    jobs = with_runs(Job.objects.select_related("workflow_execution").order_by("-created_at"))
     if not user.is_staff:
         jobs = jobs.filter(owner=user)
     if status:
@@ -88,7 +95,7 @@ def job_detail(*, user, job_id) -> JobDetail:
 
 def jobs_in_order(job_ids: list) -> list[Job]:
     """The jobs (a batch's answer), in the order of `job_ids`, in one query."""
-    jobs = Job.objects.select_related("workflow_execution").in_bulk(job_ids)
+    jobs = with_runs(Job.objects.select_related("workflow_execution")).in_bulk(job_ids)
     return [jobs[job_id] for job_id in job_ids if job_id in jobs]
 
 

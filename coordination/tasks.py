@@ -4,13 +4,18 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing import current_process
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
+from coordination.runners import client as provider_client
+from coordination.providers import store as provider_store
+from coordination.runners.client import Accepted
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, job_events_prune, queue_log_prune
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
@@ -29,7 +34,7 @@ def run_job(job_id: str, attempt: int) -> None:
     at once. That hop is what makes back-to-back jobs fast in serialized mode. Hand-offs stop once the task has used up one job
     timeout, so a task never outlives django-q2's timeout (twice the job timeout).
     """
-    job = job_claim(job_id=job_id, attempt=attempt)
+    job = _when_database_answers(job_claim, job_id=job_id, attempt=attempt)
     if job is None:
         # Delivered again, or the job moved on (cancelled, reset, a newer attempt): not ours to run.
         logger.info("Job %s attempt %s is not ours to run any more; skipping", job_id, attempt)
@@ -191,6 +196,9 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
             logger.info("Job %s attempt %s failed: %s", job.job_id, attempt, exc)
             outcome = {"status": Job.Status.FAILED, "error": str(exc) or type(exc).__name__}
         else:
+            if isinstance(result, AtProvider):
+                lease.reporting = True
+                return _let_go(job, attempt, result, cancelled=lease.state == HEARTBEAT_CANCEL)
             outcome = {"status": Job.Status.COMPLETED, "result": result}
         if lease.state == HEARTBEAT_LOST:
             logger.info("Job %s attempt %s was taken from this worker; its outcome is decided elsewhere", job.job_id, attempt)
@@ -201,25 +209,69 @@ def _run_and_report(job: Job, *, take_next: bool) -> Job | None:
         return _report(job, attempt, outcome, take_next=take_next)
 
 
+def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> None:
+    """The provider accepted the attempt: record it and let go of the job (its qcluster's poller
+    watches it from now on; no hand-off: this worker is free at once). A cancel asked for meanwhile,
+    or an attempt that is no longer ours, drops the provider's job again."""
+    run = None
+    if not cancelled:
+        try:
+            run = _when_database_answers(provider_store.run_record, job_id=job.job_id, attempt=attempt, model=at.model,
+                                         accepted=at.accepted)
+        except (OperationalError, InterfaceError):
+            logger.warning("Could not record job %s attempt %s at the provider: database unavailable", job.job_id, attempt)
+    if run is not None:
+        return None
+    provider = runner_call(at.model, job_id=job.job_id, prompt="").provider
+    confirmed = provider_client.run(
+        lambda client: provider_client.cancel(client, provider, at.accepted.status_url, job_id=job.job_id),
+        should_stop=lambda: False,
+    )
+    logger.info("Job %s attempt %s: provider job %s dropped again (%s)", job.job_id, attempt,
+                at.accepted.provider_job_id, "confirmed" if confirmed else "not confirmed")
+    if cancelled:
+        _report(job, attempt, {"status": Job.Status.CANCELLED,
+                               "error": "stopped while running" + ("" if confirmed else "; the provider did not confirm dropping its job")},
+                take_next=False)
+    return None
+
+
 def _report(job: Job, attempt: int, outcome: dict, *, take_next: bool) -> Job | None:
-    deadline = time.monotonic() + 2 * settings.COORDINATOR_LEASE_SECONDS
-    while True:
+    def report() -> Job | None:
         try:
             if take_next:
                 return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
             _finish_only(job_id=job.job_id, attempt=attempt, **outcome)
         except StaleAttempt:
             pass  # already logged and audited by the service: the outcome was decided elsewhere
-        except (OperationalError, InterfaceError):
-            # The database is away: keep the outcome and try again for a while. If it stays away
-            # longer, the lease lapses and the reaper decides once it is back (retry or fail).
-            if time.monotonic() > deadline:
-                logger.warning("Could not report job %s attempt %s: database unavailable", job.job_id, attempt)
-                return None
-            connections.close_all()
-            time.sleep(0.5)  # back-off between reconnection attempts, not a wait for a condition
-            continue
         return None
+
+    try:
+        return _when_database_answers(report)
+    except (OperationalError, InterfaceError):
+        # The database stayed away: the lease lapses and the reaper decides once it is back (retry or fail).
+        logger.warning("Could not report job %s attempt %s: database unavailable", job.job_id, attempt)
+        return None
+
+
+def _when_database_answers(function, *args, **kwargs):
+    """`function(...)`, tried again with back-off (and fresh connections) while the database is away or
+    refuses a connection ("too many clients"), for up to two leases; then its error is raised. An
+    outcome waits here rather than being lost, and a worker carries on rather than failing its job."""
+    retrying = Retrying(
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        wait=wait_exponential_jitter(initial=0.2, max=5, jitter=0.3),
+        stop=stop_after_delay(2 * settings.COORDINATOR_LEASE_SECONDS),
+        before_sleep=_reconnect,
+        reraise=True,
+    )
+    return retrying(function, *args, **kwargs)
+
+
+def _reconnect(state) -> None:
+    if state.attempt_number == 1:
+        logger.warning("Database unavailable (%s); trying again", state.outcome.exception())
+    connections.close_all()
 
 
 def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> None:
@@ -235,12 +287,25 @@ def _run(job: Job, attempt: int, should_stop) -> dict:
     return job_kind(job.kind).run(job=job, attempt=attempt, should_stop=should_stop)
 
 
-def normal_run(*, job: Job, attempt: int, should_stop) -> dict:
-    """A normal job: one call of its model's runner."""
+@dataclass(frozen=True)
+class AtProvider:
+    """A normal job's model call that the provider accepted and will work on without this worker."""
+
+    model: CatalogModel
+    accepted: Accepted
+
+
+def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
+    """A normal job: one call of its model's runner; on a poll or callback provider, only its submit."""
     # A handed-over job comes with its model's catalog row, read in the transaction that started it.
     model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
-    call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop)
-    return get_runner(model.runner).run(call)
+    call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop,
+                       attempt=attempt)
+    runner = get_runner(model.runner)
+    if not model.detaches:
+        return runner.run(call)
+    answer = runner.submit(call)
+    return AtProvider(model, answer) if isinstance(answer, Accepted) else answer
 
 
 job_kind_register(Job.Kind.NORMAL, run=normal_run)

@@ -58,8 +58,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI's JavaScript and CSS served from our static files: /docs works with no CDN.
     "drf_spectacular_sidecar",
-    "django_q",
+    # Before django_q: its `qcluster` command (the cluster and its provider poller) takes the place of django-q2's.
     "coordination",
+    "django_q",
     "workflows",
 ]
 
@@ -208,6 +209,17 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
 COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
 COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
+# Where this service is reached from outside: a callback provider is told to call back at
+# <COORDINATOR_PUBLIC_URL>/providers/<model>/callback.
+COORDINATOR_PUBLIC_URL = os.environ.get("COORDINATOR_PUBLIC_URL", "http://127.0.0.1:8000")
+# Each qcluster's poller (coordination/providers/poller.py): how many provider requests it has open at
+# once, and how often it renews the leases of the jobs it watches and looks for jobs to adopt.
+COORDINATOR_POLLER_CONCURRENCY = env_int("COORDINATOR_POLLER_CONCURRENCY", 50)
+COORDINATOR_POLLER_TICK = float(os.environ.get("COORDINATOR_POLLER_TICK", "1.0"))
+# Each poller logs what it watches and what that cost the database this often (seconds).
+COORDINATOR_POLLER_REPORT = float(os.environ.get("COORDINATOR_POLLER_REPORT", "60"))
+# A cancelled job at a provider ends once the provider confirms its DELETE, or after this many seconds.
+COORDINATOR_PROVIDER_CANCEL_GRACE = env_int("COORDINATOR_PROVIDER_CANCEL_GRACE", 30)
 # Live event streams (GET /jobs/{id}/events, /queue/events): a comment line this often keeps proxies
 # from closing a quiet stream.
 COORDINATOR_EVENTS_KEEPALIVE = float(os.environ.get("COORDINATOR_EVENTS_KEEPALIVE", "15"))
@@ -221,8 +233,10 @@ COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 1
 COORDINATOR_FASTPATH = env_bool("COORDINATOR_FASTPATH", True)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
-# The worker runs at least one process per slot, so every started job runs at once.
-COORDINATOR_WORKERS = max(env_int("COORDINATOR_WORKERS", 2), COORDINATOR_MAX_ACTIVE_JOBS)
+# Worker processes of the qcluster. Unset: at least one per slot, so that every started job runs at
+# once. A job at a provider (poll or callback style) holds no worker, so a deployment whose jobs are
+# mostly those sets this to a few (COORDINATOR_WORKERS=2 with 1,000 slots, say): it is then taken as set.
+COORDINATOR_WORKERS = env_int("COORDINATOR_WORKERS", 0) or max(2, COORDINATOR_MAX_ACTIVE_JOBS)
 
 # A task runs its job and then, for up to one job timeout more, jobs handed to it as they start
 # (coordination.tasks.run_job), so django-q2's `timeout` is twice the job timeout.
@@ -281,5 +295,8 @@ LOGGING = {
             "level": os.environ.get("COORDINATOR_LOG_LEVEL", "INFO"),
             "propagate": False,
         },
+        # httpx logs every request at INFO: a thousand jobs at a provider would be a line per poll.
+        "httpx": {"level": os.environ.get("HTTPX_LOG_LEVEL", "WARNING")},
+        "httpcore": {"level": "WARNING"},
     },
 }

@@ -4,7 +4,9 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
-from coordination.models import Job, MediaType
+from drf_spectacular.utils import extend_schema_field
+
+from coordination.models import Job, MediaType, ProviderRun
 from coordination.services import BATCH_MAX_JOBS
 from coordination.selectors import job_queue_position
 
@@ -215,8 +217,20 @@ class WaitingForSlotSerializer(serializers.Serializer):
     )
 
 
+class AtProviderSerializer(serializers.Serializer):
+    provider_job_id = serializers.CharField()
+    style = serializers.CharField(help_text="poll or callback")
+    status = serializers.CharField(help_text="What the provider last said of its job (queued, running, ...).")
+    since = serializers.DateTimeField(help_text="When the provider accepted it (the worker let go of it then).")
+    watched = serializers.BooleanField(help_text="Whether a poller watches it now (false: waiting to be adopted).")
+
+
 class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
+    at_provider = serializers.SerializerMethodField(
+        help_text="A running job that waits at its provider, holding no worker process: what the provider "
+                  "said of it (coordination/providers); null otherwise."
+    )
     workflow_id = serializers.SerializerMethodField()
     current_step = serializers.SerializerMethodField()
     current_step_model = serializers.SerializerMethodField()
@@ -227,7 +241,7 @@ class JobSerializer(serializers.ModelSerializer):
             "job_id", "kind", "job_type", "model", "required_models", "status", "priority",
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
             "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
-            "client_ref", "start_by", "dedupe_key", "webhook_url", "webhook_events_filter",
+            "client_ref", "start_by", "dedupe_key", "webhook_url", "webhook_events_filter", "at_provider",
             "workflow_id", "current_step", "current_step_model",
         ]
         read_only_fields = fields
@@ -240,6 +254,19 @@ class JobSerializer(serializers.ModelSerializer):
         if "queue_positions" in self.context:
             return self.context["queue_positions"].get(job.job_id)
         return job_queue_position(job)
+
+    @extend_schema_field(AtProviderSerializer(allow_null=True))
+    def get_at_provider(self, job: Job) -> dict | None:
+        if job.status != Job.Status.RUNNING or job.kind != Job.Kind.NORMAL:
+            return None
+        runs = getattr(job, "runs_in_flight", None)  # read beforehand for a page
+        if runs is None:
+            runs = ProviderRun.objects.filter(job_id=job.job_id, state=ProviderRun.State.IN_FLIGHT)
+        run = next((run for run in runs if run.attempt == job.attempt), None)
+        if run is None:
+            return None
+        return AtProviderSerializer({"provider_job_id": run.provider_job_id, "style": run.style, "status": run.provider_status,
+                                     "since": run.submitted_at, "watched": bool(run.watcher)}).data
 
     def _execution(self, job: Job):
         return getattr(job, "workflow_execution", None) if job.kind == Job.Kind.WORKFLOW else None

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from coordination.api import events, views
+from coordination.api import events, providers, views
 
 # No trailing slashes: the usage guide's clients call POST /jobs. GET /workflows and POST
 # /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
@@ -19,4 +19,6 @@ urlpatterns = [
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),
     path("queue/events", events.QueueEventsView.as_view(), name="queue-events"),
     path("health", views.HealthView.as_view(), name="health"),
+    # A model's name may hold a slash (minimax/video-01).
+    path("providers/<path:model>/callback", providers.ProviderCallbackView.as_view(), name="provider-callback"),
 ]

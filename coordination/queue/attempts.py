@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from coordination.models import CatalogModel, Job
+from coordination.models import CatalogModel, Job, ProviderRun
 
 TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
 
@@ -16,6 +16,10 @@ def lease_seconds() -> int:
 
 def runtime_limits() -> dict[str, int | None]:
     return dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
+
+
+def _at_provider(job: Job) -> bool:
+    return ProviderRun.objects.filter(job_id=job.job_id, attempt=job.attempt, state=ProviderRun.State.IN_FLIGHT).exists()
 
 
 def running_check(job: Job, now, limits: dict) -> tuple[str, str] | None:
@@ -30,6 +34,10 @@ def running_check(job: Job, now, limits: dict) -> tuple[str, str] | None:
     lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
     if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
         return TIMED_OUT, f"timed out after {runtime_limit} s"
+    if lapsed and claimed and _at_provider(job):
+        # Its worker let go of it at the provider; the poller that watched it is gone: the next
+        # poller adopts it (coordination/providers). Nothing ran twice and nothing was lost.
+        return None
     if claimed and job.heartbeat_at is None and lapsed:
         # Handed to a worker in a finishing transaction, but that worker never confirmed it (it
         # died in between): nothing ran, so it is sent again without using an attempt.

@@ -14,6 +14,15 @@ def get_runner(name: str) -> Runner:
         raise RunnerError(f"No runner named '{name}' (known: {', '.join(sorted(RUNNERS))})") from None
 
 
+def callback_url_of(model_name: str) -> str:
+    """Where a callback provider reports a job of `model_name`: this service's public address."""
+    from urllib.parse import quote
+
+    from django.conf import settings
+
+    return f"{settings.COORDINATOR_PUBLIC_URL.rstrip('/')}/providers/{quote(model_name, safe='/')}/callback"
+
+
 def runner_call(model, **fields) -> RunnerCall:
     """The call for one step of work on catalog `model` (a CatalogModel): everything the runner needs
     comes in it, so runners never read the database."""
@@ -25,6 +34,8 @@ def runner_call(model, **fields) -> RunnerCall:
             style=model.provider_style,
             timeout_seconds=model.timeout_seconds,
             max_connect_retries=model.max_connect_retries,
+            poll_interval_seconds=model.poll_interval_seconds,
+            callback_url=callback_url_of(model.name) if model.provider_style == "callback" else "",
         )
     return RunnerCall(model=model.name, default_seconds=model.default_simulate_seconds, provider=provider, **fields)
 

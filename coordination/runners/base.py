@@ -23,9 +23,11 @@ class Provider:
     url: str
     # The NAME of the environment variable holding the token; the secret never leaves the worker's environment.
     credential_env: str = ""
-    style: str = "sync"  # "sync": answers the result; "poll": answers a job to poll
+    style: str = "sync"  # sync: answers the result; poll: answers a job to poll; callback: a job, then calls back
     timeout_seconds: float = 600
     max_connect_retries: int = 3
+    poll_interval_seconds: float = 5.0
+    callback_url: str = ""  # where a callback provider sends the job's end (COORDINATOR_PUBLIC_URL)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class RunnerCall:
     should_stop: Callable[[], bool] = _never
     # The model's provider, for the http runner (None for the simulated one).
     provider: Provider | None = None
+    # The job's attempt: a provider is sent `Idempotency-Key: <job_id>:<attempt>`.
+    attempt: int | None = None
 
 
 class Runner(Protocol):

@@ -14,7 +14,7 @@ from django_q.signing import SignedPackage
 from rest_framework.authtoken.models import Token
 
 from coordination import services
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, WebhookDelivery
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery
 from tests.factories import JobRowFactory
 from tests.helpers import submit_confirmation
 from workflows.services import workflow_execute
@@ -84,6 +84,11 @@ def one_of_each(user, staff_user):
         webhook_id="msg_example", job=normal, event_type="job.completed", url="https://example.com/hook", payload={}
     )
     Token.objects.create(user=staff_user)
+    ProviderRun.objects.create(
+        job=normal, attempt=1, model=normal.model, style="poll", provider_job_id="prov-1",
+        status_url="https://provider.example/jobs/prov-1", provider_status="running",
+        submitted_at=timezone.now(), deadline_at=timezone.now(),
+    )
     Schedule.objects.create(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES, minutes=1)
     now = timezone.now()
     for success in (True, False):

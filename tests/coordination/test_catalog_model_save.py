@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 FORM_FIELDS = (
     "name", "media_type", "runner", "capacity", "enabled", "default_simulate_seconds", "description",
     "max_runtime_seconds", "max_attempts", "provider_url", "credential_env", "provider_style", "timeout_seconds",
-    "max_connect_retries", "line_policy", "max_waiting",
+    "max_connect_retries", "poll_interval_seconds", "callback_secret_env", "line_policy", "max_waiting",
 )
 
 
@@ -155,7 +155,7 @@ def test_a_model_added_in_the_admin_is_audited(console, staff_user, user):
     data = {field: "" for field in FORM_FIELDS} | {
         "name": "sdxl-turbo", "media_type": "image", "runner": "simulated", "capacity": 1, "enabled": "on",
         "default_simulate_seconds": 1, "max_attempts": 1, "provider_style": "sync", "timeout_seconds": 600,
-        "max_connect_retries": 3, "line_policy": "fifo",
+        "max_connect_retries": 3, "poll_interval_seconds": 5, "line_policy": "fifo",
     }
 
     response = console.post(reverse("admin:coordination_catalogmodel_add"), data)

@@ -11,8 +11,7 @@ from uuid import uuid4
 import pytest
 from django.core.exceptions import ValidationError
 
-import coordination.runners.http as http_runner
-from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.models import CatalogModel, Job, JobQueueLog, ProviderRun
 from coordination.runners import RunnerCall, RunnerError, RunnerStopped, get_runner, runner_call
 from coordination.tasks import run_job
 from tests.helpers import events, fresh, submit
@@ -31,6 +30,7 @@ class Provider:
     def __init__(self):
         self.requests: list[dict] = []
         self.failures_left = 0  # /flaky answers 500 this many times first
+        self.limited_left = 0  # /limited answers 429 this many times first
         self.polls_needed = 3  # a /poll job succeeds on this poll
         self.poll_outcome = "succeeded"
         self.polls: dict[str, int] = {}
@@ -89,6 +89,19 @@ def _handler(provider: Provider):
                 if failing:
                     return self._answer(500, {"error": "upstream overloaded"})
                 return self._answer(200, {"output": "after retries"})
+            if path == "/limited":
+                with provider.lock:
+                    limited = provider.limited_left > 0
+                    provider.limited_left -= 1
+                if limited:
+                    data = b'{"error": "rate limited"}'
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return None
+                return self._answer(200, {"output": "after the limit"})
             if path == "/bad":
                 return self._answer(400, {"error": {"message": "prompt violates the content policy"}})
             if path == "/poll":
@@ -150,35 +163,6 @@ def call(*, params=None, should_stop=lambda: False) -> RunnerCall:
 
 def run(runner_call: RunnerCall) -> dict:
     return get_runner("http").run(runner_call)
-
-
-class FakeClock:
-    """Stands in for the http runner's `time`: a sleep moves the clock on at once (and is recorded).
-
-    Only the runner's own waits (backoff, poll interval, deadline) run on it; its HTTP requests are
-    real, and take no time on this clock."""
-
-    def __init__(self):
-        self.start = self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    @property
-    def elapsed(self) -> float:
-        return self.now - self.start
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(http_runner, "time", fake)
-    return fake
 
 
 def free_port() -> int:
@@ -257,19 +241,16 @@ def test_a_failed_provider_job_fails_with_the_providers_message(provider):
         run(call(params={"poll_interval": 0.05}))
 
 
-def test_stopping_while_polling_is_seen_within_a_tick_and_cancels_the_provider_job(provider, clock):
+def test_stopping_while_polling_is_seen_before_the_next_poll_and_cancels_the_provider_job(provider):
     provider.polls_needed = 1000
     use_http(f"{provider.url}/poll", provider_style="poll")
-    # Polls at 0.5 s and 1.0 s; told to stop halfway through the tick at 1.2-1.3 s, before the next poll.
-    stop_at = clock.now + 1.25
 
+    # Told to stop once the provider has been polled twice; the next poll would be 0.5 s later.
     with pytest.raises(RunnerStopped):
-        run(call(params={"poll_interval": 0.5}, should_stop=lambda: clock.now >= stop_at))
+        run(call(params={"poll_interval": 0.5}, should_stop=lambda: len(provider.received("GET")) >= 2))
 
-    # Seen at the next tick, not at the next poll (1.5 s): the wait between polls looks every tick.
-    assert stop_at <= clock.now <= stop_at + http_runner.TICK
     polls = provider.received("GET")
-    assert len(polls) == 2
+    assert len(polls) == 2  # seen while waiting between polls, not at the next poll
     assert [r["path"] for r in provider.received("DELETE")] == [polls[0]["path"]]
 
 
@@ -305,13 +286,12 @@ def test_a_provider_slower_than_timeout_seconds_times_out(provider):
     assert provider.answered == 0  # it gave up at its own deadline, not when the answer came
 
 
-def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider, clock):
+def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider):
     provider.polls_needed = 1000
     use_http(f"{provider.url}/poll", provider_style="poll", timeout_seconds=1)
 
     with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
         run(call(params={"poll_interval": 0.1}))
-    assert clock.elapsed == pytest.approx(1.0)  # it waited out the timeout, then no longer
     assert len(provider.received("GET")) >= 1
     assert len(provider.received("DELETE")) == 1
 
@@ -341,14 +321,19 @@ def test_a_4xx_answer_fails_at_once_with_the_providers_message(provider):
     assert len(provider.received("POST")) == 1
 
 
-def test_a_refused_connection_is_retried_with_backoff_then_fails(clock):
+def test_a_refused_connection_is_retried_with_backoff_then_fails():
     use_http(f"http://127.0.0.1:{free_port()}/sync", max_connect_retries=2)
 
-    with pytest.raises(RunnerError, match=r"Provider unavailable after 3 tries: ConnectionRefusedError"):
+    with pytest.raises(RunnerError, match=r"Provider unavailable after 3 tries: ConnectError"):
         run(call())
-    # Between the three tries it backed off 0.2 s, then 0.4 s, looking for a stop every tick meanwhile.
-    assert clock.elapsed == pytest.approx(0.2 + 0.4)
-    assert max(clock.sleeps) <= http_runner.TICK
+
+
+def test_a_limit_is_waited_out_for_as_long_as_retry_after_says_without_using_a_retry(provider):
+    provider.limited_left = 3  # /limited answers 429 Retry-After: 0 three times, then the result
+    use_http(f"{provider.url}/limited", max_connect_retries=0)
+
+    assert run(call()) == {"output": "after the limit"}
+    assert len(provider.received("POST")) == 4
 
 
 def test_an_http_model_without_provider_url_is_refused_on_clean():
@@ -364,26 +349,31 @@ def test_an_http_model_without_provider_url_is_refused_on_clean():
     model.full_clean()
 
 
-def test_a_job_runs_end_to_end_on_a_poll_provider_and_the_secret_is_stored_nowhere(user, provider, monkeypatch):
+def test_a_normal_job_on_a_poll_provider_is_left_at_it_and_the_secret_is_stored_nowhere(user, provider, monkeypatch):
     monkeypatch.setenv("TEST_PROVIDER_TOKEN", SECRET)
     use_http(f"{provider.url}/poll", provider_style="poll", credential_env="TEST_PROVIDER_TOKEN")
     provider.polls_needed = 2
-    job = submit(user, params={"poll_interval": 0.05})
+    job = submit(user)
 
-    run_job(str(job.job_id), 1)
+    run_job(str(job.job_id), 1)  # returns once the provider accepted the job: no polling in the worker
 
     job = fresh(job)
-    assert job.status == Job.Status.COMPLETED, job.error
-    assert job.result["output"] == f"video://{job.result['provider_job_id']}.mp4"
-    assert events(job) == ["submitted", "started", "claimed", "completed"]
+    assert job.status == Job.Status.RUNNING, job.error
+    assert events(job) == ["submitted", "started", "claimed", "at_provider"]
     [submitted] = provider.received("POST", "/poll")
+    assert provider.received("GET") == []
+    [at_provider] = ProviderRun.objects.filter(job=job)
+    assert (at_provider.attempt, at_provider.state, at_provider.watcher) == (1, "in_flight", None)
+    assert at_provider.status_url == f"{provider.url}/poll/jobs/{at_provider.provider_job_id}"
     assert submitted["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert submitted["headers"]["Idempotency-Key"] == f"{job.job_id}:1"
     assert submitted["body"]["job_id"] == str(job.job_id)
     stored = json.dumps(
         [
             list(Job.objects.values()),
             list(JobQueueLog.objects.values()),
             list(CatalogModel.objects.values()),
+            list(ProviderRun.objects.values()),
         ],
         default=str,
     )

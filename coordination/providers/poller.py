@@ -1,0 +1,243 @@
+"""The poller: one per qcluster (coordination's `qcluster` command runs it in the cluster's main
+process), watching every job its cluster's workers left at a provider.
+
+One event loop and one `httpx.AsyncClient` with at most COORDINATOR_POLLER_CONCURRENCY requests open;
+one thread for the database (one connection). Every COORDINATOR_POLLER_TICK seconds it renews the
+leases of all the jobs it watches (one statement), reads what changed on them (one), and adopts runs
+nobody watches or whose poller died (one, when there are any). Between ticks it asks each provider
+about each job at the model's poll interval (a callback provider's job: ten times as seldom, as a
+safety net), and waits out a provider's limits as the client does. Each outcome (a provider's last
+word, a timeout, a cancel) is reported through the coordinator: those that come together, in one
+transaction. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
+once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not.
+"""
+
+import asyncio
+import heapq
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, connection, connections
+from django.utils import timezone
+
+from coordination.models import CatalogModel
+from coordination.runners import client as provider_client
+from coordination.providers import store
+from coordination.runners.client import ProviderTimeout, Status
+from coordination.runners import runner_call
+from coordination.runners.base import RunnerError
+
+logger = logging.getLogger(__name__)
+
+SAFETY_NET_FACTOR = 10  # a callback provider's job is polled this many times less often
+ADOPT_AT_ONCE = 5000
+
+
+class Poller:
+    def __init__(self, *, name: str | None = None):
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.watched: dict[int, store.Watched] = {}
+        self._due: list[tuple[float, int]] = []  # (monotonic time of its next poll, run id)
+        self._asking: set[int] = set()  # runs with a request out now
+        self._endings: list[store.Ending] = []
+        self._providers: dict[str, object] = {}
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-db")
+        self._wakeup = asyncio.Event()  # an outcome to report, or a poll due sooner than the loop thought
+        self._providers_read_at = 0.0
+        # What it did since its last report line (every COORDINATOR_POLLER_REPORT seconds).
+        self.counts = {"ticks": 0, "statements": 0, "polls": 0, "ended": 0}
+        self._reported_at = time.monotonic()
+
+    def _count_statement(self, execute, sql, params, many, context):
+        self.counts["statements"] += 1
+        return execute(sql, params, many, context)
+
+    async def _in_db(self, function, *args, **kwargs):
+        def counted():
+            with connection.execute_wrapper(self._count_statement):
+                return function(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, counted)
+
+    def _report(self) -> None:
+        """One line now and then: how many jobs it watches, and what that cost the database."""
+        seconds = time.monotonic() - self._reported_at
+        if seconds < settings.COORDINATOR_POLLER_REPORT:
+            return
+        counts = self.counts
+        logger.info(
+            "Provider poller %s: watching %s jobs; in the last %.0f s %s polls, %s ended, %s ticks, %s statements "
+            "(%.1f per tick)", self.name, len(self.watched), seconds, counts["polls"], counts["ended"], counts["ticks"],
+            counts["statements"], counts["statements"] / max(1, counts["ticks"]),
+        )
+        self.counts = dict.fromkeys(counts, 0)
+        self._reported_at = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        concurrency = settings.COORDINATOR_POLLER_CONCURRENCY
+        self._gate = asyncio.Semaphore(concurrency)
+        logger.info("Provider poller %s started", self.name)
+        async with provider_client.new_client(max_connections=concurrency, max_keepalive_connections=concurrency) as client:
+            next_tick = 0.0
+            backoff = 1.0
+            while not stop.is_set():
+                if time.monotonic() >= next_tick:
+                    try:
+                        await self._tick()
+                        backoff = 1.0
+                    except (DatabaseError, InterfaceError) as error:
+                        # The database refused us (too many clients, an outage): back off, carry on.
+                        logger.warning("Provider poller %s: database unavailable (%s); again in %.0f s", self.name, error, backoff)
+                        await self._in_db(connections.close_all)
+                        next_tick = time.monotonic() + backoff
+                        backoff = min(backoff * 2, 30.0)
+                        await self._sleep(stop, backoff)
+                        continue
+                    next_tick = time.monotonic() + settings.COORDINATOR_POLLER_TICK
+                self._ask_due(client)
+                await self._flush_endings()
+                wake = min(next_tick, self._due[0][0] if self._due else next_tick)
+                await self._sleep(stop, max(0.0, wake - time.monotonic()))
+        await self._in_db(store.watches_release, watcher=self.name)
+        await self._in_db(connections.close_all)
+        self._db.shutdown(wait=True)
+        logger.info("Provider poller %s stopped", self.name)
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        self._wakeup.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+
+    def _push(self, at: float, run_id: int) -> None:
+        heapq.heappush(self._due, (at, run_id))
+        self._wakeup.set()
+
+    async def _tick(self) -> None:
+        if time.monotonic() - self._providers_read_at > 30:  # an operator's catalog edits, within 30 s
+            self._providers, self._providers_read_at = {}, time.monotonic()
+        await self._in_db(store.watches_renew, watcher=self.name)
+        adopted = await self._in_db(store.watches_adopt, watcher=self.name, limit=ADOPT_AT_ONCE)
+        current = await self._in_db(store.watches_read, watcher=self.name)
+        self.counts["ticks"] += 1
+        self._report()
+        now = time.monotonic()
+        fresh = {watch.run_id: watch for watch in current}
+        for run_id in list(self.watched):
+            if run_id not in fresh:
+                del self.watched[run_id]  # ended elsewhere (a callback, the reaper), or taken over
+        for run_id, watch in fresh.items():
+            known = self.watched.get(run_id)
+            if known is None or known.fence != watch.fence:
+                # New to this poller: a poll provider's job is asked about at once; a callback
+                # provider's only when its safety net is due (its callback normally comes first).
+                later = 0.0
+                if watch.style == "callback" and not watch.cancel_requested:
+                    later = (await self._provider(watch)).poll_interval_seconds * SAFETY_NET_FACTOR
+                self._push(now + later, run_id)
+            elif watch.cancel_requested and not known.cancel_requested:
+                self._push(now, run_id)  # a cancel was asked for: tell the provider now
+            if known is not None and known.cancel_sent_at and not watch.cancel_sent_at:
+                watch.cancel_sent_at = known.cancel_sent_at
+            if known is not None and known.fence == watch.fence:
+                watch.provider_status = known.provider_status  # may be newer than the row read a moment ago
+            self.watched[run_id] = watch
+
+    def _ask_due(self, client) -> None:
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            _, run_id = heapq.heappop(self._due)
+            if run_id in self.watched and run_id not in self._asking:
+                self._asking.add(run_id)
+                asyncio.ensure_future(self._ask(client, self.watched[run_id]))
+
+    async def _ask(self, client, watch: store.Watched) -> None:
+        try:
+            async with self._gate:
+                ending = await self._ask_once(client, watch)
+        except Exception:
+            logger.exception("Provider poller %s: asking about job %s failed", self.name, watch.job_id)
+            ending = None
+        finally:
+            self._asking.discard(watch.run_id)
+        if ending is not None:
+            self._endings.append(ending)
+            self._wakeup.set()
+        elif watch.run_id in self.watched:
+            interval = (await self._provider(watch)).poll_interval_seconds
+            if watch.style == "callback" and not watch.cancel_requested:
+                interval *= SAFETY_NET_FACTOR
+            self._push(time.monotonic() + interval, watch.run_id)
+
+    async def _ask_once(self, client, watch: store.Watched) -> store.Ending | None:
+        provider = await self._provider(watch)
+        now = timezone.now()
+        stopping = watch.cancel_requested or now >= watch.deadline_at
+        if stopping:
+            return await self._stop_at_provider(client, watch, provider, timed_out=not watch.cancel_requested)
+        left = (watch.deadline_at - now).total_seconds()
+        self.counts["polls"] += 1
+        try:
+            status = await provider_client.status(client, provider, watch.status_url, job_id=watch.job_id,
+                                                  deadline=time.monotonic() + left)
+        except ProviderTimeout:
+            return await self._stop_at_provider(client, watch, provider, timed_out=True)
+        except RunnerError as error:  # the provider refused the question (a 4xx): the job fails
+            return self._ending(watch, Status("failed", error=str(error)), error=str(error))
+        if status.ended:
+            return self._ending(watch, status)
+        if status.state != watch.provider_status:  # a statement only when the provider's word changed
+            await self._in_db(store.status_seen, watch.run_id, status.state)
+            watch.provider_status = status.state
+        return None
+
+    async def _stop_at_provider(self, client, watch, provider, *, timed_out: bool) -> store.Ending | None:
+        confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)
+        if timed_out:
+            return self._ending(watch, Status("failed"), error=f"timed out after {provider.timeout_seconds:g} s")
+        if watch.cancel_sent_at is None:
+            await self._in_db(store.cancel_sent, watch.run_id)
+            watch.cancel_sent_at = timezone.now()
+        if confirmed:
+            return self._ending(watch, Status("cancelled"), error="Cancelled at the provider, which confirmed it")
+        grace = settings.COORDINATOR_PROVIDER_CANCEL_GRACE
+        if timezone.now() - watch.cancel_sent_at >= timedelta(seconds=grace):
+            return self._ending(watch, Status("cancelled"), error=(
+                f"Cancelled; the provider did not confirm it within {grace} s, so its job may still run"))
+        return None
+
+    def _ending(self, watch, status: Status, *, error: str | None = None) -> store.Ending:
+        return store.Ending(watch.run_id, status, watcher=self.name, fence=watch.fence, error=error)
+
+    async def _flush_endings(self) -> None:
+        if not self._endings:
+            return
+        endings, self._endings = self._endings, []
+        try:
+            ended = await self._in_db(store.runs_end, endings)
+        except (DatabaseError, InterfaceError) as error:
+            logger.warning("Provider poller %s: could not report %s outcome(s) (%s); trying again", self.name, len(endings), error)
+            self._endings = endings + self._endings
+            await self._in_db(connections.close_all)
+            return
+        self.counts["ended"] += len(ended)
+        for run_id in ended:
+            self.watched.pop(run_id, None)
+        for ending in endings:
+            if ending.run_id not in ended:
+                self.watched.pop(ending.run_id, None)  # ended elsewhere or taken over: not ours
+
+    async def _provider(self, watch: store.Watched):
+        provider = self._providers.get(watch.model)
+        if provider is None:
+            model = await self._in_db(CatalogModel.objects.get, name=watch.model)
+            provider = self._providers[watch.model] = runner_call(model, job_id=watch.job_id, prompt="").provider
+        return provider
+

@@ -1,0 +1,185 @@
+"""The database side of jobs at a provider: what the worker records when the provider accepts a job,
+what pollers renew, adopt and read, and how an outcome ends the job through the coordinator.
+
+Who watches a run is `provider_runs.watcher`; its lease is the job's own `lease_expires_at`, renewed
+for all of a poller's runs by one statement per tick. A run whose job's lease lapsed (its poller died)
+or that nobody watches yet is adopted by any poller, which raises its `fence`: the poller it was taken
+from can no longer end it. Ending a run marks it done and reports the outcome in one transaction, so a
+job ends once, whether its poller or the provider's callback (or both) bring the outcome.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from coordination.exceptions import StaleAttempt
+from coordination.models import Job, JobQueueLog, ProviderRun
+from coordination.runners.client import Accepted, Status, result_of
+from coordination.services import job_complete, job_fail, job_stopped
+
+logger = logging.getLogger(__name__)
+
+IN_FLIGHT, DONE = ProviderRun.State.IN_FLIGHT, ProviderRun.State.DONE
+
+
+def _lease(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS)
+
+
+def run_record(*, job_id, attempt: int, model, accepted: Accepted) -> ProviderRun | None:
+    """The provider accepted this attempt: record where to ask about it, in the worker's step that lets
+    go of the job. None if the attempt is no longer the worker's (cancelled, reset, taken over)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(
+            pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt
+        ).first()
+        if job is None:
+            return None
+        run = ProviderRun.objects.create(
+            job=job, attempt=attempt, model=model.name, style=model.provider_style,
+            provider_job_id=accepted.provider_job_id, status_url=accepted.status_url,
+            provider_status=accepted.status.state, submitted_at=now,
+            deadline_at=now + timedelta(seconds=model.timeout_seconds),
+        )
+        # Its lease now runs until a poller takes it (at its next tick, watcher being empty).
+        Job.objects.filter(pk=job_id).update(lease_expires_at=_lease(now), heartbeat_at=now)
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.AT_PROVIDER, job=job, details={
+            "attempt": attempt, "provider_job_id": accepted.provider_job_id, "style": model.provider_style,
+        })
+    logger.info("Job %s attempt %s is at the provider as %s; its worker lets go of it",
+                job_id, attempt, accepted.provider_job_id)
+    return run
+
+
+@dataclass
+class Watched:
+    """What a poller knows of a run it watches."""
+
+    run_id: int
+    job_id: object
+    attempt: int
+    fence: int
+    model: str
+    style: str
+    provider_job_id: str
+    status_url: str
+    deadline_at: datetime
+    cancel_requested: bool = False
+    cancel_sent_at: datetime | None = None
+    provider_status: str = ""  # what the provider last said (written only when it changes)
+
+
+def watches_renew(*, watcher: str) -> int:
+    """One statement: the leases of every job this poller watches, renewed."""
+    now = timezone.now()
+    return Job.objects.filter(
+        status=Job.Status.RUNNING, provider_runs__watcher=watcher, provider_runs__state=IN_FLIGHT,
+    ).update(lease_expires_at=_lease(now), heartbeat_at=now)
+
+
+def watches_read(*, watcher: str) -> list[Watched]:
+    """The runs this poller still watches, with what changed on their jobs (a cancel asked for)."""
+    rows = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING).values(
+        "id", "job_id", "attempt", "fence", "model", "style", "provider_job_id", "status_url", "deadline_at",
+        "cancel_sent_at", "provider_status", "job__cancel_requested_at", "job__attempt",
+    )
+    return [
+        Watched(row["id"], row["job_id"], row["attempt"], row["fence"], row["model"], row["style"],
+                row["provider_job_id"], row["status_url"], row["deadline_at"],
+                cancel_requested=row["job__cancel_requested_at"] is not None, cancel_sent_at=row["cancel_sent_at"],
+                provider_status=row["provider_status"])
+        for row in rows if row["job__attempt"] == row["attempt"]
+    ]
+
+
+def watches_adopt(*, watcher: str, limit: int) -> int:
+    """Take runs nobody watches, or whose watcher's lease lapsed (it died): under a raised fence, with
+    their leases renewed, in one transaction. Two pollers never take one run (PostgreSQL: SKIP LOCKED;
+    SQLite: one writer at a time). Returns how many were taken."""
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = ProviderRun.objects.filter(state=IN_FLIGHT, job__status=Job.Status.RUNNING).filter(
+            Q(watcher__isnull=True) | Q(job__lease_expires_at__lt=now)
+        ).exclude(watcher=watcher)
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        taken = list(candidates.order_by("id").values_list("id", "job_id", "watcher", "fence")[:limit])
+        if not taken:
+            return 0
+        ids = [run_id for run_id, *_ in taken]
+        ProviderRun.objects.filter(id__in=ids).update(watcher=watcher, fence=F("fence") + 1)
+        Job.objects.filter(job_id__in=[job_id for _, job_id, *_ in taken]).update(lease_expires_at=_lease(now), heartbeat_at=now)
+        from_others = [(run_id, job_id, previous) for run_id, job_id, previous, _ in taken if previous]
+        if from_others:
+            JobQueueLog.objects.bulk_create([
+                JobQueueLog(job_id=job_id, job_type=Job.Kind.NORMAL, event_type=JobQueueLog.Event.ADOPTED,
+                            details={"poller": watcher, "from": previous, "run": run_id})
+                for run_id, job_id, previous in from_others
+            ])
+    return len(taken)
+
+
+def watches_release(*, watcher: str) -> int:
+    """A poller that stops lets go of its runs: the next poller takes them at once, not a lease later."""
+    return ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT).update(watcher=None)
+
+
+def cancel_sent(run_id: int) -> None:
+    ProviderRun.objects.filter(pk=run_id, cancel_sent_at__isnull=True).update(cancel_sent_at=timezone.now())
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A run's outcome, to be reported: the provider's last word, or what we decided (a timeout, a
+    cancel the provider did not confirm)."""
+
+    run_id: int
+    status: Status
+    watcher: str | None = None  # a poller's report: only while it still holds the run
+    fence: int | None = None
+    error: str | None = None  # our own words for a failure or a cancel
+
+
+def runs_end(endings: list[Ending]) -> list[int]:
+    """End these runs and report their outcomes through the coordinator, together in one transaction
+    (one commit for a poller's whole batch). A run already done, or taken by another poller, is skipped.
+    Returns the ids ended here."""
+    ended = []
+    with transaction.atomic():
+        for ending in endings:
+            runs = ProviderRun.objects.filter(pk=ending.run_id, state=IN_FLIGHT)
+            if ending.watcher is not None:
+                runs = runs.filter(watcher=ending.watcher, fence=ending.fence)
+            run = runs.select_for_update().first()
+            if run is None or not ProviderRun.objects.filter(pk=run.pk, state=IN_FLIGHT).update(
+                state=DONE, finished_at=timezone.now(), provider_status=ending.status.state,
+            ):
+                continue
+            _report(run, ending)
+            ended.append(run.pk)
+    return ended
+
+
+def _report(run: ProviderRun, ending: Ending) -> None:
+    status = ending.status
+    try:
+        if status.state == "succeeded":
+            job_complete(job_id=run.job_id, attempt=run.attempt, result=result_of(run.provider_job_id, status))
+        elif status.state == "cancelled" and Job.objects.filter(pk=run.job_id, cancel_requested_at__isnull=False).exists():
+            job_stopped(job_id=run.job_id, attempt=run.attempt, error=ending.error or "cancelled at the provider")
+        else:
+            error = ending.error or f"Provider job {run.provider_job_id} {status.state}: {status.error or '(no message)'}"
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error)
+    except StaleAttempt:
+        pass  # the job moved on (a reset, a timeout): recorded by the coordinator; the run is done
+
+
+def status_seen(run_id: int, state: str) -> None:
+    """The provider's word changed (queued → running): shown on the job while it waits there."""
+    ProviderRun.objects.filter(pk=run_id, state=IN_FLIGHT).exclude(provider_status=state).update(provider_status=state)

@@ -1,0 +1,258 @@
+"""A generation provider over HTTP: the protocol our `http` runner speaks, with httpx for the requests
+and tenacity for waiting out what a provider asks us to wait out.
+
+The protocol (the catalog model says where and how: `provider_url`, `provider_style`,
+`credential_env`, `timeout_seconds`, `max_connect_retries`):
+
+- **Submit**: `POST provider_url`, JSON `{"model", "prompt", "params", "inputs", "job_id"}` (and
+  `"callback_url"` for a callback provider), `Idempotency-Key: <job_id>:<attempt>` (a submit sent
+  again for the same attempt is the same job to the provider), and `Authorization: Bearer <token>`
+  when `credential_env` names a variable (only its name is in the database).
+- **sync**: the 2xx JSON answer is the result (one that is not an object is wrapped as
+  `{"output": answer}`, so a workflow's next step still finds `output`).
+- **poll** and **callback**: the 2xx answer names the provider's job, `{"id", "status_url"?, "status"?}`;
+  without a `status_url` it is `provider_url/<id>` (a relative one is resolved against
+  `provider_url`). `GET status_url` answers `{"status": "queued" | "running" | "succeeded" | "failed" |
+  "cancelled", "output"?, "error"?, "progress"?}`; a callback provider POSTs the same body, with its
+  `id`, to `callback_url` when the job ends (coordination/providers/callbacks.py).
+- **Cancel**: `DELETE status_url`; a 2xx (or a 404: there is no such job any more) confirms it.
+- **Limits**: a `429` or `503` is waited out, for `Retry-After` seconds (or until its date) when it
+  says, else with exponential back-off and jitter, without failing the job, until `timeout_seconds`
+  since the call began. A refused or reset connection or another 5xx is tried again
+  `max_connect_retries` times when submitting; when asking about a job already at the provider, it is
+  waited out like a limit (the job is there; an outage does not end it). Any other 4xx fails the job
+  with the provider's own words. Redirects are not followed.
+"""
+
+import asyncio
+import email.utils
+import os
+import sys
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
+from uuid import UUID
+
+# httpx's command-line client pulls in rich, click and pygments (4 MB in every process) when they are
+# installed, as the test tools install them; no process here runs it.
+sys.modules.setdefault("httpx._main", None)
+
+import httpx  # noqa: E402
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from coordination.runners.base import Provider, RunnerCall, RunnerError, RunnerStopped
+
+MESSAGE_LIMIT = 500
+CANCEL_TIMEOUT = 5.0
+BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+class ProviderTimeout(RunnerError):
+    """The call used up the model's timeout_seconds."""
+
+
+class _Again(Exception):
+    """Worth asking again. `counted`: it uses up one of max_connect_retries (else it is a limit the
+    provider set, waited out until the deadline); `after`: seconds the provider asked us to wait."""
+
+    def __init__(self, reason: str, *, counted: bool, after: float | None = None):
+        super().__init__(reason)
+        self.counted, self.after = counted, after
+
+
+@dataclass(frozen=True)
+class Status:
+    state: str  # queued, running, succeeded, failed, cancelled (or whatever the provider said)
+    output: object = None
+    error: str | None = None
+    progress: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @classmethod
+    def of(cls, body) -> "Status":
+        if not isinstance(body, dict):
+            return cls("unknown", error=message_of(body))
+        progress = body.get("progress")
+        error = message_of(body) if body.get("status") in ("failed", "cancelled") else None
+        return cls(str(body.get("status") or "unknown"), body.get("output"), error,
+                   float(progress) if isinstance(progress, (int, float)) else None)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the job: its id, where to ask about it, and what it said first."""
+
+    provider_job_id: str
+    status_url: str
+    status: Status
+
+
+def result_of(provider_job_id: str, status: Status) -> dict:
+    """A job's result from its provider's last word (succeeded)."""
+    return {"runner": "http", "provider_job_id": provider_job_id, "output": status.output}
+
+
+def headers(provider: Provider, *, job_id: UUID, attempt: int | None = None) -> dict:
+    out = {"Accept": "application/json", "User-Agent": "job-queue-coordinator"}
+    if provider.credential_env:
+        token = os.environ.get(provider.credential_env)
+        if not token:
+            raise RunnerError(f"Credential environment variable {provider.credential_env} is not set")
+        out["Authorization"] = f"Bearer {token}"
+    if attempt is not None:
+        out["Idempotency-Key"] = f"{job_id}:{attempt}"
+    return out
+
+
+def new_client(**limits) -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(**limits) if limits else httpx.Limits())
+
+
+async def submit(client: httpx.AsyncClient, call: RunnerCall, *, attempt: int | None, deadline: float,
+                 callback_url: str | None = None):
+    """Send the job. A sync provider's answer is the result (a dict); a poll or callback provider's is
+    Accepted."""
+    provider = call.provider
+    body = {"model": call.model, "prompt": call.prompt, "params": call.params, "inputs": call.inputs,
+            "job_id": str(call.job_id)}
+    if callback_url:
+        body["callback_url"] = callback_url
+    answer = await _request(client, "POST", provider.url, provider=provider, deadline=deadline, patient=False,
+                            headers=headers(provider, job_id=call.job_id, attempt=attempt), json=body)
+    if provider.style == "sync":
+        return answer if isinstance(answer, dict) else {"output": answer}
+    if not isinstance(answer, dict) or answer.get("id") in (None, ""):
+        raise RunnerError(f"Provider answered no job id to poll: {message_of(answer)}")
+    provider_job_id = str(answer["id"])
+    status_url = (urljoin(provider.url, answer["status_url"]) if answer.get("status_url")
+                  else f"{provider.url.rstrip('/')}/{provider_job_id}")
+    return Accepted(provider_job_id, status_url, Status.of({**answer, "status": answer.get("status") or "queued"}))
+
+
+async def status(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID,
+                 deadline: float) -> Status:
+    """What the provider says of its job now (outages and limits waited out until the deadline)."""
+    answer = await _request(client, "GET", status_url, provider=provider, deadline=deadline, patient=True,
+                            headers=headers(provider, job_id=job_id))
+    return Status.of(answer)
+
+
+async def cancel(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> bool:
+    """Ask the provider to drop its job; True once it confirmed (a 2xx, or a 404: it has none)."""
+    try:
+        response = await client.request("DELETE", status_url, headers=headers(provider, job_id=job_id),
+                                        timeout=CANCEL_TIMEOUT)
+    except httpx.HTTPError:
+        return False
+    return response.is_success or response.status_code == 404
+
+
+async def _request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool, **kwargs):
+    counted = 0
+
+    def stop(state: RetryCallState) -> bool:
+        error = state.outcome.exception()
+        if not patient and error.counted and counted > provider.max_connect_retries:
+            return True
+        return time.monotonic() + _pause(state) >= deadline
+
+    def count(state: RetryCallState) -> None:
+        nonlocal counted
+        counted += state.outcome.exception().counted
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type(_Again), wait=_pause, stop=stop, after=count,
+                             retry_error_callback=lambda state: _give_up(state, provider, deadline, patient))
+    async for attempt in retrying:
+        with attempt:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s")
+            try:
+                response = await client.request(method, url, timeout=left, **kwargs)
+            except httpx.TimeoutException:
+                if time.monotonic() >= deadline:
+                    raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s") from None
+                raise _Again("the provider did not answer in time", counted=True) from None
+            except httpx.TransportError as error:
+                raise _Again(f"{type(error).__name__}: {error}", counted=True) from None
+            return _decoded(response)
+    return retrying.retry_error_callback  # not reached: the callback raises
+
+
+def _pause(state: RetryCallState) -> float:
+    error = state.outcome.exception()
+    return error.after if getattr(error, "after", None) is not None else BACKOFF(state)
+
+
+def _give_up(state: RetryCallState, provider: Provider, deadline: float, patient: bool):
+    error = state.outcome.exception()
+    if time.monotonic() + _pause(state) >= deadline:
+        raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s ({error})")
+    raise RunnerError(f"Provider unavailable after {provider.max_connect_retries + 1} tries: {error}")
+
+
+def _decoded(response: httpx.Response):
+    try:
+        body = response.json() if response.content.strip() else None
+    except ValueError:
+        body = response.text
+    code = response.status_code
+    if code in (429, 503):
+        raise _Again(f"HTTP {code}: {message_of(body)}", counted=False, after=_retry_after(response))
+    if code >= 500:
+        raise _Again(f"HTTP {code}: {message_of(body)}", counted=True)
+    if code >= 400:
+        raise RunnerError(f"Provider refused the request (HTTP {code}): {message_of(body)}")
+    if code >= 300:
+        raise RunnerError(f"Provider answered HTTP {code}, which the http runner does not follow")
+    return body
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def message_of(body) -> str:
+    """The provider's own words: `error` (a string or {"message"}), `message` or `detail`, else the body."""
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value
+            if value:
+                return str(value)[:MESSAGE_LIMIT]
+    return str(body)[:MESSAGE_LIMIT] if body not in (None, "") else "(no message)"
+
+
+# --- from a worker's thread ----------------------------------------------------------------------
+
+
+def run(coroutine_of, *, should_stop, tick: float = 0.1):
+    """Run `coroutine_of(client)` to its end in this (worker) thread, stopping it the moment
+    `should_stop()` says so (RunnerStopped): a provider that answers slowly cannot make a cancel wait."""
+
+    async def main():
+        async with new_client() as client:
+            work = asyncio.ensure_future(coroutine_of(client))
+            while not work.done():
+                await asyncio.wait({work}, timeout=tick)
+                if not work.done() and should_stop():
+                    work.cancel()
+                    # Let it tell the provider (a cancel, bounded by CANCEL_TIMEOUT) before the client closes.
+                    await asyncio.wait({work}, timeout=CANCEL_TIMEOUT + 1)
+                    raise RunnerStopped("Stopped while the provider was being asked")
+            return work.result()
+
+    return asyncio.run(main())
