@@ -159,6 +159,9 @@ class FakeProvider:
 def _handler(provider: FakeProvider):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real provider's API
+        # Headers and body go out in two writes: with Nagle's algorithm on, a kept-alive connection's
+        # second write waits for the client's delayed ACK (40 ms a request). A real server sends at once.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):
             pass

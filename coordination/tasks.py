@@ -260,7 +260,7 @@ def _when_database_answers(function, *args, **kwargs):
     outcome waits here rather than being lost, and a worker carries on rather than failing its job."""
     retrying = Retrying(
         retry=retry_if_exception_type((OperationalError, InterfaceError)),
-        wait=wait_exponential_jitter(initial=0.2, max=5, jitter=0.3),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.3),
         stop=stop_after_delay(2 * settings.COORDINATOR_LEASE_SECONDS),
         before_sleep=_reconnect,
         reraise=True,

@@ -36,22 +36,21 @@ def run_record(*, job_id, attempt: int, model, accepted: Accepted) -> ProviderRu
     go of the job. None if the attempt is no longer the worker's (cancelled, reset, taken over)."""
     now = timezone.now()
     with transaction.atomic():
-        job = Job.objects.select_for_update().filter(
+        # The UPDATE holds the job's row until the commit, as a SELECT FOR UPDATE would, in one statement:
+        # its lease now runs until a poller takes the run (at its next tick, watcher being empty).
+        if not Job.objects.filter(
             pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt
-        ).first()
-        if job is None:
+        ).update(lease_expires_at=_lease(now), heartbeat_at=now):
             return None
         run = ProviderRun.objects.create(
-            job=job, attempt=attempt, model=model.name, style=model.provider_style,
+            job_id=job_id, attempt=attempt, model=model.name, style=model.provider_style,
             provider_job_id=accepted.provider_job_id, status_url=accepted.status_url,
             provider_status=accepted.status.state, submitted_at=now,
             deadline_at=now + timedelta(seconds=model.timeout_seconds),
         )
-        # Its lease now runs until a poller takes it (at its next tick, watcher being empty).
-        Job.objects.filter(pk=job_id).update(lease_expires_at=_lease(now), heartbeat_at=now)
-        JobQueueLog.objects.record(event_type=JobQueueLog.Event.AT_PROVIDER, job=job, details={
-            "attempt": attempt, "provider_job_id": accepted.provider_job_id, "style": model.provider_style,
-        })
+        JobQueueLog.objects.create(job_id=job_id, job_type=Job.Kind.NORMAL, event_type=JobQueueLog.Event.AT_PROVIDER,
+                                   details={"attempt": attempt, "provider_job_id": accepted.provider_job_id,
+                                            "style": model.provider_style})
     logger.info("Job %s attempt %s is at the provider as %s; its worker lets go of it",
                 job_id, attempt, accepted.provider_job_id)
     return run
@@ -83,25 +82,37 @@ def watches_renew(*, watcher: str) -> int:
     ).update(lease_expires_at=_lease(now), heartbeat_at=now)
 
 
-def watches_read(*, watcher: str) -> list[Watched]:
-    """The runs this poller still watches, with what changed on their jobs (a cancel asked for)."""
-    rows = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING).values(
+def watches_read(*, watcher: str, run_ids: list[int] | None = None) -> list[Watched]:
+    """The runs this poller still watches (or just these of them), with what changed on their jobs
+    (a cancel asked for)."""
+    runs = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING)
+    if run_ids is not None:
+        runs = runs.filter(id__in=run_ids)
+    rows = runs.values_list(
         "id", "job_id", "attempt", "fence", "model", "style", "provider_job_id", "status_url", "deadline_at",
         "cancel_sent_at", "provider_status", "job__cancel_requested_at", "job__attempt",
     )
     return [
-        Watched(row["id"], row["job_id"], row["attempt"], row["fence"], row["model"], row["style"],
-                row["provider_job_id"], row["status_url"], row["deadline_at"],
-                cancel_requested=row["job__cancel_requested_at"] is not None, cancel_sent_at=row["cancel_sent_at"],
-                provider_status=row["provider_status"])
-        for row in rows if row["job__attempt"] == row["attempt"]
+        Watched(run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at,
+                cancel_requested=cancel_requested_at is not None, cancel_sent_at=cancel_sent_at,
+                provider_status=provider_status)
+        for (run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at, cancel_sent_at,
+             provider_status, cancel_requested_at, job_attempt) in rows
+        if job_attempt == attempt
     ]
 
 
-def watches_adopt(*, watcher: str, limit: int) -> int:
+def watches_cancelled(*, watcher: str) -> list[int]:
+    """The runs this poller watches whose jobs were asked to stop (an operator's or owner's cancel)."""
+    return list(ProviderRun.objects.filter(
+        watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING, job__cancel_requested_at__isnull=False,
+    ).values_list("id", flat=True))
+
+
+def watches_adopt(*, watcher: str, limit: int) -> list[int]:
     """Take runs nobody watches, or whose watcher's lease lapsed (it died): under a raised fence, with
     their leases renewed, in one transaction. Two pollers never take one run (PostgreSQL: SKIP LOCKED;
-    SQLite: one writer at a time). Returns how many were taken."""
+    SQLite: one writer at a time). Returns the ids of the runs taken."""
     now = timezone.now()
     with transaction.atomic():
         candidates = ProviderRun.objects.filter(state=IN_FLIGHT, job__status=Job.Status.RUNNING).filter(
@@ -111,7 +122,7 @@ def watches_adopt(*, watcher: str, limit: int) -> int:
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
         taken = list(candidates.order_by("id").values_list("id", "job_id", "watcher", "fence")[:limit])
         if not taken:
-            return 0
+            return []
         ids = [run_id for run_id, *_ in taken]
         ProviderRun.objects.filter(id__in=ids).update(watcher=watcher, fence=F("fence") + 1)
         Job.objects.filter(job_id__in=[job_id for _, job_id, *_ in taken]).update(lease_expires_at=_lease(now), heartbeat_at=now)
@@ -122,7 +133,7 @@ def watches_adopt(*, watcher: str, limit: int) -> int:
                             details={"poller": watcher, "from": previous, "run": run_id})
                 for run_id, job_id, previous in from_others
             ])
-    return len(taken)
+    return ids
 
 
 def watches_release(*, watcher: str) -> int:
