@@ -2,13 +2,14 @@
 process), watching every job its cluster's workers left at a provider.
 
 One event loop and one `httpx.AsyncClient` with at most COORDINATOR_POLLER_CONCURRENCY requests open;
-one thread for the database (one connection). Every COORDINATOR_POLLER_TICK seconds it renews the
-leases of all the jobs it watches (one statement), reads what changed on them (one), and adopts runs
-nobody watches or whose poller died (one, when there are any). Between ticks it asks each provider
+one thread for the database (one connection). Every COORDINATOR_POLLER_TICK seconds it adopts runs
+nobody watches or whose poller died (one statement; then one to read those it took) and looks for
+cancels asked for (one); every third of a lease it renews the leases of all the jobs it watches (one
+statement) and reads them all again (one). Between ticks it asks each provider
 about each job at the model's poll interval (a callback provider's job: ten times as seldom, as a
 safety net), and waits out a provider's limits as the client does. Each outcome (a provider's last
 word, a timeout, a cancel) is reported through the coordinator: those that come together, in one
-transaction. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
+transaction, in the background while polls go on. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
 once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not.
 """
 
@@ -16,6 +17,7 @@ import asyncio
 import heapq
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -50,6 +52,8 @@ class Poller:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-db")
         self._wakeup = asyncio.Event()  # an outcome to report, or a poll due sooner than the loop thought
         self._providers_read_at = 0.0
+        self._whole_due = 0.0  # when to renew every lease and read every run again
+        self._flushing: asyncio.Task | None = None
         # What it did since its last report line (every COORDINATOR_POLLER_REPORT seconds).
         self.counts = {"ticks": 0, "statements": 0, "polls": 0, "ended": 0}
         self._reported_at = time.monotonic()
@@ -83,7 +87,7 @@ class Poller:
         concurrency = settings.COORDINATOR_POLLER_CONCURRENCY
         self._gate = asyncio.Semaphore(concurrency)
         logger.info("Provider poller %s started", self.name)
-        async with provider_client.new_client(max_connections=concurrency, max_keepalive_connections=concurrency) as client:
+        async with provider_client.new_pooled_client(max_connections=concurrency) as client:
             next_tick = 0.0
             backoff = 1.0
             while not stop.is_set():
@@ -101,9 +105,14 @@ class Poller:
                         continue
                     next_tick = time.monotonic() + settings.COORDINATOR_POLLER_TICK
                 self._ask_due(client)
-                await self._flush_endings()
+                if self._endings and (self._flushing is None or self._flushing.done()):
+                    # In the background: polls keep going out while the database ends a batch.
+                    self._flushing = asyncio.ensure_future(self._flush_endings())
                 wake = min(next_tick, self._due[0][0] if self._due else next_tick)
                 await self._sleep(stop, max(0.0, wake - time.monotonic()))
+        if self._flushing is not None:
+            await self._flushing
+        await self._flush_endings()
         await self._in_db(store.watches_release, watcher=self.name)
         await self._in_db(connections.close_all)
         self._db.shutdown(wait=True)
@@ -121,26 +130,46 @@ class Poller:
         self._wakeup.set()
 
     async def _tick(self) -> None:
+        """Adopt what nobody watches and look for cancels, every tick; renew every lease and read all
+        its runs again (dropping those that ended elsewhere) every third of a lease. Reading and renewing
+        a thousand runs each second cost the database 250 ms a second."""
         if time.monotonic() - self._providers_read_at > 30:  # an operator's catalog edits, within 30 s
             self._providers, self._providers_read_at = {}, time.monotonic()
-        await self._in_db(store.watches_renew, watcher=self.name)
+        whole = time.monotonic() >= self._whole_due
+        if whole:
+            await self._in_db(store.watches_renew, watcher=self.name)
+            self._whole_due = time.monotonic() + settings.COORDINATOR_LEASE_SECONDS / 3
         adopted = await self._in_db(store.watches_adopt, watcher=self.name, limit=ADOPT_AT_ONCE)
-        current = await self._in_db(store.watches_read, watcher=self.name)
+        if whole:
+            current = await self._in_db(store.watches_read, watcher=self.name)
+        else:
+            current = await self._in_db(store.watches_read, watcher=self.name, run_ids=adopted) if adopted else []
+            for run_id in await self._in_db(store.watches_cancelled, watcher=self.name):
+                known = self.watched.get(run_id)
+                if known is not None and not known.cancel_requested:
+                    known.cancel_requested = True
+                    self._push(time.monotonic(), run_id)  # a cancel was asked for: tell the provider now
         self.counts["ticks"] += 1
         self._report()
         now = time.monotonic()
         fresh = {watch.run_id: watch for watch in current}
-        for run_id in list(self.watched):
-            if run_id not in fresh:
-                del self.watched[run_id]  # ended elsewhere (a callback, the reaper), or taken over
+        if whole:
+            for run_id in list(self.watched):
+                if run_id not in fresh:
+                    del self.watched[run_id]  # ended elsewhere (a callback, the reaper), or taken over
         for run_id, watch in fresh.items():
             known = self.watched.get(run_id)
             if known is None or known.fence != watch.fence:
-                # New to this poller: a poll provider's job is asked about at once; a callback
-                # provider's only when its safety net is due (its callback normally comes first).
-                later = 0.0
-                if watch.style == "callback" and not watch.cancel_requested:
-                    later = (await self._provider(watch)).poll_interval_seconds * SAFETY_NET_FACTOR
+                # New to this poller: a poll provider's job is first asked about within one interval, at
+                # a random point of it (a thousand taken at once are not all asked at the same instant,
+                # and then every interval again together); a callback provider's only when its safety
+                # net is due (its callback normally comes first); a cancel asked for, at once.
+                interval = (await self._provider(watch)).poll_interval_seconds
+                later = random.uniform(0, interval)
+                if watch.cancel_requested:
+                    later = 0.0
+                elif watch.style == "callback":
+                    later = interval * SAFETY_NET_FACTOR
                 self._push(now + later, run_id)
             elif watch.cancel_requested and not known.cancel_requested:
                 self._push(now, run_id)  # a cancel was asked for: tell the provider now
@@ -222,11 +251,14 @@ class Poller:
         endings, self._endings = self._endings, []
         try:
             ended = await self._in_db(store.runs_end, endings)
-        except (DatabaseError, InterfaceError) as error:
-            logger.warning("Provider poller %s: could not report %s outcome(s) (%s); trying again", self.name, len(endings), error)
+        except Exception as error:  # the database away (or worse): nothing is lost, they are reported again
+            (logger.warning if isinstance(error, (DatabaseError, InterfaceError)) else logger.exception)(
+                "Provider poller %s: could not report %s outcome(s) (%s); trying again in 1 s", self.name, len(endings), error)
             self._endings = endings + self._endings
             await self._in_db(connections.close_all)
+            await asyncio.sleep(1.0)
             return
+        self._wakeup.set()  # what came in meanwhile goes next
         self.counts["ended"] += len(ended)
         for run_id in ended:
             self.watched.pop(run_id, None)
