@@ -56,15 +56,21 @@ def rss_mb(pid: int) -> float:
     return int(next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), 0)) / 1024
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """Each process's CPU time so far (user + system), by pid."""
+    times = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+        times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return times
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings, process by process (one that started meanwhile from zero)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -122,8 +128,10 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
     try:
         cluster.wait_running()
         idle = sample()
+        began = time.monotonic()
         for _ in range(in_flight + waiting):
             job_submit(owner=owner, model=MODEL, prompt="bench", params={"seconds": JOB_SECONDS})
+        submitted = time.monotonic() - began
         deadline = time.monotonic() + 600
         first_end = None
         while Job.objects.exclude(status__in=Job.FINISHED).exists():
@@ -143,6 +151,9 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
         fake.stop()
         close_old_connections()
 
+    all_there = next((row[0] - began for row in samples if row[1] >= in_flight), None)
+    out(f"    submitted {in_flight + waiting:,} jobs in {submitted:.1f} s (this process, job_submit); all {in_flight:,} at the "
+        f"provider {'after %.1f s' % all_there if all_there is not None else 'never at once'}")
     # The waiting window: all in flight, none ended yet (the first ends JOB_SECONDS after its submit).
     full = [row for row in samples if row[1] >= in_flight and row[0] < first_end - 0.5]
     jobs = list(Job.objects.filter(model=MODEL).order_by("started_at").values_list("job_id", "status", "started_at"))
@@ -156,11 +167,13 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
         f"attempts the provider was sent more than once: {sum(count > 1 for count in submits.values())}")
     if len(full) >= 2:
         (t0, _, _, _, cpu0, _), (t1, _, _, _, cpu1, _) = full[0], full[-1]
-        cpu = (cpu1 - cpu0) / (t1 - t0) * 100
+        cpu = cpu_used(cpu0, cpu1) / (t1 - t0) * 100
+        each = sorted(((seconds - cpu0.get(pid, 0.0)) / (t1 - t0) * 100 for pid, seconds in cpu1.items()), reverse=True)
         largest = max(full, key=lambda row: row[3])
         out(f"    worker cluster while {in_flight:,} wait at the provider ({t1 - t0:.0f} s): memory {largest[3]:.0f} MB in all "
             f"(target <= 400; {len(largest[5])} processes: {' + '.join(f'{size:.0f}' for size in largest[5])}; "
-            f"idle before the jobs: {idle[3]:.0f} MB), CPU {cpu:.1f} % of one core (target <= 10)")
+            f"idle before the jobs: {idle[3]:.0f} MB), CPU {cpu:.1f} % of one core (target <= 10; "
+            f"{' + '.join(f'{share:.1f}' for share in each)})")
     else:
         out("    (no sample with every job in flight and none ended: the submits took longer than a job)")
     out(f"    database connections of the worker cluster: at most {max(row[2] for row in samples)} (target <= 20)")
