@@ -516,7 +516,7 @@ class ProviderRun(models.Model):
     """A job's attempt that is at a remote provider (coordination/providers): the provider accepted it
     and said where to ask about it, and no worker process waits for it. One poller of one qcluster
     watches it at a time (`watcher`; its lease is the job's `lease_expires_at`, which that poller renews
-    every tick); a poller that adopts it from another raises `fence`, so the one it was taken from can
+    every third of a lease); a poller that adopts it from another raises `fence`, so the one it was taken from can
     no longer report it. Its outcome ends the job through the coordinator, in the same transaction
     that marks this row done (a poller's poll, or the provider's callback: whichever comes first)."""
 

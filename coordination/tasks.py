@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing import current_process
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
@@ -13,15 +14,15 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
-from coordination.runners import client as provider_client
-from coordination.providers import store as provider_store
-from coordination.runners.client import Accepted
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, job_events_prune, queue_log_prune
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
 from coordination.recovery import reap as reaper_pass
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
+
+if TYPE_CHECKING:
+    from coordination.runners.client import Accepted
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,9 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
     """The provider accepted the attempt: record it and let go of the job (its qcluster's poller
     watches it from now on; no hand-off: this worker is free at once). A cancel asked for meanwhile,
     or an attempt that is no longer ours, drops the provider's job again."""
+    from coordination.providers import store as provider_store
+    from coordination.runners import client as provider_client
+
     run = None
     if not cancelled:
         try:
@@ -292,7 +296,7 @@ class AtProvider:
     """A normal job's model call that the provider accepted and will work on without this worker."""
 
     model: CatalogModel
-    accepted: Accepted
+    accepted: "Accepted"
 
 
 def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
@@ -304,6 +308,9 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
     runner = get_runner(model.runner)
     if not model.detaches:
         return runner.run(call)
+    # The HTTP stack is imported here, not with this module: a worker that runs no provider job never carries it.
+    from coordination.runners.client import Accepted
+
     answer = runner.submit(call)
     return AtProvider(model, answer) if isinstance(answer, Accepted) else answer
 

@@ -213,7 +213,8 @@ COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
 # <COORDINATOR_PUBLIC_URL>/providers/<model>/callback.
 COORDINATOR_PUBLIC_URL = os.environ.get("COORDINATOR_PUBLIC_URL", "http://127.0.0.1:8000")
 # Each qcluster's poller (coordination/providers/poller.py): how many provider requests it has open at
-# once, and how often it renews the leases of the jobs it watches and looks for jobs to adopt.
+# once, and how often it looks for jobs to adopt and cancels to send (it renews its leases every third
+# of COORDINATOR_LEASE_SECONDS).
 COORDINATOR_POLLER_CONCURRENCY = env_int("COORDINATOR_POLLER_CONCURRENCY", 50)
 COORDINATOR_POLLER_TICK = float(os.environ.get("COORDINATOR_POLLER_TICK", "1.0"))
 # Each poller logs what it watches and what that cost the database this often (seconds).

@@ -2,7 +2,7 @@
 what pollers renew, adopt and read, and how an outcome ends the job through the coordinator.
 
 Who watches a run is `provider_runs.watcher`; its lease is the job's own `lease_expires_at`, renewed
-for all of a poller's runs by one statement per tick. A run whose job's lease lapsed (its poller died)
+for all of a poller's runs by one statement every third of a lease. A run whose job's lease lapsed (its poller died)
 or that nobody watches yet is adopted by any poller, which raises its `fence`: the poller it was taken
 from can no longer end it. Ending a run marks it done and reports the outcome in one transaction, so a
 job ends once, whether its poller or the provider's callback (or both) bring the outcome.

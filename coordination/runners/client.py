@@ -109,8 +109,8 @@ def headers(provider: Provider, *, job_id: UUID, attempt: int | None = None) -> 
     return out
 
 
-def new_client(**limits) -> httpx.AsyncClient:
-    return httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(**limits) if limits else httpx.Limits())
+def new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(follow_redirects=False)
 
 
 def new_pooled_client(*, max_connections: int) -> httpx.AsyncClient:
