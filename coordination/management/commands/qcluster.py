@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from django.conf import settings
+from django.core.checks import Tags
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 class Command(ClusterCommand):
     help = "Starts the worker cluster (django-q2) and its provider poller."
+    # The models' checks only. The others (the URLs, the admin, the templates) import the whole web
+    # side, 15 MB that every process of the cluster would carry from its fork and never use;
+    # `migrate`, which `make run` and a deployment run first, checks everything.
+    requires_system_checks = [Tags.models]
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # the cluster signs its tasks with it: fail before starting without one
