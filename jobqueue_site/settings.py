@@ -257,6 +257,8 @@ Q_CLUSTER = {
     # The jobs table records every outcome; django-q2's success rows would only slow the worker.
     "save_limit": -1,
     "poll": float(os.environ.get("Q_POLL", "0.05")),
+    # django-q2's ORM broker, asking an empty queue with one plain statement (coordination/broker.py).
+    "broker_class": "coordination.broker.Orm",
     "catch_up": False,
     "label": "Task queue (django-q2)",
 }

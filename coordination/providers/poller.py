@@ -7,7 +7,8 @@ nobody watches or whose poller died (one statement; then one to read those it to
 cancels asked for (one); every third of a lease it renews the leases of all the jobs it watches (one
 statement) and reads them all again (one). Between ticks it asks each provider
 about each job at the model's poll interval (a callback provider's job: ten times as seldom, as a
-safety net), and waits out a provider's limits as the client does. Each outcome (a provider's last
+safety net); a provider's limit or outage is waited out (its Retry-After, else back-off) by asking
+again later, holding no request open meanwhile. Each outcome (a provider's last
 word, a timeout, a cancel) is reported through the coordinator: those that come together, in one
 transaction, in the background while polls go on. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
 once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not.
@@ -31,13 +32,15 @@ from django.utils import timezone
 from coordination.models import CatalogModel
 from coordination.runners import client as provider_client
 from coordination.providers import store
-from coordination.runners.client import ProviderTimeout, Status
+from coordination.runners.client import AskAgain, Status
 from coordination.runners import runner_call
 from coordination.runners.base import RunnerError
 
 logger = logging.getLogger(__name__)
 
 SAFETY_NET_FACTOR = 10  # a callback provider's job is polled this many times less often
+POLL_TOGETHER = 0.2  # seconds: polls falling due this close together are sent at once
+QUESTION_TIMEOUT = 60.0  # seconds one poll may wait for its answer (a provider that hangs holds no slot longer)
 ADOPT_AT_ONCE = 5000
 
 
@@ -50,7 +53,8 @@ class Poller:
         self._endings: list[store.Ending] = []
         self._providers: dict[str, object] = {}
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-db")
-        self._wakeup = asyncio.Event()  # an outcome to report, or a poll due sooner than the loop thought
+        self._wakeup = asyncio.Event()  # an outcome to report, a poll due sooner than the loop thought, a stop
+        self._sleeping_until = 0.0  # when the loop wakes by itself (0: it is awake)
         self._providers_read_at = 0.0
         self._whole_due = 0.0  # when to renew every lease and read every run again
         self._flushing: asyncio.Task | None = None
@@ -87,6 +91,7 @@ class Poller:
         concurrency = settings.COORDINATOR_POLLER_CONCURRENCY
         self._gate = asyncio.Semaphore(concurrency)
         logger.info("Provider poller %s started", self.name)
+        stopping = asyncio.ensure_future(self._wake_on(stop))
         async with provider_client.new_pooled_client(max_connections=concurrency) as client:
             next_tick = 0.0
             backoff = 1.0
@@ -101,7 +106,7 @@ class Poller:
                         await self._in_db(connections.close_all)
                         next_tick = time.monotonic() + backoff
                         backoff = min(backoff * 2, 30.0)
-                        await self._sleep(stop, backoff)
+                        await self._sleep(backoff)
                         continue
                     next_tick = time.monotonic() + settings.COORDINATOR_POLLER_TICK
                 self._ask_due(client)
@@ -109,7 +114,8 @@ class Poller:
                     # In the background: polls keep going out while the database ends a batch.
                     self._flushing = asyncio.ensure_future(self._flush_endings())
                 wake = min(next_tick, self._due[0][0] if self._due else next_tick)
-                await self._sleep(stop, max(0.0, wake - time.monotonic()))
+                await self._sleep(max(0.0, wake - time.monotonic()))
+        stopping.cancel()
         if self._flushing is not None:
             await self._flushing
         await self._flush_endings()
@@ -118,16 +124,26 @@ class Poller:
         self._db.shutdown(wait=True)
         logger.info("Provider poller %s stopped", self.name)
 
-    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wakeup.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` have passed or something wakes it (new tasks, a timer each time: a wake-up
+        per answer cost as much CPU as the answer's request)."""
         self._wakeup.clear()
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        self._sleeping_until = time.monotonic() + seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        self._sleeping_until = 0.0
 
     def _push(self, at: float, run_id: int) -> None:
         heapq.heappush(self._due, (at, run_id))
-        self._wakeup.set()
+        if at < self._sleeping_until:  # sooner than the loop means to look: wake it
+            self._wakeup.set()
 
     async def _tick(self) -> None:
         """Adopt what nobody watches and look for cancels, every tick; renew every lease and read all
@@ -177,10 +193,15 @@ class Poller:
                 watch.cancel_sent_at = known.cancel_sent_at
             if known is not None and known.fence == watch.fence:
                 watch.provider_status = known.provider_status  # may be newer than the row read a moment ago
+                watch.unanswered = known.unanswered
+                if known.asked_as == await self._provider(watch):  # else it is built again, as the catalog says now
+                    watch.request, watch.asked_as = known.request, known.asked_as
             self.watched[run_id] = watch
 
     def _ask_due(self, client) -> None:
-        now = time.monotonic()
+        # What falls due within POLL_TOGETHER goes out now, together: the loop wakes once for many
+        # answers (a poll alone, with a wake-up of its own, cost twice the CPU). Early, never late.
+        now = time.monotonic() + POLL_TOGETHER
         while self._due and self._due[0][0] <= now:
             _, run_id = heapq.heappop(self._due)
             if run_id in self.watched and run_id not in self._asking:
@@ -188,44 +209,53 @@ class Poller:
                 asyncio.ensure_future(self._ask(client, self.watched[run_id]))
 
     async def _ask(self, client, watch: store.Watched) -> None:
+        ending, again_in = None, None
         try:
             async with self._gate:
-                ending = await self._ask_once(client, watch)
+                ending, again_in = await self._ask_once(client, watch)
         except Exception:
             logger.exception("Provider poller %s: asking about job %s failed", self.name, watch.job_id)
-            ending = None
         finally:
             self._asking.discard(watch.run_id)
         if ending is not None:
             self._endings.append(ending)
             self._wakeup.set()
         elif watch.run_id in self.watched:
-            interval = (await self._provider(watch)).poll_interval_seconds
-            if watch.style == "callback" and not watch.cancel_requested:
-                interval *= SAFETY_NET_FACTOR
-            self._push(time.monotonic() + interval, watch.run_id)
+            if again_in is None:
+                again_in = (await self._provider(watch)).poll_interval_seconds
+                if watch.style == "callback" and not watch.cancel_requested:
+                    again_in *= SAFETY_NET_FACTOR
+            self._push(time.monotonic() + again_in, watch.run_id)
 
-    async def _ask_once(self, client, watch: store.Watched) -> store.Ending | None:
+    async def _ask_once(self, client, watch: store.Watched) -> tuple[store.Ending | None, float | None]:
+        """Ask the provider about one job: its ending if it ended, else when to ask next (None: at the
+        model's interval)."""
         provider = await self._provider(watch)
         now = timezone.now()
         stopping = watch.cancel_requested or now >= watch.deadline_at
         if stopping:
-            return await self._stop_at_provider(client, watch, provider, timed_out=not watch.cancel_requested)
+            return await self._stop_at_provider(client, watch, provider, timed_out=not watch.cancel_requested), None
         left = (watch.deadline_at - now).total_seconds()
         self.counts["polls"] += 1
         try:
-            status = await provider_client.status(client, provider, watch.status_url, job_id=watch.job_id,
-                                                  deadline=time.monotonic() + left)
-        except ProviderTimeout:
-            return await self._stop_at_provider(client, watch, provider, timed_out=True)
+            if watch.request is None:
+                watch.request = provider_client.status_request(client, provider, watch.status_url, job_id=watch.job_id)
+                watch.asked_as = provider
+            status = await provider_client.ask(client, watch.request, timeout=min(left, QUESTION_TIMEOUT))
+        except AskAgain as again:
+            # A limit (429, 503) or an outage: waited out, holding no request open, until the job's
+            # deadline (then the job times out as any other would).
+            watch.unanswered += 1
+            return None, min(provider_client.pause_before(watch.unanswered, again), left)
         except RunnerError as error:  # the provider refused the question (a 4xx): the job fails
-            return self._ending(watch, Status("failed", error=str(error)), error=str(error))
+            return self._ending(watch, Status("failed", error=str(error)), error=str(error)), None
+        watch.unanswered = 0
         if status.ended:
-            return self._ending(watch, status)
+            return self._ending(watch, status), None
         if status.state != watch.provider_status:  # a statement only when the provider's word changed
             await self._in_db(store.status_seen, watch.run_id, status.state)
             watch.provider_status = status.state
-        return None
+        return None, None
 
     async def _stop_at_provider(self, client, watch, provider, *, timed_out: bool) -> store.Ending | None:
         confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)

@@ -72,6 +72,11 @@ class Watched:
     cancel_requested: bool = False
     cancel_sent_at: datetime | None = None
     provider_status: str = ""  # what the provider last said (written only when it changes)
+    # The poller's own, never stored: the question it sends at each poll (built at the first, again
+    # when the catalog's provider changed), and how many in a row went unanswered (a limit, an outage).
+    request: object = None
+    asked_as: object = None  # the Provider the request was built for
+    unanswered: int = 0
 
 
 def watches_renew(*, watcher: str) -> int:

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import urljoin
 from uuid import UUID
 
@@ -53,7 +54,7 @@ class ProviderTimeout(RunnerError):
     """The call used up the model's timeout_seconds."""
 
 
-class _Again(Exception):
+class AskAgain(Exception):
     """Worth asking again. `counted`: it uses up one of max_connect_retries (else it is a limit the
     provider set, waited out until the deadline); `after`: seconds the provider asked us to wait."""
 
@@ -114,13 +115,11 @@ def new_client() -> httpx.AsyncClient:
 
 
 def new_pooled_client(*, max_connections: int) -> httpx.AsyncClient:
-    """The poller's client: httpx, sending through aiohttp's connection pool and C parser
-    (httpx-aiohttp). httpx's own stack cost 1 to 2 ms of CPU a request here, which at a thousand jobs
-    polled every 5 s was 40 % of a core; through aiohttp a fifth of that."""
-    from httpx_aiohttp import AiohttpTransport
+    """The poller's client (coordination/runners/pooled.py; imported here, so that a worker does not
+    carry aiohttp)."""
+    from coordination.runners.pooled import new_client as new_pooled
 
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(follow_redirects=False, transport=AiohttpTransport(limits=limits))
+    return new_pooled(max_connections=max_connections)
 
 
 async def submit(client: httpx.AsyncClient, call: RunnerCall, *, attempt: int | None, deadline: float,
@@ -152,6 +151,31 @@ async def status(client: httpx.AsyncClient, provider: Provider, status_url: str,
     return Status.of(answer)
 
 
+def status_request(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> httpx.Request:
+    """The question `ask` sends about one job, built once and sent at each poll."""
+    return client.build_request("GET", status_url, headers=headers(provider, job_id=job_id))
+
+
+async def ask(client: httpx.AsyncClient, request: httpx.Request, *, timeout: float) -> Status:
+    """What the provider says of its job now: one question, answered or not within `timeout`. A limit or
+    an outage raises AskAgain (with the wait the provider asked for, if it did): the poller asks again
+    later, holding nothing meanwhile; a refusal (another 4xx) raises RunnerError."""
+    request.extensions["timeout"] = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    try:
+        response = await client.send(request)
+    except httpx.TimeoutException:
+        raise AskAgain("the provider did not answer in time", counted=True) from None
+    except httpx.TransportError as error:
+        raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
+    return Status.of(_decoded(response))
+
+
+def pause_before(tries: int, again: AskAgain) -> float:
+    """Seconds to wait before asking again, after `tries` questions in a row went unanswered: what the
+    provider asked for, else BACKOFF's exponential back-off with jitter."""
+    return again.after if again.after is not None else BACKOFF(SimpleNamespace(attempt_number=tries))
+
+
 async def cancel(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> bool:
     """Ask the provider to drop its job; True once it confirmed (a 2xx, or a 404: it has none)."""
     try:
@@ -175,7 +199,7 @@ async def _request(client, method: str, url: str, *, provider: Provider, deadlin
         nonlocal counted
         counted += state.outcome.exception().counted
 
-    retrying = AsyncRetrying(retry=retry_if_exception_type(_Again), wait=_pause, stop=stop, after=count,
+    retrying = AsyncRetrying(retry=retry_if_exception_type(AskAgain), wait=_pause, stop=stop, after=count,
                              retry_error_callback=lambda state: _give_up(state, provider, deadline, patient))
     async for attempt in retrying:
         with attempt:
@@ -187,9 +211,9 @@ async def _request(client, method: str, url: str, *, provider: Provider, deadlin
             except httpx.TimeoutException:
                 if time.monotonic() >= deadline:
                     raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s") from None
-                raise _Again("the provider did not answer in time", counted=True) from None
+                raise AskAgain("the provider did not answer in time", counted=True) from None
             except httpx.TransportError as error:
-                raise _Again(f"{type(error).__name__}: {error}", counted=True) from None
+                raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
             return _decoded(response)
     return retrying.retry_error_callback  # not reached: the callback raises
 
@@ -213,9 +237,9 @@ def _decoded(response: httpx.Response):
         body = response.text
     code = response.status_code
     if code in (429, 503):
-        raise _Again(f"HTTP {code}: {message_of(body)}", counted=False, after=_retry_after(response))
+        raise AskAgain(f"HTTP {code}: {message_of(body)}", counted=False, after=_retry_after(response))
     if code >= 500:
-        raise _Again(f"HTTP {code}: {message_of(body)}", counted=True)
+        raise AskAgain(f"HTTP {code}: {message_of(body)}", counted=True)
     if code >= 400:
         raise RunnerError(f"Provider refused the request (HTTP {code}): {message_of(body)}")
     if code >= 300:
