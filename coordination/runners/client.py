@@ -156,13 +156,14 @@ def status_request(client: httpx.AsyncClient, provider: Provider, status_url: st
     return client.build_request("GET", status_url, headers=headers(provider, job_id=job_id))
 
 
-async def ask(client: httpx.AsyncClient, request: httpx.Request, *, timeout: float) -> Status:
-    """What the provider says of its job now: one question, answered or not within `timeout`. A limit or
-    an outage raises AskAgain (with the wait the provider asked for, if it did): the poller asks again
-    later, holding nothing meanwhile; a refusal (another 4xx) raises RunnerError."""
+async def ask(client, request: httpx.Request, *, timeout: float) -> Status:
+    """What the provider says of its job now, asked through the poller's client (new_pooled_client): one
+    question, answered or not within `timeout`. A limit or an outage raises AskAgain (with the wait the
+    provider asked for, if it did): the poller asks again later, holding nothing meanwhile; a refusal
+    (another 4xx) raises RunnerError."""
     request.extensions["timeout"] = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
     try:
-        response = await client.send(request)
+        response = await client.send_again(request)
     except httpx.TimeoutException:
         raise AskAgain("the provider did not answer in time", counted=True) from None
     except httpx.TransportError as error:
