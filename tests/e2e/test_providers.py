@@ -43,8 +43,8 @@ def owner(settings):
     return UserFactory()
 
 
-def use_provider(fake, style: str = "poll", **fields) -> None:
-    CatalogModel.objects.filter(name="flux-dev").update(
+def use_provider(fake, style: str = "poll", model: str = "flux-dev", **fields) -> None:
+    CatalogModel.objects.filter(name=model).update(
         runner="http", provider_url=f"{fake.url}/{style}", provider_style=style, capacity=SLOTS,
         poll_interval_seconds=fields.pop("poll_interval_seconds", 0.2), timeout_seconds=fields.pop("timeout_seconds", 60),
         callback_secret_env="TEST_CALLBACK_SECRET" if style == "callback" else "", **fields,
@@ -160,6 +160,32 @@ def test_a_providers_429_is_waited_out_without_failing_the_job_or_using_an_attem
         assert (done.status, done.attempt) == ("completed", 1), done.error
     assert fake.limited[:3] == ["/poll"] * 3 and len(fake.limited) == 5
     assert fake.submits_per_key() == {f"{job.job_id}:1": 1, f"{second.job_id}:1": 1}
+
+
+def test_a_provider_that_limits_its_polls_does_not_hold_up_another_providers(fake, owner, tmp_path):
+    """The poller waits a 429 out by asking that job again later, not by holding one of its open
+    requests: with room for one request at a time, another provider's job still ends at once."""
+    other = FakeProvider(seconds=0.5).start()
+    try:
+        use_provider(fake)
+        use_provider(other, model="minimax/video-01")
+        worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_POLLER_CONCURRENCY="1", **CLUSTER)
+        try:
+            limited = submit(owner, seconds=600)
+            wait_until(lambda: at_provider(limited), timeout=GIVE_UP, message="the first job to be at its provider")
+            fake.limit(10_000, retry_after="30")  # every poll of it, from now on: "ask again in 30 s"
+            wait_until(lambda: fake.limited, timeout=GIVE_UP, message="a poll of the first job to be refused")
+            free = job_submit(owner=owner, model="minimax/video-01", prompt="A castle", params={"seconds": 0.5})
+            # Well before the 30 s the first provider asked for: it does not stand in the way.
+            wait_until(lambda: ended(free), timeout=20, message="the other provider's job to end")
+            assert Job.objects.get(pk=limited.job_id).status == "running"
+        finally:
+            worker.stop()
+    finally:
+        other.stop()
+    free = Job.objects.get(pk=free.job_id)
+    assert (free.status, free.attempt) == ("completed", 1), free.error
+    assert fake.limited == [path for path in fake.limited if path.startswith("/jobs/")]  # polls, not submits
 
 
 def test_a_provider_that_goes_down_and_comes_back_loses_no_job(fake, owner, tmp_path):
