@@ -10,7 +10,7 @@ to django-q2's own dequeue as before, and so does every question while tasks kee
 import time
 
 from django import db
-from django.db import DatabaseError, connections, transaction
+from django.db import Error, connections, transaction
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
@@ -49,6 +49,6 @@ class Orm(ORM):
                     [self.list_key, connection.ops.adapt_datetimefield_value(timezone.now())],
                 )
                 return cursor.fetchone() is None
-        except DatabaseError:
+        except Error:  # DatabaseError, InterfaceError (a connection already closed)
             self._old_connections_closed_at = 0.0
             return False  # django-q2's dequeue asks, and handles the error as it always has

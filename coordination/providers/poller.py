@@ -34,11 +34,12 @@ from coordination.runners import client as provider_client
 from coordination.providers import store
 from coordination.runners.client import AskAgain, Status
 from coordination.runners import runner_call
-from coordination.runners.base import RunnerError
+from coordination.runners.base import Provider, RunnerError
 
 logger = logging.getLogger(__name__)
 
 SAFETY_NET_FACTOR = 10  # a callback provider's job is polled this many times less often
+DEFAULT_INTERVAL = 5.0  # seconds, for a run whose provider is not known yet (the catalog's default)
 POLL_TOGETHER = 0.2  # seconds: polls falling due this close together are sent at once
 QUESTION_TIMEOUT = 60.0  # seconds one poll may wait for its answer (a provider that hangs holds no slot longer)
 ADOPT_AT_ONCE = 5000
@@ -49,9 +50,12 @@ class Poller:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.watched: dict[int, store.Watched] = {}
         self._due: list[tuple[float, int]] = []  # (monotonic time of its next poll, run id)
+        self._next: dict[int, float] = {}  # each run's next poll: an entry of _due at another time is stale
         self._asking: set[int] = set()  # runs with a request out now
         self._endings: list[store.Ending] = []
-        self._providers: dict[str, object] = {}
+        self._providers: dict[str, Provider] = {}
+        self._last_known: dict[str, Provider] = {}  # kept when the catalog no longer says (see _provider)
+        self._stop: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poller-db")
         self._wakeup = asyncio.Event()  # an outcome to report, a poll due sooner than the loop thought, a stop
         self._sleeping_until = 0.0  # when the loop wakes by itself (0: it is awake)
@@ -91,6 +95,7 @@ class Poller:
         concurrency = settings.COORDINATOR_POLLER_CONCURRENCY
         self._gate = asyncio.Semaphore(concurrency)
         logger.info("Provider poller %s started", self.name)
+        self._stop = stop
         stopping = asyncio.ensure_future(self._wake_on(stop))
         async with provider_client.new_pooled_client(max_connections=concurrency) as client:
             next_tick = 0.0
@@ -132,6 +137,8 @@ class Poller:
         """Until `seconds` have passed or something wakes it (new tasks, a timer each time: a wake-up
         per answer cost as much CPU as the answer's request)."""
         self._wakeup.clear()
+        if self._stop is not None and self._stop.is_set():  # asked to stop while it was awake
+            return
         self._sleeping_until = time.monotonic() + seconds
         try:
             async with asyncio.timeout(seconds):
@@ -141,6 +148,8 @@ class Poller:
         self._sleeping_until = 0.0
 
     def _push(self, at: float, run_id: int) -> None:
+        """The run's next poll is at `at` (monotonic), whatever was planned for it before."""
+        self._next[run_id] = at
         heapq.heappush(self._due, (at, run_id))
         if at < self._sleeping_until:  # sooner than the loop means to look: wake it
             self._wakeup.set()
@@ -194,7 +203,7 @@ class Poller:
             if known is not None and known.fence == watch.fence:
                 watch.provider_status = known.provider_status  # may be newer than the row read a moment ago
                 watch.unanswered = known.unanswered
-                if known.asked_as == await self._provider(watch):  # else it is built again, as the catalog says now
+                if known.asked_as == self._providers.get(watch.model):  # else built again, as the catalog says now
                     watch.request, watch.asked_as = known.request, known.asked_as
             self.watched[run_id] = watch
 
@@ -203,13 +212,19 @@ class Poller:
         # answers (a poll alone, with a wake-up of its own, cost twice the CPU). Early, never late.
         now = time.monotonic() + POLL_TOGETHER
         while self._due and self._due[0][0] <= now:
-            _, run_id = heapq.heappop(self._due)
+            at, run_id = heapq.heappop(self._due)
+            if self._next.get(run_id) != at:
+                continue  # planned again since (a cancel, a new fence): that entry counts
+            del self._next[run_id]
             if run_id in self.watched and run_id not in self._asking:
                 self._asking.add(run_id)
                 asyncio.ensure_future(self._ask(client, self.watched[run_id]))
 
     async def _ask(self, client, watch: store.Watched) -> None:
+        """One poll of a run, and its next planned, whatever happened (a job that is not planned again
+        would be watched, its lease renewed, and never asked about again)."""
         ending, again_in = None, None
+        cancel_known = watch.cancel_requested  # a tick may set it on this very object while the poll is out
         try:
             async with self._gate:
                 ending, again_in = await self._ask_once(client, watch)
@@ -220,12 +235,23 @@ class Poller:
         if ending is not None:
             self._endings.append(ending)
             self._wakeup.set()
-        elif watch.run_id in self.watched:
-            if again_in is None:
-                again_in = (await self._provider(watch)).poll_interval_seconds
-                if watch.style == "callback" and not watch.cancel_requested:
-                    again_in *= SAFETY_NET_FACTOR
-            self._push(time.monotonic() + again_in, watch.run_id)
+            return
+        current = self.watched.get(watch.run_id)
+        if current is None:
+            return  # ended elsewhere or taken over meanwhile
+        if current is not watch and current.fence == watch.fence:
+            # The row was read again while the poll was out: what the poll learnt goes to the new one.
+            current.unanswered, current.provider_status = watch.unanswered, watch.provider_status
+            if current.request is None and watch.asked_as == self._providers.get(current.model):
+                current.request, current.asked_as = watch.request, watch.asked_as
+        if current.cancel_requested and not cancel_known:
+            again_in = 0.0  # a cancel was asked for while the poll was out: tell the provider now
+        elif again_in is None:
+            provider = self._providers.get(current.model) or self._last_known.get(current.model)
+            again_in = provider.poll_interval_seconds if provider is not None else DEFAULT_INTERVAL
+            if current.style == "callback" and not current.cancel_requested:
+                again_in *= SAFETY_NET_FACTOR
+        self._push(time.monotonic() + again_in, current.run_id)
 
     async def _ask_once(self, client, watch: store.Watched) -> tuple[store.Ending | None, float | None]:
         """Ask the provider about one job: its ending if it ended, else when to ask next (None: at the
@@ -246,7 +272,8 @@ class Poller:
             # A limit (429, 503) or an outage: waited out, holding no request open, until the job's
             # deadline (then the job times out as any other would).
             watch.unanswered += 1
-            return None, min(provider_client.pause_before(watch.unanswered, again), left)
+            left = (watch.deadline_at - timezone.now()).total_seconds()  # the question itself took time
+            return None, max(0.0, min(provider_client.pause_before(watch.unanswered, again), left))
         except RunnerError as error:  # the provider refused the question (a 4xx): the job fails
             return self._ending(watch, Status("failed", error=str(error)), error=str(error)), None
         watch.unanswered = 0
@@ -296,10 +323,18 @@ class Poller:
             if ending.run_id not in ended:
                 self.watched.pop(ending.run_id, None)  # ended elsewhere or taken over: not ours
 
-    async def _provider(self, watch: store.Watched):
+    async def _provider(self, watch: store.Watched) -> Provider:
+        """The catalog's word on a run's provider (read again every 30 s). A model deleted from the
+        catalog, or no longer on the http runner, while its job was at the provider: its job is asked
+        about as before (as last known, else at its status URL with no credential, whose refusal ends it)."""
         provider = self._providers.get(watch.model)
         if provider is None:
-            model = await self._in_db(CatalogModel.objects.get, name=watch.model)
-            provider = self._providers[watch.model] = runner_call(model, job_id=watch.job_id, prompt="").provider
+            model = await self._in_db(CatalogModel.objects.filter(name=watch.model).first)
+            provider = runner_call(model, job_id=watch.job_id, prompt="").provider if model is not None else None
+            if provider is None or not provider.url:
+                provider = self._last_known.get(watch.model) or Provider(url=watch.status_url, style=watch.style)
+                logger.warning("Provider poller %s: the catalog has no http model %s any more; its job %s is asked "
+                               "about as before", self.name, watch.model, watch.job_id)
+            self._providers[watch.model] = self._last_known[watch.model] = provider
         return provider
 

@@ -166,15 +166,16 @@ async def ask(client, request: httpx.Request, *, timeout: float) -> Status:
         response = await client.send_again(request)
     except httpx.TimeoutException:
         raise AskAgain("the provider did not answer in time", counted=True) from None
-    except httpx.TransportError as error:
+    except httpx.HTTPError as error:  # refused, reset, cut short, garbled: worth asking again
         raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
     return Status.of(_decoded(response))
 
 
 def pause_before(tries: int, again: AskAgain) -> float:
     """Seconds to wait before asking again, after `tries` questions in a row went unanswered: what the
-    provider asked for, else BACKOFF's exponential back-off with jitter."""
-    return again.after if again.after is not None else BACKOFF(SimpleNamespace(attempt_number=tries))
+    provider asked for, else (or when it asked for no wait at all) BACKOFF's exponential back-off with
+    jitter."""
+    return again.after if again.after else BACKOFF(SimpleNamespace(attempt_number=tries))
 
 
 async def cancel(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> bool:

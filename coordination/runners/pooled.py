@@ -12,7 +12,7 @@ the URL and headers a poll sends are made ready for aiohttp once per job, not at
 """
 
 import httpx
-from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
+from aiohttp import ClientError, ClientSession, ClientTimeout, DummyCookieJar, ServerDisconnectedError, TCPConnector
 from httpx_aiohttp.transport import AiohttpTransport, map_aiohttp_exceptions
 from yarl import URL
 
@@ -59,16 +59,22 @@ class WholeAnswers(AiohttpTransport):
         timeout = request.extensions.get("timeout", {})
         try:
             with map_aiohttp_exceptions():
-                async with self.client.request(
-                    request.method, sent[0], headers=sent[1], data=request.content or None,
-                    allow_redirects=False, auto_decompress=False, compress=False,
-                    # The whole answer within the read timeout: one timer a request, where a timer per
-                    # read (aiohttp's sock_read, set again at each chunk) cost 3 % of a poll.
-                    timeout=ClientTimeout(total=timeout.get("read"), sock_connect=timeout.get("connect")),
-                ) as response:
-                    content = await response.read()
-        except TimeoutError as error:  # aiohttp's total timeout, which httpx-aiohttp does not map
+                try:
+                    async with self.client.request(
+                        request.method, sent[0], headers=sent[1], data=request.content or None,
+                        allow_redirects=False, auto_decompress=False, compress=False,
+                        # The whole answer within the read timeout: one timer a request, where a timer
+                        # per read (aiohttp's sock_read, set again at each chunk) cost 3 % of a poll.
+                        timeout=ClientTimeout(total=timeout.get("read"), sock_connect=timeout.get("connect")),
+                    ) as response:
+                        content = await response.read()
+                except ServerDisconnectedError as error:  # httpx-aiohttp would call it a connect timeout
+                    raise httpx.RemoteProtocolError(f"the provider closed the connection: {error}", request=request) from error
+        # What httpx-aiohttp leaves unmapped, in httpx's words: the poller knows only those.
+        except TimeoutError as error:  # aiohttp's total timeout
             raise httpx.ReadTimeout(f"no whole answer within {timeout.get('read')} s", request=request) from error
+        except ClientError as error:  # a garbled answer (a bad status line), and the like
+            raise httpx.RemoteProtocolError(f"{type(error).__name__}: {error}", request=request) from error
         return httpx.Response(response.status, headers=response.raw_headers, content=content, request=request)
 
 

@@ -41,6 +41,15 @@ def test_a_task_is_delivered_once_and_then_the_queue_is_empty_again(broker):
     assert OrmQ.objects.get(pk=task_id).lock > timezone.now()
 
 
+def test_a_queue_of_tasks_taken_and_not_yet_acknowledged_costs_one_statement_too(broker):
+    broker.enqueue("signed-package")
+    assert broker.dequeue()  # taken: locked for `retry` seconds
+    assert broker.dequeue() is None  # django-q2's own question found nothing: the cheap one from here
+    with CaptureQueriesContext(connection) as queries:
+        assert broker.dequeue() is None
+    assert len(queries) == 1 and queries[0]["sql"].startswith("SELECT 1 FROM")
+
+
 def test_a_task_whose_lock_lapsed_is_delivered_again(broker):
     """django-q2's at-least-once delivery: a task taken but never acknowledged comes back after `retry`."""
     task_id = broker.enqueue("signed-package")

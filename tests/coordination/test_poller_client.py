@@ -6,6 +6,7 @@ RunnerError (the provider refused it); nothing else escapes to the poller."""
 import asyncio
 import json
 import socket
+import threading
 import time
 import urllib.request
 from urllib.parse import urljoin
@@ -58,6 +59,10 @@ def test_a_limit_says_how_long_the_provider_asked_to_wait(fake):
     with pytest.raises(client.AskAgain) as limited:
         ask(url)
     assert limited.value.after == 7 and client.pause_before(1, limited.value) == 7
+    fake.limit(1, retry_after="0")  # "no wait at all" is not a tight loop: back-off as when it says nothing
+    with pytest.raises(client.AskAgain) as limited:
+        ask(url)
+    assert limited.value.after == 0 and client.pause_before(1, limited.value) > 0
     fake.limit(1)  # no Retry-After: exponential back-off with jitter
     with pytest.raises(client.AskAgain) as limited:
         ask(url)
@@ -76,6 +81,32 @@ def test_a_provider_that_never_answers_is_asked_again_later():
         assert time.monotonic() - began < 5
     finally:
         silent.close()
+
+
+def serve(answer: bytes) -> int:
+    """A port whose server, on each connection, reads a request, writes `answer` (maybe nothing) and
+    closes (aiohttp tries a GET again once on a new connection when the first was closed on it)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def each():
+        with server:
+            while True:
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(answer)
+
+    threading.Thread(target=each, daemon=True).start()
+    return server.getsockname()[1]
+
+
+@pytest.mark.parametrize("answer, words", [(b"", "closed the connection"), (b"NOT HTTP AT ALL\r\n\r\n", "RemoteProtocolError")])
+def test_a_provider_that_hangs_up_or_answers_garbage_is_asked_again_later(answer, words):
+    port = serve(answer)
+    with pytest.raises(client.AskAgain, match=words):
+        ask(f"http://127.0.0.1:{port}/jobs/p-1", timeout=5)
 
 
 def test_a_provider_that_is_down_is_asked_again_later():

@@ -188,6 +188,22 @@ def test_a_provider_that_limits_its_polls_does_not_hold_up_another_providers(fak
     assert fake.limited == [path for path in fake.limited if path.startswith("/jobs/")]  # polls, not submits
 
 
+def test_a_job_whose_provider_keeps_refusing_its_polls_times_out_at_its_deadline(fake, owner, tmp_path):
+    use_provider(fake, timeout_seconds=4, max_attempts=1)
+    worker = start_worker(tmp_path / "qcluster.log", **CLUSTER)
+    try:
+        job = submit(owner, seconds=600)
+        wait_until(lambda: at_provider(job), timeout=GIVE_UP, message="the job to be at the provider")
+        fake.limit(10_000, retry_after="1")  # every poll from now on: 429, "ask again in 1 s"
+        wait_until(lambda: ended(job), timeout=GIVE_UP, message="the job to time out")
+    finally:
+        worker.stop()
+    job = Job.objects.get(pk=job.job_id)
+    assert (job.status, job.attempt) == ("failed", 1) and "timed out after 4 s" in job.error, job.error
+    assert len(fake.limited) >= 2  # it was asked again while it waited, not given up at the first 429
+    assert fake.cancels == [ProviderRun.objects.get(job=job).provider_job_id]  # and dropped at the provider
+
+
 def test_a_provider_that_goes_down_and_comes_back_loses_no_job(fake, owner, tmp_path):
     use_provider(fake)
     worker = start_worker(tmp_path / "qcluster.log", **CLUSTER)
