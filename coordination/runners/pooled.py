@@ -78,6 +78,10 @@ class WholeAnswers(AiohttpTransport):
         return httpx.Response(response.status, headers=response.raw_headers, content=content, request=request)
 
 
+KEEPALIVE = 30.0  # seconds an idle connection is kept: longer than a poll interval (httpx's 5 s is the default one)
+
+
 def new_client(*, max_connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                          keepalive_expiry=KEEPALIVE)
     return PollingClient(follow_redirects=False, transport=WholeAnswers(limits=limits))
