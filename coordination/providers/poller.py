@@ -198,14 +198,18 @@ class Poller:
                 self._push(now + later, run_id)
             elif watch.cancel_requested and not known.cancel_requested:
                 self._push(now, run_id)  # a cancel was asked for: tell the provider now
-            if known is not None and known.cancel_sent_at and not watch.cancel_sent_at:
-                watch.cancel_sent_at = known.cancel_sent_at
             if known is not None and known.fence == watch.fence:
-                watch.provider_status = known.provider_status  # may be newer than the row read a moment ago
-                watch.unanswered = known.unanswered
-                if known.asked_as == self._providers.get(watch.model):  # else built again, as the catalog says now
-                    watch.request, watch.asked_as = known.request, known.asked_as
+                self._carry_over(known, watch)
             self.watched[run_id] = watch
+
+    def _carry_over(self, old: store.Watched, new: store.Watched) -> None:
+        """What this poller learnt of a run and the row read again does not say yet (or ever)."""
+        if old.cancel_sent_at and not new.cancel_sent_at:
+            new.cancel_sent_at = old.cancel_sent_at
+        new.provider_status = old.provider_status  # may be newer than the row read a moment ago
+        new.unanswered = old.unanswered
+        if old.asked_as == self._providers.get(new.model):  # else built again, as the catalog says now
+            new.request, new.asked_as = old.request, old.asked_as
 
     def _ask_due(self, client) -> None:
         # What falls due within POLL_TOGETHER goes out now, together: the loop wakes once for many
@@ -240,10 +244,7 @@ class Poller:
         if current is None:
             return  # ended elsewhere or taken over meanwhile
         if current is not watch and current.fence == watch.fence:
-            # The row was read again while the poll was out: what the poll learnt goes to the new one.
-            current.unanswered, current.provider_status = watch.unanswered, watch.provider_status
-            if current.request is None and watch.asked_as == self._providers.get(current.model):
-                current.request, current.asked_as = watch.request, watch.asked_as
+            self._carry_over(watch, current)  # the row was read again while the poll was out
         if current.cancel_requested and not cancel_known:
             again_in = 0.0  # a cancel was asked for while the poll was out: tell the provider now
         elif again_in is None:
