@@ -18,9 +18,9 @@ install: $(VENV)/.installed
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-# Web server (gunicorn) and one worker (qcluster) in the foreground; Ctrl-C stops both.
-run: migrate
-	$(PY) manage.py collectstatic --noinput --verbosity 0
+# Migrates, then the web server (gunicorn) and one worker (qcluster) in the foreground; Ctrl-C stops
+# both. Without DATABASE_URL, on the embedded PostgreSQL (.pgdata/), which stops with them.
+run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" LOG_FILE="$${LOG_FILE-worker.log}" bin/run
 
 test: install
@@ -30,5 +30,6 @@ test: install
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# Leaves .pgdata/ (the embedded database's data) alone.
 clean:
-	rm -rf $(VENV) staticfiles test_db_*.sqlite3*
+	rm -rf $(VENV) staticfiles

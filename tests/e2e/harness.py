@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import connection
@@ -35,10 +36,11 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: st
 def test_database_url() -> str:
     """The URL of the database this test runs against, for a process we start."""
     db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{db['NAME']}"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    host = db["HOST"] or "127.0.0.1"
+    # A Unix socket's folder (the embedded PostgreSQL's) goes in the host part, percent-encoded.
+    host = quote(host, safe="") if host.startswith("/") else host
+    return f"postgres://{db['USER']}{password}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 @dataclass
