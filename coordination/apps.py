@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class CoordinationConfig(AppConfig):
@@ -15,16 +14,3 @@ class CoordinationConfig(AppConfig):
         # django-q2's scheduler fires about once a minute; each worker process also runs the reaper
         # every COORDINATOR_REAPER_SECONDS (passes are deduplicated through the cache).
         post_spawn.connect(start_reaper_ticker, dispatch_uid="coordination-reaper-ticker")
-        # On SQLite, a later migration that alters `jobs` rebuilds the table, and its triggers with it:
-        # every migrate puts the job_events triggers back (the statements replace what is there).
-        post_migrate.connect(_triggers_install, sender=self, dispatch_uid="coordination-job-event-triggers")
-
-
-def _triggers_install(using, **kwargs) -> None:
-    from django.db import connections
-
-    from coordination.events.triggers import install
-
-    connection = connections[using]
-    with connection.schema_editor() as schema_editor:
-        install(schema_editor)

@@ -293,8 +293,7 @@ def _jobs_before(job: Job, *, serialized: bool) -> list[Job]:
     fields = ("job_id", "kind", "status", "priority", "created_at", "started_at", "required_models")
     jobs = Job.objects.filter(status=Job.Status.RUNNING).only(*fields).order_by()
     if serialized:
-        # The first AHEAD_COUNTED in line order, as estimated_start() takes them; by id, because a
-        # compound query may not hold a LIMIT of its own on SQLite.
+        # The first AHEAD_COUNTED in line order, as estimated_start() takes them, picked by id in a subquery.
         first_ahead = line().filter(ahead_of(job), held=False).values("pk")[:AHEAD_COUNTED]
         jobs = jobs.union(Job.objects.filter(pk__in=first_ahead).only(*fields).order_by(), all=True)
     return list(jobs.order_by("started_at", "job_id"))

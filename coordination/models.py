@@ -303,7 +303,7 @@ class LineShare(models.Model):
     priority = models.IntegerField()
     waiting = models.PositiveIntegerField(default=0)
     # When the owner last started a job on the line; NEVER_STARTED (the epoch) if it never did, so that
-    # those owners sort first in a plain ascending index (SQLite has no NULLS FIRST in an index).
+    # those owners sort first in a plain ascending index, and a comparison with it needs no NULL case.
     last_turn = models.DateTimeField(default=NEVER_STARTED)
     head_created_at = models.DateTimeField(null=True, blank=True)
     head_job_id = models.UUIDField(null=True, blank=True)

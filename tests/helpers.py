@@ -51,14 +51,13 @@ AUDIT_FAILED = (RuntimeError, DatabaseError)
 @pytest.fixture
 def fail_audit(monkeypatch, request):
     """fail_audit("started"): the next audit write of that event raises, to prove the change and
-    its audit row are one transaction (I6). On PostgreSQL a trigger also refuses the row, so the
+    its audit row are one transaction (I6). A trigger also refuses the row, so the
     fast path's writes (coordination/fastpath, SQL) fail as the Python path's do."""
     from coordination.models import JobQueueLogManager
 
     def drop_trigger():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("DROP TRIGGER IF EXISTS test_fail_audit ON job_queue_log")
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS test_fail_audit ON job_queue_log")
 
     request.addfinalizer(drop_trigger)
 
@@ -78,16 +77,15 @@ def fail_audit(monkeypatch, request):
 
         monkeypatch.setattr(JobQueueLogManager, "record", failing_record)
         monkeypatch.setattr(JobQueueLogManager, "record_many", failing_record_many)
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "CREATE OR REPLACE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN RAISE EXCEPTION 'audit write failed'; END $$"
-                )
-                cursor.execute(
-                    "CREATE TRIGGER test_fail_audit BEFORE INSERT ON job_queue_log FOR EACH ROW "
-                    f"WHEN (NEW.event_type = '{event_type}') EXECUTE FUNCTION test_fail_audit()"
-                )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN RAISE EXCEPTION 'audit write failed'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_fail_audit BEFORE INSERT ON job_queue_log FOR EACH ROW "
+                f"WHEN (NEW.event_type = '{event_type}') EXECUTE FUNCTION test_fail_audit()"
+            )
 
     return arm
 

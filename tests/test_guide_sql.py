@@ -22,7 +22,7 @@ from tests.guide_sql import (
 )
 from workflows.services import workflow_execute
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = pytest.mark.django_db
 
 
 def run(sql: str) -> tuple[list[str], list[tuple]]:

@@ -7,7 +7,6 @@ happened in order (started, then completed), each time with the job as it was th
 """
 
 import time
-from datetime import timezone as dt_timezone
 from uuid import UUID
 
 from django.db.models import Q
@@ -86,10 +85,7 @@ def as_of(job: Job, state: dict, position: int | None) -> dict:
 def _python(column: str, value):
     if value is None:
         return None
-    value = Job._meta.get_field(column).to_python(value)
-    if hasattr(value, "tzinfo") and value.tzinfo is None:
-        value = value.replace(tzinfo=dt_timezone.utc)  # SQLite's triggers write UTC without a zone
-    return value
+    return Job._meta.get_field(column).to_python(value)
 
 
 def as_uuid(value) -> UUID:

@@ -6,8 +6,7 @@ Subscription, a small buffer that this process's one listener thread fills and t
 drains. The thread wakes on PostgreSQL's NOTIFY (its own LISTEN connection: one per process, not
 per client) and reads the new rows with one query, renders each job's JSON once for all who want
 it, and every half second re-counts the places in line of the waiting jobs being watched (one
-query). On SQLite it looks for new rows every POLL_SECONDS instead. It starts with the first
-subscriber and stops a little after the last one left.
+query). It starts with the first subscriber and stops a little after the last one left.
 
 Ordering. Row ids come from a sequence, so a transaction may commit a smaller id after a larger one
 was read: an id skipped over is looked for again for HOLE_SECONDS. One job's rows are written under
@@ -31,8 +30,7 @@ from coordination.events.triggers import CHANNEL
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2  # SQLite: how often to look for new rows
-WAKE_SECONDS = 1.0  # PostgreSQL: read even without a notification this often (and notice a stop)
+WAKE_SECONDS = 1.0  # read even without a notification this often (and notice a stop)
 MIN_GAP_SECONDS = 0.01  # at most one read per this: a burst of commits is read as one
 POSITIONS_SECONDS = 0.5  # places in line are counted again at most this often
 # A change near the head of a long line moves every watched job behind it: their place-in-line events
@@ -253,7 +251,7 @@ class Hub:
         try:
             while not self._done():
                 try:
-                    if listener is None and connection.vendor == "postgresql":
+                    if listener is None:
                         listener = _listen()
                     self._wait(listener)
                     self._read_and_dispatch()
@@ -279,14 +277,11 @@ class Hub:
             return False
 
     def _wait(self, listener) -> None:
-        timeout = WAKE_SECONDS if listener is not None else POLL_SECONDS
+        timeout = WAKE_SECONDS
         if self._moves:
             timeout = MIN_GAP_SECONDS
         elif self._positions_due is not None:
             timeout = max(0.0, min(timeout, self._positions_due - time.monotonic()))
-        if listener is None:
-            self._stop.wait(timeout)
-            return
         for _ in listener.notifies(timeout=timeout, stop_after=1):
             pass
         for _ in listener.notifies(timeout=0):  # the rest that came with it

@@ -1,10 +1,10 @@
-"""The triggers that write `job_events` (coordination.models.JobEvent), for PostgreSQL and SQLite.
+"""The triggers that write `job_events` (coordination.models.JobEvent).
 
 A row is added whenever a job is inserted, whenever one of the fields a client sees changes (status,
 priority, what it waits for, a cancel asked for) and whenever a workflow's current step changes, in
 the transaction that makes the change. Triggers rather than calls in our code: the coordinator's SQL
 fast path, the Python path, the repairs and an operator's own SQL all change jobs, and none of them
-can forget an event. On PostgreSQL each such transaction also NOTIFYs `job_events` (one notification
+can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
 per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
 
 Installed by migration 0019 from the text here; a change to it comes with a migration that calls
@@ -87,45 +87,13 @@ CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON work
 """
 
 
-def sqlite_sql() -> list[str]:
-    d = "IS NOT"
-    now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
-    step = "(SELECT {column} FROM workflow_executions WHERE job_id = NEW.job_id)"
-    return [
-        "DROP TRIGGER IF EXISTS job_events_insert",
-        f"""CREATE TRIGGER job_events_insert AFTER INSERT ON jobs BEGIN
-            INSERT INTO job_events (job_id, event, state, created_at)
-            VALUES (NEW.job_id, 'submitted', json_object({_pairs('NEW', 'NULL', 'NULL')}), {now});
-        END""",
-        "DROP TRIGGER IF EXISTS job_events_update",
-        f"""CREATE TRIGGER job_events_update AFTER UPDATE OF {", ".join(WATCHED)} ON jobs
-            WHEN {_changed(WATCHED, d)} BEGIN
-            INSERT INTO job_events (job_id, event, state, created_at)
-            VALUES (NEW.job_id, {_what(d)},
-                    json_object({_pairs('NEW', step.format(column='current_step'), step.format(column='current_step_model'))}),
-                    {now});
-        END""",
-        "DROP TRIGGER IF EXISTS job_events_step",
-        f"""CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON workflow_executions
-            WHEN {_changed(STEP_COLUMNS, d)} BEGIN
-            INSERT INTO job_events (job_id, event, state, created_at)
-            SELECT j.job_id, 'step', json_object({_pairs('j', 'NEW.current_step', 'NEW.current_step_model')}), {now}
-            FROM jobs j WHERE j.job_id = NEW.job_id;
-        END""",
-    ]
-
-
 def install(schema_editor) -> None:
     """Put the triggers in place (again), if job_events exists: not after migrating back before it."""
     connection = schema_editor.connection
     if "job_events" not in connection.introspection.table_names():
         return
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(postgresql_sql())
-        elif connection.vendor == "sqlite":
-            for statement in sqlite_sql():
-                cursor.execute(statement)
+        cursor.execute(postgresql_sql())
 
 
 def uninstall(schema_editor) -> None:
@@ -134,7 +102,5 @@ def uninstall(schema_editor) -> None:
     with connection.cursor() as cursor:
         for trigger, table in (("job_events_insert", "jobs"), ("job_events_update", "jobs"),
                                ("job_events_step", "workflow_executions")):
-            cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}" if connection.vendor == "postgresql"
-                           else f"DROP TRIGGER IF EXISTS {trigger}")
-        if connection.vendor == "postgresql":
-            cursor.execute("DROP FUNCTION IF EXISTS jq_job_event()")
+            cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+        cursor.execute("DROP FUNCTION IF EXISTS jq_job_event()")

@@ -7,8 +7,7 @@ Python path (coordination/queue) would, audit rows included, and answers with wh
 that answer is played back: the [COORDINATOR] lines (coordination/queue/words.py), the workflow
 mirror (the hook workflows registered), and the worker tasks, enqueued on commit.
 
-SQLite has no such functions and takes the Python path; `COORDINATOR_FASTPATH=0` makes PostgreSQL
-take it too. Both paths are held equal by tests/concurrency/test_scheduling_properties.py, which
+`COORDINATOR_FASTPATH=0` takes the Python path instead. Both paths are held equal by tests/concurrency/test_scheduling_properties.py, which
 runs every step both ways and compares the whole state after each.
 """
 
@@ -32,14 +31,12 @@ SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 
 
 def enabled() -> bool:
-    return connection.vendor == "postgresql" and settings.COORDINATOR_FASTPATH
+    return settings.COORDINATOR_FASTPATH
 
 
 def install(schema_editor=None) -> None:
     """Create (or replace) the functions; migrations call it, and so may an operator after an upgrade."""
     target = schema_editor.connection if schema_editor is not None else connection
-    if target.vendor != "postgresql":
-        return
     with target.cursor() as cursor:
         cursor.execute(SCHEMA_SQL.read_text())
 

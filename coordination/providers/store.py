@@ -116,8 +116,7 @@ def watches_cancelled(*, watcher: str) -> list[int]:
 
 def watches_adopt(*, watcher: str, limit: int) -> list[int]:
     """Take runs nobody watches, or whose watcher's lease lapsed (it died): under a raised fence, with
-    their leases renewed, in one transaction. Two pollers never take one run (PostgreSQL: SKIP LOCKED;
-    SQLite: one writer at a time). Returns the ids of the runs taken."""
+    their leases renewed, in one transaction. Two pollers never take one run (SKIP LOCKED). Returns the ids of the runs taken."""
     now = timezone.now()
     with transaction.atomic():
         candidates = ProviderRun.objects.filter(state=IN_FLIGHT, job__status=Job.Status.RUNNING).filter(

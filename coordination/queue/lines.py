@@ -44,16 +44,10 @@ def passing(model: str) -> QuerySet[Job]:
 
 def heads_of(models: list[str], *, unheld: bool = False) -> dict[str, Job | None]:
     """The first waiting job in each model's line: one index probe per model, sent as one query
-    (a LATERAL join) on PostgreSQL. `unheld`: passing over the jobs a pause holds (`held`), still
+    (a LATERAL join). `unheld`: passing over the jobs a pause holds (`held`), still
     one probe (job_model_lines_unheld_idx)."""
     if not models:
         return {}
-    if connection.vendor != "postgresql":
-        rows = {}
-        for model in models:
-            model_rows = model_line(model).filter(held=False) if unheld else model_line(model)
-            rows[model] = model_rows.select_related("job").first()
-        return {model: row.job if row else None for model, row in rows.items()}
     table = JobLine._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(

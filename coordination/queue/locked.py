@@ -63,18 +63,17 @@ def slots_lock(slot_count: int) -> list[JobQueueState]:
     return slots
 
 
-_LOCK_SQL: dict[str, tuple[str, tuple]] = {}
+_LOCK_SQL: list[tuple[str, tuple]] = []
 
 
 def slot_ids_lock(slot_count: int) -> list[int]:
     """The same lock for the PostgreSQL fast path, which needs only that it is held: the slot ids,
-    `select_for_update` in id order. Django builds the statement once per connection vendor and it is
-    sent as it is afterwards (building the queryset cost more than the round trip)."""
-    vendor = connection.vendor
-    if vendor not in _LOCK_SQL:
+    `select_for_update` in id order. Django builds the statement once and it is sent as it is
+    afterwards (building the queryset cost more than the round trip)."""
+    if not _LOCK_SQL:
         query = JobQueueState.objects.select_for_update().order_by("id").values_list("id", flat=True).query
-        _LOCK_SQL[vendor] = query.get_compiler(using=connection.alias).as_sql()
-    sql, params = _LOCK_SQL[vendor]
+        _LOCK_SQL.append(query.get_compiler(using=connection.alias).as_sql())
+    sql, params = _LOCK_SQL[0]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]

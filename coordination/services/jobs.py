@@ -210,7 +210,7 @@ def job_claim(*, job_id, attempt: int) -> Job | None:
     now = timezone.now()
     columns = ", ".join(field.column for field in Job._meta.concrete_fields)
     with transaction.atomic():
-        # One statement takes the attempt and returns the row (RETURNING: PostgreSQL, SQLite >= 3.35);
+        # One statement takes the attempt and returns the row (UPDATE ... RETURNING);
         # the audit row is the second. Fenced by status and attempt: a second delivery takes nothing.
         claimed = list(Job.objects.raw(
             f"UPDATE {Job._meta.db_table} SET claimed_attempt = %s, heartbeat_at = %s, lease_expires_at = %s "

@@ -145,7 +145,6 @@ class TestOneLockHold:
         assert not Job.objects.exists()
         assert not JobQueueLog.objects.exists()
 
-    @pytest.mark.postgres
     def test_the_number_of_queries_does_not_grow_with_the_batch(self, api, django_assert_max_num_queries, settings):
         # Both limits on (they read and write in the request), and wide enough for 105 jobs.
         settings.COORDINATOR_SUBMIT_RATE = 1000

@@ -165,7 +165,6 @@ def test_a_key_of_255_printable_characters_is_accepted(api):
     assert post(api, key=key).status_code == 200
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_requests_with_one_key_make_exactly_one_job():
     """Both requests find no key, then queue on the coordinator lock (held here until both wait);

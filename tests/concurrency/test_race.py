@@ -20,7 +20,7 @@ from tests.e2e.harness import start_worker, wait_until
 from tests.factories import UserFactory
 from workflows.models import WorkflowDefinition, WorkflowStep
 
-pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SLOTS = 3
 CLIENTS = 4

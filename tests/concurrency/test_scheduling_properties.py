@@ -67,7 +67,7 @@ from tests.helpers import LineCollector, assert_exclusion, assert_honest_waiting
 from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
 from workflows.services import workflow_execute
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 MODELS = ["nano-banana-pro-leonardo", "motion-2.0-fast", "flux-dev", "minimax/video-01"]
 KNIGHT = "knight-style-img-to-video"
@@ -118,7 +118,7 @@ def clean_job_tables() -> None:
 
 # --- one truth for the rules: every hot step runs on both paths -----------------------------------
 # On PostgreSQL a submit and a worker's report take the PL/pgSQL fast path (coordination/fastpath);
-# SQLite, and PostgreSQL with COORDINATOR_FASTPATH=0, take the Python path (coordination/queue).
+# COORDINATOR_FASTPATH=0 takes the Python path (coordination/queue).
 # both_paths() runs the step the Python way first and rolls it back, then the fast way, from the
 # same state, with the same clock and the same new job ids, and requires the whole state after
 # each to be equal: jobs, lines, slots, the counter, audit rows, workflow mirrors, the
@@ -230,8 +230,6 @@ class SchedulingMachine(RuleBasedStateMachine):
     def both_paths(self, call):
         """Run `call` the Python way (rolled back), then the fast way (kept), from the same state:
         everything each leaves behind must be equal. Returns the fast way's result, or raises its error."""
-        if connection.vendor != "postgresql":
-            return call()
         now = self.epoch + timedelta(milliseconds=next(self.clock))
         ids = [uuid.uuid4() for _ in range(4)]
         python = run_once(call, fast=False, now=now, ids=ids, keep=False)

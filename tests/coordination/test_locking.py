@@ -1,8 +1,4 @@
-"""The coordinator lock under real concurrency: threads, each with its own PostgreSQL connection.
-
-On SQLite every atomic block is serialized by the database file itself (BEGIN IMMEDIATE) and
-select_for_update is a no-op, so these tests need PostgreSQL's row locks.
-"""
+"""The coordinator lock under real concurrency: threads, each with its own PostgreSQL connection."""
 
 import threading
 import time
@@ -15,7 +11,7 @@ from coordination.queue import LINE_ORDER, LockedQueue
 from coordination.services import job_submit
 from tests.helpers import assert_exclusion, assert_honest_waiting
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 THREADS = 8
 JOBS_PER_THREAD = 4

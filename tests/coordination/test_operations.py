@@ -252,7 +252,7 @@ class TestReconcile:
     def test_the_guides_reset_sql_on_a_running_job_is_put_back_not_overlapped(self, user):
         running, waiting = submit(user), submit(user)
         with connection.cursor() as cursor:
-            cursor.execute(RESET_STATE.replace("'[]'::jsonb", "'[]'") if connection.vendor == "sqlite" else RESET_STATE)
+            cursor.execute(RESET_STATE)
 
         preview = queue_reconcile_preview()["rows"]
         report = queue_reconcile(actor="admin:ops")

@@ -301,7 +301,6 @@ class TestLineLimits:
         assert int(answer["Retry-After"]) >= 1
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_line_limit_holds_under_concurrent_submits(user):
     """Eight threads submit at once into a line that may hold three: exactly three wait."""

@@ -169,7 +169,6 @@ class TestReset:
         assert_exclusion(max_active=2)
 
 
-@pytest.mark.postgres
 def test_the_guides_reset_sql_runs_unchanged_and_the_coordinator_stays_safe(user):
     running = submit(user)
     with connection.cursor() as cursor:

@@ -258,7 +258,6 @@ def test_a_delivery_whose_task_was_lost_is_sent_by_the_background_pass(user, rec
     assert report["webhooks_delivered"] == 1 and len(receiver.received) == 1
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_two_senders_at_once_keep_one_jobs_events_in_order(user, receiver):
     """Two workers deliver the same job's events at once: the second does not skip past the event the

@@ -8,7 +8,7 @@ import pytest
 from coordination.models import Job, JobQueueLog
 from tests.e2e.harness import start_worker, wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 LEASE = 3
 FAST_RECOVERY = {"COORDINATOR_LEASE_SECONDS": str(LEASE), "COORDINATOR_REAPER_SECONDS": "1"}

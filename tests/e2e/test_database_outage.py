@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e.harness import BASE_DIR, HttpApi, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]  # its own PostgreSQL; run once, in the PostgreSQL pass
+pytestmark = pytest.mark.e2e  # its own PostgreSQL
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -320,9 +320,8 @@ def test_open_streams_and_waiting_answers_hold_neither_threads_nor_database_conn
     wait_until(lambda: server_sockets(web) >= 90, timeout=30, message="90 requests open at the server")
     threads_during = server_threads(web)
     assert threads_during <= max(threads_before, WEB_THREADS + 4), (threads_before, threads_during)
-    if connection.vendor == "postgresql":
-        # At most one per thread of the server's pool, its listener's thread, and the LISTEN connection.
-        assert 0 < server_connections() <= WEB_THREADS + 2
+    # At most one per thread of the server's pool, its listener's thread, and the LISTEN connection.
+    assert 0 < server_connections() <= WEB_THREADS + 2
     assert all(waiter.is_alive() for waiter in waiters)  # still waiting, 90 requests open
     for waiter in waiters:
         waiter.join(30)
