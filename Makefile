@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run test install migrate bench clean
+.PHONY: run test install migrate bench docs clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The benchmark (README, Performance): needs PostgreSQL; creates and drops its own database.
+# The benchmark (docs/performance.md): needs PostgreSQL; creates and drops its own database.
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# The documentation (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor fails the build.
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir site
+
 # Leaves .pgdata/ (the embedded database's data) alone.
 clean:
-	rm -rf $(VENV) staticfiles
+	rm -rf $(VENV) staticfiles site

@@ -21,7 +21,7 @@ Measures, in one run on this machine:
       cluster's memory, CPU, connections and statements per poll tick, and the time from the
       provider's answer to the next job's start (bench/providers.py).
 
-Nothing here asserts a time: it prints what it measured, and the README quotes it.
+Nothing here asserts a time: it prints what it measured, and docs/performance.md quotes it.
 """
 
 import argparse

@@ -3,7 +3,7 @@
 A running attempt holds a lease (`jobs.lease_expires_at`). Its worker renews it while the runner
 works; a worker that is killed, paused or cut off stops renewing, and the reaper then ends that
 attempt: retried at its old place in line if its models allow more attempts, failed otherwise. A
-late call from that worker is refused (its attempt is no longer current), so the outcome stands (I5).
+late call from that worker is refused (its attempt is no longer current), so the outcome stands (docs/design.md, I5).
 """
 
 import logging

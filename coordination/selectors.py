@@ -323,7 +323,7 @@ def job_cancel_preview(*, job_ids: list) -> dict:
 
 
 def queue_dispatch_preview() -> dict:
-    """How many wait and how many slots are free; I2 says no waiting job may start by the rules."""
+    """How many wait and how many slots are free; I2 (docs/design.md) says no waiting job may start by the rules."""
     running = Job.objects.filter(status=Job.Status.RUNNING).count()
     free = max(settings.COORDINATOR_MAX_ACTIVE_JOBS - running, 0)
     row = {"waiting": Job.objects.filter(status=Job.Status.PENDING).count(), "slots free": free,

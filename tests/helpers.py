@@ -1,5 +1,5 @@
 """Shared by the coordinator's service tests: submitting jobs, reading the audit trail and the
-`[COORDINATOR]` lines, and checking the invariants of DESIGN.md §3 against the database."""
+`[COORDINATOR]` lines, and checking the invariants of docs/design.md (I1-I6) against the database."""
 
 import html
 import logging

@@ -226,7 +226,7 @@ BEGIN
     RETURN hit;
 END $$;
 
--- rules.predecessor(): the nearest waiting job ahead of `j` that it must wait behind (rule 3).
+-- rules.predecessor(): the nearest waiting job ahead of `j` that it must wait behind (docs/design.md, rule 3).
 CREATE OR REPLACE FUNCTION jq_predecessor(j jobs, p_new boolean, p_any_model boolean, p_slots int) RETURNS uuid
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE

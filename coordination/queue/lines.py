@@ -130,7 +130,7 @@ def waiting_for(job: Job) -> list[dict]:
 
 
 def stale_waiting() -> QuerySet[Job]:
-    """Waiting jobs that name a finished or missing job, or none. I4 says there are none, unless
+    """Waiting jobs that name a finished or missing job, or none. I4 (docs/design.md) says there are none, unless
     someone edited rows by hand (the guide's SQL). One anti-join.
 
     The one honest wait without a job to name is the first job in a paused model's line: it waits

@@ -12,7 +12,7 @@ slot look free, but it can never make the coordinator start a second job on a mo
 
 Cost: a decision reads the running jobs (at most one per slot), one or two index probes per model
 involved, and the waiting-jobs counter; never the whole line. So a completion costs the same whether
-ten or a hundred thousand jobs wait (DESIGN.md §9).
+ten or a hundred thousand jobs wait (docs/design.md, "Cost").
 """
 
 import logging
@@ -319,7 +319,7 @@ class LockedQueue(QueueRules):
         slot.save()
 
     def dispatch(self, *, quiet_when_idle: bool = False) -> list[Job]:
-        """Start every waiting job that may start now (rules 1-3), in line order. `quiet_when_idle`:
+        """Start every waiting job that may start now (docs/design.md, rules 1-3), in line order. `quiet_when_idle`:
         a pass that nothing prompted (the reaper's) does not say "No queued jobs"."""
         self.expire_due()
         if self.free_slot() is None:
@@ -341,7 +341,7 @@ class LockedQueue(QueueRules):
         return started
 
     def settle_after(self, *finished_job_ids) -> list[Job]:
-        """After jobs left the line or their slots: start what may start, re-point their waiters (I2, I4).
+        """After jobs left the line or their slots: start what may start, re-point their waiters (docs/design.md, I2 and I4).
 
         Only jobs that named a finished job as their blocker are re-read: every other pending job
         still names a job that is running or pending.

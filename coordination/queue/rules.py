@@ -1,4 +1,4 @@
-"""The scheduling rules (DESIGN.md §3), read against the state LockedQueue has locked: may a job start
+"""The scheduling rules (docs/design.md, rules 1-3), read against the state LockedQueue has locked: may a job start
 now, and if not, which job it waits for and why (assess); which waiting job starts next
 (_next_startable). Reads only: LockedQueue (locked.py) makes the changes, under the same lock.
 
@@ -39,7 +39,7 @@ class Verdict:
 
 
 class QueueRules:
-    """The rules of DESIGN.md §3 as reads of the locked state (see the module docstring)."""
+    """The rules of docs/design.md as reads of the locked state (see the module docstring)."""
 
     _capacities: dict[str, int] | None = None
     _paused: set[str] | None = None
@@ -159,7 +159,7 @@ class QueueRules:
         return found
 
     def predecessor(self, job: Job, *, new: bool = False, any_model: bool = False) -> Job | None:
-        """The nearest pending job ahead of `job` that it must wait behind (rule 3).
+        """The nearest pending job ahead of `job` that it must wait behind (docs/design.md, rule 3).
 
         In serialized mode that is simply the job before it (global FIFO); with more slots, the
         nearest earlier job in the line of one of its models. A `new` job is the last accepted, so

@@ -2,7 +2,7 @@
 dispatch now, and reconcile slots with running jobs and leases.
 
 Each is one transaction under the coordinator lock that writes its audit row (with the operator's
-name) and ends by starting whatever may start, so none of them can break I1-I4. Their previews
+name) and ends by starting whatever may start, so none of them can break I1-I4 (docs/design.md). Their previews
 (selectors.py) read the same things without the lock.
 """
 
@@ -122,7 +122,7 @@ def job_priority_set(*, job_id, priority: int, actor: str) -> dict:
 
 
 def queue_dispatch(*, actor: str) -> dict:
-    """Start every waiting job that may start now. I2 says there is none; this is the operator's
+    """Start every waiting job that may start now. I2 (docs/design.md) says there is none; this is the operator's
     way to prove it, or to act on a change made outside the coordinator (the guide's SQL)."""
     with transaction.atomic():
         queue = LockedQueue()

@@ -383,7 +383,7 @@ def test_cancelling_a_waiting_workflow_starts_the_job_it_held_back(api, settings
     ).json()
     assert workflow["status"] == "pending"
     assert workflow["blocked_by_job_id"] == running["job_id"]
-    # nano-banana is free, but the workflow ahead in line needs it (rule 3): this job waits for it.
+    # nano-banana is free, but the workflow ahead in line needs it (docs/design.md, rule 3): this job waits for it.
     behind = submitted(api, prompt="A portrait", model="nano-banana-pro-leonardo", job_type="image")
     assert behind["status"] == "pending"
     assert behind["blocked_by_job_id"] == workflow["job_id"]

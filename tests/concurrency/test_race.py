@@ -27,7 +27,7 @@ CLIENTS = 4
 JOBS_PER_CLIENT = 40
 SHARED_MODEL = "flux-dev"  # capacity 2: two of its jobs may run side by side, never three
 # A second workflow, overlapping the guide's on one model: a workflow may then head one of its
-# lines but not another, which is where rule 3 has something to decide.
+# lines but not another, which is where rule 3 (docs/design.md) has something to decide.
 THREE_MODELS = ("flux-dev", "nano-banana-pro-leonardo", "minimax/video-01")
 DEADLINE = 90.0
 
@@ -59,7 +59,7 @@ def start_clients(tmp_path, staff_id: int, go_file) -> list[subprocess.Popen]:
 
 
 def replay(rows, jobs: dict, capacities: dict) -> int:
-    """Replay the audit trail in id order against rules 1-3; return the most jobs seen running."""
+    """Replay the audit trail in id order against rules 1-3 (docs/design.md); return the most jobs seen running."""
     waiting: set = set()
     running: set = set()
     most = 0

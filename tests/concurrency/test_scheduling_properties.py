@@ -1,4 +1,4 @@
-"""The scheduling rules (DESIGN.md §3) as properties: hypothesis drives the real services on
+"""The scheduling rules and invariants (docs/design.md) as properties: hypothesis drives the real services on
 PostgreSQL through random runs — submissions of jobs and workflows at random priorities, completions,
 failures, hand-offs, cancellations, slot resets and the operators' actions (pausing and resuming
 models, changing a waiting job's priority, dispatch, reconcile) — with 1 to 4 slots and models of capacity 1 or 2, and after

@@ -1,5 +1,5 @@
 """Slots and capacities: jobs on free models run side by side (COORDINATOR_MAX_ACTIVE_JOBS > 1),
-a model never runs more jobs than its capacity, waiting workflows are not overtaken (rule 3), the
+a model never runs more jobs than its capacity, waiting workflows are not overtaken (docs/design.md, rule 3), the
 slot rows follow the setting, and a waiting job's detail says what it waits for, model by model."""
 
 import pytest

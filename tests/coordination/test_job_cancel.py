@@ -80,7 +80,7 @@ def test_cancelling_a_waiting_workflow_clears_its_execution_blocker(user):
 
 
 def test_a_cancel_that_frees_capacity_starts_the_jobs_that_may_now_start(settings, user):
-    """With two slots: a waiting workflow held nano back by rule 3; cancelling it lets nano start."""
+    """With two slots: a waiting workflow held nano back by rule 3 (docs/design.md); cancelling it lets nano start."""
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
     submit(user, model="motion-2.0-fast")
     workflow = execute_workflow(user)

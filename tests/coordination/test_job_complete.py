@@ -1,4 +1,4 @@
-"""job_complete / job_fail: end a running job and start what may start now (DESIGN.md §3 I2-I6, §5)."""
+"""job_complete / job_fail: end a running job and start what may start now (docs/design.md: I2-I6, life of a job)."""
 
 import pytest
 

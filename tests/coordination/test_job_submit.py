@@ -1,4 +1,4 @@
-"""job_submit: accept a job and start it or queue it, in one transaction (DESIGN.md §3, §5)."""
+"""job_submit: accept a job and start it or queue it, in one transaction (docs/design.md: scheduling rules, life of a job)."""
 
 import pytest
 from django.db import IntegrityError, transaction

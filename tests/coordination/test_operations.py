@@ -1,5 +1,5 @@
 """The operators' actions (issue 5): pause and resume a model, change a waiting job's priority,
-dispatch now and the reconciler. Each is audited with the operator's name and keeps I1-I4."""
+dispatch now and the reconciler. Each is audited with the operator's name and keeps I1-I4 (docs/design.md)."""
 
 from datetime import timedelta
 

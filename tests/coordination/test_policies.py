@@ -411,7 +411,7 @@ class TestFairLines:
         workflow = execute_workflow(user)  # needs nano-banana-pro-leonardo and motion-2.0-fast
         image = submit(other_user, model="nano-banana-pro-leonardo", prompt="b0")
         # Neither owner has had a turn on nano-banana-pro-leonardo: the workflow came first, so the
-        # image waits for it there although its model is free (rule 3: the workflow cannot starve).
+        # image waits for it there although its model is free (docs/design.md, rule 3: the workflow cannot starve).
         assert fresh(image).status == Job.Status.PENDING and fresh(image).blocked_by_job_id == workflow.job_id
 
         complete(Job.objects.get(status=Job.Status.RUNNING, model=VIDEO))

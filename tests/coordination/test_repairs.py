@@ -1,4 +1,4 @@
-"""The guide's two troubleshooting fixes, made safe: queue_clear_stale and queue_reset (DESIGN.md §6)."""
+"""The guide's two troubleshooting fixes, made safe: queue_clear_stale and queue_reset (docs/design.md, recovery)."""
 
 import pytest
 from django.db import connection

@@ -1,4 +1,4 @@
-"""coordination.tasks.run_job, called in-process as django-q2 would call it (DESIGN.md §5, §8, I5)."""
+"""coordination.tasks.run_job, called in-process as django-q2 would call it (docs/design.md: life of a job, I5)."""
 
 from datetime import datetime
 

@@ -226,7 +226,7 @@ def test_unknown_workflow_and_missing_input_are_refused(user):
 
 
 def test_editing_the_definition_later_does_not_change_a_queued_job(user, runner_calls):
-    """A job holds the models its steps named when it was accepted; it runs exactly those (I1)."""
+    """A job holds the models its steps named when it was accepted; it runs exactly those (docs/design.md, I1)."""
     job = execute(user)
     WorkflowStep.objects.filter(workflow_id=WORKFLOW, position=2).update(
         default_model_id=CatalogModel.objects.get(name="minimax/video-01").pk,
