@@ -19,7 +19,7 @@ from coordination.maintenance import idempotency_keys_prune, job_events_prune, q
 from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
 from coordination.recovery import reap as reaper_pass
 from coordination.runners import RunnerStopped, get_runner, runner_call
-from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
+from coordination.services import job_claim, job_report, job_report_and_take_next
 
 if TYPE_CHECKING:
     from coordination.runners.client import Accepted
@@ -244,8 +244,8 @@ def _report(job: Job, attempt: int, outcome: dict, *, take_next: bool) -> Job | 
     def report() -> Job | None:
         try:
             if take_next:
-                return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
-            _finish_only(job_id=job.job_id, attempt=attempt, **outcome)
+                return job_report_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
+            job_report(job_id=job.job_id, attempt=attempt, **outcome)
         except StaleAttempt:
             pass  # already logged and audited by the service: the outcome was decided elsewhere
         return None
@@ -276,15 +276,6 @@ def _reconnect(state) -> None:
     if state.attempt_number == 1:
         logger.warning("Database unavailable (%s); trying again", state.outcome.exception())
     connections.close_all()
-
-
-def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> None:
-    if status == Job.Status.COMPLETED:
-        job_complete(job_id=job_id, attempt=attempt, result=result)
-    elif status == Job.Status.CANCELLED:
-        job_stopped(job_id=job_id, attempt=attempt, error=error)
-    else:
-        job_fail(job_id=job_id, attempt=attempt, error=error)
 
 
 def _run(job: Job, attempt: int, should_stop) -> dict:

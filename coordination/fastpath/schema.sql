@@ -623,7 +623,7 @@ BEGIN
     RETURN ctx || jsonb_build_object('job', to_jsonb(j));
 END $$;
 
--- _finish() for the outcomes that need no more than the rules: a stale call refused, a completion,
+-- _report() (services/jobs.py) for the outcomes that need no more than the rules: a stale call refused, a completion,
 -- a failure with no attempt left. Anything else (a cancel asked for, a retry) answers
 -- {"outcome": "python"} having changed nothing, and the caller takes the Python path.
 CREATE OR REPLACE FUNCTION jq_finish(
@@ -656,7 +656,7 @@ BEGIN
     IF NOT (p_status = 'completed' OR (p_status = 'failed' AND j.cancel_requested_at IS NULL)) OR jq_policies_in_use() THEN
         RETURN jsonb_build_object('outcome', 'python');
     END IF;
-    -- transitions.job_ended + job_end_running()
+    -- transitions.job_ended + job_end()
     UPDATE jobs SET status = p_status, completed_at = p_now,
             result = CASE WHEN p_result IS NULL THEN NULL ELSE p_result END,
             error = CASE WHEN p_status = 'completed' THEN NULL ELSE p_error END,

@@ -51,7 +51,7 @@ from coordination.services import (
     job_cancel,
     job_complete,
     job_fail,
-    job_finish_and_take_next,
+    job_report_and_take_next,
     job_priority_set,
     job_submit,
     jobs_submit_batch,
@@ -469,7 +469,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         attempt = current.attempt
         taken = None
         if take_next:
-            taken = self.both_paths(lambda: job_finish_and_take_next(
+            taken = self.both_paths(lambda: job_report_and_take_next(
                 job_id=rec.job_id, attempt=attempt, status=outcome, result={"output": "x"}
             ))
         elif outcome == Job.Status.COMPLETED:

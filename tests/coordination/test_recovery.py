@@ -10,7 +10,7 @@ from django.utils import timezone
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.recovery import HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap
-from coordination.services import job_cancel, job_claim, job_complete, job_finish_and_take_next
+from coordination.services import job_cancel, job_claim, job_complete, job_report_and_take_next
 from coordination.tasks import run_job
 from tests.e2e.harness import wait_until
 from tests.helpers import assert_honest_waiting, events, fresh, log_row, submit
@@ -124,7 +124,7 @@ def test_a_handed_off_job_whose_worker_died_before_taking_it_is_sent_again_witho
     first = submit(user)
     second = submit(user)
     job_claim(job_id=first.job_id, attempt=1)
-    taken = job_finish_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    taken = job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
     assert taken.job_id == second.job_id  # ...and then that worker died before its first heartbeat
     lapse(second)
 
