@@ -16,8 +16,9 @@ from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, job_events_prune, queue_log_prune
-from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
-from coordination.recovery import reap as reaper_pass
+from coordination.recovery import (
+    HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reaper_pass, reaper_pass_if_due,
+)
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_report, job_report_and_take_next
 
@@ -57,7 +58,7 @@ def run_job(job_id: str, attempt: int) -> None:
         if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
             job = None
         try:
-            reap_if_due()
+            reaper_pass_if_due()
         except (OperationalError, InterfaceError):
             logger.warning("Reaper pass skipped: database unavailable")
 
@@ -308,13 +309,19 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
 
 job_kind_register(Job.Kind.NORMAL, run=normal_run)
 
-def reap() -> dict:
-    """The reaper's schedule (see coordination.recovery), and the webhook deliveries that are due."""
+def reaper_schedule() -> dict:
+    """The django-q2 schedule "reaper" (coordination/maintenance.py): a reaper pass (see
+    coordination.recovery), then the webhook deliveries that are due."""
     from coordination.webhooks import deliver_due
 
     report = reaper_pass()
     report["webhooks_delivered"] = deliver_due()
     return report
+
+
+# The schedule's dotted path until it was renamed: deployed schedule rows store it until
+# coordinator_setup (or ensure_schedules) rewrites them at the next start.
+reap = reaper_schedule
 
 
 def prune_queue_log(days: int = 7) -> int:

@@ -43,7 +43,7 @@ from coordination.models import (
     CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState, LineShare,
 )
 from coordination.queue.lines import line_key
-from coordination.recovery import reap
+from coordination.recovery import reaper_pass
 from coordination.services import (
     capacity_group_delete,
     capacity_group_save,
@@ -618,7 +618,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         Job.objects.filter(pk=rec.job_id).update(start_by=timezone.now() - timedelta(days=1))
         rec.overdue = True
         rec.status = Job.Status.EXPIRED  # the test's model first: the starts are judged without it
-        reap()
+        reaper_pass()
         self.replay_starts()
         assert Job.objects.get(pk=rec.job_id).started_at is None
 
