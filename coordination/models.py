@@ -393,7 +393,9 @@ class JobQueueLog(models.Model):
         CANCEL_REQUESTED = "cancel_requested"
         LEASE_EXPIRED = "lease_expired"
         TIMED_OUT = "timed_out"
-        REQUEUED = "requeued"
+        # The reaper sent a started job's task again (no worker took it). Stored as "requeued" since
+        # the first release; in the code and in job events "requeued" is a job sent back to waiting.
+        TASK_RESENT = "requeued", "Task resent"
         STALE_CLEARED = "stale_cleared"
         STATE_RESET = "state_reset"
         PRUNED = "pruned"

@@ -7,6 +7,10 @@ from django.conf import settings
 
 from coordination.models import CatalogModel, Job, ProviderRun
 
+# What recovery does about a running attempt; also the keys of the reaper's report (returned by its
+# schedule, counted in its "[COORDINATOR] Reaper:" line). RESEND: its task is sent again; the key
+# says "requeued_tasks", older than the rule that "requeued" is a job sent back to waiting, and kept
+# as the log line's words.
 TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
 
 
