@@ -1,7 +1,9 @@
 """Jobs, slots, the model catalog and the audit trail.
 
 Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state`, `job_queue_log`,
-`blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes live in services.py.
+`blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes go through the coordinator
+service (coordination/services/); a job's status is written only by coordination/transitions.py
+(and the SQL fast path, coordination/fastpath, which applies the same edges).
 """
 
 import uuid

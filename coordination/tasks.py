@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_job(job_id: str, attempt: int) -> None:
-    """Run the job for this attempt, then every job handed to this worker by its finish.
+    """Run the job for this attempt, then every job handed to this worker when it reports one ended.
 
     When a job ends, the coordinator starts the next one in the same transaction; the worker takes
     it there (claimed, so its own delivery does nothing), confirms that with one UPDATE and runs it

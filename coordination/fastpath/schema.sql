@@ -1,6 +1,6 @@
 -- The coordinator's hot transitions as PL/pgSQL, so that a submit or a completion is one statement
--- under the coordinator lock instead of fifteen round trips. Installed by migration 0012 (PostgreSQL
--- only); coordination/fastpath/__init__.py calls them. They apply exactly the rules of
+-- under the coordinator lock instead of fifteen round trips. Installed by migration 0013 and again by
+-- 0014, 0016, 0017, 0018 and 0020 (PostgreSQL only); coordination/fastpath/__init__.py calls them. They apply exactly the rules of
 -- coordination/queue/rules.py and the writes of coordination/queue/locked.py and
 -- coordination/transitions.py; tests/concurrency/test_scheduling_properties.py runs every step on
 -- both paths and compares the whole state after each.
