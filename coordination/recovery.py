@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, stale_waiting
-from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, lease_seconds, running_check, runtime_limits
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, catalog_timeouts, lease_seconds, running_check
 from coordination.services.repairs import running_repair, waiting_repair
 
 logger = logging.getLogger("job_coordinator")
@@ -77,9 +77,9 @@ def reaper_pass() -> dict:
     now = timezone.now()
     with transaction.atomic():
         queue = LockedQueue()
-        limits = runtime_limits()
+        timeouts = catalog_timeouts()
         for job in list(queue.running.values()):
-            found = running_check(job, now, limits)
+            found = running_check(job, now, timeouts)
             if found:
                 running_repair(queue, job, now, *found)
                 report[found[0]].append(str(job.job_id))

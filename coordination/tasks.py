@@ -222,7 +222,7 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
     if not cancelled:
         try:
             run = _when_database_answers(provider_store.run_record, job_id=job.job_id, attempt=attempt, model=at.model,
-                                         accepted=at.accepted)
+                                         accepted=at.accepted, started_at=job.started_at)
         except (OperationalError, InterfaceError):
             logger.warning("Could not record job %s attempt %s at the provider: database unavailable", job.job_id, attempt)
     if run is not None:
@@ -296,7 +296,7 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
     # A handed-over job comes with its model's catalog row, read in the transaction that started it.
     model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
     call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop,
-                       attempt=attempt)
+                       attempt=attempt, started_at=job.started_at.timestamp() if job.started_at else None)
     runner = get_runner(model.runner)
     if not model.detaches:
         return runner.run(call)

@@ -92,7 +92,7 @@ def test_a_retried_job_keeps_its_place_at_the_head_of_its_line(user):
 
 
 def test_a_job_running_past_its_models_limit_is_failed_as_timed_out(user):
-    CatalogModel.objects.filter(name="flux-dev").update(max_runtime_seconds=5, max_attempts=3)
+    CatalogModel.objects.filter(name="flux-dev").update(timeout_seconds=5, max_attempts=3)
     slow = submit(user, model="flux-dev")
     waiting = submit(user, model="flux-dev")
     job_claim(job_id=slow.job_id, attempt=1)
