@@ -422,8 +422,8 @@ class JobQueueLog(models.Model):
         CANCEL_REQUESTED = "cancel_requested"
         LEASE_EXPIRED = "lease_expired"
         TIMED_OUT = "timed_out"
-        # The reaper sent a started job's task again (no worker took it). Stored as "requeued" since
-        # the first release; in the code and in job events "requeued" is a job sent back to waiting.
+        # The reaper sent a started job's task again (no worker took it). The stored value stays
+        # "requeued", older than the rule that "requeued" is a job sent back to waiting (job events).
         TASK_RESENT = "requeued", "Task resent"
         STALE_CLEARED = "stale_cleared"
         STATE_RESET = "state_reset"
