@@ -100,7 +100,7 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
     wall_offset = time.time() - time.monotonic()  # the fake provider keeps monotonic times
     CatalogModel.objects.filter(name=MODEL).update(
         runner="http", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=in_flight,
-        poll_interval_seconds=POLL_INTERVAL, timeout_seconds=600, max_runtime_seconds=None, max_attempts=1,
+        poll_interval_seconds=POLL_INTERVAL, timeout_seconds=600, max_attempts=1,
         enabled=True, paused=False,
     )
     settings.COORDINATOR_MAX_ACTIVE_JOBS = in_flight

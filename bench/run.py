@@ -276,7 +276,7 @@ def count_queries(owner) -> dict:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from coordination.services import job_claim, job_complete, job_finish_and_take_next, job_submit
+    from coordination.services import job_claim, job_complete, job_report_and_take_next, job_submit
 
     reset_queue()
     job_complete(job_id=job_submit(owner=owner, model="flux-dev", prompt="warm", params={}).job_id, attempt=1)
@@ -291,7 +291,7 @@ def count_queries(owner) -> dict:
         job_claim(job_id=first.job_id, attempt=1)
     counts["claim (worker takes its job)"] = in_transaction(q.captured_queries)
     with CaptureQueriesContext(connection) as q:
-        taken = job_finish_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+        taken = job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
     counts["complete + start the next + hand it over"] = in_transaction(q.captured_queries)
     assert taken is not None and taken.job_id == second.job_id
     with CaptureQueriesContext(connection) as q:
@@ -329,7 +329,7 @@ def lock_holds(owner, repeats: int) -> dict:
         running = Job.objects.get(status="running")
         for _ in range(repeats):
             held.clear()
-            taken = job_services.job_finish_and_take_next(
+            taken = job_services.job_report_and_take_next(
                 job_id=running.job_id, attempt=running.attempt, status="completed", result={}
             )
             completions.extend(held)

@@ -2,6 +2,7 @@
 
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.views.main import ChangeList
@@ -217,10 +218,25 @@ class ProviderRunAdmin(ReadOnlyAdmin):
     date_hierarchy = "submitted_at"
 
 
+class CatalogModelForm(forms.ModelForm):
+    """The catalog model's form; a post may still name the deadline max_runtime_seconds, as before it
+    was merged into timeout_seconds (migration 0021): the smaller of the two when both are given."""
+
+    def __init__(self, data=None, *args, **kwargs):
+        old = data.get("max_runtime_seconds") if data is not None else None
+        if old:
+            data = data.copy()
+            new = data.get("timeout_seconds")
+            both = str(old).isdigit() and str(new).isdigit()
+            data["timeout_seconds"] = str(min(int(old), int(new))) if both else (new or old)
+        super().__init__(data, *args, **kwargs)
+
+
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):
+    form = CatalogModelForm
     list_display = (
-        "name", "media_type", "runner", "capacity", "max_attempts", "max_runtime_seconds", "enabled", "paused",
+        "name", "media_type", "runner", "capacity", "max_attempts", "timeout_seconds", "enabled", "paused",
         "line_policy", "max_waiting", "default_simulate_seconds",
     )
     list_filter = ("media_type", "runner", "enabled", "paused")

@@ -19,10 +19,10 @@ SCHEDULES = [
         "schedule_type": "D",
     },
     {
-        # django-q2's scheduler fires about once a minute at most; workers also reap between jobs
-        # every COORDINATOR_REAPER_SECONDS (coordination.recovery.reap_if_due).
+        # django-q2's scheduler fires about once a minute at most; workers also run a reaper pass
+        # between jobs every COORDINATOR_REAPER_SECONDS (coordination.recovery.reaper_pass_if_due).
         "name": "reaper",
-        "func": "coordination.tasks.reap",
+        "func": "coordination.tasks.reaper_schedule",
         "kwargs": "",
         "schedule_type": "I",
         "minutes": 1,

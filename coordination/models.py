@@ -1,7 +1,9 @@
 """Jobs, slots, the model catalog and the audit trail.
 
 Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state`, `job_queue_log`,
-`blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes live in services.py.
+`blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes go through the coordinator
+service (coordination/services/); a job's status is written only by coordination/transitions.py
+(and the SQL fast path, coordination/fastpath, which applies the same edges).
 """
 
 import uuid
@@ -12,6 +14,13 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+
+def attempt_timeout(timeout_seconds: int | None) -> int:
+    """How long one attempt may run, in seconds, for a model whose timeout_seconds is this:
+    COORDINATOR_JOB_TIMEOUT when it is empty, and never more (django-q2's own timeout, which stops a
+    worker's task, is derived from COORDINATOR_JOB_TIMEOUT)."""
+    return min(timeout_seconds or settings.COORDINATOR_JOB_TIMEOUT, settings.COORDINATOR_JOB_TIMEOUT)
 
 
 class MediaType(models.TextChoices):
@@ -46,9 +55,6 @@ class CatalogModel(models.Model):
         default=5.0, help_text="How long the simulated runner takes when a job does not say."
     )
     description = models.TextField(blank=True, default="")
-    max_runtime_seconds = models.PositiveIntegerField(
-        null=True, blank=True, help_text="A job running longer is failed as timed out (empty: COORDINATOR_JOB_TIMEOUT)."
-    )
     max_attempts = models.PositiveSmallIntegerField(
         default=1, help_text="Runs a failing job may get in all (1: no retry)."
     )
@@ -84,8 +90,12 @@ class CatalogModel(models.Model):
         null=True, blank=True,
         help_text="Most jobs that may wait in this model's line; a submit beyond it is refused with 429 (empty: no limit).",
     )
+    # The one per-model deadline (see attempt_timeout), whatever the runner: the reaper ends a simulated
+    # job past it, the http runner its call to a sync provider, the poller a job at a provider.
     timeout_seconds = models.PositiveIntegerField(
-        default=600, help_text="The http runner gives up on a provider call after this long."
+        null=True, blank=True,
+        help_text="How long one attempt of a job on this model may run, from its start; longer, it fails as "
+                  "timed out (empty: COORDINATOR_JOB_TIMEOUT, which is also the most it may be).",
     )
     max_connect_retries = models.PositiveSmallIntegerField(
         default=3, help_text="Retries of a provider request after a connection error or a 5xx answer."
@@ -115,6 +125,25 @@ class CatalogModel(models.Model):
             raise ValidationError({"callback_secret_env": "A callback provider needs the name of the variable holding its callbacks' secret."})
         if self.poll_interval_seconds is not None and self.poll_interval_seconds < 0.05:
             raise ValidationError({"poll_interval_seconds": "Poll at most twenty times a second (0.05 s or more)."})
+
+    @property
+    def attempt_timeout(self) -> int:
+        """timeout_seconds as it applies (see attempt_timeout())."""
+        return attempt_timeout(self.timeout_seconds)
+
+    # The reaper's name for this deadline until it was merged into timeout_seconds (migration 0021),
+    # still accepted since the catalog's names are published: CatalogModel(max_runtime_seconds=...),
+    # objects.create(max_runtime_seconds=...) and the admin's form. As that migration merged the two,
+    # it narrows timeout_seconds (the smaller of the two is the deadline) and None changes nothing (it
+    # never narrowed anything). Not a column: querysets (filter, update, values) know timeout_seconds only.
+    @property
+    def max_runtime_seconds(self) -> int | None:
+        return self.timeout_seconds
+
+    @max_runtime_seconds.setter
+    def max_runtime_seconds(self, seconds: int | None) -> None:
+        if seconds is not None:
+            self.timeout_seconds = seconds if self.timeout_seconds is None else min(self.timeout_seconds, seconds)
 
     @property
     def detaches(self) -> bool:
@@ -393,7 +422,9 @@ class JobQueueLog(models.Model):
         CANCEL_REQUESTED = "cancel_requested"
         LEASE_EXPIRED = "lease_expired"
         TIMED_OUT = "timed_out"
-        REQUEUED = "requeued"
+        # The reaper sent a started job's task again (no worker took it). The stored value stays
+        # "requeued", older than the rule that "requeued" is a job sent back to waiting (job events).
+        TASK_RESENT = "requeued", "Task resent"
         STALE_CLEARED = "stale_cleared"
         STATE_RESET = "state_reset"
         PRUNED = "pruned"
@@ -533,7 +564,7 @@ class ProviderRun(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
     provider_status = models.CharField(max_length=50, blank=True, default="")  # as the provider last said
     submitted_at = models.DateTimeField()
-    deadline_at = models.DateTimeField()  # submitted_at + the model's timeout_seconds
+    deadline_at = models.DateTimeField()  # the attempt's start + the model's timeout_seconds (attempt_timeout)
     watcher = models.CharField(max_length=100, null=True, blank=True)
     fence = models.PositiveIntegerField(default=0)
     cancel_sent_at = models.DateTimeField(null=True, blank=True)

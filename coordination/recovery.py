@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, stale_waiting
-from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, lease_seconds, running_check, runtime_limits
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, catalog_timeouts, lease_seconds, running_check
 from coordination.services.repairs import running_repair, waiting_repair
 
 logger = logging.getLogger("job_coordinator")
@@ -69,17 +69,17 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     return HEARTBEAT_OK
 
 
-def reap() -> dict:
-    """One pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
+def reaper_pass() -> dict:
+    """One reaper pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
     report = {LEASE_EXPIRED: [], TIMED_OUT: [], RESEND: [], "repaired": []}
     # Looked for without the lock (a read of committed rows); each is checked again under it.
     suspects = list(stale_waiting().values_list("job_id", flat=True)[:1000])
     now = timezone.now()
     with transaction.atomic():
         queue = LockedQueue()
-        limits = runtime_limits()
+        timeouts = catalog_timeouts()
         for job in list(queue.running.values()):
-            found = running_check(job, now, limits)
+            found = running_check(job, now, timeouts)
             if found:
                 running_repair(queue, job, now, *found)
                 report[found[0]].append(str(job.job_id))
@@ -93,7 +93,7 @@ def reap() -> dict:
     return report
 
 
-def reap_if_due() -> dict | None:
+def reaper_pass_if_due() -> dict | None:
     """Run a reaper pass when the last one is older than COORDINATOR_REAPER_SECONDS.
 
     django-q2's scheduler fires at most about once a minute; busy workers call this between jobs so
@@ -101,7 +101,7 @@ def reap_if_due() -> dict | None:
     """
     if not cache.add("coordinator:reaper", 1, timeout=settings.COORDINATOR_REAPER_SECONDS):
         return None
-    return reap()
+    return reaper_pass()
 
 
 def background_pass() -> dict:
@@ -110,11 +110,11 @@ def background_pass() -> dict:
     where a slow receiver would hold up the job)."""
     from coordination.webhooks import deliver_due  # webhooks imports the API's serializers lazily
 
-    return {"reaped": reap_if_due(), "webhooks_delivered": deliver_due()}
+    return {"reaped": reaper_pass_if_due(), "webhooks_delivered": deliver_due()}
 
 
 def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading.Thread:
-    """In a worker process (django-q2's post_spawn): a daemon thread that runs reap_if_due()
+    """In a worker process (django-q2's post_spawn): a daemon thread that runs reaper_pass_if_due()
     every COORDINATOR_REAPER_SECONDS, so recovery needs no request and no busy worker."""
 
     def tick() -> None:

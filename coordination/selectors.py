@@ -18,7 +18,7 @@ from coordination.queue.fair import fair_ahead
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
-from coordination.queue.attempts import runtime_limits
+from coordination.queue.attempts import catalog_timeouts
 
 LINE_PREVIEW = 20  # jobs listed per line in a preview
 
@@ -335,7 +335,7 @@ def queue_dispatch_preview() -> dict:
 def queue_reconcile_preview() -> dict:
     """The differences between slot rows, running jobs and leases, and the repair for each."""
     slots = list(JobQueueState.objects.order_by("id"))
-    found = differences(slots, running_jobs(), now=timezone.now(), limits=runtime_limits())
+    found = differences(slots, running_jobs(), now=timezone.now(), timeouts=catalog_timeouts())
     preview = _preview(["problem", "slot", "job_id", "found", "repair"], [d.as_row() for d in found],
                        "Slots, running jobs and leases agree: nothing to repair.")
     return {**preview, "keys": [d.key for d in found]}

@@ -16,10 +16,11 @@ from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job
 from coordination.kinds import job_kind, job_kind_register
 from coordination.maintenance import idempotency_keys_prune, job_events_prune, queue_log_prune
-from coordination.recovery import HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap_if_due
-from coordination.recovery import reap as reaper_pass
+from coordination.recovery import (
+    HEARTBEAT_CANCEL, HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reaper_pass, reaper_pass_if_due,
+)
 from coordination.runners import RunnerStopped, get_runner, runner_call
-from coordination.services import job_claim, job_complete, job_fail, job_finish_and_take_next, job_stopped
+from coordination.services import job_claim, job_report, job_report_and_take_next
 
 if TYPE_CHECKING:
     from coordination.runners.client import Accepted
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_job(job_id: str, attempt: int) -> None:
-    """Run the job for this attempt, then every job handed to this worker by its finish.
+    """Run the job for this attempt, then every job handed to this worker when it reports one ended.
 
     When a job ends, the coordinator starts the next one in the same transaction; the worker takes
     it there (claimed, so its own delivery does nothing), confirms that with one UPDATE and runs it
@@ -57,7 +58,7 @@ def run_job(job_id: str, attempt: int) -> None:
         if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
             job = None
         try:
-            reap_if_due()
+            reaper_pass_if_due()
         except (OperationalError, InterfaceError):
             logger.warning("Reaper pass skipped: database unavailable")
 
@@ -221,7 +222,7 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
     if not cancelled:
         try:
             run = _when_database_answers(provider_store.run_record, job_id=job.job_id, attempt=attempt, model=at.model,
-                                         accepted=at.accepted)
+                                         accepted=at.accepted, started_at=job.started_at)
         except (OperationalError, InterfaceError):
             logger.warning("Could not record job %s attempt %s at the provider: database unavailable", job.job_id, attempt)
     if run is not None:
@@ -244,8 +245,8 @@ def _report(job: Job, attempt: int, outcome: dict, *, take_next: bool) -> Job | 
     def report() -> Job | None:
         try:
             if take_next:
-                return job_finish_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
-            _finish_only(job_id=job.job_id, attempt=attempt, **outcome)
+                return job_report_and_take_next(job_id=job.job_id, attempt=attempt, **outcome)
+            job_report(job_id=job.job_id, attempt=attempt, **outcome)
         except StaleAttempt:
             pass  # already logged and audited by the service: the outcome was decided elsewhere
         return None
@@ -278,15 +279,6 @@ def _reconnect(state) -> None:
     connections.close_all()
 
 
-def _finish_only(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> None:
-    if status == Job.Status.COMPLETED:
-        job_complete(job_id=job_id, attempt=attempt, result=result)
-    elif status == Job.Status.CANCELLED:
-        job_stopped(job_id=job_id, attempt=attempt, error=error)
-    else:
-        job_fail(job_id=job_id, attempt=attempt, error=error)
-
-
 def _run(job: Job, attempt: int, should_stop) -> dict:
     return job_kind(job.kind).run(job=job, attempt=attempt, should_stop=should_stop)
 
@@ -304,7 +296,7 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
     # A handed-over job comes with its model's catalog row, read in the transaction that started it.
     model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
     call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop,
-                       attempt=attempt)
+                       attempt=attempt, started_at=job.started_at.timestamp() if job.started_at else None)
     runner = get_runner(model.runner)
     if not model.detaches:
         return runner.run(call)
@@ -317,13 +309,19 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
 
 job_kind_register(Job.Kind.NORMAL, run=normal_run)
 
-def reap() -> dict:
-    """The reaper's schedule (see coordination.recovery), and the webhook deliveries that are due."""
+def reaper_schedule() -> dict:
+    """The django-q2 schedule "reaper" (coordination/maintenance.py): a reaper pass (see
+    coordination.recovery), then the webhook deliveries that are due."""
     from coordination.webhooks import deliver_due
 
     report = reaper_pass()
     report["webhooks_delivered"] = deliver_due()
     return report
+
+
+# The schedule's dotted path until it was renamed: deployed schedule rows store it until
+# coordinator_setup (or ensure_schedules) rewrites them at the next start.
+reap = reaper_schedule
 
 
 def prune_queue_log(days: int = 7) -> int:

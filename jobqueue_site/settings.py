@@ -193,7 +193,9 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 # --- Coordinator --------------------------------------------------------------------------------
 # Slots: how many jobs may run at once. 1 is the seed's serialized mode: global FIFO, one at a time.
 COORDINATOR_MAX_ACTIVE_JOBS = env_int("COORDINATOR_MAX_ACTIVE_JOBS", 1)
-# The longest a job's task may run before django-q2 kills it.
+# Seconds one attempt of a job may run, from its start, on a model whose catalog timeout_seconds is
+# empty, and the most any model's may be; past it the job fails as timed out. django-q2's own task
+# timeout (Q_CLUSTER below) is twice this.
 COORDINATOR_JOB_TIMEOUT = env_int("COORDINATOR_JOB_TIMEOUT", 3600)
 # A running job's worker renews its lease every third of this; a lapsed lease ends the attempt.
 COORDINATOR_LEASE_SECONDS = env_int("COORDINATOR_LEASE_SECONDS", 30)

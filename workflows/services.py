@@ -109,6 +109,7 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
             params={**step["params"], **job.params},
             inputs=inputs,
             should_stop=should_stop,
+            started_at=job.started_at.timestamp() if job.started_at else None,
         )
         try:
             output = get_runner(model.runner).run(call)

@@ -1,7 +1,8 @@
 """The hot transitions on PostgreSQL: a submit and a worker's report, each one statement under the
-coordinator lock (the PL/pgSQL functions of schema.sql, installed by migration 0012).
+coordinator lock (the PL/pgSQL functions of schema.sql, installed by migration 0013 and again by
+each migration whose columns or tables they read: 0014, 0016, 0017, 0018, 0020).
 
-The service still opens the transaction and takes the coordinator lock (`slots_lock`, a
+The service still opens the transaction and takes the coordinator lock (`slot_ids_lock`, a
 `select_for_update` of the slot rows); then one function call decides and writes everything the
 Python path (coordination/queue) would, audit rows included, and answers with what happened. Here
 that answer is played back: the [COORDINATOR] lines (coordination/queue/words.py), the workflow

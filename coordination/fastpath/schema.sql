@@ -1,6 +1,6 @@
 -- The coordinator's hot transitions as PL/pgSQL, so that a submit or a completion is one statement
--- under the coordinator lock instead of fifteen round trips. Installed by migration 0012 (PostgreSQL
--- only); coordination/fastpath/__init__.py calls them. They apply exactly the rules of
+-- under the coordinator lock instead of fifteen round trips. Installed by migration 0013 and again by
+-- 0014, 0016, 0017, 0018 and 0020 (PostgreSQL only); coordination/fastpath/__init__.py calls them. They apply exactly the rules of
 -- coordination/queue/rules.py and the writes of coordination/queue/locked.py and
 -- coordination/transitions.py; tests/concurrency/test_scheduling_properties.py runs every step on
 -- both paths and compares the whole state after each.
@@ -623,7 +623,7 @@ BEGIN
     RETURN ctx || jsonb_build_object('job', to_jsonb(j));
 END $$;
 
--- _finish() for the outcomes that need no more than the rules: a stale call refused, a completion,
+-- _report() (services/jobs.py) for the outcomes that need no more than the rules: a stale call refused, a completion,
 -- a failure with no attempt left. Anything else (a cancel asked for, a retry) answers
 -- {"outcome": "python"} having changed nothing, and the caller takes the Python path.
 CREATE OR REPLACE FUNCTION jq_finish(
@@ -656,7 +656,7 @@ BEGIN
     IF NOT (p_status = 'completed' OR (p_status = 'failed' AND j.cancel_requested_at IS NULL)) OR jq_policies_in_use() THEN
         RETURN jsonb_build_object('outcome', 'python');
     END IF;
-    -- transitions.job_ended + job_end_running()
+    -- transitions.job_ended + job_end()
     UPDATE jobs SET status = p_status, completed_at = p_now,
             result = CASE WHEN p_result IS NULL THEN NULL ELSE p_result END,
             error = CASE WHEN p_status = 'completed' THEN NULL ELSE p_error END,

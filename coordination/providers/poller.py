@@ -64,7 +64,7 @@ class Poller:
         self._flushing: asyncio.Task | None = None
         # What it did since its last report line (every COORDINATOR_POLLER_REPORT seconds).
         self.counts = {"ticks": 0, "statements": 0, "polls": 0, "ended": 0}
-        self._reported_at = time.monotonic()
+        self._counts_logged_at = time.monotonic()
 
     def _count_statement(self, execute, sql, params, many, context):
         self.counts["statements"] += 1
@@ -77,9 +77,9 @@ class Poller:
 
         return await asyncio.get_running_loop().run_in_executor(self._db, counted)
 
-    def _report(self) -> None:
+    def _log_counts(self) -> None:
         """One line now and then: how many jobs it watches, and what that cost the database."""
-        seconds = time.monotonic() - self._reported_at
+        seconds = time.monotonic() - self._counts_logged_at
         if seconds < settings.COORDINATOR_POLLER_REPORT:
             return
         counts = self.counts
@@ -89,7 +89,7 @@ class Poller:
             counts["statements"], counts["statements"] / max(1, counts["ticks"]),
         )
         self.counts = dict.fromkeys(counts, 0)
-        self._reported_at = time.monotonic()
+        self._counts_logged_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         concurrency = settings.COORDINATOR_POLLER_CONCURRENCY
@@ -175,7 +175,7 @@ class Poller:
                     known.cancel_requested = True
                     self._push(time.monotonic(), run_id)  # a cancel was asked for: tell the provider now
         self.counts["ticks"] += 1
-        self._report()
+        self._log_counts()
         now = time.monotonic()
         fresh = {watch.run_id: watch for watch in current}
         if whole:

@@ -31,9 +31,12 @@ def _lease(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.COORDINATOR_LEASE_SECONDS)
 
 
-def run_record(*, job_id, attempt: int, model, accepted: Accepted) -> ProviderRun | None:
+def run_record(
+    *, job_id, attempt: int, model, accepted: Accepted, started_at: datetime | None = None,
+) -> ProviderRun | None:
     """The provider accepted this attempt: record where to ask about it, in the worker's step that lets
-    go of the job. None if the attempt is no longer the worker's (cancelled, reset, taken over)."""
+    go of the job, and its deadline: the model's timeout_seconds from the attempt's start (`started_at`;
+    from now if not given). None if the attempt is no longer the worker's (cancelled, reset, taken over)."""
     now = timezone.now()
     with transaction.atomic():
         # The UPDATE holds the job's row until the commit, as a SELECT FOR UPDATE would, in one statement:
@@ -46,7 +49,7 @@ def run_record(*, job_id, attempt: int, model, accepted: Accepted) -> ProviderRu
             job_id=job_id, attempt=attempt, model=model.name, style=model.provider_style,
             provider_job_id=accepted.provider_job_id, status_url=accepted.status_url,
             provider_status=accepted.status.state, submitted_at=now,
-            deadline_at=now + timedelta(seconds=model.timeout_seconds),
+            deadline_at=(started_at or now) + timedelta(seconds=model.attempt_timeout),
         )
         JobQueueLog.objects.create(job_id=job_id, job_type=Job.Kind.NORMAL, event_type=JobQueueLog.Event.AT_PROVIDER,
                                    details={"attempt": attempt, "provider_job_id": accepted.provider_job_id,

@@ -5,8 +5,12 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from coordination.models import CatalogModel, Job, ProviderRun
+from coordination.models import CatalogModel, Job, ProviderRun, attempt_timeout
 
+# What recovery does about a running attempt; also the keys of the reaper's report (returned by its
+# schedule, counted in its "[COORDINATOR] Reaper:" line). RESEND: its task is sent again; the key
+# says "requeued_tasks", older than the rule that "requeued" is a job sent back to waiting, and kept
+# as the log line's words.
 TIMED_OUT, RESEND, LEASE_EXPIRED = "timed_out", "requeued_tasks", "lease_expired"
 
 
@@ -14,26 +18,31 @@ def lease_seconds() -> int:
     return settings.COORDINATOR_LEASE_SECONDS
 
 
-def runtime_limits() -> dict[str, int | None]:
-    return dict(CatalogModel.objects.values_list("name", "max_runtime_seconds"))
+def catalog_timeouts() -> dict[str, int | None]:
+    """Each catalog model's timeout_seconds, by name (running_check's `timeouts`)."""
+    return dict(CatalogModel.objects.values_list("name", "timeout_seconds"))
 
 
 def _at_provider(job: Job) -> bool:
     return ProviderRun.objects.filter(job_id=job.job_id, attempt=job.attempt, state=ProviderRun.State.IN_FLIGHT).exists()
 
 
-def running_check(job: Job, now, limits: dict) -> tuple[str, str] | None:
+def running_check(job: Job, now, timeouts: dict) -> tuple[str, str] | None:
     """What recovery must do about a running attempt now, as (action, reason), or None while its
-    lease and its runtime limit both hold. A read: the reaper and the reconciler's preview share it."""
-    # Never beyond the job timeout: past it django-q2 may stop the task anyway.
-    runtime_limit = min(
-        [limits.get(model) or settings.COORDINATOR_JOB_TIMEOUT for model in job.required_models]
-        + [settings.COORDINATOR_JOB_TIMEOUT]
+    lease and its deadline both hold. A read: the reaper and the reconciler's preview share it.
+    `timeouts`: catalog_timeouts()."""
+    # A workflow's attempt has the deadline of its strictest model.
+    timeout = min(
+        [attempt_timeout(timeouts.get(model)) for model in job.required_models] + [settings.COORDINATOR_JOB_TIMEOUT]
     )
     claimed = job.claimed_attempt == job.attempt
     lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
-    if job.started_at and now - job.started_at > timedelta(seconds=runtime_limit):
-        return TIMED_OUT, f"timed out after {runtime_limit} s"
+    if job.started_at and now - job.started_at > timedelta(seconds=timeout):
+        if claimed and _at_provider(job):
+            # Its poller ends it at the same deadline (provider_runs.deadline_at), and drops the
+            # provider's job too, which ending it here would leave running there.
+            return None
+        return TIMED_OUT, f"timed out after {timeout} s"
     if lapsed and claimed and _at_provider(job):
         # Its worker let go of it at the provider; the poller that watched it is gone: the next
         # poller adopts it (coordination/providers). Nothing ran twice and nothing was lost.

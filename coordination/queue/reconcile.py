@@ -37,7 +37,7 @@ class Difference:
         return f"{self.problem}|{self.slot or ''}|{self.job_id or ''}|{self.repair}"
 
 
-def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict) -> list[Difference]:
+def differences(slots: list[JobQueueState], running: dict, *, now, timeouts: dict) -> list[Difference]:
     """What disagrees, and what the repair will do about each; `running` maps job_id to running Job."""
     found: list[Difference] = []
     named: set = set()
@@ -64,7 +64,7 @@ def differences(slots: list[JobQueueState], running: dict, *, now, limits: dict)
         if job_id not in named:
             found.append(Difference(JOB_IN_NO_SLOT, None, str(job_id), "no slot row shows it",
                                     "write it into a free slot"))
-        check = running_check(job, now, limits)
+        check = running_check(job, now, timeouts)
         if check is not None:
             action, reason = check
             repair = {

@@ -32,7 +32,7 @@ def runner_call(model, **fields) -> RunnerCall:
             url=model.provider_url,
             credential_env=model.credential_env,
             style=model.provider_style,
-            timeout_seconds=model.timeout_seconds,
+            timeout_seconds=model.attempt_timeout,
             max_connect_retries=model.max_connect_retries,
             poll_interval_seconds=model.poll_interval_seconds,
             callback_url=callback_url_of(model.name) if model.provider_style == "callback" else "",

@@ -24,6 +24,7 @@ class Provider:
     # The NAME of the environment variable holding the token; the secret never leaves the worker's environment.
     credential_env: str = ""
     style: str = "sync"  # sync: answers the result; poll: answers a job to poll; callback: a job, then calls back
+    # The model's deadline for one attempt, from the attempt's start (CatalogModel.attempt_timeout).
     timeout_seconds: float = 600
     max_connect_retries: int = 3
     poll_interval_seconds: float = 5.0
@@ -45,6 +46,9 @@ class RunnerCall:
     provider: Provider | None = None
     # The job's attempt: a provider is sent `Idempotency-Key: <job_id>:<attempt>`.
     attempt: int | None = None
+    # When the attempt started (time.time()): the provider's timeout_seconds count from then, as the
+    # reaper counts them. None: from the call.
+    started_at: float | None = None
 
 
 class Runner(Protocol):

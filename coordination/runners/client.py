@@ -17,8 +17,8 @@ The protocol (the catalog model says where and how: `provider_url`, `provider_st
   `id`, to `callback_url` when the job ends (coordination/providers/callbacks.py).
 - **Cancel**: `DELETE status_url`; a 2xx (or a 404: there is no such job any more) confirms it.
 - **Limits**: a `429` or `503` is waited out, for `Retry-After` seconds (or until its date) when it
-  says, else with exponential back-off and jitter, without failing the job, until `timeout_seconds`
-  since the call began. A refused or reset connection or another 5xx is tried again
+  says, else with exponential back-off and jitter, without failing the job, until the attempt's
+  deadline (`timeout_seconds` from its start). A refused or reset connection or another 5xx is tried again
   `max_connect_retries` times when submitting; when asking about a job already at the provider, it is
   waited out like a limit (the job is there; an outage does not end it). Any other 4xx fails the job
   with the provider's own words. Redirects are not followed.
@@ -51,7 +51,7 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 
 class ProviderTimeout(RunnerError):
-    """The call used up the model's timeout_seconds."""
+    """The attempt reached its deadline: the model's timeout_seconds, counted from its start."""
 
 
 class AskAgain(Exception):

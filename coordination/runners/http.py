@@ -5,7 +5,7 @@ submitted by the worker and then left at the provider (`submit`): the job costs 
 its qcluster's poller (coordination/providers), not a worker process. A workflow's step waits for its
 provider here (`run`), since the next step needs its output in this worker: it is polled at the
 model's interval, a stop asked for is seen within 0.1 s and cancels the provider's job, and the
-model's timeout_seconds bounds the whole call ("timed out after N s").
+model's timeout_seconds, counted from the attempt's start, bounds the call ("timed out after N s").
 
 The HTTP stack (httpx) is imported when a provider is first called, not when Django starts: a
 qcluster's sentinel, pusher and monitor, forked from its main process, never carry it.
@@ -31,7 +31,7 @@ class HttpRunner:
         from coordination.runners.client import Accepted
 
         provider = _provider(call)
-        deadline = time.monotonic() + provider.timeout_seconds
+        deadline = _deadline(call, provider)
 
         async def work(client):
             answer = await provider_client.submit(client, call, attempt=call.attempt, deadline=deadline)
@@ -48,7 +48,7 @@ class HttpRunner:
         from coordination.runners.client import Accepted
 
         provider = _provider(call)
-        deadline = time.monotonic() + provider.timeout_seconds
+        deadline = _deadline(call, provider)
 
         async def work(client):
             answer = await provider_client.submit(client, call, attempt=call.attempt, deadline=deadline,
@@ -65,6 +65,13 @@ def _provider(call: RunnerCall) -> Provider:
     if provider is None or not provider.url:
         raise RunnerError(f"Model {call.model} uses the http runner but has no provider URL")
     return provider
+
+
+def _deadline(call: RunnerCall, provider: Provider) -> float:
+    """The attempt's deadline on the monotonic clock: timeout_seconds from the attempt's start (from now
+    when the call does not say when that was)."""
+    elapsed = max(0.0, time.time() - call.started_at) if call.started_at is not None else 0.0
+    return time.monotonic() + provider.timeout_seconds - elapsed
 
 
 def _outcome(provider_job_id: str, status) -> dict:

@@ -1,5 +1,16 @@
-"""A job's life under the coordinator lock after it was accepted (submit.py): start, finish, cancel,
-claim, retry."""
+"""A job's life after it was accepted (submit.py): claim, cancel, and how a running attempt ends.
+
+One verb for the coordinator's side, "end", and one for the worker's side, "report":
+
+- transitions.job_ended: the edge itself (running -> completed, failed or cancelled);
+- job_end: under the lock, end the job for good with an outcome already decided (the edge, its slot
+  and models freed, its audit row, and whatever may start now);
+- job_attempt_end: under the lock, an attempt ended as someone reports it: the one outcome rule
+  decides between job_retry (back in line) and job_end;
+- job_complete, job_fail, job_stopped, job_report, job_report_and_take_next: a worker's (or
+  poller's) report, by id and fenced by its attempt, each its own transaction (the SQL fast path when
+  it can, else job_attempt_end under the lock).
+"""
 
 import logging
 import uuid
@@ -48,12 +59,12 @@ def job_retry(queue: LockedQueue, job: Job, *, error: str | None) -> None:
             queue.reassess(job)
 
 
-def job_end_running(
+def job_end(
     queue: LockedQueue, job: Job, *, status: str, error: str | None = None, result: dict | None = None,
     settle: bool = True,
 ) -> None:
-    """End a running attempt for good: its outcome, its slot and models freed, its audit row, and
-    (unless the caller settles several at once) whatever may start now."""
+    """Under the lock: end a running job for good with this outcome (decided already): its slot and
+    models freed, its audit row, and (unless the caller settles several at once) whatever may start now."""
     job_ended(job, status=status, now=queue.now, result=result, error=error)
     say("ended", job.job_id, status)
     queue.release(job)
@@ -68,8 +79,9 @@ def job_attempt_end(
     queue: LockedQueue, job: Job, *, reported: str, error: str | None = None, result: dict | None = None,
     retry: bool = True, settle: bool = True,
 ) -> Outcome:
-    """A running attempt ended as `reported` (by its worker, the reaper, the reconciler or Reset
-    state): the one outcome rule (transitions.attempt_outcome) decides, and it is carried out."""
+    """Under the lock: a running attempt ended as `reported` (by its worker, the reaper, the reconciler
+    or Reset state): the one outcome rule (transitions.attempt_outcome) decides, and job_retry or
+    job_end carries it out."""
     may_retry = retry and reported == Job.Status.FAILED and job.cancel_requested_at is None
     outcome = attempt_outcome(
         job,
@@ -84,11 +96,11 @@ def job_attempt_end(
     if outcome.status == RETRY:
         job_retry(queue, job, error=error)
     else:
-        job_end_running(queue, job, status=outcome.status, error=outcome.error, result=result, settle=settle)
+        job_end(queue, job, status=outcome.status, error=outcome.error, result=result, settle=settle)
     return outcome
 
 
-def _finish(
+def _report(
     *,
     job_id,
     attempt: int,
@@ -98,6 +110,8 @@ def _finish(
     take_next: bool = False,
     retry: bool = True,
 ) -> tuple[Job, Job | None]:
+    """A report of how an attempt ended, in its own transaction: the SQL fast path when it can decide
+    alone, else _report_python. Returns the job and, with `take_next`, the job handed over (or None)."""
     if fastpath.enabled():
         with transaction.atomic():
             slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
@@ -112,14 +126,14 @@ def _finish(
             logger.warning("[COORDINATOR] %s", refusal)
             raise StaleAttempt(refusal)
         # A cancel asked for, or a retry: the function changed nothing; the Python path decides.
-    return _finish_locked(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
+    return _report_python(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
                           take_next=take_next, retry=retry)
 
 
-def _finish_locked(
+def _report_python(
     *, job_id, attempt: int, status: str, result: dict | None, error: str | None, take_next: bool, retry: bool,
 ) -> tuple[Job, Job | None]:
-    """The Python path of _finish: its own transaction, under the lock."""
+    """The Python path of _report: its own transaction, under the lock."""
     refusal = None
     with transaction.atomic():
         queue = LockedQueue(take_next=take_next)
@@ -153,26 +167,32 @@ def job_cancel_reason(job: Job) -> str:
 
 
 def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)[0]
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)[0]
 
 
 def job_fail(*, job_id, attempt: int, error: str, retry: bool = True) -> Job:
     """Fail the attempt; the job runs again (at its old place in line) while its models allow
     more attempts, unless `retry` is False."""
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry)[0]
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry)[0]
 
 
 def job_stopped(*, job_id, attempt: int, error: str = "stopped while running") -> Job:
     """The worker stopped the runner of a job whose cancel was requested: it ends cancelled."""
-    return _finish(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
 
 
-def job_finish_and_take_next(
+def job_report(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> Job:
+    """A worker reports its job's outcome as a status: as job_complete, job_fail (may be retried) or
+    job_stopped would, chosen by `status`."""
+    return _report(job_id=job_id, attempt=attempt, status=status, result=result, error=error)[0]
+
+
+def job_report_and_take_next(
     *, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None
 ) -> Job | None:
     """A worker reports its job's outcome and takes, already claimed, the first job that outcome
     started, so the next job runs without waiting for the broker to deliver it (None if none)."""
-    return _finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error, take_next=True)[1]
+    return _report(job_id=job_id, attempt=attempt, status=status, result=result, error=error, take_next=True)[1]
 
 
 def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> Job:

@@ -17,7 +17,7 @@ from coordination.queue import LockedQueue, line, nearest_behind
 from coordination.queue.fair import shares_enter, shares_leave
 from coordination.queue.lines import heads_of, on_models, passing
 from coordination.queue.reconcile import JOB_IN_NO_SLOT, differences
-from coordination.queue.attempts import running_check, runtime_limits
+from coordination.queue.attempts import catalog_timeouts, running_check
 from coordination.services.repairs import running_repair
 from coordination.services.jobs import _locked_job
 
@@ -140,8 +140,8 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
     with transaction.atomic():
         queue = LockedQueue()
         now = timezone.now()
-        limits = runtime_limits()
-        found = differences(queue.slots, queue.running, now=now, limits=limits)
+        timeouts = catalog_timeouts()
+        found = differences(queue.slots, queue.running, now=now, timeouts=timeouts)
         not_repaired = [{"key": key, "why": "no longer found"}
                         for key in sorted((only or set()) - {difference.key for difference in found})]
         if only is not None:
@@ -166,7 +166,7 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
             elif difference.problem == JOB_IN_NO_SLOT:
                 _slot_assign(queue, job)
             else:
-                running_repair(queue, job, now, *running_check(job, now, limits))
+                running_repair(queue, job, now, *running_check(job, now, timeouts))
                 if job.job_id not in queue.running:
                     ended.append(job.job_id)
         queue.settle_after(*ended)

@@ -87,14 +87,15 @@ def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) 
     elif action == LEASE_EXPIRED:
         _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)
     else:
-        _resend(job, now, reason=reason)
+        _task_resend(job, now, reason=reason)
 
 
-def _resend(job: Job, now, *, reason: str) -> None:
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.REQUEUED, job=job, details={"attempt": job.attempt, "reason": reason})
+def _task_resend(job: Job, now, *, reason: str) -> None:
+    """Send a started job's task again (it stays running, at the same attempt): no worker took it."""
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.TASK_RESENT, job=job, details={"attempt": job.attempt, "reason": reason})
     logger.info("[COORDINATOR] Job %s attempt %s was never taken by a worker; sending its task again", job.job_id, job.attempt)
-    # A lease from now before the next re-send; started_at stays, so the runtime limit still ends
-    # a job whose task never gets taken.
+    # A lease from now before the next re-send; started_at stays, so its deadline (timeout_seconds)
+    # still ends a job whose task never gets taken.
     job.claimed_attempt = job.attempt - 1
     job.lease_expires_at = now + timedelta(seconds=lease_seconds())
     job.save(update_fields=["claimed_attempt", "lease_expires_at"])

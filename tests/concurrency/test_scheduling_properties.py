@@ -43,7 +43,7 @@ from coordination.models import (
     CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState, LineShare,
 )
 from coordination.queue.lines import line_key
-from coordination.recovery import reap
+from coordination.recovery import reaper_pass
 from coordination.services import (
     capacity_group_delete,
     capacity_group_save,
@@ -51,7 +51,7 @@ from coordination.services import (
     job_cancel,
     job_complete,
     job_fail,
-    job_finish_and_take_next,
+    job_report_and_take_next,
     job_priority_set,
     job_submit,
     jobs_submit_batch,
@@ -467,7 +467,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         attempt = current.attempt
         taken = None
         if take_next:
-            taken = self.both_paths(lambda: job_finish_and_take_next(
+            taken = self.both_paths(lambda: job_report_and_take_next(
                 job_id=rec.job_id, attempt=attempt, status=outcome, result={"output": "x"}
             ))
         elif outcome == Job.Status.COMPLETED:
@@ -616,7 +616,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         Job.objects.filter(pk=rec.job_id).update(start_by=timezone.now() - timedelta(days=1))
         rec.overdue = True
         rec.status = Job.Status.EXPIRED  # the test's model first: the starts are judged without it
-        reap()
+        reaper_pass()
         self.replay_starts()
         assert Job.objects.get(pk=rec.job_id).started_at is None
 

@@ -89,7 +89,7 @@ def one_of_each(user, staff_user):
         status_url="https://provider.example/jobs/prov-1", provider_status="running",
         submitted_at=timezone.now(), deadline_at=timezone.now(),
     )
-    Schedule.objects.create(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES, minutes=1)
+    Schedule.objects.create(name="reaper", func="coordination.tasks.reaper_schedule", schedule_type=Schedule.MINUTES, minutes=1)
     now = timezone.now()
     for success in (True, False):
         Task.objects.create(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 # Every field the admin's change form posts; `paused` is read-only there (the console pauses).
 FORM_FIELDS = (
     "name", "media_type", "runner", "capacity", "enabled", "default_simulate_seconds", "description",
-    "max_runtime_seconds", "max_attempts", "provider_url", "credential_env", "provider_style", "timeout_seconds",
+    "max_attempts", "provider_url", "credential_env", "provider_style", "timeout_seconds",
     "max_connect_retries", "poll_interval_seconds", "callback_secret_env", "line_policy", "max_waiting",
 )
 
@@ -149,6 +149,14 @@ def test_a_pause_made_after_the_form_was_read_stands(user):
     model = CatalogModel.objects.get(name="flux-dev")
     assert (model.paused, model.description) == (True, "Paused meanwhile")
     assert submit(user, model="flux-dev").status == Job.Status.PENDING
+
+
+def test_the_admin_still_takes_the_deadline_under_its_old_name(console):
+    edit(console, "flux-dev", max_runtime_seconds=45)  # merged into timeout_seconds (migration 0021)
+    assert CatalogModel.objects.get(name="flux-dev").timeout_seconds == 45
+
+    edit(console, "flux-dev", timeout_seconds=30, max_runtime_seconds=60)  # both: the smaller, as the merge did
+    assert CatalogModel.objects.get(name="flux-dev").timeout_seconds == 30
 
 
 def test_a_model_added_in_the_admin_is_audited(console, staff_user, user):

@@ -4,6 +4,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -155,10 +156,11 @@ def use_http(url: str, **fields) -> CatalogModel:
     return CatalogModel.objects.get(name=MODEL)
 
 
-def call(*, params=None, should_stop=lambda: False) -> RunnerCall:
+def call(*, params=None, should_stop=lambda: False, started_at: float | None = None) -> RunnerCall:
     """The call a worker makes: the model's provider settings as the catalog has them now."""
     return runner_call(CatalogModel.objects.get(name=MODEL), job_id=uuid4(), prompt="A knight riding a horse", params=params or {},
-                      inputs={"input_image": "https://example.com/user.jpg"}, should_stop=should_stop)
+                      inputs={"input_image": "https://example.com/user.jpg"}, should_stop=should_stop,
+                      started_at=started_at)
 
 
 def run(runner_call: RunnerCall) -> dict:
@@ -284,6 +286,15 @@ def test_a_provider_slower_than_timeout_seconds_times_out(provider):
     with pytest.raises(RunnerError, match=r"^timed out after 1 s$"):
         run(call())
     assert provider.answered == 0  # it gave up at its own deadline, not when the answer came
+
+
+def test_timeout_seconds_count_from_the_attempts_start_as_the_reaper_counts_them(provider):
+    use_http(f"{provider.url}/hold", timeout_seconds=3)
+    began = time.monotonic()
+
+    with pytest.raises(RunnerError, match=r"^timed out after 3 s$"):
+        run(call(started_at=time.time() - 2))  # the attempt started 2 s before its worker called
+    assert time.monotonic() - began < 2.5
 
 
 def test_a_poll_job_slower_than_timeout_seconds_times_out_and_is_cancelled(provider):

@@ -5,7 +5,7 @@ import pytest
 from coordination.exceptions import JobNotFound, StaleAttempt
 from coordination.models import Job, JobQueueLog, JobQueueState
 from coordination.queue import words
-from coordination.recovery import reap
+from coordination.recovery import reaper_pass
 from coordination.services import job_cancel, job_complete, job_fail
 from tests.helpers import (
     AUDIT_FAILED,
@@ -377,7 +377,7 @@ def test_an_idle_queue_says_no_queued_jobs_once_not_on_every_reaper_pass(coordin
 
     words._idle.said = False  # as in another worker process, which has not said it yet
     for _ in range(3):
-        reap()
+        reaper_pass()
 
     assert coordinator_lines(coordinator_log).count("[COORDINATOR] No queued jobs") == 1
     job = submit(user)

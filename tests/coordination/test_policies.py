@@ -10,7 +10,7 @@ from django.utils import timezone
 from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
 from coordination import selectors
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog, LineShare
-from coordination.recovery import reap
+from coordination.recovery import reaper_pass
 from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch, model_pause
 from tests.helpers import assert_honest_waiting, at_once, events, execute_workflow, fresh, log_row, submit
 
@@ -160,7 +160,7 @@ class TestDeadlines:
         assert fresh(behind).blocked_by_job_id == deadline.job_id
         overdue(deadline)
 
-        reap()
+        reaper_pass()
 
         deadline = fresh(deadline)
         assert deadline.status == Job.Status.EXPIRED
@@ -182,7 +182,7 @@ class TestDeadlines:
 
     def test_a_running_job_is_never_expired(self, user):
         job = overdue(submit(user, max_wait_seconds=60))  # it started at once
-        reap()
+        reaper_pass()
         assert fresh(job).status == Job.Status.RUNNING
 
     def test_the_api_takes_a_deadline_and_refuses_a_bad_one(self, api):

@@ -113,7 +113,7 @@ def test_ensure_schedules_run_twice_keeps_exactly_one():
     call_command("ensure_schedules", stdout=out)
 
     assert _prune_schedules().count() == 1
-    assert Schedule.objects.filter(name="reaper", func="coordination.tasks.reap", schedule_type=Schedule.MINUTES).count() == 1
+    assert Schedule.objects.filter(name="reaper", func="coordination.tasks.reaper_schedule", schedule_type=Schedule.MINUTES).count() == 1
     assert "Schedules in place: prune_queue_log, reaper." in out.getvalue()
 
 
@@ -128,6 +128,19 @@ def test_ensure_schedules_creates_a_missing_schedule_and_removes_duplicates():
     schedule = _prune_schedules().get()
     assert schedule.schedule_type == Schedule.DAILY
     assert schedule.kwargs == "days=7"
+
+
+def test_a_reaper_schedule_stored_under_its_old_path_still_runs_and_is_rewritten():
+    from django.utils.module_loading import import_string
+
+    from coordination.tasks import reaper_schedule
+
+    Schedule.objects.filter(name="reaper").update(func="coordination.tasks.reap")  # as a deployed row has it
+    assert import_string("coordination.tasks.reap") is reaper_schedule  # how django-q2 finds the function
+
+    call_command("ensure_schedules", stdout=StringIO())
+
+    assert Schedule.objects.get(name="reaper").func == "coordination.tasks.reaper_schedule"
 
 
 def test_the_daily_task_also_removes_idempotency_keys_older_than_a_day(user):

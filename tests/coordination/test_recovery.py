@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import CatalogModel, Job, JobQueueLog
-from coordination.recovery import HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reap
-from coordination.services import job_cancel, job_claim, job_complete, job_finish_and_take_next
+from coordination.recovery import HEARTBEAT_LOST, HEARTBEAT_OK, job_heartbeat, reaper_pass
+from coordination.services import job_cancel, job_claim, job_complete, job_report_and_take_next
 from coordination.tasks import run_job
 from tests.e2e.harness import wait_until
 from tests.helpers import assert_honest_waiting, events, fresh, log_row, submit
@@ -39,7 +39,7 @@ def test_a_lapsed_lease_fails_the_job_frees_its_model_and_starts_the_next(user):
     job_claim(job_id=lost.job_id, attempt=1)
     lapse(lost)
 
-    report = reap()
+    report = reaper_pass()
 
     lost = fresh(lost)
     assert report["lease_expired"] == [str(lost.job_id)]
@@ -54,7 +54,7 @@ def test_a_live_lease_is_left_alone(user):
     job_claim(job_id=alive.job_id, attempt=1)
 
     assert job_heartbeat(job_id=alive.job_id, attempt=1) == HEARTBEAT_OK
-    assert reap() == {"lease_expired": [], "timed_out": [], "requeued_tasks": [], "repaired": []}
+    assert reaper_pass() == {"lease_expired": [], "timed_out": [], "requeued_tasks": [], "repaired": []}
     assert fresh(alive).status == Job.Status.RUNNING
 
 
@@ -62,7 +62,7 @@ def test_the_lost_workers_late_calls_are_refused_and_the_outcome_stands(user):
     lost = submit(user)
     job_claim(job_id=lost.job_id, attempt=1)
     lapse(lost)
-    reap()
+    reaper_pass()
 
     assert job_heartbeat(job_id=lost.job_id, attempt=1) == HEARTBEAT_LOST
     with pytest.raises(StaleAttempt):
@@ -80,7 +80,7 @@ def test_a_retried_job_keeps_its_place_at_the_head_of_its_line(user):
     job_claim(job_id=lost.job_id, attempt=1)
     lapse(lost)
 
-    reap()
+    reaper_pass()
 
     lost, later = fresh(lost), fresh(later)
     assert lost.status == Job.Status.RUNNING and lost.attempt == 2, "it went first again, before the later job"
@@ -92,13 +92,13 @@ def test_a_retried_job_keeps_its_place_at_the_head_of_its_line(user):
 
 
 def test_a_job_running_past_its_models_limit_is_failed_as_timed_out(user):
-    CatalogModel.objects.filter(name="flux-dev").update(max_runtime_seconds=5, max_attempts=3)
+    CatalogModel.objects.filter(name="flux-dev").update(timeout_seconds=5, max_attempts=3)
     slow = submit(user, model="flux-dev")
     waiting = submit(user, model="flux-dev")
     job_claim(job_id=slow.job_id, attempt=1)
     Job.objects.filter(pk=slow.pk).update(started_at=timezone.now() - timedelta(seconds=6))
 
-    report = reap()
+    report = reaper_pass()
 
     slow = fresh(slow)
     assert report["timed_out"] == [str(slow.job_id)]
@@ -111,7 +111,7 @@ def test_a_started_job_no_worker_claimed_is_sent_again(user, django_capture_on_c
     lapse(orphan)  # a whole lease passed since it started, and no worker claimed it
 
     with django_capture_on_commit_callbacks() as callbacks:
-        report = reap()
+        report = reaper_pass()
 
     assert report["requeued_tasks"] == [str(orphan.job_id)]
     assert len(callbacks) == 1, "its task is enqueued again, after commit"
@@ -124,12 +124,12 @@ def test_a_handed_off_job_whose_worker_died_before_taking_it_is_sent_again_witho
     first = submit(user)
     second = submit(user)
     job_claim(job_id=first.job_id, attempt=1)
-    taken = job_finish_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    taken = job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
     assert taken.job_id == second.job_id  # ...and then that worker died before its first heartbeat
     lapse(second)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        report = reap()
+        report = reaper_pass()
 
     assert report["requeued_tasks"] == [str(second.job_id)] and len(callbacks) == 1
     assert events(second)[-1] == "requeued"
@@ -158,7 +158,7 @@ def test_the_reaper_repairs_a_waiting_job_that_points_at_a_finished_one(user):
     other = submit(user, model="minimax/video-01")
     Job.objects.filter(pk=other.pk).update(blocked_by_job_id=None, conflict_reason=None)  # by hand
 
-    report = reap()
+    report = reaper_pass()
 
     assert report["repaired"] == [str(other.job_id)]
     assert fresh(other).blocked_by_job_id is not None
