@@ -46,9 +46,12 @@ def typical_run_seconds(model: str) -> float:
     return catalog.default_simulate_seconds if catalog else 0.0
 
 
-def line_retry_after(model: str, running: list[Job], *, now: datetime) -> int:
+def line_retry_after(model: str, *, now: datetime | None = None) -> int:
     """Seconds until a full line of `model` should move (its next job starts): what the soonest of its
-    running jobs has left, by the model's typical run time; at least 1. For Retry-After."""
+    running jobs has left, by the model's typical run time; at least 1. For Retry-After, read once the
+    refused submission's transaction is over (services/submit.py), never under the coordinator lock."""
+    now = now or timezone.now()
+    running = Job.objects.filter(status=Job.Status.RUNNING).only("started_at", "required_models")  # at most one per slot
     typical = typical_run_seconds(model)
     left = [max(0.0, typical - _elapsed(job, now)) for job in running if model in job.required_models]
     return max(1, math.ceil(min(left) if left else typical))
