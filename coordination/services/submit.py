@@ -19,7 +19,7 @@ from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
 from coordination.transitions import job_accepted
-from coordination.webhooks import webhook_set
+from coordination.webhook_targets import webhook_set
 
 logger = logging.getLogger("job_coordinator")
 
