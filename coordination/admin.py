@@ -20,6 +20,7 @@ from coordination.console_actions import OPERATE, console_action_urls
 from coordination.selectors import job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id
 from coordination.services import capacity_group_delete, capacity_group_save, catalog_model_save
+from coordination.webhooks import delivery_resend
 
 
 # The admin index links to the queue console.
@@ -311,8 +312,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send again (same webhook-id, 24 more hours of tries)", permissions=["change"])
     def send_again(self, request, queryset):
-        from coordination.webhooks import delivery_resend
-
         for delivery in queryset:
             delivery_resend(delivery)
         self.message_user(request, f"{queryset.count()} delivery(ies) will be sent again.")

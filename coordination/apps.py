@@ -7,6 +7,7 @@ class CoordinationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported once the apps are ready: this module is loaded before the models are.
         from django_q.signals import post_spawn
 
         from coordination.recovery import start_reaper_ticker

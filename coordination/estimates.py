@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from coordination.models import CatalogModel, Job, JobLine
 from coordination.queue.fair import fair_ahead
-from coordination.queue.lines import ahead_of, line, line_key
-from coordination.queue.rules import Group
+from coordination.queue.lines import ahead_of, count_ahead, line, line_key
+from coordination.queue.groups import Group
 
 RECENT = 50  # completed jobs per model that make its typical run time
 AHEAD_COUNTED = 1000  # serialized mode: at most this many jobs before a job are summed
@@ -46,9 +46,12 @@ def typical_run_seconds(model: str) -> float:
     return catalog.default_simulate_seconds if catalog else 0.0
 
 
-def line_retry_after(model: str, running: list[Job], *, now: datetime) -> int:
+def line_retry_after(model: str, *, now: datetime | None = None) -> int:
     """Seconds until a full line of `model` should move (its next job starts): what the soonest of its
-    running jobs has left, by the model's typical run time; at least 1. For Retry-After."""
+    running jobs has left, by the model's typical run time; at least 1. For Retry-After, read once the
+    refused submission's transaction is over (services/submit.py), never under the coordinator lock."""
+    now = now or timezone.now()
+    running = Job.objects.filter(status=Job.Status.RUNNING).only("started_at", "required_models")  # at most one per slot
     typical = typical_run_seconds(model)
     left = [max(0.0, typical - _elapsed(job, now)) for job in running if model in job.required_models]
     return max(1, math.ceil(min(left) if left else typical))
@@ -130,8 +133,6 @@ def estimated_starts(jobs: list[Job], *, now: datetime | None = None) -> dict:
         for job in waiting:
             estimates[job.job_id] = now + timedelta(seconds=left + before[place.get(job.job_id, len(head))])
         return estimates
-    from coordination.selectors import count_ahead  # selectors imports the queue, as this module does
-
     models = {model for job in waiting for model in job.required_models}
     typical = typical_run_seconds_of(models)
     catalog = list(CatalogModel.objects.filter(name__in=models).values_list("name", "capacity", "line_policy"))
@@ -256,7 +257,7 @@ class _CatalogRow:
 
 
 def _catalog_with_groups(models) -> tuple[dict[str, _CatalogRow], dict[str, list[Group]]]:
-    """The catalog rows of `models`, and for each its capacity groups (as rules.groups_by_model gives
+    """The catalog rows of `models`, and for each its capacity groups (as groups.groups_by_model gives
     them), in one query: a row per model, group and member."""
     rows = CatalogModel.objects.filter(name__in=models).values_list(
         "name", "paused", "capacity", "default_simulate_seconds", "line_policy",

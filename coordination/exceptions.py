@@ -58,14 +58,25 @@ class PendingLimitReached(CoordinationError):
 
 
 class LineFull(CoordinationError):
-    """The job would wait in a model's line that already holds its catalog `max_waiting` jobs."""
+    """The job would wait in a model's line that already holds its catalog `max_waiting` jobs.
+
+    The coordinator raises it under its lock without `retry_after`: an estimate is not read there
+    (STYLE.md §9). The service that took the lock completes it once the transaction has rolled back
+    (with_retry_after), so a client always gets one."""
 
     status_code = 429
     default_code = "line_full"
 
-    def __init__(self, message: str, *, retry_after: int, field: str | None = None):
+    def __init__(self, message: str, *, model: str, retry_after: int | None = None, field: str | None = None):
         super().__init__(message, field=field)
+        self.model = model
         self.retry_after = retry_after
+
+    def with_retry_after(self, seconds: int) -> "LineFull":
+        return LineFull(
+            f"{self.message} Try again in about {seconds} s, when its next job should have started.",
+            model=self.model, retry_after=seconds, field=self.field,
+        )
 
 
 class DuplicateJob(CoordinationError):

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, WebhookDelivery
-from coordination.queue.rules import groups_by_model
+from coordination.queue.groups import groups_by_model
 
 # Upper bounds in seconds, from a no-op job to the default job timeout (an hour).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

@@ -498,8 +498,9 @@ class WebhookSecret(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    """One event of a job for its webhook_url: written in the transition's own transaction (an outbox),
-    sent after commit by the worker cluster, retried with the same webhook_id until delivered or 24 h."""
+    """One event of a job for its webhook_url: written by the database in the change's own transaction
+    (the job_events trigger, coordination/events/triggers.py), sent after commit by the worker cluster
+    (coordination/webhooks.py), retried with the same webhook_id until delivered or 24 h."""
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -510,7 +511,10 @@ class WebhookDelivery(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
     event_type = models.CharField(max_length=30)  # job.started, job.completed, ...
     url = models.CharField(max_length=2048)
-    payload = models.JSONField()  # {"type", "timestamp", "data"}: the body, as sent every time
+    # {"type", "timestamp", "data"}: the body, as sent every time; rendered from event_state at the first send.
+    payload = models.JSONField(null=True, blank=True)
+    # The job's changing fields right after the event, as its job_events row keeps them (STATE_COLUMNS).
+    event_state = models.JSONField(null=True, blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

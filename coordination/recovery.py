@@ -19,6 +19,7 @@ from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, stale_waiting
 from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, catalog_timeouts, lease_seconds, running_check
 from coordination.services.repairs import running_repair, waiting_repair
+from coordination.webhooks import deliver_due
 
 logger = logging.getLogger("job_coordinator")
 
@@ -108,8 +109,6 @@ def background_pass() -> dict:
     """What each worker process's ticker does: a reaper pass when one is due, then the webhook
     deliveries whose time came (sent with no lock and no transaction held; never from a job's loop,
     where a slow receiver would hold up the job)."""
-    from coordination.webhooks import deliver_due  # webhooks imports the API's serializers lazily
-
     return {"reaped": reaper_pass_if_due(), "webhooks_delivered": deliver_due()}
 
 

@@ -3,12 +3,11 @@
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, F, Func, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, When, Window
-from django.db.models.functions import Coalesce, RowNumber
+from django.db.models import Case, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, When, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.estimates import job_wait
@@ -16,7 +15,7 @@ from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import CatalogModel, Job, JobLine, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_ahead
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
-from coordination.queue.lines import model_line, passing
+from coordination.queue.lines import count_ahead, model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
 from coordination.queue.attempts import catalog_timeouts
 
@@ -135,18 +134,6 @@ def _fair_places(places: dict) -> dict:
     for job in Job.objects.filter(pk__in=list(places), kind=Job.Kind.NORMAL, model__in=fair):
         places[job.job_id] = fair_ahead(job, job.model) + 1
     return places
-
-
-# The outer query's row, as ahead_of() reads a job: "the rows before this one in line" for each row
-# of a list, in that list's own query.
-_OUTER_ROW = SimpleNamespace(priority=OuterRef("priority"), created_at=OuterRef("created_at"), job_id=OuterRef("job_id"))
-
-
-def count_ahead(rows: QuerySet) -> Coalesce:
-    """How many of `rows` (jobs or line rows) stand before the outer query's row in line: a
-    subquery, so that a whole list gets its places in one query instead of one count per row."""
-    before = rows.filter(ahead_of(_OUTER_ROW)).order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")
-    return Coalesce(Subquery(before, output_field=IntegerField()), 0)
 
 
 def job_queue_positions(job_ids) -> dict:

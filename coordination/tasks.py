@@ -21,6 +21,7 @@ from coordination.recovery import (
 )
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_report, job_report_and_take_next
+from coordination.webhooks import deliver_due
 
 if TYPE_CHECKING:
     from coordination.runners.client import Accepted
@@ -215,6 +216,7 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
     """The provider accepted the attempt: record it and let go of the job (its qcluster's poller
     watches it from now on; no hand-off: this worker is free at once). A cancel asked for meanwhile,
     or an attempt that is no longer ours, drops the provider's job again."""
+    # Imported here, as the HTTP stack is by normal_run: only a worker that sends a job to a provider carries it.
     from coordination.providers import store as provider_store
     from coordination.runners import client as provider_client
 
@@ -312,8 +314,6 @@ job_kind_register(Job.Kind.NORMAL, run=normal_run)
 def reaper_schedule() -> dict:
     """The django-q2 schedule "reaper" (coordination/maintenance.py): a reaper pass (see
     coordination.recovery), then the webhook deliveries that are due."""
-    from coordination.webhooks import deliver_due
-
     report = reaper_pass()
     report["webhooks_delivered"] = deliver_due()
     return report

@@ -6,6 +6,10 @@ the state it starts from: a job that moved on raises InvalidTransition (never an
 `python -O` would drop). Nothing else in the code base writes `jobs.status`: the coordinator's SQL
 fast path (coordination/fastpath) applies the same edges (tests/test_structure.py holds both: no
 other module assigns a status). Hand-written SQL is not stopped (the repairs exist for it).
+
+What follows a change is not done here: the database writes its job_events row and, for a job that
+wants it, its webhook delivery (coordination/events/triggers.py); a job with a webhook only asks,
+in memory, for its deliveries to be sent after commit (webhook_targets.webhooks_wake).
 """
 
 from dataclasses import dataclass
@@ -15,7 +19,7 @@ from django.conf import settings
 
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job
-from coordination.webhooks import webhook_record
+from coordination.webhook_targets import webhooks_wake
 
 PENDING, RUNNING = Job.Status.PENDING, Job.Status.RUNNING
 COMPLETED, FAILED, CANCELLED = Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.CANCELLED
@@ -69,7 +73,7 @@ def job_started(job: Job, *, now: datetime, claimed: bool = False) -> None:
         job.claimed_attempt = job.attempt
         fields.append("claimed_attempt")
     job.save(update_fields=fields)
-    webhook_record(job, "started")
+    webhooks_wake(job)
 
 
 def job_requeued(job: Job) -> None:
@@ -89,7 +93,7 @@ def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = Non
     job.error = error
     job.lease_expires_at = None
     job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
-    webhook_record(job, status)
+    webhooks_wake(job)
 
 
 def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
@@ -104,7 +108,7 @@ def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
     job.conflict_reason = None
     job.error = reason
     job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
-    webhook_record(job, CANCELLED)
+    webhooks_wake(job)
 
 
 def job_expired(job: Job, *, now: datetime) -> None:
@@ -117,7 +121,7 @@ def job_expired(job: Job, *, now: datetime) -> None:
     job.conflict_reason = None
     job.error = f"not started by {job.start_by.isoformat()}"
     job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
-    webhook_record(job, EXPIRED)
+    webhooks_wake(job)
 
 
 # --- how an attempt ended -> the job's outcome ------------------------------------------------------

@@ -1,10 +1,14 @@
 """Webhooks: a job's events POSTed to its `webhook_url`, signed as the Standard Webhooks specification
 says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
 
-- An event is written as a `webhook_deliveries` row in the transaction of the transition itself (an
-  outbox, from coordination/transitions.py), so it exists exactly when the transition does.
-- It is sent after commit by the worker cluster (a django-q2 task per new row, and every reaper pass
-  for the rows that are due), never under the coordinator lock.
+- An event is written as a `webhook_deliveries` row by the database, in the transaction of the change
+  itself (the job_events trigger, coordination/events/triggers.py: whoever changes the job, the
+  Python path, the SQL fast path or an operator's SQL), so it exists exactly when the change does.
+  The row keeps the job's changing fields as they were right after it (`event_state`).
+- Everything else happens here, after commit, in the worker cluster (a django-q2 task per change,
+  webhook_targets.webhooks_wake, and every worker's background pass for the rows that are due), never
+  under the coordinator lock: the payload is rendered at the first send, from `event_state`, as the
+  live event streams render an event (coordination/events/feed.py), and kept for every retry.
 - A non-2xx answer, a timeout or a refused connection is tried again with growing delays for 24 hours,
   with the same `webhook-id` (receivers de-duplicate on it); one job's events go in order.
 - No server-side request forgery: the URL must be https (http with COORDINATOR_WEBHOOK_ALLOW_HTTP=1),
@@ -15,14 +19,12 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
 
 import base64
 import http.client
-import ipaddress
 import json
 import logging
 import secrets
 import socket
 import ssl
 import urllib.parse
-import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -31,88 +33,19 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from coordination.events import feed
 from coordination.exceptions import InvalidJob
 from coordination.models import Job, WebhookAttempt, WebhookDelivery, WebhookSecret
+from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_send_task
+
+__all__ = ["UnsafeUrl", "deliver_due", "deliver_job", "delivery_resend", "secret_get", "secret_rotate", "url_check"]
 
 logger = logging.getLogger(__name__)
 
-EVENTS = ("started", "completed", "failed", "cancelled", "expired")
-DEFAULT_EVENTS = ("completed", "failed", "cancelled", "expired")
 # After the first try: 5 s, 30 s, 2 min, 10 min, 1 h, then hourly, for 24 hours in all.
 DELAYS = (5, 30, 120, 600, 3600)
 GIVE_UP_AFTER = timedelta(hours=24)
 ROTATION_OVERLAP = timedelta(hours=24)
-
-
-# --- what a submit may ask for --------------------------------------------------------------------
-
-
-def webhook_set(job: Job, *, webhook_url: str | None = None, webhook_events_filter: list | None = None) -> None:
-    """Check a submission's webhook and set it on its job (not saved yet)."""
-    if webhook_url is None:
-        if webhook_events_filter is not None:
-            raise InvalidJob("webhook_events_filter applies to a webhook_url: send one with it.", field="webhook_events_filter")
-        return
-    url_check(webhook_url, field="webhook_url")
-    if webhook_events_filter is not None:
-        unknown = [event for event in webhook_events_filter if event not in EVENTS]
-        if unknown or not webhook_events_filter:
-            raise InvalidJob(
-                f"webhook_events_filter is a non-empty list from {', '.join(EVENTS)}"
-                + (f" (unknown: {', '.join(map(str, unknown))})." if unknown else "."),
-                field="webhook_events_filter",
-            )
-        webhook_events_filter = [event for event in EVENTS if event in webhook_events_filter]
-    job.webhook_url = webhook_url
-    job.webhook_events_filter = webhook_events_filter
-
-
-class UnsafeUrl(InvalidJob):
-    pass
-
-
-def url_check(url: str, *, field: str = "webhook_url") -> list[str]:
-    """The addresses `url`'s host resolves to, all of them public; else UnsafeUrl (a 400 at submit)."""
-    if not isinstance(url, str) or len(url) > 2048:
-        raise UnsafeUrl("webhook_url must be a URL of at most 2,048 characters.", field=field)
-    parts = urllib.parse.urlsplit(url)
-    allowed = ("https", "http") if settings.COORDINATOR_WEBHOOK_ALLOW_HTTP else ("https",)
-    if parts.scheme not in allowed or not parts.hostname:
-        raise UnsafeUrl(
-            f"webhook_url must be an {' or '.join(allowed)} URL with a host (got '{url[:100]}')"
-            + ("" if "http" in allowed else "; http needs COORDINATOR_WEBHOOK_ALLOW_HTTP=1 on the server") + ".",
-            field=field,
-        )
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as error:
-        raise UnsafeUrl(f"webhook_url's host {parts.hostname} does not resolve ({error}).", field=field) from None
-    addresses = sorted({info[4][0] for info in infos})
-    if not settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE:
-        for address in addresses:
-            kind = _private_kind(ipaddress.ip_address(address.split("%")[0]))
-            if kind:
-                raise UnsafeUrl(
-                    f"webhook_url's host {parts.hostname} resolves to {address}, a {kind} address; webhooks go "
-                    "to public addresses only (COORDINATOR_WEBHOOK_ALLOW_PRIVATE=1 allows others, for local tests).",
-                    field=field,
-                )
-    return addresses
-
-
-def _private_kind(address) -> str | None:
-    """Why `address` is not a public one to send to, or None if it is (anything not globally routable:
-    loopback, private, link-local, multicast, shared 100.64/10, reserved, 6to4 of any of those...)."""
-    if getattr(address, "ipv4_mapped", None):
-        address = address.ipv4_mapped
-    if getattr(address, "sixtofour", None):
-        address = address.sixtofour
-    for kind, test in (("loopback", "is_loopback"), ("link-local", "is_link_local"), ("multicast", "is_multicast"),
-                       ("private", "is_private"), ("reserved", "is_reserved"), ("unspecified", "is_unspecified")):
-        if getattr(address, test):
-            return kind
-    return None if address.is_global else "non-public"
 
 
 # --- the signing secret ---------------------------------------------------------------------------
@@ -149,38 +82,6 @@ def _signers(owner_id) -> list[Webhook]:
     if record.previous and record.previous_until and record.previous_until > timezone.now():
         keys.append(record.previous)
     return [Webhook(key) for key in keys]
-
-
-# --- the outbox (in the transition's transaction) -------------------------------------------------
-
-
-def webhook_record(job: Job, event: str) -> None:
-    """Called by coordination/transitions.py after it saved `job` in `event`'s state: write the
-    delivery if the job wants that event, and have it sent once the transaction commits."""
-    if not job.webhook_url:
-        return
-    wanted = job.webhook_events_filter or DEFAULT_EVENTS
-    if event not in wanted:
-        return
-    from coordination.api.serializers import detail_of  # the job as GET /jobs/{id} shows it
-
-    now = timezone.now()
-    delivery = WebhookDelivery.objects.create(
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        job=job,
-        event_type=f"job.{event}",
-        url=job.webhook_url,
-        payload={"type": f"job.{event}", "timestamp": now.isoformat(), "data": detail_of(job)},
-        next_attempt_at=now,
-        created_at=now,
-    )
-    transaction.on_commit(lambda: _enqueue(delivery.job_id))
-
-
-def _enqueue(job_id) -> None:
-    from django_q.tasks import async_task  # reads its settings at import time
-
-    async_task("coordination.webhooks.deliver_job", str(job_id), task_name=f"webhooks of job {job_id}")
 
 
 # --- sending ----------------------------------------------------------------------------------------
@@ -247,7 +148,21 @@ def _post(url: str, address: str, body: bytes, headers: dict) -> int:
         connection.close()
 
 
+def _payload(delivery: WebhookDelivery) -> dict:
+    """`delivery`'s body: the job's JSON as GET /jobs/{id} showed it right after the event (the fields
+    the event kept laid over the job, as the live streams show it: events/feed.py), with the fields
+    of a waiting job null, and no provider run (an attempt that has just started has none yet)."""
+    job = feed.jobs_by_id([delivery.job_id])[delivery.job_id]
+    data = feed.as_of(job, delivery.event_state, None)
+    data.update(at_provider=None, waiting_for=None, estimated_start_at=None, waiting_for_slot=None)
+    return {"type": delivery.event_type, "timestamp": delivery.created_at.isoformat(), "data": data}
+
+
 def _attempt(delivery: WebhookDelivery, *, now: datetime) -> bool:
+    if delivery.payload is None:
+        # Rendered once, before the first try, and kept: every retry sends the same body.
+        delivery.payload = _payload(delivery)
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(payload=delivery.payload)
     body = json.dumps(delivery.payload, separators=(",", ":"), default=str)
     status, error = None, ""
     signers = _signers(Job.objects.filter(pk=delivery.job_id).values_list("owner_id", flat=True).first())
@@ -296,4 +211,4 @@ def delivery_resend(delivery: WebhookDelivery) -> None:
     delivery.attempt_rows.all().delete()
     delivery.state, delivery.attempts, delivery.next_attempt_at = WebhookDelivery.State.PENDING, 0, timezone.now()
     delivery.save(update_fields=["state", "attempts", "next_attempt_at"])
-    transaction.on_commit(lambda: _enqueue(delivery.job_id))
+    transaction.on_commit(lambda: webhooks_send_task(delivery.job_id))

@@ -6,6 +6,7 @@ models"); run it in `manage.py shell`.
 
 
 def get_all_workflows() -> list[dict]:
+    # Imported when called: Django imports this package before its models are ready.
     from workflows.selectors import workflow_list_as_dicts
 
     return workflow_list_as_dicts()

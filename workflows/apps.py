@@ -7,7 +7,7 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Tell the coordinator how workflow jobs run and where their waiting shows: coordination never
-        # imports workflows (imports flow one way).
+        # imports workflows (imports flow one way). Imported here: apps.py loads before the models.
         from coordination.kinds import job_kind_register
         from coordination.models import Job
         from workflows.services import workflow_blocked_changed, workflow_run

@@ -300,11 +300,3 @@ class JobSerializer(serializers.ModelSerializer):
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)
         return data
-
-
-def detail_of(job: Job) -> dict:
-    """A job that is not waiting, exactly as GET /jobs/{id} shows it (a webhook's `data`): its JSON,
-    with the waiting-only fields null."""
-    data = dict(JobSerializer(job, context={"queue_positions": {}}).data)
-    data.update(waiting_for=None, estimated_start_at=None, waiting_for_slot=None)
-    return data

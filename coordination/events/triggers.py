@@ -7,9 +7,17 @@ fast path, the Python path, the repairs and an operator's own SQL all change job
 can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
 per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
 
+The same trigger writes a job's webhook deliveries (`webhook_deliveries`, the outbox that
+coordination/webhooks.py sends from after commit): for a job with a webhook_url, a change of status
+to an event the job wants (webhook_targets.EVENTS, its webhook_events_filter or DEFAULT_EVENTS) adds
+a pending delivery with the event's state. So a delivery exists exactly when its change does,
+whoever made it, and nothing under the coordinator lock builds a payload.
+
 Installed by migration 0019 from the text here; a change to it comes with a migration that calls
 install() again (the statements replace what was there).
 """
+
+from coordination.webhook_targets import DEFAULT_EVENTS, EVENTS
 
 # The job's fields an event keeps as they were right after it (feed.py lays them over the job when
 # it is shown); the rest of a job does not change once it is accepted, or is read live.
@@ -43,6 +51,18 @@ def _changed(columns, distinct: str) -> str:
     return " OR ".join(f"OLD.{column} {distinct} NEW.{column}" for column in columns)
 
 
+def _listed(values) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+def _wanted(job: str, event: str) -> str:
+    """Whether `job` (a row) wants a webhook for `event`: a webhook event its filter names, or, with no
+    filter, one of the defaults."""
+    return f"""({job}.webhook_url IS NOT NULL AND {event} IN ({_listed(EVENTS)}) AND CASE
+        WHEN {job}.webhook_events_filter IS NULL THEN {event} IN ({_listed(DEFAULT_EVENTS)})
+        ELSE {job}.webhook_events_filter ? {event} END)"""
+
+
 def postgresql_sql() -> str:
     d = "IS DISTINCT FROM"
     return f"""
@@ -52,6 +72,7 @@ DECLARE
     what text;
     step integer;
     step_model text;
+    fields jsonb;
 BEGIN
     IF TG_TABLE_NAME = 'jobs' THEN
         j := NEW;
@@ -70,8 +91,14 @@ BEGIN
         step := NEW.current_step;
         step_model := NEW.current_step_model;
     END IF;
-    INSERT INTO job_events (job_id, event, state, created_at)
-    VALUES (j.job_id, what, jsonb_build_object({_pairs('j', 'step', 'step_model')}), now());
+    fields := jsonb_build_object({_pairs('j', 'step', 'step_model')});
+    INSERT INTO job_events (job_id, event, state, created_at) VALUES (j.job_id, what, fields, now());
+    IF {_wanted('j', 'what')} THEN
+        INSERT INTO webhook_deliveries (webhook_id, job_id, event_type, url, payload, event_state, state, attempts,
+                                        next_attempt_at, last_error, created_at)
+        VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), j.job_id, 'job.' || what, j.webhook_url,
+                NULL, fields, 'pending', 0, now(), '', now());
+    END IF;
     PERFORM pg_notify('{CHANNEL}', '');
     RETURN NULL;
 END $$;

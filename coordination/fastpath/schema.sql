@@ -17,10 +17,11 @@ DROP FUNCTION IF EXISTS jq_free_slot(int);
 DROP FUNCTION IF EXISTS jq_start(jsonb, uuid, boolean);
 DROP FUNCTION IF EXISTS jq_submit(jsonb, timestamptz, int, int);
 
--- Scheduling policies (capacity groups, fair lines, line limits, deadlines) and webhooks (their outbox
--- rows are written with each transition) are decided by the Python path alone:
+-- Scheduling policies (capacity groups, fair lines, line limits, deadlines) are decided by the Python
+-- path alone, and so are the transitions of jobs with webhooks (the job_events trigger writes their
+-- deliveries on either path; the Python path also has them sent at commit, not at the next pass):
 -- while one is in use, jq_submit_many and jq_finish answer {"outcome": "python"} having changed
--- nothing. Three probes of tiny tables or an empty partial index when none is.
+-- nothing. Four probes of tiny tables or empty partial indexes when none is.
 CREATE OR REPLACE FUNCTION jq_policies_in_use() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN EXISTS (SELECT 1 FROM capacity_group_models)

@@ -5,10 +5,14 @@ cost does not grow with the number of waiting jobs, except the counts, which rea
 decisions never do.
 """
 
+from types import SimpleNamespace
+
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from coordination.models import CatalogModel, Job, JobLine
+from coordination.queue.groups import groups_by_model
 
 PAUSED_PREFIX = "Model paused"
 
@@ -98,6 +102,18 @@ def nearest_behind(rows: QuerySet, job: Job):
     )
 
 
+# The outer query's row, as ahead_of() reads a job: "the rows before this one in line" for each row
+# of a list, in that list's own query.
+_OUTER_ROW = SimpleNamespace(priority=OuterRef("priority"), created_at=OuterRef("created_at"), job_id=OuterRef("job_id"))
+
+
+def count_ahead(rows: QuerySet) -> Coalesce:
+    """How many of `rows` (jobs or line rows) stand before the outer query's row in line: a
+    subquery, so that a whole list gets its places in one query instead of one count per row."""
+    before = rows.filter(ahead_of(_OUTER_ROW)).order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")
+    return Coalesce(Subquery(before, output_field=IntegerField()), 0)
+
+
 def line_position(job: Job) -> int:
     """1 + how many jobs wait before `job` (a read: it counts)."""
     return line().filter(ahead_of(job)).count() + 1
@@ -114,8 +130,6 @@ def waiting_for(job: Job) -> list[dict]:
             holders.setdefault(model, []).append(running)
     paused = set(paused_models().filter(name__in=job.required_models).values_list("name", flat=True))
     running = list(running_jobs.only("job_id", "required_models"))
-    from coordination.queue.rules import groups_by_model  # rules reads the lines this module keeps
-
     groups = groups_by_model()
     return [
         {

@@ -139,7 +139,8 @@ class LockedQueue(QueueRules):
         accepted (False for a job that took a replaced job's place in line).
 
         A job that would wait in a line already holding its model's `max_waiting` jobs is refused
-        (LineFull): the caller's transaction rolls back, so nothing of it remains."""
+        (LineFull, without its Retry-After: no estimate is read under the lock): the caller's
+        transaction rolls back, so nothing of it remains."""
         say("checking", job.job_id, job.required_models)
         verdict = self.assess(job, new=newest)
         if verdict.can_start:
@@ -160,17 +161,14 @@ class LockedQueue(QueueRules):
                 continue
             waiting = JobLine.objects.filter(model=model).order_by()[:limit].count()  # counts no further than the limit
             if waiting >= limit:
-                from coordination.estimates import line_retry_after  # estimates reads the lines this package keeps
-
-                retry_after = line_retry_after(model, list(self.running.values()), now=self.now)
                 logger.info(
                     "[COORDINATOR] Job %s refused: the line of %s is full (%s waiting, max_waiting %s)",
                     job.job_id, model, waiting, limit,
                 )
+                # Without its Retry-After: the service adds that estimate after the rollback.
                 raise LineFull(
-                    f"The line of {model} is full: {waiting} jobs wait and its limit (max_waiting) is {limit}. "
-                    f"Try again in about {retry_after} s, when its next job should have started.",
-                    retry_after=retry_after, field="model",
+                    f"The line of {model} is full: {waiting} jobs wait and its limit (max_waiting) is {limit}.",
+                    model=model, field="model",
                 )
 
     def cancel_waiting(self, job: Job, *, reason: str, details: dict) -> None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueState
 from coordination.queue.fair import fair_head, fair_predecessor
+from coordination.queue.groups import Group, groups_by_model
 from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, line, line_key, nearest_ahead
 from coordination.queue.words import models_repr, say
 
@@ -43,7 +44,7 @@ class QueueRules:
 
     _capacities: dict[str, int] | None = None
     _paused: set[str] | None = None
-    _groups: "dict[str, list[Group]] | None" = None
+    _groups: dict[str, list[Group]] | None = None
 
     def running_job(self, job_id) -> Job | None:
         try:
@@ -108,13 +109,13 @@ class QueueRules:
         return self._max_waiting
 
     @property
-    def groups(self) -> "dict[str, list[Group]]":
+    def groups(self) -> dict[str, list[Group]]:
         """model -> the capacity groups it belongs to (none for most models)."""
         if self._groups is None:
             self._read_catalog()
         return self._groups
 
-    def group_conflicts(self, models) -> "list[tuple[Group, int, Job]]":
+    def group_conflicts(self, models) -> list[tuple[Group, int, Job]]:
         """(group, jobs running in it, a running job of it) for each full group of `models`; a job
         counts once in a group, however many of the group's models it uses."""
         found, seen = [], set()
@@ -275,35 +276,3 @@ class QueueRules:
     def _has_room(self, job: Job) -> bool:
         """Every model `job` needs, and every capacity group of those, has room now."""
         return not self.conflicts(job.required_models) and not self.group_conflicts(job.required_models)
-
-
-@dataclass(frozen=True)
-class Group:
-    name: str
-    capacity: int
-    models: frozenset
-
-    def using(self, jobs) -> list:
-        """The jobs (running ones, as the caller passes them) that use this group: a job counts once,
-        however many of the group's models it needs."""
-        return [job for job in jobs if self.models.intersection(job.required_models)]
-
-    def use(self, jobs) -> dict:
-        """As the API and the console show a group: its name, jobs running in it, its capacity."""
-        return {"name": self.name, "running": len(self.using(jobs)), "capacity": self.capacity}
-
-
-def groups_by_model() -> dict[str, list[Group]]:
-    """Every capacity group with members, by member model: one query over the membership rows."""
-    rows = CapacityGroup.catalog_models.through.objects.values_list(
-        "capacitygroup__name", "capacitygroup__capacity", "catalogmodel__name"
-    )
-    members: dict[tuple[str, int], set[str]] = {}
-    for name, capacity, model in rows:
-        members.setdefault((name, capacity), set()).add(model)
-    by_model: dict[str, list[Group]] = {}
-    for (name, capacity), models in sorted(members.items()):
-        group = Group(name, capacity, frozenset(models))
-        for model in models:
-            by_model.setdefault(model, []).append(group)
-    return by_model

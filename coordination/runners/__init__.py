@@ -1,5 +1,9 @@
 """Runners: the code that calls a model. A runner gets one step of work and returns its output."""
 
+from urllib.parse import quote
+
+from django.conf import settings
+
 from coordination.runners.base import Provider, Runner, RunnerCall, RunnerError, RunnerStopped
 from coordination.runners.http import HttpRunner
 from coordination.runners.simulated import SimulatedRunner
@@ -16,10 +20,6 @@ def get_runner(name: str) -> Runner:
 
 def callback_url_of(model_name: str) -> str:
     """Where a callback provider reports a job of `model_name`: this service's public address."""
-    from urllib.parse import quote
-
-    from django.conf import settings
-
     return f"{settings.COORDINATOR_PUBLIC_URL.rstrip('/')}/providers/{quote(model_name, safe='/')}/callback"
 
 

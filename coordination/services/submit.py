@@ -3,6 +3,7 @@
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -10,14 +11,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from coordination import fastpath
+from coordination.estimates import line_retry_after
 from coordination.exceptions import (
-    CoordinationError, DuplicateJob, InvalidJob, NotAllowed, PendingLimitReached, UnknownModel,
+    CoordinationError, DuplicateJob, InvalidJob, LineFull, NotAllowed, PendingLimitReached, UnknownModel,
 )
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.locked import slot_ids_lock
 from coordination.transitions import job_accepted
-from coordination.webhooks import webhook_set
+from coordination.webhook_targets import webhook_set
 
 logger = logging.getLogger("job_coordinator")
 
@@ -80,11 +82,21 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
         accepted = _accept_fast([job], None if on_create is None else lambda jobs: on_create(job))
         if accepted is not None:
             return job
-    with transaction.atomic():
+    with _retry_after_when_full(), transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=job.owner)
         _admit_new(queue, job, on_create)
     return job
+
+
+@contextmanager
+def _retry_after_when_full():
+    """Around a transaction under the coordinator lock: a full line's refusal (LineFull) gets its
+    Retry-After here, once the transaction has rolled back, for the lock reads no estimate."""
+    try:
+        yield
+    except LineFull as refused:
+        raise refused.with_retry_after(line_retry_after(refused.model)) from None
 
 
 def _fast(*jobs: Job) -> bool:
@@ -306,7 +318,7 @@ def jobs_submit_batch(
         job.job_id = job_id
     if _fast(*jobs) and _accept_fast(jobs, on_create) is not None:
         return jobs
-    with transaction.atomic():
+    with _retry_after_when_full(), transaction.atomic():
         queue = LockedQueue()
         pending_limit_check(owner=owner, adding=len(jobs))
         for job in jobs:  # each in turn, as job_accept does it: the next one's place depends on this one

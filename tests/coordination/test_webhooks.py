@@ -1,5 +1,6 @@
-"""Webhooks (issue 12, part 1): signed as Standard Webhooks, written with the transition (an outbox),
-retried with the same webhook-id, in order per job, and never sent to a private address."""
+"""Webhooks (issue 12, part 1): signed as Standard Webhooks, written with the transition (an outbox,
+by the database's job_events trigger), rendered and sent after commit, retried with the same
+webhook-id, in order per job, and never sent to a private address."""
 
 import json
 import threading
@@ -7,6 +8,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -295,3 +297,51 @@ def test_a_later_event_behind_an_earlier_one_does_not_crowd_out_other_jobs(user,
     assert deliver_due(now=now, limit=1) == 1
 
     assert [json.loads(d["body"])["data"]["job_id"] for d in receiver.received] == [str(other.job_id)]
+
+
+def test_each_event_carries_the_job_as_it_was_right_after_it_even_when_sent_later(user, receiver):
+    """The payload is rendered after commit, at the first send, from the state the event kept: a
+    `started` event sent after the job completed still shows it running."""
+    secret = secret_get(user=user).secret
+    job = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=job.job_id, attempt=1, result={"output": "done"})
+    started, completed = WebhookDelivery.objects.filter(job=job).order_by("id")
+    assert started.payload is None and started.event_state["status"] == "running"  # nothing rendered under the lock
+
+    assert deliver_job(str(job.job_id)) == 2
+
+    first, second = (Webhook(secret).verify(got["body"], got["headers"]) for got in receiver.received)
+    assert first["data"]["status"] == "running" and first["data"]["completed_at"] is None and first["data"]["result"] is None
+    assert second["data"]["status"] == "completed" and second["data"]["result"] == {"output": "done"}
+    assert first["timestamp"] == started.created_at.isoformat()
+    assert fresh_delivery(started).payload == first  # kept: a retry sends the same body
+
+
+def test_a_change_made_by_hand_written_sql_gets_its_webhook_too(user, receiver):
+    """The database writes the delivery with the change, whoever makes it (the Python path, the SQL
+    fast path, an operator's SQL): nothing that changed a job's status is left without its webhook."""
+    secret = secret_get(user=user).secret
+    job = submit(user, webhook_url=receiver.url)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs SET status = 'failed', error = 'ended by hand', completed_at = %s WHERE job_id = %s",
+                       [timezone.now(), Job._meta.pk.get_db_prep_value(job.job_id, connection)])
+    [delivery] = WebhookDelivery.objects.filter(job=job)
+    assert delivery.event_type == "job.failed" and delivery.url == receiver.url and delivery.webhook_id.startswith("msg_")
+
+    assert deliver_due() == 1
+
+    payload = Webhook(secret).verify(receiver.received[0]["body"], receiver.received[0]["headers"])
+    assert payload["type"] == "job.failed" and payload["data"]["error"] == "ended by hand"
+
+
+def test_a_change_asks_for_its_send_only_once_committed(user, receiver, monkeypatch, django_capture_on_commit_callbacks):
+    """The transition only asks, after commit, for the job's deliveries to be sent (by the task's name)."""
+    sent = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda name, *args, **kwargs: sent.append((name, *args)))
+    job = submit(user, webhook_url=receiver.url)
+    with django_capture_on_commit_callbacks() as callbacks:
+        job_complete(job_id=job.job_id, attempt=1, result={})
+    assert sent == []
+    for callback in callbacks:
+        callback()
+    assert ("coordination.webhooks.deliver_job", str(job.job_id)) in sent

@@ -9,6 +9,7 @@ own (coordination comes before django_q in INSTALLED_APPS) and takes the same op
 
 import asyncio
 import logging
+import os
 
 from django.conf import settings
 from django.core.checks import Tags
@@ -28,8 +29,6 @@ class Command(ClusterCommand):
     def handle(self, *args, **options):
         settings.SECRET_KEY  # the cluster signs its tasks with it: fail before starting without one
         if options.get("cluster_name"):
-            import os
-
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         cluster = Cluster()
         cluster.start()
