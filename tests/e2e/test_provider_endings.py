@@ -53,7 +53,8 @@ def test_a_reset_from_the_console_cancels_the_job_at_its_provider_and_holds_its_
         slot = JobQueueState.objects.get(active_job_id=job.job_id).id
         client.force_login(staff_user)
         reset = reverse("admin:queue-console-reset")
-        page = submit_confirmation(client, client.get(reset, {"slot": slot}), follow=True).content.decode()
+        preview = client.get(reset, {"slot": slot})
+        page = submit_confirmation(client, preview, follow=True).content.decode()
 
         wait_until(lambda: cancelled_at_provider(fake, job), timeout=GIVE_UP, message="the provider to see the cancel")
         wait_until(lambda: ended(job), timeout=GIVE_UP, message="the grace to end the job")
@@ -68,7 +69,9 @@ def test_a_reset_from_the_console_cancels_the_job_at_its_provider_and_holds_its_
     # The model stayed held while the provider might still run the job: the grace, counted from the cancel.
     assert job.completed_at - run.cancel_sent_at >= timedelta(seconds=GRACE)
     assert following.status == "completed" and following.started_at >= job.completed_at
-    assert "1 job(s) at a provider are cancelled there first" in page  # the operator is told
+    # The operator is told, before and after.
+    assert "job is running at its provider: it will be cancelled there" in preview.content.decode()
+    assert "1 job(s) at a provider are cancelled there first" in page
 
 
 def test_the_reaper_stops_a_job_at_the_provider_past_its_models_timeout(fake, owner, tmp_path):
@@ -141,7 +144,7 @@ def test_a_run_whose_job_was_ended_by_hand_is_cancelled_at_the_provider_and_clos
     try:
         job = submit(owner, seconds=600)
         wait_until(lambda: at_provider(job), timeout=GIVE_UP, message="the job to be at the provider")
-        with connection.cursor() as cursor:  # an operator's SQL, as the usage guide's repairs are written
+        with connection.cursor() as cursor:  # an operator's hand-written SQL
             cursor.execute("UPDATE jobs SET status = 'failed', completed_at = now(), error = 'ended by hand' "
                            "WHERE job_id = %s", [job.job_id])
         wait_until(lambda: run_of(job).state == "done", timeout=GIVE_UP, message="the poller to close the run")
