@@ -213,7 +213,7 @@ class ProviderRunAdmin(ReadOnlyAdmin):
     """Jobs at a provider (coordination/providers): written by workers, pollers and callbacks only."""
 
     list_display = ("provider_job_id", "job_id", "attempt", "model", "style", "state", "provider_status", "watcher",
-                    "submitted_at", "deadline_at", "cancel_sent_at", "finished_at")
+                    "submitted_at", "deadline_at", "stop_reason", "cancel_sent_at", "finished_at")
     list_filter = ("state", "style", "model")
     search_fields = ("provider_job_id", "job__job_id")
     date_hierarchy = "submitted_at"

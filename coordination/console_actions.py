@@ -141,7 +141,11 @@ def _reset_run(request):
     if set(slot_ids) - set(expected):
         raise CoordinationError("Reset state runs from its preview page only (it names the job in each slot); nothing was changed.")
     report = services.queue_reset(actor=_actor(request), slot_ids=slot_ids, expected=expected)
-    return f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); started {len(report['started'])}."
+    message = f"Reset {len(slot_ids)} slot(s); failed {len(report['evicted'])} running job(s); started {len(report['started'])}."
+    if report["stopping"]:
+        message += (f" {len(report['stopping'])} job(s) at a provider are cancelled there first: each fails and frees "
+                    "its slot once the provider confirms (or the cancel grace passes).")
+    return message
 
 
 def _priority_run(request, job_id):

@@ -572,6 +572,11 @@ class ProviderRun(models.Model):
     watcher = models.CharField(max_length=100, null=True, blank=True)
     fence = models.PositiveIntegerField(default=0)
     cancel_sent_at = models.DateTimeField(null=True, blank=True)
+    # Why the coordinator ends this run although nobody cancelled its job (its deadline, an operator's
+    # Reset state or reconcile): its poller cancels it at the provider, and the job, which keeps its
+    # slot and models meanwhile, fails with these words once the provider confirms or
+    # COORDINATOR_PROVIDER_CANCEL_GRACE passes (coordination/providers).
+    stop_reason = models.TextField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -230,11 +230,17 @@ def queue_reset_preview(*, slot_ids: list[int]) -> dict:
     """What "Reset state" would do to each chosen slot."""
     slots = list(JobQueueState.objects.filter(id__in=slot_ids).order_by("id"))
     jobs = {job.job_id: job for job in Job.objects.filter(job_id__in=[s.active_job_id for s in slots if s.active_job_id])}
+    at_provider = {job_id for job_id, attempt in ProviderRun.objects.filter(
+        job_id__in=list(jobs), state=ProviderRun.State.IN_FLIGHT).values_list("job_id", "attempt")
+        if jobs[job_id].attempt == attempt}
     rows = []
     for slot in slots:
         job = jobs.get(slot.active_job_id)
         if slot.active_job_id is None:
             effect = "already free"
+        elif job is not None and job.status == Job.Status.RUNNING and job.job_id in at_provider:
+            effect = ("job is running at its provider: it will be cancelled there, then ended as failed and the slot "
+                      "freed once the provider confirms (or the cancel grace passes)")
         elif job is not None and job.status == Job.Status.RUNNING:
             effect = "job is running: it will be ended as failed, then the slot freed"
         else:

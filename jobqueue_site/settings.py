@@ -216,7 +216,8 @@ COORDINATOR_POLLER_CONCURRENCY = env_int("COORDINATOR_POLLER_CONCURRENCY", 50)
 COORDINATOR_POLLER_TICK = float(os.environ.get("COORDINATOR_POLLER_TICK", "1.0"))
 # Each poller logs what it watches and what that cost the database this often (seconds).
 COORDINATOR_POLLER_REPORT = float(os.environ.get("COORDINATOR_POLLER_REPORT", "60"))
-# A cancelled job at a provider ends once the provider confirms its DELETE, or after this many seconds.
+# A job at a provider that we cancel or end (its timeout, Reset state, reconcile) keeps its models until the
+# provider confirms its DELETE, or for this many seconds.
 COORDINATOR_PROVIDER_CANCEL_GRACE = env_int("COORDINATOR_PROVIDER_CANCEL_GRACE", 30)
 # Live event streams (GET /jobs/{id}/events, /queue/events): a comment line this often keeps proxies
 # from closing a quiet stream.

@@ -11,7 +11,11 @@ safety net); a provider's limit or outage is waited out (its Retry-After, else b
 again later, holding no request open meanwhile. Each outcome (a provider's last
 word, a timeout, a cancel) is reported through the coordinator: those that come together, in one
 transaction, in the background while polls go on. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
-once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not.
+once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not. A job
+the coordinator ends otherwise (its deadline, here or by the reaper; an operator's Reset state or reconcile:
+provider_runs.stop_reason) is stopped the same way and then fails, never retried: until then it keeps its
+slot and models, so a provider's own in-flight limit is never overrun. A run whose job no longer runs
+(an orphan) is cancelled at the provider and closed, with a warning: no run is dropped without a word.
 """
 
 import asyncio
@@ -169,11 +173,11 @@ class Poller:
             current = await self._in_db(store.watches_read, watcher=self.name)
         else:
             current = await self._in_db(store.watches_read, watcher=self.name, run_ids=adopted) if adopted else []
-            for run_id in await self._in_db(store.watches_cancelled, watcher=self.name):
+            for run_id, cancel_requested, stop_reason in await self._in_db(store.watches_stopping, watcher=self.name):
                 known = self.watched.get(run_id)
-                if known is not None and not known.cancel_requested:
-                    known.cancel_requested = True
-                    self._push(time.monotonic(), run_id)  # a cancel was asked for: tell the provider now
+                if known is not None and not known.stopping:
+                    known.cancel_requested, known.stop_reason = cancel_requested, stop_reason
+                    self._push(time.monotonic(), run_id)  # to be stopped: tell the provider now
         self.counts["ticks"] += 1
         self._log_counts()
         now = time.monotonic()
@@ -181,7 +185,7 @@ class Poller:
         if whole:
             for run_id in list(self.watched):
                 if run_id not in fresh:
-                    del self.watched[run_id]  # ended elsewhere (a callback, the reaper), or taken over
+                    del self.watched[run_id]  # closed (by a callback) or taken over by another poller
         for run_id, watch in fresh.items():
             known = self.watched.get(run_id)
             if known is None or known.fence != watch.fence:
@@ -191,13 +195,13 @@ class Poller:
                 # net is due (its callback normally comes first); a cancel asked for, at once.
                 interval = (await self._provider(watch)).poll_interval_seconds
                 later = random.uniform(0, interval)
-                if watch.cancel_requested:
+                if watch.stopping:
                     later = 0.0
                 elif watch.style == "callback":
                     later = interval * SAFETY_NET_FACTOR
                 self._push(now + later, run_id)
-            elif watch.cancel_requested and not known.cancel_requested:
-                self._push(now, run_id)  # a cancel was asked for: tell the provider now
+            elif watch.stopping and not known.stopping:
+                self._push(now, run_id)  # to be stopped (a cancel, a stop, an orphan): tell the provider now
             if known is not None and known.fence == watch.fence:
                 self._carry_over(known, watch)
             self.watched[run_id] = watch
@@ -206,6 +210,8 @@ class Poller:
         """What this poller learnt of a run and the row read again does not say yet (or ever)."""
         if old.cancel_sent_at and not new.cancel_sent_at:
             new.cancel_sent_at = old.cancel_sent_at
+        if old.stop_reason and not new.stop_reason:  # its own deadline's, written a moment ago
+            new.stop_reason = old.stop_reason
         new.provider_status = old.provider_status  # may be newer than the row read a moment ago
         new.unanswered = old.unanswered
         if old.asked_as == self._providers.get(new.model):  # else built again, as the catalog says now
@@ -228,7 +234,7 @@ class Poller:
         """One poll of a run, and its next planned, whatever happened (a job that is not planned again
         would be watched, its lease renewed, and never asked about again)."""
         ending, again_in = None, None
-        cancel_known = watch.cancel_requested  # a tick may set it on this very object while the poll is out
+        cancel_known = watch.stopping  # a tick may set it on this very object while the poll is out
         try:
             async with self._gate:
                 ending, again_in = await self._ask_once(client, watch)
@@ -245,12 +251,12 @@ class Poller:
             return  # ended elsewhere or taken over meanwhile
         if current is not watch and current.fence == watch.fence:
             self._carry_over(watch, current)  # the row was read again while the poll was out
-        if current.cancel_requested and not cancel_known:
-            again_in = 0.0  # a cancel was asked for while the poll was out: tell the provider now
+        if current.stopping and not cancel_known:
+            again_in = 0.0  # to be stopped since the poll went out: tell the provider now
         elif again_in is None:
             provider = self._providers.get(current.model) or self._last_known.get(current.model)
             again_in = provider.poll_interval_seconds if provider is not None else DEFAULT_INTERVAL
-            if current.style == "callback" and not current.cancel_requested:
+            if current.style == "callback" and not current.stopping:
                 again_in *= SAFETY_NET_FACTOR
         self._push(time.monotonic() + again_in, current.run_id)
 
@@ -259,9 +265,14 @@ class Poller:
         model's interval)."""
         provider = await self._provider(watch)
         now = timezone.now()
-        stopping = watch.cancel_requested or now >= watch.deadline_at
-        if stopping:
-            return await self._stop_at_provider(client, watch, provider, timed_out=not watch.cancel_requested), None
+        if watch.orphan:
+            return await self._orphan_close(client, watch, provider), None
+        if not watch.stopping and now >= watch.deadline_at:
+            # Its deadline: stopped at the provider first, failed then (as the reaper's would be).
+            reason = f"timed out after {provider.timeout_seconds:g} s"
+            watch.stop_reason = await self._in_db(store.run_stop, watch.run_id, reason) or reason
+        if watch.stopping:
+            return await self._stop_at_provider(client, watch, provider), None
         left = (watch.deadline_at - now).total_seconds()
         self.counts["polls"] += 1
         try:
@@ -285,23 +296,39 @@ class Poller:
             watch.provider_status = status.state
         return None, None
 
-    async def _stop_at_provider(self, client, watch, provider, *, timed_out: bool) -> store.Ending | None:
+    async def _stop_at_provider(self, client, watch, provider) -> store.Ending | None:
+        """Send the provider its cancel (again at each poll until it confirms); the job ends once it
+        confirms, or COORDINATOR_PROVIDER_CANCEL_GRACE seconds after the first cancel went out. Until
+        then it keeps its slot and models: the provider may still be running it."""
         confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)
-        if timed_out:
-            return self._ending(watch, Status("failed"), error=f"timed out after {provider.timeout_seconds:g} s")
         if watch.cancel_sent_at is None:
             await self._in_db(store.cancel_sent, watch.run_id)
             watch.cancel_sent_at = timezone.now()
-        if confirmed:
-            return self._ending(watch, Status("cancelled"), error="Cancelled at the provider, which confirmed it")
         grace = settings.COORDINATOR_PROVIDER_CANCEL_GRACE
-        if timezone.now() - watch.cancel_sent_at >= timedelta(seconds=grace):
+        if not confirmed and timezone.now() - watch.cancel_sent_at < timedelta(seconds=grace):
+            return None
+        if watch.cancel_requested:
             return self._ending(watch, Status("cancelled"), error=(
+                "Cancelled at the provider, which confirmed it" if confirmed else
                 f"Cancelled; the provider did not confirm it within {grace} s, so its job may still run"))
-        return None
+        # A stop the coordinator decided: store._report fails the job with these words, never retried.
+        return self._ending(watch, Status("cancelled"), error=(
+            f"{watch.stop_reason}; cancelled at the provider, which confirmed it" if confirmed else
+            f"{watch.stop_reason}; the provider did not confirm its cancel within {grace} s, so its job may still run"))
 
-    def _ending(self, watch, status: Status, *, error: str | None = None) -> store.Ending:
-        return store.Ending(watch.run_id, status, watcher=self.name, fence=watch.fence, error=error)
+    async def _orphan_close(self, client, watch, provider) -> store.Ending:
+        """A run in flight whose job no longer runs at its attempt (ended without it: hand-written SQL,
+        an older release): cancelled at the provider, closed, and said so. Its job's end stands."""
+        confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)
+        logger.warning(
+            "Provider poller %s: job %s ended while its attempt %s was still at the provider as %s; cancelled it there "
+            "(%s) and closed its run", self.name, watch.job_id, watch.attempt, watch.provider_job_id,
+            "confirmed" if confirmed else "not confirmed: the provider's job may still run")
+        return self._ending(watch, Status("cancelled"), orphan=True,
+                            error="its job had ended; cancelled at the provider" + ("" if confirmed else " (not confirmed)"))
+
+    def _ending(self, watch, status: Status, *, error: str | None = None, orphan: bool = False) -> store.Ending:
+        return store.Ending(watch.run_id, status, watcher=self.name, fence=watch.fence, error=error, orphan=orphan)
 
     async def _flush_endings(self) -> None:
         if not self._endings:

@@ -6,6 +6,13 @@ for all of a poller's runs by one statement every third of a lease. A run whose 
 or that nobody watches yet is adopted by any poller, which raises its `fence`: the poller it was taken
 from can no longer end it. Ending a run marks it done and reports the outcome in one transaction, so a
 job ends once, whether its poller or the provider's callback (or both) bring the outcome.
+
+A run is stopped at the provider when its job's cancel is asked for, or when the coordinator ends the
+job for another reason (`stop_reason`: its deadline, an operator's Reset state or reconcile): its poller
+sends the cancel, and the job keeps its slot and models until the provider confirms or the cancel grace
+passes; only then does it end, its run closed in the same transaction. A run in flight whose job no longer
+runs at its attempt (ended by hand-written SQL, say) is an orphan: a poller cancels it at the provider,
+says so in its log and closes it.
 """
 
 import logging
@@ -73,6 +80,8 @@ class Watched:
     status_url: str
     deadline_at: datetime
     cancel_requested: bool = False
+    stop_reason: str | None = None  # the coordinator ends the job for this reason (provider_runs.stop_reason)
+    orphan: bool = False  # its job no longer runs at this attempt: cancelled at the provider and closed
     cancel_sent_at: datetime | None = None
     provider_status: str = ""  # what the provider last said (written only when it changes)
     # The poller's own, never stored: the question it sends at each poll (built at the first, again
@@ -80,6 +89,11 @@ class Watched:
     request: object = None
     asked_as: object = None  # the Provider the request was built for
     unanswered: int = 0
+
+    @property
+    def stopping(self) -> bool:
+        """To be cancelled at the provider: its job's cancel asked for, a stop decided, or an orphan."""
+        return self.cancel_requested or self.stop_reason is not None or self.orphan
 
 
 def watches_renew(*, watcher: str) -> int:
@@ -92,38 +106,49 @@ def watches_renew(*, watcher: str) -> int:
 
 def watches_read(*, watcher: str, run_ids: list[int] | None = None) -> list[Watched]:
     """The runs this poller still watches (or just these of them), with what changed on their jobs
-    (a cancel asked for)."""
-    runs = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING)
+    (a cancel asked for, a stop decided) and those whose job no longer runs at their attempt (orphans)."""
+    runs = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT)
     if run_ids is not None:
         runs = runs.filter(id__in=run_ids)
     rows = runs.values_list(
         "id", "job_id", "attempt", "fence", "model", "style", "provider_job_id", "status_url", "deadline_at",
-        "cancel_sent_at", "provider_status", "job__cancel_requested_at", "job__attempt",
+        "cancel_sent_at", "provider_status", "stop_reason", "job__cancel_requested_at", "job__attempt", "job__status",
     )
     return [
         Watched(run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at,
-                cancel_requested=cancel_requested_at is not None, cancel_sent_at=cancel_sent_at,
-                provider_status=provider_status)
+                cancel_requested=cancel_requested_at is not None, stop_reason=stop_reason,
+                orphan=job_status != Job.Status.RUNNING or job_attempt != attempt,
+                cancel_sent_at=cancel_sent_at, provider_status=provider_status)
         for (run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at, cancel_sent_at,
-             provider_status, cancel_requested_at, job_attempt) in rows
-        if job_attempt == attempt
+             provider_status, stop_reason, cancel_requested_at, job_attempt, job_status) in rows
     ]
 
 
-def watches_cancelled(*, watcher: str) -> list[int]:
-    """The runs this poller watches whose jobs were asked to stop (an operator's or owner's cancel)."""
-    return list(ProviderRun.objects.filter(
-        watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING, job__cancel_requested_at__isnull=False,
-    ).values_list("id", flat=True))
+def watches_stopping(*, watcher: str) -> list[tuple[int, bool, str | None]]:
+    """The runs this poller watches that are to be cancelled at the provider, as (run id, its job's
+    cancel asked for, stop_reason): an operator's or owner's cancel, or the coordinator ending the job."""
+    rows = ProviderRun.objects.filter(watcher=watcher, state=IN_FLIGHT, job__status=Job.Status.RUNNING).filter(
+        Q(job__cancel_requested_at__isnull=False) | Q(stop_reason__isnull=False)
+    ).values_list("id", "job__cancel_requested_at", "stop_reason")
+    return [(run_id, cancel_requested_at is not None, stop_reason) for run_id, cancel_requested_at, stop_reason in rows]
+
+
+def run_stop(run_id: int, reason: str) -> str | None:
+    """The poller's own decision to end a run (its deadline passed): recorded unless a stop was decided
+    already. Returns the reason that stands (None: the run is no longer in flight)."""
+    ProviderRun.objects.filter(pk=run_id, state=IN_FLIGHT, stop_reason__isnull=True).update(stop_reason=reason)
+    return ProviderRun.objects.filter(pk=run_id, state=IN_FLIGHT).values_list("stop_reason", flat=True).first()
 
 
 def watches_adopt(*, watcher: str, limit: int) -> list[int]:
-    """Take runs nobody watches, or whose watcher's lease lapsed (it died): under a raised fence, with
-    their leases renewed, in one transaction. Two pollers never take one run (SKIP LOCKED). Returns the ids of the runs taken."""
+    """Take runs nobody watches, or whose watcher's lease lapsed (it died), or whose job no longer runs
+    at their attempt (an orphan, which has no lease to lapse): under a raised fence, with their leases
+    renewed, in one transaction. Two pollers never take one run (SKIP LOCKED). Returns the ids of the runs taken."""
     now = timezone.now()
     with transaction.atomic():
-        candidates = ProviderRun.objects.filter(state=IN_FLIGHT, job__status=Job.Status.RUNNING).filter(
-            Q(watcher__isnull=True) | Q(job__lease_expires_at__lt=now)
+        orphan = ~Q(job__status=Job.Status.RUNNING) | ~Q(job__attempt=F("attempt"))
+        candidates = ProviderRun.objects.filter(state=IN_FLIGHT).filter(
+            Q(watcher__isnull=True) | Q(job__lease_expires_at__lt=now) | orphan
         ).exclude(watcher=watcher)
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True, of=("self",))
@@ -132,7 +157,8 @@ def watches_adopt(*, watcher: str, limit: int) -> list[int]:
             return []
         ids = [run_id for run_id, *_ in taken]
         ProviderRun.objects.filter(id__in=ids).update(watcher=watcher, fence=F("fence") + 1)
-        Job.objects.filter(job_id__in=[job_id for _, job_id, *_ in taken]).update(lease_expires_at=_lease(now), heartbeat_at=now)
+        Job.objects.filter(job_id__in=[job_id for _, job_id, *_ in taken], status=Job.Status.RUNNING).update(
+            lease_expires_at=_lease(now), heartbeat_at=now)
         from_others = [(run_id, job_id, previous) for run_id, job_id, previous, _ in taken if previous]
         if from_others:
             JobQueueLog.objects.bulk_create([
@@ -162,6 +188,7 @@ class Ending:
     watcher: str | None = None  # a poller's report: only while it still holds the run
     fence: int | None = None
     error: str | None = None  # our own words for a failure or a cancel
+    orphan: bool = False  # its job ended elsewhere: the run is closed, nothing is reported
 
 
 def runs_end(endings: list[Ending]) -> list[int]:
@@ -179,7 +206,8 @@ def runs_end(endings: list[Ending]) -> list[int]:
                 state=DONE, finished_at=timezone.now(), provider_status=ending.status.state,
             ):
                 continue
-            _report(run, ending)
+            if not ending.orphan:
+                _report(run, ending)
             ended.append(run.pk)
     return ended
 
@@ -191,11 +219,16 @@ def _report(run: ProviderRun, ending: Ending) -> None:
             job_complete(job_id=run.job_id, attempt=run.attempt, result=result_of(run.provider_job_id, status))
         elif status.state == "cancelled" and Job.objects.filter(pk=run.job_id, cancel_requested_at__isnull=False).exists():
             job_stopped(job_id=run.job_id, attempt=run.attempt, error=ending.error or "cancelled at the provider")
+        elif run.stop_reason is not None:
+            # The coordinator ended it (a deadline, a reset); the provider's last word (a callback's,
+            # say) is added to that reason, and the job is not tried again.
+            error = ending.error or f"{run.stop_reason}; the provider's job {run.provider_job_id} {status.state}"
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False)
         else:
             error = ending.error or f"Provider job {run.provider_job_id} {status.state}: {status.error or '(no message)'}"
             job_fail(job_id=run.job_id, attempt=run.attempt, error=error)
     except StaleAttempt:
-        pass  # the job moved on (a reset, a timeout): recorded by the coordinator; the run is done
+        pass  # the job moved on meanwhile (ended by hand, say): refused and recorded by the coordinator; the run is done
 
 
 def status_seen(run_id: int, state: str) -> None:

@@ -23,8 +23,30 @@ def catalog_timeouts() -> dict[str, int | None]:
     return dict(CatalogModel.objects.values_list("name", "timeout_seconds"))
 
 
-def _at_provider(job: Job) -> bool:
-    return ProviderRun.objects.filter(job_id=job.job_id, attempt=job.attempt, state=ProviderRun.State.IN_FLIGHT).exists()
+def at_provider(job: Job) -> bool:
+    """The job's current attempt is at a provider, its run in flight."""
+    return _provider_run(job).exists()
+
+
+def _provider_run(job: Job):
+    """The job's current attempt at a provider (in flight), as a queryset."""
+    return ProviderRun.objects.filter(job_id=job.job_id, attempt=job.attempt, state=ProviderRun.State.IN_FLIGHT)
+
+
+def provider_stop(job: Job, *, reason: str) -> bool:
+    """Under the lock, for a running job that is to end for `reason` (its deadline, an operator's
+    Reset state or reconcile) without anyone having cancelled it: False if its attempt is not at a
+    provider (the caller ends it now). True if it is: its run is marked to stop (a stop asked for
+    already keeps its first reason), its poller sends the provider its cancel after this commits, and
+    the job keeps running, in its slot and holding its models, until the provider confirms or
+    COORDINATOR_PROVIDER_CANCEL_GRACE passes; then it fails with `reason` and its run closes in
+    that same transaction (coordination/providers/store.py). So a provider's own in-flight limit is
+    never overrun and no job is given a model its predecessor still uses there (docs/design.md, I1)."""
+    run = _provider_run(job)
+    if not run.exists():
+        return False
+    run.filter(stop_reason__isnull=True).update(stop_reason=reason)
+    return True
 
 
 def running_check(job: Job, now, timeouts: dict) -> tuple[str, str] | None:
@@ -38,12 +60,13 @@ def running_check(job: Job, now, timeouts: dict) -> tuple[str, str] | None:
     claimed = job.claimed_attempt == job.attempt
     lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
     if job.started_at and now - job.started_at > timedelta(seconds=timeout):
-        if claimed and _at_provider(job):
-            # Its poller ends it at the same deadline (provider_runs.deadline_at), and drops the
-            # provider's job too, which ending it here would leave running there.
+        if claimed and _provider_run(job).filter(stop_reason__isnull=False).exists():
+            # Being stopped at the provider already (by its poller at the same deadline, or an
+            # earlier pass): its poller ends it once the provider confirms or the grace passes.
             return None
+        # At a provider, the repair is provider_stop(): cancelled there first, failed then.
         return TIMED_OUT, f"timed out after {timeout} s"
-    if lapsed and claimed and _at_provider(job):
+    if lapsed and claimed and at_provider(job):
         # Its worker let go of it at the provider; the poller that watched it is gone: the next
         # poller adopts it (coordination/providers). Nothing ran twice and nothing was lost.
         return None

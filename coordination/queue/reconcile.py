@@ -10,7 +10,7 @@ that list under the coordinator lock.
 from dataclasses import asdict, dataclass
 
 from coordination.models import Job, JobQueueState
-from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, running_check
+from coordination.queue.attempts import LEASE_EXPIRED, RESEND, TIMED_OUT, at_provider, running_check
 
 SLOT_NAMES_NO_RUNNING_JOB = "slot names a job that is not running"
 JOB_IN_TWO_SLOTS = "job named by more than one slot"
@@ -74,6 +74,8 @@ def differences(slots: list[JobQueueState], running: dict, *, now, timeouts: dic
             }[action]
             if action != RESEND and job.cancel_requested_at is not None:
                 repair = "end it as cancelled (a stop was asked for it)"
+            elif action == TIMED_OUT and at_provider(job):
+                repair = "cancel it at its provider, then fail it as timed out (it keeps its models until the provider confirms)"
             found.append(Difference(ATTEMPT_LAPSED, None, str(job_id), reason, repair))
     return found
 

@@ -9,7 +9,7 @@ from django.db import transaction
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job, JobQueueLog
 from coordination.queue import LockedQueue, enqueue_job_run, stale_waiting
-from coordination.queue.attempts import LEASE_EXPIRED, TIMED_OUT, lease_seconds
+from coordination.queue.attempts import LEASE_EXPIRED, TIMED_OUT, lease_seconds, provider_stop
 from coordination.services.jobs import job_attempt_end
 
 logger = logging.getLogger("job_coordinator")
@@ -51,9 +51,13 @@ def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | No
     """The guide's "Reset state", made safe: free the chosen slots; a job still running in one is
     ended as failed first, so no two jobs ever share a model. Then start what may start.
 
+    A job running at a provider is cancelled there first (queue.attempts.provider_stop): it keeps its
+    slot until the provider confirms or the cancel grace passes, then fails and frees it ("stopping").
+
     `expected` maps slot ids to the job id (or None) the operator's preview showed in them: if a
     slot shows another job by now, nothing is changed (a job the operator never saw is not failed)."""
     evicted: list[str] = []
+    stopping: list[str] = []
     with transaction.atomic():
         queue = LockedQueue()
         chosen = [s for s in queue.slots if s.id in set(slot_ids)]
@@ -73,16 +77,27 @@ def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | No
             )
             if job is not None:
                 error = f"Evicted by {actor}: slot {slot.id} was reset while the job ran"
+                if provider_stop(job, reason=error):
+                    stopping.append(str(job.job_id))
+                    continue  # its slot is freed when it ends, once the provider dropped its job
                 job_attempt_end(queue, job, reported=Job.Status.FAILED, error=error, retry=False, settle=False)
                 evicted.append(str(job.job_id))
             queue.empty_slot(slot)
         started = queue.settle_after(*evicted)
-    return {"evicted": evicted, "started": [str(job.job_id) for job in started]}
+    if stopping:
+        logger.info("Reset state by %s: job(s) %s cancelled at their provider first; each frees its slot when the "
+                    "provider confirms", actor, ", ".join(stopping))
+    return {"evicted": evicted, "stopping": stopping, "started": [str(job.job_id) for job in started]}
 
 
 def running_repair(queue: LockedQueue, job: Job, now, action: str, reason: str) -> None:
     """Under the lock: carry out what running_check() found."""
     if action == TIMED_OUT:
+        if provider_stop(job, reason=reason):
+            # At a provider: cancelled there first; its poller fails it once the provider confirms.
+            JobQueueLog.objects.record(event_type=JobQueueLog.Event.TIMED_OUT, job=job,
+                                       details={"attempt": job.attempt, "reason": reason, "at_provider": "cancelling"})
+            return
         _end(queue, job, JobQueueLog.Event.TIMED_OUT, reason, retry=False)
     elif action == LEASE_EXPIRED:
         _end(queue, job, JobQueueLog.Event.LEASE_EXPIRED, reason, retry=True)

@@ -5,8 +5,8 @@ from django.db import connection
 from django.utils import timezone
 
 from coordination.exceptions import StaleAttempt
-from coordination.models import Job, JobQueueState
-from coordination.services import job_complete, queue_clear_stale, queue_reset
+from coordination.models import CatalogModel, Job, JobQueueState, ProviderRun
+from coordination.services import job_claim, job_complete, queue_clear_stale, queue_reset
 from tests.helpers import assert_exclusion, assert_honest_waiting, events, fresh, log_row, submit
 from tests.factories import JobRowFactory
 from tests.guide_sql import CLEAR_STALE, RESET_STATE
@@ -90,7 +90,7 @@ class TestReset:
 
         report = queue_reset(actor="admin:ops", slot_ids=[1])
 
-        assert report == {"evicted": [str(running.job_id)], "started": [str(waiting.job_id)]}
+        assert report == {"evicted": [str(running.job_id)], "stopping": [], "started": [str(waiting.job_id)]}
         running = fresh(running)
         assert running.status == Job.Status.FAILED
         assert running.error == "Evicted by admin:ops: slot 1 was reset while the job ran"
@@ -100,6 +100,30 @@ class TestReset:
         }
         assert fresh(waiting).status == Job.Status.RUNNING
         assert JobQueueState.objects.get(id=1).active_job_id == waiting.job_id
+        assert_exclusion()
+        assert_honest_waiting()
+
+    def test_a_job_at_a_provider_is_stopped_there_first_and_keeps_its_slot_meanwhile(self, user):
+        """Ending it now would leave its provider's job running while the next job got its model (a
+        provider's own limit overrun): its run is marked to stop, and its poller cancels it there and
+        fails it (tests/e2e/test_providers.py)."""
+        CatalogModel.objects.filter(name="flux-dev").update(
+            runner="http", provider_url="https://provider.example/jobs", provider_style="poll")
+        running = submit(user, model="flux-dev")
+        waiting = submit(user, model="flux-dev")
+        job_claim(job_id=running.job_id, attempt=1)
+        ProviderRun.objects.create(
+            job=running, attempt=1, model="flux-dev", style="poll", provider_job_id="prov-1",
+            status_url="https://provider.example/jobs/prov-1", submitted_at=timezone.now(), deadline_at=timezone.now(),
+        )
+
+        report = queue_reset(actor="admin:ops", slot_ids=[1])
+
+        assert report == {"evicted": [], "stopping": [str(running.job_id)], "started": []}
+        assert fresh(running).status == Job.Status.RUNNING and fresh(waiting).status == Job.Status.PENDING
+        assert JobQueueState.objects.get(id=1).active_job_id == running.job_id
+        assert ProviderRun.objects.get(job=running).stop_reason == "Evicted by admin:ops: slot 1 was reset while the job ran"
+        assert events(running) == ["submitted", "started", "claimed", "state_reset"]
         assert_exclusion()
         assert_honest_waiting()
 
@@ -115,7 +139,7 @@ class TestReset:
     def test_resetting_an_idle_slot_only_logs_it(self, db):
         report = queue_reset(actor="admin:ops", slot_ids=[1])
 
-        assert report == {"evicted": [], "started": []}
+        assert report == {"evicted": [], "stopping": [], "started": []}
         slot = JobQueueState.objects.get(id=1)
         assert (slot.active_job_id, slot.active_job_type, slot.active_models) == (None, None, [])
 
@@ -127,7 +151,7 @@ class TestReset:
 
         report = queue_reset(actor="admin:ops", slot_ids=[1])
 
-        assert report == {"evicted": [], "started": []}
+        assert report == {"evicted": [], "stopping": [], "started": []}
         assert fresh(done).status == Job.Status.COMPLETED
         assert JobQueueState.objects.get(id=1).active_job_id is None
 
@@ -162,7 +186,7 @@ class TestReset:
 
         report = queue_reset(actor="admin:ops", slot_ids=[2])
 
-        assert report == {"evicted": [str(video.job_id)], "started": [str(waiting.job_id)]}
+        assert report == {"evicted": [str(video.job_id)], "stopping": [], "started": [str(waiting.job_id)]}
         assert fresh(image).status == Job.Status.RUNNING
         assert fresh(video).status == Job.Status.FAILED
         assert fresh(waiting).status == Job.Status.RUNNING

@@ -50,21 +50,31 @@ def test_the_seeded_models_time_out_at_the_job_timeout(settings):
     assert {model.attempt_timeout for model in CatalogModel.objects.all()} == {settings.COORDINATOR_JOB_TIMEOUT}
 
 
-def test_a_job_at_a_provider_past_its_deadline_is_left_to_its_poller(user):
-    """The poller ends it at the same deadline and drops the provider's job as well; the reaper, ending
-    it, would leave the provider's job running and its run in flight."""
+def provider_job_past_its_deadline(user, *, timeout: int = 5):
     CatalogModel.objects.filter(name="flux-dev").update(
-        runner="http", provider_url="https://provider.example/jobs", provider_style="poll", timeout_seconds=5,
+        runner="http", provider_url="https://provider.example/jobs", provider_style="poll", timeout_seconds=timeout,
     )
     job = submit(user, model="flux-dev")
     job_claim(job_id=job.job_id, attempt=1)
-    started = timezone.now() - timedelta(seconds=6)
+    started = timezone.now() - timedelta(seconds=timeout + 1)
     Job.objects.filter(pk=job.pk).update(started_at=started)
     ProviderRun.objects.create(
         job=job, attempt=1, model="flux-dev", style="poll", provider_job_id="prov-1",
-        status_url="https://provider.example/jobs/prov-1", submitted_at=started, deadline_at=started + timedelta(seconds=5),
+        status_url="https://provider.example/jobs/prov-1", submitted_at=started,
+        deadline_at=started + timedelta(seconds=timeout),
     )
+    return job
+
+
+def test_a_job_at_a_provider_past_its_deadline_is_stopped_there_before_it_fails(user):
+    """The reaper does not end it (that would leave the provider's job running and its model given to the
+    next job while the provider still works on it): it marks its run to stop; the poller cancels it at the
+    provider and fails it once the provider confirms (tests/e2e/test_providers.py). A second pass changes nothing."""
+    job = provider_job_past_its_deadline(user)
 
     report = reaper_pass()
 
-    assert report["timed_out"] == [] and fresh(job).status == Job.Status.RUNNING
+    assert report["timed_out"] == [str(job.job_id)] and fresh(job).status == Job.Status.RUNNING
+    run = ProviderRun.objects.get(job=job)
+    assert (run.state, run.stop_reason) == ("in_flight", "timed out after 5 s")
+    assert reaper_pass()["timed_out"] == []
