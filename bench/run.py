@@ -19,7 +19,9 @@ Measures, in one run on this machine:
       them open against none, and the time from a transition's commit to its event (bench/events.py);
   (k) 1,000 jobs in flight at a (fake, local) provider on one qcluster of 2 worker processes: the
       cluster's memory, CPU, connections and statements per poll tick, and the time from the
-      provider's answer to the next job's start (bench/providers.py).
+      provider's answer to the next job's start (bench/providers.py);
+  (m) how honest `estimated_start_at` is on a mixed load (4 slots, 1-3 s jobs on four models, a few
+      workflows): |estimated start - actual start| / wait, median and p90 (bench/estimates.py).
 
 Nothing here asserts a time: it prints what it measured, and docs/performance.md quotes it.
 """
@@ -365,7 +367,7 @@ def batch_rate(owner, size: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--parts", default="abcdefghijk", help="which parts to run, e.g. 'be' (default: all)")
+    parser.add_argument("--parts", default="abcdefghijkm", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -448,6 +450,11 @@ def main() -> None:
         from bench.providers import measure as measure_providers
 
         measure_providers(out, tmp, quick=args.quick)
+    if "m" in args.parts:
+        from bench.estimates import measure as measure_estimates
+
+        measure_estimates(out, owner, Cluster, reset_queue, wait_for, percentile, MODELS, tmp, quick=args.quick)
+        settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
 
 
 def decision_costs(sizes: list[int], owner, repeats: int) -> None:

@@ -17,7 +17,8 @@ from django.utils.html import format_html
 from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
-from coordination.selectors import job_queue_positions
+from coordination.estimates import estimated_start
+from coordination.selectors import job_queue_position, job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id
 from coordination.services import capacity_group_delete, capacity_group_save, catalog_model_save
 from coordination.webhooks import delivery_resend
@@ -72,7 +73,14 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("job_id", "prompt", "model", "conflict_reason", "owner__username")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    readonly_fields = [field.name for field in Job._meta.fields]
+    # The page shows the live place in line and expected start (the API's numbers) beside the status;
+    # the stored queue_position column (the usage guide's, its place when it joined the line) is
+    # not shown: it is not kept current, so it would contradict them.
+    exclude = ("queue_position",)
+    readonly_fields = [
+        name for field in Job._meta.fields if field.name != "queue_position"
+        for name in ([field.name, "place_in_line", "expected_start"] if field.name == "status" else [field.name])
+    ]
     actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
 
     def get_changelist(self, request, **kwargs):
@@ -90,6 +98,25 @@ class JobAdmin(admin.ModelAdmin):
         if place is None:
             return None
         return f"{place} (priority {job.priority})" if job.priority else str(place)
+
+    @admin.display(description="place in line")
+    def place_in_line(self, job: Job) -> str:
+        """Its live place, as GET /jobs/{id} answers it (queue_position)."""
+        place = job_queue_position(job)
+        return "—" if place is None else str(place)
+
+    @admin.display(description="expected start")
+    def expected_start(self, job: Job) -> str:
+        """When it should start, as GET /jobs/{id} answers it (estimated_start_at, start_overdue)."""
+        if job.status != Job.Status.PENDING:
+            return "—"
+        if job.held:
+            return "after its paused model is resumed"
+        estimate = estimated_start(job)
+        if estimate is None:
+            return "—"
+        at = date_format(timezone.localtime(estimate.at), "Y-m-d H:i:s")
+        return f"overdue since {at}: the jobs before it ran longer than usual" if estimate.overdue else at
 
     @admin.display(description="reason / error")
     def reason(self, job: Job) -> str:

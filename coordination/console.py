@@ -12,7 +12,9 @@ from django.utils import timezone
 
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
+from coordination.queue.fair import fair_order
 from coordination.queue.lines import LINE_ORDER
+from coordination.selectors import job_queue_positions
 
 LINE_SHOWN = 10  # jobs shown per model line
 EVENTS_SHOWN = 20
@@ -73,26 +75,36 @@ def console_slots(now: datetime) -> list[dict]:
 
 
 def console_lines(catalog: list[CatalogModel], now: datetime) -> list[dict]:
-    """Each model's first LINE_SHOWN waiting jobs, why each waits and when it should start."""
-    # Every line's head in one query: the rows numbered within their model's line.
+    """Each model's first LINE_SHOWN waiting jobs in the order the line takes them (a fair line in its
+    owners' turns), each with its owner, why it waits, its place in line and its expected start: the
+    numbers GET /jobs/{id} answers (selectors.job_queue_positions, estimates.estimated_starts)."""
+    fair = {
+        model.name for model in catalog
+        if model.line_policy == CatalogModel.LinePolicy.FAIR and settings.COORDINATOR_MAX_ACTIVE_JOBS > 1
+    }
+    # Every first-come line's head in one query: the rows numbered within their model's line.
     place = Window(RowNumber(), partition_by=F("model"), order_by=list(LINE_ORDER))
     rows = list(
-        JobLine.objects.filter(model__in=[model.name for model in catalog])
-        .annotate(place=place).filter(place__lte=LINE_SHOWN).select_related("job").order_by("model", "place")
+        JobLine.objects.filter(model__in=[model.name for model in catalog if model.name not in fair])
+        .annotate(place=place).filter(place__lte=LINE_SHOWN).select_related("job", "job__owner").order_by("model", "place")
     )
+    for model in sorted(fair):
+        rows.extend(fair_order(model, LINE_SHOWN))  # in the turns the owners take
     waiting = dict(JobLine.objects.values("model").annotate(n=Count("id")).values_list("model", "n"))
-    etas = estimated_starts([row.job for row in rows], now=now)
+    jobs = list({row.job_id: row.job for row in rows}.values())
+    places = job_queue_positions([job.job_id for job in jobs])
+    etas = estimated_starts(jobs, now=now)
     by_model: dict[str, list] = {}
     for row in rows:
         job = row.job
         by_model.setdefault(row.model, []).append({
-            "position": row.place, "job_id": job.job_id, "kind": job.kind, "priority": job.priority,
-            "reason": job.conflict_reason or "", "blocked_by": job.blocked_by_job_id, "held": job.held,
-            "eta": etas.get(job.job_id),
+            "position": places.get(job.job_id), "job_id": job.job_id, "kind": job.kind, "priority": job.priority,
+            "owner": job.owner.get_username() if job.owner else "", "reason": job.conflict_reason or "",
+            "blocked_by": job.blocked_by_job_id, "held": job.held, "eta": etas.get(job.job_id),
         })
     return [
         {"model": model.name, "capacity": model.capacity, "enabled": model.enabled, "paused": model.paused,
-         "waiting": waiting.get(model.name, 0), "jobs": by_model.get(model.name, [])}
+         "fair": model.name in fair, "waiting": waiting.get(model.name, 0), "jobs": by_model.get(model.name, [])}
         for model in catalog
     ]
 

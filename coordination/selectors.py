@@ -2,18 +2,17 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, IntegerField, OuterRef, Prefetch, QuerySet, Subquery, When, Window
+from django.db.models import Case, IntegerField, Prefetch, QuerySet, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from coordination.estimates import job_wait
+from coordination.estimates import Estimate, job_wait
 from coordination.exceptions import InvalidTransition, JobNotFound
 from coordination.models import CatalogModel, Job, JobLine, JobQueueState, ProviderRun
-from coordination.queue.fair import fair_ahead
+from coordination.queue.fair import fair_ahead_many
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import count_ahead, model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
@@ -61,33 +60,29 @@ class JobDetail:
     job: Job
     queue_position: int | None
     waiting_for: list[dict] | None
-    estimated_start_at: datetime | None
+    estimate: Estimate | None
     waiting_for_slot: dict | None = None
 
 
 def job_detail(*, user, job_id) -> JobDetail:
-    """The job with its place in line counted in the same query (all the jobs before it, and those
-    a pause does not hold, for its slot wait), and what it waits for read by estimates.job_wait:
-    five queries at most, however long the line and however many models."""
+    """The job (with the jobs a pause does not hold before it counted in the same query, for its
+    slot wait), its place in line (job_queue_positions, the one count of a place), and what it waits
+    for with its estimate (estimates.job_wait, which reads estimated_starts, the one estimate): a
+    fixed number of queries, however long the line and however many models."""
 
     def when_waiting(count):
         return Case(When(status=Job.Status.PENDING, then=count), output_field=IntegerField())
 
     jobs = Job.objects.select_related("workflow_execution").annotate(
-        jobs_before=when_waiting(count_ahead(line())),
         unheld_before=when_waiting(count_ahead(line().filter(held=False))),
-        line_policy=Subquery(CatalogModel.objects.filter(name=OuterRef("model")).values("line_policy")[:1]),
     )
     job = job_get(user=user, job_id=job_id, jobs=jobs)
     wait = job_wait(job)
-    place = None if job.jobs_before is None else job.jobs_before + 1
-    if place is not None and job.line_policy == CatalogModel.LinePolicy.FAIR and _fair_lines_apply(job):
-        place = fair_ahead(job, job.model) + 1
     return JobDetail(
         job=job,
-        queue_position=place,
+        queue_position=job_queue_position(job),
         waiting_for=wait.waiting_for,
-        estimated_start_at=wait.estimated_start_at,
+        estimate=wait.estimate,
         waiting_for_slot=wait.waiting_for_slot,
     )
 
@@ -112,33 +107,32 @@ def job_batch(*, first: Job, size: int) -> list[Job]:
 
 
 def job_queue_position(job: Job) -> int | None:
+    """A job's place in line: job_queue_positions() of one job."""
     if job.status != Job.Status.PENDING:
         return None
-    if _fair_lines_apply(job) and CatalogModel.objects.filter(name=job.model, line_policy=CatalogModel.LinePolicy.FAIR).exists():
-        return fair_ahead(job, job.model) + 1
-    return line_position(job)
+    return job_queue_positions([job.job_id]).get(job.job_id)
 
 
-def _fair_lines_apply(job: Job) -> bool:
-    """A waiting normal job's place follows its line's fair order (with more than one slot) when that
-    line is fair: then its place is in that line, where the owners take turns."""
-    return settings.COORDINATOR_MAX_ACTIVE_JOBS > 1 and job.kind == Job.Kind.NORMAL
-
-
-def _fair_places(places: dict) -> dict:
-    """`places` with the jobs that wait in a fair line numbered in its order instead (one query to find
-    them, then one read per such job)."""
-    if settings.COORDINATOR_MAX_ACTIVE_JOBS == 1 or not places:
+def _fair_places(places: dict, fair: dict) -> dict:
+    """`places` with the normal jobs that wait in a fair line (with more than one slot; `fair`: job id
+    → that line's model) numbered in that line's fair order instead: their place is in that line,
+    where the owners take turns. Three queries per fair model (fair_ahead_many)."""
+    if settings.COORDINATOR_MAX_ACTIVE_JOBS == 1 or not fair:
         return places
-    fair = CatalogModel.objects.filter(line_policy=CatalogModel.LinePolicy.FAIR).values("name")
-    for job in Job.objects.filter(pk__in=list(places), kind=Job.Kind.NORMAL, model__in=fair):
-        places[job.job_id] = fair_ahead(job, job.model) + 1
+    by_model: dict[str, list] = {}
+    for job_id, model in fair.items():
+        by_model.setdefault(model, []).append(job_id)
+    for model, job_ids in by_model.items():
+        for job_id, ahead in fair_ahead_many(model, job_ids).items():
+            places[job_id] = ahead + 1
     return places
 
 
 def job_queue_positions(job_ids) -> dict:
-    """The live place in line (as the API's queue_position) of each waiting job among `job_ids`,
-    in one query; jobs that do not wait are left out.
+    """The live place in line of each waiting job among `job_ids` (jobs that do not wait are left
+    out): the one count of a place, which GET /jobs/{id} answers as `queue_position` and every list,
+    the console, the admin and the event stream show. In the whole line, in one query; a normal job
+    in a fair line (with more than one slot) in that line's fair order (_fair_places).
 
     The line is numbered once, in its own order (ROW_NUMBER() over LINE_ORDER, the order
     jobs_line_idx keeps), and only the asked rows are kept: one pass over the waiting jobs
@@ -148,15 +142,24 @@ def job_queue_positions(job_ids) -> dict:
     if not ids:
         return {}
     numbered = line().order_by().annotate(place=Window(RowNumber(), order_by=list(LINE_ORDER)))
-    sql, params = numbered.values_list("job_id", "place").query.sql_with_params()
+    sql, params = numbered.values_list("job_id", "place", "kind", "model").query.sql_with_params()
     # The ids are kept outside the numbering (beside it, a WHERE would number only the asked rows),
-    # which the ORM cannot say: hence the SELECT around its query.
+    # which the ORM cannot say: hence the SELECT around its query. It also says which of them wait
+    # in a fair line (their model's policy).
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT job_id, place FROM ({sql}) numbered WHERE job_id IN ({', '.join(['%s'] * len(ids))})",
+            f"SELECT numbered.job_id, numbered.place, numbered.kind, numbered.model, catalog.line_policy "
+            f"FROM ({sql}) numbered LEFT JOIN {CatalogModel._meta.db_table} catalog ON catalog.name = numbered.model "
+            f"WHERE numbered.job_id IN ({', '.join(['%s'] * len(ids))})",
             [*params, *ids],
         )
-        return _fair_places({pk.to_python(job_id): place for job_id, place in cursor.fetchall()})
+        rows = cursor.fetchall()
+    places = {pk.to_python(job_id): place for job_id, place, _, _, _ in rows}
+    fair = {
+        pk.to_python(job_id): model for job_id, _, kind, model, policy in rows
+        if kind == Job.Kind.NORMAL and policy == CatalogModel.LinePolicy.FAIR
+    }
+    return _fair_places(places, fair)
 
 
 def queue_status(*, user=None) -> dict:
@@ -181,6 +184,8 @@ def queue_status(*, user=None) -> dict:
     waiting = line()
     limit = settings.COORDINATOR_STATUS_LIST_LIMIT
     sees_all = user is None or user.is_staff
+    listed = list(waiting[:limit])
+    places = job_queue_positions([job.job_id for job in listed])  # as GET /jobs/{id} says them
     queued = [
         {
             "job_id": job.job_id,
@@ -195,7 +200,7 @@ def queue_status(*, user=None) -> dict:
         }
         if sees_all or job.owner_id == user.pk
         else {"queue_position": position, "kind": job.kind, "required_models": job.required_models}
-        for position, job in enumerate(waiting[:limit], start=1)
+        for position, job in ((places.get(job.job_id), job) for job in listed)
     ]
     return {
         "active_job": {"job_id": first["job_id"], "job_type": first["job_type"], "models": first["models"]},

@@ -154,7 +154,7 @@ def _payload(delivery: WebhookDelivery) -> dict:
     of a waiting job null, and no provider run (an attempt that has just started has none yet)."""
     job = feed.jobs_by_id([delivery.job_id])[delivery.job_id]
     data = feed.as_of(job, delivery.event_state, None)
-    data.update(at_provider=None, waiting_for=None, estimated_start_at=None, waiting_for_slot=None)
+    data.update(at_provider=None, waiting_for=None, estimated_start_at=None, start_overdue=None, waiting_for_slot=None)
     return {"type": delivery.event_type, "timestamp": delivery.created_at.isoformat(), "data": data}
 
 

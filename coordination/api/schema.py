@@ -114,7 +114,8 @@ class JobSchema(OpenApiSerializerExtension):
     target_class = JobSerializer
     # Keys only some responses carry: the workflow ones on workflow jobs, the waits on GET /jobs/{id}.
     optional = {
-        "workflow_id", "current_step", "current_step_model", "waiting_for", "estimated_start_at", "waiting_for_slot",
+        "workflow_id", "current_step", "current_step_model", "waiting_for", "estimated_start_at", "start_overdue",
+        "waiting_for_slot",
     }
 
     def map_serializer(self, auto_schema, direction):
@@ -141,7 +142,15 @@ class JobSchema(OpenApiSerializerExtension):
             "format": "date-time",
             "nullable": True,
             "readOnly": True,
-            "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start (null while a paused model holds it).",
+            "description": "GET /jobs/{job_id} only: for a pending job, when it is expected to start (null while a paused "
+            "model holds it); in the past when start_overdue.",
+        }
+        properties["start_overdue"] = {
+            "type": "boolean",
+            "nullable": True,
+            "readOnly": True,
+            "description": "GET /jobs/{job_id} only: for a pending job, true when estimated_start_at has passed while it "
+            "still waits (the jobs before it ran longer than usual: it starts once they end); null with no estimate.",
         }
         properties["waiting_for_slot"] = {
             "allOf": [auto_schema.resolve_serializer(WaitingForSlotSerializer, direction).ref],

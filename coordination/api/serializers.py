@@ -290,9 +290,11 @@ class JobSerializer(serializers.ModelSerializer):
             # What a waiting job waits for, model by model: who holds it, how many are before it.
             waits = detail.waiting_for
             data["waiting_for"] = WaitingForSerializer(waits, many=True).data if waits is not None else None
-            # From each model's recent run times (coordination.estimates); null unless waiting.
-            eta = detail.estimated_start_at
-            data["estimated_start_at"] = serializers.DateTimeField().to_representation(eta) if eta else None
+            # The queue played forward from recent run times (coordination.estimates); null unless
+            # waiting. Overdue: that instant has passed and it still waits (the jobs before it ran long).
+            estimate = detail.estimate
+            data["estimated_start_at"] = serializers.DateTimeField().to_representation(estimate.at) if estimate else None
+            data["start_overdue"] = estimate.overdue if estimate else None
             # Every slot busy: it waits for one (in serialized mode, the single one), whoever holds its models.
             slot = detail.waiting_for_slot
             data["waiting_for_slot"] = WaitingForSlotSerializer(slot).data if slot is not None else None

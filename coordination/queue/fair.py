@@ -15,7 +15,8 @@ Serialized mode (one slot) is the usage guide's global FIFO: there `line_policy`
 
 from datetime import timedelta
 
-from django.db.models import Q
+from django.db.models import Count, F, Func, IntegerField, OuterRef, Q, Subquery, Window
+from django.db.models.functions import Coalesce, RowNumber
 
 from coordination.models import NEVER_STARTED, Job, JobLine, LineShare
 
@@ -130,27 +131,84 @@ def _order_key(model: str, job: Job) -> tuple:
 
 
 def fair_ahead(job: Job, model: str) -> int:
-    """How many jobs go before `job` in a fair line, if the owners take their turns from now on and no
-    job arrives: the jobs of higher priority, then round by round one job of each owner at its
-    priority in turn order (`job` is in its owner's round k). A read for queue_position and the
-    estimate: it reads the line's owners at that priority (one query) and the owner's jobs before it."""
-    key = owner_key(job)
-    higher = JobLine.objects.filter(model=model, priority__gt=job.priority).count()
-    rank = JobLine.objects.filter(
-        Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, job_id__lt=job.job_id),
-        model=model, owner_key=key, priority=job.priority,
-    ).count() + 1
-    rows = list(
-        LineShare.objects.filter(model=model, priority=job.priority, waiting__gt=0)
-        .order_by(*TURN_ORDER[1:]).values_list("owner_key", "waiting")
+    """How many jobs go before `job` in a fair line: fair_ahead_many() of one job."""
+    return fair_ahead_many(model, [job.job_id]).get(job.job_id, 0)
+
+
+def fair_ahead_many(model: str, job_ids) -> dict:
+    """How many jobs go before each of `job_ids` (waiting jobs in the fair line of `model`), if the
+    owners take their turns from now on and no job arrives: the jobs of higher priority, then round
+    by round one job of each owner at its priority in turn order (a job is in its owner's round k).
+    The one count of a place in a fair line (queue_position, the console's order, the estimate).
+    Three queries however many jobs: the jobs with their rank among their owner's, the line's jobs
+    by priority, its owners in turn order."""
+    same_owner_before = (
+        JobLine.objects.filter(model=model, owner_key=OuterRef("owner_key"), priority=OuterRef("priority"))
+        .filter(Q(created_at__lt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), job_id__lt=OuterRef("job_id")))
+        .order_by().annotate(n=Func(F("pk"), function="COUNT")).values("n")
     )
-    before_owner, ahead = True, higher + rank - 1
-    for other, waiting in rows:
-        if other == key:
-            before_owner = False
-            continue
-        ahead += min(waiting, rank if before_owner else rank - 1)
-    return ahead
+    rows = list(
+        JobLine.objects.filter(model=model, job_id__in=list(job_ids))
+        .annotate(before=Coalesce(Subquery(same_owner_before, output_field=IntegerField()), 0))
+        .values_list("job_id", "owner_key", "priority", "before")
+    )
+    if not rows:
+        return {}
+    by_priority = dict(
+        JobLine.objects.filter(model=model).values("priority").annotate(n=Count("pk")).order_by().values_list("priority", "n")
+    )
+    owners: dict[int, list[tuple[int, int]]] = {}
+    for key, priority, waiting in (
+        LineShare.objects.filter(model=model, priority__in={priority for _, _, priority, _ in rows}, waiting__gt=0)
+        .order_by(*TURN_ORDER).values_list("owner_key", "priority", "waiting")
+    ):
+        owners.setdefault(priority, []).append((key, waiting))
+    places = {}
+    for job_id, key, priority, before in rows:
+        rank = before + 1  # its round
+        ahead = sum(n for other, n in by_priority.items() if other > priority) + before
+        before_owner = True
+        for other, waiting in owners.get(priority, []):
+            if other == key:
+                before_owner = False
+                continue
+            ahead += min(waiting, rank if before_owner else rank - 1)
+        places[job_id] = ahead
+    return places
+
+
+def fair_order(model: str, limit: int) -> list[JobLine]:
+    """The first `limit` jobs of a fair line in the order fair_ahead() numbers them (the k-th has
+    k - 1 before it): higher priority first, then round by round one job of each owner in turn
+    order. Those come from at most `limit` owners, the first in turn order: two queries, each bounded
+    by `limit`, however many jobs and owners wait. A read, for the console."""
+    shares = list(
+        LineShare.objects.filter(model=model, waiting__gt=0).order_by(*TURN_ORDER)
+        .values_list("owner_key", "priority")[:limit]
+    )
+    if not shares:
+        return []
+    rank = Window(RowNumber(), partition_by=[F("owner_key"), F("priority")], order_by=[F("created_at"), F("job_id")])
+    among = Q()
+    for key, priority in shares:
+        among |= Q(owner_key=key, priority=priority)
+    rows = (
+        JobLine.objects.filter(among, model=model).annotate(rank=rank).filter(rank__lte=limit)
+        .select_related("job", "job__owner").order_by("owner_key", "priority", "rank")
+    )
+    queues: dict[tuple[int, int], list[JobLine]] = {}
+    for row in rows:
+        queues.setdefault((row.owner_key, row.priority), []).append(row)
+    ordered: list[JobLine] = []
+    for priority in sorted({priority for _, priority in shares}, reverse=True):
+        owners = [queues.get((key, p), []) for key, p in shares if p == priority]
+        for turn in range(limit):
+            ordered.extend(queue[turn] for queue in owners if turn < len(queue))
+            if len(ordered) >= limit or not any(turn + 1 < len(queue) for queue in owners):
+                break
+        if len(ordered) >= limit:
+            break
+    return ordered[:limit]
 
 
 def shares_rebuild(model: str, *, fair: bool) -> None:

@@ -3,7 +3,8 @@ make a fixed number of queries, whatever the number of jobs they show or the job
 
 The queue built here has everything a read has to describe: finished jobs (completed on several models,
 failed, cancelled), running ones, normal and workflow jobs waiting behind them at several priorities,
-and jobs held by a paused model, with one slot and with two. Six queries include the token lookup.
+and jobs held by a paused model, with one slot and with two. Six queries include the token lookup
+(seven for one job).
 """
 
 from datetime import timedelta
@@ -25,6 +26,9 @@ from workflows.models import WorkflowExecution
 pytestmark = pytest.mark.django_db
 
 MAX_QUERIES = 6
+# GET /jobs/{id} counts its place with the one count of a place (selectors.job_queue_positions) in a
+# query of its own, beside what it waits for and its estimate (estimates.job_wait).
+DETAIL_QUERIES = 7
 MODELS = ["motion-2.0-fast", "flux-dev", "nano-banana-pro-leonardo", "minimax/video-01"]
 
 
@@ -129,7 +133,7 @@ def test_one_job_is_read_in_a_fixed_number_of_queries_whatever_it_waits_for(busy
     }
     for name, job in examples.items():
         assert job is not None, name
-        with django_assert_max_num_queries(MAX_QUERIES):
+        with django_assert_max_num_queries(DETAIL_QUERIES):
             response = client.get(f"/jobs/{job.job_id}")
         assert response.status_code == 200, (name, response.content)
         body = response.json()
@@ -146,11 +150,11 @@ def test_one_jobs_reads_together_say_what_the_one_by_one_reads_say(busy_queue):
         wait = job_wait(job, now=now)
         pending = job.status == Job.Status.PENDING
         assert wait.waiting_for == (waiting_for(job) if pending else None), job
-        assert wait.estimated_start_at == estimated_start(job, now=now), job
+        assert wait.estimate == estimated_start(job, now=now), job
     for job in jobs[::7]:
         body = client.get(f"/jobs/{job.job_id}").json()
         assert body["queue_position"] == (line_position(job) if job.status == Job.Status.PENDING else None)
-    assert sum(job_wait(job, now=now).estimated_start_at is not None for job in jobs) > 50
+    assert sum(job_wait(job, now=now).estimate is not None for job in jobs) > 50
 
 
 def test_queue_status_is_read_in_a_fixed_number_of_queries(busy_queue, django_assert_max_num_queries, settings):
