@@ -120,10 +120,11 @@ class QueueCollector(Collector):
 
     def _events(self):
         # A gauge, not a counter: prune_queue_log deletes old rows, so the number falls once a day,
-        # and Prometheus would read that fall of a counter as a reset (rate() would spike).
+        # and Prometheus would read that fall of a counter as a reset (rate() would spike). Hence no
+        # `_total` in its name either: that suffix is for counters (`promtool check metrics` says so).
         counts = JobQueueLog.objects.order_by().values_list("event_type").annotate(n=Count("id"))
         family = GaugeMetricFamily(
-            "jobqueue_events_total",
+            "jobqueue_events_retained",
             "Audit events in the retained job_queue_log by type (prune_queue_log deletes old rows, so this can fall).",
             labels=["event_type"],
         )
