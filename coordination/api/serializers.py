@@ -24,6 +24,32 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+def json_type(value) -> str:
+    """What a client sent, in JSON's words, for a message that says what was expected instead."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
+class StringField(serializers.CharField):
+    """A JSON string and nothing else. DRF's CharField turns 42 into "42": a client that sends a number
+    where text belongs (`"prompt": 42`) would have a job made of what it did not mean. Every text field
+    of a request body is one of these."""
+
+    default_error_messages = {"invalid": "must be a string (text in double quotes), not {input_type}."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", input_type=json_type(data))
+        return super().to_internal_value(data)
+
+
 PARAMS_MAX_BYTES = 16 * 1024
 PARAMS_MAX_DEPTH = 5
 
@@ -104,15 +130,15 @@ class SubmitFields(StrictSerializer):
     max_wait_seconds = serializers.IntegerField(
         required=False, help_text="The same deadline as a number of seconds from now (not both)."
     )
-    dedupe_key = serializers.CharField(
+    dedupe_key = StringField(
         required=False, trim_whitespace=False,
         help_text="Your name for this work (1-255 printable characters): no two of your live jobs share one.",
     )
-    webhook_url = serializers.CharField(
+    webhook_url = StringField(
         required=False, max_length=2048, help_text="POSTed a signed event when the job starts or ends (see webhook_events_filter)."
     )
     webhook_events_filter = serializers.ListField(
-        child=serializers.CharField(), required=False,
+        child=StringField(), required=False,
         help_text="Which events: from started, completed, failed, cancelled, expired (default: the four terminal ones).",
     )
     on_duplicate = serializers.ChoiceField(
@@ -122,21 +148,21 @@ class SubmitFields(StrictSerializer):
 
 
 class JobSubmitSerializer(SubmitFields):
-    prompt = serializers.CharField(
+    prompt = StringField(
         trim_whitespace=True,
         error_messages={
             "required": "A prompt is required: describe what to generate.",
             "blank": "A prompt is required: describe what to generate.",
         },
     )
-    model = serializers.CharField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
+    model = StringField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
     job_type = serializers.ChoiceField(choices=MediaType.choices, required=False)
 
 
 class JobBatchItemSerializer(JobSubmitSerializer):
     """One job of a batch: a POST /jobs body, and the client's own reference for it."""
 
-    client_ref = serializers.CharField(
+    client_ref = StringField(
         max_length=200,
         required=False,
         allow_null=True,
