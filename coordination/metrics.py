@@ -13,7 +13,6 @@ from django.conf import settings
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Min, Q, Sum, Value, When
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -188,8 +187,11 @@ def _refusal(request) -> JsonResponse | None:
     )
 
 
-@require_GET
 def metrics_view(request):
+    if request.method != "GET":
+        response = _denied(405, f"/metrics answers GET only, not {request.method}.", "method_not_allowed")
+        response["Allow"] = "GET"
+        return response
     refusal = _refusal(request)
     if refusal is not None:
         return refusal

@@ -48,6 +48,7 @@ SUBMIT_RESPONSES = {
     400: _error("Bad input; `fields` says which (an unknown model lists the known ones)."),
     **COMMON_ERRORS,
     409: _error("A live job of yours already has this dedupe_key (`job_id` names it), or the one to replace is running."),
+    413: _error("The body is larger than the server takes (DATA_UPLOAD_MAX_MEMORY_SIZE); nothing was accepted."),
     422: _error("Idempotency-Key reused with a different request."),
     429: _error("Too many submissions, too many pending jobs, or the model's line is full (max_waiting); "
                 "try again after Retry-After seconds."),
@@ -167,6 +168,8 @@ class JobListCreateView(PreferWaitMixin, SubmitThrottledMixin, ListAPIView):
                     f"than {services.BATCH_MAX_JOBS} jobs too. Nothing was accepted."),
         **COMMON_ERRORS,
         403: _error("Not allowed, e.g. a priority above 0 without being staff (the message names the body)."),
+        413: _error("The body is larger than the server takes (DATA_UPLOAD_MAX_MEMORY_SIZE): send the jobs in "
+                    "smaller batches. Nothing was accepted."),
         422: _error("Idempotency-Key reused with a different request."),
         409: _error("A body's dedupe_key is held by a live job of yours (`job_id` names it); nothing was accepted."),
         429: _error("Too many submissions (each job counts), the batch would pass the pending-jobs limit, or a "

@@ -1,9 +1,18 @@
 """Input the API took wrongly, or answered in the wrong shape (issue 25, §5). A refusal changes nothing.
 
 - a number where text belongs (`"prompt": 42`) was stored as "42": now a 400 naming the field;
+- a body over DATA_UPLOAD_MAX_MEMORY_SIZE was Django's HTML "Bad Request (400)": now a JSON 413 stating the limit;
 """
 
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.conf import settings
+from django.db import connections
+from django.test import Client
+from rest_framework.authtoken.models import Token
 
 from coordination.models import Job
 
@@ -67,3 +76,139 @@ def test_text_still_passes(api):
 
     assert response.status_code == 201
     assert response.json()["prompt"] == "42"
+
+
+# --- A body over the limit ------------------------------------------------------------------------
+
+
+def sized_body(size: int, **extra) -> bytes:
+    """A job's JSON body of exactly `size` bytes (its prompt pads it)."""
+    empty = len(json.dumps({**JOB, **extra, "prompt": ""}))
+    return json.dumps({**JOB, **extra, "prompt": "x" * (size - empty)}).encode()
+
+
+def over_the_limit(**extra) -> bytes:
+    """One byte past DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB unless set): the issue's 3 MB body."""
+    return sized_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1, **extra)
+
+
+@pytest.mark.parametrize("path, extra", [
+    ("/jobs", {}), ("/jobs/batch", None), (WORKFLOW_EXECUTE, {"input_image": INPUT_IMAGE}),
+])
+def test_a_body_over_the_limit_is_413_json_stating_the_limit(user, path, extra):
+    token = Token.objects.create(user=user)
+    body = over_the_limit(**extra) if extra is not None else json.dumps({"jobs": [json.loads(over_the_limit())]}).encode()
+    assert len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+    response = Client().post(path, body, content_type="application/json", HTTP_AUTHORIZATION=f"Token {token.key}")
+
+    assert response.status_code == 413, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "request_too_large"
+    assert f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes" in response.json()["error"]
+    assert Job.objects.count() == 0
+
+
+def test_a_body_at_the_limit_is_read(user):
+    token = Token.objects.create(user=user)
+    body = sized_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    assert len(body) == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+    response = Client().post("/jobs", body, content_type="application/json", HTTP_AUTHORIZATION=f"Token {token.key}")
+
+    assert response.status_code == 400  # read and checked: a prompt that long is refused by its own rule
+    assert response.json()["fields"]["prompt"]
+
+
+def test_a_host_not_allowed_is_400_json(client):
+    response = client.get("/jobs", HTTP_HOST="elsewhere.example")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "bad_request"
+    assert "ALLOWED_HOSTS" in response.json()["error"]
+
+
+def test_the_admin_keeps_djangos_html_page_for_a_bad_request(client):
+    response = client.get("/admin/", HTTP_HOST="elsewhere.example")
+
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_a_wrong_method_on_metrics_is_405_json(staff_user):
+    client = Client()
+    client.force_login(staff_user)
+
+    response = client.post("/metrics")
+
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    assert response["Allow"] == "GET"
+
+
+def asgi_post(path: str, chunks: list[bytes], headers: dict[str, str]) -> tuple[int, dict[bytes, bytes], bytes]:
+    """POST through jobqueue_site.asgi's application, as `make run` serves it (gunicorn's uvicorn
+    workers), the body in `chunks`; without a Content-Length header it is sent as a chunked body is."""
+    from asgiref.testing import ApplicationCommunicator
+
+    from jobqueue_site import asgi
+
+    async def exchange():
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"127.0.0.1")] + [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        }
+        communicator = ApplicationCommunicator(asgi.application, scope)
+        for index, chunk in enumerate(chunks):
+            await communicator.send_input({"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1})
+        start = await communicator.receive_output(timeout=30)
+        content = b""
+        while True:
+            message = await communicator.receive_output(timeout=30)
+            content += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        return start["status"], {name.lower(): value for name, value in start["headers"]}, content
+
+    # The application's synchronous work runs on its pool of threads: one thread here, so that its
+    # database connection can be closed afterwards (an open one keeps the test database from being dropped).
+    shared, asgi._threads = asgi._threads, ThreadPoolExecutor(max_workers=1)
+    try:
+        return asyncio.run(exchange())
+    finally:
+        asgi._threads.submit(connections.close_all).result()
+        asgi._threads.shutdown()
+        asgi._threads = shared
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "chunked"])
+def test_under_asgi_a_body_over_the_limit_is_413_json(user, with_length):
+    token = Token.objects.create(user=user)
+    body = over_the_limit()
+    headers = {"Content-Type": "application/json", "Authorization": f"Token {token.key}"}
+    if with_length:
+        headers["Content-Length"] = str(len(body))
+
+    status, response_headers, content = asgi_post("/jobs", [body[i:i + 2**20] for i in range(0, len(body), 2**20)], headers)
+
+    assert status == 413, content[:200]
+    assert response_headers[b"content-type"] == b"application/json"
+    assert json.loads(content)["code"] == "request_too_large"
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_a_chunked_body_is_read(user):
+    """A body without Content-Length (chunked) was taken for an empty one: "A prompt is required"."""
+    token = Token.objects.create(user=user)
+    body = json.dumps(JOB).encode()
+
+    status, _, content = asgi_post("/jobs", [body[:10], body[10:]],
+                                   {"Content-Type": "application/json", "Authorization": f"Token {token.key}"})
+
+    assert status == 201, content
+    assert json.loads(content)["prompt"] == JOB["prompt"]
