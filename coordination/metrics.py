@@ -16,6 +16,7 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from rest_framework.authtoken.models import Token
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, WebhookDelivery
 from coordination.queue.groups import groups_by_model
@@ -173,6 +174,10 @@ def _refusal(request) -> JsonResponse | None:
         token = settings.METRICS_TOKEN
         if token and hmac.compare_digest(given.strip().encode(), token.encode()):
             return None
+        # The API takes `Bearer <API token>` too (coordination/api/authentication.py); here it opens nothing.
+        if given.strip() and Token.objects.filter(key=given.strip()).exists():
+            return _denied(403, "That is a user's API token; /metrics takes the scraper's token instead: "
+                                "Authorization: Bearer <METRICS_TOKEN> (or a staff session).", "permission_denied")
         if not token:
             return _denied(403, "Token access to /metrics is off (METRICS_TOKEN is not set); sign in as staff.", "permission_denied")
         return _denied(403, "Wrong metrics token.", "permission_denied")

@@ -39,6 +39,10 @@ def too_large_message() -> str:
             "(DATA_UPLOAD_MAX_MEMORY_SIZE); nothing was accepted. Send less at once, e.g. a batch in parts.")
 
 
+NOT_AUTHENTICATED = ("Authentication credentials were not provided: send Authorization: Token <your API token> "
+                     "(Bearer <your API token> works too), or sign in to /admin/.")
+
+
 def exception_handler(exc, context):
     if isinstance(exc, CoordinationError):
         body = {"error": exc.message, "code": exc.default_code}
@@ -53,6 +57,9 @@ def exception_handler(exc, context):
         return response
     if isinstance(exc, RequestDataTooBig):  # raised by DRF reading request.data
         exc = RequestTooLarge()
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        # The same exception, its WWW-Authenticate challenge (auth_header) kept: only the words change.
+        exc.detail = exceptions.ErrorDetail(NOT_AUTHENTICATED, code=exc.default_code)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -2,6 +2,7 @@
 
 - a number where text belongs (`"prompt": 42`) was stored as "42": now a 400 naming the field;
 - a body over DATA_UPLOAD_MAX_MEMORY_SIZE was Django's HTML "Bad Request (400)": now a JSON 413 stating the limit;
+- `Authorization: Bearer <API token>` was a 401: now it opens the API as `Token <key>` does;
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from coordination.models import Job
 
@@ -212,3 +214,49 @@ def test_under_asgi_a_chunked_body_is_read(user):
 
     assert status == 201, content
     assert json.loads(content)["prompt"] == JOB["prompt"]
+
+
+# --- Bearer API tokens ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "Token"])
+def test_an_api_token_works_as_bearer_or_token(user, scheme):
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"{scheme} {token.key}")
+
+    submitted = client.post("/jobs", JOB, format="json")
+    listed = client.get("/jobs")
+
+    assert submitted.status_code == 201, submitted.content
+    assert Job.objects.get(pk=submitted.json()["job_id"]).owner == user
+    assert listed.status_code == 200 and listed.json()["count"] == 1
+
+
+def test_a_wrong_bearer_token_is_401(user):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer not-a-real-key")
+
+    response = client.get("/jobs")
+
+    assert response.status_code == 401
+    assert response.json() == {"error": "Invalid token.", "code": "authentication_failed"}
+
+
+def test_no_credentials_says_which_schemes_to_send(client):
+    response = client.get("/jobs")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert "Authorization: Token <your API token>" in response.json()["error"]
+    assert "Bearer" in response.json()["error"]
+
+
+def test_metrics_tells_an_api_token_sent_as_bearer_what_it_takes(client, user, settings):
+    settings.METRICS_TOKEN = "s3cret-token"
+    token = Token.objects.create(user=user)
+
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token.key}")
+
+    assert response.status_code == 403
+    assert "API token" in response.json()["error"] and "METRICS_TOKEN" in response.json()["error"]
