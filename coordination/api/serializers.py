@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from coordination.models import Job, MediaType, ProviderRun
 from coordination.services import BATCH_MAX_JOBS
-from coordination.selectors import job_queue_position
+from coordination.selectors import catalog_model_names, job_list, job_queue_position
 
 
 class StrictSerializer(serializers.Serializer):
@@ -214,6 +214,29 @@ def _by_place(detail):
         for field, messages in errors.items():
             placed[f"jobs[{index}]" if field == "non_field_errors" else f"jobs[{index}].{field}"] = messages
     return placed
+
+
+class JobListQuerySerializer(serializers.Serializer):
+    """GET /jobs's filters (its `limit` and `offset`: coordination.api.pagination). A value that names
+    nothing is a 400 naming its parameter, never an empty list: `?model=zzz` would otherwise answer
+    as if there were no such jobs. Empty (`?status=`) is the same as absent."""
+
+    status = serializers.ChoiceField(
+        choices=Job.Status.values, required=False,
+        error_messages={"invalid_choice": f"Unknown status '{{input}}'; use one of: {', '.join(Job.Status.values)}."},
+    )
+    kind = serializers.ChoiceField(
+        choices=Job.Kind.values, required=False,
+        error_messages={"invalid_choice": f"Unknown kind '{{input}}'; use one of: {', '.join(Job.Kind.values)}."},
+    )
+    model = StringField(required=False, help_text="Jobs submitted for this model (a catalog model's name).")
+
+    def validate_model(self, value: str) -> str:
+        known = catalog_model_names()
+        # A model taken out of the catalog still names the jobs it ran.
+        if value in known or job_list(user=self.context["user"], model=value).exists():
+            return value
+        raise serializers.ValidationError(f"Unknown model '{value}'. Known models: {', '.join(known)}.")
 
 
 class HolderSerializer(serializers.Serializer):

@@ -3,6 +3,7 @@
 - a number where text belongs (`"prompt": 42`) was stored as "42": now a 400 naming the field;
 - a body over DATA_UPLOAD_MAX_MEMORY_SIZE was Django's HTML "Bad Request (400)": now a JSON 413 stating the limit;
 - `Authorization: Bearer <API token>` was a 401: now it opens the API as `Token <key>` does;
+- `?limit=abc` was ignored, `limit` had no maximum, `?model=zzz` answered an empty list: now a 400 naming the parameter.
 """
 
 import asyncio
@@ -16,7 +17,8 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from coordination.models import Job
+from coordination.api.pagination import LIST_MAX_LIMIT
+from coordination.models import CatalogModel, Job
 
 pytestmark = pytest.mark.django_db
 
@@ -260,3 +262,48 @@ def test_metrics_tells_an_api_token_sent_as_bearer_what_it_takes(client, user, s
 
     assert response.status_code == 403
     assert "API token" in response.json()["error"] and "METRICS_TOKEN" in response.json()["error"]
+
+
+# --- Query parameters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query, name, words", [
+    ("limit=abc", "limit", ["from 1 to 500", "'abc'"]),
+    ("limit=0", "limit", ["from 1 to 500"]),
+    (f"limit={LIST_MAX_LIMIT + 1}", "limit", ["from 1 to 500"]),
+    ("limit=-5", "limit", ["from 1 to 500"]),
+    ("offset=abc", "offset", ["0 or more"]),
+    ("offset=-1", "offset", ["0 or more"]),
+    ("status=bogus", "status", ["Unknown status 'bogus'", "pending"]),
+    ("kind=bogus", "kind", ["Unknown kind 'bogus'", "workflow"]),
+    ("model=zzz", "model", ["Unknown model 'zzz'. Known models: flux-dev, minimax/video-01, motion-2.0-fast"]),
+])
+def test_a_bad_query_value_is_400_naming_it(api, query, name, words):
+    response = api.get(f"/jobs?{query}")
+
+    assert_refused(response, 400, name, *words)
+
+
+def test_good_query_values_still_filter_and_page(api):
+    for prompt in ("one", "two", "three"):
+        assert api.post("/jobs", {**JOB, "prompt": prompt}, format="json").status_code == 201
+
+    page = api.get(f"/jobs?model=flux-dev&status=pending&limit=1&offset=1&kind=normal").json()
+    everything = api.get(f"/jobs?limit={LIST_MAX_LIMIT}").json()
+    empty = api.get("/jobs?status=&model=&limit=").json()  # empty is the same as absent
+
+    assert page["count"] == 2 and [job["prompt"] for job in page["results"]] == ["two"]
+    assert everything["count"] == 3 and len(everything["results"]) == 3
+    assert empty["count"] == 3
+
+
+def test_a_disabled_or_removed_model_still_names_its_jobs(api, user):
+    assert api.post("/jobs", JOB, format="json").status_code == 201
+    CatalogModel.objects.filter(name="minimax/video-01").update(enabled=False)
+    Job.objects.filter(owner=user).update(model="retired-model")  # as if its catalog row were gone
+
+    disabled = api.get("/jobs?model=minimax/video-01")
+    retired = api.get("/jobs?model=retired-model")
+
+    assert disabled.status_code == 200 and disabled.json()["count"] == 0
+    assert retired.status_code == 200 and retired.json()["count"] == 1
