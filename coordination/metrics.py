@@ -13,10 +13,10 @@ from django.conf import settings
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Min, Q, Sum, Value, When
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from rest_framework.authtoken.models import Token
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, WebhookDelivery
 from coordination.queue.groups import groups_by_model
@@ -120,10 +120,11 @@ class QueueCollector(Collector):
 
     def _events(self):
         # A gauge, not a counter: prune_queue_log deletes old rows, so the number falls once a day,
-        # and Prometheus would read that fall of a counter as a reset (rate() would spike).
+        # and Prometheus would read that fall of a counter as a reset (rate() would spike). Hence no
+        # `_total` in its name either: that suffix is for counters (`promtool check metrics` says so).
         counts = JobQueueLog.objects.order_by().values_list("event_type").annotate(n=Count("id"))
         family = GaugeMetricFamily(
-            "jobqueue_events_total",
+            "jobqueue_events_retained",
             "Audit events in the retained job_queue_log by type (prune_queue_log deletes old rows, so this can fall).",
             labels=["event_type"],
         )
@@ -173,6 +174,10 @@ def _refusal(request) -> JsonResponse | None:
         token = settings.METRICS_TOKEN
         if token and hmac.compare_digest(given.strip().encode(), token.encode()):
             return None
+        # The API takes `Bearer <API token>` too (coordination/api/authentication.py); here it opens nothing.
+        if given.strip() and Token.objects.filter(key=given.strip()).exists():
+            return _denied(403, "That is a user's API token; /metrics takes the scraper's token instead: "
+                                "Authorization: Bearer <METRICS_TOKEN> (or a staff session).", "permission_denied")
         if not token:
             return _denied(403, "Token access to /metrics is off (METRICS_TOKEN is not set); sign in as staff.", "permission_denied")
         return _denied(403, "Wrong metrics token.", "permission_denied")
@@ -187,8 +192,11 @@ def _refusal(request) -> JsonResponse | None:
     )
 
 
-@require_GET
 def metrics_view(request):
+    if request.method != "GET":
+        response = _denied(405, f"/metrics answers GET only, not {request.method}.", "method_not_allowed")
+        response["Allow"] = "GET"
+        return response
     refusal = _refusal(request)
     if refusal is not None:
         return refusal

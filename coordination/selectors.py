@@ -41,6 +41,11 @@ def job_list(*, user, status: str | None = None, kind: str | None = None, model:
     return jobs
 
 
+def catalog_model_names() -> list[str]:
+    """Every model in the catalog, enabled or not, by name."""
+    return list(CatalogModel.objects.order_by("name").values_list("name", flat=True))
+
+
 def job_get(*, user, job_id, jobs: QuerySet[Job] | None = None) -> Job:
     """A job its owner (or staff) may see; anyone else is told it does not exist."""
     jobs = Job.objects.select_related("workflow_execution") if jobs is None else jobs

@@ -78,6 +78,18 @@ class PooledThreadsHandler(ASGIHandler):
         async with ThreadSensitiveContext(executor=_RequestThreads()):
             await self.handle(scope, receive, send)
 
+    def create_request(self, scope, body_file):
+        request, error_response = super().create_request(scope, body_file)
+        if request is not None and not request.META.get("CONTENT_LENGTH"):
+            # A chunked body comes without Content-Length, and DRF reads no body without one (it took
+            # the body for empty: "A prompt is required"). By now the whole body is in body_file
+            # (read_body), so its length is known; Django's limit applies to it as to any other.
+            size = body_file.seek(0, os.SEEK_END)
+            body_file.seek(0)
+            if size:
+                request.META["CONTENT_LENGTH"] = str(size)
+        return request, error_response
+
     async def run_get_response(self, request):
         if _waits(request):
             return await super().run_get_response(request)

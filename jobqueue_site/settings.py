@@ -138,22 +138,25 @@ STORAGES = {
 
 # --- API ----------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    # Token first: its WWW-Authenticate header is what turns "no credentials" into a 401.
+    # Token first: its WWW-Authenticate header is what turns "no credentials" into a 401. An API token
+    # may come as `Token <key>` or `Bearer <key>` (coordination/api/authentication.py).
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
+        "coordination.api.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "coordination.api.errors.exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # ?limit= (1-500) and ?offset= (0 or more): a value out of bounds is a 400 naming it, not ignored.
+    "DEFAULT_PAGINATION_CLASS": "coordination.api.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 # OpenAPI 3 at /schema, Swagger UI at /docs (drf-spectacular). Both are public: the schema says how
-# to authenticate (`Authorization: Token <key>`, or the admin's session cookie), not who may.
+# to authenticate (`Authorization: Token <key>` or `Bearer <key>`, or the admin's session cookie), not who may.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Job Queue Coordinator API",
     "DESCRIPTION": "Submit generation jobs and workflows, follow them through the queue, cancel them.",

@@ -24,5 +24,6 @@ urlpatterns = [
     path("favicon.ico", cache_control(max_age=86400)(lambda request: HttpResponse(status=204))),
 ]
 
+handler400 = "coordination.api.errors.bad_request_json"
 handler404 = "coordination.api.errors.not_found_json"
 handler500 = "coordination.api.errors.server_error_json"

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from coordination.api.prefer import PREFER_WAIT, PREFERENCE_APPLIED, PreferWaitMixin
 from coordination.api.schema import PARAMS_SCHEMA
-from coordination.api.serializers import SubmitFields
+from coordination.api.serializers import StringField, SubmitFields
 from coordination.api.throttling import SubmitThrottledMixin
 from coordination.api.views import COMMON_ERRORS, IDEMPOTENCY_KEY, NOT_FOUND, RETRY_AFTER, SUBMIT_RESPONSES, submit_response
 from workflows.selectors import workflow_list_as_dicts
@@ -48,7 +48,7 @@ def validate_http_address(value: str) -> str:
 class WorkflowExecuteSerializer(SubmitFields):
     """The workflow's own inputs (its definition's `inputs`, edited in the admin) are fields too."""
 
-    prompt = serializers.CharField(required=False, allow_blank=True, default="")
+    prompt = StringField(required=False, allow_blank=True, default="")
 
     def __init__(self, *args, input_names: list[str], **kwargs):
         super().__init__(*args, **kwargs)
@@ -58,7 +58,7 @@ class WorkflowExecuteSerializer(SubmitFields):
             # Images and files are passed by address (http or https only); other inputs are short strings.
             is_address = name.endswith(("_image", "_video", "_url"))
             validators = [validate_http_address] if is_address else []
-            self.fields[name] = serializers.CharField(
+            self.fields[name] = StringField(
                 required=False, max_length=ADDRESS_MAX_LENGTH, validators=validators, trim_whitespace=False
             )
 

@@ -2,9 +2,11 @@
 
 import sys
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import DisallowedHost, PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -23,6 +25,24 @@ def _first_message(detail) -> str:
     return str(detail)
 
 
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+
+    def __init__(self):
+        super().__init__(too_large_message())
+
+
+def too_large_message() -> str:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return (f"The request body is larger than {limit:,} bytes ({limit / 2**20:g} MiB), the most this server takes "
+            "(DATA_UPLOAD_MAX_MEMORY_SIZE); nothing was accepted. Send less at once, e.g. a batch in parts.")
+
+
+NOT_AUTHENTICATED = ("Authentication credentials were not provided: send Authorization: Token <your API token> "
+                     "(Bearer <your API token> works too), or sign in to /admin/.")
+
+
 def exception_handler(exc, context):
     if isinstance(exc, CoordinationError):
         body = {"error": exc.message, "code": exc.default_code}
@@ -35,7 +55,12 @@ def exception_handler(exc, context):
         if getattr(exc, "retry_after", None) is not None:
             response["Retry-After"] = str(exc.retry_after)
         return response
-    if isinstance(exc, Http404):
+    if isinstance(exc, RequestDataTooBig):  # raised by DRF reading request.data
+        exc = RequestTooLarge()
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        # The same exception, its WWW-Authenticate challenge (auth_header) kept: only the words change.
+        exc.detail = exceptions.ErrorDetail(NOT_AUTHENTICATED, code=exc.default_code)
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
@@ -49,6 +74,22 @@ def exception_handler(exc, context):
         body["fields"] = response.data
     response.data = body
     return response
+
+
+def bad_request_json(request, exception=None):
+    """400 in the API's error shape (413 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE), for what Django
+    itself refuses before or outside a view, such as a Host header not in ALLOWED_HOSTS. The admin
+    keeps Django's HTML page."""
+    if request.path.startswith("/admin/"):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse({"error": too_large_message(), "code": "request_too_large"},
+                            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exception, DisallowedHost):
+        message = "This server does not answer to the Host this request names (ALLOWED_HOSTS); nothing was changed."
+    else:
+        message = "Bad request; nothing was changed."
+    return JsonResponse({"error": message, "code": "bad_request"}, status=status.HTTP_400_BAD_REQUEST)
 
 
 def not_found_json(request, exception=None):

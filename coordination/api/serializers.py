@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from coordination.models import Job, MediaType, ProviderRun
 from coordination.services import BATCH_MAX_JOBS
-from coordination.selectors import job_queue_position
+from coordination.selectors import catalog_model_names, job_list, job_queue_position
 
 
 class StrictSerializer(serializers.Serializer):
@@ -21,6 +21,32 @@ class StrictSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"non_field_errors": [f"Unknown field(s): {', '.join(unknown)}. Allowed: {', '.join(self.fields)}."]}
                 )
+        return super().to_internal_value(data)
+
+
+def json_type(value) -> str:
+    """What a client sent, in JSON's words, for a message that says what was expected instead."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
+class StringField(serializers.CharField):
+    """A JSON string and nothing else. DRF's CharField turns 42 into "42": a client that sends a number
+    where text belongs (`"prompt": 42`) would have a job made of what it did not mean. Every text field
+    of a request body is one of these."""
+
+    default_error_messages = {"invalid": "must be a string (text in double quotes), not {input_type}."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", input_type=json_type(data))
         return super().to_internal_value(data)
 
 
@@ -104,15 +130,15 @@ class SubmitFields(StrictSerializer):
     max_wait_seconds = serializers.IntegerField(
         required=False, help_text="The same deadline as a number of seconds from now (not both)."
     )
-    dedupe_key = serializers.CharField(
+    dedupe_key = StringField(
         required=False, trim_whitespace=False,
         help_text="Your name for this work (1-255 printable characters): no two of your live jobs share one.",
     )
-    webhook_url = serializers.CharField(
+    webhook_url = StringField(
         required=False, max_length=2048, help_text="POSTed a signed event when the job starts or ends (see webhook_events_filter)."
     )
     webhook_events_filter = serializers.ListField(
-        child=serializers.CharField(), required=False,
+        child=StringField(), required=False,
         help_text="Which events: from started, completed, failed, cancelled, expired (default: the four terminal ones).",
     )
     on_duplicate = serializers.ChoiceField(
@@ -122,21 +148,21 @@ class SubmitFields(StrictSerializer):
 
 
 class JobSubmitSerializer(SubmitFields):
-    prompt = serializers.CharField(
+    prompt = StringField(
         trim_whitespace=True,
         error_messages={
             "required": "A prompt is required: describe what to generate.",
             "blank": "A prompt is required: describe what to generate.",
         },
     )
-    model = serializers.CharField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
+    model = StringField(error_messages={"required": "model is required, e.g. \"motion-2.0-fast\"."})
     job_type = serializers.ChoiceField(choices=MediaType.choices, required=False)
 
 
 class JobBatchItemSerializer(JobSubmitSerializer):
     """One job of a batch: a POST /jobs body, and the client's own reference for it."""
 
-    client_ref = serializers.CharField(
+    client_ref = StringField(
         max_length=200,
         required=False,
         allow_null=True,
@@ -188,6 +214,29 @@ def _by_place(detail):
         for field, messages in errors.items():
             placed[f"jobs[{index}]" if field == "non_field_errors" else f"jobs[{index}].{field}"] = messages
     return placed
+
+
+class JobListQuerySerializer(serializers.Serializer):
+    """GET /jobs's filters (its `limit` and `offset`: coordination.api.pagination). A value that names
+    nothing is a 400 naming its parameter, never an empty list: `?model=zzz` would otherwise answer
+    as if there were no such jobs. Empty (`?status=`) is the same as absent."""
+
+    status = serializers.ChoiceField(
+        choices=Job.Status.values, required=False,
+        error_messages={"invalid_choice": f"Unknown status '{{input}}'; use one of: {', '.join(Job.Status.values)}."},
+    )
+    kind = serializers.ChoiceField(
+        choices=Job.Kind.values, required=False,
+        error_messages={"invalid_choice": f"Unknown kind '{{input}}'; use one of: {', '.join(Job.Kind.values)}."},
+    )
+    model = StringField(required=False, help_text="Jobs submitted for this model (a catalog model's name).")
+
+    def validate_model(self, value: str) -> str:
+        known = catalog_model_names()
+        # A model taken out of the catalog still names the jobs it ran.
+        if value in known or job_list(user=self.context["user"], model=value).exists():
+            return value
+        raise serializers.ValidationError(f"Unknown model '{value}'. Known models: {', '.join(known)}.")
 
 
 class HolderSerializer(serializers.Serializer):

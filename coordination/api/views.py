@@ -7,17 +7,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from django.utils import timezone
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coordination import selectors, services, webhooks
+from coordination.api.pagination import LIST_MAX_LIMIT
 from coordination.api.prefer import PREFER_WAIT, PREFERENCE_APPLIED, PreferWaitMixin
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
 from coordination.api.schema import ErrorSerializer, HealthSerializer, JobBatchAnswerSerializer, QueueStatusSerializer
-from coordination.api.serializers import JobBatchSerializer, JobSerializer, JobSubmitSerializer
+from coordination.api.serializers import JobBatchSerializer, JobListQuerySerializer, JobSerializer, JobSubmitSerializer
 from coordination.api.throttling import SubmitThrottledMixin
 from coordination.models import Job
 
@@ -48,6 +48,7 @@ SUBMIT_RESPONSES = {
     400: _error("Bad input; `fields` says which (an unknown model lists the known ones)."),
     **COMMON_ERRORS,
     409: _error("A live job of yours already has this dedupe_key (`job_id` names it), or the one to replace is running."),
+    413: _error("The body is larger than the server takes (DATA_UPLOAD_MAX_MEMORY_SIZE); nothing was accepted."),
     422: _error("Idempotency-Key reused with a different request."),
     429: _error("Too many submissions, too many pending jobs, or the model's line is full (max_waiting); "
                 "try again after Retry-After seconds."),
@@ -90,10 +91,15 @@ def submit_response(request, validated: dict, submit) -> Response:
     parameters=[
         OpenApiParameter("status", OpenApiTypes.STR, enum=Job.Status.values),
         OpenApiParameter("kind", OpenApiTypes.STR, enum=Job.Kind.values),
-        OpenApiParameter("model", OpenApiTypes.STR, description="Jobs submitted for this model."),
+        OpenApiParameter("model", OpenApiTypes.STR, description="Jobs submitted for this model (a catalog model's name)."),
         RETRY_AFTER,
     ],
-    responses={200: JobSerializer(many=True), 400: _error("Unknown status or kind."), **COMMON_ERRORS},
+    responses={
+        200: JobSerializer(many=True),
+        400: _error("A query parameter's value is bad (`fields` names it): an unknown status, kind or model (the "
+                    f"known models are listed), or a limit outside 1-{LIST_MAX_LIMIT} or a negative offset."),
+        **COMMON_ERRORS,
+    },
 )
 @extend_schema(
     methods=["POST"],
@@ -115,14 +121,9 @@ class JobListCreateView(PreferWaitMixin, SubmitThrottledMixin, ListAPIView):
     wait_methods = {"POST"}
 
     def get_queryset(self):
-        params = self.request.query_params
-        for name, choices in (("status", Job.Status.values), ("kind", Job.Kind.values)):
-            value = params.get(name)
-            if value and value not in choices:
-                raise ValidationError({name: [f"Unknown {name} '{value}'; use one of: {', '.join(choices)}."]})
-        return selectors.job_list(
-            user=self.request.user, status=params.get("status"), kind=params.get("kind"), model=params.get("model")
-        )
+        query = JobListQuerySerializer(data=self.request.query_params, context={"user": self.request.user})
+        query.is_valid(raise_exception=True)
+        return selectors.job_list(user=self.request.user, **query.validated_data)
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -167,6 +168,8 @@ class JobListCreateView(PreferWaitMixin, SubmitThrottledMixin, ListAPIView):
                     f"than {services.BATCH_MAX_JOBS} jobs too. Nothing was accepted."),
         **COMMON_ERRORS,
         403: _error("Not allowed, e.g. a priority above 0 without being staff (the message names the body)."),
+        413: _error("The body is larger than the server takes (DATA_UPLOAD_MAX_MEMORY_SIZE): send the jobs in "
+                    "smaller batches. Nothing was accepted."),
         422: _error("Idempotency-Key reused with a different request."),
         409: _error("A body's dedupe_key is held by a live job of yours (`job_id` names it); nothing was accepted."),
         429: _error("Too many submissions (each job counts), the batch would pass the pending-jobs limit, or a "

@@ -85,10 +85,12 @@ def test_every_error_response_is_the_error_component(schema):
 
 def test_operations_document_their_answers(schema):
     paths = schema["paths"]
-    assert set(paths["/jobs"]["post"]["responses"]) == {"200", "201", "400", "401", "403", "409", "422", "429", "503"}
+    assert set(paths["/jobs"]["post"]["responses"]) == {"200", "201", "400", "401", "403", "409", "413", "422", "429", "503"}
     assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobSubmit")
-    listed = {p["name"] for p in paths["/jobs"]["get"]["parameters"]}
-    assert listed == {"status", "kind", "model", "limit", "offset"}
+    listed = {p["name"]: p for p in paths["/jobs"]["get"]["parameters"]}
+    assert set(listed) == {"status", "kind", "model", "limit", "offset"}
+    assert listed["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+    assert listed["offset"]["schema"] == {"type": "integer", "minimum": 0, "default": 0}
     assert paths["/jobs/{job_id}"]["get"]["responses"].keys() >= {"200", "404"}
     assert paths["/jobs/{job_id}/cancel"]["post"]["responses"].keys() >= {"200", "404", "409"}
     assert paths["/workflows/{workflow_id}/execute"]["post"]["responses"].keys() >= {
@@ -172,7 +174,7 @@ def test_the_slot_wait_is_typed_and_optional(schema):
 
 def test_the_batch_is_described_body_and_answers(schema):
     operation = schema["paths"]["/jobs/batch"]["post"]
-    assert set(operation["responses"]) == {"200", "201", "400", "401", "403", "409", "422", "429", "503"}
+    assert set(operation["responses"]) == {"200", "201", "400", "401", "403", "409", "413", "422", "429", "503"}
     assert "Idempotency-Key" in {p["name"] for p in operation["parameters"] if p["in"] == "header"}
     assert "Retry-After" in operation["responses"]["429"]["headers"]
     request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
