@@ -25,6 +25,7 @@ each waits again at its place in line, no attempt used (services.job_hand_back).
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -158,6 +159,13 @@ def _job_thread_gated(job_id: str, attempt: int) -> None:
         logger.exception("Worker thread of job %s attempt %s failed", job_id, attempt)
     finally:
         _close_quietly()
+        if "coordination.runners.client" in sys.modules:  # loaded once a job called a provider
+            from coordination.runners.client import thread_client_close
+
+            try:
+                thread_client_close()
+            except Exception:
+                logger.debug("Closing the thread's provider client failed", exc_info=True)
 
 
 def _job_thread(job_id: str, attempt: int) -> None:

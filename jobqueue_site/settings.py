@@ -260,6 +260,9 @@ Q_CLUSTER = {
     "retry": 4 * COORDINATOR_JOB_TIMEOUT + 60,
     "max_attempts": 1,
     "ack_failures": True,
+    # Never recycled (django-q2 replaces a process after 500 tasks by default): a process's running
+    # jobs live on its threads, and a process waiting for them to end before it exits takes no task.
+    "recycle": 0,
     # The jobs table records every outcome; django-q2's success rows would only slow the worker.
     "save_limit": -1,
     "poll": float(os.environ.get("Q_POLL", "0.05")),
