@@ -70,6 +70,34 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
     return HEARTBEAT_OK
 
 
+def leases_look(*, watched: list[tuple], renew: list[tuple]) -> dict[tuple, str]:
+    """A worker process's keeper's look at every attempt it runs, (job_id, attempt) pairs: renews the
+    leases of `renew` (one UPDATE, fenced as _lease_renew is) and reads the state of all (one SELECT):
+    "ok", "cancel" or "lost" each. Records nothing: a lost attempt's refusal is job_heartbeat's to audit."""
+    now = timezone.now()
+    if renew:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Job._meta.db_table} AS job SET heartbeat_at = %s, lease_expires_at = %s "
+                "FROM unnest(%s::uuid[], %s::integer[]) AS watched(job_id, attempt) "
+                "WHERE job.job_id = watched.job_id AND job.status = %s AND job.attempt = watched.attempt "
+                "AND job.claimed_attempt = watched.attempt",
+                [now, now + timedelta(seconds=lease_seconds()), [job_id for job_id, _ in renew],
+                 [attempt for _, attempt in renew], Job.Status.RUNNING],
+            )
+    rows = Job.objects.filter(pk__in=[job_id for job_id, _ in watched]).values_list(
+        "job_id", "status", "attempt", "claimed_attempt", "cancel_requested_at")
+    found = {job_id: (status, attempt, claimed, cancel) for job_id, status, attempt, claimed, cancel in rows}
+    states = {}
+    for job_id, attempt in watched:
+        status, current, claimed, cancel = found.get(job_id, (None, None, None, None))
+        if status != Job.Status.RUNNING or current != attempt or claimed != attempt:
+            states[(job_id, attempt)] = HEARTBEAT_LOST
+        else:
+            states[(job_id, attempt)] = HEARTBEAT_OK if cancel is None else HEARTBEAT_CANCEL
+    return states
+
+
 def reaper_pass() -> dict:
     """One reaper pass: end lapsed and overlong attempts, re-send lost tasks, repair waiting jobs, dispatch."""
     report = {LEASE_EXPIRED: [], TIMED_OUT: [], RESEND: [], "repaired": []}
@@ -112,13 +140,16 @@ def background_pass() -> dict:
     return {"reaped": reaper_pass_if_due(), "webhooks_delivered": deliver_due()}
 
 
-def start_reaper_ticker(sender=None, proc_name: str = "", **kwargs) -> threading.Thread:
-    """In a worker process (django-q2's post_spawn): a daemon thread that runs reaper_pass_if_due()
-    every COORDINATOR_REAPER_SECONDS, so recovery needs no request and no busy worker."""
+def start_reaper_ticker(sender=None, proc_name: str = "", paused=lambda: False, **kwargs) -> threading.Thread:
+    """In a worker process (coordination.tasks.worker_process_ready, at django-q2's post_spawn): a
+    daemon thread that runs background_pass() every COORDINATOR_REAPER_SECONDS, so recovery needs no
+    request and no busy worker; none while `paused()` (a stopping worker starts nothing)."""
 
     def tick() -> None:
         stop = threading.Event()
         while not stop.wait(settings.COORDINATOR_REAPER_SECONDS):
+            if paused():
+                continue
             try:
                 background_pass()
             except Exception:  # the database may be away; the next tick tries again

@@ -83,6 +83,18 @@ def job_requeued(job: Job) -> None:
     job.save(update_fields=["status", "lease_expires_at"])
 
 
+def job_handed_back(job: Job) -> None:
+    """A stopping worker gives back a running attempt it did not finish (or never began): the job
+    waits again at its old place in line and the attempt is not counted. Its number is used again by
+    the next start, so a provider that saw it answers that start from its Idempotency-Key; nothing of
+    the old attempt is left to report with it (its worker stopped its runner first)."""
+    _move(job, PENDING)
+    job.attempt -= 1
+    job.claimed_attempt = min(job.claimed_attempt, job.attempt)
+    job.lease_expires_at = None
+    job.save(update_fields=["status", "attempt", "claimed_attempt", "lease_expires_at"])
+
+
 def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = None, error: str | None = None) -> None:
     """A running attempt ends for good: completed, failed or cancelled."""
     if status not in Job.OUTCOMES:

@@ -235,17 +235,26 @@ COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 1
 COORDINATOR_FASTPATH = env_bool("COORDINATOR_FASTPATH", True)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
-# Worker processes of the qcluster. Unset: at least one per slot, so that every started job runs at
-# once. A job at a provider (poll or callback style) holds no worker, so a deployment whose jobs are
-# mostly those sets this to a few (COORDINATOR_WORKERS=2 with 1,000 slots, say): it is then taken as set.
-COORDINATOR_WORKERS = env_int("COORDINATOR_WORKERS", 0) or max(2, COORDINATOR_MAX_ACTIVE_JOBS)
+# Worker processes of the qcluster: a small, fixed number, whatever the number of slots. Each runs
+# every job it is sent at once, on a thread per job (coordination/tasks.py): jobs wait on remote
+# models or on simulate_seconds, not on our CPU, and a job at a provider holds no thread at all.
+COORDINATOR_WORKERS = env_int("COORDINATOR_WORKERS", 2)
+# The most database connections one worker process's job threads hold at once (a thread gives its
+# connection back while its runner waits). A qcluster then holds at most
+# COORDINATOR_WORKERS x (this + 2) + 4 connections, whatever COORDINATOR_MAX_ACTIVE_JOBS is.
+COORDINATOR_WORKER_CONNECTIONS = env_int("COORDINATOR_WORKER_CONNECTIONS", 4)
+# A stop (SIGTERM or Ctrl-C to the qcluster, or to bin/run) lets running jobs finish for this many
+# seconds; then, or at a second signal, the worker hands back the jobs still running (each waits again
+# at its place in line, no attempt used).
+COORDINATOR_STOP_GRACE = env_int("COORDINATOR_STOP_GRACE", 30)
 
-# A task runs its job and then, for up to one job timeout more, jobs handed to it as they start
-# (coordination.tasks.run_job), so django-q2's `timeout` is twice the job timeout.
+# django-q2's task (coordination.tasks.run_job) hands its job to a thread of the worker process and
+# returns at once, so its `timeout` (which kills the whole process) never guards a job: a job's
+# deadline is its model's timeout_seconds, kept by its runner and the reaper. It stays twice the job
+# timeout, as a backstop for a task that hangs before its job's thread started.
 # django-q2 delivers a task at least once: an unacknowledged task comes again after `retry`
-# seconds. A task may wait in the cluster's in-memory queue (at most `queue_limit` = workers tasks,
-# so at most one task's run) and then run for up to `timeout`, so `retry` must exceed both added up;
-# otherwise a healthy, slow job would be delivered a second time while it still runs.
+# seconds, which must exceed `timeout`; the reaper re-sends a job's task long before that (a started
+# job that no worker claimed within a lease).
 Q_CLUSTER = {
     "name": "jobqueue",
     "orm": "default",
@@ -255,6 +264,9 @@ Q_CLUSTER = {
     "retry": 4 * COORDINATOR_JOB_TIMEOUT + 60,
     "max_attempts": 1,
     "ack_failures": True,
+    # Never recycled (django-q2 replaces a process after 500 tasks by default): a process's running
+    # jobs live on its threads, and a process waiting for them to end before it exits takes no task.
+    "recycle": 0,
     # The jobs table records every outcome; django-q2's success rows would only slow the worker.
     "save_limit": -1,
     "poll": float(os.environ.get("Q_POLL", "0.05")),

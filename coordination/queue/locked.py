@@ -27,11 +27,15 @@ from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQ
 from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_leave, shares_started
 from coordination.queue.lines import line, line_position
 from coordination.queue.rules import QueueRules, Verdict
-from coordination.queue.words import NO_BLOCKER, say
+from coordination.queue.words import NO_BLOCKER, NO_WORKER, say
 from coordination.exceptions import LineFull
-from coordination.transitions import job_cancelled_waiting, job_expired, job_requeued, job_started
+from coordination.transitions import job_cancelled_waiting, job_expired, job_handed_back, job_requeued, job_started
 
 logger = logging.getLogger("job_coordinator")
+
+# Why a job that may start by the rules waits: a stopping worker ended or gave back a job and starts
+# nothing (docs/design.md, I2); the next worker starts it when it starts (its first reaper pass).
+WAITS_FOR_WORKER = "Waiting for a worker: the worker that freed its models was stopping"
 
 
 def enqueue_job_run(job_id, attempt: int) -> None:
@@ -83,7 +87,7 @@ def slot_ids_lock(slot_count: int) -> list[int]:
 
 
 class LockedQueue(QueueRules):
-    def __init__(self, *, take_next: bool = False) -> None:
+    def __init__(self, *, take_next: bool = False, starts: bool = True) -> None:
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
@@ -101,6 +105,9 @@ class LockedQueue(QueueRules):
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
         self.taken: Job | None = None
+        # False for a stopping worker's report: it frees what its job held and starts nothing; a job
+        # that may start waits, saying so, for the next worker (docs/design.md, I2).
+        self.starts = starts
         self._pending: int | None = None
         self._turns = 0  # starts on fair lines made in this transaction
 
@@ -265,7 +272,7 @@ class LockedQueue(QueueRules):
             fields += ["queued_at", "queue_position"]
         job.save(update_fields=fields)
         self._mirror_blocker(job)
-        blocked_by = job.blocked_by_job_id or NO_BLOCKER
+        blocked_by = job.blocked_by_job_id or (NO_WORKER if verdict.reason == WAITS_FOR_WORKER else NO_BLOCKER)
         if first:
             say("blocked", job.job_id, verdict.reason)
             say("marked_queued", job.job_id, blocked_by)
@@ -300,6 +307,13 @@ class LockedQueue(QueueRules):
         job_requeued(job)
         self.enter_line(job)
 
+    def hand_back(self, job: Job) -> None:
+        """A stopping worker gives its running job back: in line again at its old place, as requeue
+        does, and its attempt not counted (transitions.job_handed_back)."""
+        self.release(job)
+        job_handed_back(job)
+        self.enter_line(job)
+
     def release(self, job: Job) -> None:
         """Free the slot a finishing job held (if any still names it)."""
         self.running.pop(job.job_id, None)
@@ -320,7 +334,7 @@ class LockedQueue(QueueRules):
         """Start every waiting job that may start now (docs/design.md, rules 1-3), in line order. `quiet_when_idle`:
         a pass that nothing prompted (the reaper's) does not say "No queued jobs"."""
         self.expire_due()
-        if self.free_slot() is None:
+        if self.free_slot() is None or not self.starts:
             return []
         count = self.pending_count()
         if count == 0:
@@ -353,6 +367,8 @@ class LockedQueue(QueueRules):
     def reassess(self, job: Job) -> bool:
         """Decide again for a job already in line: start it, or record what it waits for now."""
         verdict = self.assess(job)
+        if verdict.can_start and not self.starts:
+            verdict = Verdict(can_start=False, reason=WAITS_FOR_WORKER)
         if verdict.can_start:
             say("starting_next", job.job_id)
             self.start(job)

@@ -24,6 +24,7 @@ LINES = {
 }
 
 NO_BLOCKER = "no job: model paused"
+NO_WORKER = "no job: waiting for a worker"
 
 
 def models_repr(models) -> str:

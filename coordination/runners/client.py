@@ -110,8 +110,19 @@ def headers(provider: Provider, *, job_id: UUID, attempt: int | None = None) -> 
     return out
 
 
+_tls: list = []  # [(pid, context)]: one TLS context per process
+
+
+def _tls_context():
+    """The process's TLS context, shared by its threads' clients (it is safe to share): building one
+    reads the CA certificates, 20 ms of CPU, and a worker runs each job on a thread of its own."""
+    if not _tls or _tls[0][0] != os.getpid():
+        _tls[:] = [(os.getpid(), httpx.create_ssl_context())]
+    return _tls[0][1]
+
+
 def new_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(follow_redirects=False)
+    return httpx.AsyncClient(follow_redirects=False, verify=_tls_context())
 
 
 def new_pooled_client(*, max_connections: int) -> httpx.AsyncClient:
@@ -279,14 +290,26 @@ _per_thread = threading.local()
 
 
 def _thread_client() -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
-    """This thread's event loop and client, made on its first provider call and kept: a worker does
-    not pay for a new TLS context (20 ms of reading CA certificates) and a new connection per job, and
-    it keeps its connections to the provider alive between jobs. A forked process makes its own."""
+    """This thread's event loop and client, made on its first provider call and kept for the jobs
+    handed over to the same thread (its connections to the provider stay alive between them); the
+    TLS context is the process's. A forked process makes its own."""
     held = getattr(_per_thread, "held", None)
     if held is None or held[0] != os.getpid():
         loop = asyncio.new_event_loop()
         held = _per_thread.held = (os.getpid(), loop, new_client())
     return held[1], held[2]
+
+
+def thread_client_close() -> None:
+    """A worker's job thread ends: close its client and event loop, if it made them."""
+    held = getattr(_per_thread, "held", None)
+    _per_thread.held = None
+    if held is not None and held[0] == os.getpid():
+        loop, client = held[1], held[2]
+        try:
+            loop.run_until_complete(client.aclose())
+        finally:
+            loop.close()
 
 
 def run(coroutine_of, *, should_stop, tick: float = 0.1):

@@ -3,7 +3,7 @@
 Three kinds of function, and which kind each is:
 
 - A transaction of its own: job_submit, jobs_submit_batch, job_accept, job_cancel, job_complete,
-  job_fail, job_stopped, job_report, job_report_and_take_next, catalog_model_save,
+  job_fail, job_stopped, job_report, job_report_and_take_next, job_hand_back, catalog_model_save,
   capacity_group_save, capacity_group_delete, model_pause, job_priority_set, queue_dispatch,
   queue_reconcile, queue_clear_stale, queue_reset. Each takes the coordinator lock (LockedQueue),
   re-reads what it changes under it, refuses an illegal transition, changes it, writes its audit row and
@@ -29,6 +29,7 @@ from coordination.services.jobs import (
     job_complete,
     job_end,
     job_fail,
+    job_hand_back,
     job_max_attempts,
     job_report,
     job_report_and_take_next,
@@ -53,7 +54,7 @@ from coordination.services.repairs import queue_clear_stale, queue_reset, waitin
 
 __all__ = [
     "BATCH_MAX_JOBS", "PROMPT_MAX_LENGTH", "capacity_group_delete", "capacity_group_save", "catalog_model_get", "job_policies_set", "catalog_model_save", "job_accept", "job_cancel", "job_claim", "job_complete",
-    "job_attempt_end", "job_build", "job_end", "job_fail", "job_max_attempts", "job_priority_set", "job_report",
+    "job_attempt_end", "job_build", "job_end", "job_fail", "job_hand_back", "job_max_attempts", "job_priority_set", "job_report",
     "job_report_and_take_next",
     "job_retry", "job_stopped", "job_submit", "jobs_submit_batch", "model_pause", "pending_limit_check", "priority_check",
     "queue_clear_stale", "queue_dispatch", "queue_reconcile", "queue_reset", "waiting_repair",

@@ -109,10 +109,13 @@ def _report(
     error: str | None = None,
     take_next: bool = False,
     retry: bool = True,
+    starts: bool = True,
 ) -> tuple[Job, Job | None]:
     """A report of how an attempt ended, in its own transaction: the SQL fast path when it can decide
-    alone, else _report_python. Returns the job and, with `take_next`, the job handed over (or None)."""
-    if fastpath.enabled():
+    alone, else _report_python. Returns the job and, with `take_next`, the job handed over (or None).
+    `starts` False (a stopping worker's report): nothing is started (LockedQueue's `starts`), which
+    the fast path does not know, so the Python path decides."""
+    if fastpath.enabled() and starts:
         with transaction.atomic():
             slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
             done = fastpath.finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
@@ -127,16 +130,17 @@ def _report(
             raise StaleAttempt(refusal)
         # A cancel asked for, or a retry: the function changed nothing; the Python path decides.
     return _report_python(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
-                          take_next=take_next, retry=retry)
+                          take_next=take_next and starts, retry=retry, starts=starts)
 
 
 def _report_python(
     *, job_id, attempt: int, status: str, result: dict | None, error: str | None, take_next: bool, retry: bool,
+    starts: bool = True,
 ) -> tuple[Job, Job | None]:
     """The Python path of _report: its own transaction, under the lock."""
     refusal = None
     with transaction.atomic():
-        queue = LockedQueue(take_next=take_next)
+        queue = LockedQueue(take_next=take_next, starts=starts)
         # A running job was read under the lock already; only a late or odd call needs a fetch.
         job = queue.running_job(job_id) or _locked_job(job_id)
         if job.status != Job.Status.RUNNING or job.attempt != attempt or (
@@ -181,10 +185,13 @@ def job_stopped(*, job_id, attempt: int, error: str = "stopped while running") -
     return _report(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
 
 
-def job_report(*, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None) -> Job:
+def job_report(
+    *, job_id, attempt: int, status: str, result: dict | None = None, error: str | None = None, starts: bool = True,
+) -> Job:
     """A worker reports its job's outcome as a status: as job_complete, job_fail (may be retried) or
-    job_stopped would, chosen by `status`."""
-    return _report(job_id=job_id, attempt=attempt, status=status, result=result, error=error)[0]
+    job_stopped would, chosen by `status`. `starts` False: a stopping worker's report, which starts
+    nothing (what may start waits for the next worker)."""
+    return _report(job_id=job_id, attempt=attempt, status=status, result=result, error=error, starts=starts)[0]
 
 
 def job_report_and_take_next(
@@ -193,6 +200,33 @@ def job_report_and_take_next(
     """A worker reports its job's outcome and takes, already claimed, the first job that outcome
     started, so the next job runs without waiting for the broker to deliver it (None if none)."""
     return _report(job_id=job_id, attempt=attempt, status=status, result=result, error=error, take_next=True)[1]
+
+
+def job_hand_back(*, job_id, attempt: int, began: bool, reason: str) -> Job | None:
+    """A stopping worker gives back an attempt it claimed (`began`: its runner stopped before the job
+    ended) or was sent and never claimed: the job waits again at its old place in line, the attempt
+    not counted, and nothing is started (the worker is stopping: what may start waits for the next
+    worker). Fenced by the attempt and its claim; None if the job moved on meanwhile (ended, taken
+    away, claimed by another worker)."""
+    with transaction.atomic():
+        queue = LockedQueue(starts=False)
+        job = queue.running_job(job_id)
+        if job is None or job.attempt != attempt or (job.claimed_attempt == attempt) != began:
+            return None
+        if job.cancel_requested_at is not None:
+            # Its cancel was asked for (and its runner, if it had one, has stopped): the cancel's outcome.
+            job_attempt_end(queue, job, reported=Job.Status.CANCELLED, error="stopped while running")
+            return job
+        logger.info("Job %s attempt %s handed back (%s): waiting again at its place in line, no attempt used",
+                    job.job_id, attempt, reason)
+        JobQueueLog.objects.record(
+            event_type=JobQueueLog.Event.RETRIED, job=job,
+            details={"attempt": attempt, "handed_back": True, "attempt_used": False, "reason": reason},
+        )
+        queue.hand_back(job)
+        queue.settle_after(job.job_id)
+        queue.reassess(job)
+    return job
 
 
 def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> Job:
