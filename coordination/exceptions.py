@@ -32,6 +32,11 @@ class WorkflowNotFound(CoordinationError):
     default_code = "not_found"
 
 
+class ModelNotFound(CoordinationError):
+    status_code = 404
+    default_code = "not_found"
+
+
 class NotAllowed(CoordinationError):
     status_code = 403
     default_code = "permission_denied"

@@ -10,7 +10,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.estimates import Estimate, job_wait
-from coordination.exceptions import InvalidTransition, JobNotFound
+from coordination.exceptions import InvalidTransition, JobNotFound, ModelNotFound
 from coordination.models import CatalogModel, Job, JobLine, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_ahead_many
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
@@ -44,6 +44,20 @@ def job_list(*, user, status: str | None = None, kind: str | None = None, model:
 def catalog_model_names() -> list[str]:
     """Every model in the catalog, enabled or not, by name."""
     return list(CatalogModel.objects.order_by("name").values_list("name", flat=True))
+
+
+def catalog_model_list(*, user) -> QuerySet[CatalogModel]:
+    """The catalog as `user` may see it: staff every model; anyone else the enabled ones, those they may submit to."""
+    models = CatalogModel.objects.order_by("name")
+    return models if user.is_staff else models.filter(enabled=True)
+
+
+def catalog_model_find(*, user, name: str) -> CatalogModel:
+    """One model of catalog_model_list(user); a model it does not show is not found."""
+    model = catalog_model_list(user=user).filter(name=name).first()
+    if model is None:
+        raise ModelNotFound(f"No model {name}. GET /models lists the models you can submit to.")
+    return model
 
 
 def job_get(*, user, job_id, jobs: QuerySet[Job] | None = None) -> Job:

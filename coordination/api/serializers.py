@@ -1,12 +1,15 @@
 import json
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models as db_models
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from drf_spectacular.utils import extend_schema_field
 
-from coordination.models import Job, MediaType, ProviderRun
+from coordination.models import CatalogModel, Job, MediaType, ProviderRun
 from coordination.services import BATCH_MAX_JOBS
 from coordination.selectors import catalog_model_names, job_list, job_queue_position
 
@@ -350,4 +353,85 @@ class JobSerializer(serializers.ModelSerializer):
         if job.kind != Job.Kind.WORKFLOW:
             for key in ("workflow_id", "current_step", "current_step_model"):
                 data.pop(key)
+        return data
+
+
+# --- The catalog (GET /models, GET/PATCH/PUT /models/{name}) -------------------------------------
+
+# What everyone sees of a model they may submit to; staff see every field.
+CATALOG_PUBLIC_FIELDS = ("name", "media_type", "capacity", "description", "paused")
+# Staff see and write every column of the catalog but these, so a column added to CatalogModel is in
+# the API as it is (no secret is a column: only the names of the variables that hold them).
+CATALOG_HIDDEN_FIELDS = ("id",)
+# Shown, never written through the body: the name is the URL's, and a pause goes through the console
+# (operations.model_pause). A body may repeat their values (a model read, edited and put back).
+CATALOG_READ_ONLY_FIELDS = ("name", "paused")
+
+
+class CatalogModelSerializer(StrictSerializer, serializers.ModelSerializer):
+    """A catalog model, as GET /models answers it and as PATCH/PUT /models/{name} take it (staff).
+
+    Validated as the admin's form validates it: each field, then the model's own checks
+    (CatalogModel.clean, its constraints), each error under its field's name."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        db_models.CharField: StringField,
+        db_models.TextField: StringField,
+    }
+    max_runtime_seconds = serializers.IntegerField(
+        write_only=True, required=False, allow_null=True, min_value=0,
+        help_text="The old name of timeout_seconds, still accepted: with timeout_seconds too, the smaller of the two.",
+    )
+
+    class Meta:
+        model = CatalogModel
+        fields = [
+            field.name for field in CatalogModel._meta.concrete_fields if field.name not in CATALOG_HIDDEN_FIELDS
+        ] + ["max_runtime_seconds"]
+        read_only_fields = CATALOG_READ_ONLY_FIELDS
+        # The checks of model_catalog_capacity_positive and model_catalog_simulate_seconds_nonnegative,
+        # said here under the field's name (the database constraint's message names only itself).
+        extra_kwargs = {"capacity": {"min_value": 1}, "default_simulate_seconds": {"min_value": 0}}
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            current = {"name": self.context.get("name"), "paused": self.instance.paused if self.instance else False}
+            for field in CATALOG_READ_ONLY_FIELDS:
+                if field in data and data[field] != current[field]:
+                    how = "the URL names the model" if field == "name" else "pause or resume it in the queue console"
+                    raise serializers.ValidationError({field: [f"{field} is not changed here: {how}."]})
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        # As the admin's form (CatalogModelForm): max_runtime_seconds alone is the deadline; with
+        # timeout_seconds, the smaller of the two; null changes nothing.
+        old = attrs.pop("max_runtime_seconds", None)
+        if old is not None:
+            new = attrs.get("timeout_seconds")
+            attrs["timeout_seconds"] = old if new is None else min(old, new)
+        return attrs
+
+    def edited(self, model: CatalogModel, *, replace: bool = False) -> CatalogModel:
+        """`model` with the validated body applied and checked whole, as the admin checks it; not saved.
+        `replace` (PUT): a field the body leaves out takes its default."""
+        if replace:
+            for field in CatalogModel._meta.concrete_fields:
+                if field.name in self.fields and not self.fields[field.name].read_only:
+                    setattr(model, field.attname, field.get_default())
+        for field, value in self.validated_data.items():
+            setattr(model, field, value)
+        try:
+            model.full_clean()
+        except DjangoValidationError as error:
+            raise serializers.ValidationError({
+                "non_field_errors" if field == NON_FIELD_ERRORS else field: messages
+                for field, messages in error.message_dict.items()
+            }) from None
+        return model
+
+    def to_representation(self, model: CatalogModel) -> dict:
+        data = super().to_representation(model)
+        if not self.context.get("staff"):
+            data = {field: data[field] for field in CATALOG_PUBLIC_FIELDS}
         return data

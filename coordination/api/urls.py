@@ -19,6 +19,9 @@ urlpatterns = [
     path("queue/status", views.QueueStatusView.as_view(), name="queue-status"),
     path("queue/events", events.QueueEventsView.as_view(), name="queue-events"),
     path("health", views.HealthView.as_view(), name="health"),
+    path("models", views.ModelListView.as_view(), name="model-list"),
+    # A model's name may hold a slash (minimax/video-01): /models/minimax/video-01 as written.
+    path("models/<path:name>", views.ModelDetailView.as_view(), name="model-detail"),
     # A model's name may hold a slash (minimax/video-01).
     path("providers/<path:model>/callback", providers.ProviderCallbackView.as_view(), name="provider-callback"),
 ]

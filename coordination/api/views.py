@@ -17,9 +17,10 @@ from coordination.api.pagination import LIST_MAX_LIMIT
 from coordination.api.prefer import PREFER_WAIT, PREFERENCE_APPLIED, PreferWaitMixin
 from coordination.api.idempotency import idempotency_key_from, request_hash, submit_once
 from coordination.api.schema import ErrorSerializer, HealthSerializer, JobBatchAnswerSerializer, QueueStatusSerializer
-from coordination.api.serializers import JobBatchSerializer, JobListQuerySerializer, JobSerializer, JobSubmitSerializer
+from coordination.api.serializers import CatalogModelSerializer, JobBatchSerializer, JobListQuerySerializer, JobSerializer, JobSubmitSerializer
 from coordination.api.throttling import SubmitThrottledMixin
-from coordination.models import Job
+from coordination.exceptions import ModelNotFound, NotAllowed
+from coordination.models import CatalogModel, Job
 
 # --- OpenAPI: what each operation takes and answers (served at /schema, shown at /docs) ---------
 # Shared with the workflows app's operations (workflows/api.py), which submit jobs too.
@@ -333,3 +334,89 @@ class JobWebhooksView(APIView):
         job = selectors.job_get(user=request.user, job_id=job_id)
         deliveries = job.webhook_deliveries.prefetch_related("attempt_rows").order_by("id")
         return Response(WebhookDeliverySerializer(deliveries, many=True).data)
+
+
+# --- The catalog as code: GET /models, GET/PATCH/PUT /models/{name} ----------------------------------
+
+MODEL_NAME = OpenApiParameter(
+    "name", OpenApiTypes.STR, OpenApiParameter.PATH,
+    description="The model's name as clients name it; it may hold a slash, written as is: /models/minimax/video-01.",
+)
+MODEL_NOT_FOUND = {404: _error("No such model, or (not staff) a disabled one.")}
+MODEL_WRITE_ERRORS = {
+    400: _error("Bad input; `fields` names the field (as the admin's form checks it). Nothing was changed."),
+    **COMMON_ERRORS,
+    403: _error("Not staff: only staff change the catalog."),
+}
+CATALOG_ANSWER = ("Staff: every field. Anyone else: name, media_type, capacity, description and paused of the "
+                  "enabled models, those they may submit to.")
+
+
+def _model_answer(request, name: str) -> dict:
+    model = selectors.catalog_model_find(user=request.user, name=name)
+    return CatalogModelSerializer(model, context={"staff": request.user.is_staff}).data
+
+
+def _staff_only(request) -> None:
+    if not request.user.is_staff:
+        raise NotAllowed("Only staff may change the model catalog.")
+
+
+@extend_schema(summary="The model catalog", description=f"Every model, by name. {CATALOG_ANSWER}",
+               parameters=[RETRY_AFTER], responses={200: CatalogModelSerializer(many=True), **COMMON_ERRORS})
+class ModelListView(APIView):
+    def get(self, request):
+        models = selectors.catalog_model_list(user=request.user)
+        return Response(CatalogModelSerializer(models, many=True, context={"staff": request.user.is_staff}).data)
+
+
+@extend_schema(methods=["GET"], summary="One catalog model", description=CATALOG_ANSWER,
+               parameters=[MODEL_NAME, RETRY_AFTER],
+               responses={200: CatalogModelSerializer, **COMMON_ERRORS, **MODEL_NOT_FOUND})
+@extend_schema(
+    methods=["PATCH"],
+    summary="Change a catalog model (staff)",
+    description="Changes the fields sent, as the admin would: under the coordinator lock, audited (`model_changed`, "
+                "actor `api:<username>`); a new capacity starts at once the waiting jobs it has room for. "
+                "`max_runtime_seconds` is accepted as the old name of `timeout_seconds`.",
+    parameters=[MODEL_NAME, RETRY_AFTER],
+    request=CatalogModelSerializer,
+    responses={200: CatalogModelSerializer, **MODEL_WRITE_ERRORS, **MODEL_NOT_FOUND},
+)
+@extend_schema(
+    methods=["PUT"],
+    summary="Create or replace a catalog model (staff)",
+    description="The whole model: a field left out takes its default. Saved as PATCH saves (locked, audited, "
+                "waiting jobs decided again); a model's pause is kept.",
+    parameters=[MODEL_NAME, RETRY_AFTER],
+    request=CatalogModelSerializer,
+    responses={
+        201: OpenApiResponse(CatalogModelSerializer, description="Created."),
+        200: OpenApiResponse(CatalogModelSerializer, description="Replaced."),
+        **MODEL_WRITE_ERRORS,
+        404: _error("No model name in the path (/models/)."),
+    },
+)
+class ModelDetailView(APIView):
+    def get(self, request, name: str):
+        return Response(_model_answer(request, name))
+
+    def patch(self, request, name: str):
+        _staff_only(request)
+        model = selectors.catalog_model_find(user=request.user, name=name)
+        serializer = CatalogModelSerializer(model, data=request.data, partial=True, context={"name": name})
+        serializer.is_valid(raise_exception=True)
+        services.catalog_model_save(model=serializer.edited(model), actor=f"api:{request.user.username}")
+        return Response(_model_answer(request, name))
+
+    def put(self, request, name: str):
+        _staff_only(request)
+        try:
+            before = selectors.catalog_model_find(user=request.user, name=name)
+        except ModelNotFound:
+            before = None
+        serializer = CatalogModelSerializer(before, data=request.data, context={"name": name})
+        serializer.is_valid(raise_exception=True)
+        model = serializer.edited(before or CatalogModel(name=name), replace=True)
+        services.catalog_model_save(model=model, actor=f"api:{request.user.username}")
+        return Response(_model_answer(request, name), status=status.HTTP_200_OK if before else status.HTTP_201_CREATED)

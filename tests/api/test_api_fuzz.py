@@ -106,9 +106,11 @@ def map_headers(context, headers):
 
 @schema.hook
 def flatmap_path_parameters(context, path_parameters):
-    """Half the ids are of workflows and jobs that exist (running, waiting, finished, someone else's)."""
+    """Half the ids are of workflows, jobs and models that exist (running, waiting, finished, someone else's)."""
     if not isinstance(path_parameters, dict):
         return st.just(path_parameters)
+    if "name" in path_parameters:
+        return st.one_of(st.just(path_parameters), st.sampled_from(KNOWN_MODELS).map(lambda name: {**path_parameters, "name": name}))
     if "workflow_id" in path_parameters:
         known = st.sampled_from(KNOWN_WORKFLOWS).map(lambda wid: {**path_parameters, "workflow_id": wid})
         return st.one_of(st.just(path_parameters), known)
