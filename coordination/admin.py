@@ -274,6 +274,22 @@ class CatalogModelAdmin(admin.ModelAdmin):
     # provider_url without a scheme means https (Django 6's default, asked for explicitly now).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     search_fields = ("name", "description")
+    fieldsets = (
+        (None, {"fields": (
+            "name", "media_type", "description", "enabled", "paused", "capacity", "max_attempts",
+            "line_policy", "max_waiting", "timeout_seconds",
+        )}),
+        ("Runner", {"fields": ("runner", "default_simulate_seconds")}),
+        ("Provider", {
+            "description": "Where its jobs run (docs/providers.md). On the simulated runner the provider only records "
+                           "where the model would run.",
+            "fields": ("provider", "provider_model", "provider_base_url", "credential_env", "callback_secret_env",
+                       "provider_input", "provider_workflow", "poll_interval_seconds", "max_connect_retries"),
+        }),
+        ("Generic provider (our own protocol)", {
+            "fields": ("provider_url", "provider_style"),
+        }),
+    )
 
     def save_model(self, request, obj, form, change):
         """The edit (this page or the list's "enabled" column) goes through the coordinator: saved

@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from coordination import provider_catalog
+
 
 def attempt_timeout(timeout_seconds: int | None) -> int:
     """How long one attempt may run, in seconds, for a model whose timeout_seconds is this:
@@ -58,7 +60,34 @@ class CatalogModel(models.Model):
     max_attempts = models.PositiveSmallIntegerField(
         default=1, help_text="Runs a failing job may get in all (1: no retry)."
     )
-    # The http runner's provider (coordination/runners/http.py); unused by the simulated runner.
+    # Which provider runs its jobs (coordination/provider_catalog.py has each one's facts). On runner
+    # http it is required ("generic" when a form leaves it empty); on the simulated runner it only
+    # records where the model would run (the seed fills it for the guide's models), empty for none.
+    provider = models.CharField(
+        max_length=20, choices=provider_catalog.CHOICES, blank=True, default="",
+        help_text="Where its jobs run: replicate, fal, runpod, leonardo, comfyui, or generic (our own protocol: "
+                  "provider URL and style). On the simulated runner: only where it would run (empty: none).",
+    )
+    provider_model = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="The provider's own name for the model: Replicate owner/name[:version] or deployments/owner/name, "
+                  "a fal app id (fal-ai/flux/dev), a RunPod endpoint id, a Leonardo modelId or MOTION2FAST.",
+    )
+    provider_base_url = models.URLField(
+        blank=True, default="",
+        help_text="Replaces the provider's public API (scheme and host; its paths follow), for a proxy, a region or "
+                  "a test. Empty: the public API. ComfyUI: the server's address (required).",
+    )
+    provider_input = models.JSONField(
+        blank=True, default=dict,
+        help_text='How the job\'s fields reach the provider: {"rename": {"prompt": "text"}, "defaults": {"num_images": 1}}.',
+    )
+    provider_workflow = models.JSONField(
+        blank=True, null=True,
+        help_text='ComfyUI only: {"graph": {API-format graph}, "prompt": [node, input], "seed": [node, input], '
+                  '"inputs": {name: [node, input]}, "params": {name: [node, input]}}.',
+    )
+    # The generic provider's address (coordination/runners/http.py); unused by the simulated runner.
     provider_url = models.URLField(blank=True, default="", help_text="Where the http runner POSTs a job.")
     # Only the variable's NAME is stored: the secret stays in the worker's environment, never in the database.
     credential_env = models.CharField(
@@ -118,13 +147,63 @@ class CatalogModel(models.Model):
         return self.name
 
     def clean(self) -> None:
-        # An http model without a provider would fail every job it gets: refuse it when it is saved.
-        if self.runner == self.Runner.HTTP and not self.provider_url:
-            raise ValidationError({"provider_url": "A model using the http runner needs a provider URL."})
+        self.clean_provider()
         if self.provider_style == self.ProviderStyle.CALLBACK and not self.callback_secret_env:
             raise ValidationError({"callback_secret_env": "A callback provider needs the name of the variable holding its callbacks' secret."})
         if self.poll_interval_seconds is not None and self.poll_interval_seconds < 0.05:
             raise ValidationError({"poll_interval_seconds": "Poll at most twenty times a second (0.05 s or more)."})
+
+    def clean_provider(self) -> None:
+        """Refuse a provider setting that could not run a job, each message saying what is missing.
+        The facts per provider are in coordination/provider_catalog.py."""
+        http = self.runner == self.Runner.HTTP
+        if http and not self.provider:
+            self.provider = "generic"  # an http model that names none speaks our protocol, as before
+        if self.provider_input is None:
+            self.provider_input = {}  # the form's empty box: no mapping
+        errors: dict[str, list[str]] = {}
+
+        def refuse(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        facts = provider_catalog.PROVIDERS.get(self.provider)
+        if facts is None:
+            for field in ("provider_model", "provider_base_url", "provider_workflow"):
+                if getattr(self, field):
+                    refuse(field, "Name the provider this is for (provider is empty).")
+        else:
+            name = facts.label
+            if http:
+                # A model without what its provider needs would fail every job it gets: refuse it now.
+                missing = {
+                    "provider_url": "A generic provider needs a provider URL: where the http runner POSTs a job.",
+                    "provider_model": f"A {name} model needs provider_model: {facts.model_form}.",
+                    "provider_base_url": f"A {name} model needs provider_base_url: the server's address, e.g. http://127.0.0.1:8188.",
+                    "provider_workflow": f"A {name} model needs provider_workflow: the API-format graph and the node inputs "
+                                         "that take the prompt (see docs/providers.md).",
+                }
+                for field in facts.requires:
+                    if not getattr(self, field):
+                        refuse(field, missing[field])
+                if not facts.adapter:
+                    refuse("provider", f"The {name} adapter is not available yet: on runner http, set provider generic (our own "
+                                       f"protocol at provider_url), or keep this model on the simulated runner.")
+            if self.provider_model:
+                if facts.model_pattern is None:
+                    refuse("provider_model", f"A {name} model takes no provider_model.")
+                elif not facts.model_pattern.fullmatch(self.provider_model):
+                    refuse("provider_model", f"Not a {name} model name: give {facts.model_form}.")
+            if self.provider == "generic" and self.provider_base_url:
+                refuse("provider_base_url", "A generic provider is reached at its provider URL; leave provider_base_url empty.")
+            if self.provider_workflow is not None and self.provider != "comfyui":
+                refuse("provider_workflow", "Only a ComfyUI model takes a workflow.")
+        if self.provider_workflow is not None and self.provider == "comfyui":
+            for message in provider_catalog.workflow_problems(self.provider_workflow):
+                refuse("provider_workflow", message)
+        for message in provider_catalog.input_problems(self.provider_input):
+            refuse("provider_input", message)
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def attempt_timeout(self) -> int:

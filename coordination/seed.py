@@ -15,6 +15,16 @@ CATALOG = [
      "description": "Text-to-video model."},
 ]
 
+# Where the guide's models run (../shared/PROVIDERS.md): recorded on the seeded rows while they stay on
+# the simulated runner, so an operator switches one to runner http with its provider already named.
+# Leonardo publishes no modelId for nano-banana-pro: that one is left for the operator to fill.
+GUIDE_PROVIDERS = {
+    "nano-banana-pro-leonardo": ("leonardo", ""),
+    "motion-2.0-fast": ("leonardo", "MOTION2FAST"),
+    "flux-dev": ("replicate", "black-forest-labs/flux-dev"),
+    "minimax/video-01": ("replicate", "minimax/video-01"),
+}
+
 WORKFLOWS = [
     {
         "workflow_id": "knight-style-img-to-video",
@@ -32,6 +42,8 @@ WORKFLOWS = [
 def seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState) -> None:
     for entry in CATALOG:
         CatalogModel.objects.get_or_create(name=entry["name"], defaults=entry)
+    if any(field.name == "provider" for field in CatalogModel._meta.get_fields()):  # not before migration 0024
+        record_guide_providers(CatalogModel)
     for spec in WORKFLOWS:
         workflow, created = WorkflowDefinition.objects.get_or_create(
             workflow_id=spec["workflow_id"],
@@ -48,3 +60,10 @@ def seed_catalog(CatalogModel, WorkflowDefinition, WorkflowStep, JobQueueState) 
                 )
     # The seed's singleton: `SELECT * FROM job_queue_state` shows slot 1 from the first start.
     JobQueueState.objects.get_or_create(id=1)
+
+
+def record_guide_providers(CatalogModel) -> None:
+    """Name the guide models' providers on the rows that name none yet, leaving their runner as it is
+    (an operator's choice, and an operator's edit of these fields, are kept)."""
+    for name, (provider, provider_model) in GUIDE_PROVIDERS.items():
+        CatalogModel.objects.filter(name=name, provider="").update(provider=provider, provider_model=provider_model)

@@ -349,7 +349,7 @@ def test_a_limit_is_waited_out_for_as_long_as_retry_after_says_without_using_a_r
 
 def test_an_http_model_without_provider_url_is_refused_on_clean():
     model = CatalogModel.objects.get(name=MODEL)
-    model.runner = CatalogModel.Runner.HTTP
+    model.runner, model.provider = CatalogModel.Runner.HTTP, "generic"  # the seed names the guide model's real provider
     model.provider_url = ""
 
     with pytest.raises(ValidationError) as refused:
