@@ -14,7 +14,9 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery
+from coordination.models import (
+    CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery, timeout_with_old_name,
+)
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
 from coordination.estimates import estimated_start
@@ -255,8 +257,10 @@ class CatalogModelForm(forms.ModelForm):
         if old:
             data = data.copy()
             new = data.get("timeout_seconds")
-            both = str(old).isdigit() and str(new).isdigit()
-            data["timeout_seconds"] = str(min(int(old), int(new))) if both else (new or old)
+            if str(old).isdigit():
+                data["timeout_seconds"] = str(timeout_with_old_name(int(new) if str(new).isdigit() else None, int(old)))
+            else:  # not a number: the form says so under timeout_seconds
+                data["timeout_seconds"] = new or old
         super().__init__(data, *args, **kwargs)
 
 

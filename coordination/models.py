@@ -18,6 +18,13 @@ from django.utils import timezone
 from coordination import provider_catalog
 
 
+def timeout_with_old_name(timeout_seconds: int | None, max_runtime_seconds: int | None) -> int | None:
+    """The deadline where it may be named both ways (max_runtime_seconds is timeout_seconds' old name,
+    merged into it by migration 0021): the smaller of the two given, as that migration merged them;
+    None where neither is. The model's alias, the admin's form and the catalog API all say it so."""
+    return min((seconds for seconds in (timeout_seconds, max_runtime_seconds) if seconds is not None), default=None)
+
+
 def attempt_timeout(timeout_seconds: int | None) -> int:
     """How long one attempt may run, in seconds, for a model whose timeout_seconds is this:
     COORDINATOR_JOB_TIMEOUT when it is empty, and never more (django-q2's own timeout, which stops a
@@ -221,8 +228,7 @@ class CatalogModel(models.Model):
 
     @max_runtime_seconds.setter
     def max_runtime_seconds(self, seconds: int | None) -> None:
-        if seconds is not None:
-            self.timeout_seconds = seconds if self.timeout_seconds is None else min(self.timeout_seconds, seconds)
+        self.timeout_seconds = timeout_with_old_name(self.timeout_seconds, seconds)
 
     @property
     def detaches(self) -> bool:

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from drf_spectacular.utils import extend_schema_field
 
-from coordination.models import CatalogModel, Job, MediaType, ProviderRun
+from coordination.models import CatalogModel, Job, MediaType, ProviderRun, timeout_with_old_name
 from coordination.services import BATCH_MAX_JOBS
 from coordination.selectors import catalog_model_names, job_list, job_queue_position
 
@@ -404,12 +404,10 @@ class CatalogModelSerializer(StrictSerializer, serializers.ModelSerializer):
         return super().to_internal_value(data)
 
     def validate(self, attrs):
-        # As the admin's form (CatalogModelForm): max_runtime_seconds alone is the deadline; with
-        # timeout_seconds, the smaller of the two; null changes nothing.
+        # max_runtime_seconds alone is the deadline; with timeout_seconds, the smaller; null changes nothing.
         old = attrs.pop("max_runtime_seconds", None)
         if old is not None:
-            new = attrs.get("timeout_seconds")
-            attrs["timeout_seconds"] = old if new is None else min(old, new)
+            attrs["timeout_seconds"] = timeout_with_old_name(attrs.get("timeout_seconds"), old)
         return attrs
 
     def edited(self, model: CatalogModel, *, replace: bool = False) -> CatalogModel:
