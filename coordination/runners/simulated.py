@@ -10,7 +10,8 @@ CONTENT_TYPES = {"image": "image/png", "video": "video/mp4"}
 
 class SimulatedRunner:
     """Stands in for a real model: takes `params.simulate_seconds` (or the model's default) and
-    raises when `params.simulate_fail` is set, so demos and tests can shape a queue."""
+    raises when `params.simulate_fail` is set, so demos and tests can shape a queue. Its output is
+    `simulated://<model>/<job_id>`, listed as the job's one file (typed by the model's media type)."""
 
     tick = 0.1
 
