@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 _TYPES = mimetypes.MimeTypes()  # Python's built-in table only: /etc/mime.types differs between hosts
 
 
-def runner_result(output, *, files=None, **fields) -> dict:
+def runner_result(output, /, *, files=None, **fields) -> dict:
     """`fields` with the output as given and `files` (the provider's list, else found in `output`)."""
     return {**fields, "output": output, "files": files_listed(files, output)}
 
@@ -26,7 +26,7 @@ def runner_result(output, *, files=None, **fields) -> dict:
 def files_listed(files, output=None) -> list[dict]:
     if files is None:
         items = output if isinstance(output, list) else [output]
-        return [_file(item) for item in items if isinstance(item, str) and urlsplit(item).scheme in ("http", "https")]
+        return [_file(item) for item in items if isinstance(item, str) and item.lower().startswith(("http://", "https://"))]
     listed = []
     for item in files if isinstance(files, list) else [files]:
         said = item if isinstance(item, dict) else {"url": item}
@@ -37,6 +37,14 @@ def files_listed(files, output=None) -> list[dict]:
 
 
 def _file(url: str, content_type: str | None = None) -> dict:
-    content_type = (content_type or "").strip() or _TYPES.guess_type(
-        url if url.startswith("data:") else urlsplit(url).path)[0]
+    content_type = (content_type or "").strip() or _TYPES.guess_type(url if url.startswith("data:") else _path(url))[0]
     return {"source_url": url, "content_type": content_type} if content_type else {"source_url": url}
+
+
+def _path(url: str) -> str:
+    """The URL's path, for its extension; a URL urllib cannot split (`http://[bad`) is listed untyped,
+    not allowed to fail a job that succeeded."""
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""

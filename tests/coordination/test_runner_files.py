@@ -77,6 +77,7 @@ def test_a_simulated_job_lists_one_file_of_its_model_s_media_type():
     (None, ["https://cdn.example/1.mp4", "a caption", 3], [{"source_url": "https://cdn.example/1.mp4", "content_type": "video/mp4"}]),
     (None, {"image": "https://cdn.example/a.png"}, []),  # objects are not searched
     (None, "a caption", []),
+    (None, "http://[not-a-host/a.png", [{"source_url": "http://[not-a-host/a.png"}]),  # listed, untyped, no error
     (None, None, []),
 ])
 def test_files_are_taken_from_the_providers_list_else_from_urls_in_the_output(files, output, listed):
