@@ -8,6 +8,9 @@ client.py), for the tests and the benchmark: real sockets, nothing of HTTP faked
   `params.fail` says so. The same `Idempotency-Key` is the same job.
 - `GET /jobs/<id>` says how the job stands; `DELETE /jobs/<id>` cancels it (unless `confirm_cancel`
   is off: then 500).
+- A finished job's `output` is `video://<id>.mp4` (names no file); with `files="listed"` its answer
+  also lists `files: [{"url": <this fake>/files/<id>.mp4, "content_type": "video/mp4"}]`, with
+  `files="in_output"` its `output` is that URL itself. `GET /files/<name>` answers a few bytes.
 - `limit(n, retry_after=...)`: the next n requests are answered 429; `down()` / `up()`: the port
   refuses connections, then listens again (the same port).
 """
@@ -45,6 +48,7 @@ class FakeProvider:
     callback_secret: str = "cb-secret"
     callback_bearer: bool = False
     confirm_cancel: bool = True
+    files: str = ""  # "": output names no file; "listed": the answer lists `files`; "in_output": output is a file's URL
     jobs: dict = field(default_factory=dict)
     by_key: dict = field(default_factory=dict)
     submits: list = field(default_factory=list)  # (idempotency key, job id), each POST accepted
@@ -124,7 +128,16 @@ class FakeProvider:
             return {"id": job.id, "status": "running" if elapsed > 0 else "queued", "progress": round(elapsed / job.seconds, 3)}
         if job.fail:
             return {"id": job.id, "status": "failed", "error": job.fail}
-        return {"id": job.id, "status": "succeeded", "output": f"video://{job.id}.mp4"}
+        return {"id": job.id, "status": "succeeded", **self.made(job.id)}
+
+    def made(self, name: str) -> dict:
+        """A finished job's output (and `files`), as `files` says."""
+        url = f"{self.url}/files/{name}.mp4"
+        if self.files == "in_output":
+            return {"output": url}
+        if self.files == "listed":
+            return {"output": f"video://{name}.mp4", "files": [{"url": url, "content_type": "video/mp4"}]}
+        return {"output": f"video://{name}.mp4"}
 
     def _call_back_when_done(self) -> None:
         while not self._ticker_stop.wait(0.02):
@@ -204,7 +217,7 @@ def _handler(provider: FakeProvider):
             path = urlsplit(self.path).path
             params = body.get("params") or {}
             if path == "/sync":
-                return self._answer(200, {"output": f"video://{body.get('job_id')}.mp4"})
+                return self._answer(200, provider.made(str(body.get("job_id"))))
             if path not in ("/poll", "/callback"):
                 return self._answer(404, {"error": "no such route"})
             key = self.headers.get("Idempotency-Key")
@@ -224,7 +237,15 @@ def _handler(provider: FakeProvider):
         def do_GET(self):
             if self._limited():
                 return
-            job_id = urlsplit(self.path).path.rsplit("/", 1)[-1]
+            path = urlsplit(self.path).path
+            if path.startswith("/files/"):
+                data = b"\x00\x00\x00\x18ftypmp42 fake video"
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                return self.wfile.write(data)
+            job_id = path.rsplit("/", 1)[-1]
             with provider.lock:
                 job = provider.jobs.get(job_id)
                 provider.polls.append((job_id, time.monotonic()))

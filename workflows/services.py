@@ -123,7 +123,9 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
             job_id=job.job_id, job__status=Job.Status.RUNNING, job__attempt=attempt
         ).update(step_outputs=outputs)
         inputs = {"input": output.get("output"), "previous_step": name}
-    return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs}
+    # Every step's files (each step's result lists its own), each saying which step made it.
+    files = [{**file, "step": step["step"]} for step in outputs for file in step["output"].get("files", [])]
+    return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs, "files": files}
 
 
 def workflow_definition_save(

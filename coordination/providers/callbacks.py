@@ -1,5 +1,5 @@
 """A provider's callback: `POST /providers/{model}/callback` with the job's end, as its status URL
-would answer it (`{"id", "status", "output"?, "error"?}`), authenticated with the model's secret (the
+would answer it (`{"id", "status", "output"?, "files"?, "error"?}`), authenticated with the model's secret (the
 variable `callback_secret_env` names): `Authorization: Bearer <secret>`, or `X-Signature:
 sha256=<hex HMAC-SHA256 of the body under the secret>`. It ends the job through the coordinator, once:
 a repeated callback, or one after the poller's safety net already saw the end, changes nothing."""

@@ -37,7 +37,8 @@ def runner_call(model, **fields) -> RunnerCall:
             poll_interval_seconds=model.poll_interval_seconds,
             callback_url=callback_url_of(model.name) if model.provider_style == "callback" else "",
         )
-    return RunnerCall(model=model.name, default_seconds=model.default_simulate_seconds, provider=provider, **fields)
+    return RunnerCall(model=model.name, default_seconds=model.default_simulate_seconds, media_type=model.media_type,
+                      provider=provider, **fields)
 
 
 __all__ = ["Provider", "Runner", "RunnerCall", "RunnerError", "RunnerStopped", "get_runner", "runner_call"]

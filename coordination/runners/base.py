@@ -40,6 +40,8 @@ class RunnerCall:
     # What the previous workflow step produced, or the workflow's own inputs for its first step.
     inputs: dict = field(default_factory=dict)
     default_seconds: float = 0.0
+    # The model's media type (image, video): the simulated runner's file says it.
+    media_type: str = ""
     # Polled by the runner (the simulated one every 0.1 s): True once it must stop.
     should_stop: Callable[[], bool] = _never
     # The model's provider, for the http runner (None for the simulated one).

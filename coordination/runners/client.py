@@ -10,6 +10,8 @@ The protocol (the catalog model says where and how: `provider_url`, `provider_st
   when `credential_env` names a variable (only its name is in the database).
 - **sync**: the 2xx JSON answer is the result (one that is not an object is wrapped as
   `{"output": answer}`, so a workflow's next step still finds `output`).
+- **Files**: the provider's `files` in a result (sync answer, ended status, callback body), else the
+  URLs in its `output`, become the result's `files` (coordination/runners/results.py).
 - **poll** and **callback**: the 2xx answer names the provider's job, `{"id", "status_url"?, "status"?}`;
   without a `status_url` it is `provider_url/<id>` (a relative one is resolved against
   `provider_url`). `GET status_url` answers `{"status": "queued" | "running" | "succeeded" | "failed" |
@@ -43,6 +45,7 @@ import httpx  # noqa: E402
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from coordination.runners.base import Provider, RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.results import runner_result
 
 MESSAGE_LIMIT = 500
 CANCEL_TIMEOUT = 5.0
@@ -69,6 +72,7 @@ class Status:
     output: object = None
     error: str | None = None
     progress: float | None = None
+    files: object = None  # the provider's `files`, as it said them (results.files_listed reads them)
 
     @property
     def ended(self) -> bool:
@@ -81,7 +85,7 @@ class Status:
         progress = body.get("progress")
         error = message_of(body) if body.get("status") in ("failed", "cancelled") else None
         return cls(str(body.get("status") or "unknown"), body.get("output"), error,
-                   float(progress) if isinstance(progress, (int, float)) else None)
+                   float(progress) if isinstance(progress, (int, float)) else None, body.get("files"))
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,15 @@ class Accepted:
 
 def result_of(provider_job_id: str, status: Status) -> dict:
     """A job's result from its provider's last word (succeeded)."""
-    return {"runner": "http", "provider_job_id": provider_job_id, "output": status.output}
+    return runner_result(status.output, files=status.files, runner="http", provider_job_id=provider_job_id)
+
+
+def sync_result(answer) -> dict:
+    """A sync provider's answer as the result: its fields as given, with `output` and `files`."""
+    if not isinstance(answer, dict):
+        return runner_result(answer)
+    fields = {key: value for key, value in answer.items() if key not in ("output", "files")}
+    return runner_result(answer.get("output"), files=answer.get("files"), **fields)
 
 
 def headers(provider: Provider, *, job_id: UUID, attempt: int | None = None) -> dict:
@@ -145,7 +157,7 @@ async def submit(client: httpx.AsyncClient, call: RunnerCall, *, attempt: int | 
     answer = await _request(client, "POST", provider.url, provider=provider, deadline=deadline, patient=False,
                             headers=headers(provider, job_id=call.job_id, attempt=attempt), json=body)
     if provider.style == "sync":
-        return answer if isinstance(answer, dict) else {"output": answer}
+        return sync_result(answer)
     if not isinstance(answer, dict) or answer.get("id") in (None, ""):
         raise RunnerError(f"Provider answered no job id to poll: {message_of(answer)}")
     provider_job_id = str(answer["id"])

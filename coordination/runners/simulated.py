@@ -2,11 +2,16 @@ import time
 from datetime import datetime, timezone
 
 from coordination.runners.base import RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.results import runner_result
+
+# The file a simulated job "makes", by its model's media type: its source_url is the output.
+CONTENT_TYPES = {"image": "image/png", "video": "video/mp4"}
 
 
 class SimulatedRunner:
     """Stands in for a real model: takes `params.simulate_seconds` (or the model's default) and
-    raises when `params.simulate_fail` is set, so demos and tests can shape a queue."""
+    raises when `params.simulate_fail` is set, so demos and tests can shape a queue. Its output is
+    `simulated://<model>/<job_id>`, listed as the job's one file (typed by the model's media type)."""
 
     tick = 0.1
 
@@ -21,13 +26,16 @@ class SimulatedRunner:
         if call.params.get("simulate_fail"):
             message = call.params["simulate_fail"]
             raise RunnerError(message if isinstance(message, str) else f"Simulated failure of {call.model}")
-        return {
-            "runner": "simulated",
-            "model": call.model,
-            "output": f"simulated://{call.model}/{call.job_id}",
-            "seconds": seconds,
+        output = f"simulated://{call.model}/{call.job_id}"
+        content_type = CONTENT_TYPES.get(call.media_type)
+        return runner_result(
+            output,
+            files=[{"url": output, "content_type": content_type} if content_type else output],
+            runner="simulated",
+            model=call.model,
+            seconds=seconds,
             # When the model call began: what dispatch latency is measured to (bench/).
-            "runner_started_at": began.isoformat(),
-            "prompt": call.prompt,
-            "inputs": call.inputs,
-        }
+            runner_started_at=began.isoformat(),
+            prompt=call.prompt,
+            inputs=call.inputs,
+        )

@@ -11,8 +11,10 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from bench.fake_provider import FakeProvider
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.services import PROMPT_MAX_LENGTH
+from coordination.tasks import run_job
 
 pytestmark = pytest.mark.django_db
 
@@ -339,6 +341,35 @@ def test_post_to_jobs_with_trailing_slash_creates_nothing(api):
 
     assert response.status_code == 404
     assert Job.objects.count() == 0
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def test_a_completed_job_shows_its_output_and_the_files_it_produced(api):
+    job = submitted(api, model="flux-dev", job_type="image", params={"simulate_seconds": 0})
+
+    run_job(job["job_id"], 1)  # its worker, in this process
+
+    result = api.get(f"/jobs/{job['job_id']}").json()["result"]
+    assert result["output"] == f"simulated://flux-dev/{job['job_id']}"
+    assert result["files"] == [{"source_url": f"simulated://flux-dev/{job['job_id']}", "content_type": "image/png"}]
+
+
+def test_a_job_whose_provider_made_no_file_shows_an_empty_list(api):
+    fake = FakeProvider().start()  # answers `output: "video://<id>.mp4"`, a name and no URL
+    try:
+        CatalogModel.objects.filter(name="flux-dev").update(runner="http", provider_url=f"{fake.url}/sync",
+                                                            provider_style="sync")
+        job = submitted(api, model="flux-dev", job_type="image")
+        run_job(job["job_id"], 1)
+    finally:
+        fake.stop()
+
+    answer = api.get(f"/jobs/{job['job_id']}").json()
+    assert answer["status"] == "completed"
+    assert answer["result"]["output"] == f"video://{job['job_id']}.mp4"
+    assert answer["result"]["files"] == []
 
 
 # --- cancelling -----------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def test_sync_provider_answers_the_result_and_gets_the_whole_call(provider, monk
 
     result = run(runner_call)
 
-    assert result == {"output": f"video://{MODEL}/{runner_call.job_id}", "prompt": "A knight riding a horse"}
+    assert result == {"output": f"video://{MODEL}/{runner_call.job_id}", "prompt": "A knight riding a horse", "files": []}
     [request] = provider.received("POST", "/sync")
     assert request["headers"]["Authorization"] == f"Bearer {SECRET}"
     assert request["headers"]["Content-Type"] == "application/json"
@@ -221,7 +221,7 @@ def test_poll_provider_is_polled_until_it_succeeds_and_progress_is_logged(provid
 
     assert len(provider.received("POST", "/poll")) == 1
     provider_job = result["provider_job_id"]
-    assert result == {"runner": "http", "provider_job_id": provider_job, "output": f"video://{provider_job}.mp4"}
+    assert result == {"runner": "http", "provider_job_id": provider_job, "output": f"video://{provider_job}.mp4", "files": []}
     assert len(provider.received("GET", f"/poll/jobs/{provider_job}")) == 3
     progress = [
         (record.levelno, record.getMessage())
@@ -276,7 +276,7 @@ def test_a_slow_answer_within_the_timeout_is_the_result(provider):
             provider.release.set()
         return False
 
-    assert run(call(should_stop=should_stop)) == {"output": "slow but done"}
+    assert run(call(should_stop=should_stop)) == {"output": "slow but done", "files": []}
     assert provider.answered == 1 and len(ticks_held) >= 3
 
 
@@ -311,7 +311,7 @@ def test_5xx_answers_are_retried_until_one_succeeds(provider):
     provider.failures_left = 2
     use_http(f"{provider.url}/flaky", max_connect_retries=3)
 
-    assert run(call()) == {"output": "after retries"}
+    assert run(call()) == {"output": "after retries", "files": []}
     assert len(provider.received("POST")) == 3
 
 
@@ -343,7 +343,7 @@ def test_a_limit_is_waited_out_for_as_long_as_retry_after_says_without_using_a_r
     provider.limited_left = 3  # /limited answers 429 Retry-After: 0 three times, then the result
     use_http(f"{provider.url}/limited", max_connect_retries=0)
 
-    assert run(call()) == {"output": "after the limit"}
+    assert run(call()) == {"output": "after the limit", "files": []}
     assert len(provider.received("POST")) == 4
 
 

@@ -28,6 +28,7 @@ def test_run_job_completes_the_job_with_the_runners_result(user, runner_calls):
         "runner": "simulated",
         "model": "motion-2.0-fast",
         "output": f"simulated://motion-2.0-fast/{job.job_id}",
+        "files": [{"source_url": f"simulated://motion-2.0-fast/{job.job_id}", "content_type": "video/mp4"}],
         "seconds": 0.0,
         "prompt": "A knight riding a horse",
         "inputs": {},

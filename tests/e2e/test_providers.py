@@ -69,6 +69,7 @@ def audit(job) -> list[str]:
 
 def test_jobs_wait_at_a_poll_provider_holding_no_worker_and_each_ends_once(fake, owner, tmp_path):
     use_provider(fake)
+    fake.files = "listed"  # its answers list the files each job made
     worker = start_worker(tmp_path / "qcluster.log", **CLUSTER)  # one worker process for three slots
     try:
         jobs = [submit(owner, seconds=2.0) for _ in range(SLOTS)]
@@ -81,6 +82,8 @@ def test_jobs_wait_at_a_poll_provider_holding_no_worker_and_each_ends_once(fake,
     for job in Job.objects.filter(job_id__in=[job.job_id for job in jobs]):
         assert (job.status, job.attempt, job.error) == ("completed", 1, None)
         assert job.result["output"] == f"video://{job.result['provider_job_id']}.mp4"
+        assert job.result["files"] == [{"source_url": f"{fake.url}/files/{job.result['provider_job_id']}.mp4",
+                                        "content_type": "video/mp4"}]
         assert audit(job) == ["submitted", "started", "claimed", "at_provider", "completed"]
     # The provider saw each attempt once, under its Idempotency-Key.
     assert fake.submits_per_key() == {f"{job.job_id}:1": 1 for job in jobs}
@@ -89,6 +92,7 @@ def test_jobs_wait_at_a_poll_provider_holding_no_worker_and_each_ends_once(fake,
 def test_a_callback_provider_ends_the_job_at_once_and_a_repeated_callback_changes_nothing(fake, owner, tmp_path, live_server, monkeypatch):
     monkeypatch.setenv("TEST_CALLBACK_SECRET", CALLBACK_SECRET)  # the web side checks callbacks with it
     use_provider(fake, "callback", poll_interval_seconds=30)  # its safety net would poll only after 300 s
+    fake.files = "in_output"  # its output is the URL of the file it made
     worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_PUBLIC_URL=live_server.url, **CLUSTER)
     try:
         job = submit(owner, seconds=0.5)
@@ -97,6 +101,8 @@ def test_a_callback_provider_ends_the_job_at_once_and_a_repeated_callback_change
         worker.stop()
     job = Job.objects.get(pk=job.job_id)
     assert job.status == "completed" and job.result["provider_job_id"] == ProviderRun.objects.get(job=job).provider_job_id
+    assert job.result["files"] == [{"source_url": job.result["output"], "content_type": "video/mp4"}]
+    assert job.result["output"] == f"{fake.url}/files/{job.result['provider_job_id']}.mp4"
     assert [code for _, code in fake.callbacks] == [200]
     assert len(fake.polls) == 0  # ended by the callback, not by a poll
 

@@ -65,6 +65,11 @@ def test_steps_run_in_order_each_feeding_the_next(user, runner_calls):
         (1, "style", "nano-banana-pro-leonardo"),
         (2, "animate", "motion-2.0-fast"),
     ]
+    # Every step's files, each naming its step (an image, then the video made from it).
+    assert job.result["files"] == [
+        {"source_url": style_output, "content_type": "image/png", "step": 1},
+        {"source_url": f"simulated://motion-2.0-fast/{job.job_id}", "content_type": "video/mp4", "step": 2},
+    ]
     execution = job.workflow_execution
     assert (execution.current_step, execution.current_step_model) == (2, "motion-2.0-fast")
     assert execution.step_outputs == job.result["steps"]
