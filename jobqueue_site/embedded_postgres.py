@@ -17,7 +17,6 @@ server that was already up when it came, so `make test` beside `make run` leaves
 This module is imported by settings.py before Django is set up: it imports no Django.
 """
 
-import shutil
 import signal
 import sys
 import warnings
@@ -117,10 +116,6 @@ def bin_dir() -> Path:
     """The wheel's PostgreSQL programs (psql among them)."""
     return _server().bin_path
 
-
-def psql_path() -> str:
-    """psql from PATH, else the wheel's own."""
-    return shutil.which("psql") or str(bin_dir() / "psql")
 
 
 def main(argv: list[str]) -> int:
