@@ -99,7 +99,7 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
     fake = FakeProvider(seconds=JOB_SECONDS).start()
     wall_offset = time.time() - time.monotonic()  # the fake provider keeps monotonic times
     CatalogModel.objects.filter(name=MODEL).update(
-        runner="http", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=in_flight,
+        runner="http", provider="generic", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=in_flight,
         poll_interval_seconds=POLL_INTERVAL, timeout_seconds=600, max_attempts=1,
         enabled=True, paused=False,
     )

@@ -232,8 +232,11 @@ class CatalogModel(models.Model):
 
     @property
     def detaches(self) -> bool:
-        """Whether its jobs leave the worker once the provider accepted them (a row, not a process)."""
-        return self.runner == self.Runner.HTTP and self.provider_style in self.DETACHED_STYLES
+        """Whether its jobs leave the worker once the provider accepted them (a row, not a process):
+        every provider's but a generic sync one's, whose answer is the result."""
+        if self.runner != self.Runner.HTTP:
+            return False
+        return self.provider not in ("", "generic") or self.provider_style in self.DETACHED_STYLES
 
 
 class CapacityGroup(models.Model):
@@ -652,6 +655,12 @@ class ProviderRun(models.Model):
     status_url = models.CharField(max_length=2048, blank=True, default="")
     state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
     provider_status = models.CharField(max_length=50, blank=True, default="")  # as the provider last said
+    # What else its adapter named at submit (fal's response and cancel URLs, ComfyUI's client id, ...).
+    provider_data = models.JSONField(blank=True, default=dict)
+    # What the provider last said of its progress (0-1) and its place in the provider's own line, stored
+    # by the poller when they change, at most twice a second (each change is a job.progress event).
+    progress = models.FloatField(null=True, blank=True)
+    queue_position = models.IntegerField(null=True, blank=True)
     submitted_at = models.DateTimeField()
     deadline_at = models.DateTimeField()  # the attempt's start + the model's timeout_seconds (attempt_timeout)
     watcher = models.CharField(max_length=100, null=True, blank=True)
@@ -677,6 +686,11 @@ class ProviderRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_job_id} for job {self.job_id} attempt {self.attempt}"
+
+    @property
+    def data(self) -> dict:
+        """provider_data, by the name an adapter reads a run's (coordination/runners/adapters/base.py)."""
+        return self.provider_data
 
 
 class JobEvent(models.Model):

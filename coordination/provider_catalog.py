@@ -23,6 +23,13 @@ class Provider:
     model_form: str = ""
     # Whether the http runner can run a job for it today.
     adapter: bool = False
+    # How it calls back when a job ends: "job" (the URL is sent with each submit), "key" (set once at
+    # the provider for an API key: Leonardo), "" (never: polled only).
+    webhooks: str = ""
+    # Whether its callbacks are checked with the secret the model's callback_secret_env names (without
+    # one, its jobs are polled only): Replicate's whsec_..., Leonardo's webhook key, generic's.
+    # fal signs with its published keys; RunPod's carry a token of ours in their URL.
+    callback_secret: bool = False
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -35,35 +42,43 @@ PROVIDERS: dict[str, Provider] = {
         label="Replicate", public_base_url="https://api.replicate.com", requires=("provider_model",),
         model_pattern=re.compile(rf"(deployments/)?{_NAME}/{_NAME}(:[A-Za-z0-9]+)?"),
         model_form="owner/name, owner/name:version or deployments/owner/name, e.g. black-forest-labs/flux-dev",
+        webhooks="job",
+        callback_secret=True,
     ),
     # fal: the app id, the path after https://queue.fal.run/, such as fal-ai/flux/dev.
     "fal": Provider(
         label="fal", public_base_url="https://queue.fal.run", requires=("provider_model",),
         model_pattern=re.compile(rf"{_NAME}(/{_NAME})+"),
         model_form="an app id such as fal-ai/flux/dev",
+        webhooks="job",
     ),
     # RunPod: the serverless endpoint's id (POST /v2/{endpoint_id}/run).
     "runpod": Provider(
         label="RunPod", public_base_url="https://api.runpod.ai", requires=("provider_model",),
         model_pattern=re.compile(r"[A-Za-z0-9_-]+"),
         model_form="the endpoint id, letters, digits, - and _ (no /)",
+        webhooks="job",
     ),
     # Leonardo: an image model's modelId (a UUID) or a video model (MOTION2FAST, VEO3, ...).
     "leonardo": Provider(
         label="Leonardo", public_base_url="https://cloud.leonardo.ai", requires=("provider_model",),
         model_pattern=re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Z0-9_]+"),
         model_form="an image model's modelId (a UUID) or a video model such as MOTION2FAST",
+        webhooks="key",
+        callback_secret=True,
     ),
     # ComfyUI: your own server, so no public API; the job is a workflow graph, not a model name.
     "comfyui": Provider(
         label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"),
     ),
-    # Our own protocol (coordination/runners/client.py): provider_url and provider_style.
+    # Our own protocol (coordination/runners/adapters/generic.py): provider_url and provider_style.
     # provider_model is kept but unused (the protocol sends the catalog's name): a guide model switched
     # to generic keeps the record of its real provider's name for it.
     "generic": Provider(
         label="generic", public_base_url="", requires=("provider_url",), adapter=True,
         model_pattern=re.compile(r".+", re.S), model_form="any text (unused: the protocol sends the catalog name)",
+        webhooks="job",
+        callback_secret=True,
     ),
 }
 

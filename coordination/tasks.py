@@ -401,7 +401,6 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
     or an attempt that is no longer ours, drops the provider's job again."""
     # Imported here, as the HTTP stack is by normal_run: only a worker that sends a job to a provider carries it.
     from coordination.providers import store as provider_store
-    from coordination.runners import client as provider_client
 
     run = None
     if not cancelled:
@@ -412,11 +411,7 @@ def _let_go(job: Job, attempt: int, at: "AtProvider", *, cancelled: bool) -> Non
             logger.warning("Could not record job %s attempt %s at the provider: database unavailable", job.job_id, attempt)
     if run is not None:
         return None
-    provider = runner_call(at.model, job_id=job.job_id, prompt="").provider
-    confirmed = provider_client.run(
-        lambda client: provider_client.cancel(client, provider, at.accepted.status_url, job_id=job.job_id),
-        should_stop=lambda: False,
-    )
+    confirmed = get_runner(at.model.runner).drop(runner_call(at.model, job_id=job.job_id, prompt=""), at.accepted)
     logger.info("Job %s attempt %s: provider job %s dropped again (%s)", job.job_id, attempt,
                 at.accepted.provider_job_id, "confirmed" if confirmed else "not confirmed")
     if cancelled:

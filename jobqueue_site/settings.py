@@ -209,9 +209,10 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
 COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
 COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
-# Where this service is reached from outside: a callback provider is told to call back at
-# <COORDINATOR_PUBLIC_URL>/providers/<model>/callback.
-COORDINATOR_PUBLIC_URL = os.environ.get("COORDINATOR_PUBLIC_URL", "http://127.0.0.1:8000")
+# Where providers reach this service from outside: a provider that can call back is told to at
+# <COORDINATOR_PUBLIC_URL>/providers/<model>/callback. Empty (the default): no provider could reach
+# us, so none is asked to; every job at a provider is polled.
+COORDINATOR_PUBLIC_URL = os.environ.get("COORDINATOR_PUBLIC_URL", "")
 # Each qcluster's poller (coordination/providers/poller.py): how many provider requests it has open at
 # once, and how often it looks for jobs to adopt and cancels to send (it renews its leases every third
 # of COORDINATOR_LEASE_SECONDS).
@@ -219,6 +220,8 @@ COORDINATOR_POLLER_CONCURRENCY = env_int("COORDINATOR_POLLER_CONCURRENCY", 50)
 COORDINATOR_POLLER_TICK = float(os.environ.get("COORDINATOR_POLLER_TICK", "1.0"))
 # Each poller logs what it watches and what that cost the database this often (seconds).
 COORDINATOR_POLLER_REPORT = float(os.environ.get("COORDINATOR_POLLER_REPORT", "60"))
+# fal signs its webhooks with ED25519 keys published here (fetched when needed, kept for a day).
+COORDINATOR_FAL_JWKS_URL = os.environ.get("COORDINATOR_FAL_JWKS_URL", "https://rest.alpha.fal.ai/.well-known/jwks.json")
 # A job at a provider that we cancel or end (its timeout, Reset state, reconcile) keeps its models until the
 # provider confirms its DELETE, or for this many seconds.
 COORDINATOR_PROVIDER_CANCEL_GRACE = env_int("COORDINATOR_PROVIDER_CANCEL_GRACE", 30)

@@ -1,4 +1,5 @@
-"""POST /providers/{model}/callback: a provider tells us a job ended (coordination/providers/callbacks.py)."""
+"""POST /providers/{model}/callback and POST /providers/leonardo/webhook: a provider tells us about a job
+(coordination/providers/callbacks.py)."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -9,7 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coordination.api.views import COMMON_ERRORS, _error
-from coordination.providers.callbacks import CallbackRefused, callback_receive
+from coordination.providers.callbacks import callback_receive, key_webhook_receive
+from coordination.runners.adapters import CallbackRefused
 
 
 class CallbackAnswerSerializer(serializers.Serializer):
@@ -29,8 +31,9 @@ class CallbackAuthentication:
 
 @extend_schema(
     summary="A provider's callback",
-    description="A job at a callback provider has ended: `{\"id\": <provider job id>, \"status\": \"succeeded\" | "
-    "\"failed\" | \"cancelled\", \"output\"?, \"error\"?}`, authenticated with the model's secret "
+    description="A provider's webhook about a job of this model, checked the provider's way (docs/providers.md): "
+    "Replicate's Standard Webhooks signature, fal's ED25519 signature, RunPod's token in the URL we gave it, "
+    "or, for the generic protocol, `{\"id\": <provider job id>, \"status\": ...}` with the model's secret "
     "(`Authorization: Bearer <secret>`, or `X-Signature: sha256=<hex HMAC-SHA256 of the body>`). "
     "A repeated callback changes nothing.",
     auth=[],
@@ -52,9 +55,41 @@ class ProviderCallbackView(APIView):
     def post(self, request, model: str):
         body = request.body  # the raw bytes, as signed (read before anything parses them)
         try:
-            heard = callback_receive(model_name=model, body=body, headers=request.headers)
+            heard = callback_receive(model_name=model, body=body, headers=request.headers, query=request.query_params)
         except CallbackRefused as refused:
             raise AuthenticationFailed(str(refused)) from None
-        if heard.code >= 400:
-            return Response({"error": heard.message, "code": "invalid" if heard.code == 400 else "not_found"}, status=heard.code)
-        return Response({"message": heard.message, "job_id": heard.job_id}, status=heard.code)
+        return _answer(heard)
+
+
+@extend_schema(
+    summary="Leonardo's webhook",
+    description="Leonardo calls back once per API key (set at Leonardo: this URL and a webhook API key), "
+    "with `Authorization: Bearer <webhook API key>`: checked against the key of the model whose job the "
+    "generation is (its callback_secret_env), then confirmed by asking Leonardo. A repeated callback changes nothing.",
+    auth=[],
+    request=OpenApiTypes.OBJECT,
+    responses={
+        200: OpenApiResponse(CallbackAnswerSerializer, description="Recorded (or already recorded)."),
+        202: OpenApiResponse(CallbackAnswerSerializer, description="Not an end: noted."),
+        400: _error("The body is not JSON, or names no generation."),
+        401: _error("No key, a wrong one, or no job of ours: nothing changed."),
+        503: COMMON_ERRORS[503],
+    },
+)
+class LeonardoWebhookView(APIView):
+    authentication_classes = [CallbackAuthentication]
+    permission_classes = [AllowAny]
+
+    def post(self, request):
+        body = request.body
+        try:
+            heard = key_webhook_receive(kind="leonardo", body=body, headers=request.headers)
+        except CallbackRefused as refused:
+            raise AuthenticationFailed(str(refused)) from None
+        return _answer(heard)
+
+
+def _answer(heard) -> Response:
+    if heard.code >= 400:
+        return Response({"error": heard.message, "code": "invalid" if heard.code == 400 else "not_found"}, status=heard.code)
+    return Response({"message": heard.message, "job_id": heard.job_id}, status=heard.code)

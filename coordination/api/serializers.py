@@ -275,6 +275,9 @@ class AtProviderSerializer(serializers.Serializer):
     status = serializers.CharField(help_text="What the provider last said of its job (queued, running, ...).")
     since = serializers.DateTimeField(help_text="When the provider accepted it (the worker let go of it then).")
     watched = serializers.BooleanField(help_text="Whether a poller watches it now (false: waiting to be adopted).")
+    progress = serializers.FloatField(allow_null=True, help_text="How far along the provider says it is, 0-1 (null: it does not say).")
+    queue_position = serializers.IntegerField(
+        allow_null=True, help_text="Its place in the provider's own line, 0 first (null: the provider does not say, or it runs).")
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -318,7 +321,8 @@ class JobSerializer(serializers.ModelSerializer):
         if run is None:
             return None
         return AtProviderSerializer({"provider_job_id": run.provider_job_id, "style": run.style, "status": run.provider_status,
-                                     "since": run.submitted_at, "watched": bool(run.watcher)}).data
+                                     "since": run.submitted_at, "watched": bool(run.watcher),
+                                     "progress": run.progress, "queue_position": run.queue_position}).data
 
     def _execution(self, job: Job):
         return getattr(job, "workflow_execution", None) if job.kind == Job.Kind.WORKFLOW else None

@@ -22,6 +22,8 @@ urlpatterns = [
     path("models", views.ModelListView.as_view(), name="model-list"),
     # A model's name may hold a slash (minimax/video-01): /models/minimax/video-01 as written.
     path("models/<path:name>", views.ModelDetailView.as_view(), name="model-detail"),
+    # Leonardo's webhook is set once per API key, not per job: one route for the provider.
+    path("providers/leonardo/webhook", providers.LeonardoWebhookView.as_view(), name="leonardo-webhook"),
     # A model's name may hold a slash (minimax/video-01).
     path("providers/<path:model>/callback", providers.ProviderCallbackView.as_view(), name="provider-callback"),
 ]

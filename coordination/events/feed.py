@@ -79,6 +79,8 @@ def as_of(job: Job, state: dict, position: int | None) -> dict:
             data[column] = state.get(column)
     if state.get("status") != Job.Status.COMPLETED:
         data["result"] = None  # a result exists from the completion on
+    if isinstance(state.get("at_provider"), dict) and data.get("at_provider"):
+        data["at_provider"] = {**data["at_provider"], **state["at_provider"]}  # a progress event: as it was then
     return data
 
 

@@ -1,8 +1,10 @@
 """The triggers that write `job_events` (coordination.models.JobEvent).
 
 A row is added whenever a job is inserted, whenever one of the fields a client sees changes (status,
-priority, what it waits for, a cancel asked for) and whenever a workflow's current step changes, in
-the transaction that makes the change. Triggers rather than calls in our code: the coordinator's SQL
+priority, what it waits for, a cancel asked for), whenever a workflow's current step changes, and
+whenever what a provider says of a job it runs changes (`provider_runs`: its status, progress or
+place in its line; the event `progress`, its state carrying `at_provider`), in the transaction that
+makes the change. Triggers rather than calls in our code: the coordinator's SQL
 fast path, the Python path, the repairs and an operator's own SQL all change jobs, and none of them
 can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
 per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
@@ -26,6 +28,7 @@ STATE_COLUMNS = (
     "error", "attempt", "cancel_requested_at",
 )
 STEP_COLUMNS = ("current_step", "current_step_model")
+PROGRESS_COLUMNS = ("provider_status", "progress", "queue_position")
 WATCHED = ("status", "priority", "blocked_by_job_id", "conflict_reason", "cancel_requested_at")
 CHANNEL = "job_events"
 
@@ -63,7 +66,8 @@ def _wanted(job: str, event: str) -> str:
         ELSE {job}.webhook_events_filter ? {event} END)"""
 
 
-def postgresql_sql() -> str:
+def postgresql_sql(*, progress: bool = True) -> str:
+    """The statements; `progress`: with the trigger on provider_runs (migrations before 0025 have no such columns)."""
     d = "IS DISTINCT FROM"
     return f"""
 CREATE OR REPLACE FUNCTION jq_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -85,6 +89,12 @@ BEGIN
                 FROM workflow_executions WHERE job_id = NEW.job_id;
             END IF;
         END IF;
+    ELSIF TG_TABLE_NAME = 'provider_runs' THEN
+        what := 'progress';
+        SELECT * INTO j FROM jobs WHERE job_id = NEW.job_id;
+        IF j.status IS DISTINCT FROM 'running' OR j.attempt IS DISTINCT FROM NEW.attempt THEN
+            RETURN NULL;  -- the job moved on: its run's last words are no news
+        END IF;
     ELSE
         what := 'step';
         SELECT * INTO j FROM jobs WHERE job_id = NEW.job_id;
@@ -92,6 +102,10 @@ BEGIN
         step_model := NEW.current_step_model;
     END IF;
     fields := jsonb_build_object({_pairs('j', 'step', 'step_model')});
+    IF what = 'progress' THEN
+        fields := fields || jsonb_build_object('at_provider', jsonb_build_object(
+            'status', NEW.provider_status, 'progress', NEW.progress, 'queue_position', NEW.queue_position));
+    END IF;
     INSERT INTO job_events (job_id, event, state, created_at) VALUES (j.job_id, what, fields, now());
     IF {_wanted('j', 'what')} THEN
         INSERT INTO webhook_deliveries (webhook_id, job_id, event_type, url, payload, event_state, state, attempts,
@@ -111,7 +125,11 @@ CREATE TRIGGER job_events_update AFTER UPDATE OF {", ".join(WATCHED)} ON jobs FO
 DROP TRIGGER IF EXISTS job_events_step ON workflow_executions;
 CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON workflow_executions FOR EACH ROW
     WHEN ({_changed(STEP_COLUMNS, d)}) EXECUTE FUNCTION jq_job_event();
-"""
+""" + (f"""
+DROP TRIGGER IF EXISTS job_events_progress ON provider_runs;
+CREATE TRIGGER job_events_progress AFTER UPDATE OF {", ".join(PROGRESS_COLUMNS)} ON provider_runs FOR EACH ROW
+    WHEN (NEW.state = 'in_flight' AND ({_changed(PROGRESS_COLUMNS, d)})) EXECUTE FUNCTION jq_job_event();
+""" if progress else "")
 
 
 def install(schema_editor) -> None:
@@ -120,7 +138,9 @@ def install(schema_editor) -> None:
     if "job_events" not in connection.introspection.table_names():
         return
     with connection.cursor() as cursor:
-        cursor.execute(postgresql_sql())
+        runs = ("provider_runs" in connection.introspection.table_names()
+                and any(column.name == "progress" for column in connection.introspection.get_table_description(cursor, "provider_runs")))
+        cursor.execute(postgresql_sql(progress=runs))
 
 
 def uninstall(schema_editor) -> None:
@@ -128,6 +148,7 @@ def uninstall(schema_editor) -> None:
     connection = schema_editor.connection
     with connection.cursor() as cursor:
         for trigger, table in (("job_events_insert", "jobs"), ("job_events_update", "jobs"),
-                               ("job_events_step", "workflow_executions")):
-            cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+                               ("job_events_step", "workflow_executions"), ("job_events_progress", "provider_runs")):
+            if table in connection.introspection.table_names():
+                cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
         cursor.execute("DROP FUNCTION IF EXISTS jq_job_event()")

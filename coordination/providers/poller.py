@@ -10,7 +10,9 @@ about each job at the model's poll interval (a callback provider's job: ten time
 safety net); a provider's limit or outage is waited out (its Retry-After, else back-off) by asking
 again later, holding no request open meanwhile. Each outcome (a provider's last
 word, a timeout, a cancel) is reported through the coordinator: those that come together, in one
-transaction, in the background while polls go on. A cancel asked for is sent to the provider (`DELETE status_url`); the job ends cancelled
+transaction, in the background while polls go on, with what providers said of the jobs still at them
+(a status, a progress: stored when it changes, a progress at most twice a second per job). A cancel
+asked for is sent to the provider (its adapter's way); the job ends cancelled
 once the provider confirms, or after COORDINATOR_PROVIDER_CANCEL_GRACE seconds saying it did not. A job
 the coordinator ends otherwise (its deadline, here or by the reaper; an operator's Reset state or reconcile:
 provider_runs.stop_reason) is stopped the same way and then fails, never retried: until then it keeps its
@@ -34,11 +36,12 @@ from django.db import DatabaseError, InterfaceError, connection, connections
 from django.utils import timezone
 
 from coordination.models import CatalogModel
-from coordination.runners import client as provider_client
 from coordination.providers import store
-from coordination.runners.client import AskAgain, Status
+from coordination.runners import client as provider_client
 from coordination.runners import runner_call
+from coordination.runners.adapters import adapter_of
 from coordination.runners.base import Provider, RunnerError
+from coordination.runners.client import AskAgain, Status
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ DEFAULT_INTERVAL = 5.0  # seconds, for a run whose provider is not known yet (th
 POLL_TOGETHER = 0.2  # seconds: polls falling due this close together are sent at once
 QUESTION_TIMEOUT = 60.0  # seconds one poll may wait for its answer (a provider that hangs holds no slot longer)
 ADOPT_AT_ONCE = 5000
+PROGRESS_EVERY = 0.5  # seconds: a job's progress is stored (and streamed) at most this often
 
 
 class Poller:
@@ -57,6 +61,7 @@ class Poller:
         self._next: dict[int, float] = {}  # each run's next poll: an entry of _due at another time is stale
         self._asking: set[int] = set()  # runs with a request out now
         self._endings: list[store.Ending] = []
+        self._seen: dict[int, store.Seen] = {}  # what providers now say of jobs still at them, to be stored
         self._providers: dict[str, Provider] = {}
         self._last_known: dict[str, Provider] = {}  # kept when the catalog no longer says (see _provider)
         self._stop: asyncio.Event | None = None
@@ -119,7 +124,7 @@ class Poller:
                         continue
                     next_tick = time.monotonic() + settings.COORDINATOR_POLLER_TICK
                 self._ask_due(client)
-                if self._endings and (self._flushing is None or self._flushing.done()):
+                if (self._endings or self._seen) and (self._flushing is None or self._flushing.done()):
                     # In the background: polls keep going out while the database ends a batch.
                     self._flushing = asyncio.ensure_future(self._flush_endings())
                 wake = min(next_tick, self._due[0][0] if self._due else next_tick)
@@ -213,6 +218,7 @@ class Poller:
         if old.stop_reason and not new.stop_reason:  # its own deadline's, written a moment ago
             new.stop_reason = old.stop_reason
         new.provider_status = old.provider_status  # may be newer than the row read a moment ago
+        new.progress, new.queue_position, new.progress_stored_at = old.progress, old.queue_position, old.progress_stored_at
         new.unanswered = old.unanswered
         if old.asked_as == self._providers.get(new.model):  # else built again, as the catalog says now
             new.request, new.asked_as = old.request, old.asked_as
@@ -276,10 +282,11 @@ class Poller:
         left = (watch.deadline_at - now).total_seconds()
         self.counts["polls"] += 1
         try:
+            adapter = adapter_of(provider.kind)
             if watch.request is None:
-                watch.request = provider_client.status_request(client, provider, watch.status_url, job_id=watch.job_id)
+                watch.request = adapter.status_request(client, provider, watch)
                 watch.asked_as = provider
-            status = await provider_client.ask(client, watch.request, timeout=min(left, QUESTION_TIMEOUT))
+            status = await adapter.ask(client, provider, watch, request=watch.request, timeout=min(left, QUESTION_TIMEOUT))
         except AskAgain as again:
             # A limit (429, 503) or an outage: waited out, holding no request open, until the job's
             # deadline (then the job times out as any other would).
@@ -291,16 +298,27 @@ class Poller:
         watch.unanswered = 0
         if status.ended:
             return self._ending(watch, status), None
-        if status.state != watch.provider_status:  # a statement only when the provider's word changed
-            await self._in_db(store.status_seen, watch.run_id, status.state)
-            watch.provider_status = status.state
+        self._note(watch, status)
         return None, None
+
+    def _note(self, watch: store.Watched, status: Status) -> None:
+        """What the provider says of a job still at it, to be stored (with the next batch) when it
+        changed: its status at once, its progress and place in line at most every PROGRESS_EVERY s."""
+        progress = None if status.progress is None else round(min(1.0, max(0.0, status.progress)), 2)
+        moved = (progress, status.queue_position) != (watch.progress, watch.queue_position)
+        now = time.monotonic()
+        if status.state == watch.provider_status and not (moved and now - watch.progress_stored_at >= PROGRESS_EVERY):
+            return
+        watch.provider_status, watch.progress, watch.queue_position = status.state, progress, status.queue_position
+        watch.progress_stored_at = now
+        self._seen[watch.run_id] = store.Seen(watch.run_id, status.state, progress, status.queue_position)
+        self._wakeup.set()
 
     async def _stop_at_provider(self, client, watch, provider) -> store.Ending | None:
         """Send the provider its cancel (again at each poll until it confirms); the job ends once it
         confirms, or COORDINATOR_PROVIDER_CANCEL_GRACE seconds after the first cancel went out. Until
         then it keeps its slot and models: the provider may still be running it."""
-        confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)
+        confirmed = await adapter_of(provider.kind).cancel(client, provider, watch)
         if watch.cancel_sent_at is None:
             await self._in_db(store.cancel_sent, watch.run_id)
             watch.cancel_sent_at = timezone.now()
@@ -319,7 +337,7 @@ class Poller:
     async def _orphan_close(self, client, watch, provider) -> store.Ending:
         """A run in flight whose job no longer runs at its attempt (ended without it: hand-written SQL,
         an older release): cancelled at the provider, closed, and said so. Its job's end stands."""
-        confirmed = await provider_client.cancel(client, provider, watch.status_url, job_id=watch.job_id)
+        confirmed = await adapter_of(provider.kind).cancel(client, provider, watch)
         logger.warning(
             "Provider poller %s: job %s ended while its attempt %s was still at the provider as %s; cancelled it there "
             "(%s) and closed its run", self.name, watch.job_id, watch.attempt, watch.provider_job_id,
@@ -331,6 +349,13 @@ class Poller:
         return store.Ending(watch.run_id, status, watcher=self.name, fence=watch.fence, error=error, orphan=orphan)
 
     async def _flush_endings(self) -> None:
+        """Report the outcomes that came in, and store what providers said of the jobs still at them."""
+        if self._seen:
+            seen, self._seen = list(self._seen.values()), {}
+            try:
+                await self._in_db(store.runs_seen, seen)
+            except (DatabaseError, InterfaceError) as error:  # only news: the next change says it again
+                logger.warning("Provider poller %s: could not store what providers said (%s)", self.name, error)
         if not self._endings:
             return
         endings, self._endings = self._endings, []

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from coordination.exceptions import StaleAttempt
 from coordination.models import Job, JobQueueLog, ProviderRun
+from coordination.runners import style_of
 from coordination.runners.client import Accepted, Status, result_of
 from coordination.services import job_complete, job_fail, job_stopped
 
@@ -52,15 +53,17 @@ def run_record(
             pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt
         ).update(lease_expires_at=_lease(now), heartbeat_at=now):
             return None
+        style = style_of(model)
         run = ProviderRun.objects.create(
-            job_id=job_id, attempt=attempt, model=model.name, style=model.provider_style,
-            provider_job_id=accepted.provider_job_id, status_url=accepted.status_url,
-            provider_status=accepted.status.state, submitted_at=now,
+            job_id=job_id, attempt=attempt, model=model.name, style=style,
+            provider_job_id=accepted.provider_job_id, status_url=accepted.status_url, provider_data=accepted.data,
+            provider_status=accepted.status.state, progress=accepted.status.progress,
+            queue_position=accepted.status.queue_position, submitted_at=now,
             deadline_at=(started_at or now) + timedelta(seconds=model.attempt_timeout),
         )
         JobQueueLog.objects.create(job_id=job_id, job_type=Job.Kind.NORMAL, event_type=JobQueueLog.Event.AT_PROVIDER,
                                    details={"attempt": attempt, "provider_job_id": accepted.provider_job_id,
-                                            "style": model.provider_style})
+                                            "style": style})
     logger.info("Job %s attempt %s is at the provider as %s; its worker lets go of it",
                 job_id, attempt, accepted.provider_job_id)
     return run
@@ -79,11 +82,15 @@ class Watched:
     provider_job_id: str
     status_url: str
     deadline_at: datetime
+    data: dict
     cancel_requested: bool = False
     stop_reason: str | None = None  # the coordinator ends the job for this reason (provider_runs.stop_reason)
     orphan: bool = False  # its job no longer runs at this attempt: cancelled at the provider and closed
     cancel_sent_at: datetime | None = None
     provider_status: str = ""  # what the provider last said (written only when it changes)
+    progress: float | None = None  # and of its progress and place in its line (stored when they change)
+    queue_position: int | None = None
+    progress_stored_at: float = 0.0  # monotonic: a progress is stored at most twice a second
     # The poller's own, never stored: the question it sends at each poll (built at the first, again
     # when the catalog's provider changed), and how many in a row went unanswered (a limit, an outage).
     request: object = None
@@ -112,15 +119,17 @@ def watches_read(*, watcher: str, run_ids: list[int] | None = None) -> list[Watc
         runs = runs.filter(id__in=run_ids)
     rows = runs.values_list(
         "id", "job_id", "attempt", "fence", "model", "style", "provider_job_id", "status_url", "deadline_at",
-        "cancel_sent_at", "provider_status", "stop_reason", "job__cancel_requested_at", "job__attempt", "job__status",
+        "provider_data", "cancel_sent_at", "provider_status", "progress", "queue_position", "stop_reason",
+        "job__cancel_requested_at", "job__attempt", "job__status",
     )
     return [
-        Watched(run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at,
+        Watched(run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at, data or {},
                 cancel_requested=cancel_requested_at is not None, stop_reason=stop_reason,
                 orphan=job_status != Job.Status.RUNNING or job_attempt != attempt,
-                cancel_sent_at=cancel_sent_at, provider_status=provider_status)
-        for (run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at, cancel_sent_at,
-             provider_status, stop_reason, cancel_requested_at, job_attempt, job_status) in rows
+                cancel_sent_at=cancel_sent_at, provider_status=provider_status, progress=progress,
+                queue_position=queue_position)
+        for (run_id, job_id, attempt, fence, model, style, provider_job_id, status_url, deadline_at, data, cancel_sent_at,
+             provider_status, progress, queue_position, stop_reason, cancel_requested_at, job_attempt, job_status) in rows
     ]
 
 
@@ -231,6 +240,25 @@ def _report(run: ProviderRun, ending: Ending) -> None:
         pass  # the job moved on meanwhile (ended by hand, say): refused and recorded by the coordinator; the run is done
 
 
-def status_seen(run_id: int, state: str) -> None:
-    """The provider's word changed (queued → running): shown on the job while it waits there."""
-    ProviderRun.objects.filter(pk=run_id, state=IN_FLIGHT).exclude(provider_status=state).update(provider_status=state)
+@dataclass(frozen=True)
+class Seen:
+    """What a provider now says of a job still at it: its status, progress and place in its line."""
+
+    run_id: int
+    state: str
+    progress: float | None = None
+    queue_position: int | None = None
+
+
+def runs_seen(seen: list[Seen]) -> None:
+    """Store what providers now say of jobs still at them, in one statement for the lot (each change is
+    a job.progress event: coordination/events/triggers.py). A run no longer in flight is left alone."""
+    if not seen:
+        return
+    rows = ", ".join(["(%s::bigint, %s::text, %s::float8, %s::integer)"] * len(seen))
+    params = [value for one in seen for value in (one.run_id, one.state, one.progress, one.queue_position)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE provider_runs AS run SET provider_status = seen.state, progress = seen.progress, "
+            f"queue_position = seen.queue_position FROM (VALUES {rows}) AS seen(id, state, progress, queue_position) "
+            f"WHERE run.id = seen.id AND run.state = 'in_flight'", params)

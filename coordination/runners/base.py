@@ -20,7 +20,16 @@ def _never() -> bool:
 class Provider:
     """Where the http runner sends a model's work, as the catalog says (the runner reads no table)."""
 
-    url: str
+    # Which adapter speaks to it (coordination/runners/adapters; provider_catalog.PROVIDERS' keys).
+    kind: str = "generic"
+    # generic: where a job is POSTed (provider_url). The others: the scheme and host their own paths
+    # follow (provider_base_url, else the public API).
+    url: str = ""
+    # The provider's own name for the model (provider_model), its input mapping (provider_input) and,
+    # for ComfyUI, the workflow (provider_workflow): coordination/provider_catalog.py has their shapes.
+    model: str = ""
+    input_map: dict = field(default_factory=dict)
+    workflow: dict | None = None
     # The NAME of the environment variable holding the token; the secret never leaves the worker's environment.
     credential_env: str = ""
     style: str = "sync"  # sync: answers the result; poll: answers a job to poll; callback: a job, then calls back
@@ -29,6 +38,8 @@ class Provider:
     max_connect_retries: int = 3
     poll_interval_seconds: float = 5.0
     callback_url: str = ""  # where a callback provider sends the job's end (COORDINATOR_PUBLIC_URL)
+    # The NAME of the variable holding the secret its webhooks carry (Replicate's whsec_..., Leonardo's key).
+    callback_secret_env: str = ""
 
 
 @dataclass(frozen=True)

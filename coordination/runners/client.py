@@ -1,29 +1,15 @@
-"""A generation provider over HTTP: the protocol our `http` runner speaks, with httpx for the requests
-and tenacity for waiting out what a provider asks us to wait out.
+"""Talking to a generation provider over HTTP, whichever it is (the adapters in
+coordination/runners/adapters speak each one's API through this): httpx for the requests and tenacity
+for waiting out what a provider asks us to wait out.
 
-The protocol (the catalog model says where and how: `provider_url`, `provider_style`,
-`credential_env`, `timeout_seconds`, `max_connect_retries`):
-
-- **Submit**: `POST provider_url`, JSON `{"model", "prompt", "params", "inputs", "job_id"}` (and
-  `"callback_url"` for a callback provider), `Idempotency-Key: <job_id>:<attempt>` (a submit sent
-  again for the same attempt is the same job to the provider), and `Authorization: Bearer <token>`
-  when `credential_env` names a variable (only its name is in the database).
-- **sync**: the 2xx JSON answer is the result (one that is not an object is wrapped as
-  `{"output": answer}`, so a workflow's next step still finds `output`).
-- **Files**: the provider's `files` in a result (sync answer, ended status, callback body), else the
-  URLs in its `output`, become the result's `files` (coordination/runners/results.py).
-- **poll** and **callback**: the 2xx answer names the provider's job, `{"id", "status_url"?, "status"?}`;
-  without a `status_url` it is `provider_url/<id>` (a relative one is resolved against
-  `provider_url`). `GET status_url` answers `{"status": "queued" | "running" | "succeeded" | "failed" |
-  "cancelled", "output"?, "error"?, "progress"?}`; a callback provider POSTs the same body, with its
-  `id`, to `callback_url` when the job ends (coordination/providers/callbacks.py).
-- **Cancel**: `DELETE status_url`; a 2xx (or a 404: there is no such job any more) confirms it.
 - **Limits**: a `429` or `503` is waited out, for `Retry-After` seconds (or until its date) when it
   says, else with exponential back-off and jitter, without failing the job, until the attempt's
   deadline (`timeout_seconds` from its start). A refused or reset connection or another 5xx is tried again
   `max_connect_retries` times when submitting; when asking about a job already at the provider, it is
   waited out like a limit (the job is there; an outage does not end it). Any other 4xx fails the job
   with the provider's own words. Redirects are not followed.
+- **Files**: a result's `files` are the provider's list, else the URLs in its `output`
+  (coordination/runners/results.py).
 """
 
 import asyncio
@@ -32,9 +18,8 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
-from urllib.parse import urljoin
 from uuid import UUID
 
 # httpx's command-line client pulls in rich, click and pygments (4 MB in every process) when they are
@@ -44,7 +29,7 @@ sys.modules.setdefault("httpx._main", None)
 import httpx  # noqa: E402
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from coordination.runners.base import Provider, RunnerCall, RunnerError, RunnerStopped
+from coordination.runners.base import Provider, RunnerError, RunnerStopped
 from coordination.runners.results import runner_result
 
 MESSAGE_LIMIT = 500
@@ -68,58 +53,36 @@ class AskAgain(Exception):
 
 @dataclass(frozen=True)
 class Status:
-    state: str  # queued, running, succeeded, failed, cancelled (or whatever the provider said)
+    """A provider's word on its job, in our terms: `state` is queued, running, succeeded, failed or
+    cancelled (or, unmapped, what it said); `progress` 0-1 and `queue_position` when it says them."""
+
+    state: str
     output: object = None
     error: str | None = None
     progress: float | None = None
     files: object = None  # the provider's `files`, as it said them (results.files_listed reads them)
+    queue_position: int | None = None
 
     @property
     def ended(self) -> bool:
         return self.state in ENDED
 
-    @classmethod
-    def of(cls, body) -> "Status":
-        if not isinstance(body, dict):
-            return cls("unknown", error=message_of(body))
-        progress = body.get("progress")
-        error = message_of(body) if body.get("status") in ("failed", "cancelled") else None
-        return cls(str(body.get("status") or "unknown"), body.get("output"), error,
-                   float(progress) if isinstance(progress, (int, float)) else None, body.get("files"))
-
 
 @dataclass(frozen=True)
 class Accepted:
-    """The provider took the job: its id, where to ask about it, and what it said first."""
+    """The provider took the job: its id, where to ask about it, what it said first, and what else the
+    adapter needs later (its other URLs, say; stored on the run as provider_data)."""
 
     provider_job_id: str
     status_url: str
     status: Status
+    data: dict = field(default_factory=dict)
+    job_id: UUID | None = None
 
 
 def result_of(provider_job_id: str, status: Status) -> dict:
     """A job's result from its provider's last word (succeeded)."""
     return runner_result(status.output, files=status.files, runner="http", provider_job_id=provider_job_id)
-
-
-def sync_result(answer) -> dict:
-    """A sync provider's answer as the result: its fields as given, with `output` and `files`."""
-    if not isinstance(answer, dict):
-        return runner_result(answer)
-    fields = {key: value for key, value in answer.items() if key not in ("output", "files")}
-    return runner_result(answer.get("output"), files=answer.get("files"), **fields)
-
-
-def headers(provider: Provider, *, job_id: UUID, attempt: int | None = None) -> dict:
-    out = {"Accept": "application/json", "User-Agent": "job-queue-coordinator"}
-    if provider.credential_env:
-        token = os.environ.get(provider.credential_env)
-        if not token:
-            raise RunnerError(f"Credential environment variable {provider.credential_env} is not set")
-        out["Authorization"] = f"Bearer {token}"
-    if attempt is not None:
-        out["Idempotency-Key"] = f"{job_id}:{attempt}"
-    return out
 
 
 _tls: list = []  # [(pid, context)]: one TLS context per process
@@ -145,53 +108,19 @@ def new_pooled_client(*, max_connections: int) -> httpx.AsyncClient:
     return new_pooled(max_connections=max_connections)
 
 
-async def submit(client: httpx.AsyncClient, call: RunnerCall, *, attempt: int | None, deadline: float,
-                 callback_url: str | None = None):
-    """Send the job. A sync provider's answer is the result (a dict); a poll or callback provider's is
-    Accepted."""
-    provider = call.provider
-    body = {"model": call.model, "prompt": call.prompt, "params": call.params, "inputs": call.inputs,
-            "job_id": str(call.job_id)}
-    if callback_url:
-        body["callback_url"] = callback_url
-    answer = await _request(client, "POST", provider.url, provider=provider, deadline=deadline, patient=False,
-                            headers=headers(provider, job_id=call.job_id, attempt=attempt), json=body)
-    if provider.style == "sync":
-        return sync_result(answer)
-    if not isinstance(answer, dict) or answer.get("id") in (None, ""):
-        raise RunnerError(f"Provider answered no job id to poll: {message_of(answer)}")
-    provider_job_id = str(answer["id"])
-    status_url = (urljoin(provider.url, answer["status_url"]) if answer.get("status_url")
-                  else f"{provider.url.rstrip('/')}/{provider_job_id}")
-    return Accepted(provider_job_id, status_url, Status.of({**answer, "status": answer.get("status") or "queued"}))
-
-
-async def status(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID,
-                 deadline: float) -> Status:
-    """What the provider says of its job now (outages and limits waited out until the deadline)."""
-    answer = await _request(client, "GET", status_url, provider=provider, deadline=deadline, patient=True,
-                            headers=headers(provider, job_id=job_id))
-    return Status.of(answer)
-
-
-def status_request(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> httpx.Request:
-    """The question `ask` sends about one job, built once and sent at each poll."""
-    return client.build_request("GET", status_url, headers=headers(provider, job_id=job_id))
-
-
-async def ask(client, request: httpx.Request, *, timeout: float) -> Status:
-    """What the provider says of its job now, asked through the poller's client (new_pooled_client): one
-    question, answered or not within `timeout`. A limit or an outage raises AskAgain (with the wait the
-    provider asked for, if it did): the poller asks again later, holding nothing meanwhile; a refusal
-    (another 4xx) raises RunnerError."""
+async def send(client, request: httpx.Request, *, timeout: float):
+    """One question, answered or not within `timeout` (the poller's, through new_pooled_client, sends
+    the same request again at each poll). A limit or an outage raises AskAgain (with the wait the
+    provider asked for, if it did): ask again later, holding nothing meanwhile; a refusal (another
+    4xx) raises RunnerError. Returns the answer's JSON (or its text)."""
     request.extensions["timeout"] = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
     try:
-        response = await client.send_again(request)
+        response = await (client.send_again(request) if hasattr(client, "send_again") else client.send(request))
     except httpx.TimeoutException:
         raise AskAgain("the provider did not answer in time", counted=True) from None
     except httpx.HTTPError as error:  # refused, reset, cut short, garbled: worth asking again
         raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
-    return Status.of(_decoded(response))
+    return decoded(response)
 
 
 def pause_before(tries: int, again: AskAgain) -> float:
@@ -201,17 +130,7 @@ def pause_before(tries: int, again: AskAgain) -> float:
     return again.after if again.after else BACKOFF(SimpleNamespace(attempt_number=tries))
 
 
-async def cancel(client: httpx.AsyncClient, provider: Provider, status_url: str, *, job_id: UUID) -> bool:
-    """Ask the provider to drop its job; True once it confirmed (a 2xx, or a 404: it has none)."""
-    try:
-        response = await client.request("DELETE", status_url, headers=headers(provider, job_id=job_id),
-                                        timeout=CANCEL_TIMEOUT)
-    except httpx.HTTPError:
-        return False
-    return response.is_success or response.status_code == 404
-
-
-async def _request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool, **kwargs):
+async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool, **kwargs):
     counted = 0
 
     def stop(state: RetryCallState) -> bool:
@@ -239,7 +158,7 @@ async def _request(client, method: str, url: str, *, provider: Provider, deadlin
                 raise AskAgain("the provider did not answer in time", counted=True) from None
             except httpx.TransportError as error:
                 raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
-            return _decoded(response)
+            return decoded(response)
     return retrying.retry_error_callback  # not reached: the callback raises
 
 
@@ -255,7 +174,7 @@ def _give_up(state: RetryCallState, provider: Provider, deadline: float, patient
     raise RunnerError(f"Provider unavailable after {provider.max_connect_retries + 1} tries: {error}")
 
 
-def _decoded(response: httpx.Response):
+def decoded(response: httpx.Response):
     try:
         body = response.json() if response.content.strip() else None
     except ValueError:

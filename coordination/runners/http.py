@@ -1,6 +1,7 @@
-"""The `http` runner: a real model provider (the protocol: coordination/runners/client.py).
+"""The `http` runner: a real model provider, spoken to by its adapter (coordination/runners/adapters:
+Replicate, fal, RunPod, Leonardo, ComfyUI, or our own generic protocol).
 
-A sync provider's answer is the result. A poll or callback provider's job is, for a normal job,
+A generic sync provider's answer is the result. Every other provider's job is, for a normal job,
 submitted by the worker and then left at the provider (`submit`): the job costs a row, watched by
 its qcluster's poller (coordination/providers), not a worker process. A workflow's step waits for its
 provider here (`run`), since the next step needs its output in this worker: it is polled at the
@@ -26,45 +27,54 @@ logger = logging.getLogger("coordination.runners.http")
 
 class HttpRunner:
     def run(self, call: RunnerCall) -> dict:
-        """The result, waiting here for a poll or callback provider's job to end."""
-        from coordination.runners import client as provider_client
+        """The result, waiting here for the provider's job to end."""
+        from coordination.runners import client as http
         from coordination.runners.client import Accepted
 
-        provider = _provider(call)
+        provider, adapter = _provider(call)
         deadline = _deadline(call, provider)
 
         async def work(client):
-            answer = await provider_client.submit(client, call, attempt=call.attempt, deadline=deadline)
+            answer = await adapter.submit(client, call, deadline=deadline, callback_url=None)
             if not isinstance(answer, Accepted):
                 return answer
-            return await _wait_here(client, call, answer, deadline)
+            return await _wait_here(client, call, adapter, answer, deadline)
 
-        return provider_client.run(work, should_stop=call.should_stop)
+        return http.run(work, should_stop=call.should_stop)
 
     def submit(self, call: RunnerCall) -> "dict | Accepted":
-        """Send the job and let go of it: a poll or callback provider's acceptance (the job now waits
-        at the provider), or the result when the provider answered it at once."""
-        from coordination.runners import client as provider_client
+        """Send the job and let go of it: the provider's acceptance (the job now waits at the provider),
+        or the result when the provider answered it at once."""
+        from coordination.runners import client as http
         from coordination.runners.client import Accepted
 
-        provider = _provider(call)
+        provider, adapter = _provider(call)
         deadline = _deadline(call, provider)
 
         async def work(client):
-            answer = await provider_client.submit(client, call, attempt=call.attempt, deadline=deadline,
-                                                  callback_url=provider.callback_url or None)
+            answer = await adapter.submit(client, call, deadline=deadline, callback_url=provider.callback_url or None)
             if isinstance(answer, Accepted) and answer.status.ended:
-                return _outcome(answer.provider_job_id, answer.status)
+                return outcome(answer.provider_job_id, answer.status)
             return answer
 
-        return provider_client.run(work, should_stop=call.should_stop)
+        return http.run(work, should_stop=call.should_stop)
+
+    def drop(self, call: RunnerCall, accepted: "Accepted") -> bool:
+        """Cancel a job the provider accepted that we cannot keep (its cancel came meanwhile, or the
+        attempt is no longer ours); True once the provider confirmed."""
+        from coordination.runners import client as http
+
+        provider, adapter = _provider(call)
+        return http.run(lambda client: adapter.cancel(client, provider, accepted), should_stop=lambda: False)
 
 
-def _provider(call: RunnerCall) -> Provider:
+def _provider(call: RunnerCall):
+    from coordination.runners.adapters import adapter_of
+
     provider = call.provider
     if provider is None or not provider.url:
         raise RunnerError(f"Model {call.model} uses the http runner but has no provider URL")
-    return provider
+    return provider, adapter_of(provider.kind)
 
 
 def _deadline(call: RunnerCall, provider: Provider) -> float:
@@ -74,7 +84,8 @@ def _deadline(call: RunnerCall, provider: Provider) -> float:
     return time.monotonic() + provider.timeout_seconds - elapsed
 
 
-def _outcome(provider_job_id: str, status) -> dict:
+def outcome(provider_job_id: str, status) -> dict:
+    """The result of a provider's job that ended; a RunnerError in the provider's words if it did not succeed."""
     from coordination.runners.client import result_of
 
     if status.state == "succeeded":
@@ -82,27 +93,33 @@ def _outcome(provider_job_id: str, status) -> dict:
     raise RunnerError(f"Provider job {provider_job_id} {status.state}: {status.error or '(no message)'}")
 
 
-async def _wait_here(client, call: RunnerCall, accepted: "Accepted", deadline: float) -> dict:
-    from coordination.runners import client as provider_client
-    from coordination.runners.client import ProviderTimeout
+async def _wait_here(client, call: RunnerCall, adapter, accepted: "Accepted", deadline: float) -> dict:
+    from coordination.runners import client as http
+    from coordination.runners.client import AskAgain, ProviderTimeout
 
     provider, job = call.provider, accepted.provider_job_id
     interval = max(float(call.params.get("poll_interval", provider.poll_interval_seconds)), 0.01)
-    status = accepted.status
+    request = adapter.status_request(client, provider, accepted)
+    status, unanswered = accepted.status, 0
     try:
         while not status.ended:
             if status.progress is not None:
                 logger.info("Job %s: provider job %s at %.0f%%", call.job_id, job, 100 * status.progress)
-            if time.monotonic() + interval >= deadline:
+            pause = interval if not unanswered else http.pause_before(unanswered, again)
+            if time.monotonic() + pause >= deadline:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s")
-            await asyncio.sleep(interval)
-            status = await provider_client.status(client, provider, accepted.status_url, job_id=call.job_id,
-                                                  deadline=deadline)
+            await asyncio.sleep(pause)
+            try:
+                status = await adapter.ask(client, provider, accepted, request=request,
+                                           timeout=max(0.01, deadline - time.monotonic()))
+                unanswered = 0
+            except AskAgain as asked_again:  # a limit or an outage: the job is there; ask again later
+                again, unanswered = asked_again, unanswered + 1
     except (asyncio.CancelledError, ProviderTimeout):
         # Stopped, or out of time: the provider's job is dropped too (best effort, bounded).
-        confirmed = await asyncio.shield(provider_client.cancel(client, provider, accepted.status_url, job_id=call.job_id))
+        confirmed = await asyncio.shield(adapter.cancel(client, provider, accepted))
         (logger.info if confirmed else logger.warning)(
             "Job %s: cancel of provider job %s %s", call.job_id, job, "confirmed" if confirmed else "not confirmed")
         raise
-    return _outcome(job, status)
+    return outcome(job, status)

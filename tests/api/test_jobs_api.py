@@ -359,7 +359,7 @@ def test_a_completed_job_shows_its_output_and_the_files_it_produced(api):
 def test_a_job_whose_provider_made_no_file_shows_an_empty_list(api):
     fake = FakeProvider().start()  # answers `output: "video://<id>.mp4"`, a name and no URL
     try:
-        CatalogModel.objects.filter(name="flux-dev").update(runner="http", provider_url=f"{fake.url}/sync",
+        CatalogModel.objects.filter(name="flux-dev").update(runner="http", provider="generic", provider_url=f"{fake.url}/sync",
                                                             provider_style="sync")
         job = submitted(api, model="flux-dev", job_type="image")
         run_job(job["job_id"], 1)

@@ -152,7 +152,7 @@ def http_log(caplog):
 
 
 def use_http(url: str, **fields) -> CatalogModel:
-    CatalogModel.objects.filter(name=MODEL).update(runner="http", provider_url=url, **fields)
+    CatalogModel.objects.filter(name=MODEL).update(runner="http", provider="generic", provider_url=url, **fields)
     return CatalogModel.objects.get(name=MODEL)
 
 

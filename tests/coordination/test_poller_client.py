@@ -1,4 +1,4 @@
-"""The poller's question about one job (coordination/runners/client.py `ask`, through the client of
+"""The poller's question about one job (an adapter's `ask`, the generic one here, through the client of
 coordination/runners/pooled.py), against bench/fake_provider.py and a socket that never answers: real
 sockets, nothing of HTTP faked. Each question is answered, or raises AskAgain (ask later) or
 RunnerError (the provider refused it); nothing else escapes to the poller."""
@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from types import SimpleNamespace
 import urllib.request
 from urllib.parse import urljoin
 from uuid import uuid4
@@ -16,7 +17,11 @@ import pytest
 
 from bench.fake_provider import FakeProvider
 from coordination.runners import client
+from coordination.runners.adapters import adapter_of
 from coordination.runners.base import Provider, RunnerError
+
+
+GENERIC = adapter_of("generic")
 
 
 @pytest.fixture
@@ -39,9 +44,10 @@ def ask(url: str, *, timeout: float = 10, times: int = 1, token_env: str = ""):
 
     async def polls():
         async with client.new_pooled_client(max_connections=2) as pooled:
-            request = client.status_request(pooled, Provider(url=url, style="poll", credential_env=token_env), url,
-                                            job_id=uuid4())
-            return [await client.ask(pooled, request, timeout=timeout) for _ in range(times)]
+            provider = Provider(url=url, style="poll", credential_env=token_env)
+            run = SimpleNamespace(job_id=uuid4(), provider_job_id="p-1", status_url=url, data={})
+            request = GENERIC.status_request(pooled, provider, run)
+            return [await GENERIC.ask(pooled, provider, run, request=request, timeout=timeout) for _ in range(times)]
 
     return asyncio.run(polls())
 

@@ -108,7 +108,7 @@ class TestReset:
         provider's own limit overrun): its run is marked to stop, and its poller cancels it there and
         fails it (tests/e2e/test_providers.py)."""
         CatalogModel.objects.filter(name="flux-dev").update(
-            runner="http", provider_url="https://provider.example/jobs", provider_style="poll")
+            runner="http", provider="generic", provider_url="https://provider.example/jobs", provider_style="poll")
         running = submit(user, model="flux-dev")
         waiting = submit(user, model="flux-dev")
         job_claim(job_id=running.job_id, attempt=1)

@@ -23,7 +23,7 @@ def fake():
 
 def result_at(fake, style: str, files: str = "", model: str = "flux-dev") -> dict:
     fake.files = files
-    CatalogModel.objects.filter(name=model).update(runner="http", provider_url=f"{fake.url}/{style}", provider_style=style,
+    CatalogModel.objects.filter(name=model).update(runner="http", provider="generic", provider_url=f"{fake.url}/{style}", provider_style=style,
                                                    timeout_seconds=30)
     call = runner_call(CatalogModel.objects.get(name=model), job_id=uuid4(), prompt="A castle",
                        params={"poll_interval": 0.05})

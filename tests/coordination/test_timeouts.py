@@ -52,7 +52,7 @@ def test_the_seeded_models_time_out_at_the_job_timeout(settings):
 
 def provider_job_past_its_deadline(user, *, timeout: int = 5):
     CatalogModel.objects.filter(name="flux-dev").update(
-        runner="http", provider_url="https://provider.example/jobs", provider_style="poll", timeout_seconds=timeout,
+        runner="http", provider="generic", provider_url="https://provider.example/jobs", provider_style="poll", timeout_seconds=timeout,
     )
     job = submit(user, model="flux-dev")
     job_claim(job_id=job.job_id, attempt=1)

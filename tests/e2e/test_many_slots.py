@@ -73,7 +73,7 @@ def test_a_hundred_slots_run_side_by_side_on_a_few_connections_and_other_clients
     settings.COORDINATOR_MAX_ACTIVE_JOBS = SLOTS
     CatalogModel.objects.filter(name="motion-2.0-fast").update(capacity=50)
     CatalogModel.objects.filter(name="flux-dev").update(
-        runner="http", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=50,
+        runner="http", provider="generic", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=50,
         poll_interval_seconds=0.5, timeout_seconds=120,
     )
     owner = UserFactory(is_staff=True)  # staff: no per-user limit on waiting jobs

@@ -45,7 +45,7 @@ def owner(settings):
 
 def use_provider(fake, style: str = "poll", model: str = "flux-dev", **fields) -> None:
     CatalogModel.objects.filter(name=model).update(
-        runner="http", provider_url=f"{fake.url}/{style}", provider_style=style, capacity=SLOTS,
+        runner="http", provider="generic", provider_url=f"{fake.url}/{style}", provider_style=style, capacity=SLOTS,
         poll_interval_seconds=fields.pop("poll_interval_seconds", 0.2), timeout_seconds=fields.pop("timeout_seconds", 60),
         callback_secret_env="TEST_CALLBACK_SECRET" if style == "callback" else "", **fields,
     )

@@ -79,7 +79,7 @@ def rendezvous():
 
 def test_four_slots_run_different_models_side_by_side(http, settings, tmp_path, rendezvous):
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
-    CatalogModel.objects.filter(name__in=[model for model, _ in MODELS]).update(runner="http", provider_url=rendezvous.url)
+    CatalogModel.objects.filter(name__in=[model for model, _ in MODELS]).update(runner="http", provider="generic", provider_url=rendezvous.url)
     worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_MAX_ACTIVE_JOBS="4")
     try:
         jobs = []

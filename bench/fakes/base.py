@@ -1,0 +1,123 @@
+"""What every fake provider shares: a threaded HTTP/1.1 server on 127.0.0.1 (keep-alive, as a real
+API), a record of what it was asked, limits on demand (`limit(n, retry_after=...)`: the next n
+requests are answered 429), and a clock for its jobs.
+
+A fake subclasses FakeServer and answers in `answer(request)`: a Request in, an Answer out (JSON by
+default; `raw` bytes for a file)."""
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict  # name -> first value
+    headers: dict  # lower-case name -> value
+    raw: bytes
+
+    @property
+    def json(self):
+        return json.loads(self.raw or b"null")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: object = None
+    headers: dict = field(default_factory=dict)
+    raw: bytes | None = None  # sent as is (with its Content-Type in headers) instead of JSON
+
+
+class FakeServer:
+    limit_answer = Answer(429, {"detail": "Request was throttled."})  # what a fake says when limited
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.requests: list[Request] = []
+        self._limit_left = 0
+        self._retry_after: str | None = None
+        self.port = 0
+
+    # --- running it ---------------------------------------------------------------------------
+
+    def start(self):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def limit(self, count: int, retry_after: str | None = None) -> None:
+        """The next `count` requests are answered 429 (with Retry-After when given)."""
+        with self.lock:
+            self._limit_left, self._retry_after = count, retry_after
+
+    def asked(self, method: str, prefix: str = "") -> list[Request]:
+        """The requests it was sent with this method, whose path starts with `prefix`."""
+        with self.lock:
+            return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    # --- answering ------------------------------------------------------------------------------
+
+    def answer(self, request: Request) -> Answer:
+        raise NotImplementedError
+
+    def _limited(self) -> Answer | None:
+        with self.lock:
+            if self._limit_left <= 0:
+                return None
+            self._limit_left -= 1
+            retry_after = self._retry_after
+        limited = self.limit_answer
+        return Answer(limited.status, limited.body, {**limited.headers, **({"Retry-After": retry_after} if retry_after else {})})
+
+
+def _handler(fake: FakeServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):
+            pass
+
+        def _serve(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            request = Request(self.command, parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()},
+                              {k.lower(): v for k, v in self.headers.items()}, raw)
+            with fake.lock:
+                fake.requests.append(request)
+            answer = fake._limited() or fake.answer(request)
+            data = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
+            self.send_response(answer.status)
+            if answer.raw is None:
+                self.send_header("Content-Type", "application/json")
+            for key, value in answer.headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+    return Handler

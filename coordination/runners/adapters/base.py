@@ -1,0 +1,112 @@
+"""What every provider adapter does, and the parts they share.
+
+An adapter turns one step of work into the provider's own requests (docs/providers.md):
+- `submit`: the job sent; the provider's acceptance (Accepted: its id, where to ask, what else it
+  named, stored on the run as `provider_data`), or the result when it answered at once;
+- `status_request` and `status_from`: the one question a poll asks about a job (built once, sent again
+  at each poll) and its answer read as a Status; `ask` sends it (an adapter whose answer needs a second
+  question, fal's result or ComfyUI's queue, says so there);
+- `cancel`: the provider's own way to drop a job; True once the provider confirms it is gone;
+- webhooks (provider_catalog's `webhooks` says whether and how a provider calls back): `callback_read`
+  checks a callback's signature and reads it, `callback_check` checks it against its run.
+
+A run (`run` below) is anything with `job_id`, `provider_job_id`, `status_url` and `data` (what the
+adapter stored at submit): an Accepted, or the poller's Watched.
+"""
+
+from dataclasses import dataclass
+
+import httpx
+
+from coordination.runners import client as http
+from coordination.runners.base import Provider, RunnerCall, RunnerError
+from coordination.runners.client import Accepted, Status
+
+
+class CallbackRefused(Exception):
+    """Not the model's provider (no, or a wrong, secret or signature): 401, and nothing changes."""
+
+
+@dataclass(frozen=True)
+class Callback:
+    """What a provider's callback says, once its signature is checked: which of its jobs, and how it
+    stands (None: the callback is not signed, so the status is asked of the provider to confirm it)."""
+
+    provider_job_id: str
+    status: Status | None
+    # RunPod's: the token of the callback URL we gave, checked against the run (callback_token).
+    token: str | None = None
+
+
+class Adapter:
+    kind = ""
+
+    async def submit(self, client: httpx.AsyncClient, call: RunnerCall, *, deadline: float,
+                     callback_url: str | None) -> "dict | Accepted":
+        raise NotImplementedError
+
+    def status_request(self, client: httpx.AsyncClient, provider: Provider, run) -> httpx.Request:
+        raise NotImplementedError
+
+    def status_from(self, body, run) -> Status:
+        raise NotImplementedError
+
+    async def ask(self, client: httpx.AsyncClient, provider: Provider, run, *, request: httpx.Request,
+                  timeout: float) -> Status:
+        """What the provider says of its job now: one question (AskAgain: ask later; RunnerError: refused)."""
+        return self.status_from(await http.send(client, request, timeout=timeout), run)
+
+    async def cancel(self, client: httpx.AsyncClient, provider: Provider, run) -> bool:
+        raise NotImplementedError
+
+    def callback_read(self, provider: Provider, *, body: bytes, headers, query) -> Callback:
+        """A callback's signature checked (CallbackRefused: 401) and its body read (ValueError: 400)."""
+        raise CallbackRefused(f"{self.kind} does not call back.")
+
+    def callback_check(self, callback: Callback, run) -> None:
+        """What can only be checked against the run the callback names (RunPod's token)."""
+
+    def callback_job_id(self, body: bytes) -> str | None:
+        """The job a webhook set once per API key names (Leonardo's), before the key is known."""
+        return None
+
+
+def mapped_input(call: RunnerCall, provider: Provider) -> dict:
+    """The job's prompt, params and inputs as one object the provider reads, after the model's
+    provider_input: `rename` gives a field the provider's name for it, `defaults` fill what the job
+    leaves out (provider_catalog.input_problems has the shape)."""
+    rename = provider.input_map.get("rename", {})
+    fields = {"prompt": call.prompt, **call.params, **call.inputs}
+    out = {rename.get(name, name): value for name, value in fields.items()}
+    for name, value in provider.input_map.get("defaults", {}).items():
+        out.setdefault(name, value)
+    return out
+
+
+def secret(env: str, *, what: str = "Credential") -> str:
+    """The value of the variable `env` names (only its name is in the database)."""
+    import os
+
+    value = os.environ.get(env, "") if env else ""
+    if not value:
+        raise RunnerError(f"{what} environment variable {env or '(none named)'} is not set")
+    return value
+
+
+def json_headers(**more: str) -> dict:
+    return {"Accept": "application/json", "User-Agent": "job-queue-coordinator", **more}
+
+
+async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, **kwargs):
+    """A submit: sent again after a refused connection or a 5xx at most max_connect_retries times, a
+    limit (429, 503) waited out until the deadline."""
+    return await http.request(client, "POST", url, provider=provider, deadline=deadline, patient=False,
+                              headers=headers, **kwargs)
+
+
+async def confirmed(client, method: str, url: str, *, headers: dict, gone_ok: bool = True, **kwargs) -> httpx.Response | None:
+    """A cancel's request (bounded by CANCEL_TIMEOUT): its answer, or None when none came."""
+    try:
+        return await client.request(method, url, headers=headers, timeout=http.CANCEL_TIMEOUT, **kwargs)
+    except httpx.HTTPError:
+        return None
