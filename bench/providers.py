@@ -1,10 +1,14 @@
-"""(k) A thousand provider jobs in flight on one qcluster with COORDINATOR_WORKERS=2.
+"""(k) A thousand provider jobs in flight on one qcluster with COORDINATOR_WORKERS=2, twice: at a
+provider speaking our generic protocol, then at one shaped as Replicate is, which reports progress.
 
-A local fake provider (bench/fake_provider.py, in this process) takes 30 s a job and is polled every
-5 s (the catalog's default interval). 1,000 slots and a model of capacity 1,000; 1,200 jobs are
+A local fake provider (bench/fake_provider.py, or bench/fakes/replicate.py whose predictions write a
+tqdm line to their logs, so that each poll reads a new progress, stored and streamed as
+job.progress events at most twice a second per job; in this process) takes 30 s a job and is
+polled every 5 s (the catalog's default interval). 1,000 slots and a model of capacity 1,000; 1,200 jobs are
 submitted, so 1,000 are at the provider at once and 200 wait for them. Measured, in one run:
 
-- that every job completed once, and the provider was sent each attempt once (Idempotency-Key);
+- that every job completed once, and the provider was sent each attempt once (the generic fake counts
+  them by Idempotency-Key; Replicate takes none: its fake counts its predictions);
 - the worker cluster's memory (the sum of the RSS of every process in its session: django-q2's
   sentinel, pusher, monitor, the two workers, and the main process with its poller) and its CPU (the
   sum of their user + system time over the seconds when all 1,000 were in flight and none had ended
@@ -78,30 +82,91 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+class Generic:
+    """Our own protocol's fake (bench/fake_provider.py)."""
+
+    label = "a fake provider (generic protocol)"
+
+    def __init__(self):
+        from bench.fake_provider import FakeProvider
+
+        self.fake = FakeProvider(seconds=JOB_SECONDS).start()
+
+    def model_fields(self) -> dict:
+        return {"provider": "generic", "provider_url": f"{self.fake.url}/poll", "provider_style": "poll"}
+
+    def starts(self) -> list[float]:
+        """When each job started at the provider (monotonic), in no order."""
+        with self.fake.lock:
+            return [job.started for job in self.fake.jobs.values()]
+
+    def sent_again(self) -> int:
+        return sum(count > 1 for count in self.fake.submits_per_key().values())
+
+    def stop(self) -> None:
+        self.fake.stop()
+
+
+class ReplicateShaped:
+    """Replicate's API (bench/fakes/replicate.py): progress in every poll's logs."""
+
+    label = "a fake Replicate (progress in its logs)"
+    TOKEN = "r8_bench"
+
+    def __init__(self):
+        from bench.fakes.replicate import FakeReplicate
+
+        os.environ["BENCH_REPLICATE_TOKEN"] = self.TOKEN  # the qcluster inherits it
+        self.fake = FakeReplicate(token=self.TOKEN, seconds=JOB_SECONDS, queue_seconds=0.05).start()
+
+    def model_fields(self) -> dict:
+        return {"provider": "replicate", "provider_model": "black-forest-labs/flux-dev", "provider_base_url": self.fake.url,
+                "credential_env": "BENCH_REPLICATE_TOKEN"}
+
+    def starts(self) -> list[float]:
+        with self.fake.lock:
+            return [p.created + p.queue_seconds for p in self.fake.predictions.values()]
+
+    def sent_again(self) -> int:
+        """Predictions beyond one per job (the bench's jobs have no retries)."""
+        from coordination.models import Job
+
+        with self.fake.lock:
+            made = len(self.fake.predictions)
+        return max(0, made - Job.objects.filter(model=MODEL).count())
+
+    def stop(self) -> None:
+        self.fake.stop()
+
+
 def measure(out, tmp: Path, *, quick: bool = False) -> None:
+    for shape in (Generic, ReplicateShaped):
+        measure_one(out, tmp, shape, quick=quick)
+
+
+def measure_one(out, tmp: Path, shape, *, quick: bool = False) -> None:
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import close_old_connections, connection
 
-    from bench.fake_provider import FakeProvider
     from bench.run import Cluster, reset_queue
     from coordination.maintenance import slots_sync
-    from coordination.models import CatalogModel, Job, JobQueueLog, ProviderRun
+    from coordination.models import CatalogModel, Job, JobEvent, JobQueueLog, ProviderRun
+    from coordination.providers.poller import PROGRESS_EVERY
     from coordination.services import job_submit
 
     in_flight = 200 if quick else IN_FLIGHT
     waiting = 40 if quick else WAITING
     out(f"\n(k) {in_flight:,} provider jobs in flight on one qcluster, COORDINATOR_WORKERS=2, {in_flight:,} slots: "
-        f"a fake provider taking {JOB_SECONDS:g} s a job, polled every {POLL_INTERVAL:g} s; "
+        f"{shape.label} taking {JOB_SECONDS:g} s a job, polled every {POLL_INTERVAL:g} s; "
         f"{in_flight + waiting:,} jobs ({waiting} wait for the first ones)")
     reset_queue()
     owner = get_user_model().objects.get(username="bench")
-    fake = FakeProvider(seconds=JOB_SECONDS).start()
+    provider = shape()
     wall_offset = time.time() - time.monotonic()  # the fake provider keeps monotonic times
     CatalogModel.objects.filter(name=MODEL).update(
-        runner="http", provider="generic", provider_url=f"{fake.url}/poll", provider_style="poll", capacity=in_flight,
-        poll_interval_seconds=POLL_INTERVAL, timeout_seconds=600, max_attempts=1,
-        enabled=True, paused=False,
+        runner="http", capacity=in_flight, poll_interval_seconds=POLL_INTERVAL, timeout_seconds=600, max_attempts=1,
+        enabled=True, paused=False, **provider.model_fields(),
     )
     settings.COORDINATOR_MAX_ACTIVE_JOBS = in_flight
     slots_sync()
@@ -139,8 +204,7 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
                 raise RuntimeError("the provider jobs did not all end within 10 minutes")
             sample()
             if first_end is None:
-                with fake.lock:
-                    starts = [job.started for job in fake.jobs.values()]
+                starts = provider.starts()
                 if starts:
                     first_end = min(starts) + JOB_SECONDS
             time.sleep(0.5)  # the sampling interval
@@ -148,7 +212,7 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
         worker_rss = sorted(rss_mb(pid) for pid in worker_pids)
     finally:
         cluster.stop()
-        fake.stop()
+        provider.stop()
         close_old_connections()
 
     all_there = next((row[0] - began for row in samples if row[1] >= in_flight), None)
@@ -161,10 +225,9 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
     completions = {}
     for row in completed_once:
         completions[row["job_id"]] = completions.get(row["job_id"], 0) + 1
-    submits = fake.submits_per_key()
     out(f"    jobs completed: {sum(status == 'completed' for _, status, _ in jobs):,} of {len(jobs):,}; "
         f"completed more than once: {sum(count > 1 for count in completions.values())}; "
-        f"attempts the provider was sent more than once: {sum(count > 1 for count in submits.values())}")
+        f"attempts the provider was sent more than once: {provider.sent_again()}")
     if len(full) >= 2:
         (t0, _, _, _, cpu0, _), (t1, _, _, _, cpu1, _) = full[0], full[-1]
         cpu = cpu_used(cpu0, cpu1) / (t1 - t0) * 100
@@ -184,18 +247,21 @@ def measure(out, tmp: Path, *, quick: bool = False) -> None:
         ticks, statements = sum(t for t, _ in busy), sum(s for _, s in busy)
         out(f"    database statements per poll tick, watching {in_flight:,}: {statements / ticks:.1f} "
             f"({statements} in {ticks} ticks of {settings.COORDINATOR_POLLER_TICK:g} s, polls' status changes included)")
-    with fake.lock:
-        ends = sorted(job.started + job.seconds + wall_offset for job in fake.jobs.values())[:waiting]
+    ends = sorted(start + JOB_SECONDS + wall_offset for start in provider.starts())[:waiting]
     second_wave = [started.timestamp() for _, _, started in jobs[in_flight:] if started is not None]
     latencies = [(start - end) * 1000 for start, end in zip(sorted(second_wave), ends)]
     if latencies:
         out(f"    provider's answer -> next job's start: p50 {percentile(latencies, 50):.0f} ms, "
             f"p99 {percentile(latencies, 99):.0f} ms, max {max(latencies):.0f} ms (n={len(latencies)}; "
             f"target p99 <= {POLL_INTERVAL * 1000 + 100:.0f} ms: one poll interval + 100 ms)")
+    events = JobEvent.objects.filter(event="progress", job_id__in=[job for job, *_ in jobs]).count()
+    out(f"    job.progress events written: {events:,} ({events / max(1, len(jobs)):.1f} a job; at most one a job per "
+        f"{PROGRESS_EVERY:g} s, and only when the provider's word changed)")
     per_worker = statistics.median(worker_rss) if worker_rss else 0
     out(f"    today's design, a worker process per job in flight: {in_flight:,} processes x {per_worker:.0f} MB "
         f"(this run's median process) = {in_flight * per_worker / 1024:.1f} GB, and {in_flight:,}+ connections")
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
-    CatalogModel.objects.filter(name=MODEL).update(runner="simulated", capacity=1)
+    CatalogModel.objects.filter(name=MODEL).update(runner="simulated", capacity=1, provider="replicate",
+                                                   provider_model="black-forest-labs/flux-dev", provider_base_url="")
     reset_queue()
     slots_sync()

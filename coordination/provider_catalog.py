@@ -44,6 +44,7 @@ PROVIDERS: dict[str, Provider] = {
         model_form="owner/name, owner/name:version or deployments/owner/name, e.g. black-forest-labs/flux-dev",
         webhooks="job",
         callback_secret=True,
+        adapter=True,
     ),
     # fal: the app id, the path after https://queue.fal.run/, such as fal-ai/flux/dev.
     "fal": Provider(

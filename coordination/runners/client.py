@@ -130,7 +130,17 @@ def pause_before(tries: int, again: AskAgain) -> float:
     return again.after if again.after else BACKOFF(SimpleNamespace(attempt_number=tries))
 
 
-async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool, **kwargs):
+# What a request that may have reached the provider, but whose answer was lost, is said to have met.
+LOST = ("the provider may have taken it, and it takes no idempotency key, so it was not sent again "
+        "(at most once)")
+
+
+async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool,
+                  resend: bool = True, **kwargs):
+    """Send a request, waiting out limits and outages as the module's docstring says. `resend=False`: a
+    submit to a provider that cannot tell a request sent again from a new one (no idempotency key):
+    sent again only when it cannot have arrived (a refused connection) or was refused whole (429,
+    503); a cut connection, a timeout or another 5xx fails the attempt instead (LOST)."""
     counted = 0
 
     def stop(state: RetryCallState) -> bool:
@@ -152,13 +162,24 @@ async def request(client, method: str, url: str, *, provider: Provider, deadline
                 raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s")
             try:
                 response = await client.request(method, url, timeout=left, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # never reached the provider
+                raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
             except httpx.TimeoutException:
                 if time.monotonic() >= deadline:
                     raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s") from None
+                if not resend:
+                    raise RunnerError(f"The provider did not answer in time; {LOST}") from None
                 raise AskAgain("the provider did not answer in time", counted=True) from None
             except httpx.TransportError as error:
+                if not resend:
+                    raise RunnerError(f"{type(error).__name__}: {error}; {LOST}") from None
                 raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
-            return decoded(response)
+            try:
+                return decoded(response)
+            except AskAgain as again:
+                if again.counted and not resend:  # a 5xx other than 503: it may have been taken
+                    raise RunnerError(f"{again}; {LOST}") from None
+                raise
     return retrying.retry_error_callback  # not reached: the callback raises
 
 

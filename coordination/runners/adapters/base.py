@@ -97,11 +97,13 @@ def json_headers(**more: str) -> dict:
     return {"Accept": "application/json", "User-Agent": "job-queue-coordinator", **more}
 
 
-async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, **kwargs):
+async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, resend: bool = True,
+                    **kwargs):
     """A submit: sent again after a refused connection or a 5xx at most max_connect_retries times, a
-    limit (429, 503) waited out until the deadline."""
+    limit (429, 503) waited out until the deadline. `resend=False` for a provider without an
+    idempotency key (client.request says what is then not sent again)."""
     return await http.request(client, "POST", url, provider=provider, deadline=deadline, patient=False,
-                              headers=headers, **kwargs)
+                              resend=resend, headers=headers, **kwargs)
 
 
 async def confirmed(client, method: str, url: str, *, headers: dict, gone_ok: bool = True, **kwargs) -> httpx.Response | None:
