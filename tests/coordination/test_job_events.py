@@ -221,3 +221,36 @@ def test_a_submit_whose_wait_fails_is_still_answered_201_once(api, monkeypatch):
 
     assert response.status_code == 201 and "Preference-Applied" not in response
     assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_a_provider_says_of_a_running_job_is_a_job_progress_event_on_its_stream(hub, user):
+    """The poller stores a provider's status, progress and place in its line (store.runs_seen); the
+    database turns each change into a job.progress event, its state carrying at_provider as it was."""
+    from coordination.models import ProviderRun
+    from coordination.providers import store
+
+    job = submit(user, model="flux-dev", params={"simulate_seconds": 5})
+    job_claim(job_id=job.job_id, attempt=1)
+    run = ProviderRun.objects.create(job_id=job.job_id, attempt=1, model="flux-dev", style="poll", provider_job_id="p-1",
+                                     provider_status="queued", submitted_at=timezone.now(), deadline_at=timezone.now())
+    subscription = hub.subscribe(job.job_id)
+
+    def said():
+        store.runs_seen([store.Seen(run.pk, "queued", None, 3)])
+        store.runs_seen([store.Seen(run.pk, "running", 0.25, None)])
+        store.runs_seen([store.Seen(run.pk, "running", 0.25, None)])  # nothing new: no event
+        connections.close_all()
+
+    threading.Thread(target=said).start()
+    items = heard(subscription, until=lambda got: len(got) >= 2)
+    assert [item.event for item in items] == ["job.progress", "job.progress"]
+    assert [item.fields["at_provider"]["queue_position"] for item in items] == [3, None]
+    assert items[1].fields["at_provider"] | {"since": None} == {
+        "provider_job_id": "p-1", "style": "poll", "status": "running", "since": None, "watched": False,
+        "progress": 0.25, "queue_position": None}
+    assert names(job).count("progress") == 2
+    # A run whose job moved on says nothing more.
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    store.runs_seen([store.Seen(run.pk, "running", 0.5, None)])
+    assert names(job).count("progress") == 2
