@@ -60,11 +60,14 @@ PROVIDERS: dict[str, Provider] = {
         model_form="the endpoint id, letters, digits, - and _ (no /)",
         webhooks="job",
     ),
-    # Leonardo: an image model's modelId (a UUID) or a video model (MOTION2FAST, VEO3, ...).
+    # Leonardo: an image model's modelId (a UUID: POST /api/rest/v1/generations) or a video model
+    # (POST /api/rest/v1/generations-text-to-video or -image-to-video).
     "leonardo": Provider(
         label="Leonardo", public_base_url="https://cloud.leonardo.ai", requires=("provider_model",),
         model_pattern=re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Z0-9_]+"),
-        model_form="an image model's modelId (a UUID) or a video model such as MOTION2FAST",
+        model_form="an image model's modelId (a UUID) or a video model: MOTION2, MOTION2FAST, VEO3, VEO3FAST, "
+                   "KLING2_1 or KLING2_5",
+        adapter=True,
         webhooks="key",
         callback_secret=True,
     ),

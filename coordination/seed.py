@@ -17,7 +17,9 @@ CATALOG = [
 
 # Where the guide's models run (../shared/PROVIDERS.md): recorded on the seeded rows while they stay on
 # the simulated runner, so an operator switches one to runner http with its provider already named.
-# Leonardo publishes no modelId for nano-banana-pro: that one is left for the operator to fill.
+# Leonardo publishes no v1 modelId for Nano Banana Pro: its guide (docs.leonardo.ai/docs/nano-banana-pro)
+# reaches it only through POST /api/rest/v2/generations as model "gemini-image-2", whose answer is not
+# documented and which the leonardo adapter does not speak. That one is left for the operator to fill.
 GUIDE_PROVIDERS = {
     "nano-banana-pro-leonardo": ("leonardo", ""),
     "motion-2.0-fast": ("leonardo", "MOTION2FAST"),

@@ -318,21 +318,23 @@ class Poller:
         """Send the provider its cancel (again at each poll until it confirms); the job ends once it
         confirms, or COORDINATOR_PROVIDER_CANCEL_GRACE seconds after the first cancel went out. Until
         then it keeps its slot and models: the provider may still be running it."""
-        confirmed = await adapter_of(provider.kind).cancel(client, provider, watch)
+        adapter = adapter_of(provider.kind)
+        confirmed = await adapter.cancel(client, provider, watch)
         if watch.cancel_sent_at is None:
             await self._in_db(store.cancel_sent, watch.run_id)
             watch.cancel_sent_at = timezone.now()
         grace = settings.COORDINATOR_PROVIDER_CANCEL_GRACE
         if not confirmed and timezone.now() - watch.cancel_sent_at < timedelta(seconds=grace):
             return None
+        words = None if confirmed else adapter.cancel_unconfirmed_words(grace)
         if watch.cancel_requested:
             return self._ending(watch, Status("cancelled"), error=(
                 "Cancelled at the provider, which confirmed it" if confirmed else
-                f"Cancelled; the provider did not confirm it within {grace} s, so its job may still run"))
+                f"Cancelled; {words or f'the provider did not confirm it within {grace} s, so its job may still run'}"))
         # A stop the coordinator decided: store._report fails the job with these words, never retried.
         return self._ending(watch, Status("cancelled"), error=(
             f"{watch.stop_reason}; cancelled at the provider, which confirmed it" if confirmed else
-            f"{watch.stop_reason}; the provider did not confirm its cancel within {grace} s, so its job may still run"))
+            f"{watch.stop_reason}; {words or f'the provider did not confirm its cancel within {grace} s, so its job may still run'}"))
 
     async def _orphan_close(self, client, watch, provider) -> store.Ending:
         """A run in flight whose job no longer runs at its attempt (ended without it: hand-written SQL,

@@ -6,9 +6,10 @@ Imported only where a provider is called (the HTTP stack comes with it), as clie
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
 from coordination.runners.adapters.generic import Generic
+from coordination.runners.adapters.leonardo import Leonardo
 from coordination.runners.adapters.replicate import Replicate
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate())}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Leonardo())}
 
 
 def adapter_of(kind: str) -> Adapter:

@@ -59,6 +59,12 @@ class Adapter:
     async def cancel(self, client: httpx.AsyncClient, provider: Provider, run) -> bool:
         raise NotImplementedError
 
+    def cancel_unconfirmed_words(self, grace: float) -> str | None:
+        """How a job is said to end when its cancel was not confirmed within `grace` seconds (after
+        "Cancelled; " or the coordinator's stop reason); None: the poller's own words. A provider with no
+        cancel at all (Leonardo) says so plainly rather than "did not confirm"."""
+        return None
+
     def callback_read(self, provider: Provider, *, body: bytes, headers, query) -> Callback:
         """A callback's signature checked (CallbackRefused: 401) and its body read (ValueError: 400)."""
         raise CallbackRefused(f"{self.kind} does not call back.")
