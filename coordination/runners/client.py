@@ -130,7 +130,10 @@ def pause_before(tries: int, again: AskAgain) -> float:
     return again.after if again.after else BACKOFF(SimpleNamespace(attempt_number=tries))
 
 
-async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool, **kwargs):
+async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool,
+                  words=None, **kwargs):
+    """`method url`, its limits and outages waited out (the module's docstring says how) until
+    `deadline`; its JSON answer. `words`: how the provider's refusal (a 4xx) reads (else message_of)."""
     counted = 0
 
     def stop(state: RetryCallState) -> bool:
@@ -158,7 +161,7 @@ async def request(client, method: str, url: str, *, provider: Provider, deadline
                 raise AskAgain("the provider did not answer in time", counted=True) from None
             except httpx.TransportError as error:
                 raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
-            return decoded(response)
+            return decoded(response, words=words)
     return retrying.retry_error_callback  # not reached: the callback raises
 
 
@@ -174,7 +177,9 @@ def _give_up(state: RetryCallState, provider: Provider, deadline: float, patient
     raise RunnerError(f"Provider unavailable after {provider.max_connect_retries + 1} tries: {error}")
 
 
-def decoded(response: httpx.Response):
+def decoded(response: httpx.Response, *, words=None):
+    """The answer's JSON (or text); AskAgain for a limit or a 5xx; RunnerError for another 4xx, in the
+    provider's words (`words(body)`, else message_of)."""
     try:
         body = response.json() if response.content.strip() else None
     except ValueError:
@@ -185,7 +190,7 @@ def decoded(response: httpx.Response):
     if code >= 500:
         raise AskAgain(f"HTTP {code}: {message_of(body)}", counted=True)
     if code >= 400:
-        raise RunnerError(f"Provider refused the request (HTTP {code}): {message_of(body)}")
+        raise RunnerError(f"Provider refused the request (HTTP {code}): {(words or message_of)(body)}")
     if code >= 300:
         raise RunnerError(f"Provider answered HTTP {code}, which the http runner does not follow")
     return body

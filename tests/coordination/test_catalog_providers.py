@@ -51,12 +51,10 @@ def test_an_http_model_without_what_its_provider_needs_is_refused_naming_it(prov
 
 
 @pytest.mark.parametrize("provider, label", [
-    ("replicate", "Replicate"), ("fal", "fal"), ("runpod", "RunPod"), ("leonardo", "Leonardo"), ("comfyui", "ComfyUI"),
+    ("replicate", "Replicate"), ("fal", "fal"), ("runpod", "RunPod"), ("leonardo", "Leonardo"),
 ])
 def test_a_provider_whose_adapter_is_not_there_yet_is_refused_on_runner_http(provider, label):
     complete = {"provider_model": "owner/name" if provider in ("replicate", "fal") else "MOTION2FAST" if provider == "leonardo" else "abc123"}
-    if provider == "comfyui":
-        complete = {"provider_base_url": "http://127.0.0.1:8188", "provider_workflow": WORKFLOW}
     errors = refusals(model(runner="http", provider=provider, **complete))
     assert list(errors) == ["provider"]
     assert errors["provider"] == [
@@ -146,7 +144,7 @@ def test_each_provider_s_public_api_and_its_replacement():
         "https://api.replicate.com", "https://queue.fal.run", "https://api.runpod.ai", "https://cloud.leonardo.ai",
     ]
     assert base_url("replicate", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
-    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["generic"]
+    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["comfyui", "generic"]
 
 
 # --- The admin ------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ says what an adapter does; docs/providers.md says, per provider, what is sent an
 Imported only where a provider is called (the HTTP stack comes with it), as client.py is."""
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
+from coordination.runners.adapters.comfyui import ComfyUI
 from coordination.runners.adapters.generic import Generic
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(),)}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), ComfyUI())}
 
 
 def adapter_of(kind: str) -> Adapter:
