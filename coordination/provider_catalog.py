@@ -73,7 +73,7 @@ PROVIDERS: dict[str, Provider] = {
     ),
     # ComfyUI: your own server, so no public API; the job is a workflow graph, not a model name.
     "comfyui": Provider(
-        label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"),
+        label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"), adapter=True,
     ),
     # Our own protocol (coordination/runners/adapters/generic.py): provider_url and provider_style.
     # provider_model is kept but unused (the protocol sends the catalog's name): a guide model switched

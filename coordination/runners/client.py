@@ -136,11 +136,12 @@ LOST = ("the provider may have taken it, and it takes no idempotency key, so it 
 
 
 async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool,
-                  resend: bool = True, **kwargs):
-    """Send a request, waiting out limits and outages as the module's docstring says. `resend=False`: a
-    submit to a provider that cannot tell a request sent again from a new one (no idempotency key):
-    sent again only when it cannot have arrived (a refused connection) or was refused whole (429,
-    503); a cut connection, a timeout or another 5xx fails the attempt instead (LOST)."""
+                  resend: bool = True, words=None, **kwargs):
+    """`method url`, its limits and outages waited out (the module's docstring says how) until
+    `deadline`; its JSON answer. `words`: how the provider's refusal (a 4xx) reads (else message_of).
+    `resend=False`: a submit to a provider that cannot tell a request sent again from a new one (no
+    idempotency key): sent again only when it cannot have arrived (a refused connection) or was
+    refused whole (429, 503); a cut connection, a timeout or another 5xx fails the attempt instead (LOST)."""
     counted = 0
 
     def stop(state: RetryCallState) -> bool:
@@ -175,7 +176,7 @@ async def request(client, method: str, url: str, *, provider: Provider, deadline
                     raise RunnerError(f"{type(error).__name__}: {error}; {LOST}") from None
                 raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
             try:
-                return decoded(response)
+                return decoded(response, words=words)
             except AskAgain as again:
                 if again.counted and not resend:  # a 5xx other than 503: it may have been taken
                     raise RunnerError(f"{again}; {LOST}") from None
@@ -195,7 +196,9 @@ def _give_up(state: RetryCallState, provider: Provider, deadline: float, patient
     raise RunnerError(f"Provider unavailable after {provider.max_connect_retries + 1} tries: {error}")
 
 
-def decoded(response: httpx.Response):
+def decoded(response: httpx.Response, *, words=None):
+    """The answer's JSON (or text); AskAgain for a limit or a 5xx; RunnerError for another 4xx, in the
+    provider's words (`words(body)`, else message_of)."""
     try:
         body = response.json() if response.content.strip() else None
     except ValueError:
@@ -206,7 +209,7 @@ def decoded(response: httpx.Response):
     if code >= 500:
         raise AskAgain(f"HTTP {code}: {message_of(body)}", counted=True)
     if code >= 400:
-        raise RunnerError(f"Provider refused the request (HTTP {code}): {message_of(body)}")
+        raise RunnerError(f"Provider refused the request (HTTP {code}): {(words or message_of)(body)}")
     if code >= 300:
         raise RunnerError(f"Provider answered HTTP {code}, which the http runner does not follow")
     return body

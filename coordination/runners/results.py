@@ -36,8 +36,13 @@ def files_listed(files, output=None) -> list[dict]:
     return listed
 
 
+def guessed_type(name: str) -> str | None:
+    """The content type of a file named `name` (a path or a file name), from its extension."""
+    return _TYPES.guess_type(name)[0]
+
+
 def _file(url: str, content_type: str | None = None) -> dict:
-    content_type = (content_type or "").strip() or _TYPES.guess_type(url if url.startswith("data:") else _path(url))[0]
+    content_type = (content_type or "").strip() or guessed_type(url if url.startswith("data:") else _path(url))
     return {"source_url": url, "content_type": content_type} if content_type else {"source_url": url}
 
 

@@ -101,7 +101,7 @@ class TestWrite:
         ({"capacity": 0}, "capacity"),
         ({"media_type": "sound"}, "media_type"),
         ({"runner": "http", "provider": "generic"}, "provider_url"),  # CatalogModel.clean, as the admin's form checks it
-        ({"runner": "http"}, "provider"),  # flux-dev names Replicate, whose adapter is not there yet
+        ({"runner": "http", "provider_model": ""}, "provider_model"),  # flux-dev names Replicate, which needs it
         ({"poll_interval_seconds": 0.001}, "poll_interval_seconds"),
         ({"description": 42}, "description"),
         ({"paused": True}, "paused"),

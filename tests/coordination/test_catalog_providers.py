@@ -51,12 +51,10 @@ def test_an_http_model_without_what_its_provider_needs_is_refused_naming_it(prov
 
 
 @pytest.mark.parametrize("provider, label", [
-    ("replicate", "Replicate"), ("fal", "fal"), ("runpod", "RunPod"), ("comfyui", "ComfyUI"),
+    ("fal", "fal"), ("runpod", "RunPod"),
 ])
 def test_a_provider_whose_adapter_is_not_there_yet_is_refused_on_runner_http(provider, label):
-    complete = {"provider_model": "owner/name" if provider in ("replicate", "fal") else "abc123"}
-    if provider == "comfyui":
-        complete = {"provider_base_url": "http://127.0.0.1:8188", "provider_workflow": WORKFLOW}
+    complete = {"provider_model": "owner/name" if provider == "fal" else "abc123"}
     errors = refusals(model(runner="http", provider=provider, **complete))
     assert list(errors) == ["provider"]
     assert errors["provider"] == [
@@ -147,7 +145,7 @@ def test_each_provider_s_public_api_and_its_replacement():
         "https://api.replicate.com", "https://queue.fal.run", "https://api.runpod.ai", "https://cloud.leonardo.ai",
     ]
     assert base_url("replicate", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
-    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["leonardo", "generic"]
+    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["replicate", "leonardo", "comfyui", "generic"]
 
 
 # --- The admin ------------------------------------------------------------------------------------
@@ -170,7 +168,7 @@ def test_the_admin_refuses_a_provider_it_cannot_run_and_changes_nothing(staff_us
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "A Replicate model needs provider_model" in errors["provider_model"][0]
-    assert "The Replicate adapter is not available yet" in errors["provider"][0]
+    assert list(errors) == ["provider_model"]
     flux.refresh_from_db()
     assert (flux.runner, flux.provider, flux.provider_model) == ("simulated", "replicate", "black-forest-labs/flux-dev")
     assert not JobQueueLog.objects.filter(event_type="model_changed").exists()

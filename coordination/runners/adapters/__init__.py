@@ -5,11 +5,12 @@ says what an adapter does; docs/providers.md says, per provider, what is sent an
 Imported only where a provider is called (the HTTP stack comes with it), as client.py is."""
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
+from coordination.runners.adapters.comfyui import ComfyUI
 from coordination.runners.adapters.generic import Generic
 from coordination.runners.adapters.leonardo import Leonardo
 from coordination.runners.adapters.replicate import Replicate
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Leonardo())}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Leonardo(), ComfyUI())}
 
 
 def adapter_of(kind: str) -> Adapter:

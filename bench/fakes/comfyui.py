@@ -1,0 +1,224 @@
+"""A ComfyUI server on 127.0.0.1, from its server.py and execution.py (../shared/PROVIDERS.md,
+ComfyUI): the routes a client of its API uses, its answers and its one-at-a-time queue.
+
+- `POST /prompt {"prompt", "client_id"?, "prompt_id"?, "number"?, "front"?}` validates the graph as
+  ComfyUI does, in its words: 400 `no_prompt`; `invalid_prompt` for a node without `class_type` or of a
+  class it does not know (NODES); `prompt_no_outputs` without an output node (OUTPUT_NODES);
+  `prompt_outputs_failed_validation` with `node_errors` for a `ckpt_name` not in `checkpoints`. Else
+  200 `{"prompt_id", "number", "node_errors": {}}` and the prompt is queued (the client's prompt_id
+  kept, unless `legacy`: an older server, which makes its own).
+- One prompt runs at a time, the lowest `number` first. It takes `step_seconds` x its KSampler's
+  `steps` (else `seconds`), then goes to its history: success, with each output node's files; or, when
+  its EmptyLatentImage is larger than `max_pixels`, an `execution_error` at its KSampler (out of memory).
+- `GET /queue`, `GET /history/{id}` (`{}` until it ended), `POST /queue {"delete": [ids]}` (each id
+  removes its first match) or `{"clear": true}`, `POST /interrupt {"prompt_id"?}` (only that prompt if
+  it runs; `legacy`: whatever runs), `GET /view?filename&subfolder&type` (the bytes of a file it made),
+  `GET /prompt` (`exec_info.queue_remaining`). Every route also under `/api`.
+- `graphs`: each graph it queued, by prompt id, as a test asserts what the job put in it.
+"""
+
+import heapq
+import uuid
+from dataclasses import dataclass, field
+
+from bench.fakes.base import Answer, FakeServer, Request
+
+NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "SaveImage",
+         "PreviewImage", "LoadImage", "VHS_VideoCombine"}
+OUTPUT_NODES = {"SaveImage": ("images", ".png", "output"), "PreviewImage": ("images", ".png", "temp"),
+                "VHS_VideoCombine": ("gifs", ".mp4", "output")}
+PNG = b"\x89PNG\r\n\x1a\n" + b"fake ComfyUI image"
+MP4 = b"\x00\x00\x00\x18ftypmp42" + b"fake ComfyUI video"
+
+
+@dataclass
+class Prompt:
+    number: float
+    id: str
+    graph: dict
+    extra_data: dict
+    outputs: list
+    started: float | None = None
+
+    def item(self) -> list:
+        """As ComfyUI lists a queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+        return [self.number, self.id, self.graph, self.extra_data, self.outputs]
+
+    def __lt__(self, other: "Prompt") -> bool:
+        return self.number < other.number
+
+
+@dataclass
+class FakeComfyUI(FakeServer):
+    seconds: float = 1.0
+    step_seconds: float | None = None  # a KSampler's steps times this, when set
+    max_pixels: int = 2048 * 2048
+    checkpoints: tuple = ("sd_xl_base_1.0.safetensors", "v1-5-pruned-emaonly.safetensors")
+    legacy: bool = False
+    graphs: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    pending: list = field(default_factory=list)  # a heap of Prompt, as ComfyUI's
+    running: Prompt | None = None
+    files: dict = field(default_factory=dict)  # (subfolder, filename, type) -> bytes
+    interrupts: list = field(default_factory=list)  # the prompt ids an interrupt named (None: global)
+    number: int = 0
+
+    def __post_init__(self):
+        FakeServer.__init__(self)
+
+    # --- answering ------------------------------------------------------------------------------
+
+    def answer(self, request: Request) -> Answer:
+        path = request.path.removeprefix("/api")
+        with self.lock:
+            self._advance()
+            if (request.method, path) == ("POST", "/prompt"):
+                return self._prompt(request.json or {})
+            if (request.method, path) == ("GET", "/prompt"):
+                return Answer(200, {"exec_info": {"queue_remaining": len(self.pending) + (self.running is not None)}})
+            if (request.method, path) == ("GET", "/queue"):
+                return Answer(200, {"queue_running": [self.running.item()] if self.running else [],
+                                    "queue_pending": [prompt.item() for prompt in self.pending]})
+            if request.method == "GET" and path.startswith("/history/"):
+                prompt_id = path.removeprefix("/history/")
+                return Answer(200, {prompt_id: self.history[prompt_id]} if prompt_id in self.history else {})
+            if (request.method, path) == ("POST", "/queue"):
+                return self._queue_change(request.json or {})
+            if (request.method, path) == ("POST", "/interrupt"):
+                return self._interrupt(request.json if request.raw else {})
+            if (request.method, path) == ("GET", "/view"):
+                return self._view(request.query)
+        return Answer(404, raw=b"404: Not Found", headers={"Content-Type": "text/plain"})
+
+    def _prompt(self, body: dict) -> Answer:
+        if "prompt" not in body:
+            return Answer(400, {"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
+                                          "extra_info": {}}, "node_errors": {}})
+        graph = body["prompt"]
+        error, node_errors, outputs = self._validate(graph)
+        if error:
+            return Answer(400, {"error": error, "node_errors": node_errors})
+        number = float(body["number"]) if "number" in body else (-self.number if body.get("front") else self.number)
+        if "number" not in body:
+            self.number += 1
+        prompt_id = str(body["prompt_id"]) if "prompt_id" in body and not self.legacy else str(uuid.uuid4())
+        extra_data = {**body.get("extra_data", {}), **({"client_id": body["client_id"]} if "client_id" in body else {})}
+        heapq.heappush(self.pending, Prompt(number, prompt_id, graph, extra_data, outputs))
+        self.graphs[prompt_id] = graph
+        self._advance()
+        return Answer(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    def _validate(self, graph) -> tuple[dict | None, dict, list]:
+        """ComfyUI's validate_prompt, for the nodes it knows: (error, node_errors, output node ids)."""
+        def invalid(message: str, details: str = "") -> tuple[dict, dict, list]:
+            return {"type": "invalid_prompt", "message": message, "details": details, "extra_info": {}}, {}, []
+
+        if not isinstance(graph, dict):
+            return invalid("Cannot execute because the prompt is not an object.")
+        for node, spec in graph.items():
+            if not isinstance(spec, dict) or "class_type" not in spec:
+                return invalid("Cannot execute because a node is missing the class_type property.", f"Node ID '#{node}'")
+            if spec["class_type"] not in NODES:
+                return invalid(f"Cannot execute because node {spec['class_type']} does not exist.", f"Node ID '#{node}'")
+        outputs = [node for node, spec in graph.items() if spec["class_type"] in OUTPUT_NODES]
+        if not outputs:
+            return {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}, {}, []
+        node_errors = {}
+        for node, spec in graph.items():
+            name = spec.get("inputs", {}).get("ckpt_name")
+            if spec["class_type"] == "CheckpointLoaderSimple" and name not in self.checkpoints:
+                node_errors[node] = {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                                                 "details": f"ckpt_name: '{name}' not in {list(self.checkpoints)}",
+                                                 "extra_info": {"input_name": "ckpt_name", "received_value": name}}],
+                                     "dependent_outputs": outputs, "class_type": spec["class_type"]}
+        if node_errors:
+            return ({"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                     "details": "", "extra_info": {}}, node_errors, [])
+        return None, {}, outputs
+
+    def _queue_change(self, body: dict) -> Answer:
+        if body.get("clear"):
+            self.pending.clear()
+        for prompt_id in body.get("delete", []):
+            match = next((prompt for prompt in self.pending if prompt.id == prompt_id), None)
+            if match is not None:
+                self.pending.remove(match)
+                heapq.heapify(self.pending)
+        return Answer(200, raw=b"", headers={"Content-Type": "application/octet-stream"})
+
+    def _interrupt(self, body) -> Answer:
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) and not self.legacy else None
+        self.interrupts.append(prompt_id)
+        if self.running is not None and prompt_id in (None, self.running.id):
+            self._end(self.running, self.now(), interrupted=True)
+            self._advance()
+        return Answer(200, raw=b"", headers={"Content-Type": "application/octet-stream"})
+
+    def _view(self, query: dict) -> Answer:
+        key = (query.get("subfolder", ""), query.get("filename", ""), query.get("type", "output"))
+        if key not in self.files:
+            return Answer(404, raw=b"404: Not Found", headers={"Content-Type": "text/plain"})
+        content_type = "video/mp4" if key[1].endswith(".mp4") else "image/png"
+        return Answer(200, raw=self.files[key], headers={"Content-Type": content_type,
+                                                         "Content-Disposition": f'filename="{key[1]}"'})
+
+    # --- the prompt worker -------------------------------------------------------------------------
+
+    def duration(self, prompt: Prompt) -> float:
+        steps = [spec["inputs"].get("steps") for spec in prompt.graph.values() if spec["class_type"] == "KSampler"]
+        if self.step_seconds is not None and steps and isinstance(steps[0], (int, float)):
+            return steps[0] * self.step_seconds
+        return self.seconds
+
+    def _advance(self) -> None:
+        """Run the queue up to now: each prompt ends `duration` after it started, the next starts then."""
+        now = free_since = self.now()
+        while True:
+            if self.running is not None:
+                ends = self.running.started + self.duration(self.running)
+                if ends > now:
+                    return
+                self._end(self.running, ends)
+                free_since = ends
+            if not self.pending:
+                return
+            self.running = heapq.heappop(self.pending)
+            self.running.started = free_since
+
+    def _end(self, prompt: Prompt, at: float, *, interrupted: bool = False) -> None:
+        self.running = None
+        graph = prompt.graph
+        started = {"prompt_id": prompt.id, "timestamp": int(prompt.started * 1000)}
+        messages = [["execution_start", started], ["execution_cached", {"nodes": [], **started}]]
+        sampler = next((node for node, spec in graph.items() if spec["class_type"] == "KSampler"), None)
+        latent = next((spec["inputs"] for spec in graph.values() if spec["class_type"] == "EmptyLatentImage"), {})
+        pixels = int(latent.get("width", 512)) * int(latent.get("height", 512))
+        outputs, node_of = {}, {"prompt_id": prompt.id, "executed": [], "timestamp": int(at * 1000)}
+        if interrupted:
+            messages.append(["execution_interrupted", {**node_of, "node_id": sampler, "node_type": "KSampler"}])
+        elif sampler is not None and pixels > self.max_pixels:
+            messages.append(["execution_error", {
+                **node_of, "node_id": sampler, "node_type": "KSampler", "exception_type": "torch.OutOfMemoryError",
+                "exception_message": "Allocation on device 0 would exceed allowed memory. (out of memory)",
+                "traceback": ["..."], "current_inputs": {}, "current_outputs": {}}])
+        else:
+            outputs = self._outputs(prompt, int(latent.get("batch_size", 1)))
+            messages.append(["execution_success", {"prompt_id": prompt.id, "timestamp": int(at * 1000)}])
+        ok = not interrupted and messages[-1][0] == "execution_success"
+        self.history[prompt.id] = {
+            "prompt": prompt.item(), "outputs": outputs, "meta": {},
+            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": messages},
+        }
+
+    def _outputs(self, prompt: Prompt, batch: int) -> dict:
+        outputs = {}
+        for node in prompt.outputs:
+            key, suffix, kind = OUTPUT_NODES[prompt.graph[node]["class_type"]]
+            prefix = prompt.graph[node]["inputs"].get("filename_prefix", "ComfyUI")
+            items = []
+            for _ in range(batch if key == "images" else 1):
+                name = f"{prefix}_{len(self.files) + 1:05}_{suffix}"
+                self.files[("", name, kind)] = MP4 if suffix == ".mp4" else PNG
+                items.append({"filename": name, "subfolder": "", "type": kind})
+            outputs[node] = {key: items}
+        return outputs
