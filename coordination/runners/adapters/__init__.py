@@ -6,8 +6,9 @@ Imported only where a provider is called (the HTTP stack comes with it), as clie
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
 from coordination.runners.adapters.generic import Generic
+from coordination.runners.adapters.runpod import RunPod
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(),)}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), RunPod())}
 
 
 def adapter_of(kind: str) -> Adapter:
