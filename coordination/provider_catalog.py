@@ -58,6 +58,7 @@ PROVIDERS: dict[str, Provider] = {
         label="RunPod", public_base_url="https://api.runpod.ai", requires=("provider_model",),
         model_pattern=re.compile(r"[A-Za-z0-9_-]+"),
         model_form="the endpoint id, letters, digits, - and _ (no /)",
+        adapter=True,
         webhooks="job",
     ),
     # Leonardo: an image model's modelId (a UUID: POST /api/rest/v1/generations) or a video model

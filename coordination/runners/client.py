@@ -42,6 +42,14 @@ class ProviderTimeout(RunnerError):
     """The attempt reached its deadline: the model's timeout_seconds, counted from its start."""
 
 
+class Refused(RunnerError):
+    """The provider refused a request (a 4xx other than a limit): `status_code`, and `words`, its own."""
+
+    def __init__(self, status_code: int, words: str):
+        super().__init__(f"Provider refused the request (HTTP {status_code}): {words}")
+        self.status_code, self.words = status_code, words
+
+
 class AskAgain(Exception):
     """Worth asking again. `counted`: it uses up one of max_connect_retries (else it is a limit the
     provider set, waited out until the deadline); `after`: seconds the provider asked us to wait."""
@@ -209,7 +217,7 @@ def decoded(response: httpx.Response, *, words=None):
     if code >= 500:
         raise AskAgain(f"HTTP {code}: {message_of(body)}", counted=True)
     if code >= 400:
-        raise RunnerError(f"Provider refused the request (HTTP {code}): {(words or message_of)(body)}")
+        raise Refused(code, (words or message_of)(body))
     if code >= 300:
         raise RunnerError(f"Provider answered HTTP {code}, which the http runner does not follow")
     return body

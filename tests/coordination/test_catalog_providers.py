@@ -51,7 +51,7 @@ def test_an_http_model_without_what_its_provider_needs_is_refused_naming_it(prov
 
 
 @pytest.mark.parametrize("provider, label", [
-    ("fal", "fal"), ("runpod", "RunPod"),
+    ("fal", "fal"),
 ])
 def test_a_provider_whose_adapter_is_not_there_yet_is_refused_on_runner_http(provider, label):
     complete = {"provider_model": "owner/name" if provider == "fal" else "abc123"}
@@ -118,6 +118,7 @@ def test_fields_that_belong_to_another_provider_are_refused(fields, field):
     {"provider": "replicate", "provider_model": "deployments/acme/my-flux", "provider_base_url": "http://127.0.0.1:9000"},
     {"provider": "fal", "provider_model": "fal-ai/flux/dev", "provider_input": {"rename": {"prompt": "text"}, "defaults": {"num_images": 1}}},
     {"provider": "runpod", "provider_model": "ab12cd34ef56gh"},
+    {"runner": "http", "provider": "runpod", "provider_model": "ab12cd34ef56gh", "credential_env": "RUNPOD_API_KEY"},
     {"provider": "leonardo", "provider_model": "MOTION2FAST"},
     {"provider": "leonardo", "provider_model": "b24e16ff-06e3-43eb-8d33-4416c2d75876"},
     {"runner": "http", "provider": "leonardo", "provider_model": "MOTION2FAST"},
@@ -145,7 +146,7 @@ def test_each_provider_s_public_api_and_its_replacement():
         "https://api.replicate.com", "https://queue.fal.run", "https://api.runpod.ai", "https://cloud.leonardo.ai",
     ]
     assert base_url("replicate", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
-    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["replicate", "leonardo", "comfyui", "generic"]
+    assert [name for name, facts in PROVIDERS.items() if facts.adapter] == ["replicate", "runpod", "leonardo", "comfyui", "generic"]
 
 
 # --- The admin ------------------------------------------------------------------------------------

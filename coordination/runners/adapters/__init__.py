@@ -9,8 +9,9 @@ from coordination.runners.adapters.comfyui import ComfyUI
 from coordination.runners.adapters.generic import Generic
 from coordination.runners.adapters.leonardo import Leonardo
 from coordination.runners.adapters.replicate import Replicate
+from coordination.runners.adapters.runpod import RunPod
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Leonardo(), ComfyUI())}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), RunPod(), Leonardo(), ComfyUI())}
 
 
 def adapter_of(kind: str) -> Adapter:
