@@ -30,6 +30,9 @@ class Provider:
     # one, its jobs are polled only): Replicate's whsec_..., Leonardo's webhook key, generic's.
     # fal signs with its published keys; RunPod's carry a token of ours in their URL.
     callback_secret: bool = False
+    # Whether a submit sent again is the same job to it (an idempotency key). Without one, a submit
+    # whose answer was lost is not sent again: at most once (adapters/base.py `submitted`).
+    idempotent_submit: bool = False
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -84,6 +87,7 @@ PROVIDERS: dict[str, Provider] = {
         model_pattern=re.compile(r".+", re.S), model_form="any text (unused: the protocol sends the catalog name)",
         webhooks="job",
         callback_secret=True,
+        idempotent_submit=True,
     ),
 }
 

@@ -3,11 +3,15 @@ API), a record of what it was asked, limits on demand (`limit(n, retry_after=...
 requests are answered 429), and a clock for its jobs.
 
 A fake subclasses FakeServer and answers in `answer(request)`: a Request in, an Answer out (JSON by
-default; `raw` bytes for a file)."""
+default; `raw` bytes for a file). A fake whose jobs move on by themselves (they end, they call back)
+does so in `tick()`, called every TICK seconds on a thread of its own until `stop()`; `post()` sends
+its webhooks."""
 
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -34,10 +38,26 @@ class Answer:
     raw: bytes | None = None  # sent as is (with its Content-Type in headers) instead of JSON
 
 
+TICK = 0.02  # seconds between a fake's ticks
+
+
+def post(url: str, data: bytes, headers: dict, *, timeout: float = 10) -> int | None:
+    """POST `data` to `url`, as a provider sends a webhook: the answer's status code (None: no answer)."""
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
 class FakeServer:
     limit_answer = Answer(429, {"detail": "Request was throttled."})  # what a fake says when limited
 
     def __init__(self):
+        self.stopped = threading.Event()
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self._limit_left = 0
@@ -52,11 +72,20 @@ class FakeServer:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
+        threading.Thread(target=self._ticking, daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def tick(self) -> None:
+        """What happens by itself every TICK seconds (nothing, unless a fake says)."""
+
+    def _ticking(self) -> None:
+        while not self.stopped.wait(TICK):
+            self.tick()
 
     @property
     def url(self) -> str:

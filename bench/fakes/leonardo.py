@@ -30,13 +30,11 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from bench.fakes.base import Answer, FakeServer, Request
+from bench.fakes.base import Answer, FakeServer, Request, post
 
 API = "/api/rest/v1"
 API_KEY = "leo-fake-api-key"
@@ -74,16 +72,7 @@ class FakeLeonardo(FakeServer):
         self.webhook_url, self.webhook_key = webhook_url, webhook_key
         self.generations: dict[str, Generation] = {}
         self.webhooks: list[tuple[str, int]] = []  # (generation id, the receiver's HTTP status) per webhook sent
-        self._stopped = threading.Event()
 
-    def start(self):
-        super().start()
-        threading.Thread(target=self._tick, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        super().stop()
 
     def status_of(self, generation_id: str) -> str | None:
         with self.lock:
@@ -92,9 +81,8 @@ class FakeLeonardo(FakeServer):
 
     # --- its clock ------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        while not self._stopped.wait(0.02):
-            self._advance()
+    def tick(self) -> None:
+        self._advance()
 
     def _advance(self) -> None:
         """Generations whose time is up end; waiting ones take the places that frees."""
@@ -142,17 +130,8 @@ class FakeLeonardo(FakeServer):
         thing["images"] = thing.pop("generated_images")
         payload = {"type": "image_generation.complete", "object": "generation", "timestamp": int(time.time() * 1000),
                    "api_version": "v1", "data": {"object": thing}}
-        request = urllib.request.Request(self.webhook_url, data=json.dumps(payload).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        if self.webhook_key:
-            request.add_header("authorization", f"Bearer {self.webhook_key}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                code = answer.status
-        except urllib.error.HTTPError as error:
-            code = error.code
-        except OSError:
-            code = 0
+        code = post(self.webhook_url, json.dumps(payload).encode(),
+                    {"authorization": f"Bearer {self.webhook_key}"} if self.webhook_key else {}, timeout=30)
         with self.lock:
             self.webhooks.append((generation.id, code))
 

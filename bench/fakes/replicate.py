@@ -12,17 +12,14 @@ PNG URL (`output="single"`: the URL itself), or `failed` with its input's `fail`
 import base64
 import json
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from bench.fakes.base import Answer, FakeServer, Request
+from bench.fakes.base import Answer, FakeServer, Request, post
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
 UNAUTHENTICATED = {"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401}
@@ -64,16 +61,6 @@ class FakeReplicate(FakeServer):
         self.webhook_secret = webhook_secret
         self.predictions: dict[str, Prediction] = {}
         self.webhooks_sent: list[tuple[str, str, int | None]] = []  # (prediction id, event, status code)
-        self._ticker_stop = threading.Event()
-
-    def start(self):
-        super().start()
-        threading.Thread(target=self._send_webhooks, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._ticker_stop.set()
-        super().stop()
 
     # --- a prediction's life ----------------------------------------------------------------------
 
@@ -106,22 +93,22 @@ class FakeReplicate(FakeServer):
                         output=url if self.output == "single" else [url], metrics={"predict_time": p.seconds})
         return body
 
-    def _send_webhooks(self) -> None:
-        while not self._ticker_stop.wait(0.02):
-            with self.lock:
-                due = []
-                for p in self.predictions.values():
-                    if not p.webhook:
-                        continue
-                    state = self.state(p)
-                    if state["started_at"] and "start" in p.events and "start" not in p.sent:
-                        p.sent.add("start")
-                        due.append((p, "start", state))
-                    if state["completed_at"] and "completed" in p.events and "completed" not in p.sent:
-                        p.sent.add("completed")
-                        due.append((p, "completed", state))
-            for p, event, state in due:
-                self.send_webhook(p.webhook, state, event=event)
+    def tick(self) -> None:
+        """The webhooks that are due: a prediction's start and its end, when it asked for them."""
+        with self.lock:
+            due = []
+            for p in self.predictions.values():
+                if not p.webhook:
+                    continue
+                state = self.state(p)
+                if state["started_at"] and "start" in p.events and "start" not in p.sent:
+                    p.sent.add("start")
+                    due.append((p, "start", state))
+                if state["completed_at"] and "completed" in p.events and "completed" not in p.sent:
+                    p.sent.add("completed")
+                    due.append((p, "completed", state))
+        for p, event, state in due:
+            self.send_webhook(p.webhook, state, event=event)
 
     def send_webhook(self, url: str, prediction: dict, *, event: str = "completed", secret: str | None = None,
                      timestamp: datetime | None = None) -> int | None:
@@ -130,16 +117,8 @@ class FakeReplicate(FakeServer):
         message_id = f"msg_{uuid.uuid4().hex}"
         when = timestamp or datetime.now(timezone.utc)
         signature = Webhook(secret or self.webhook_secret).sign(message_id, when, body.decode())
-        request = urllib.request.Request(url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "webhook-id": message_id,
-            "webhook-timestamp": str(int(when.timestamp())), "webhook-signature": signature})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                code = answer.status
-        except urllib.error.HTTPError as error:
-            code = error.code
-        except OSError:
-            code = None
+        code = post(url, body, {"webhook-id": message_id, "webhook-timestamp": str(int(when.timestamp())),
+                                "webhook-signature": signature})
         with self.lock:
             self.webhooks_sent.append((prediction["id"], event, code))
         return code

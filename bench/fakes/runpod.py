@@ -30,14 +30,11 @@ output, else images and a video of the fake's own), `progress_as` (else the fake
 
 import json
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 
-from bench.fakes.base import Answer, FakeServer, Request
+from bench.fakes.base import Answer, FakeServer, Request, post
 
-TICK = 0.02  # seconds between the fake's looks at its jobs (each request looks too)
 FINAL = ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED")
 CALLED_BACK = ("COMPLETED", "FAILED", "TIMED_OUT")
 WEBHOOK_TRIES = 3
@@ -71,16 +68,7 @@ class FakeRunPod(FakeServer):
         self.jobs: dict[str, Job] = {}
         self.webhooks: list[tuple[str, int | None]] = []  # each try: (job id, the answer's status, None: no answer)
         self._changed = threading.Condition(self.lock)
-        self._stopped = threading.Event()
 
-    def start(self):
-        super().start()
-        threading.Thread(target=self._tick, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        super().stop()
 
     def job(self, job_id: str) -> Job:
         with self.lock:
@@ -170,10 +158,9 @@ class FakeRunPod(FakeServer):
     def _seconds(self, job: Job) -> float:
         return float(job.input.get("seconds", self.seconds))
 
-    def _tick(self) -> None:
-        while not self._stopped.wait(TICK):
-            with self.lock:
-                self._advance()
+    def tick(self) -> None:
+        with self.lock:
+            self._advance()
 
     def _advance(self) -> None:
         """Under the lock: end the jobs whose time came, start queued ones on the free workers, and
@@ -221,16 +208,9 @@ class FakeRunPod(FakeServer):
     def _call_back(self, job_id: str, url: str, body: dict) -> None:
         data = json.dumps(body).encode()
         for tried in range(WEBHOOK_TRIES):
-            if tried and self._stopped.wait(self.webhook_gap):
+            if tried and self.stopped.wait(self.webhook_gap):
                 return
-            request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=10) as answer:
-                    code = answer.status
-            except urllib.error.HTTPError as error:
-                code = error.code
-            except OSError:
-                code = None
+            code = post(url, data, {})
             with self.lock:
                 self.webhooks.append((job_id, code))
             if code == 200:

@@ -100,12 +100,11 @@ async def _wait_here(client, call: RunnerCall, adapter, accepted: "Accepted", de
     provider, job = call.provider, accepted.provider_job_id
     interval = max(float(call.params.get("poll_interval", provider.poll_interval_seconds)), 0.01)
     request = adapter.status_request(client, provider, accepted)
-    status, unanswered = accepted.status, 0
+    status, pause, unanswered = accepted.status, interval, 0
     try:
         while not status.ended:
             if status.progress is not None:
                 logger.info("Job %s: provider job %s at %.0f%%", call.job_id, job, 100 * status.progress)
-            pause = interval if not unanswered else http.pause_before(unanswered, again)
             if time.monotonic() + pause >= deadline:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s")
@@ -113,9 +112,10 @@ async def _wait_here(client, call: RunnerCall, adapter, accepted: "Accepted", de
             try:
                 status = await adapter.ask(client, provider, accepted, request=request,
                                            timeout=max(0.01, deadline - time.monotonic()))
-                unanswered = 0
-            except AskAgain as asked_again:  # a limit or an outage: the job is there; ask again later
-                again, unanswered = asked_again, unanswered + 1
+                pause, unanswered = interval, 0
+            except AskAgain as again:  # a limit or an outage: the job is there; ask again later
+                unanswered += 1
+                pause = http.pause_before(unanswered, again)
     except (asyncio.CancelledError, ProviderTimeout):
         # Stopped, or out of time: the provider's job is dropped too (best effort, bounded).
         confirmed = await asyncio.shield(adapter.cancel(client, provider, accepted))

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 from uuid import uuid4
 
 import httpx

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from coordination import provider_catalog
 from coordination.runners import client as http
 from coordination.runners.base import Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
@@ -103,16 +104,19 @@ def json_headers(**more: str) -> dict:
     return {"Accept": "application/json", "User-Agent": "job-queue-coordinator", **more}
 
 
-async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, resend: bool = True,
-                    **kwargs):
-    """A submit: sent again after a refused connection or a 5xx at most max_connect_retries times, a
-    limit (429, 503) waited out until the deadline. `resend=False` for a provider without an
-    idempotency key (client.request says what is then not sent again)."""
+async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, **kwargs):
+    """A submit: a limit (429, 503) waited out until the deadline; a refused connection or a 5xx sent
+    again at most max_connect_retries times, but only to a provider that takes an idempotency key
+    (provider_catalog's `idempotent_submit`: generic). To any other, a submit that may have arrived but
+    whose answer was lost (a cut connection, a timeout, a 5xx other than 503) is not sent again: the
+    attempt fails saying so (at most once: a second job there would run unseen, and be billed), and
+    the model's max_attempts decides whether the job runs again, as a new attempt."""
+    resend = provider_catalog.PROVIDERS[provider.kind].idempotent_submit
     return await http.request(client, "POST", url, provider=provider, deadline=deadline, patient=False,
                               resend=resend, headers=headers, **kwargs)
 
 
-async def confirmed(client, method: str, url: str, *, headers: dict, gone_ok: bool = True, **kwargs) -> httpx.Response | None:
+async def confirmed(client, method: str, url: str, *, headers: dict, **kwargs) -> httpx.Response | None:
     """A cancel's request (bounded by CANCEL_TIMEOUT): its answer, or None when none came."""
     try:
         return await client.request(method, url, headers=headers, timeout=http.CANCEL_TIMEOUT, **kwargs)

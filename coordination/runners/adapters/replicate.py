@@ -6,10 +6,8 @@
   after provider_input>}`, with `"webhook"` and `"webhook_events_filter": ["start", "completed"]` when
   we have a public address. `Authorization: Bearer <token>`; our deadline as `Cancel-After: <N>s`
   (the seconds left of the attempt): Replicate ends the prediction itself when it passes.
-- **At most once**: Replicate takes no idempotency key, so a submit whose answer was lost (a cut
-  connection, a timeout, a 5xx other than 503) is not sent again: the attempt fails saying so, and
-  the job's max_attempts decides whether it runs again. A refused connection, a 429 or a 503 is
-  sent again (Replicate did not take it).
+- **At most once**: Replicate takes no idempotency key, so a submit whose answer was lost is not
+  sent again (base.py `submitted`).
 - **Status**: `GET urls.get`. starting → queued, processing → running, succeeded, failed (its
   `error`), canceled → cancelled, aborted (its deadline passed before it started) → cancelled, in
   Replicate's words. Progress: the last tqdm line of its `logs` (`NN%|...| i/N`), read as
@@ -88,7 +86,7 @@ class Replicate(Adapter):
             body.update(webhook=callback_url, webhook_events_filter=["start", "completed"])
         seconds_left = max(1, int(deadline - time.monotonic()))
         answer = await submitted(client, f"{provider.url}{path}", provider=provider, deadline=deadline, json=body,
-                                 headers={**_headers(provider), "Cancel-After": f"{seconds_left}s"}, resend=False)
+                                 headers={**_headers(provider), "Cancel-After": f"{seconds_left}s"})
         if not isinstance(answer, dict) or not answer.get("id"):
             raise RunnerError(f"Replicate answered no prediction: {message_of(answer)}")
         urls = answer.get("urls") or {}
