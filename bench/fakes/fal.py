@@ -25,7 +25,8 @@
   an ED25519 key pair made at start: headers `X-Fal-Webhook-Request-Id`, `-User-Id`, `-Timestamp`,
   `-Signature` (hex) over `request_id\\nuser_id\\ntimestamp\\nsha256hex(body)`; its public key at
   `GET /.well-known/jwks.json`. `signed(body, ...)` makes such headers for a test (a stale time, another key).
-- `limit(n, retry_after=...)` (bench/fakes/base.py): the next n requests are answered 429.
+- `limit(n, retry_after=...)` (bench/fakes/base.py): the next n requests are answered 429. `tls=True`:
+  https, with a certificate made for 127.0.0.1 (`cert_file`), for fal's own client (fal_client).
 """
 
 import base64
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from bench.fakes.base import Answer, FakeServer, Request
+from bench.fakes.base import Answer, FakeServer, Request, localhost_tls
 
 # A 1x1 PNG: what every "image" is.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -69,8 +70,10 @@ class Job:
 
 class FakeFal(FakeServer):
     def __init__(self, *, key: str = "fal-test-key", seconds: float = 1.0, concurrency: int = 2,
-                 cancel_delay: float = 0.3, user_id: str = "fake-user"):
+                 cancel_delay: float = 0.3, user_id: str = "fake-user", tls: bool = False):
         super().__init__()
+        if tls:  # fal's own client speaks https only: FAL_QUEUE_RUN_HOST=127.0.0.1:<port>, SSL_CERT_FILE=cert_file
+            self.tls, self.cert_file = localhost_tls()
         self.key, self.seconds, self.concurrency, self.cancel_delay, self.user_id = key, seconds, concurrency, cancel_delay, user_id
         self.jobs: dict[str, Job] = {}
         self.webhooks: list[tuple[str, int]] = []  # (request id, the status code our receiver answered)

@@ -4,6 +4,9 @@ questions (as the poller asks them) and the webhook route."""
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from types import SimpleNamespace
@@ -301,6 +304,27 @@ def test_a_webhook_signed_wrong_stale_or_not_at_all_is_refused_and_changes_nothi
     assert job.status == "failed" and job.error == f"Provider job {request_id} failed: CUDA out of memory (runner_server_error)"
 
 
+@pytest.mark.django_db
+def test_fals_keys_are_read_again_for_an_unknown_signature_only_once_those_kept_are_five_minutes_old(fal, settings, user):
+    settings.COORDINATOR_FAL_JWKS_URL = jwks = f"{fal.url}/.well-known/jwks.json"
+    use_fal(fal)
+    job = job_submit(owner=user, model=MODEL, prompt="A lighthouse", params={"seconds": 0.1})
+    run_job(str(job.job_id), 1)
+    request_id = ProviderRun.objects.get(job=job).provider_job_id
+    wait_until(lambda: fal.state(request_id) == "COMPLETED", timeout=GIVE_UP, message="fal to end it")
+    body = fal.webhook_body(request_id)
+    fal_adapter.signature_check(body, fal.signed(body, request_id=request_id))  # its keys, read and kept
+
+    fal.signing_key = Ed25519PrivateKey.generate()  # fal rotates its key
+    assert post_webhook(body, fal.signed(body, request_id=request_id)).status_code == 401
+    assert len(fal.asked("GET", "/.well-known/jwks.json")) == 1  # kept for less than five minutes: not read again
+    read_at, keys = fal_adapter._keys[jwks]
+    fal_adapter._keys[jwks] = (read_at - fal_adapter.KEYS_RECHECKED, keys)  # five minutes on
+    assert post_webhook(body, fal.signed(body, request_id=request_id)).status_code == 200
+    assert len(fal.asked("GET", "/.well-known/jwks.json")) == 2
+    assert Job.objects.get(pk=job.job_id).status == "completed"
+
+
 def test_a_webhook_s_body_in_our_terms():
     said = fal_adapter.webhook_status
     assert said({"status": "ERROR", "error": "Invalid status code: 422", "payload": {"detail": [
@@ -336,3 +360,51 @@ def test_progress_is_the_last_log_lines_percentage(logs, progress):
 
 def test_a_status_fal_does_not_document_is_kept_as_said():
     assert FAL.status_from({"status": "CANCELLATION_REQUESTED"}, SimpleNamespace()).state == "CANCELLATION_REQUESTED"
+
+
+# --- fal's own client against the fake ---------------------------------------------------------------
+
+FAL_CLIENT = r"""
+import json
+import fal_client
+
+client, out = fal_client.SyncClient(), {}  # FAL_KEY from the environment
+handle = client.submit("fal-ai/flux/dev", {"prompt": "A lighthouse", "seconds": 0.5}, start_timeout=30)
+events = list(handle.iter_events(with_logs=True, interval=0.05))
+out["events"] = sorted({type(event).__name__ for event in events})
+out["last_log"] = events[-1].logs[-1]["message"]
+out["result"] = handle.get()
+try:
+    client.submit("fal-ai/flux/dev", {"prompt": "x", "fail": "CUDA out of memory"}).get()
+except fal_client.FalClientHTTPError as error:
+    out["failure"] = [error.status_code, str(error)]
+client.submit("fal-ai/flux/dev", {"prompt": "x", "seconds": 600})
+waiting = client.submit("fal-ai/flux/dev", {"prompt": "x", "seconds": 600})
+out["position"] = waiting.status().position
+waiting.cancel()
+out["after_cancel"] = type(waiting.status()).__name__
+print(json.dumps(out))
+"""
+
+
+def test_fals_own_client_reads_the_fake_as_it_reads_fal(tmp_path):
+    """fal_client's hosts are constants read from the environment at import (FAL_QUEUE_RUN_HOST), its
+    scheme is https: so the fake serves https with a certificate the client is told to trust, in a
+    process of its own. Anything else it reached would go to a proxy that is not there."""
+    fake = FakeFal(key=KEY, seconds=0.3, concurrency=1, tls=True).start()
+    try:
+        env = {**os.environ, "FAL_KEY": KEY, "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{fake.port}", "SSL_CERT_FILE": fake.cert_file,
+               "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1",
+               "FAL_HOME_DIR": str(tmp_path)}
+        ran = subprocess.run([sys.executable, "-c", FAL_CLIENT], env=env, capture_output=True, text=True, timeout=GIVE_UP)
+    finally:
+        fake.stop()
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout)
+    assert {"InProgress", "Completed"} <= set(out["events"])
+    assert out["last_log"].startswith("100%")
+    assert out["result"]["images"][0]["content_type"] == "image/png"
+    assert out["failure"] == [500, "CUDA out of memory"]
+    assert (out["position"], out["after_cancel"]) == (0, "Completed")
+    first = fake.asked("POST")[0]
+    assert first.headers["x-fal-request-timeout"] == "30.0"  # the client's own header, as the adapter sends it
