@@ -325,6 +325,25 @@ def test_fals_keys_are_read_again_for_an_unknown_signature_only_once_those_kept_
     assert Job.objects.get(pk=job.job_id).status == "completed"
 
 
+@pytest.mark.django_db
+def test_a_webhook_that_could_not_carry_the_output_has_it_read_from_fal(fal, settings, user):
+    settings.COORDINATOR_FAL_JWKS_URL = f"{fal.url}/.well-known/jwks.json"
+    use_fal(fal)
+    job = job_submit(owner=user, model=MODEL, prompt="A lighthouse", params={"seconds": 0.1})
+    run_job(str(job.job_id), 1)
+    request_id = ProviderRun.objects.get(job=job).provider_job_id
+    wait_until(lambda: fal.state(request_id) == "COMPLETED", timeout=GIVE_UP, message="fal to end it")
+    body = json.dumps({"request_id": request_id, "gateway_request_id": request_id, "status": "OK", "payload": None,
+                       "payload_error": "Response payload too large for the webhook"}).encode()
+
+    answer = post_webhook(body, fal.signed(body, request_id=request_id))
+
+    assert answer.status_code == 200, answer.content
+    job = Job.objects.get(pk=job.job_id)
+    assert job.status == "completed" and job.result["output"]["images"][0]["url"] == f"{fal.url}/files/{request_id}.png"
+    assert fal.asked("GET", f"/fal-ai/flux/requests/{request_id}")  # its status, then its output
+
+
 def test_a_webhook_s_body_in_our_terms():
     said = fal_adapter.webhook_status
     assert said({"status": "ERROR", "error": "Invalid status code: 422", "payload": {"detail": [

@@ -116,7 +116,7 @@ class Fal(Adapter):
         except ValueError:
             body = response.text
         code = response.status_code
-        fals_own = isinstance(body, dict) and "detail" in body or "x-fal-error-type" in response.headers
+        fals_own = (isinstance(body, dict) and "detail" in body) or "x-fal-error-type" in response.headers
         if code < 400 or code == 429 or code in (502, 503, 504) and not fals_own:
             output = http.decoded(response)  # the output; a limit or an outage raises AskAgain
             return Status("succeeded", output, files=files_in(output))
