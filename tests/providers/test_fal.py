@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.test import Client
 
+from bench.fakes.base import Answer
 from bench.fakes.fal import PNG, FakeFal
 from coordination.models import CatalogModel, Job, JobQueueLog, ProviderRun
 from coordination.runners import RunnerCall, RunnerError, get_runner, runner_call
@@ -182,6 +183,14 @@ def test_a_429_on_submit_is_waited_out_and_the_deadline_sent_is_the_time_left_th
     if retry_after:
         assert time.monotonic() - began >= 2.0  # Retry-After: 1, twice
         assert int(posts[2].headers["x-fal-request-timeout"]) <= int(posts[0].headers["x-fal-request-timeout"]) - 2
+
+
+def test_a_submit_whose_answer_was_lost_is_not_sent_again(fal):
+    fal.limit_answer = Answer(502, {"detail": "Bad gateway"})  # fal may have taken it: no idempotency key to say
+    fal.limit(1)
+    with pytest.raises(RunnerError, match="it takes no idempotency key, so it was not sent again"):
+        submitted(fal, {"seconds": 600})
+    assert len(fal.asked("POST")) == 1
 
 
 # --- Statuses --------------------------------------------------------------------------------------

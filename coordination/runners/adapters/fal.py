@@ -7,7 +7,9 @@ catalog model names the app (`provider_model`, e.g. fal-ai/flux/dev) and the var
   left until the attempt's deadline, at least 1>` (fal does not start a request we would no longer
   wait for), and `?fal_webhook=<our callback URL>` for a callback model. fal answers its
   `request_id` and three URLs (owner/app only, used as given): `status_url` is polled,
-  `response_url` and `cancel_url` are kept on the run.
+  `response_url` and `cancel_url` are kept on the run. At most once: fal takes no idempotency key,
+  so a submit whose answer was lost (a cut connection, a timeout, a 5xx other than 503) is not sent
+  again (client.request, `resend=False`); a refused connection, a 429 or a 503 is.
 - **Status**: `GET status_url?logs=1`: IN_QUEUE is queued (its `queue_position`), IN_PROGRESS
   running, with the progress of the last log line when it holds a percentage (`NN%`, as a tqdm bar
   writes it; none otherwise); COMPLETED with `error`/`error_type` failed in fal's words
@@ -72,7 +74,7 @@ class Fal(Adapter):
         provider = call.provider
         answer = await submitted(client, f"{provider.url}/{provider.model.strip('/')}", provider=provider, deadline=deadline,
                                  json=mapped_input(call, provider), headers=_headers(provider), auth=_TimeLeft(deadline),
-                                 params={"fal_webhook": callback_url} if callback_url else None)
+                                 params={"fal_webhook": callback_url} if callback_url else None, resend=False)
         if not isinstance(answer, dict) or not all(answer.get(key) for key in ("request_id", "status_url", "response_url", "cancel_url")):
             raise RunnerError(f"fal answered no request to poll: {http.message_of(answer)}")
         data = {key: answer[key] for key in ("response_url", "cancel_url", "gateway_request_id") if answer.get(key)}
