@@ -193,6 +193,14 @@ def test_a_submit_whose_answer_was_lost_is_not_sent_again(fal):
     assert len(fal.asked("POST")) == 1
 
 
+def test_a_submit_the_model_refuses_fails_in_its_words(fal):
+    fal.limit_answer = Answer(422, {"detail": [{"loc": ["body", "image_size"], "msg": "Input should be square_hd or "
+                                                "landscape_16_9", "type": "enum"}]})
+    fal.limit(1)
+    with pytest.raises(RunnerError, match=r"\(HTTP 422\): body.image_size: Input should be square_hd or landscape_16_9$"):
+        submitted(fal, {"image_size": "huge"})
+
+
 # --- Statuses --------------------------------------------------------------------------------------
 
 def test_queue_position_and_progress_are_read_from_fals_status(fal):

@@ -74,7 +74,8 @@ class Fal(Adapter):
         provider = call.provider
         answer = await submitted(client, f"{provider.url}/{provider.model.strip('/')}", provider=provider, deadline=deadline,
                                  json=mapped_input(call, provider), headers=_headers(provider), auth=_TimeLeft(deadline),
-                                 params={"fal_webhook": callback_url} if callback_url else None, resend=False)
+                                 params={"fal_webhook": callback_url} if callback_url else None, resend=False,
+                                 words=words_of)
         if not isinstance(answer, dict) or not all(answer.get(key) for key in ("request_id", "status_url", "response_url", "cancel_url")):
             raise RunnerError(f"fal answered no request to poll: {http.message_of(answer)}")
         data = {key: answer[key] for key in ("response_url", "cancel_url", "gateway_request_id") if answer.get(key)}
