@@ -54,6 +54,7 @@ PROVIDERS: dict[str, Provider] = {
         label="fal", public_base_url="https://queue.fal.run", requires=("provider_model",),
         model_pattern=re.compile(rf"{_NAME}(/{_NAME})+"),
         model_form="an app id such as fal-ai/flux/dev",
+        adapter=True,
         webhooks="job",
     ),
     # RunPod: the serverless endpoint's id (POST /v2/{endpoint_id}/run).

@@ -5,15 +5,21 @@ requests are answered 429), and a clock for its jobs.
 A fake subclasses FakeServer and answers in `answer(request)`: a Request in, an Answer out (JSON by
 default; `raw` bytes for a file). A fake whose jobs move on by themselves (they end, they call back)
 does so in `tick()`, called every TICK seconds on a thread of its own until `stop()`; `post()` sends
-its webhooks."""
+its webhooks. With `tls` set (`localhost_tls()`), it serves https: for a provider's own client whose
+scheme is fixed (fal's)."""
 
+import datetime
+import ipaddress
 import json
+import ssl
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -55,6 +61,7 @@ def post(url: str, data: bytes, headers: dict, *, timeout: float = 10) -> int | 
 
 class FakeServer:
     limit_answer = Answer(429, {"detail": "Request was throttled."})  # what a fake says when limited
+    tls: ssl.SSLContext | None = None  # serve https with this context (localhost_tls())
 
     def __init__(self):
         self.stopped = threading.Event()
@@ -69,6 +76,8 @@ class FakeServer:
     def start(self):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -89,7 +98,7 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def limit(self, count: int, retry_after: str | None = None) -> None:
         """The next `count` requests are answered 429 (with Retry-After when given)."""
@@ -118,6 +127,32 @@ class FakeServer:
             retry_after = self._retry_after
         limited = self.limit_answer
         return Answer(limited.status, limited.body, {**limited.headers, **({"Retry-After": retry_after} if retry_after else {})})
+
+
+def localhost_tls() -> tuple[ssl.SSLContext, str]:
+    """A server TLS context with a certificate made now for 127.0.0.1, and the certificate's file (for a
+    client to trust: SSL_CERT_FILE)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    folder = Path(tempfile.mkdtemp(prefix="fake-tls-"))
+    (folder / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context, str(folder / "cert.pem")
 
 
 def _handler(fake: FakeServer):

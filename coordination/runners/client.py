@@ -121,14 +121,20 @@ async def send(client, request: httpx.Request, *, timeout: float):
     the same request again at each poll). A limit or an outage raises AskAgain (with the wait the
     provider asked for, if it did): ask again later, holding nothing meanwhile; a refusal (another
     4xx) raises RunnerError. Returns the answer's JSON (or its text)."""
+    return decoded(await response_to(client, request, timeout=timeout))
+
+
+async def response_to(client, request: httpx.Request, *, timeout: float) -> httpx.Response:
+    """The answer to one question as it came, whatever its status (`send` reads it; an adapter that
+    reads an error answer its provider's way, fal's result, calls this); none within `timeout`, or a
+    connection that failed, raises AskAgain."""
     request.extensions["timeout"] = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
     try:
-        response = await (client.send_again(request) if hasattr(client, "send_again") else client.send(request))
+        return await (client.send_again(request) if hasattr(client, "send_again") else client.send(request))
     except httpx.TimeoutException:
         raise AskAgain("the provider did not answer in time", counted=True) from None
     except httpx.HTTPError as error:  # refused, reset, cut short, garbled: worth asking again
         raise AskAgain(f"{type(error).__name__}: {error}", counted=True) from None
-    return decoded(response)
 
 
 def pause_before(tries: int, again: AskAgain) -> float:

@@ -6,12 +6,13 @@ Imported only where a provider is called (the HTTP stack comes with it), as clie
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
 from coordination.runners.adapters.comfyui import ComfyUI
+from coordination.runners.adapters.fal import Fal
 from coordination.runners.adapters.generic import Generic
 from coordination.runners.adapters.leonardo import Leonardo
 from coordination.runners.adapters.replicate import Replicate
 from coordination.runners.adapters.runpod import RunPod
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), RunPod(), Leonardo(), ComfyUI())}
+ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Fal(), RunPod(), Leonardo(), ComfyUI())}
 
 
 def adapter_of(kind: str) -> Adapter:
