@@ -185,6 +185,8 @@ class CatalogModel(models.Model):
                 missing = {
                     "provider_url": "A generic provider needs a provider URL: where the http runner POSTs a job.",
                     "provider_model": f"A {name} model needs provider_model: {facts.model_form}.",
+                    "credential_env": f"A {name} model needs credential_env: the name of the variable holding your {name} "
+                                      "API key where the qcluster runs, e.g. " + f"{self.provider.upper()}_API_KEY.",
                     "provider_base_url": f"A {name} model needs provider_base_url: the server's address, e.g. http://127.0.0.1:8188.",
                     "provider_workflow": f"A {name} model needs provider_workflow: the API-format graph and the node inputs "
                                          "that take the prompt (see docs/providers.md).",
@@ -192,9 +194,6 @@ class CatalogModel(models.Model):
                 for field in facts.requires:
                     if not getattr(self, field):
                         refuse(field, missing[field])
-                if not facts.adapter:
-                    refuse("provider", f"The {name} adapter is not available yet: on runner http, set provider generic (our own "
-                                       f"protocol at provider_url), or keep this model on the simulated runner.")
             if self.provider_model:
                 if facts.model_pattern is None:
                     refuse("provider_model", f"A {name} model takes no provider_model.")

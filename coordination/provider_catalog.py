@@ -1,7 +1,8 @@
 """What the catalog knows of each provider a model may name (CatalogModel.provider), in one place:
-its public API, which catalog fields it needs, the form of its own model name, and whether its
-adapter exists yet. The model's clean() checks a row against this table; the adapters read their
-public base URL from it. Data only: it imports nothing of ours (the data layer, tests/test_structure.py).
+its public API, which catalog fields it needs, the form of its own model name, and how it calls
+back. The model's clean() checks a row against this table; the runners read their public base URL,
+their webhooks and their submits' idempotency from it (each provider's adapter, which speaks its API,
+is in coordination/runners/adapters). Data only: it imports nothing of ours (the data layer, tests/test_structure.py).
 
 Sources for the facts: ../shared/PROVIDERS.md (its endpoints and model names).
 """
@@ -21,8 +22,6 @@ class Provider:
     # The form of provider_model, and how the message describes it (None: it takes none).
     model_pattern: re.Pattern | None = None
     model_form: str = ""
-    # Whether the http runner can run a job for it today.
-    adapter: bool = False
     # How it calls back when a job ends: "job" (the URL is sent with each submit), "key" (set once at
     # the provider for an API key: Leonardo), "" (never: polled only).
     webhooks: str = ""
@@ -42,49 +41,45 @@ PROVIDERS: dict[str, Provider] = {
     # a version of one (POST /v1/predictions with "owner/name:<id>"), or a deployment (POST
     # /v1/deployments/{owner}/{name}/predictions), named here "deployments/owner/name".
     "replicate": Provider(
-        label="Replicate", public_base_url="https://api.replicate.com", requires=("provider_model",),
+        label="Replicate", public_base_url="https://api.replicate.com", requires=("provider_model", "credential_env"),
         model_pattern=re.compile(rf"(deployments/)?{_NAME}/{_NAME}(:[A-Za-z0-9]+)?"),
         model_form="owner/name, owner/name:version or deployments/owner/name, e.g. black-forest-labs/flux-dev",
         webhooks="job",
         callback_secret=True,
-        adapter=True,
     ),
     # fal: the app id, the path after https://queue.fal.run/, such as fal-ai/flux/dev.
     "fal": Provider(
-        label="fal", public_base_url="https://queue.fal.run", requires=("provider_model",),
+        label="fal", public_base_url="https://queue.fal.run", requires=("provider_model", "credential_env"),
         model_pattern=re.compile(rf"{_NAME}(/{_NAME})+"),
         model_form="an app id such as fal-ai/flux/dev",
-        adapter=True,
         webhooks="job",
     ),
     # RunPod: the serverless endpoint's id (POST /v2/{endpoint_id}/run).
     "runpod": Provider(
-        label="RunPod", public_base_url="https://api.runpod.ai", requires=("provider_model",),
+        label="RunPod", public_base_url="https://api.runpod.ai", requires=("provider_model", "credential_env"),
         model_pattern=re.compile(r"[A-Za-z0-9_-]+"),
         model_form="the endpoint id, letters, digits, - and _ (no /)",
-        adapter=True,
         webhooks="job",
     ),
     # Leonardo: an image model's modelId (a UUID: POST /api/rest/v1/generations) or a video model
     # (POST /api/rest/v1/generations-text-to-video or -image-to-video).
     "leonardo": Provider(
-        label="Leonardo", public_base_url="https://cloud.leonardo.ai", requires=("provider_model",),
+        label="Leonardo", public_base_url="https://cloud.leonardo.ai", requires=("provider_model", "credential_env"),
         model_pattern=re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Z0-9_]+"),
         model_form="an image model's modelId (a UUID) or a video model: MOTION2, MOTION2FAST, VEO3, VEO3FAST, "
                    "KLING2_1 or KLING2_5",
-        adapter=True,
         webhooks="key",
         callback_secret=True,
     ),
     # ComfyUI: your own server, so no public API; the job is a workflow graph, not a model name.
     "comfyui": Provider(
-        label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"), adapter=True,
+        label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"),
     ),
     # Our own protocol (coordination/runners/adapters/generic.py): provider_url and provider_style.
     # provider_model is kept but unused (the protocol sends the catalog's name): a guide model switched
     # to generic keeps the record of its real provider's name for it.
     "generic": Provider(
-        label="generic", public_base_url="", requires=("provider_url",), adapter=True,
+        label="generic", public_base_url="", requires=("provider_url",),
         model_pattern=re.compile(r".+", re.S), model_form="any text (unused: the protocol sends the catalog name)",
         webhooks="job",
         callback_secret=True,

@@ -1,7 +1,6 @@
 """A catalog model names its provider (issue 26 §1): which combinations are refused, and why; how
 existing http models and the guide's models get theirs (migration 0024 and the seed)."""
 
-import dataclasses
 import importlib
 
 import pytest
@@ -12,6 +11,7 @@ from django.urls import reverse
 
 from coordination.models import CatalogModel, JobQueueLog
 from coordination.provider_catalog import PROVIDERS, base_url
+from coordination.runners.adapters import ADAPTERS
 from coordination.seed import GUIDE_PROVIDERS
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +42,7 @@ def refusals(candidate: CatalogModel) -> dict[str, list[str]]:
     ("fal", "provider_model", "A fal model needs provider_model: an app id such as fal-ai/flux/dev"),
     ("runpod", "provider_model", "A RunPod model needs provider_model: the endpoint id"),
     ("leonardo", "provider_model", "A Leonardo model needs provider_model"),
+    ("fal", "credential_env", "A fal model needs credential_env: the name of the variable holding your fal API key"),
     ("comfyui", "provider_base_url", "A ComfyUI model needs provider_base_url: the server's address"),
     ("comfyui", "provider_workflow", "A ComfyUI model needs provider_workflow"),
     ("generic", "provider_url", "A generic provider needs a provider URL"),
@@ -49,17 +50,6 @@ def refusals(candidate: CatalogModel) -> dict[str, list[str]]:
 def test_an_http_model_without_what_its_provider_needs_is_refused_naming_it(provider, field, words):
     errors = refusals(model(runner="http", provider=provider))
     assert any(words in message for message in errors[field]), errors
-
-
-def test_a_provider_whose_adapter_is_not_there_yet_is_refused_on_runner_http(monkeypatch):
-    # Every provider has its adapter now: the rule is kept for the next one, shown on fal as if it had none.
-    monkeypatch.setitem(PROVIDERS, "fal", dataclasses.replace(PROVIDERS["fal"], adapter=False))
-    errors = refusals(model(runner="http", provider="fal", provider_model="owner/name"))
-    assert list(errors) == ["provider"]
-    assert errors["provider"] == [
-        "The fal adapter is not available yet: on runner http, set provider generic (our own protocol at "
-        "provider_url), or keep this model on the simulated runner."
-    ]
 
 
 @pytest.mark.parametrize("provider, name", [
@@ -120,7 +110,7 @@ def test_fields_that_belong_to_another_provider_are_refused(fields, field):
     {"runner": "http", "provider": "runpod", "provider_model": "ab12cd34ef56gh", "credential_env": "RUNPOD_API_KEY"},
     {"provider": "leonardo", "provider_model": "MOTION2FAST"},
     {"provider": "leonardo", "provider_model": "b24e16ff-06e3-43eb-8d33-4416c2d75876"},
-    {"runner": "http", "provider": "leonardo", "provider_model": "MOTION2FAST"},
+    {"runner": "http", "provider": "leonardo", "provider_model": "MOTION2FAST", "credential_env": "LEONARDO_API_KEY"},
     {"provider": "comfyui", "provider_base_url": "http://127.0.0.1:8188", "provider_workflow": WORKFLOW},
     {"runner": "http", "provider": "generic", "provider_url": "https://p.example/jobs"},
 ])
@@ -145,7 +135,7 @@ def test_each_provider_s_public_api_and_its_replacement():
         "https://api.replicate.com", "https://queue.fal.run", "https://api.runpod.ai", "https://cloud.leonardo.ai",
     ]
     assert base_url("replicate", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
-    assert all(facts.adapter for facts in PROVIDERS.values())
+    assert set(PROVIDERS) == set(ADAPTERS)  # every provider the catalog names has its adapter
 
 
 # --- The admin ------------------------------------------------------------------------------------
@@ -168,7 +158,8 @@ def test_the_admin_refuses_a_provider_it_cannot_run_and_changes_nothing(staff_us
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "A Replicate model needs provider_model" in errors["provider_model"][0]
-    assert list(errors) == ["provider_model"]
+    assert "A Replicate model needs credential_env" in errors["credential_env"][0]
+    assert sorted(errors) == ["credential_env", "provider_model"]
     flux.refresh_from_db()
     assert (flux.runner, flux.provider, flux.provider_model) == ("simulated", "replicate", "black-forest-labs/flux-dev")
     assert not JobQueueLog.objects.filter(event_type="model_changed").exists()
