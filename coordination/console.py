@@ -59,7 +59,7 @@ def console_slots(now: datetime) -> list[dict]:
         for run in ProviderRun.objects.filter(
             state=ProviderRun.State.IN_FLIGHT, job_id__in=[slot.active_job_id for slot in slots if slot.active_job_id],
             job__attempt=F("attempt"),
-        ).only("job_id", "provider_job_id", "provider_status", "watcher")
+        ).only("job_id", "provider_job_id", "provider_status", "progress", "watcher")
     }
     return [
         {

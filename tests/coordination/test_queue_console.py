@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from coordination.estimates import estimated_start, estimated_starts
-from coordination.models import Job, JobLine
+from coordination.models import Job, JobLine, ProviderRun
 from coordination.services import job_claim, job_complete
 from tests.helpers import submit
 
@@ -44,6 +44,19 @@ def test_the_console_shows_slots_lines_timeline_and_events(staff_client, user):
     assert str(waiting.job_id) in waits and str(waiting.job_id) not in runs
     assert 'http-equiv="refresh"' in page
     assert "blocked" in page[page.index('id="events"'):]
+
+
+def test_a_slots_job_at_its_provider_shows_what_the_provider_last_said_and_its_progress(staff_client, user):
+    running = submit(user, model="flux-dev")
+    job_claim(job_id=running.job_id, attempt=1)
+    ProviderRun.objects.create(job_id=running.job_id, attempt=1, model="flux-dev", style="poll", provider_job_id="r-42",
+                               provider_status="running", progress=0.45, submitted_at=timezone.now(),
+                               deadline_at=timezone.now())
+
+    page = staff_client.get(reverse("admin:queue-console")).content.decode()
+
+    slots = page[page.index('id="slots"'):page.index('id="lines"')]
+    assert "at the provider (r-42, running, 45 %)" in slots
 
 
 def test_the_admin_index_links_to_the_console(staff_client):
