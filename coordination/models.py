@@ -101,7 +101,8 @@ class CatalogModel(models.Model):
         max_length=100,
         blank=True,
         default="",
-        help_text="Name of the environment variable holding the provider's token (sent as a Bearer token).",
+        help_text="Name of the environment variable holding the provider's API key, where the qcluster runs (sent the "
+                  "way the provider wants it: a Bearer token, fal's Key).",
     )
     provider_style = models.CharField(max_length=10, choices=ProviderStyle.choices, default=ProviderStyle.SYNC)
     poll_interval_seconds = models.FloatField(
@@ -110,8 +111,9 @@ class CatalogModel(models.Model):
     # Only the variable's NAME is stored, as for credential_env.
     callback_secret_env = models.CharField(
         max_length=100, blank=True, default="",
-        help_text="Name of the environment variable holding the secret the provider's callbacks carry "
-                  "(Authorization: Bearer <secret>, or X-Signature: sha256=<HMAC of the body>).",
+        help_text="Name of the environment variable holding the provider's webhook secret, where the web server runs: "
+                  "Replicate's whsec_..., Leonardo's webhook key, or a generic provider's (Authorization: Bearer <secret>, "
+                  "or X-Signature: sha256=<HMAC of the body>). fal and RunPod need none.",
     )
     class LinePolicy(models.TextChoices):
         FIFO = "fifo", "fifo: first come, first served"
