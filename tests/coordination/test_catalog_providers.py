@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from coordination.models import CatalogModel, JobQueueLog
 from coordination.provider_catalog import PROVIDERS, base_url
-from coordination.runners.adapters import ADAPTERS
+from coordination.runners.adapters import ADAPTERS, adapter_of
 from coordination.seed import GUIDE_PROVIDERS
 
 pytestmark = pytest.mark.django_db
@@ -136,6 +136,7 @@ def test_each_provider_s_public_api_and_its_replacement():
     ]
     assert base_url("replicate", "http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
     assert set(PROVIDERS) == set(ADAPTERS)  # every provider the catalog names has its adapter
+    assert all(adapter_of(kind).kind == kind for kind in PROVIDERS)
 
 
 # --- The admin ------------------------------------------------------------------------------------

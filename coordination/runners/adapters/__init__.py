@@ -2,21 +2,29 @@
 (CatalogModel.provider; coordination/provider_catalog.py has the catalog's facts of each). base.py
 says what an adapter does; docs/providers.md says, per provider, what is sent and how its answers map.
 
-Imported only where a provider is called (the HTTP stack comes with it), as client.py is."""
+Imported only where a provider is called (the HTTP stack comes with it), as client.py is; and each
+adapter's module only once a model names its provider, so that a worker carries only the providers
+it calls (fal's brings an ED25519 library, for one)."""
+
+import importlib
 
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused
-from coordination.runners.adapters.comfyui import ComfyUI
-from coordination.runners.adapters.fal import Fal
-from coordination.runners.adapters.generic import Generic
-from coordination.runners.adapters.leonardo import Leonardo
-from coordination.runners.adapters.replicate import Replicate
-from coordination.runners.adapters.runpod import RunPod
 
-ADAPTERS: dict[str, Adapter] = {adapter.kind: adapter for adapter in (Generic(), Replicate(), Fal(), RunPod(), Leonardo(), ComfyUI())}
+# Each provider's adapter: its module and class.
+ADAPTERS: dict[str, str] = {
+    "generic": "generic.Generic", "replicate": "replicate.Replicate", "fal": "fal.Fal", "runpod": "runpod.RunPod",
+    "leonardo": "leonardo.Leonardo", "comfyui": "comfyui.ComfyUI",
+}
+_made: dict[str, Adapter] = {}
 
 
 def adapter_of(kind: str) -> Adapter:
-    return ADAPTERS[kind or "generic"]
+    kind = kind or "generic"
+    adapter = _made.get(kind)
+    if adapter is None:
+        module, name = ADAPTERS[kind].split(".")
+        adapter = _made[kind] = getattr(importlib.import_module(f"{__name__}.{module}"), name)()
+    return adapter
 
 
 __all__ = ["ADAPTERS", "Adapter", "Callback", "CallbackRefused", "adapter_of"]
