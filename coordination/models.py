@@ -136,7 +136,8 @@ class CatalogModel(models.Model):
                   "timed out (empty: COORDINATOR_JOB_TIMEOUT, which is also the most it may be).",
     )
     max_connect_retries = models.PositiveSmallIntegerField(
-        default=3, help_text="Retries of a provider request after a connection error or a 5xx answer."
+        default=3, help_text="Retries of a provider submit after a refused connection (for a generic provider, "
+                             "which takes an idempotency key, also after a reset connection, a timeout or a 5xx)."
     )
 
     class Meta:

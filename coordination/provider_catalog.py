@@ -35,6 +35,8 @@ class Provider:
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+# A Leonardo image model's modelId (a UUID); any other Leonardo model name is a video model's.
+LEONARDO_IMAGE_MODEL = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 PROVIDERS: dict[str, Provider] = {
     # Replicate: an official model or a community model (POST /v1/models/{owner}/{name}/predictions),
@@ -65,7 +67,7 @@ PROVIDERS: dict[str, Provider] = {
     # (POST /api/rest/v1/generations-text-to-video or -image-to-video).
     "leonardo": Provider(
         label="Leonardo", public_base_url="https://cloud.leonardo.ai", requires=("provider_model", "credential_env"),
-        model_pattern=re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[A-Z0-9_]+"),
+        model_pattern=re.compile(rf"{LEONARDO_IMAGE_MODEL.pattern}|[A-Z0-9_]+"),
         model_form="an image model's modelId (a UUID) or a video model: MOTION2, MOTION2FAST, VEO3, VEO3FAST, "
                    "KLING2_1 or KLING2_5",
         webhooks="key",

@@ -10,8 +10,9 @@ import time
 from uuid import UUID
 
 from django.db.models import Q
+from django.utils.dateparse import parse_datetime
 
-from coordination.api.serializers import JobSerializer
+from coordination.api.serializers import AtProviderSerializer, JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
 from coordination.models import CatalogModel, Job, JobEvent
 from coordination.selectors import job_queue_positions
@@ -79,9 +80,13 @@ def as_of(job: Job, state: dict, position: int | None) -> dict:
             data[column] = state.get(column)
     if state.get("status") != Job.Status.COMPLETED:
         data["result"] = None  # a result exists from the completion on
-    if isinstance(state.get("at_provider"), dict) and data.get("at_provider"):
-        data["at_provider"] = {**data["at_provider"], **state["at_provider"]}  # a progress event: as it was then
+    if isinstance(state.get("at_provider"), dict):  # a progress event: the job at its provider as it was then
+        data["at_provider"] = dict(AtProviderSerializer(_at_provider(state["at_provider"])).data)
     return data
+
+
+def _at_provider(said: dict) -> dict:
+    return {**said, "since": parse_datetime(said["since"]) if said.get("since") else None}
 
 
 def _python(column: str, value):

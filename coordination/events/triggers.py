@@ -3,8 +3,8 @@
 A row is added whenever a job is inserted, whenever one of the fields a client sees changes (status,
 priority, what it waits for, a cancel asked for), whenever a workflow's current step changes, and
 whenever what a provider says of a job it runs changes (`provider_runs`: its status, progress or
-place in its line; the event `progress`, its state carrying `at_provider`), in the transaction that
-makes the change. Triggers rather than calls in our code: the coordinator's SQL
+place in its line; the event `progress`, its state carrying the job's whole `at_provider` as it was),
+in the transaction that makes the change. Triggers rather than calls in our code: the coordinator's SQL
 fast path, the Python path, the repairs and an operator's own SQL all change jobs, and none of them
 can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
 per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
@@ -104,7 +104,9 @@ BEGIN
     fields := jsonb_build_object({_pairs('j', 'step', 'step_model')});
     IF what = 'progress' THEN
         fields := fields || jsonb_build_object('at_provider', jsonb_build_object(
-            'status', NEW.provider_status, 'progress', NEW.progress, 'queue_position', NEW.queue_position));
+            'provider_job_id', NEW.provider_job_id, 'style', NEW.style, 'status', NEW.provider_status,
+            'since', NEW.submitted_at, 'watched', NEW.watcher IS NOT NULL, 'progress', NEW.progress,
+            'queue_position', NEW.queue_position));
     END IF;
     INSERT INTO job_events (job_id, event, state, created_at) VALUES (j.job_id, what, fields, now());
     IF {_wanted('j', 'what')} THEN

@@ -319,13 +319,16 @@ class Poller:
         confirms, or COORDINATOR_PROVIDER_CANCEL_GRACE seconds after the first cancel went out. Until
         then it keeps its slot and models: the provider may still be running it."""
         adapter = adapter_of(provider.kind)
-        confirmed = await adapter.cancel(client, provider, watch)
+        confirmed = await self._cancel(client, adapter, provider, watch)
         if watch.cancel_sent_at is None:
             await self._in_db(store.cancel_sent, watch.run_id)
             watch.cancel_sent_at = timezone.now()
         grace = settings.COORDINATOR_PROVIDER_CANCEL_GRACE
         if not confirmed and timezone.now() - watch.cancel_sent_at < timedelta(seconds=grace):
             return None
+        last_word = await self._last_word(client, adapter, provider, watch) if confirmed else None
+        if last_word is not None:
+            return self._ending(watch, last_word)  # it had succeeded before the cancel reached it: that stands
         words = None if confirmed else adapter.cancel_unconfirmed_words(grace)
         if watch.cancel_requested:
             return self._ending(watch, Status("cancelled"), error=(
@@ -336,10 +339,30 @@ class Poller:
             f"{watch.stop_reason}; cancelled at the provider, which confirmed it" if confirmed else
             f"{watch.stop_reason}; {words or f'the provider did not confirm its cancel within {grace} s, so its job may still run'}"))
 
+    async def _cancel(self, client, adapter, provider, watch) -> bool:
+        """The provider's cancel; False (not confirmed) whatever goes wrong sending it (its credential
+        missing where this poller runs, say): the grace still runs out, and the job still ends."""
+        try:
+            return await adapter.cancel(client, provider, watch)
+        except Exception as error:
+            logger.warning("Provider poller %s: cancelling job %s at its provider failed: %s", self.name, watch.job_id, error)
+            return False
+
+    async def _last_word(self, client, adapter, provider, watch) -> Status | None:
+        """A cancel the provider confirmed may mean the job had already ended there: its status, if it
+        says the job succeeded (that answer came first, and stands); None otherwise, or when it cannot
+        be asked."""
+        try:
+            status = await adapter.ask(client, provider, watch, request=adapter.status_request(client, provider, watch),
+                                       timeout=provider_client.CANCEL_TIMEOUT)
+        except Exception:
+            return None
+        return status if status.state == "succeeded" else None
+
     async def _orphan_close(self, client, watch, provider) -> store.Ending:
         """A run in flight whose job no longer runs at its attempt (ended without it: hand-written SQL,
         an older release): cancelled at the provider, closed, and said so. Its job's end stands."""
-        confirmed = await adapter_of(provider.kind).cancel(client, provider, watch)
+        confirmed = await self._cancel(client, adapter_of(provider.kind), provider, watch)
         logger.warning(
             "Provider poller %s: job %s ended while its attempt %s was still at the provider as %s; cancelled it there "
             "(%s) and closed its run", self.name, watch.job_id, watch.attempt, watch.provider_job_id,
@@ -356,8 +379,10 @@ class Poller:
             seen, self._seen = list(self._seen.values()), {}
             try:
                 await self._in_db(store.runs_seen, seen)
-            except (DatabaseError, InterfaceError) as error:  # only news: the next change says it again
+            except (DatabaseError, InterfaceError) as error:  # stored with the next batch (unless newer news came)
                 logger.warning("Provider poller %s: could not store what providers said (%s)", self.name, error)
+                for one in seen:
+                    self._seen.setdefault(one.run_id, one)
         if not self._endings:
             return
         endings, self._endings = self._endings, []

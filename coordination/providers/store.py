@@ -33,6 +33,8 @@ from coordination.services import job_complete, job_fail, job_stopped
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT, DONE = ProviderRun.State.IN_FLIGHT, ProviderRun.State.DONE
+# A provider's end this close to the run's deadline is that deadline's (it was sent the seconds left, whole).
+DEADLINE_SLACK = timedelta(seconds=5)
 
 
 def _lease(now: datetime) -> datetime:
@@ -232,6 +234,14 @@ def _report(run: ProviderRun, ending: Ending) -> None:
             # The coordinator ended it (a deadline, a reset); the provider's last word (a callback's,
             # say) is added to that reason, and the job is not tried again.
             error = ending.error or f"{run.stop_reason}; the provider's job {run.provider_job_id} {status.state}"
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False)
+        elif timezone.now() >= run.deadline_at - DEADLINE_SLACK:
+            # The provider ended it at our deadline, which it was sent (Replicate's Cancel-After, RunPod's
+            # executionTimeout, fal's X-Fal-Request-Timeout), a moment before the poller would have:
+            # timed out, as the poller's own deadline fails it, and not tried again.
+            started = Job.objects.filter(pk=run.job_id).values_list("started_at", flat=True).first() or run.submitted_at
+            error = (f"timed out after {(run.deadline_at - started).total_seconds():.0f} s; the provider's job "
+                     f"{run.provider_job_id} {status.state}: {status.error or '(no message)'}")
             job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False)
         else:
             error = ending.error or f"Provider job {run.provider_job_id} {status.state}: {status.error or '(no message)'}"

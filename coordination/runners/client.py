@@ -4,10 +4,12 @@ for waiting out what a provider asks us to wait out.
 
 - **Limits**: a `429` or `503` is waited out, for `Retry-After` seconds (or until its date) when it
   says, else with exponential back-off and jitter, without failing the job, until the attempt's
-  deadline (`timeout_seconds` from its start). A refused or reset connection or another 5xx is tried again
-  `max_connect_retries` times when submitting; when asking about a job already at the provider, it is
-  waited out like a limit (the job is there; an outage does not end it). Any other 4xx fails the job
-  with the provider's own words. Redirects are not followed.
+  deadline (`timeout_seconds` from its start). A submit (`request`) is sent again after a refused
+  connection, and, to a provider that takes an idempotency key, after a reset connection, a timeout
+  or another 5xx, `max_connect_retries` times (adapters/base.py `submitted`). A question about a job
+  already at the provider (`send`) that goes unanswered is asked again later, like a limit (the job
+  is there; an outage does not end it). Any other 4xx fails the job with the provider's own words.
+  Redirects are not followed.
 - **Files**: a result's `files` are the provider's list, else the URLs in its `output`
   (coordination/runners/results.py).
 """
@@ -149,8 +151,8 @@ LOST = ("the provider may have taken it, and it takes no idempotency key, so it 
         "(at most once)")
 
 
-async def request(client, method: str, url: str, *, provider: Provider, deadline: float, patient: bool,
-                  resend: bool = True, words=None, **kwargs):
+async def request(client, method: str, url: str, *, provider: Provider, deadline: float, resend: bool = True,
+                  words=None, **kwargs):
     """`method url`, its limits and outages waited out (the module's docstring says how) until
     `deadline`; its JSON answer. `words`: how the provider's refusal (a 4xx) reads (else message_of).
     `resend=False`: a submit to a provider that cannot tell a request sent again from a new one (no
@@ -160,7 +162,7 @@ async def request(client, method: str, url: str, *, provider: Provider, deadline
 
     def stop(state: RetryCallState) -> bool:
         error = state.outcome.exception()
-        if not patient and error.counted and counted > provider.max_connect_retries:
+        if error.counted and counted > provider.max_connect_retries:
             return True
         return time.monotonic() + _pause(state) >= deadline
 
@@ -169,7 +171,7 @@ async def request(client, method: str, url: str, *, provider: Provider, deadline
         counted += state.outcome.exception().counted
 
     retrying = AsyncRetrying(retry=retry_if_exception_type(AskAgain), wait=_pause, stop=stop, after=count,
-                             retry_error_callback=lambda state: _give_up(state, provider, deadline, patient))
+                             retry_error_callback=lambda state: _give_up(state, provider, deadline))
     async for attempt in retrying:
         with attempt:
             left = deadline - time.monotonic()
@@ -203,7 +205,7 @@ def _pause(state: RetryCallState) -> float:
     return error.after if getattr(error, "after", None) is not None else BACKOFF(state)
 
 
-def _give_up(state: RetryCallState, provider: Provider, deadline: float, patient: bool):
+def _give_up(state: RetryCallState, provider: Provider, deadline: float):
     error = state.outcome.exception()
     if time.monotonic() + _pause(state) >= deadline:
         raise ProviderTimeout(f"timed out after {provider.timeout_seconds:g} s ({error})")

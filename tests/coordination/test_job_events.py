@@ -250,7 +250,10 @@ def test_what_a_provider_says_of_a_running_job_is_a_job_progress_event_on_its_st
         "provider_job_id": "p-1", "style": "poll", "status": "running", "since": None, "watched": False,
         "progress": 0.25, "queue_position": None}
     assert names(job).count("progress") == 2
-    # A run whose job moved on says nothing more.
+    # A run whose job moved on says nothing more; its events still show it as it was then.
     job_complete(job_id=job.job_id, attempt=1, result={})
     store.runs_seen([store.Seen(run.pk, "running", 0.5, None)])
     assert names(job).count("progress") == 2
+    then = feed.as_of(fresh(job), JobEvent.objects.filter(job_id=job.job_id, event="progress").last().state, None)
+    assert (then["status"], then["at_provider"]["provider_job_id"], then["at_provider"]["progress"]) == ("running", "p-1", 0.25)
+    assert then["at_provider"]["since"] == items[1].fields["at_provider"]["since"]  # as the API writes it

@@ -2,22 +2,19 @@
 submits them (run_job, in this process) and watched by a poller (one running on a thread here), one
 job through a real qcluster, and Leonardo's per-key webhook through the live server."""
 
-import asyncio
 import json
-import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 from rest_framework.authtoken.models import Token
 
 from bench.fakes.leonardo import API, API_KEY, FakeLeonardo
 from coordination.models import CatalogModel, Job, ProviderRun
-from coordination.providers.poller import Poller
 from coordination.services import job_cancel, job_submit
 from coordination.tasks import run_job
 from tests.e2e.harness import HttpApi, start_worker, wait_until
+from tests.providers.conftest import poller
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,26 +62,6 @@ def run_of(job) -> ProviderRun:
 def ended(job) -> Job | None:
     job = Job.objects.get(pk=job.job_id)
     return job if job.status in Job.FINISHED else None
-
-
-@contextmanager
-def poller():
-    """A qcluster's poller, on a thread of this process."""
-    started, held = threading.Event(), {}
-
-    async def main():
-        held["loop"], held["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        started.set()
-        await Poller(name="test-poller").run(held["stop"])
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield
-    finally:
-        held["loop"].call_soon_threadsafe(held["stop"].set)
-        thread.join(30)
 
 
 # --- Submit, status, output ---------------------------------------------------------------------

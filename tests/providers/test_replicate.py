@@ -19,9 +19,10 @@ from coordination.models import CatalogModel, Job, JobEvent, ProviderRun
 from coordination.runners import get_runner, runner_call
 from coordination.runners.adapters import adapter_of
 from coordination.runners.base import RunnerError
-from coordination.services import job_submit
+from coordination.services import job_cancel, job_submit
 from tests.e2e.harness import start_worker, wait_until
 from tests.factories import UserFactory
+from tests.providers.conftest import poller
 
 TOKEN = "r8_fake_token"
 SECRET = "whsec_" + base64.b64encode(b"a secret only tests know").decode()
@@ -102,6 +103,18 @@ class TestTheAdapter:
                 assert sent.json["version"] == name.split(":")[1]
             assert result["output"] == [f"{fake.url}/files/{result['provider_job_id']}.png"]
             assert result["files"] == [{"source_url": result["output"][0], "content_type": "image/png"}]
+
+    def test_a_proxy_in_provider_base_url_is_asked_about_the_prediction_too(self, fake, token):
+        """Replicate's answers name api.replicate.com in `urls`; a model whose provider_base_url is a proxy
+        (here the fake) polls and cancels through it as well, not only submits."""
+        model = on_replicate(fake, provider_model="black-forest-labs/flux-dev", timeout_seconds=10)
+        state = fake.state
+        fake.state = lambda p, now=None: {**state(p, now), "urls": {"get": f"https://api.replicate.com/v1/predictions/{p.id}",
+                                                                    "cancel": f"https://api.replicate.com/v1/predictions/{p.id}/cancel"}}
+        result = get_runner("http").run(call(model, seconds=0.2))
+        assert result["output"] and fake.asked("GET", f"/v1/predictions/{result['provider_job_id']}")
+        accepted = get_runner("http").submit(call(model, seconds=30))
+        assert accepted.status_url.startswith(fake.url) and get_runner("http").drop(call(model), accepted) is True
 
     def test_a_failed_prediction_fails_the_job_in_replicates_words(self, fake, token):
         model = on_replicate(fake, provider_model="black-forest-labs/flux-dev")
@@ -274,3 +287,57 @@ def test_a_killed_qcluster_leaves_its_replicate_job_to_another_which_ends_it(fak
         second.stop()
     assert len(fake.predictions) == 1
     assert Job.objects.get(pk=job.pk).attempt == 1
+
+
+# --- endings the poller decides ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+class TestEndings:
+    @pytest.fixture(autouse=True)
+    def quick(self, settings, token):
+        settings.COORDINATOR_POLLER_TICK = 0.1
+        settings.COORDINATOR_PROVIDER_CANCEL_GRACE = 1
+
+    def at_replicate(self, fake, **params) -> Job:
+        from coordination.tasks import run_job
+
+        job = job_submit(owner=UserFactory(), model="flux-dev", prompt="A lighthouse", params=params)
+        run_job(str(job.job_id), 1)
+        return job
+
+    def test_a_prediction_replicate_ended_at_our_deadline_is_timed_out_and_not_tried_again(self, fake):
+        # Cancel-After is the whole seconds left (2 of 3): Replicate ends it a moment before our deadline.
+        on_replicate(fake, provider_model="black-forest-labs/flux-dev", timeout_seconds=3, max_attempts=2)
+        job = self.at_replicate(fake, seconds=60)
+        assert fake.asked("POST")[-1].headers["cancel-after"] == "2s"
+        with poller():
+            wait_until(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=GIVE_UP,
+                       message="Replicate's own end at our deadline to end the job")
+        job.refresh_from_db()
+        assert (job.status, job.attempt) == ("failed", 1)
+        assert job.error.startswith("timed out after 3 s; the provider's job ") and "canceled at Replicate" in job.error
+
+    def test_a_cancel_that_finds_the_prediction_succeeded_completes_the_job(self, fake):
+        on_replicate(fake, provider_model="black-forest-labs/flux-dev", poll_interval_seconds=60)  # not polled meanwhile
+        job = self.at_replicate(fake, seconds=0.1)
+        run = ProviderRun.objects.get(job_id=job.job_id)
+        wait_until(lambda: fake.state(fake.predictions[run.provider_job_id])["status"] == "succeeded", timeout=GIVE_UP,
+                   message="the prediction to succeed")
+        job_cancel(job_id=job.job_id)
+        with poller():
+            wait_until(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=GIVE_UP,
+                       message="the cancel to reach Replicate")
+        job.refresh_from_db()
+        assert job.status == "completed" and job.result["output"] == [f"{fake.url}/files/{run.provider_job_id}.png"]
+
+    def test_a_cancel_that_cannot_be_sent_still_ends_the_job_after_the_grace(self, fake, monkeypatch):
+        on_replicate(fake, provider_model="black-forest-labs/flux-dev")
+        job = self.at_replicate(fake, seconds=60)
+        monkeypatch.delenv("REPLICATE_API_TOKEN")  # this poller's environment lacks the token
+        job_cancel(job_id=job.job_id)
+        with poller():
+            wait_until(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=GIVE_UP,
+                       message="the job to end once the grace passed")
+        job.refresh_from_db()
+        assert job.status == "cancelled" and "did not confirm it within 1 s" in job.error

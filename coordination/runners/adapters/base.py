@@ -14,7 +14,9 @@ A run (`run` below) is anything with `job_id`, `provider_job_id`, `status_url` a
 adapter stored at submit): an Accepted, or the poller's Watched.
 """
 
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -104,6 +106,26 @@ def json_headers(**more: str) -> dict:
     return {"Accept": "application/json", "User-Agent": "job-queue-coordinator", **more}
 
 
+class SecondsLeft(httpx.Auth):
+    """A header with the whole seconds left until the attempt's deadline (at least 1), set each time a
+    request goes out (httpx calls an Auth's flow at each send): a submit sent again after a 429 waited
+    out says the seconds left then. `unit`: what follows the number (Replicate's Cancel-After: "s")."""
+
+    def __init__(self, deadline: float, header: str, unit: str = ""):
+        self.deadline, self.header, self.unit = deadline, header, unit
+
+    def auth_flow(self, request):
+        request.headers[self.header] = f"{max(1, int(self.deadline - time.monotonic()))}{self.unit}"
+        yield request
+
+
+def rebased(url: str, base: str) -> str:
+    """A URL a provider answered, with its scheme and host replaced by `base`'s (the model's
+    provider_base_url: a proxy or a region is asked about the job too, not only sent it)."""
+    parts, to = urlsplit(url), urlsplit(base)
+    return urlunsplit((to.scheme, to.netloc, parts.path, parts.query, parts.fragment))
+
+
 async def submitted(client, url: str, *, provider: Provider, deadline: float, headers: dict, **kwargs):
     """A submit: a limit (429, 503) waited out until the deadline; a refused connection or a 5xx sent
     again at most max_connect_retries times, but only to a provider that takes an idempotency key
@@ -112,8 +134,8 @@ async def submitted(client, url: str, *, provider: Provider, deadline: float, he
     attempt fails saying so (at most once: a second job there would run unseen, and be billed), and
     the model's max_attempts decides whether the job runs again, as a new attempt."""
     resend = provider_catalog.PROVIDERS[provider.kind].idempotent_submit
-    return await http.request(client, "POST", url, provider=provider, deadline=deadline, patient=False,
-                              resend=resend, headers=headers, **kwargs)
+    return await http.request(client, "POST", url, provider=provider, deadline=deadline, resend=resend, headers=headers,
+                              **kwargs)
 
 
 async def confirmed(client, method: str, url: str, *, headers: dict, **kwargs) -> httpx.Response | None:

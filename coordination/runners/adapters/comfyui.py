@@ -207,7 +207,7 @@ class ComfyUI(Adapter):
         prompt_id = run.provider_job_id
         where = await self._queue_now(client, provider)
         if where is not None and prompt_id in where[1]:
-            # Every copy (a submit sent again after a lost answer queues one more under this id).
+            # Every copy under this id (queued twice, from ComfyUI's own UI say).
             await confirmed(client, "POST", f"{provider.url}/queue", headers=json_headers(),
                             json={"delete": [prompt_id] * where[1].count(prompt_id)})
             where = await self._queue_now(client, provider)  # it may have started meanwhile

@@ -37,7 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 
 from coordination.runners import client as http
-from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused, confirmed, json_headers, mapped_input, secret, submitted
+from coordination.runners.adapters.base import (
+    Adapter, Callback, CallbackRefused, SecondsLeft, confirmed, json_headers, mapped_input, rebased, secret, submitted,
+)
 from coordination.runners.base import Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
 
@@ -54,31 +56,22 @@ def _headers(provider: Provider) -> dict:
     return json_headers(Authorization=f"Key {secret(provider.credential_env)}")
 
 
-class _TimeLeft(httpx.Auth):
-    """X-Fal-Request-Timeout, set each time the submit goes out (httpx calls an Auth's flow at each
-    send): a submit sent again after a 429 says the seconds left then."""
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-
-    def auth_flow(self, request):
-        request.headers["X-Fal-Request-Timeout"] = str(max(1, int(self.deadline - time.monotonic())))
-        yield request
-
-
 class Fal(Adapter):
     kind = "fal"
 
     async def submit(self, client, call: RunnerCall, *, deadline: float, callback_url: str | None):
         provider = call.provider
         answer = await submitted(client, f"{provider.url}/{provider.model.strip('/')}", provider=provider, deadline=deadline,
-                                 json=mapped_input(call, provider), headers=_headers(provider), auth=_TimeLeft(deadline),
+                                 json=mapped_input(call, provider), headers=_headers(provider), auth=SecondsLeft(deadline, "X-Fal-Request-Timeout"),
                                  params={"fal_webhook": callback_url} if callback_url else None,
                                  words=words_of)
         if not isinstance(answer, dict) or not all(answer.get(key) for key in ("request_id", "status_url", "response_url", "cancel_url")):
             raise RunnerError(f"fal answered no request to poll: {http.message_of(answer)}")
-        data = {key: answer[key] for key in ("response_url", "cancel_url", "gateway_request_id") if answer.get(key)}
-        return Accepted(str(answer["request_id"]), answer["status_url"], self.status_from({"status": "IN_QUEUE", **answer}, None),
+        # Its URLs, asked at the model's base URL (fal's own host unless provider_base_url replaces it).
+        data = {key: rebased(answer[key], provider.url) for key in ("response_url", "cancel_url")}
+        if answer.get("gateway_request_id"):
+            data["gateway_request_id"] = answer["gateway_request_id"]
+        return Accepted(str(answer["request_id"]), rebased(answer["status_url"], provider.url), self.status_from({"status": "IN_QUEUE", **answer}, None),
                         data=data, job_id=call.job_id)
 
     def status_request(self, client, provider: Provider, run):

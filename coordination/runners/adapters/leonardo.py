@@ -28,15 +28,14 @@
 
 import hmac
 import json
-import re
 
+from coordination.provider_catalog import LEONARDO_IMAGE_MODEL
 from coordination.runners import client as http
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused, json_headers, mapped_input, secret, submitted
 from coordination.runners.base import Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
 
 API = "/api/rest/v1"
-IMAGE_MODEL = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")  # a modelId; else a video model
 STATES = {"PENDING": "running", "COMPLETE": "succeeded", "FAILED": "failed"}
 
 
@@ -46,7 +45,7 @@ def _headers(provider: Provider) -> dict:
 
 def _route(provider: Provider, fields: dict) -> tuple[str, dict, str]:
     """Where the job is sent, its body, and the key of the job object Leonardo answers."""
-    if IMAGE_MODEL.fullmatch(provider.model):
+    if LEONARDO_IMAGE_MODEL.fullmatch(provider.model):
         return "generations", {"num_images": 1, **fields, "modelId": provider.model}, "sdGenerationJob"
     body = {**fields, "model": provider.model}
     if fields.get("imageId"):

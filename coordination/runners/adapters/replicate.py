@@ -21,16 +21,18 @@
 """
 
 import json
+import logging
 import re
-import time
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from coordination.runners.adapters.base import (
-    Adapter, Callback, CallbackRefused, confirmed, json_headers, mapped_input, secret, submitted,
+    Adapter, Callback, CallbackRefused, SecondsLeft, confirmed, json_headers, mapped_input, secret, submitted,
 )
 from coordination.runners.base import Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status, message_of
+
+logger = logging.getLogger(__name__)
 
 STATES = {"starting": "queued", "processing": "running", "succeeded": "succeeded", "failed": "failed",
           "canceled": "cancelled", "aborted": "cancelled"}
@@ -84,15 +86,14 @@ class Replicate(Adapter):
         body["input"] = mapped_input(call, provider)
         if callback_url:
             body.update(webhook=callback_url, webhook_events_filter=["start", "completed"])
-        seconds_left = max(1, int(deadline - time.monotonic()))
         answer = await submitted(client, f"{provider.url}{path}", provider=provider, deadline=deadline, json=body,
-                                 headers={**_headers(provider), "Cancel-After": f"{seconds_left}s"})
+                                 headers=_headers(provider), auth=SecondsLeft(deadline, "Cancel-After", "s"))
         if not isinstance(answer, dict) or not answer.get("id"):
             raise RunnerError(f"Replicate answered no prediction: {message_of(answer)}")
-        urls = answer.get("urls") or {}
-        status_url = urls.get("get") or f"{provider.url}/v1/predictions/{answer['id']}"
-        return Accepted(str(answer["id"]), status_url, status_of(answer),
-                        data={"cancel_url": urls.get("cancel") or f"{status_url}/cancel"}, job_id=call.job_id)
+        # Its urls.get and urls.cancel, at the model's base URL (api.replicate.com unless provider_base_url says).
+        status_url = f"{provider.url}/v1/predictions/{answer['id']}"
+        return Accepted(str(answer["id"]), status_url, status_of(answer), data={"cancel_url": f"{status_url}/cancel"},
+                        job_id=call.job_id)
 
     def status_request(self, client, provider: Provider, run):
         return client.build_request("GET", run.status_url, headers=_headers(provider))
@@ -118,7 +119,12 @@ class Replicate(Adapter):
         except RunnerError:
             raise CallbackRefused("This model takes no webhooks (no secret is set for it).") from None
         try:
-            Webhook(key).verify(body, {name.lower(): value for name, value in headers.items()})
+            verifier = Webhook(key)
+        except Exception as error:  # not a whsec_ secret: an operator's mistake, said in the log
+            logger.error("The webhook secret in %s is not a Replicate whsec_ secret: %s", provider.callback_secret_env, error)
+            raise CallbackRefused("This model's webhook secret is not a whsec_ secret.") from None
+        try:
+            verifier.verify(body, {name.lower(): value for name, value in headers.items()})
         except WebhookVerificationError as refused:
             raise CallbackRefused(f"The webhook's signature does not verify: {refused}") from None
         prediction = json.loads(body or b"null")
