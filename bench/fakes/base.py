@@ -6,9 +6,13 @@ A fake subclasses FakeServer and answers in `answer(request)`: a Request in, an 
 default; `raw` bytes for a file). A fake whose jobs move on by themselves (they end, they call back)
 does so in `tick()`, called every TICK seconds on a thread of its own until `stop()`; `post()` sends
 its webhooks. With `tls` set (`localhost_tls()`), it serves https: for a provider's own client whose
-scheme is fixed (fal's)."""
+scheme is fixed (fal's). A fake that serves websockets (ComfyUI's) says which requests it takes as one in
+`takes_websocket(request)` and serves each in `websocket(request, socket)`: a WebSocket, RFC 6455's
+server side as much as a fake needs."""
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import ssl
@@ -42,6 +46,59 @@ class Answer:
     body: object = None
     headers: dict = field(default_factory=dict)
     raw: bytes | None = None  # sent as is (with its Content-Type in headers) instead of JSON
+
+
+class WebSocket:
+    """A websocket's server side (RFC 6455): text frames sent unmasked, from any thread; what the client
+    sends is read and dropped (a ping answered, a close answered and ended) until it closes."""
+
+    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, rfile, wfile):
+        self._rfile, self._wfile, self._lock = rfile, wfile, threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def accept(cls, key: str) -> str:
+        return base64.b64encode(hashlib.sha1((key + cls.GUID).encode()).digest()).decode()
+
+    def _frame(self, opcode: int, data: bytes) -> bool:
+        size = len(data)
+        length = bytes([size]) if size < 126 else (bytes([126]) + size.to_bytes(2, "big") if size < 65536
+                                                   else bytes([127]) + size.to_bytes(8, "big"))
+        with self._lock:
+            try:
+                if not self.closed:
+                    self._wfile.write(bytes([0x80 | opcode]) + length + data)
+            except OSError:
+                self.closed = True
+        return not self.closed
+
+    def send(self, text: str) -> bool:
+        """One text frame; False once the socket is closed."""
+        return self._frame(0x1, text.encode())
+
+    def serve(self) -> None:
+        """Read the client's frames until it closes (or the connection is gone)."""
+        try:
+            while not self.closed:
+                head = self._rfile.read(2)
+                if len(head) < 2:
+                    break
+                size = head[1] & 0x7F
+                if size >= 126:
+                    size = int.from_bytes(self._rfile.read(2 if size == 126 else 8), "big")
+                mask = self._rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+                data = bytes(byte ^ mask[i % 4] for i, byte in enumerate(self._rfile.read(size)))
+                if head[0] & 0x0F == 0x9:  # a ping: its pong
+                    self._frame(0xA, data)
+                elif head[0] & 0x0F == 0x8:  # a close: answered, and that is the end
+                    self._frame(0x8, data[:2])
+                    break
+        except OSError:
+            pass
+        finally:
+            self.closed = True
 
 
 TICK = 0.02  # seconds between a fake's ticks
@@ -119,6 +176,14 @@ class FakeServer:
     def answer(self, request: Request) -> Answer:
         raise NotImplementedError
 
+    def takes_websocket(self, request: Request) -> bool:
+        """Whether this request to open a websocket is taken (else it is answered as any other)."""
+        return False
+
+    def websocket(self, request: Request, socket: WebSocket) -> None:
+        """Serve a websocket taken (its handshake done), on its connection's thread, until it closes."""
+        socket.serve()
+
     def _limited(self) -> Answer | None:
         with self.lock:
             if self._limit_left <= 0:
@@ -171,6 +236,15 @@ def _handler(fake: FakeServer):
                               {k.lower(): v for k, v in self.headers.items()}, raw)
             with fake.lock:
                 fake.requests.append(request)
+            if request.headers.get("upgrade", "").lower() == "websocket" and fake.takes_websocket(request):
+                self.send_response(101, "Switching Protocols")
+                for key, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                   ("Sec-WebSocket-Accept", WebSocket.accept(request.headers.get("sec-websocket-key", "")))):
+                    self.send_header(key, value)
+                self.end_headers()
+                fake.websocket(request, WebSocket(self.rfile, self.wfile))
+                self.close_connection = True
+                return
             answer = fake._limited() or fake.answer(request)
             data = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
             self.send_response(answer.status)

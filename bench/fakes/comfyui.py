@@ -14,14 +14,23 @@ ComfyUI): the routes a client of its API uses, its answers and its one-at-a-time
   removes its first match) or `{"clear": true}`, `POST /interrupt {"prompt_id"?}` (only that prompt if
   it runs; `legacy`: whatever runs), `GET /view?filename&subfolder&type` (the bytes of a file it made),
   `GET /prompt` (`exec_info.queue_remaining`). Every route also under `/api`.
+- `GET /ws?clientId=` (a websocket; `websocket_enabled=False`: 404, as behind a proxy that passes none):
+  `status` when it opens; then, as ComfyUI sends them to the client_id that queued the running prompt,
+  `execution_start`, `executing` (its KSampler), `progress {value, max, prompt_id, node}` per step of its
+  KSampler (`legacy`: no prompt_id), `executing {node: null}` and its end (`execution_success`,
+  `execution_error`, `execution_interrupted`); a prompt queued without a client_id: its `progress` to
+  every socket, nothing else (ComfyUI's add_message). A socket opened again under a clientId takes the
+  old one's place, and the one that closes removes the clientId's socket, whichever it is (ComfyUI's).
 - `graphs`: each graph it queued, by prompt id, as a test asserts what the job put in it.
 """
 
 import heapq
+import json
+import time
 import uuid
 from dataclasses import dataclass, field
 
-from bench.fakes.base import Answer, FakeServer, Request
+from bench.fakes.base import Answer, FakeServer, Request, WebSocket
 
 NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "VAEDecode", "SaveImage",
          "PreviewImage", "LoadImage", "VHS_VideoCombine"}
@@ -39,6 +48,7 @@ class Prompt:
     extra_data: dict
     outputs: list
     started: float | None = None
+    steps_said: int = 0  # the KSampler steps whose progress was sent
 
     def item(self) -> list:
         """As ComfyUI lists a queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
@@ -62,6 +72,9 @@ class FakeComfyUI(FakeServer):
     files: dict = field(default_factory=dict)  # (subfolder, filename, type) -> bytes
     interrupts: list = field(default_factory=list)  # the prompt ids an interrupt named (None: global)
     number: int = 0
+    websocket_enabled: bool = True
+    sockets: dict = field(default_factory=dict)  # clientId -> its WebSocket, as ComfyUI's self.sockets
+    said: list = field(default_factory=list)  # (clientId or None: to all, message) of each message sent
 
     def __post_init__(self):
         FakeServer.__init__(self)
@@ -89,6 +102,35 @@ class FakeComfyUI(FakeServer):
             if (request.method, path) == ("GET", "/view"):
                 return self._view(request.query)
         return Answer(404, raw=b"404: Not Found", headers={"Content-Type": "text/plain"})
+
+    def takes_websocket(self, request: Request) -> bool:
+        return self.websocket_enabled and request.path.removeprefix("/api") == "/ws"
+
+    def websocket(self, request: Request, socket: WebSocket) -> None:
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        with self.lock:
+            self.sockets[sid] = socket  # a socket under this clientId before no longer hears a thing
+            queued = len(self.pending) + (self.running is not None)
+        self._say("status", {"status": {"exec_info": {"queue_remaining": queued}}, "sid": sid}, sid)
+        try:
+            socket.serve()
+        finally:
+            with self.lock:
+                self.sockets.pop(sid, None)
+
+    def _say(self, event: str, data: dict, sid: str | None) -> None:
+        """A message to the socket of `sid` (None: to every socket)."""
+        message = json.dumps({"type": event, "data": data})
+        with self.lock:
+            self.said.append((sid, {"type": event, "data": data}))
+            sockets = list(self.sockets.values()) if sid is None else [self.sockets[sid]] if sid in self.sockets else []
+        for socket in sockets:
+            socket.send(message)
+
+    def _tell(self, prompt: Prompt, event: str, data: dict) -> None:
+        """What ComfyUI's executor says of a prompt: to its client only, and only when it has one."""
+        if prompt.extra_data.get("client_id") is not None:
+            self._say(event, data, prompt.extra_data["client_id"])
 
     def _prompt(self, body: dict) -> Answer:
         if "prompt" not in body:
@@ -164,6 +206,32 @@ class FakeComfyUI(FakeServer):
 
     # --- the prompt worker -------------------------------------------------------------------------
 
+    def tick(self) -> None:
+        with self.lock:
+            if self.sockets:
+                self._advance()
+                if self.running is not None:
+                    self._steps(self.running, self.now())
+
+    def _steps(self, prompt: Prompt, at: float) -> None:
+        """`progress` for each step of its KSampler done by `at` (to every socket: the hook sends it to
+        the client_id, None or not)."""
+        sampler, steps = self._sampler(prompt)
+        if sampler is None:
+            return
+        done = min(steps, int((at - prompt.started) / max(self.duration(prompt) / steps, 1e-9) + 1e-9))
+        for value in range(prompt.steps_said + 1, done + 1):
+            data = {"value": value, "max": steps, **({} if self.legacy else {"prompt_id": prompt.id}), "node": sampler}
+            self._say("progress", data, prompt.extra_data.get("client_id"))
+        prompt.steps_said = max(prompt.steps_said, done)
+
+    @staticmethod
+    def _sampler(prompt: Prompt) -> tuple[str | None, int]:
+        """Its KSampler's node id and steps."""
+        node = next((node for node, spec in prompt.graph.items() if spec["class_type"] == "KSampler"), None)
+        steps = prompt.graph[node]["inputs"].get("steps") if node is not None else None
+        return node, steps if isinstance(steps, int) and steps > 0 else 1
+
     def duration(self, prompt: Prompt) -> float:
         steps = [spec["inputs"].get("steps") for spec in prompt.graph.values() if spec["class_type"] == "KSampler"]
         if self.step_seconds is not None and steps and isinstance(steps[0], (int, float)):
@@ -184,6 +252,10 @@ class FakeComfyUI(FakeServer):
                 return
             self.running = heapq.heappop(self.pending)
             self.running.started = free_since
+            sampler, _ = self._sampler(self.running)
+            self._tell(self.running, "execution_start", {"prompt_id": self.running.id, "timestamp": int(time.time() * 1000)})
+            if sampler is not None:
+                self._tell(self.running, "executing", {"node": sampler, "display_node": sampler, "prompt_id": self.running.id})
 
     def _end(self, prompt: Prompt, at: float, *, interrupted: bool = False) -> None:
         self.running = None
@@ -205,6 +277,11 @@ class FakeComfyUI(FakeServer):
             outputs = self._outputs(prompt, int(latent.get("batch_size", 1)))
             messages.append(["execution_success", {"prompt_id": prompt.id, "timestamp": int(at * 1000)}])
         ok = not interrupted and messages[-1][0] == "execution_success"
+        if ok:
+            self._steps(prompt, at)
+            self._tell(prompt, "executing", {"node": None, "prompt_id": prompt.id})
+        self._tell(prompt, *messages[-1])
+        self._say("status", {"status": {"exec_info": {"queue_remaining": len(self.pending)}}}, None)
         self.history[prompt.id] = {
             "prompt": prompt.item(), "outputs": outputs, "meta": {},
             "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": messages},

@@ -3,6 +3,7 @@ ComfyUI server on 127.0.0.1: one job through a real qcluster, the rest in this p
 
 import asyncio
 import copy
+import re
 import time
 import urllib.request
 from uuid import uuid4, uuid5
@@ -11,10 +12,11 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from bench.fakes.comfyui import PNG, FakeComfyUI
-from coordination.models import CatalogModel, Job
+from coordination.models import CatalogModel, Job, JobEvent
 from coordination.runners import RunnerCall, RunnerError
 from coordination.runners import client as http
 from coordination.runners.adapters import adapter_of
+from coordination.runners.adapters.comfyui import WS_REOPEN
 from coordination.runners.base import Provider
 from coordination.runners.http import HttpRunner
 from coordination.services import job_submit
@@ -83,6 +85,22 @@ def cancel(call: RunnerCall, accepted) -> bool:
     return talk(lambda client: COMFYUI.cancel(client, call.provider, accepted))
 
 
+def watch(call: RunnerCall, accepted, *, every: float = 0.05) -> list:
+    """What the adapter says of one prompt, asked every `every` seconds in one event loop (as the poller
+    asks) until it ends."""
+    provider = call.provider
+
+    async def watching(client):
+        seen, request = [], COMFYUI.status_request(client, provider, accepted)
+        async with asyncio.timeout(GIVE_UP):
+            while not seen or not seen[-1].ended:
+                seen.append(await COMFYUI.ask(client, provider, accepted, request=request, timeout=10))
+                await asyncio.sleep(every)
+        return seen
+
+    return talk(watching, pooled=True)
+
+
 # --- Through the coordinator: a real qcluster -------------------------------------------------------
 
 @pytest.mark.e2e
@@ -97,7 +115,7 @@ def test_a_job_runs_the_models_workflow_at_comfyui_and_completes_with_its_images
     worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_MAX_ACTIVE_JOBS="2", COORDINATOR_WORKERS="1",
                           COORDINATOR_POLLER_TICK="0.2", COORDINATOR_LEASE_SECONDS="3")
     try:
-        job = job_submit(owner=UserFactory(), model="flux-dev", prompt="A castle at dusk", params={"steps": 4, "seed": 7})
+        job = job_submit(owner=UserFactory(), model="flux-dev", prompt="A castle at dusk", params={"steps": 30, "seed": 7})
         wait_until(lambda: Job.objects.get(pk=job.job_id).status in Job.FINISHED, timeout=GIVE_UP, message="the job to end")
     finally:
         worker.stop()
@@ -112,7 +130,10 @@ def test_a_job_runs_the_models_workflow_at_comfyui_and_completes_with_its_images
     with urllib.request.urlopen(image, timeout=10) as answer:
         assert answer.read() == PNG
     queued = fake.graphs[prompt_id]
-    assert (queued["6"]["inputs"]["text"], queued["3"]["inputs"]["seed"], queued["3"]["inputs"]["steps"]) == ("A castle at dusk", 7, 4)
+    assert (queued["6"]["inputs"]["text"], queued["3"]["inputs"]["seed"], queued["3"]["inputs"]["steps"]) == ("A castle at dusk", 7, 30)
+    # Its progress, from ComfyUI's websocket, showed on the job while it ran (job.progress events).
+    shown = [event.state["at_provider"] for event in JobEvent.objects.filter(job_id=job.job_id, event="progress").order_by("id")]
+    assert any(at["status"] == "running" and (at["progress"] or 0) > 0 for at in shown), shown
 
 
 # --- In this process --------------------------------------------------------------------------------
@@ -187,6 +208,48 @@ def test_waiting_prompts_are_queued_with_their_place_then_running_and_one_queue_
     wait_until(lambda: ask(calls[0], second)[0].state == "running", timeout=10, message="the second prompt to run")
     assert ask(calls[0], first)[0].state == "succeeded"
     assert [(status.state, status.queue_position) for status in ask(calls[0], third)] == [("queued", 0)]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["progress-names-its-prompt", "older-server-names-none"])
+def test_a_running_prompts_progress_grows_from_comfyuis_websocket_and_shows_in_its_status(fake, legacy):
+    fake.legacy = legacy  # an older server's progress names no prompt: the one /queue shows running is meant
+    blocker, call = a_call(fake, params={"steps": 5}), a_call(fake, params={"steps": 20})  # 0.5 s, then 2 s
+    submit(blocker)
+    accepted = submit(call)
+
+    seen = watch(call, accepted)
+    assert seen[0].state == "queued" and seen[-1].state == "succeeded"
+    assert all(status.progress is None for status in seen if status.state != "running")
+    progress = [status.progress for status in seen if status.state == "running"]
+    shown = [value for value in progress if value is not None]
+    assert len(shown) >= 3 and shown == sorted(shown) and 0 < shown[0] < shown[-1] <= 1, progress
+    assert all(round(value * 20, 6) == round(value * 20) for value in shown)  # value/max of its KSampler's 20 steps
+    # One socket, as the client that queued the prompt (the job), opened once it ran, closed at its end.
+    assert [request.query for request in fake.asked("GET", "/ws")] == [{"clientId": str(call.job_id)}]
+    assert not [key for key in COMFYUI._sockets if key[2] == str(call.job_id)]
+    wait_until(lambda: fake.sockets == {}, timeout=5, message="the websocket to close")
+
+
+def test_without_comfyuis_websocket_a_prompt_shows_no_progress_and_still_completes(fake):
+    fake.websocket_enabled = False  # a proxy in front that passes no websockets: /ws is 404
+    call = a_call(fake, params={"steps": 30})  # 3 s, polled every 0.05 s
+    seen = watch(call, submit(call))
+    assert [status.state for status in seen if status.state != "running"] == ["succeeded"]
+    assert {status.progress for status in seen} == {None}
+    running = [status for status in seen if status.state == "running"]
+    assert WS_REOPEN > 3 and len(fake.asked("GET", "/ws")) == 1 < len(running)  # not tried at each poll
+
+    call = a_call(fake, params={"steps": 5})  # a worker's step, waiting here: it completes as ever
+    assert HttpRunner().run(call)["output"]["9"]["images"][0]["filename"].endswith(".png")
+
+
+def test_a_step_waiting_in_its_worker_reads_progress_and_closes_its_socket_when_the_prompt_ends(fake, caplog):
+    call = a_call(fake, params={"steps": 10})
+    with caplog.at_level("INFO", logger="coordination.runners.http"):
+        assert HttpRunner().run(call)["provider_job_id"] == str(uuid5(call.job_id, "attempt:1"))
+    assert any(re.search(r" at [1-9][0-9]*%$", record.getMessage()) for record in caplog.records)  # its progress, logged
+    assert [request.query for request in fake.asked("GET", "/ws")] == [{"clientId": str(call.job_id)}]
+    wait_until(lambda: fake.sockets == {}, timeout=5, message="the worker's websocket to close")
 
 
 def test_a_prompt_that_ends_between_the_history_and_the_queue_answers_is_read_from_its_history(fake):

@@ -18,8 +18,19 @@ history and its queue (facts: ../shared/PROVIDERS.md, ComfyUI's server.py and ex
   place among the pending, 0 next) or running; in neither, it ended between the two questions (history
   is asked again) or was deleted from the queue (cancelled). One `/queue` answer, which lists every
   prompt's graph, serves all the polls of a server within QUEUE_SHARED_FOR seconds.
-- **Progress**: only over ComfyUI's websocket, not read here: a job shows queued (with its place) and
-  running.
+- **Progress**: ComfyUI sends a prompt's `progress {value, max, prompt_id, node}` (each step of the node
+  sampling now) only over its websocket, to the socket of the client_id that queued it: the job's id.
+  While `ask` sees a job's prompt running it keeps one websocket open as that client
+  (`ws[s]://{url}/ws?clientId=<job id>`), read in the background of the asking event loop (the
+  poller's, a worker thread's): ComfyUI runs one prompt at a time, so that is one socket per server.
+  Its text frames (binary previews ignored) give each prompt's latest value/max (an older server's
+  names no prompt: it is the running one's, as /queue said), which a running Status carries. The
+  prompt's end or cancel closes it, as does WS_IDLE seconds without a question. Only progress depends
+  on it: a socket that cannot open, or closes, leaves progress None (it is opened again at most every
+  WS_REOPEN seconds) and `ask` never waits for it. One socket per job, not one fixed client_id for
+  all: ComfyUI keeps one socket per clientId (a second takes the first one's place, and the first
+  one's close then drops the second), so pollers and worker threads sharing one would silence one
+  another; nor none: ComfyUI would then send its progress to every socket, people's browsers too.
 - **Cancel**: pending → `POST /queue {"delete": [id]}`; running → `POST /interrupt {"prompt_id": id}`
   (an older server interrupts whatever runs: it is sent only while the queue shows this prompt
   running). Confirmed once the prompt is in neither list.
@@ -27,6 +38,8 @@ history and its queue (facts: ../shared/PROVIDERS.md, ComfyUI's server.py and ex
 
 import asyncio
 import copy
+import json
+import logging
 import time
 from urllib.parse import urlencode
 from uuid import uuid5
@@ -40,6 +53,13 @@ from coordination.runners.results import guessed_type
 QUEUE_SHARED_FOR = 1.0  # seconds one /queue answer serves the polls of its server
 FILE_KEYS = ("images", "gifs", "videos", "audio")  # where a node's outputs list files (SaveImage, VHS, ...)
 SEED_RANGE = 2**32  # a job's own seed is below this: within what seed inputs take (KSampler's: below 2**64)
+WS_IDLE = 30.0  # seconds: a websocket no poll asked about for this long is closed
+WS_REOPEN = 5.0  # seconds: a job's websocket is opened at most this often (one that failed or closed)
+WS_CONNECT_TIMEOUT = 10.0  # seconds a websocket's opening may take
+WS_HEARTBEAT = 30.0  # seconds between pings on an open websocket (a connection gone silent is closed)
+WS_CLOSE_WAIT = 1.0  # seconds a prompt's end (or cancel) waits for its websocket to close
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_graph(call: RunnerCall, provider: Provider) -> tuple[dict, int | None]:
@@ -117,6 +137,86 @@ def _entry(history, run) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
+def websocket_url(server: str, client_id: str) -> str:
+    scheme, rest = server.split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?{urlencode({'clientId': client_id})}"
+
+
+def _client_id(run) -> str:
+    data = run.data if isinstance(run.data, dict) else {}
+    return str(data.get("client_id") or run.job_id)
+
+
+class Listening:
+    """One websocket to a ComfyUI server as the client that queued a job's prompts, in one event loop:
+    what it last said of each prompt's progress (0-1), read in the background."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.task: asyncio.Task | None = None
+        self.opened_at = float("-inf")
+        self.asked_at = time.monotonic()
+        self.progress: dict[str, float] = {}
+        self.unnamed: float | None = None  # an older server's: its progress names no prompt
+        self.failed = False
+
+    def of(self, prompt_id: str) -> float | None:
+        progress = self.progress.get(prompt_id)
+        return progress if progress is not None else self.unnamed
+
+    def heard(self, text: str) -> None:
+        """One text frame: each prompt's latest progress, kept until the socket closes (at the prompt's
+        end, read from its history: forgotten at ComfyUI's `executing {node: null}`, the polls just
+        before would show none); the rest ignored."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        data = message.get("data") if isinstance(message, dict) else None
+        if not isinstance(data, dict):
+            return
+        kind, prompt_id = message.get("type"), data.get("prompt_id")
+        if kind == "progress":
+            value, most = data.get("value"), data.get("max")
+            if isinstance(value, (int, float)) and isinstance(most, (int, float)) and most > 0:
+                fraction = min(1.0, max(0.0, value / most))
+                if prompt_id is None:
+                    self.unnamed = fraction
+                else:
+                    self.progress[str(prompt_id)] = fraction
+        elif kind == "execution_start":  # another prompt of the job's (a retry's): an older server's is not its
+            self.unnamed = None
+
+    async def listen(self, url: str, ssl) -> None:
+        """Until the server closes it, nobody asked for WS_IDLE seconds, or it is cancelled."""
+        import aiohttp  # here: a worker imports it only when it waits for a ComfyUI prompt itself
+
+        timeout = aiohttp.ClientTimeout(total=None, connect=WS_CONNECT_TIMEOUT, sock_connect=WS_CONNECT_TIMEOUT)
+        session = aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
+        try:
+            ws = await session.ws_connect(url, ssl=ssl, heartbeat=WS_HEARTBEAT,
+                                          timeout=aiohttp.ClientWSTimeout(ws_close=WS_CLOSE_WAIT))
+            while time.monotonic() - self.asked_at < WS_IDLE:
+                try:
+                    message = await ws.receive(timeout=WS_IDLE / 3)
+                except TimeoutError:
+                    continue
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    self.heard(message.data)
+                elif message.type != aiohttp.WSMsgType.BINARY:  # closed, closing, an error
+                    break
+            await ws.close()
+        except Exception as error:  # whatever it is, only progress is missing: said once per job
+            if not self.failed:
+                logger.info("ComfyUI's websocket %s: %s: %s (progress is not shown meanwhile)", url.split("?")[0],
+                            type(error).__name__, error)
+            self.failed = True
+        finally:
+            self.progress.clear()
+            self.unnamed = None
+            await session.close()
+
+
 def _said(data: dict, what: str) -> str:
     node = f" (node {data.get('node_id')}, {data.get('node_type')})" if data.get("node_id") is not None else ""
     return f"{what}{node}"
@@ -129,6 +229,8 @@ class ComfyUI(Adapter):
         # (event loop id, server) -> (when asked, the answer's task): one /queue question per server
         # for every poll within QUEUE_SHARED_FOR, in each event loop (the poller's, a worker thread's).
         self._queues: dict[tuple[int, str], tuple[float, asyncio.Task]] = {}
+        # (event loop id, server, client id) -> its websocket: the progress of the prompt running there.
+        self._sockets: dict[tuple[int, str, str], Listening] = {}
 
     async def submit(self, client, call: RunnerCall, *, deadline: float, callback_url: str | None):
         provider = call.provider
@@ -168,6 +270,7 @@ class ComfyUI(Adapter):
     async def ask(self, client, provider: Provider, run, *, request, timeout: float) -> Status:
         history = await http.send(client, request, timeout=timeout)
         if _entry(history, run) is not None:
+            await self._let_go(provider.url, run)
             return self.status_from(history, run)
         prompt_id = run.provider_job_id
         running, pending = await self._queue(client, provider.url, timeout=timeout, shared=True)
@@ -177,12 +280,39 @@ class ComfyUI(Adapter):
             running, pending = await self._queue(client, provider.url, timeout=timeout, shared=False)
             if prompt_id not in running and prompt_id not in pending:
                 history = await http.send(client, request, timeout=timeout)
+                await self._let_go(provider.url, run)
                 if _entry(history, run) is not None:
                     return self.status_from(history, run)
                 return Status("cancelled", error="Deleted from ComfyUI's queue: it is neither queued, running nor in its history")
         if prompt_id in running:
-            return Status("running")
+            return Status("running", progress=self._progress(provider.url, run, prompt_id))
         return Status("queued", queue_position=pending.index(prompt_id))
+
+    def _progress(self, server: str, run, prompt_id: str) -> float | None:
+        """The running prompt's progress as its websocket last said it (None: not yet, or no websocket).
+        The websocket is opened here when it is not open, in the background: this never waits for it."""
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        key = (id(loop), server, _client_id(run))
+        listening = self._sockets.get(key)
+        if listening is None or listening.loop is not loop:
+            for stale, other in list(self._sockets.items()):
+                if (other.task is None or other.task.done()) and now - other.asked_at > WS_IDLE:
+                    self._sockets.pop(stale, None)
+            listening = self._sockets[key] = Listening(loop)
+        listening.asked_at = now
+        if (listening.task is None or listening.task.done()) and now - listening.opened_at >= WS_REOPEN:
+            listening.opened_at = now
+            ssl = http._tls_context() if server.startswith("https:") else True
+            listening.task = loop.create_task(listening.listen(websocket_url(server, key[2]), ssl))
+        return listening.of(prompt_id)
+
+    async def _let_go(self, server: str, run) -> None:
+        """The job's prompt ended (or is being cancelled): its websocket in this loop is closed."""
+        loop = asyncio.get_running_loop()
+        listening = self._sockets.pop((id(loop), server, _client_id(run)), None)
+        if listening is not None and listening.loop is loop and listening.task is not None and not listening.task.done():
+            listening.task.cancel()
+            await asyncio.wait({listening.task}, timeout=WS_CLOSE_WAIT)
 
     async def _queue(self, client, server: str, *, timeout: float, shared: bool) -> tuple[list[str], list[str]]:
         async def asked():
@@ -205,6 +335,7 @@ class ComfyUI(Adapter):
 
     async def cancel(self, client, provider: Provider, run) -> bool:
         prompt_id = run.provider_job_id
+        await self._let_go(provider.url, run)  # its progress is no longer wanted
         where = await self._queue_now(client, provider)
         if where is not None and prompt_id in where[1]:
             # Every copy under this id (queued twice, from ComfyUI's own UI say).
