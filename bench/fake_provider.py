@@ -54,6 +54,7 @@ class FakeProvider:
     submits: list = field(default_factory=list)  # (idempotency key, job id), each POST accepted
     polls: list = field(default_factory=list)  # (job id, time)
     cancels: list = field(default_factory=list)
+    downloads: list = field(default_factory=list)  # paths of the files it served
     limited: list = field(default_factory=list)  # paths answered 429
     callbacks: list = field(default_factory=list)  # (job id, status code we got back)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -239,6 +240,8 @@ def _handler(provider: FakeProvider):
                 return
             path = urlsplit(self.path).path
             if path.startswith("/files/"):
+                with provider.lock:
+                    provider.downloads.append(path)
                 data = b"\x00\x00\x00\x18ftypmp42 fake video"
                 self.send_response(200)
                 self.send_header("Content-Type", "video/mp4")

@@ -15,7 +15,8 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from coordination.models import (
-    CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery, timeout_with_old_name,
+    CapacityGroup, CatalogModel, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
+    timeout_with_old_name,
 )
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
@@ -246,6 +247,27 @@ class ProviderRunAdmin(ReadOnlyAdmin):
     list_filter = ("state", "style", "model")
     search_fields = ("provider_job_id", "job__job_id")
     date_hierarchy = "submitted_at"
+
+
+@admin.register(JobFile)
+class JobFileAdmin(ReadOnlyAdmin):
+    """The files jobs produced, as the coordinator keeps them (coordination/outputs): written by the
+    database and the copiers only; an operator may delete one (it is then `expired` on its job)."""
+
+    list_display = ("job_id", "n", "state", "size", "content_type", "stored_at", "error")
+    list_filter = ("state", "content_type")
+    search_fields = ("job__job_id", "source_url", "sha256")
+    date_hierarchy = "created_at"
+    actions = ["delete_kept"]
+
+    @admin.action(description="Delete the kept file (the job keeps its record, marked expired)")
+    def delete_kept(self, request, queryset):
+        from coordination.outputs.store import file_expire
+
+        rows = list(queryset.exclude(state=JobFile.State.EXPIRED))
+        for row in rows:
+            file_expire(row, reason=f"Deleted by {request.user.get_username()}.")
+        self.message_user(request, f"Deleted {len(rows)} kept file(s).")
 
 
 class CatalogModelForm(forms.ModelForm):

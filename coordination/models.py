@@ -695,6 +695,53 @@ class ProviderRun(models.Model):
         return self.provider_data
 
 
+class JobFile(models.Model):
+    """A file a completed job produced (its `result.files[n]`), kept by the coordinator so that it
+    outlives the provider's copy (coordination/outputs). The row is written by the database when the
+    job completes (coordination/events/triggers.py), whoever completes it; a qcluster's copier streams
+    the file into storage (Django's default storage: MEDIA_ROOT, or a bucket) and says how it went.
+    Its name in storage comes from its id, never from the provider's."""
+
+    class State(models.TextChoices):
+        COPYING = "copying"
+        STORED = "stored"
+        FAILED = "failed"
+        EXPIRED = "expired"  # past COORDINATOR_OUTPUT_RETENTION_DAYS, or deleted by an operator
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="files", db_column="job_id")
+    n = models.PositiveIntegerField()  # its place in result.files, from 0
+    source_url = models.TextField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.COPYING)
+    # What the copy found: size in bytes, SHA-256 (hex), and the content type (checked against the bytes).
+    size = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    content_type = models.CharField(max_length=200, blank=True, default="")
+    storage_name = models.CharField(max_length=300, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    tries = models.PositiveSmallIntegerField(default=0)
+    # When it may be copied (again): now at first, later after a failed try (back-off).
+    next_try_at = models.DateTimeField()
+    # A copier holds it until then; another takes it once that passes (the copier died).
+    held_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    stored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "job_files"
+        ordering = ["job_id", "n"]
+        constraints = [models.UniqueConstraint(fields=["job", "n"], name="job_files_job_n_unique")]
+        indexes = [
+            # What copiers look for: the files still to copy (a small partial index).
+            models.Index(fields=["next_try_at"], condition=Q(state="copying"), name="job_files_copying_idx"),
+            # What the retention prune walks.
+            models.Index(fields=["stored_at"], condition=Q(state="stored"), name="job_files_stored_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"file {self.n} of job {self.job_id} ({self.state})"
+
+
 class JobEvent(models.Model):
     """One change of a job that a client can see (its status, what it waits for, its priority, a
     workflow's step), written by the database itself: triggers on `jobs` and `workflow_executions`

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from coordination.estimates import Estimate, job_wait
 from coordination.exceptions import InvalidTransition, JobNotFound, ModelNotFound
-from coordination.models import CatalogModel, Job, JobLine, JobQueueState, ProviderRun
+from coordination.models import CatalogModel, Job, JobFile, JobLine, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_ahead_many
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import count_ahead, model_line, passing
@@ -22,10 +22,13 @@ LINE_PREVIEW = 20  # jobs listed per line in a preview
 
 
 def with_runs(jobs: QuerySet[Job]) -> QuerySet[Job]:
-    """`jobs` with their runs at a provider read in one more query for the lot (the API's `at_provider`)."""
-    return jobs.prefetch_related(Prefetch(
-        "provider_runs", queryset=ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT), to_attr="runs_in_flight"
-    ))
+    """`jobs` with their runs at a provider and their kept files read in one more query each for the lot
+    (the API's `at_provider` and `result.files`)."""
+    return jobs.prefetch_related(
+        Prefetch("provider_runs", queryset=ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT),
+                 to_attr="runs_in_flight"),
+        Prefetch("files", queryset=JobFile.objects.order_by("n"), to_attr="files_kept"),
+    )
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None, model: str | None = None) -> QuerySet[Job]:

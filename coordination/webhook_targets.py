@@ -18,7 +18,8 @@ from django.db import transaction
 from coordination.exceptions import InvalidJob
 from coordination.models import Job
 
-EVENTS = ("started", "completed", "failed", "cancelled", "expired")
+# "files": a completed job's files have all been kept (or failed to be): coordination/outputs.
+EVENTS = ("started", "completed", "failed", "cancelled", "expired", "files")
 DEFAULT_EVENTS = ("completed", "failed", "cancelled", "expired")
 
 
@@ -49,15 +50,19 @@ class UnsafeUrl(InvalidJob):
     pass
 
 
-def url_check(url: str, *, field: str = "webhook_url") -> list[str]:
-    """The addresses `url`'s host resolves to, all of them public; else UnsafeUrl (a 400 at submit)."""
+def url_check(url: str, *, field: str = "webhook_url", trusted_host: str | None = None) -> list[str]:
+    """The addresses `url`'s host resolves to, all of them public; else UnsafeUrl (a 400 at submit).
+    https only, unless COORDINATOR_WEBHOOK_ALLOW_HTTP; public addresses only, unless
+    COORDINATOR_WEBHOOK_ALLOW_PRIVATE. `trusted_host` (a model's own provider_base_url's host: a
+    ComfyUI box on the LAN) may be reached over http and at a private address."""
     if not isinstance(url, str) or len(url) > 2048:
-        raise UnsafeUrl("webhook_url must be a URL of at most 2,048 characters.", field=field)
+        raise UnsafeUrl(f"{field} must be a URL of at most 2,048 characters.", field=field)
     parts = urllib.parse.urlsplit(url)
-    allowed = ("https", "http") if settings.COORDINATOR_WEBHOOK_ALLOW_HTTP else ("https",)
+    trusted = trusted_host is not None and parts.hostname == trusted_host
+    allowed = ("https", "http") if settings.COORDINATOR_WEBHOOK_ALLOW_HTTP or trusted else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
         raise UnsafeUrl(
-            f"webhook_url must be an {' or '.join(allowed)} URL with a host (got '{url[:100]}')"
+            f"{field} must be an {' or '.join(allowed)} URL with a host (got '{url[:100]}')"
             + ("" if "http" in allowed else "; http needs COORDINATOR_WEBHOOK_ALLOW_HTTP=1 on the server") + ".",
             field=field,
         )
@@ -65,15 +70,15 @@ def url_check(url: str, *, field: str = "webhook_url") -> list[str]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError) as error:
-        raise UnsafeUrl(f"webhook_url's host {parts.hostname} does not resolve ({error}).", field=field) from None
+        raise UnsafeUrl(f"{field}'s host {parts.hostname} does not resolve ({error}).", field=field) from None
     addresses = sorted({info[4][0] for info in infos})
-    if not settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE:
+    if not (settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE or trusted):
         for address in addresses:
             kind = _private_kind(ipaddress.ip_address(address.split("%")[0]))
             if kind:
                 raise UnsafeUrl(
-                    f"webhook_url's host {parts.hostname} resolves to {address}, a {kind} address; webhooks go "
-                    "to public addresses only (COORDINATOR_WEBHOOK_ALLOW_PRIVATE=1 allows others, for local tests).",
+                    f"{field}'s host {parts.hostname} resolves to {address}, a {kind} address; only public addresses "
+                    "are reached (COORDINATOR_WEBHOOK_ALLOW_PRIVATE=1 allows others, for local tests).",
                     field=field,
                 )
     return addresses

@@ -131,6 +131,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where the files jobs produced are kept (coordination/outputs): Django's default storage, local
+# files under MEDIA_ROOT unless STORAGES says otherwise (docs/outputs.md).
+MEDIA_ROOT = os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -209,6 +212,14 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
 COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
 COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
+# The files jobs produce, kept (coordination/outputs): the largest one copied (bytes), how long they are
+# kept (days), how many each qcluster copies at once, how many tries a copy gets, and how long a signed
+# link to one (?sig=...) serves it (seconds).
+COORDINATOR_OUTPUT_MAX_BYTES = env_int("COORDINATOR_OUTPUT_MAX_BYTES", 4 * 1024**3)
+COORDINATOR_OUTPUT_RETENTION_DAYS = env_int("COORDINATOR_OUTPUT_RETENTION_DAYS", 30)
+COORDINATOR_COPY_THREADS = env_int("COORDINATOR_COPY_THREADS", 4)
+COORDINATOR_COPY_TRIES = env_int("COORDINATOR_COPY_TRIES", 5)
+COORDINATOR_FILE_LINK_SECONDS = env_int("COORDINATOR_FILE_LINK_SECONDS", 3600)
 # Where providers reach this service from outside: a provider that can call back is told to at
 # <COORDINATOR_PUBLIC_URL>/providers/<model>/callback. Empty (the default): no provider could reach
 # us, so none is asked to; every job at a provider is polled.

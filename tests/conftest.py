@@ -1,4 +1,11 @@
+import os
+import tempfile
+
 import pytest
+
+# The files jobs produce are kept under MEDIA_ROOT (coordination/outputs): one folder for this test
+# session, shared by the qclusters and web servers its tests start (they inherit the environment).
+os.environ.setdefault("MEDIA_ROOT", tempfile.mkdtemp(prefix="jobqueue-media-"))
 
 from workflows.seed import seed_catalog_now
 from tests.factories import UserFactory
@@ -10,6 +17,11 @@ class _Flushed:
     data migrations' rows with them."""
 
     seen = False
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings):
+    settings.MEDIA_ROOT = os.environ["MEDIA_ROOT"]
 
 
 @pytest.fixture(autouse=True)

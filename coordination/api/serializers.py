@@ -9,7 +9,8 @@ from rest_framework import serializers
 
 from drf_spectacular.utils import extend_schema_field
 
-from coordination.models import CatalogModel, Job, MediaType, ProviderRun, timeout_with_old_name
+from coordination.models import CatalogModel, Job, JobFile, MediaType, ProviderRun, timeout_with_old_name
+from coordination.outputs.links import files_shown
 from coordination.services import BATCH_MAX_JOBS
 from coordination.selectors import catalog_model_names, job_list, job_queue_position
 
@@ -341,6 +342,14 @@ class JobSerializer(serializers.ModelSerializer):
 
     def to_representation(self, job: Job) -> dict:
         data = super().to_representation(job)
+        result = data.get("result")
+        if job.status == Job.Status.COMPLETED and isinstance(result, dict) and isinstance(result.get("files"), list):
+            # Each file as the coordinator keeps it (coordination/outputs): where, and how its copy stands.
+            kept = getattr(job, "files_kept", None)  # read beforehand for a page
+            if kept is None:
+                kept = list(JobFile.objects.filter(job_id=job.job_id))
+            if kept:
+                data["result"] = {**result, "files": files_shown(job, result["files"], kept)}
         detail = self.context.get("detail")  # selectors.JobDetail, on GET /jobs/{id} only
         if detail is not None:
             # What a waiting job waits for, model by model: who holds it, how many are before it.

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from coordination.api import events, providers, views
+from coordination.api import events, files, providers, views
 
 # No trailing slashes: the usage guide's clients call POST /jobs. GET /workflows and POST
 # /workflows/{id}/execute are the workflows app's (workflows/api.py, routed in jobqueue_site/urls.py).
@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/<str:job_id>", events.waitable(views.JobDetailView.as_view()),
          name="job-detail"),
     path("jobs/<str:job_id>/events", events.JobEventsView.as_view(), name="job-events"),
+    path("jobs/<str:job_id>/files/<int:n>", files.JobFileView.as_view(), name="job-file"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<str:job_id>/webhooks", views.JobWebhooksView.as_view(), name="job-webhooks"),
     path("webhooks/secret", views.WebhookSecretView.as_view(), name="webhook-secret"),

@@ -19,6 +19,14 @@ from coordination.selectors import job_queue_positions
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
+
+
+def ends_stream(event: str, state: dict) -> bool:
+    """Whether a job's stream ends with this event: its end, unless the job completed with files still
+    being kept (its job.files event then ends it)."""
+    return event == "files" or event in ENDS and not state.get("files_copying")
+
+
 # Events that may move other jobs' places in line: a job joined it, left it or moved in it.
 LINE_CHANGES = frozenset({"submitted", "started", "requeued", "cancelled", "expired", "priority"})
 

@@ -52,6 +52,13 @@ class Item:
     data: str | None
     ends: bool
     fields: dict | None = None  # `data` before encoding, for the next place-in-line event
+    # Whether the job's stream ends with it: its end, or, while the files of a job that completed are
+    # being kept (coordination/outputs), their job.files event that follows (None: as `ends`).
+    last: bool | None = None
+
+    @property
+    def ends_stream(self) -> bool:
+        return self.ends if self.last is None else self.last
 
     def frame(self) -> bytes:
         return f"id: {self.id}\nevent: {self.event}\ndata: {self.data}\n\n".encode()
@@ -60,7 +67,8 @@ class Item:
 def item_of(row, job, place: int | None) -> Item:
     """A job_events row as an event: the job as it was then (`job` None: only whether it ended)."""
     fields = feed.as_of(job, row.state, place) if job is not None else None
-    return Item(str(row.id), f"job.{row.event}", encode(fields) if fields is not None else None, row.event in feed.ENDS, fields)
+    return Item(str(row.id), f"job.{row.event}", encode(fields) if fields is not None else None, row.event in feed.ENDS,
+                fields, feed.ends_stream(row.event, row.state))
 
 
 def encode(data: dict) -> str:

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from coordination.events import feed
 from coordination.events.hub import Item, Subscription, encode, hub, item_of
-from coordination.models import Job, JobEvent
+from coordination.models import Job, JobEvent, JobFile
 
 KEEPALIVE = b": keepalive\n\n"  # every COORDINATOR_EVENTS_KEEPALIVE seconds of quiet
 REPLAY_LIMIT = 1000  # /queue/events: events resent after a reconnect, at most
@@ -89,7 +89,7 @@ async def _frames(subscription: Subscription, first: list[Item], *, end_with_job
     subscription.attach()
     for item in first:
         yield item.frame()
-        if end_with_job and item.ends:
+        if end_with_job and item.ends_stream:
             return
     while True:
         items = await subscription.get(settings.COORDINATOR_EVENTS_KEEPALIVE)
@@ -98,7 +98,7 @@ async def _frames(subscription: Subscription, first: list[Item], *, end_with_job
             continue
         for item in items:
             yield item.frame()
-            if end_with_job and item.ends:
+            if end_with_job and item.ends_stream:
                 return
 
 
@@ -117,8 +117,9 @@ def job_stream_open(opening: _Opening, job_id, resume: Resume | None) -> tuple[S
     if resume is None or not missed and job.is_finished:
         # A new stream; or a reconnect to a job that ended, whose events are gone (pruned after a day).
         fields = feed.current(job, place)
+        copying = job.is_finished and JobFile.objects.filter(job_id=job_id, state=JobFile.State.COPYING).exists()
         first = [Item(f"{newest}:{place}" if place is not None else newest, "job.state", encode(fields),
-                      job.is_finished, fields)]
+                      job.is_finished, fields, job.is_finished and not copying)]
     else:
         first = [item_of(row, job, place) for row in missed]
         if not missed and place is not None and place != resume.position:

@@ -66,8 +66,34 @@ def _wanted(job: str, event: str) -> str:
         ELSE {job}.webhook_events_filter ? {event} END)"""
 
 
-def postgresql_sql(*, progress: bool = True) -> str:
-    """The statements; `progress`: with the trigger on provider_runs (migrations before 0025 have no such columns)."""
+# With job_files (coordination/outputs): a completed job's result.files become rows to copy, its
+# completed event says how many are still being copied, and the last one to settle is a job.files event.
+_FILES_KEPT = """    IF what = 'completed' AND jsonb_typeof(j.result->'files') = 'array' THEN
+        -- The files it produced, to be kept (coordination/outputs): one row each, copied by a copier.
+        INSERT INTO job_files (id, job_id, n, source_url, state, size, sha256, content_type, storage_name, error,
+                               tries, next_try_at, created_at)
+        SELECT gen_random_uuid(), j.job_id, f.n - 1, f.value->>'source_url', 'copying', NULL, '',
+               COALESCE(f.value->>'content_type', ''), '', '', 0, now(), now()
+        FROM jsonb_array_elements(j.result->'files') WITH ORDINALITY AS f(value, n)
+        WHERE jsonb_typeof(f.value->'source_url') = 'string'
+        ON CONFLICT (job_id, n) DO NOTHING;
+    END IF;
+"""
+_FILES_COUNTED = """    IF what = 'completed' THEN  -- its stream ends with job.files instead while files are being kept
+        fields := fields || jsonb_build_object('files_copying',
+            (SELECT count(*) FROM job_files WHERE job_id = j.job_id AND state = 'copying'));
+    END IF;
+"""
+_FILES_TRIGGER = """
+DROP TRIGGER IF EXISTS job_events_files ON job_files;
+CREATE TRIGGER job_events_files AFTER UPDATE OF state ON job_files FOR EACH ROW
+    WHEN (OLD.state = 'copying' AND NEW.state <> 'copying') EXECUTE FUNCTION jq_job_event();
+"""
+
+
+def postgresql_sql(*, progress: bool = True, files: bool = True) -> str:
+    """The statements; `progress`: with the trigger on provider_runs (migrations before 0025 have no such
+    columns); `files`: with job_files (before 0028 there is no such table)."""
     d = "IS DISTINCT FROM"
     return f"""
 CREATE OR REPLACE FUNCTION jq_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -89,6 +115,14 @@ BEGIN
                 FROM workflow_executions WHERE job_id = NEW.job_id;
             END IF;
         END IF;
+    ELSIF TG_TABLE_NAME = 'job_files' THEN
+        -- A file's copy settled: the event comes with the last of its job's files (the copier locks
+        -- them all first, so two settling at once see each other's).
+        IF EXISTS (SELECT 1 FROM job_files WHERE job_id = NEW.job_id AND state = 'copying') THEN
+            RETURN NULL;
+        END IF;
+        what := 'files';
+        SELECT * INTO j FROM jobs WHERE job_id = NEW.job_id;
     ELSIF TG_TABLE_NAME = 'provider_runs' THEN
         what := 'progress';
         SELECT * INTO j FROM jobs WHERE job_id = NEW.job_id;
@@ -101,8 +135,8 @@ BEGIN
         step := NEW.current_step;
         step_model := NEW.current_step_model;
     END IF;
-    fields := jsonb_build_object({_pairs('j', 'step', 'step_model')});
-    IF what = 'progress' THEN
+{_FILES_KEPT if files else ''}    fields := jsonb_build_object({_pairs('j', 'step', 'step_model')});
+{_FILES_COUNTED if files else ''}    IF what = 'progress' THEN
         fields := fields || jsonb_build_object('at_provider', jsonb_build_object(
             'provider_job_id', NEW.provider_job_id, 'style', NEW.style, 'status', NEW.provider_status,
             'since', NEW.submitted_at, 'watched', NEW.watcher IS NOT NULL, 'progress', NEW.progress,
@@ -127,7 +161,7 @@ CREATE TRIGGER job_events_update AFTER UPDATE OF {", ".join(WATCHED)} ON jobs FO
 DROP TRIGGER IF EXISTS job_events_step ON workflow_executions;
 CREATE TRIGGER job_events_step AFTER UPDATE OF {", ".join(STEP_COLUMNS)} ON workflow_executions FOR EACH ROW
     WHEN ({_changed(STEP_COLUMNS, d)}) EXECUTE FUNCTION jq_job_event();
-""" + (f"""
+""" + (_FILES_TRIGGER if files else "") + (f"""
 DROP TRIGGER IF EXISTS job_events_progress ON provider_runs;
 CREATE TRIGGER job_events_progress AFTER UPDATE OF {", ".join(PROGRESS_COLUMNS)} ON provider_runs FOR EACH ROW
     WHEN (NEW.state = 'in_flight' AND ({_changed(PROGRESS_COLUMNS, d)})) EXECUTE FUNCTION jq_job_event();
@@ -142,7 +176,7 @@ def install(schema_editor) -> None:
     with connection.cursor() as cursor:
         runs = ("provider_runs" in connection.introspection.table_names()
                 and any(column.name == "progress" for column in connection.introspection.get_table_description(cursor, "provider_runs")))
-        cursor.execute(postgresql_sql(progress=runs))
+        cursor.execute(postgresql_sql(progress=runs, files="job_files" in connection.introspection.table_names()))
 
 
 def uninstall(schema_editor) -> None:
@@ -150,7 +184,8 @@ def uninstall(schema_editor) -> None:
     connection = schema_editor.connection
     with connection.cursor() as cursor:
         for trigger, table in (("job_events_insert", "jobs"), ("job_events_update", "jobs"),
-                               ("job_events_step", "workflow_executions"), ("job_events_progress", "provider_runs")):
+                               ("job_events_step", "workflow_executions"), ("job_events_progress", "provider_runs"),
+                               ("job_events_files", "job_files")):
             if table in connection.introspection.table_names():
                 cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
         cursor.execute("DROP FUNCTION IF EXISTS jq_job_event()")

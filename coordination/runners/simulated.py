@@ -1,3 +1,4 @@
+import base64
 import time
 from datetime import datetime, timezone
 
@@ -6,6 +7,11 @@ from coordination.runners.results import runner_result
 
 # The file a simulated job "makes", by its model's media type: its source_url is the output.
 CONTENT_TYPES = {"image": "image/png", "video": "video/mp4"}
+# Its bytes, for the copy that keeps it (coordination/outputs/copy.py): a 1x1 PNG, an MP4's first box.
+SIMULATED_BYTES = {
+    "image/png": base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="),
+    "video/mp4": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
+}
 
 
 class SimulatedRunner:

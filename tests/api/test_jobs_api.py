@@ -353,7 +353,10 @@ def test_a_completed_job_shows_its_output_and_the_files_it_produced(api):
 
     result = api.get(f"/jobs/{job['job_id']}").json()["result"]
     assert result["output"] == f"simulated://flux-dev/{job['job_id']}"
-    assert result["files"] == [{"source_url": f"simulated://flux-dev/{job['job_id']}", "content_type": "image/png"}]
+    [listed] = result["files"]
+    assert {key: listed[key] for key in ("source_url", "content_type", "url", "state")} == {
+        "source_url": f"simulated://flux-dev/{job['job_id']}", "content_type": "image/png",
+        "url": f"/jobs/{job['job_id']}/files/0", "state": "copying"}  # kept by a copier next (tests/api/test_job_files.py)
 
 
 def test_a_job_whose_provider_made_no_file_shows_an_empty_list(api):

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import replicate
 
-from bench.fakes.replicate import FakeReplicate
-from coordination.models import CatalogModel, Job, JobEvent, ProviderRun
+from bench.fakes.replicate import PNG, FakeReplicate
+from coordination.models import CatalogModel, Job, JobEvent, JobFile, ProviderRun
 from coordination.runners import get_runner, runner_call
 from coordination.runners.adapters import adapter_of
 from coordination.runners.base import RunnerError
@@ -257,6 +257,13 @@ def test_the_guides_test_3_runs_on_replicate_after_a_patch_of_its_two_models(fak
     assert creates == ["/v1/models/black-forest-labs/flux-dev/predictions", "/v1/models/minimax/video-01/predictions"]
     assert jobs[0].result["files"] == [{"source_url": f"{fake.url}/files/{jobs[0].result['provider_job_id']}.png",
                                         "content_type": "image/png"}]
+    # The qcluster's copier kept both files: served by the coordinator after Replicate's copies are gone.
+    wait_until(lambda: JobFile.objects.filter(job_id__in=[first["job_id"], second["job_id"]], state="stored").count() == 2,
+               timeout=GIVE_UP, message="both jobs' files to be kept")
+    fake.stop()
+    listed = api.get(f"/jobs/{first['job_id']}").json()["result"]["files"][0]
+    served = api.get(listed["url"])
+    assert served.status_code == 200 and b"".join(served.streaming_content) == PNG
 
 
 @pytest.mark.e2e

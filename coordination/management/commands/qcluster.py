@@ -1,4 +1,5 @@
-"""`manage.py qcluster`: django-q2's worker cluster, and beside it this cluster's provider poller.
+"""`manage.py qcluster`: django-q2's worker cluster, and beside it this cluster's provider poller and
+the copier that keeps the files jobs produced (coordination/outputs).
 
 The cluster runs as django-q2 runs it (its sentinel and worker processes). Its main process runs the
 poller (coordination/providers/poller.py) and the stop. This command replaces django-q2's own
@@ -75,12 +76,13 @@ def _start_what_waits() -> None:
 
 async def _run(cluster: Cluster, shared: ClusterStop, signals: _Signals) -> None:
     # Imported once the cluster's processes are forked: they do not carry the poller's HTTP stack.
+    from coordination.outputs.copier import Copier
     from coordination.providers.poller import Poller
 
     stop = asyncio.Event()
     watching = asyncio.ensure_future(_watch(cluster, shared, signals, stop))
     try:
-        await Poller().run(stop)
+        await asyncio.gather(Poller().run(stop), Copier().run(stop))
     except BaseException:
         watching.cancel()
         raise

@@ -1,0 +1,91 @@
+"""GET /jobs/{job_id}/files/{n}: a file a job produced, as the coordinator keeps it (coordination/outputs),
+to the job's owner and to staff (anyone else: 404), or to whoever holds a link signed for it
+(`?sig=`, from `result.files[n].signed_url`: a browser's <img> or <video> sends no token). Its
+Content-Type, Content-Length and an ETag from its SHA-256; a byte range (`Range: bytes=a-b`) is
+answered 206, as a video player seeking asks."""
+
+import re
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpResponse, JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotAuthenticated
+from rest_framework.permissions import AllowAny
+from rest_framework.views import APIView
+
+from coordination.api.views import COMMON_ERRORS, NOT_FOUND, _error
+from coordination.exceptions import JobNotFound
+from coordination.models import Job, JobFile
+from coordination.outputs.links import signature_ok
+from coordination.selectors import job_get
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@extend_schema(
+    summary="A file a job produced",
+    parameters=[OpenApiParameter("n", OpenApiTypes.INT, OpenApiParameter.PATH, description="Its place in result.files, from 0."),
+                OpenApiParameter("sig", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+                                 description="A signed link's signature (result.files[n].signed_url): no token needed.")],
+    responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="The file."),
+               206: OpenApiResponse(OpenApiTypes.BINARY, description="The byte range asked for."),
+               304: OpenApiResponse(description="If-None-Match named its ETag."),
+               409: _error("Not kept (yet): its copy is under way, failed, or expired; the error says which."),
+               416: _error("The range lies outside the file."), **COMMON_ERRORS, **NOT_FOUND},
+)
+class JobFileView(APIView):
+    permission_classes = [AllowAny]  # the owner, staff, or a signed link: checked below
+
+    def get(self, request, job_id: str, n: int):
+        signature = request.query_params.get("sig")
+        if signature is not None:
+            if not signature_ok(job_id, n, signature):
+                raise JobNotFound(f"No file {n} of job {job_id}, or the link has expired.")
+        elif not request.user.is_authenticated:
+            raise NotAuthenticated()
+        else:
+            job_get(user=request.user, job_id=job_id, jobs=Job.objects.all())  # the owner or staff; else 404
+        row = JobFile.objects.filter(job_id=job_id, n=n).first()
+        if row is None:
+            raise JobNotFound(f"Job {job_id} has no file {n}.")
+        if row.state != JobFile.State.STORED:
+            words = {JobFile.State.COPYING: "is still being copied: ask again shortly"}.get(row.state, f"is {row.state}: {row.error}")
+            return JsonResponse({"error": f"File {n} of job {job_id} {words}.", "code": "not_kept"}, status=409)
+        etag = f'"{row.sha256}"'
+        if etag in request.headers.get("If-None-Match", ""):
+            return HttpResponse(status=304, headers={"ETag": etag})
+        return _served(row, request.headers.get("Range"), etag)
+
+
+def _served(row: JobFile, asked: str | None, etag: str):
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600",
+               "X-Content-Type-Options": "nosniff"}
+    size = row.size
+    match = _RANGE.match((asked or "").strip())
+    if match is None or not (match[1] or match[2]):
+        response = FileResponse(default_storage.open(row.storage_name, "rb"), content_type=row.content_type, headers=headers)
+        response["Content-Length"] = str(size)
+        return response
+    first, last = match[1], match[2]
+    start, end = (size - int(last), size - 1) if not first else (int(first), min(int(last), size - 1) if last else size - 1)
+    if start < 0 or start > end or start >= size:
+        return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    stored = default_storage.open(row.storage_name, "rb")
+    stored.seek(start)
+    response = FileResponse(_part(stored, end - start + 1), status=206, content_type=row.content_type, headers=headers)
+    response["Content-Length"] = str(end - start + 1)
+    response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return response
+
+
+def _part(stored, length: int, chunk: int = 1024 * 1024):
+    try:
+        while length > 0:
+            data = stored.read(min(chunk, length))
+            if not data:
+                return
+            length -= len(data)
+            yield data
+    finally:
+        stored.close()

@@ -1,0 +1,94 @@
+"""The database side of kept files: copiers claim the files due (SKIP LOCKED, held for a while, so
+that a copier that died leaves them to another), record how each copy went, and the daily prune
+expires the old ones."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+from django.utils import timezone
+
+from coordination.models import CatalogModel, JobFile
+
+HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
+BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
+
+
+@dataclass(frozen=True)
+class Due:
+    id: object
+    job_id: object
+    n: int
+    source_url: str
+    content_type: str
+    model: str
+
+
+def files_claim(*, limit: int) -> list[Due]:
+    """Up to `limit` files due for a copy, held for this copier (one statement)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """UPDATE job_files AS f SET held_until = now() + %s, tries = f.tries + 1
+               FROM (SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
+                     AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT %s
+                     FOR UPDATE SKIP LOCKED) AS due, jobs AS j
+               WHERE f.id = due.id AND j.job_id = f.job_id
+               RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model""",
+            [HOLD, limit],
+        )
+        return [Due(*row) for row in cursor.fetchall()]
+
+
+def trusted_host(model_name: str) -> str | None:
+    """The host of the model's own provider (its provider_base_url, else its provider_url): its files
+    may be fetched over http and from a private address (a ComfyUI box on the LAN)."""
+    from urllib.parse import urlsplit
+
+    model = CatalogModel.objects.filter(name=model_name).values("provider_base_url", "provider_url").first()
+    url = model and (model["provider_base_url"] or model["provider_url"])
+    return urlsplit(url).hostname if url else None
+
+
+def file_stored(due: Due, *, storage_name: str, size: int, sha256: str, content_type: str) -> None:
+    _settle(due, state=JobFile.State.STORED, storage_name=storage_name, size=size, sha256=sha256,
+            content_type=content_type, error="", stored_at=timezone.now())
+
+
+def file_failed(due: Due, *, error: str, again: bool) -> None:
+    """A copy that failed: tried again later (back-off) while it may succeed and tries are left, else
+    the file is `failed`, with the reason."""
+    tries = JobFile.objects.filter(pk=due.id).values_list("tries", flat=True).first() or 0
+    if again and tries < settings.COORDINATOR_COPY_TRIES:
+        delay = BACKOFF[min(tries - 1, len(BACKOFF) - 1)]
+        JobFile.objects.filter(pk=due.id, state=JobFile.State.COPYING).update(
+            next_try_at=timezone.now() + timedelta(seconds=delay), held_until=None, error=error[:500])
+        return
+    _settle(due, state=JobFile.State.FAILED, error=f"Not kept: {error}"[:500])
+
+
+def _settle(due: Due, **fields) -> None:
+    with transaction.atomic():
+        # Its job's files locked together: the last to settle sees the others' (its job.files event).
+        list(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", flat=True))
+        JobFile.objects.filter(pk=due.id, state=JobFile.State.COPYING).update(held_until=None, **fields)
+
+
+def files_prune(*, days: int | None = None) -> int:
+    """Files kept longer than COORDINATOR_OUTPUT_RETENTION_DAYS: deleted from storage and marked
+    `expired` on their jobs (the jobs stay). Returns how many."""
+    days = settings.COORDINATOR_OUTPUT_RETENTION_DAYS if days is None else days
+    old = JobFile.objects.filter(state=JobFile.State.STORED, stored_at__lt=timezone.now() - timedelta(days=days))
+    pruned = 0
+    for row in old.iterator():
+        file_expire(row, reason=f"Deleted after {days} days (COORDINATOR_OUTPUT_RETENTION_DAYS).")
+        pruned += 1
+    return pruned
+
+
+def file_expire(row: JobFile, *, reason: str) -> None:
+    """Delete a kept file from storage (an operator's, or the prune's); the job says it is gone."""
+    if row.storage_name:
+        default_storage.delete(row.storage_name)
+    JobFile.objects.filter(pk=row.pk).update(state=JobFile.State.EXPIRED, error=reason, storage_name="")

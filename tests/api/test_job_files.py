@@ -1,0 +1,143 @@
+"""The files jobs produce, kept (coordination/outputs): written when a job completes, copied by a
+copier into storage (MEDIA_ROOT here), and served at GET /jobs/{id}/files/{n} to the owner and staff,
+with ranges and an ETag, or to whoever holds a signed link."""
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from bench.fake_provider import FakeProvider
+from coordination.models import CatalogModel, JobEvent, JobFile
+from coordination.outputs.copier import claim, copy_one
+from coordination.outputs.store import files_prune
+from coordination.runners.simulated import SIMULATED_BYTES
+from coordination.tasks import run_job
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def completed(api, model: str = "flux-dev", **params) -> str:
+    answer = api.post("/jobs", {"prompt": "A castle", "model": model, "params": {"simulate_seconds": 0, **params}},
+                      format="json").json()
+    run_job(answer["job_id"], 1)
+    return answer["job_id"]
+
+
+def copy_due() -> int:
+    """What a qcluster's copier does at a tick, here in this thread: claim what is due and copy it."""
+    due = claim(10)
+    for one in due:
+        copy_one(one)
+    return len(due)
+
+
+def test_a_completed_jobs_file_is_kept_and_served_to_its_owner_with_its_size_hash_and_type(api):
+    job_id = completed(api)
+    assert JobFile.objects.get(job_id=job_id).state == "copying"  # completed at once: the copy comes after
+
+    assert copy_due() == 1
+    listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
+    png = SIMULATED_BYTES["image/png"]
+    assert (listed["state"], listed["size"], listed["sha256"], listed["content_type"]) == (
+        "stored", len(png), hashlib.sha256(png).hexdigest(), "image/png")
+    served = api.get(listed["url"])
+    assert served.status_code == 200 and b"".join(served.streaming_content) == png
+    assert served["Content-Type"] == "image/png" and served["Content-Length"] == str(len(png))
+    assert served["ETag"] == f'"{listed["sha256"]}"'
+    assert api.get(listed["url"], HTTP_IF_NONE_MATCH=served["ETag"]).status_code == 304
+    # The stream's last word: job.files, once every file settled.
+    assert list(JobEvent.objects.filter(job_id=job_id).values_list("event", flat=True))[-2:] == ["completed", "files"]
+
+
+def test_a_byte_range_is_answered_206_and_one_outside_the_file_416(api):
+    job_id = completed(api, model="motion-2.0-fast")
+    copy_due()
+    mp4 = SIMULATED_BYTES["video/mp4"]
+    part = api.get(f"/jobs/{job_id}/files/0", HTTP_RANGE="bytes=4-11")
+    assert part.status_code == 206 and b"".join(part.streaming_content) == mp4[4:12] == b"ftypmp42"
+    assert part["Content-Range"] == f"bytes 4-11/{len(mp4)}" and part["Content-Length"] == "8"
+    tail = api.get(f"/jobs/{job_id}/files/0", HTTP_RANGE="bytes=-4")
+    assert b"".join(tail.streaming_content) == mp4[-4:]
+    assert api.get(f"/jobs/{job_id}/files/0", HTTP_RANGE=f"bytes={len(mp4)}-").status_code == 416
+
+
+def test_another_user_gets_404_and_a_signed_link_serves_without_a_token_until_it_expires(api, settings):
+    job_id = completed(api)
+    copy_due()
+    listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
+    stranger = Client()
+    stranger.force_login(UserFactory())
+    assert stranger.get(listed["url"]).status_code == 404
+    assert Client().get(listed["url"]).status_code == 401  # no token, no signature
+    assert Client().get(listed["signed_url"]).status_code == 200
+    assert Client().get(listed["signed_url"].replace("sig=", "sig=x")).status_code == 404
+    assert Client().get(listed["signed_url"].replace("/files/0", "/files/1")).status_code == 404  # signed for file 0
+    settings.COORDINATOR_FILE_LINK_SECONDS = -1  # every link has expired
+    assert Client().get(listed["signed_url"]).status_code == 404
+
+
+def test_a_file_still_being_copied_is_a_409_that_says_so(api):
+    job_id = completed(api)
+    answer = api.get(f"/jobs/{job_id}/files/0")
+    assert answer.status_code == 409 and "still being copied" in answer.json()["error"]
+
+
+def test_a_providers_file_is_copied_from_its_url_and_outlives_the_provider(api, settings):
+    fake = FakeProvider(files="listed").start()
+    try:
+        CatalogModel.objects.filter(name="flux-dev").update(runner="http", provider="generic", provider_style="sync",
+                                                            provider_url=f"{fake.url}/sync")
+        job_id = completed(api)
+        copy_due()  # the fake is on 127.0.0.1: the model's own provider host, so allowed
+    finally:
+        fake.stop()  # the provider is gone: the file is still served
+    listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
+    assert listed["state"] == "stored" and listed["content_type"] == "video/mp4"
+    assert b"".join(api.get(listed["url"]).streaming_content).startswith(b"\x00\x00\x00\x18ftypmp42")
+
+
+def test_a_file_at_a_private_address_that_is_not_the_models_provider_is_never_fetched(api, settings):
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = True  # http allowed: the address alone refuses it
+    fake = FakeProvider().start()
+    try:
+        job_id = completed(api)  # flux-dev, simulated: its model names no provider on 127.0.0.1
+        JobFile.objects.filter(job_id=job_id).update(source_url=f"{fake.url}/files/secret.mp4")
+        copy_due()
+        assert fake.downloads == []
+    finally:
+        fake.stop()
+    listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
+    assert listed["state"] == "failed" and "a loopback address" in listed["error"]
+
+
+def test_the_prune_expires_old_files_and_the_job_says_so(api):
+    job_id = completed(api)
+    copy_due()
+    JobFile.objects.filter(job_id=job_id).update(stored_at=timezone.now() - timedelta(days=31))
+    assert files_prune() == 1
+    listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
+    assert listed["state"] == "expired" and "30 days" in listed["error"]
+    assert api.get(listed["url"]).status_code == 409
+
+
+def test_an_operator_deletes_a_kept_file_in_the_admin_and_the_job_says_who(api, staff_user):
+    from django.urls import reverse
+
+    job_id = completed(api)
+    copy_due()
+    row = JobFile.objects.get(job_id=job_id)
+    stored = row.storage_name
+    console = Client()
+    console.force_login(staff_user)
+    changelist = reverse("admin:coordination_jobfile_changelist")
+    assert str(job_id) in console.get(changelist).content.decode()
+    console.post(changelist, {"action": "delete_kept", "_selected_action": [str(row.pk)]})
+    row.refresh_from_db()
+    assert row.state == "expired" and row.error == f"Deleted by {staff_user.username}."
+    from django.core.files.storage import default_storage
+
+    assert not default_storage.exists(stored)
