@@ -248,6 +248,9 @@ def test_the_guides_test_3_runs_on_replicate_after_a_patch_of_its_two_models(fak
         assert second["status"] == "pending"  # queued, even with a different model
         wait_until(lambda: Job.objects.get(pk=second["job_id"]).status == "completed", timeout=GIVE_UP,
                    message="both jobs to run at Replicate, one after the other")
+        # The qcluster's copier keeps both jobs' files.
+        wait_until(lambda: JobFile.objects.filter(job_id__in=[first["job_id"], second["job_id"]], state="stored").count() == 2,
+                   timeout=GIVE_UP, message="both jobs' files to be kept")
     finally:
         worker.stop()
     jobs = [Job.objects.get(pk=first["job_id"]), Job.objects.get(pk=second["job_id"])]
@@ -257,9 +260,7 @@ def test_the_guides_test_3_runs_on_replicate_after_a_patch_of_its_two_models(fak
     assert creates == ["/v1/models/black-forest-labs/flux-dev/predictions", "/v1/models/minimax/video-01/predictions"]
     assert jobs[0].result["files"] == [{"source_url": f"{fake.url}/files/{jobs[0].result['provider_job_id']}.png",
                                         "content_type": "image/png"}]
-    # The qcluster's copier kept both files: served by the coordinator after Replicate's copies are gone.
-    wait_until(lambda: JobFile.objects.filter(job_id__in=[first["job_id"], second["job_id"]], state="stored").count() == 2,
-               timeout=GIVE_UP, message="both jobs' files to be kept")
+    # Served by the coordinator after Replicate's copies are gone.
     fake.stop()
     listed = api.get(f"/jobs/{first['job_id']}").json()["result"]["files"][0]
     served = api.get(listed["url"])
