@@ -755,7 +755,7 @@ class JobEvent(models.Model):
     id = models.BigAutoField(primary_key=True)
     job_id = models.UUIDField()
     # submitted, started, requeued, completed, failed, cancelled, expired, blocked, priority,
-    # cancel_requested, step, changed
+    # cancel_requested, step, progress, files, changed
     event = models.CharField(max_length=20)
     state = models.JSONField()
     created_at = models.DateTimeField()

@@ -120,7 +120,8 @@ EVENTS_DESCRIPTION = (
     "`text/event-stream`: each event has `event: job.<what>`, `id:` and `data:` the job's JSON (as `POST /jobs` "
     "answers it), as it was right after the change. `<what>` is `state` (the first event: the job now), "
     "`submitted`, `started`, `requeued`, `completed`, `failed`, `cancelled`, `expired`, `blocked` (what it waits "
-    "for changed), `queue_position`, `priority`, `cancel_requested`, `step` (a workflow's current step) or "
+    "for changed), `queue_position`, `priority`, `cancel_requested`, `step` (a workflow's current step), "
+    "`progress` (what its provider says of it), `files` (a completed job's files kept; the stream then ends) or "
     "`changed` (anything else a client sees). A comment line every 15 s keeps proxies from closing it."
 )
 

@@ -143,7 +143,8 @@ class SubmitFields(StrictSerializer):
     )
     webhook_events_filter = serializers.ListField(
         child=StringField(), required=False,
-        help_text="Which events: from started, completed, failed, cancelled, expired (default: the four terminal ones).",
+        help_text="Which events: from started, completed, failed, cancelled, expired, files (a completed job's files kept; "
+                  "default: the four terminal ones).",
     )
     on_duplicate = serializers.ChoiceField(
         choices=["reject", "replace"], required=False,

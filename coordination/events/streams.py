@@ -133,11 +133,13 @@ def job_stream_open(opening: _Opening, job_id, resume: Resume | None) -> tuple[S
 
 
 def job_has_ended_for(resume: Resume | None, job: Job) -> bool:
-    """A reconnect to a job that ended, after its last event: nothing more will come (answered 204,
+    """A reconnect to a job that ended (its files kept), after its last event: nothing more will come (answered 204,
     which tells a browser's EventSource to stop reconnecting). A job with no events left (pruned, or
     older than them) sent its state as `0`."""
     if resume is None or not job.is_finished:
         return False
+    if JobFile.objects.filter(job_id=job.job_id, state=JobFile.State.COPYING).exists():
+        return False  # its job.files event is still to come
     newest = JobEvent.objects.filter(job_id=job.job_id).order_by("-id").values_list("id", flat=True).first()
     return resume.event_id >= newest if newest is not None else resume.event_id == 0
 

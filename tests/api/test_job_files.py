@@ -141,3 +141,16 @@ def test_an_operator_deletes_a_kept_file_in_the_admin_and_the_job_says_who(api, 
     from django.core.files.storage import default_storage
 
     assert not default_storage.exists(stored)
+
+
+def test_a_completed_jobs_stream_ends_with_its_files_event_and_a_wait_with_its_completion(api):
+    from coordination.events import feed
+
+    job_id = completed(api)
+    done = JobEvent.objects.get(job_id=job_id, event="completed")
+    assert done.state["files_copying"] == 1
+    assert done.event in feed.ENDS and not feed.ends_stream(done.event, done.state)  # Prefer: wait is over; the stream goes on
+    copy_due()
+    files = JobEvent.objects.get(job_id=job_id, event="files")
+    assert feed.ends_stream(files.event, files.state)
+    assert feed.ends_stream("completed", {"files_copying": 0})  # a job that made no file: its completion ends it

@@ -14,7 +14,9 @@ from django_q.signing import SignedPackage
 from rest_framework.authtoken.models import Token
 
 from coordination import services
-from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery
+from coordination.models import (
+    CapacityGroup, CatalogModel, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
+)
 from tests.factories import JobRowFactory
 from tests.helpers import submit_confirmation
 from workflows.services import workflow_execute
@@ -89,6 +91,8 @@ def one_of_each(user, staff_user):
         status_url="https://provider.example/jobs/prov-1", provider_status="running",
         submitted_at=timezone.now(), deadline_at=timezone.now(),
     )
+    JobFile.objects.create(job=normal, n=0, source_url="https://cdn.example/out.png", state="stored", size=3,
+                           content_type="image/png", next_try_at=timezone.now(), created_at=timezone.now())
     Schedule.objects.create(name="reaper", func="coordination.tasks.reaper_schedule", schedule_type=Schedule.MINUTES, minutes=1)
     now = timezone.now()
     for success in (True, False):

@@ -109,21 +109,24 @@ def test_a_jobs_stream_starts_with_it_now_tells_each_change_in_order_and_ends_af
     events = list(stream.events())  # the server ends it after the terminal event
 
     names = [item["event"] for item in events]
-    assert names[0] == "job.state" and names[-1] == "job.completed" and "job.started" in names
+    # It ends with job.files: the job's file kept (coordination/outputs), after its completion.
+    assert names[0] == "job.state" and names[-2:] == ["job.completed", "job.files"] and "job.started" in names
     assert all(item["data"]["job_id"] == second["job_id"] for item in events)
     state = events[0]["data"]
     assert state["status"] == "pending" and state["blocked_by_job_id"] == first["job_id"]
     assert state["conflict_reason"] == f"Model conflict: flux-dev in use by normal job {first['job_id']}"
     started = events[names.index("job.started")]["data"]
     assert started["status"] == "running" and started["started_at"] and started["blocked_by_job_id"] is None
-    done = events[-1]["data"]
+    done = events[-2]["data"]
     assert done["status"] == "completed" and done["result"]["output"] == f"simulated://flux-dev/{second['job_id']}"
+    assert [file["state"] for file in events[-1]["data"]["result"]["files"]] == ["stored"]
     ids = [int(item["id"].split(":")[0]) for item in events]
     assert ids == sorted(ids)
     _, now = api.get(f"/jobs/{second['job_id']}")
-    assert {key: done[key] for key in ("status", "started_at", "completed_at", "result")} == {
-        key: now[key] for key in ("status", "started_at", "completed_at", "result")
+    assert {key: done[key] for key in ("status", "started_at", "completed_at")} == {
+        key: now[key] for key in ("status", "started_at", "completed_at")
     }
+    assert done["result"]["output"] == now["result"]["output"]
 
 
 def test_a_reconnect_with_last_event_id_is_told_every_change_it_missed_and_then_that_nothing_more_will_come(
@@ -141,11 +144,11 @@ def test_a_reconnect_with_last_event_id_is_told_every_change_it_missed_and_then_
     missed = list(again.events())
 
     names = [item["event"] for item in missed]
-    assert names[-2:] == ["job.started", "job.completed"]
-    started = missed[-2]["data"]
+    assert names[-3:] == ["job.started", "job.completed", "job.files"]
+    started = missed[-3]["data"]
     # The job as it was when it started, not as it is now.
     assert started["status"] == "running" and started["completed_at"] is None and started["result"] is None
-    assert missed[-1]["data"]["status"] == "completed"
+    assert missed[-2]["data"]["status"] == "completed"
     assert first["id"] not in [item["id"] for item in missed]
 
     last = EventStream(web.url, f"/jobs/{job['job_id']}/events", alice, last_event_id=missed[-1]["id"])

@@ -260,6 +260,7 @@ def test_a_job_posted_to_the_api_completes_at_leonardo_through_a_qcluster(leonar
 
     assert (job["status"], job["error"]) == ("completed", None)
     [video] = job["result"]["output"]
-    assert job["result"]["files"] == [{"source_url": video["motionMP4URL"], "content_type": "video/mp4"}]
+    assert [{key: file[key] for key in ("source_url", "content_type")} for file in job["result"]["files"]] == [
+        {"source_url": video["motionMP4URL"], "content_type": "video/mp4"}]
     [submit] = leonardo.asked("POST")
     assert submit.json == {"prompt": "A knight on a horse", "seconds": 1, "model": "MOTION2FAST"}
