@@ -26,3 +26,21 @@ def poller():
     finally:
         held["loop"].call_soon_threadsafe(held["stop"].set)
         thread.join(30)
+
+
+def files_kept(job_id) -> bool:
+    """Whether every file the job produced is kept by the coordinator (coordination/outputs)."""
+    from coordination.models import JobFile
+
+    states = list(JobFile.objects.filter(job_id=job_id).values_list("state", flat=True))
+    return bool(states) and all(state == "stored" for state in states)
+
+
+def kept_bytes(job_id, n: int) -> bytes:
+    """File `n` of the job, as the coordinator keeps it."""
+    from django.core.files.storage import default_storage
+
+    from coordination.models import JobFile
+
+    with default_storage.open(JobFile.objects.get(job_id=job_id, n=n).storage_name, "rb") as kept:
+        return kept.read()

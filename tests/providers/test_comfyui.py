@@ -22,6 +22,7 @@ from coordination.runners.http import HttpRunner
 from coordination.services import job_submit
 from tests.e2e.harness import start_worker, wait_until
 from tests.factories import UserFactory
+from tests.providers.conftest import files_kept, kept_bytes
 
 COMFYUI = adapter_of("comfyui")
 GIVE_UP = 60  # a bound for polling, not a claim
@@ -117,11 +118,13 @@ def test_a_job_runs_the_models_workflow_at_comfyui_and_completes_with_its_images
     try:
         job = job_submit(owner=UserFactory(), model="flux-dev", prompt="A castle at dusk", params={"steps": 30, "seed": 7})
         wait_until(lambda: Job.objects.get(pk=job.job_id).status in Job.FINISHED, timeout=GIVE_UP, message="the job to end")
+        wait_until(lambda: files_kept(job.job_id), timeout=GIVE_UP, message="the job's file to be kept")
     finally:
         worker.stop()
 
     job = Job.objects.get(pk=job.job_id)
     assert (job.status, job.error) == ("completed", None)
+    assert kept_bytes(job.job_id, 0) == PNG  # the coordinator keeps a copy: the ComfyUI box may delete its own
     prompt_id = job.result["provider_job_id"]
     assert prompt_id == str(uuid5(job.job_id, "attempt:1"))
     assert job.result["output"] == {"9": {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]}}

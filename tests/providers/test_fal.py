@@ -29,6 +29,7 @@ from coordination.services import job_cancel, job_submit
 from coordination.tasks import run_job
 from tests.e2e.harness import start_worker, wait_until
 from tests.factories import UserFactory
+from tests.providers.conftest import files_kept, kept_bytes
 
 KEY = "fal-key-for-tests"
 APP = "fal-ai/flux/dev"
@@ -113,6 +114,7 @@ def test_a_job_at_fal_completes_with_its_output_and_files_and_a_cancel_ends_once
         assert Job.objects.get(pk=stopped.job_id).status == "running"
         wait_until(lambda: Job.objects.get(pk=stopped.job_id).status == "cancelled", timeout=GIVE_UP,
                    message="the cancel to end the job")
+        wait_until(lambda: files_kept(done.job_id), timeout=GIVE_UP, message="the job's file to be kept")
     finally:
         worker.stop()
 
@@ -121,7 +123,7 @@ def test_a_job_at_fal_completes_with_its_output_and_files_and_a_cancel_ends_once
     assert done.result["output"]["images"][0]["url"] == f"{fal.url}/files/{request.id}.png"
     assert done.result["files"] == [{"source_url": f"{fal.url}/files/{request.id}.png", "content_type": "image/png"}]
     with urllib.request.urlopen(done.result["files"][0]["source_url"], timeout=10) as image:
-        assert image.read() == PNG
+        assert image.read() == PNG == kept_bytes(done.job_id, 0)  # and the coordinator keeps its copy
     assert list(JobQueueLog.objects.filter(job_id=done.job_id).order_by("id").values_list("event_type", flat=True)) == [
         "submitted", "started", "claimed", "at_provider", "completed"]
     [sent] = [r for r in fal.asked("POST") if json.loads(r.raw)["prompt"] == "A lighthouse at dusk"]

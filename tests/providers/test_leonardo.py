@@ -14,8 +14,8 @@ from coordination.models import CatalogModel, Job, ProviderRun
 from coordination.services import job_cancel, job_submit
 from coordination.tasks import run_job
 from tests.e2e.harness import HttpApi, start_worker, wait_until
-from tests.providers.conftest import poller
 from tests.factories import UserFactory
+from tests.providers.conftest import files_kept, poller
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -255,6 +255,7 @@ def test_a_job_posted_to_the_api_completes_at_leonardo_through_a_qcluster(leonar
         code, job = http.post("/jobs", {"model": VIDEO, "prompt": "A knight on a horse", "params": {"seconds": 1}})
         assert code == 201, job
         job = wait_until(lambda: ended_in_api(http, job["job_id"]), timeout=GIVE_UP, message="the job to end at Leonardo")
+        wait_until(lambda: files_kept(job["job_id"]), timeout=GIVE_UP, message="the job's file to be kept")
     finally:
         worker.stop()
 

@@ -23,6 +23,7 @@ from coordination.runners.base import Provider
 from coordination.services import job_submit
 from coordination.tasks import run_job
 from tests.e2e.harness import start_worker, wait_until
+from tests.providers.conftest import files_kept, kept_bytes
 from tests.helpers import fresh
 
 MODEL = "flux-dev"
@@ -341,6 +342,7 @@ def test_a_job_goes_from_submit_to_completed_at_runpod_through_a_real_qcluster(f
     try:
         job = job_submit(owner=user, model=MODEL, prompt="A castle", params={"seconds": 1.0})
         wait_until(lambda: fresh(job).status in Job.FINISHED, timeout=GIVE_UP, message="the job to end")
+        wait_until(lambda: files_kept(job.job_id), timeout=GIVE_UP, message="the job's files to be kept")
     finally:
         worker.stop()
 
@@ -351,5 +353,6 @@ def test_a_job_goes_from_submit_to_completed_at_runpod_through_a_real_qcluster(f
     png, mp4 = job.result["files"]
     assert (png["content_type"], mp4["content_type"]) == ("image/png", "video/mp4")
     with urllib.request.urlopen(png["source_url"], timeout=10) as image:  # served by the fake, as RunPod's CDN would
-        assert image.read().startswith(b"\x89PNG")
+        assert image.read() == kept_bytes(job.job_id, 0)  # and the coordinator keeps its copy
+    assert kept_bytes(job.job_id, 0).startswith(b"\x89PNG")
     assert len(fake.submitted()) == 1
