@@ -20,6 +20,8 @@ Measures, in one run on this machine:
   (k) 1,000 jobs in flight at a (fake, local) provider on one qcluster of 2 worker processes: the
       cluster's memory, CPU, connections and statements per poll tick, and the time from the
       provider's answer to the next job's start (bench/providers.py);
+  (o) 100 outputs of 20 MB copied at once by one qcluster's copier: throughput, the copying
+      process's peak memory, and that no slot waited on a copy (bench/outputs.py);
   (m) how honest `estimated_start_at` is on a mixed load (4 slots, 1-3 s jobs on four models, a few
       workflows): |estimated start - actual start| / wait, median and p90 (bench/estimates.py).
 
@@ -85,7 +87,7 @@ def reset_queue() -> None:
         cursor.execute(
             "TRUNCATE job_model_lines, workflow_executions, idempotency_keys, jobs, job_queue_log, "
             "job_queue_counters, job_queue_state, job_line_shares, webhook_attempts, webhook_deliveries, "
-            "job_events, provider_runs, django_q_ormq, django_q_task"
+            "job_events, provider_runs, job_files, django_q_ormq, django_q_task"
         )
 
 
@@ -367,7 +369,7 @@ def batch_rate(owner, size: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--parts", default="abcdefghijkm", help="which parts to run, e.g. 'be' (default: all)")
+    parser.add_argument("--parts", default="abcdefghijkmo", help="which parts to run, e.g. 'be' (default: all)")
     args = parser.parse_args()
     sizes = [100, 1_000, 5_000] if args.quick else [100, 10_000, 100_000]
     drain_count = 300 if args.quick else 2_000
@@ -450,6 +452,10 @@ def main() -> None:
         from bench.providers import measure as measure_providers
 
         measure_providers(out, tmp, quick=args.quick)
+    if "o" in args.parts:
+        from bench.outputs import measure as measure_outputs
+
+        measure_outputs(out, tmp, quick=args.quick)
     if "m" in args.parts:
         from bench.estimates import measure as measure_estimates
 
