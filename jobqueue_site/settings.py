@@ -132,12 +132,55 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # Where the files jobs produced are kept (coordination/outputs): Django's default storage, local
-# files under MEDIA_ROOT unless STORAGES says otherwise (docs/outputs.md).
+# files under MEDIA_ROOT, or with COORDINATOR_OUTPUT_S3_BUCKET set an S3-compatible bucket
+# (django-storages), where GET /jobs/{id}/files/{n} redirects to a presigned URL (docs/outputs.md).
 MEDIA_ROOT = os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+COORDINATOR_OUTPUT_S3_BUCKET = os.environ.get("COORDINATOR_OUTPUT_S3_BUCKET", "").strip()
+_S3_ENDPOINT_URL = os.environ.get("COORDINATOR_OUTPUT_S3_ENDPOINT_URL", "").strip()
+if COORDINATOR_OUTPUT_S3_BUCKET:
+    from boto3.s3.transfer import TransferConfig
+
+    _transfer = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=4)
+    _transfer.max_in_memory_upload_chunks = 4  # s3transfer's own bound on parts read ahead (10), not an argument
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": COORDINATOR_OUTPUT_S3_BUCKET,
+            # None: AWS itself. An S3-compatible server (MinIO, Ceph, R2, ...) by its URL, which the
+            # users' clients must reach too: the presigned links point at it.
+            "endpoint_url": _S3_ENDPOINT_URL or None,
+            # None: boto3's own (AWS_DEFAULT_REGION, ~/.aws/config).
+            "region_name": os.environ.get("COORDINATOR_OUTPUT_S3_REGION", "").strip() or None,
+            # Path-style (https://host/bucket/key) by default at an endpoint of our own: what MinIO and
+            # most S3-compatible servers answer without a DNS name for each bucket.
+            "addressing_style": os.environ.get("COORDINATOR_OUTPUT_S3_ADDRESSING_STYLE", "").strip()
+            or ("path" if _S3_ENDPOINT_URL else None),
+            "location": os.environ.get("COORDINATOR_OUTPUT_S3_PREFIX", "").strip().strip("/"),
+            "signature_version": "s3v4",
+            # Never public: every object is private to the bucket (no ACL sent, the bucket's own
+            # policy applies), read only through a presigned URL, which the API hands out after its
+            # own checks (coordination/api/files.py).
+            "querystring_auth": True,
+            "default_acl": None,
+            # A name taken is never overwritten (names come from ids: a second copy of one file).
+            "file_overwrite": False,
+            "object_parameters": {"CacheControl": "private, max-age=3600"},
+            # A copy goes up from its temporary file in parts (boto3's upload_fileobj: multipart from
+            # 8 MiB, in 8 MiB parts), four at a time: at most 32 MiB in memory for each copy under way.
+            "transfer_config": _transfer,
+            # The keys: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an instance role, a profile),
+            # read from the environment by boto3 as usual, never written here.
+        },
+    }
+elif _S3_ENDPOINT_URL:
+    raise ImproperlyConfigured(
+        "COORDINATOR_OUTPUT_S3_ENDPOINT_URL is set but COORDINATOR_OUTPUT_S3_BUCKET is not: set the bucket, "
+        "or unset the endpoint to keep files under MEDIA_ROOT."
+    )
 
 # --- API ----------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -2,12 +2,16 @@
 to the job's owner and to staff (anyone else: 404), or to whoever holds a link signed for it
 (`?sig=`, from `result.files[n].signed_url`: a browser's <img> or <video> sends no token). Its
 Content-Type, Content-Length and an ETag from its SHA-256; a byte range (`Range: bytes=a-b`) is
-answered 206, as a video player seeking asks."""
+answered 206, as a video player seeking asks. Kept in an S3 bucket (COORDINATOR_OUTPUT_S3_BUCKET),
+a file is not served through this process: once the same checks pass, a 302 redirects to a URL
+presigned for it, for COORDINATOR_FILE_LINK_SECONDS at most (no longer than a signed link has left),
+and the bucket answers it, ranges included."""
 
 import re
 
-from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponse, JsonResponse
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, default_storage
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import NotAuthenticated
@@ -17,7 +21,7 @@ from rest_framework.views import APIView
 from coordination.api.views import COMMON_ERRORS, NOT_FOUND, _error
 from coordination.exceptions import JobNotFound
 from coordination.models import Job, JobFile
-from coordination.outputs.links import signature_ok
+from coordination.outputs.links import signature_left
 from coordination.selectors import job_get
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -29,6 +33,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
                 OpenApiParameter("sig", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
                                  description="A signed link's signature (result.files[n].signed_url): no token needed.")],
     responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="The file."),
+               302: OpenApiResponse(description="Kept in an S3 bucket: its URL, presigned for a short while (Location)."),
                206: OpenApiResponse(OpenApiTypes.BINARY, description="The byte range asked for."),
                304: OpenApiResponse(description="If-None-Match named its ETag."),
                409: _error("Not kept (yet): its copy is under way, failed, or expired; the error says which."),
@@ -39,8 +44,10 @@ class JobFileView(APIView):
 
     def get(self, request, job_id: str, n: int):
         signature = request.query_params.get("sig")
+        link_seconds = settings.COORDINATOR_FILE_LINK_SECONDS
         if signature is not None:
-            if not signature_ok(job_id, n, signature):
+            link_seconds = signature_left(job_id, n, signature)
+            if link_seconds is None:
                 raise JobNotFound(f"No file {n} of job {job_id}, or the link has expired.")
         elif not request.user.is_authenticated:
             raise NotAuthenticated()
@@ -55,7 +62,18 @@ class JobFileView(APIView):
         etag = f'"{row.sha256}"'
         if etag in request.headers.get("If-None-Match", ""):
             return HttpResponse(status=304, headers={"ETag": etag})
+        if not isinstance(default_storage, FileSystemStorage):  # a bucket: it serves the file itself
+            return _redirected(row, seconds=link_seconds)
         return _served(row, request.headers.get("Range"), etag)
+
+
+def _redirected(row: JobFile, *, seconds: int):
+    """A 302 to the stored object's URL, presigned for `seconds` (at least 1, at most 7 days: S3's
+    limit); never cached, as it expires."""
+    url = default_storage.url(row.storage_name, expire=max(1, min(seconds, 7 * 24 * 3600)))
+    response = HttpResponseRedirect(url)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _served(row: JobFile, asked: str | None, etag: str):

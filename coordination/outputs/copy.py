@@ -76,7 +76,11 @@ def copy_file(*, file_id, job_id, source_url: str, claimed_type: str, trusted_ho
             or "application/octet-stream"
         spool.seek(0)
         extension = _TYPES.guess_extension(content_type) or ""
-        name = default_storage.save(f"outputs/{job_id}/{file_id}{extension}", File(spool))
+        kept = File(spool)
+        kept.content_type = content_type  # an S3 object's ContentType (a local file has none)
+        # An S3 bucket's storage uploads it with boto3's upload_fileobj: from the temporary file, in
+        # parts (multipart past 8 MiB), never whole in memory, as a local copy is written in chunks.
+        name = default_storage.save(f"outputs/{job_id}/{file_id}{extension}", kept)
     return Copied(name, size, digest.hexdigest(), content_type)
 
 

@@ -1,6 +1,8 @@
 """How a kept file is named to those who may read it: its path, a link signed to serve it without a
 token for COORDINATOR_FILE_LINK_SECONDS, and a job's `result.files` as the API shows them."""
 
+import time
+
 from django.conf import settings
 from django.core import signing
 
@@ -18,12 +20,14 @@ def signed_path(job_id, n: int) -> str:
     return f"{file_path(job_id, n)}?sig={signing.TimestampSigner(salt=SALT).sign(value)[len(value) + 1:]}"
 
 
-def signature_ok(job_id, n: int, sig: str) -> bool:
+def signature_left(job_id, n: int, sig: str) -> int | None:
+    """How many seconds a signed link has left (at least 1), or None: wrong, or expired."""
     try:
         signing.TimestampSigner(salt=SALT).unsign(f"{job_id}:{n}:{sig}", max_age=settings.COORDINATOR_FILE_LINK_SECONDS)
     except signing.BadSignature:  # wrong, or expired (SignatureExpired is one)
-        return False
-    return True
+        return None
+    signed_at = signing.b62_decode(sig.split(":", 1)[0])
+    return max(1, int(signed_at + settings.COORDINATOR_FILE_LINK_SECONDS - time.time()))
 
 
 def files_shown(job, listed: list, kept) -> list[dict]:
