@@ -4,6 +4,7 @@ that no job slot waits for a copy. Every second it claims what is due, as many a
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -21,6 +22,7 @@ class Copier:
         self.threads = settings.COORDINATOR_COPY_THREADS
         self._pool = ThreadPoolExecutor(max_workers=self.threads + 1, thread_name_prefix="copier")
         self._busy = 0
+        self._stopping = threading.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -34,12 +36,16 @@ class Copier:
                     due = []
                 for one in due:
                     self._busy += 1
-                    loop.run_in_executor(self._pool, _threaded, copy_one, one).add_done_callback(self._done)
+                    loop.run_in_executor(self._pool, _threaded, copy_one, one, self._stopping.is_set).add_done_callback(
+                        self._done)
             try:
                 await asyncio.wait_for(stop.wait(), TICK)
             except TimeoutError:
                 pass
-        self._pool.shutdown(wait=True)  # copies under way finish; what is left waits for the next copier
+        # A stop is not held up by a long copy: those under way give up at their next chunk, and are
+        # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
+        self._stopping.set()
+        await loop.run_in_executor(None, self._pool.shutdown)
 
     def _done(self, _future) -> None:
         self._busy -= 1
@@ -58,11 +64,12 @@ def claim(limit: int) -> list:
     return store.files_claim(limit=limit)
 
 
-def copy_one(due: store.Due) -> None:
+def copy_one(due: store.Due, should_stop=lambda: False) -> None:
     """Copy one file and record how it went."""
     try:
         copied = copy_file(file_id=due.id, job_id=due.job_id, source_url=due.source_url,
-                           claimed_type=due.content_type, trusted_host=store.trusted_host(due.model))
+                           claimed_type=due.content_type, trusted_host=store.trusted_host(due.model),
+                           should_stop=should_stop)
     except CopyFailed as failed:
         logger.warning("Copier: file %s of job %s not copied: %s", due.n, due.job_id, failed)
         store.file_failed(due, error=str(failed), again=failed.again)

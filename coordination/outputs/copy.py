@@ -59,10 +59,14 @@ def sniffed(head: bytes) -> str | None:
     return None
 
 
-def copy_file(*, file_id, job_id, source_url: str, claimed_type: str, trusted_host: str | None) -> Copied:
+def copy_file(*, file_id, job_id, source_url: str, claimed_type: str, trusted_host: str | None,
+              should_stop=lambda: False) -> Copied:
+    """Copy one file; `should_stop()`, asked between chunks, gives it up (to be tried again later)."""
     with tempfile.TemporaryFile() as spool:
         digest, size, head, said_type = hashlib.sha256(), 0, b"", claimed_type
         for chunk, said in _chunks(source_url, claimed_type, trusted_host):
+            if should_stop():
+                raise CopyFailed("its qcluster stopped during the copy", again=True)
             said_type = said_type or said
             size += len(chunk)
             if size > settings.COORDINATOR_OUTPUT_MAX_BYTES:

@@ -154,3 +154,12 @@ def test_a_completed_jobs_stream_ends_with_its_files_event_and_a_wait_with_its_c
     files = JobEvent.objects.get(job_id=job_id, event="files")
     assert feed.ends_stream(files.event, files.state)
     assert feed.ends_stream("completed", {"files_copying": 0})  # a job that made no file: its completion ends it
+
+
+def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again_later(api):
+    job_id = completed(api)
+    [due] = claim(10)
+    copy_one(due, should_stop=lambda: True)  # the qcluster stops during the copy
+    row = JobFile.objects.get(job_id=job_id)
+    assert (row.state, row.held_until) == ("copying", None) and row.next_try_at > timezone.now()
+    assert "stopped" in row.error
