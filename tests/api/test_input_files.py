@@ -55,6 +55,9 @@ def test_a_file_over_the_limit_is_413_and_nothing_is_kept(api, settings):
     # Under the Content-Length check's slack: the upload handler stops it while it streams.
     answer = upload(api, b"\x89PNG\r\n\x1a\n" + b"x" * 20000)
     assert answer.status_code == 413 and not InputFile.objects.exists()
+    # Far over it: refused by its Content-Length, before a byte of the body is read.
+    answer = upload(api, b"\x89PNG\r\n\x1a\n" + b"x" * 200_000)
+    assert answer.status_code == 413 and answer.json()["fields"].keys() == {"file"} and not InputFile.objects.exists()
 
 
 def test_a_claimed_image_type_its_bytes_contradict_is_400_naming_it(api):
