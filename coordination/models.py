@@ -769,3 +769,23 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"job.{self.event} {self.job_id}"
+
+
+class InputFile(models.Model):
+    """A file a user sent (POST /files) for their jobs to name as `file:<id>` in their params or a
+    workflow's inputs; a runner gets a signed link to it instead (coordination/outputs/inputs.py). Its
+    name in storage comes from ids, never from the file name the user sent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="input_files")
+    storage_name = models.CharField(max_length=300)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_type = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "input_files"
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.content_type}, {self.size} bytes)"

@@ -46,6 +46,7 @@ from coordination.recovery import (
 )
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_hand_back, job_report, job_report_and_take_next
+from coordination.services.input_files import inputs_resolved
 from coordination.webhooks import deliver_due
 
 if TYPE_CHECKING:
@@ -478,7 +479,10 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
     """A normal job: one call of its model's runner; on a poll or callback provider, only its submit."""
     # A handed-over job comes with its model's catalog row, read in the transaction that started it.
     model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
-    call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=job.params, should_stop=should_stop,
+    # Its input files (file:<id> in params) as signed links, for this call only: never stored.
+    params = inputs_resolved(job.params, owner_id=job.owner_id, seconds=model.attempt_timeout,
+                             simulated=model.runner == "simulated")
+    call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=params, should_stop=should_stop,
                        attempt=attempt, started_at=job.started_at.timestamp() if job.started_at else None)
     runner = get_runner(model.runner)
     if not model.detaches:

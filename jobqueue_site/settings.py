@@ -263,6 +263,8 @@ COORDINATOR_OUTPUT_RETENTION_DAYS = env_int("COORDINATOR_OUTPUT_RETENTION_DAYS",
 COORDINATOR_COPY_THREADS = env_int("COORDINATOR_COPY_THREADS", 4)
 COORDINATOR_COPY_TRIES = env_int("COORDINATOR_COPY_TRIES", 5)
 COORDINATOR_FILE_LINK_SECONDS = env_int("COORDINATOR_FILE_LINK_SECONDS", 3600)
+# The largest file a user may send (POST /files) for their jobs to name as file:<id> (bytes).
+COORDINATOR_INPUT_MAX_BYTES = env_int("COORDINATOR_INPUT_MAX_BYTES", 100 * 1024**2)
 # Where providers reach this service from outside: a provider that can call back is told to at
 # <COORDINATOR_PUBLIC_URL>/providers/<model>/callback. Empty (the default): no provider could reach
 # us, so none is asked to; every job at a provider is polled.

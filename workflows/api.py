@@ -31,7 +31,10 @@ _url_syntax = URLValidator(schemes=["http", "https"])
 
 def validate_http_address(value: str) -> str:
     """An input image or video is fetched by the runner: only a plain http(s) address will do
-    (no ftp:, javascript:, data: or file:)."""
+    (no ftp:, javascript:, data: or file:), or `file:<file_id>`, a file of the user's own (POST
+    /files: workflow_execute checks it is theirs)."""
+    if value.startswith("file:"):
+        return value
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in ("http", "https"):
         shown = f"'{scheme}:'" if scheme else "none"
@@ -72,7 +75,8 @@ class WorkflowExecuteSchema(OpenApiSerializerExtension):
         schema["additionalProperties"] = {
             "type": "string",
             "maxLength": ADDRESS_MAX_LENGTH,
-            "description": "The workflow's own inputs (GET /workflows, `inputs`), e.g. input_image: an URL.",
+            "description": "The workflow's own inputs (GET /workflows, `inputs`), e.g. input_image: an URL, "
+                           "or file:<file_id> (POST /files).",
         }
         return schema
 

@@ -1,11 +1,13 @@
 """Starting a workflow job and running its steps in order."""
 
 from collections.abc import Callable
+from functools import partial
 
 from django.db import transaction
 
 from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
 from coordination.models import CatalogModel, Job, JobQueueLog
+from coordination.services.input_files import input_refs_check, inputs_resolved
 from coordination.runners import RunnerError, RunnerStopped, get_runner, runner_call
 from coordination.services import PROMPT_MAX_LENGTH, job_accept, job_policies_set, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
@@ -38,6 +40,7 @@ def workflow_execute(
         raise InvalidJob(
             f"Workflow '{workflow_id}' needs input {', '.join(missing)}.", field=missing[0]
         )
+    input_refs_check(owner=owner, values=inputs)  # file:<id>: the owner's own files only
     if len(prompt) > PROMPT_MAX_LENGTH:
         raise InvalidJob(f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt")
     priority_check(owner=owner, priority=priority)
@@ -102,12 +105,15 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
         name, model = step["name"], catalog[step["model"]]
         _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=name, model=model.name)
         template = step["prompt_template"]
+        # Its input files (file:<id>) as signed links, for this call only: never stored.
+        resolved = partial(inputs_resolved, owner_id=job.owner_id, seconds=model.attempt_timeout,
+                           simulated=model.runner == "simulated")
         call = runner_call(
             model,
             job_id=job.job_id,
             prompt=template.replace("{prompt}", job.prompt) if template else job.prompt,
-            params={**step["params"], **job.params},
-            inputs=inputs,
+            params=resolved({**step["params"], **job.params}),
+            inputs=resolved(inputs),
             should_stop=should_stop,
             started_at=job.started_at.timestamp() if job.started_at else None,
         )

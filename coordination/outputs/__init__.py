@@ -3,5 +3,6 @@
 copier (copier.py) streams them into Django's default storage (copy.py), beside the job slots: a job
 is completed, and its models free, before its files are copied. links.py names them for the API
 (`GET /jobs/{id}/files/{n}`, and links signed to serve one without a token); store.py is the
-database side (claims, outcomes, the retention prune).
+database side (claims, outcomes, the retention prune). inputs.py keeps a user's own files (POST
+/files), which jobs name as `file:<id>` (coordination/services/input_files.py).
 """

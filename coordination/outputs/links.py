@@ -1,12 +1,14 @@
 """How a kept file is named to those who may read it: its path, a link signed to serve it without a
-token for COORDINATOR_FILE_LINK_SECONDS, and a job's `result.files` as the API shows them."""
-
-import time
+token (a job's file for COORDINATOR_FILE_LINK_SECONDS; a user's input file for as long as the link says),
+and a job's `result.files` as the API shows them. One signing rule for both: sign and seconds_left
+(coordination/services/input_files.py, where a job's run signs its input files' links)."""
 
 from django.conf import settings
-from django.core import signing
 
-SALT = "coordination.outputs.links"
+from coordination.services.input_files import input_path, input_signature_left, input_signed_path, seconds_left, sign
+
+__all__ = ["file_path", "files_shown", "input_path", "input_signature_left", "input_signed_path", "signature_left",
+           "signed_path"]
 
 
 def file_path(job_id, n: int) -> str:
@@ -16,18 +18,12 @@ def file_path(job_id, n: int) -> str:
 def signed_path(job_id, n: int) -> str:
     """The path with `?sig=` (the signature and its time): it serves the file to whoever has it,
     until the link expires."""
-    value = f"{job_id}:{n}"
-    return f"{file_path(job_id, n)}?sig={signing.TimestampSigner(salt=SALT).sign(value)[len(value) + 1:]}"
+    return f"{file_path(job_id, n)}?sig={sign(f'{job_id}:{n}')}"
 
 
 def signature_left(job_id, n: int, sig: str) -> int | None:
     """How many seconds a signed link has left (at least 1), or None: wrong, or expired."""
-    try:
-        signing.TimestampSigner(salt=SALT).unsign(f"{job_id}:{n}:{sig}", max_age=settings.COORDINATOR_FILE_LINK_SECONDS)
-    except signing.BadSignature:  # wrong, or expired (SignatureExpired is one)
-        return None
-    signed_at = signing.b62_decode(sig.split(":", 1)[0])
-    return max(1, int(signed_at + settings.COORDINATOR_FILE_LINK_SECONDS - time.time()))
+    return seconds_left(f"{job_id}:{n}", sig, settings.COORDINATOR_FILE_LINK_SECONDS)
 
 
 def files_shown(job, listed: list, kept) -> list[dict]:

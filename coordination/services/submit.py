@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from coordination import fastpath
 from coordination.estimates import line_retry_after
+from coordination.services.input_files import input_refs_check
 from coordination.exceptions import (
     CoordinationError, DuplicateJob, InvalidJob, LineFull, NotAllowed, PendingLimitReached, UnknownModel,
 )
@@ -246,6 +247,7 @@ def job_build(
             field="job_type",
         )
     priority_check(owner=owner, priority=priority)
+    input_refs_check(owner=owner, values=params, field="params")  # file:<id>: the owner's own files only
     job = Job(
         kind=Job.Kind.NORMAL,
         job_type=catalog.media_type,
