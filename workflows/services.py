@@ -95,8 +95,10 @@ def workflow_blocked_changed(job: Job) -> None:
     WorkflowExecution.objects.filter(job_id=job.job_id).update(blocked_by_job_id=job.blocked_by_job_id)
 
 
-def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
-    """Run the steps in order, each step's output feeding the next; a failing step fails the whole."""
+def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False, keep_files: Callable | None = None) -> dict:
+    """Run the steps in order, each step's output feeding the next; a failing step fails the whole.
+    `keep_files` (coordination.outputs.steps.step_files_keep, handed over by workflows/apps.py): keeps a
+    step's files before the next step runs, which then gets links to the kept copies (docs/outputs.md)."""
     execution = WorkflowExecution.objects.get(job_id=job.job_id)
     catalog = {model.name: model for model in CatalogModel.objects.filter(name__in=execution.required_models)}
     outputs: list[dict] = []
@@ -129,6 +131,12 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False) -> dict:
             job_id=job.job_id, job__status=Job.Status.RUNNING, job__attempt=attempt
         ).update(step_outputs=outputs)
         inputs = {"input": output.get("output"), "previous_step": name}
+        if keep_files is not None and index < len(execution.steps):
+            following = catalog[execution.steps[index]["model"]]
+            first_n = sum(len(done["output"].get("files") or []) for done in outputs[:-1])
+            inputs = keep_files(job_id=job.job_id, attempt=attempt, step=index, model=model.name,
+                                files=output.get("files") or [], first_n=first_n, values=inputs,
+                                simulated=following.runner == "simulated", should_stop=should_stop)
     # Every step's files (each step's result lists its own), each saying which step made it.
     files = [{**file, "step": step["step"]} for step in outputs for file in step["output"].get("files", [])]
     return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs, "files": files}

@@ -54,7 +54,10 @@ def test_steps_run_in_order_each_feeding_the_next(user, runner_calls):
     assert style.inputs == {"input_image": INPUT_IMAGE}
     assert style.prompt == "Restyle the person in the image as a medieval knight. in the rain"
     style_output = f"simulated://nano-banana-pro-leonardo/{job.job_id}"
-    assert animate.inputs == {"input": style_output, "previous_step": "style"}
+    # Step 1's file, kept before step 2 ran: step 2 gets a signed link to the coordinator's copy
+    # (tests/workflows/test_workflow_files.py); no COORDINATOR_PUBLIC_URL here: the simulated runner takes the path.
+    assert animate.inputs["previous_step"] == "style"
+    assert animate.inputs["input"].startswith(f"/jobs/{job.job_id}/files/0?sig=")
     assert animate.prompt == "Animate the knight: a slow cinematic push-in. in the rain"
     assert [entry["current_step"] for entry in runner_calls] == [(1, "nano-banana-pro-leonardo"), (2, "motion-2.0-fast")]
 
