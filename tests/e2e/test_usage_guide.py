@@ -91,7 +91,10 @@ def test_2_workflow_vs_normal_job(http, worker, web_log):
     assert body["current_step"] == 2 and body["current_step_model"] == "motion-2.0-fast"
     steps = body["result"]["steps"]
     assert [step["model"] for step in steps] == ["nano-banana-pro-leonardo", "motion-2.0-fast"]
-    assert steps[1]["output"]["inputs"]["input"] == steps[0]["output"]["output"], "step 2 got step 1's output"
+    # Step 2 got step 1's output: the coordinator's kept copy of it (docs/outputs.md, a workflow's steps).
+    first_file = body["result"]["files"][0]
+    assert first_file["source_url"] == steps[0]["output"]["output"] and first_file["state"] == "stored"
+    assert steps[1]["output"]["inputs"]["input"].startswith(f"/jobs/{wid}/files/0?sig="), "step 2 got step 1's output"
 
     assert_in_order(web_log, [
         f"[COORDINATOR] Set active job: {wid} (workflow) - Models: ['nano-banana-pro-leonardo', 'motion-2.0-fast']",
