@@ -15,7 +15,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from coordination.models import (
-    CapacityGroup, CatalogModel, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
+    CapacityGroup, CatalogModel, InputFile, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
     timeout_with_old_name,
 )
 from coordination.console import console_context, span
@@ -268,6 +268,28 @@ class JobFileAdmin(ReadOnlyAdmin):
         for row in rows:
             file_expire(row, reason=f"Deleted by {request.user.get_username()}.")
         self.message_user(request, f"Deleted {len(rows)} kept file(s).")
+
+
+@admin.register(InputFile)
+class InputFileAdmin(ReadOnlyAdmin):
+    """Users' own input files (POST /files), kept COORDINATOR_OUTPUT_RETENTION_DAYS; an operator may
+    delete one (a job naming it later fails saying it is gone)."""
+
+    list_display = ("id", "owner", "content_type", "size", "created_at")
+    list_select_related = ("owner",)
+    list_filter = ("content_type",)
+    search_fields = ("id", "owner__username", "sha256")
+    date_hierarchy = "created_at"
+    actions = ["delete_input"]
+
+    @admin.action(description="Delete the file")
+    def delete_input(self, request, queryset):
+        from coordination.outputs.store import input_file_delete
+
+        rows = list(queryset)
+        for row in rows:
+            input_file_delete(row)
+        self.message_user(request, f"Deleted {len(rows)} input file(s).")
 
 
 class CatalogModelForm(forms.ModelForm):

@@ -511,10 +511,11 @@ reap = reaper_schedule
 
 def prune_queue_log(days: int = 7) -> int:
     """The daily housekeeping schedule: old audit rows, idempotency keys, live events past their 24
-    hours, and kept files past COORDINATOR_OUTPUT_RETENTION_DAYS (coordination/outputs)."""
-    from coordination.outputs.store import files_prune
+    hours, and kept files and users' input files past COORDINATOR_OUTPUT_RETENTION_DAYS (coordination/outputs)."""
+    from coordination.outputs.store import files_prune, input_files_prune
 
     idempotency_keys_prune()
     job_events_prune()
     files_prune()
+    input_files_prune()
     return queue_log_prune(days=days)

@@ -1,6 +1,6 @@
 """The database side of kept files: copiers claim the files due (SKIP LOCKED, held for a while, so
 that a copier that died leaves them to another), record how each copy went, and the daily prune
-expires the old ones."""
+expires the old ones (jobs' files) or deletes them (users' own input files)."""
 
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
-from coordination.models import CatalogModel, JobFile
+from coordination.models import CatalogModel, InputFile, JobFile
 
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
 BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
@@ -85,6 +85,21 @@ def files_prune(*, days: int | None = None) -> int:
         file_expire(row, reason=f"Deleted after {days} days (COORDINATOR_OUTPUT_RETENTION_DAYS).")
         pruned += 1
     return pruned
+
+
+def input_files_prune(*, days: int | None = None) -> int:
+    """Users' own input files (POST /files) older than COORDINATOR_OUTPUT_RETENTION_DAYS: deleted from
+    storage, and their rows with them (a job naming one later fails saying it is gone). Returns how many."""
+    days = settings.COORDINATOR_OUTPUT_RETENTION_DAYS if days is None else days
+    old = list(InputFile.objects.filter(created_at__lt=timezone.now() - timedelta(days=days)))
+    for row in old:
+        input_file_delete(row)
+    return len(old)
+
+
+def input_file_delete(row: InputFile) -> None:
+    default_storage.delete(row.storage_name)
+    row.delete()
 
 
 def file_expire(row: JobFile, *, reason: str) -> None:

@@ -182,3 +182,26 @@ def test_without_a_public_address_a_provider_job_naming_a_file_fails_saying_why(
     run_job(job_id, 1)
     job = Job.objects.get(pk=job_id)
     assert job.status == "failed" and "COORDINATOR_PUBLIC_URL" in job.error and "public address" in job.error
+
+
+def test_the_prune_deletes_input_files_past_the_retention_and_an_operator_can_delete_one(api, staff_user, settings):
+    from datetime import timedelta
+
+    from django.core.files.storage import default_storage
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from coordination.outputs.store import input_files_prune
+
+    old, new = upload(api).json(), upload(api).json()
+    InputFile.objects.filter(pk=old["file_id"]).update(created_at=timezone.now() - timedelta(days=31))
+    old_name = InputFile.objects.get(pk=old["file_id"]).storage_name
+    assert input_files_prune() == 1
+    assert not InputFile.objects.filter(pk=old["file_id"]).exists() and not default_storage.exists(old_name)
+    assert api.get(new["url"]).status_code == 200  # a newer one stays
+    console = Client()
+    console.force_login(staff_user)
+    changelist = reverse("admin:coordination_inputfile_changelist")
+    assert new["file_id"] in console.get(changelist).content.decode()
+    console.post(changelist, {"action": "delete_input", "_selected_action": [new["file_id"]]})
+    assert not InputFile.objects.filter(pk=new["file_id"]).exists()

@@ -15,7 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from coordination import services
 from coordination.models import (
-    CapacityGroup, CatalogModel, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
+    CapacityGroup, CatalogModel, InputFile, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
 )
 from tests.factories import JobRowFactory
 from tests.helpers import submit_confirmation
@@ -91,6 +91,8 @@ def one_of_each(user, staff_user):
         status_url="https://provider.example/jobs/prov-1", provider_status="running",
         submitted_at=timezone.now(), deadline_at=timezone.now(),
     )
+    InputFile.objects.create(owner=staff_user, storage_name="inputs/x/y.png", size=3, sha256="0" * 64,
+                             content_type="image/png")
     JobFile.objects.create(job=normal, n=0, source_url="https://cdn.example/out.png", state="stored", size=3,
                            content_type="image/png", next_try_at=timezone.now(), created_at=timezone.now())
     Schedule.objects.create(name="reaper", func="coordination.tasks.reaper_schedule", schedule_type=Schedule.MINUTES, minutes=1)
