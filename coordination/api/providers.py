@@ -54,11 +54,8 @@ class ProviderCallbackView(APIView):
 
     def post(self, request, model: str):
         body = request.body  # the raw bytes, as signed (read before anything parses them)
-        try:
-            heard = callback_receive(model_name=model, body=body, headers=request.headers, query=request.query_params)
-        except CallbackRefused as refused:
-            raise AuthenticationFailed(str(refused)) from None
-        return _answer(heard)
+        return _answer(lambda: callback_receive(model_name=model, body=body, headers=request.headers,
+                                                query=request.query_params))
 
 
 @extend_schema(
@@ -82,14 +79,15 @@ class LeonardoWebhookView(APIView):
 
     def post(self, request):
         body = request.body
-        try:
-            heard = key_webhook_receive(kind="leonardo", body=body, headers=request.headers)
-        except CallbackRefused as refused:
-            raise AuthenticationFailed(str(refused)) from None
-        return _answer(heard)
+        return _answer(lambda: key_webhook_receive(kind="leonardo", body=body, headers=request.headers))
 
 
-def _answer(heard) -> Response:
+def _answer(receive) -> Response:
+    """What `receive()` heard, as the provider is answered; a refused caller is a 401 (nothing changed)."""
+    try:
+        heard = receive()
+    except CallbackRefused as refused:
+        raise AuthenticationFailed(str(refused)) from None
     if heard.code >= 400:
         return Response({"error": heard.message, "code": "invalid" if heard.code == 400 else "not_found"}, status=heard.code)
     return Response({"message": heard.message, "job_id": heard.job_id}, status=heard.code)

@@ -353,8 +353,8 @@ class Poller:
         says the job succeeded (that answer came first, and stands); None otherwise, or when it cannot
         be asked."""
         try:
-            status = await adapter.ask(client, provider, watch, request=adapter.status_request(client, provider, watch),
-                                       timeout=provider_client.CANCEL_TIMEOUT)
+            request = watch.request or adapter.status_request(client, provider, watch)  # the poll's own, once built
+            status = await adapter.ask(client, provider, watch, request=request, timeout=provider_client.CANCEL_TIMEOUT)
         except Exception:
             return None
         return status if status.state == "succeeded" else None
