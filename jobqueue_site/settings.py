@@ -109,6 +109,16 @@ DATABASES = {
         DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 60), conn_health_checks=True
     )
 }
+# A process that stops mid-transaction (frozen, swapped out, stopped in a debugger) would keep its
+# locks, the queue's among them, and hold up every submit, finish and reaper pass until it woke. The
+# server ends such a session after this many idle seconds, which frees its locks; every transaction
+# of ours is milliseconds of statements with no waiting in between (docs/operating.md#reliability).
+COORDINATOR_IDLE_IN_TRANSACTION_SECONDS = env_int("COORDINATOR_IDLE_IN_TRANSACTION_SECONDS", 10)
+_options = DATABASES["default"].setdefault("OPTIONS", {})
+_options["options"] = " ".join(filter(None, [
+    _options.get("options", ""),
+    f"-c idle_in_transaction_session_timeout={COORDINATOR_IDLE_IN_TRANSACTION_SECONDS * 1000}",
+]))
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured(
         f"DATABASE_URL names a {DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} database; the coordinator "

@@ -3,9 +3,12 @@
 import os
 import signal
 
+import psycopg
 import pytest
+from django.conf import settings as django_settings
+from django.db import connection
 
-from coordination.models import Job, JobQueueLog
+from coordination.models import Job, JobQueueLog, JobQueueState
 from tests.e2e.harness import start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -96,3 +99,18 @@ def test_a_frozen_worker_cannot_change_the_outcome_once_it_wakes(http, settings,
     final = Job.objects.get(pk=first)
     assert (final.status, final.result, final.attempt) == (Job.Status.FAILED, None, 1), "the outcome stood"
     assert refusals[0].details["caller_attempt"] == 1
+
+
+def test_a_process_frozen_holding_the_queue_lock_holds_nobody_up_for_long(http):
+    # A session opened as the product opens its own, frozen where it holds the coordinator lock (every
+    # slot row, FOR UPDATE) with its transaction still open: as a worker stopped mid-transition is.
+    frozen = psycopg.connect(**connection.get_connection_params())
+    frozen.execute(f"SELECT id FROM {JobQueueState._meta.db_table} ORDER BY id FOR UPDATE").fetchall()
+
+    # A submit needs that lock; it waits, and goes through once the server has ended the frozen session.
+    status, job = http.post("/jobs", {"prompt": "go", "model": "motion-2.0-fast", "job_type": "video"})
+
+    assert status == 201 and job["status"] == "running"
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        frozen.execute("SELECT 1")
+    assert django_settings.COORDINATOR_IDLE_IN_TRANSACTION_SECONDS == 10  # the default, as documented
