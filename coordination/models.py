@@ -233,6 +233,11 @@ class CatalogModel(models.Model):
         self.timeout_seconds = timeout_with_old_name(self.timeout_seconds, seconds)
 
     @property
+    def uploads_files(self) -> bool:
+        """Whether its provider takes the files we keep by upload, not by a link (provider_catalog)."""
+        return self.runner == self.Runner.HTTP and provider_catalog.PROVIDERS[self.provider or "generic"].uploads_files
+
+    @property
     def detaches(self) -> bool:
         """Whether its jobs leave the worker once the provider accepted them (a row, not a process):
         every provider's but a generic sync one's, whose answer is the result."""

@@ -32,6 +32,10 @@ class Provider:
     # Whether a submit sent again is the same job to it (an idempotency key). Without one, a submit
     # whose answer was lost is not sent again: at most once (adapters/base.py `submitted`).
     idempotent_submit: bool = False
+    # Whether a file we keep (file:<id>, a workflow step's file) is uploaded to it, its adapter sending
+    # what it then calls the file (Leonardo's init image id, ComfyUI's input file name); the others
+    # fetch a signed link to it under COORDINATOR_PUBLIC_URL.
+    uploads_files: bool = False
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -72,10 +76,12 @@ PROVIDERS: dict[str, Provider] = {
                    "KLING2_1 or KLING2_5",
         webhooks="key",
         callback_secret=True,
+        uploads_files=True,
     ),
     # ComfyUI: your own server, so no public API; the job is a workflow graph, not a model name.
     "comfyui": Provider(
         label="ComfyUI", public_base_url="", requires=("provider_base_url", "provider_workflow"),
+        uploads_files=True,
     ),
     # Our own protocol (coordination/runners/adapters/generic.py): provider_url and provider_style.
     # provider_model is kept but unused (the protocol sends the catalog's name): a guide model switched

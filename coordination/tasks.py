@@ -479,9 +479,8 @@ def normal_run(*, job: Job, attempt: int, should_stop) -> dict | AtProvider:
     """A normal job: one call of its model's runner; on a poll or callback provider, only its submit."""
     # A handed-over job comes with its model's catalog row, read in the transaction that started it.
     model = getattr(job, "catalog_row", None) or CatalogModel.objects.get(name=job.model)
-    # Its input files (file:<id> in params) as signed links, for this call only: never stored.
-    params = inputs_resolved(job.params, owner_id=job.owner_id, seconds=model.attempt_timeout,
-                             simulated=model.runner == "simulated")
+    # Its input files (file:<id> in params) as signed links or files to upload, for this call only: never stored.
+    params = inputs_resolved(job.params, owner_id=job.owner_id, model=model)
     call = runner_call(model, job_id=job.job_id, prompt=job.prompt, params=params, should_stop=should_stop,
                        attempt=attempt, started_at=job.started_at.timestamp() if job.started_at else None)
     runner = get_runner(model.runner)

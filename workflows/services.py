@@ -107,9 +107,8 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False, keep_file
         name, model = step["name"], catalog[step["model"]]
         _step_begin(job_id=job.job_id, attempt=attempt, index=index, step_name=name, model=model.name)
         template = step["prompt_template"]
-        # Its input files (file:<id>) as signed links, for this call only: never stored.
-        resolved = partial(inputs_resolved, owner_id=job.owner_id, seconds=model.attempt_timeout,
-                           simulated=model.runner == "simulated")
+        # Its input files (file:<id>) as signed links or files to upload, for this call only: never stored.
+        resolved = partial(inputs_resolved, owner_id=job.owner_id, model=model)
         call = runner_call(
             model,
             job_id=job.job_id,
@@ -136,7 +135,7 @@ def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False, keep_file
             first_n = sum(len(done["output"].get("files") or []) for done in outputs[:-1])
             inputs = keep_files(job_id=job.job_id, attempt=attempt, step=index, model=model.name,
                                 files=output.get("files") or [], first_n=first_n, values=inputs,
-                                simulated=following.runner == "simulated", should_stop=should_stop)
+                                next_model=following, should_stop=should_stop)
     # Every step's files (each step's result lists its own), each saying which step made it.
     files = [{**file, "step": step["step"]} for step in outputs for file in step["output"].get("files", [])]
     return {"output": outputs[-1]["output"].get("output") if outputs else None, "steps": outputs, "files": files}

@@ -8,10 +8,12 @@ does so in `tick()`, called every TICK seconds on a thread of its own until `sto
 its webhooks. With `tls` set (`localhost_tls()`), it serves https: for a provider's own client whose
 scheme is fixed (fal's). A fake that serves websockets (ComfyUI's) says which requests it takes as one in
 `takes_websocket(request)` and serves each in `websocket(request, socket)`: a WebSocket, RFC 6455's
-server side as much as a fake needs."""
+server side as much as a fake needs. A fake that takes uploads reads them with `request.form()`."""
 
 import base64
 import datetime
+import email.parser
+import email.policy
 import hashlib
 import ipaddress
 import json
@@ -38,6 +40,25 @@ class Request:
     @property
     def json(self):
         return json.loads(self.raw or b"null")
+
+    def form(self) -> tuple[dict, dict] | None:
+        """A multipart/form-data body (RFC 7578): its fields {name: text} and files {name: (filename,
+        content type, bytes)}, in the order sent; None when the body is not one."""
+        content_type = self.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return None
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + self.raw)
+        if not message.is_multipart():
+            return None
+        fields, files = {}, {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if part.get_filename() is not None:
+                files[name] = (part.get_filename(), part.get_content_type(), part.get_payload(decode=True))
+            else:
+                fields[name] = part.get_payload(decode=True).decode()
+        return fields, files
 
 
 @dataclass(frozen=True)

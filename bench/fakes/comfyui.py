@@ -13,7 +13,9 @@ ComfyUI): the routes a client of its API uses, its answers and its one-at-a-time
 - `GET /queue`, `GET /history/{id}` (`{}` until it ended), `POST /queue {"delete": [ids]}` (each id
   removes its first match) or `{"clear": true}`, `POST /interrupt {"prompt_id"?}` (only that prompt if
   it runs; `legacy`: whatever runs), `GET /view?filename&subfolder&type` (the bytes of a file it made),
-  `GET /prompt` (`exec_info.queue_remaining`). Every route also under `/api`.
+  `GET /prompt` (`exec_info.queue_remaining`), `POST /upload/image` (multipart `image`, `type`,
+  `subfolder`, `overwrite` → `{"name", "subfolder", "type"}`; a LoadImage node's `image` must name an
+  input file it has, else `custom_validation_failed`). Every route also under `/api`.
 - `GET /ws?clientId=` (a websocket; `websocket_enabled=False`: 404, as behind a proxy that passes none):
   `status` when it opens; then, as ComfyUI sends them to the client_id that queued the running prompt,
   `execution_start`, `executing` (its KSampler), `progress {value, max, prompt_id, node}` per step of its
@@ -101,6 +103,8 @@ class FakeComfyUI(FakeServer):
                 return self._interrupt(request.json if request.raw else {})
             if (request.method, path) == ("GET", "/view"):
                 return self._view(request.query)
+            if (request.method, path) == ("POST", "/upload/image"):
+                return self._upload(request)
         return Answer(404, raw=b"404: Not Found", headers={"Content-Type": "text/plain"})
 
     def takes_websocket(self, request: Request) -> bool:
@@ -167,6 +171,12 @@ class FakeComfyUI(FakeServer):
             return {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}, {}, []
         node_errors = {}
         for node, spec in graph.items():
+            image = spec.get("inputs", {}).get("image")
+            subfolder, _, filename = str(image).rpartition("/")
+            if spec["class_type"] == "LoadImage" and (subfolder, filename, "input") not in self.files:
+                node_errors[node] = {"errors": [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                                                 "details": f"image - Invalid image file: {image}", "extra_info": {}}],
+                                     "dependent_outputs": outputs, "class_type": spec["class_type"]}
             name = spec.get("inputs", {}).get("ckpt_name")
             if spec["class_type"] == "CheckpointLoaderSimple" and name not in self.checkpoints:
                 node_errors[node] = {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
@@ -177,6 +187,27 @@ class FakeComfyUI(FakeServer):
             return ({"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                      "details": "", "extra_info": {}}, node_errors, [])
         return None, {}, outputs
+
+    def _upload(self, request: Request) -> Answer:
+        """server.py's image_upload: the `image` file into `type`'s folder (input by default) under
+        `subfolder`; a name taken gets " (1)", " (2)", ... unless `overwrite` is "true" or "1"."""
+        form = request.form()
+        if form is None or "image" not in form[1] or not form[1]["image"][0]:
+            return Answer(400, raw=b"", headers={"Content-Type": "text/plain"})
+        fields, files = form
+        filename, data = files["image"][0], files["image"][2]
+        kind, subfolder = fields.get("type") or "input", fields.get("subfolder", "")
+        if ".." in subfolder.split("/") or "/" in filename:
+            return Answer(400, raw=b"", headers={"Content-Type": "text/plain"})
+        if fields.get("overwrite") not in ("true", "1"):
+            stem, dot, extension = filename.rpartition(".")
+            stem, dot = (stem, dot) if dot else (extension, "")
+            extension = extension if dot else ""
+            number = 1
+            while (subfolder, filename, kind) in self.files:
+                filename, number = f"{stem} ({number}){dot}{extension}", number + 1
+        self.files[(subfolder, filename, kind)] = data
+        return Answer(200, {"name": filename, "subfolder": subfolder, "type": kind})
 
     def _queue_change(self, body: dict) -> Answer:
         if body.get("clear"):

@@ -8,6 +8,11 @@
 - `GET /api/rest/v1/generations/{id}` → `{"generations_by_pk": {id, status, prompt, modelId, createdAt,
   generated_images: [{id, url, nsfw, likeCount, motionMP4URL}]}}`, status PENDING, COMPLETE or FAILED;
   `DELETE` the same path → `{"delete_generations_by_pk": {"id"}}`.
+- `POST /api/rest/v1/init-image {"extension": png|jpg|jpeg|webp}` → `{"uploadInitImage": {"id", "url",
+  "fields" (a JSON string), "key"}}`: a presigned S3 form. `POST /uploads` (its `url`; no key, as S3)
+  takes the form, its `key` field naming the init image and its `file` last, and answers 204. A
+  generation naming an init image (`init_image_id`, or `imageId` with `imageType` UPLOADED) that was
+  never uploaded is refused (400); `init_images` holds each one's bytes.
 - Every /api route wants `authorization: Bearer <api_key>`; without it, 401 and Leonardo's documented
   body. The generated files are served at `/files/{generation id}/{n}.jpg|mp4` with no key, as a CDN.
 - A generation is PENDING while it waits for one of `concurrency` places (10, Leonardo's default) and
@@ -72,6 +77,7 @@ class FakeLeonardo(FakeServer):
         self.webhook_url, self.webhook_key = webhook_url, webhook_key
         self.generations: dict[str, Generation] = {}
         self.webhooks: list[tuple[str, int]] = []  # (generation id, the receiver's HTTP status) per webhook sent
+        self.init_images: dict[str, bytes | None] = {}  # init image id -> its bytes (None until uploaded)
 
 
     def status_of(self, generation_id: str) -> str | None:
@@ -140,6 +146,8 @@ class FakeLeonardo(FakeServer):
     def answer(self, request: Request) -> Answer:
         if request.method == "GET" and request.path.startswith("/files/"):
             return self._file(request.path)
+        if (request.method, request.path) == ("POST", "/uploads"):
+            return self._upload(request)
         if not request.path.startswith(API):
             return Answer(404, {"error": "not found", "path": "$", "code": "not-found"})
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
@@ -148,6 +156,8 @@ class FakeLeonardo(FakeServer):
         route = request.path[len(API):]
         if request.method == "POST" and route in SUBMITS:
             return self._submit(route, request)
+        if (request.method, route) == ("POST", "/init-image"):
+            return self._init_image(request)
         match = re.fullmatch(r"/generations/([^/]+)", route)
         if match and request.method == "GET":
             with self.lock:
@@ -173,7 +183,11 @@ class FakeLeonardo(FakeServer):
             return _invalid(f"model must be one of {', '.join(VIDEO_MODELS)}", "$.model")
         if route.endswith("image-to-video") and not (body.get("imageId") and body.get("imageType") in ("GENERATED", "UPLOADED")):
             return _invalid("imageId and imageType (GENERATED or UPLOADED) are required", "$.imageId")
+        init_image = body.get("init_image_id") if kind == "image" else (
+            body.get("imageId") if body.get("imageType") == "UPLOADED" else None)
         with self.lock:
+            if init_image is not None and self.init_images.get(init_image) is None:
+                return _invalid(f"init image {init_image} was not uploaded", "$.init_image_id" if kind == "image" else "$.imageId")
             pending = sum(1 for g in self.generations.values() if g.status == "PENDING")
             if pending >= self.concurrency + self.queue:
                 return Answer(429, {"error": "Concurrency queue is full: too many pending generations", "path": "$",
@@ -184,6 +198,33 @@ class FakeLeonardo(FakeServer):
         self._advance()
         job = "sdGenerationJob" if kind == "image" else "motionVideoGenerationJob"
         return Answer(200, {job: {"generationId": generation.id, "apiCreditCost": 8 if kind == "image" else 100}})
+
+    def _init_image(self, request: Request) -> Answer:
+        body = request.json if request.raw else None
+        extension = body.get("extension") if isinstance(body, dict) else None
+        if extension not in ("png", "jpg", "jpeg", "webp"):
+            return _invalid("Invalid file extension: has to be png, jpg, jpeg, or webp", "$.extension")
+        init_id = str(uuid.uuid4())
+        key = f"init-images/{init_id}.{extension}"
+        with self.lock:
+            self.init_images[init_id] = None
+        fields = {"key": key, "Content-Type": f"image/{extension}", "policy": "ZmFrZS1wb2xpY3k=",
+                  "x-amz-signature": "fake-signature"}
+        return Answer(200, {"uploadInitImage": {"id": init_id, "url": f"{self.url}/uploads", "fields": json.dumps(fields),
+                                                "key": key}})
+
+    def _upload(self, request: Request) -> Answer:
+        """The presigned form, as S3 takes a POST policy: every field signed, the file last."""
+        form = request.form()
+        if form is None or "file" not in form[1]:
+            return Answer(400, raw=b"<Error><Code>InvalidArgument</Code></Error>", headers={"Content-Type": "application/xml"})
+        fields, files = form
+        match = re.fullmatch(r"init-images/([^/.]+)\.\w+", fields.get("key", ""))
+        with self.lock:
+            if match is None or match[1] not in self.init_images or fields.get("x-amz-signature") != "fake-signature":
+                return Answer(403, raw=b"<Error><Code>AccessDenied</Code></Error>", headers={"Content-Type": "application/xml"})
+            self.init_images[match[1]] = files["file"][2]
+        return Answer(204, raw=b"", headers={"Content-Type": "text/plain"})
 
     def _file(self, path: str) -> Answer:
         match = re.fullmatch(r"/files/([^/]+)/(\d+)\.(jpg|mp4)", path)

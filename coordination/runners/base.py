@@ -1,6 +1,6 @@
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 from uuid import UUID
 
 
@@ -14,6 +14,18 @@ class RunnerStopped(Exception):
 
 def _never() -> bool:
     return False
+
+
+@dataclass(frozen=True)
+class KeptFile:
+    """A file the coordinator keeps (a user's input file, a workflow step's file), in a job's params or
+    inputs for a provider that takes files by upload rather than by URL (provider_catalog's
+    `uploads_files`): its adapter uploads it (Leonardo's init image, ComfyUI's /upload/image) and sends
+    what the provider then calls it. Without a public address of ours: the bytes go to the provider."""
+
+    name: str  # from the file's id and its type's extension: never a user's or a provider's file name
+    content_type: str
+    open: Callable[[], IO[bytes]]  # its bytes, from the coordinator's storage
 
 
 @dataclass(frozen=True)

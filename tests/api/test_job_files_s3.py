@@ -2,7 +2,8 @@
 moto's S3 server, on 127.0.0.1 in a thread of this process, is the bucket, and the storage is the one
 jobqueue_site/settings.py makes of the environment. The copier uploads each file into it (in parts
 when large), GET /jobs/{id}/files/{n} redirects to a URL presigned for it after the same checks as
-ever, the bucket serves it (ranges too), and the prune deletes it."""
+ever, the bucket serves it (ranges too), and the prune deletes it. A user's input file (POST /files) goes
+into the same bucket and is served the same way."""
 
 import base64
 import hashlib
@@ -17,12 +18,14 @@ import boto3
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 from moto.server import ThreadedMotoServer
 
 import jobqueue_site.settings as site_settings
-from coordination.models import JobFile
+from coordination.models import InputFile, JobFile
+from coordination.outputs.links import input_signed_path
 from coordination.outputs.store import files_prune
 from coordination.runners.simulated import SIMULATED_BYTES
 from tests.api.test_job_files import completed, copy_due
@@ -158,3 +161,20 @@ def test_the_prune_deletes_the_object_from_the_bucket(api, bucket):
     assert files_prune() == 1
     assert bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
     assert api.get(f"/jobs/{job_id}/files/0").status_code == 409
+
+
+def test_a_users_input_file_goes_into_the_bucket_and_is_served_by_a_redirect_and_its_signed_link(api, bucket):
+    png = SIMULATED_BYTES["image/png"]
+    sent = api.post("/files", {"file": SimpleUploadedFile("me.png", png, content_type="image/png")}, format="multipart")
+    assert sent.status_code == 201, sent.content
+    row = InputFile.objects.get(pk=sent.json()["file_id"])
+    stored = bucket.get_object(Bucket=BUCKET, Key=row.storage_name)
+    assert stored["Body"].read() == png and stored["ContentType"] == "image/png"
+
+    answer = api.get(sent.json()["url"])  # its owner
+    assert answer.status_code == 302 and httpx.get(answer["Location"]).content == png
+    assert Client().get(sent.json()["url"]).status_code == 401
+    # As a job's run hands it to a provider: a signed link, redirected for no longer than it lasts.
+    signed = Client().get(input_signed_path(row.id, seconds=600))
+    assert signed.status_code == 302 and 590 <= expires(signed["Location"]) <= 600
+    assert httpx.get(signed["Location"]).content == png

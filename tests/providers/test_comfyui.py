@@ -17,7 +17,7 @@ from coordination.runners import RunnerCall, RunnerError
 from coordination.runners import client as http
 from coordination.runners.adapters import adapter_of
 from coordination.runners.adapters.comfyui import WS_REOPEN
-from coordination.runners.base import Provider
+from coordination.runners.base import KeptFile, Provider
 from coordination.runners.http import HttpRunner
 from coordination.services import job_submit
 from tests.e2e.harness import start_worker, wait_until
@@ -157,6 +157,29 @@ def test_the_job_is_put_into_the_workflows_node_inputs_and_the_rest_of_the_graph
     assert WORKFLOW["graph"] == GRAPH and GRAPH["6"]["inputs"]["text"] == ""  # the model's own graph is untouched
     assert accepted.status_url == f"{fake.url}/history/{accepted.provider_job_id}"
     assert accepted.data == {"client_id": str(call.job_id), "seed": 42}
+
+
+def test_a_file_of_ours_is_uploaded_to_comfyui_and_its_load_image_node_takes_the_name_it_got(fake, tmp_path):
+    image = tmp_path / "kept.png"
+    image.write_bytes(PNG)
+    kept = KeptFile(name="0d6f5c4e-kept.png", content_type="image/png", open=lambda: image.open("rb"))
+    graph = {**GRAPH, "10": {"class_type": "LoadImage", "inputs": {"image": "example.png"}}}
+    call = a_call(fake, inputs={"input_image": kept},
+                  workflow={**WORKFLOW, "graph": graph, "inputs": {"input_image": ["10", "image"]}})
+    submit(call)
+    submit(call)  # the same job's submit again (a retry): the same file, overwritten, not a second copy
+
+    [upload, _] = fake.asked("POST", "/upload/image")
+    assert upload.form()[0] == {"type": "input", "overwrite": "true"}
+    assert fake.files == {("", "0d6f5c4e-kept.png", "input"): PNG}
+    assert [graph["10"]["inputs"]["image"] for graph in fake.graphs.values()] == ["0d6f5c4e-kept.png"]
+
+
+def test_a_load_image_naming_a_file_comfyui_does_not_have_is_refused_in_its_words(fake):
+    graph = {**GRAPH, "10": {"class_type": "LoadImage", "inputs": {"image": "example.png"}}}
+    with pytest.raises(RunnerError) as refused:
+        submit(a_call(fake, workflow={**WORKFLOW, "graph": graph}))
+    assert "node 10 (LoadImage): Custom validation failed for node: image - Invalid image file: example.png" in str(refused.value)
 
 
 def test_a_job_without_a_seed_gets_its_own_the_same_at_each_attempt(fake):

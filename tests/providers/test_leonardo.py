@@ -2,15 +2,19 @@
 submits them (run_job, in this process) and watched by a poller (one running on a thread here), one
 job through a real qcluster, and Leonardo's per-key webhook through the live server."""
 
+import hashlib
 import json
 import urllib.error
 import urllib.request
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 
 from bench.fakes.leonardo import API, API_KEY, FakeLeonardo
-from coordination.models import CatalogModel, Job, ProviderRun
+from coordination.models import CatalogModel, InputFile, Job, ProviderRun
+from coordination.outputs.inputs import input_keep
+from coordination.runners.simulated import SIMULATED_BYTES
 from coordination.services import job_cancel, job_submit
 from coordination.tasks import run_job
 from tests.e2e.harness import HttpApi, start_worker, wait_until
@@ -24,6 +28,7 @@ WEBHOOK_KEY = "leo-webhook-key-for-tests"
 IMAGE, VIDEO = "nano-banana-pro-leonardo", "motion-2.0-fast"
 MODEL_ID = "b24e16ff-06e3-43eb-8d33-4416c2d75876"  # an image model's modelId (the form Leonardo's docs show)
 GIVE_UP = 60  # a bound for polling, not a claim
+PNG = SIMULATED_BYTES["image/png"]
 
 
 @pytest.fixture
@@ -114,6 +119,60 @@ def test_a_job_that_names_an_image_id_goes_image_to_video(leonardo, owner):
     assert submit.path == f"{API}/generations-image-to-video"
     assert submit.json == {"imageType": "GENERATED", "prompt": "A knight on a horse",
                            "imageId": "5c2a9d7e-0000-4000-8000-000000000001", "model": "MOTION2FAST"}
+
+
+# --- Files of ours: uploaded as init images ---------------------------------------------------------
+
+def users_file(owner, data: bytes = PNG, content_type: str = "image/png") -> InputFile:
+    """A file the owner sent (POST /files), kept as that endpoint keeps it."""
+    uploaded = SimpleUploadedFile("mine.bin", data, content_type=content_type)
+    uploaded.sha256 = hashlib.sha256(data).hexdigest()
+    return input_keep(owner=owner, uploaded=uploaded, content_type=content_type)
+
+
+def test_a_users_file_goes_to_an_image_model_as_an_uploaded_init_image(leonardo, owner, settings):
+    settings.COORDINATOR_PUBLIC_URL = ""  # uploaded, so no public address of ours is needed
+    use_leonardo(leonardo, IMAGE, MODEL_ID, provider_input={"rename": {"input_image": "init_image_id"},
+                                                            "defaults": {"init_strength": 0.4}})
+    kept = users_file(owner)
+    job = at_leonardo(owner, IMAGE, input_image=f"file:{kept.id}")
+    with poller():
+        job = wait_until(lambda: ended(job), timeout=GIVE_UP, message="the image job to end")
+
+    assert (job.status, job.error) == ("completed", None)
+    init_image, generation = leonardo.asked("POST", API)
+    assert init_image.path == f"{API}/init-image" and init_image.json == {"extension": "png"}
+    [upload] = leonardo.asked("POST", "/uploads")
+    assert "authorization" not in upload.headers  # the presigned form is its own credential
+    [(init_id, data)] = leonardo.init_images.items()
+    assert data == PNG  # the bytes we keep reached Leonardo
+    assert generation.json == {"num_images": 1, "prompt": "A knight on a horse", "init_image_id": init_id,
+                               "init_strength": 0.4, "modelId": MODEL_ID}
+    assert Job.objects.get(pk=job.job_id).params == {"input_image": f"file:{kept.id}"}  # the job keeps its reference
+
+
+def test_a_users_file_goes_to_a_video_model_as_an_uploaded_image_to_video(leonardo, owner):
+    use_leonardo(leonardo, provider_input={"rename": {"input_image": "imageId"}})
+    kept = users_file(owner, SIMULATED_BYTES["image/png"])
+    job = at_leonardo(owner, input_image=f"file:{kept.id}")
+    with poller():
+        job = wait_until(lambda: ended(job), timeout=GIVE_UP, message="the video job to end")
+
+    assert (job.status, job.error) == ("completed", None)
+    generation = leonardo.asked("POST", f"{API}/generations-image-to-video")[0]
+    [init_id] = leonardo.init_images
+    assert generation.json == {"imageType": "UPLOADED", "prompt": "A knight on a horse", "imageId": init_id,
+                               "model": "MOTION2FAST"}
+
+
+def test_a_file_leonardo_cannot_take_as_an_init_image_fails_the_job_saying_so(leonardo, owner):
+    use_leonardo(leonardo, provider_input={"rename": {"input_image": "imageId"}}, max_attempts=1)
+    kept = users_file(owner, SIMULATED_BYTES["video/mp4"], "video/mp4")
+    job = at_leonardo(owner, input_image=f"file:{kept.id}")
+
+    job = Job.objects.get(pk=job.job_id)
+    assert (job.status, job.error) == ("failed", "Leonardo takes a png, jpg or webp init image, not video/mp4")
+    assert leonardo.asked("POST") == []  # nothing was sent: no init image, no generation
 
 
 def test_a_failed_generation_fails_the_job(leonardo, owner):

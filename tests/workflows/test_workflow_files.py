@@ -6,8 +6,10 @@ import pytest
 from django.test import Client
 
 from bench.fake_provider import FakeProvider
+from bench.fakes.comfyui import FakeComfyUI
 from coordination.models import CatalogModel, Job, JobFile
 from coordination.outputs.copier import claim, copy_one
+from coordination.outputs.links import signature_left
 from coordination.runners.simulated import SIMULATED_BYTES, SimulatedRunner
 from coordination.tasks import run_job
 from tests.helpers import fresh
@@ -50,6 +52,7 @@ def execute(user) -> Job:
 
 def test_the_second_step_gets_a_link_to_the_stored_copy_of_the_first_steps_file(settings, user, fake, second_step):
     settings.COORDINATOR_PUBLIC_URL = PUBLIC + "/"
+    CatalogModel.objects.filter(name="motion-2.0-fast").update(timeout_seconds=900)
     job = execute(user)
 
     run_job(str(job.job_id), 1)
@@ -64,6 +67,8 @@ def test_the_second_step_gets_a_link_to_the_stored_copy_of_the_first_steps_file(
     assert step2["files"] == [{"n": 0, "state": "stored", "source_url": fake_url}]
     link = step2["inputs"]["input"]
     assert link.startswith(f"{PUBLIC}/jobs/{job.job_id}/files/0?sig=") and fake.url not in link
+    # Good for as long as step 2 may run (its model's timeout), not a fixed hour.
+    assert 900 - 60 <= signature_left(job.job_id, 0, link.split("sig=")[1]) <= 900
     assert step2["inputs"]["previous_step"] == "style"
     # The link serves step 1's bytes without a token, even once the provider is gone.
     assert len(fake.downloads) == 1  # copied once, by the worker
@@ -149,3 +154,31 @@ def test_a_copy_that_may_pass_is_tried_again_before_it_fails_the_step(settings, 
     run_job(str(job.job_id), 1)
     job = fresh(job)
     assert job.status == Job.Status.FAILED and "Step 1's file 0 could not be kept for the next step: HTTP 502" in job.error
+
+
+def test_a_next_step_at_comfyui_gets_the_first_steps_file_uploaded_into_its_load_image(settings, user):
+    settings.COORDINATOR_PUBLIC_URL = ""  # uploaded, so no public address of ours is needed
+    comfyui = FakeComfyUI(seconds=0.1).start()
+    graph = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "10": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["10", 0]}},
+    }
+    CatalogModel.objects.filter(name="motion-2.0-fast").update(
+        runner="http", provider="comfyui", provider_base_url=comfyui.url, poll_interval_seconds=0.05,
+        provider_workflow={"graph": graph, "prompt": ["6", "text"], "inputs": {"input": ["10", "image"]}})
+    try:
+        job = execute(user)  # step 1 simulated: its file is a png
+        run_job(str(job.job_id), 1)
+    finally:
+        comfyui.stop()
+
+    job = fresh(job)
+    assert job.status == Job.Status.COMPLETED, job.error
+    [(subfolder, name, kind)] = [key for key in comfyui.files if key[2] == "input"]
+    assert (subfolder, kind) == ("", "input") and comfyui.files[(subfolder, name, kind)] == SIMULATED_BYTES["image/png"]
+    stored = JobFile.objects.get(job_id=job.job_id, n=0)
+    assert name == f"{stored.id}.png"  # named from our id, never from a provider's file name
+    [queued] = comfyui.graphs.values()
+    assert queued["10"]["inputs"]["image"] == name

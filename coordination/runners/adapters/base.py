@@ -7,6 +7,8 @@ An adapter turns one step of work into the provider's own requests (docs/provide
   at each poll) and its answer read as a Status; `ask` sends it (an adapter whose answer needs a second
   question, fal's result or ComfyUI's queue, says so there);
 - `cancel`: the provider's own way to drop a job; True once the provider confirms it is gone;
+- `upload`: a file of ours (KeptFile) sent to a provider that takes files by upload, before the submit
+  that names it (`uploaded`);
 - webhooks (provider_catalog's `webhooks` says whether and how a provider calls back): `callback_read`
   checks a callback's signature and reads it, `callback_check` checks it against its run.
 
@@ -22,7 +24,7 @@ import httpx
 
 from coordination import provider_catalog
 from coordination.runners import client as http
-from coordination.runners.base import Provider, RunnerCall, RunnerError
+from coordination.runners.base import KeptFile, Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
 
 
@@ -78,6 +80,23 @@ class Adapter:
     def callback_job_id(self, body: bytes) -> str | None:
         """The job a webhook set once per API key names (Leonardo's), before the key is known."""
         return None
+
+    async def upload(self, client: httpx.AsyncClient, provider: Provider, kept: KeptFile, *, deadline: float):
+        """A file of ours sent to a provider that takes files by upload (provider_catalog's
+        `uploads_files`); what the provider then calls it, for the field that named the file."""
+        raise RunnerError(f"{provider_catalog.PROVIDERS[self.kind].label} fetches files by URL; it takes no upload")
+
+    async def uploaded(self, client: httpx.AsyncClient, provider: Provider, fields: dict, *, deadline: float) -> dict:
+        """`fields` with each KeptFile (alone, or in a list) uploaded and replaced by its name there."""
+
+        async def named(value):
+            if isinstance(value, KeptFile):
+                return await self.upload(client, provider, value, deadline=deadline)
+            if isinstance(value, list):
+                return [await named(item) for item in value]
+            return value
+
+        return {key: await named(value) for key, value in fields.items()}
 
 
 def mapped_input(call: RunnerCall, provider: Provider) -> dict:

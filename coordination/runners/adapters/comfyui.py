@@ -8,7 +8,9 @@ history and its queue (facts: ../shared/PROVIDERS.md, ComfyUI's server.py and ex
   answers is used). Patched: `prompt` takes the job's prompt; `seed` takes params.seed, else a seed of
   the job's own (from its id: a new one per job, the same for its retries); each name in `params` and
   `inputs` takes the job's field of that name, read as every adapter reads the job (mapped_input:
-  after provider_input's rename and defaults); fields the workflow does not name are not sent.
+  after provider_input's rename and defaults); fields the workflow does not name are not sent. A file of
+  ours among them (an input file, a workflow step's kept file) is first uploaded (`POST /upload/image`)
+  and its node input takes the name ComfyUI gave it (a LoadImage node's `image`).
   200 `{"prompt_id", "number", "node_errors"}` → the prompt to watch; 400 `{"error", "node_errors"}`
   → the job fails in ComfyUI's words (its error's type and message, each node's errors).
 - **Status**: `GET /history/{prompt_id}` is `{}` until the prompt ended; then `status.status_str`
@@ -45,7 +47,7 @@ from uuid import uuid5
 
 from coordination.runners import client as http
 from coordination.runners.adapters.base import Adapter, confirmed, json_headers, mapped_input, submitted
-from coordination.runners.base import Provider, RunnerCall, RunnerError
+from coordination.runners.base import KeptFile, Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
 from coordination.runners.adapters.comfyui_progress import WS_CLOSE_WAIT, WS_IDLE, WS_REOPEN, Listening, websocket_url
 from coordination.runners.results import guessed_type
@@ -57,13 +59,13 @@ SEED_RANGE = 2**32  # a job's own seed is below this: within what seed inputs ta
 logger = logging.getLogger(__name__)
 
 
-def prompt_graph(call: RunnerCall, provider: Provider) -> tuple[dict, int | None]:
-    """The workflow's graph with the job's values in it, and the seed it got (None: no seed input)."""
+def prompt_graph(call: RunnerCall, provider: Provider, fields: dict) -> tuple[dict, int | None]:
+    """The workflow's graph with the job's values in it (`fields`: mapped_input, its files uploaded),
+    and the seed it got (None: no seed input)."""
     workflow = provider.workflow
     if not isinstance(workflow, dict) or not isinstance(workflow.get("graph"), dict):
         raise RunnerError(f"Model {call.model} has no provider_workflow: the graph ComfyUI is to run")
     graph = copy.deepcopy(workflow["graph"])
-    fields = mapped_input(call, provider)
 
     def put(ref, value) -> None:
         node, name = ref
@@ -154,7 +156,8 @@ class ComfyUI(Adapter):
 
     async def submit(self, client, call: RunnerCall, *, deadline: float, callback_url: str | None):
         provider = call.provider
-        graph, seed = prompt_graph(call, provider)
+        fields = await self.uploaded(client, provider, mapped_input(call, provider), deadline=deadline)
+        graph, seed = prompt_graph(call, provider, fields)
         client_id = str(call.job_id)
         body = {"prompt": graph, "client_id": client_id, "prompt_id": str(uuid5(call.job_id, f"attempt:{call.attempt}"))}
         answer = await submitted(client, f"{provider.url}/prompt", provider=provider, deadline=deadline,
@@ -165,6 +168,20 @@ class ComfyUI(Adapter):
         data = {"client_id": client_id, **({"seed": seed} if seed is not None else {}),
                 **({"node_errors": answer["node_errors"]} if answer.get("node_errors") else {})}
         return Accepted(prompt_id, f"{provider.url}/history/{prompt_id}", Status("queued"), data=data, job_id=call.job_id)
+
+    async def upload(self, client, provider: Provider, kept: KeptFile, *, deadline: float) -> str:
+        """`POST /upload/image` (multipart: `image`, type input, overwrite, so a retried upload is the
+        same file) → `{"name", "subfolder", "type"}`; what a LoadImage node's `image` takes: the name,
+        after its subfolder if any."""
+        with kept.open() as data:
+            answer = await http.request(client, "POST", f"{provider.url}/upload/image", provider=provider,
+                                        deadline=deadline, headers=json_headers(),
+                                        data={"type": "input", "overwrite": "true"},
+                                        files={"image": (kept.name, data, kept.content_type)})
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str) or not answer["name"]:
+            raise RunnerError(f"ComfyUI's /upload/image answered no file name: {http.message_of(answer)}")
+        subfolder = answer.get("subfolder") or ""
+        return f"{subfolder}/{answer['name']}" if subfolder else answer["name"]
 
     def status_request(self, client, provider: Provider, run):
         return client.build_request("GET", run.status_url, headers=json_headers())

@@ -8,6 +8,10 @@
   when the fields name an `imageId` (`imageType` GENERATED unless given: an image Leonardo made). The
   answer's `sdGenerationJob` / `motionVideoGenerationJob` names the `generationId`; the rest of it (its
   `apiCreditCost`) is kept as the run's provider_data. Leonardo takes no webhook URL per request.
+- **Files of ours** (an input file, a workflow step's kept file; a png, jpg or webp) are uploaded as
+  init images first (`upload`: `POST /api/rest/v1/init-image`, then the presigned form); the field that
+  named one gets the init image's id: an image model's `init_image_id`, a video model's `imageId`
+  (`imageType` UPLOADED), by the model's provider_input rename.
 - **Status**: `GET /api/rest/v1/generations/{id}` → `generations_by_pk.status`. PENDING is `running`:
   Leonardo says nothing between accepting a generation and finishing it (no queue position, no
   progress), and within the account's concurrency (10 by default) it is generating from the start;
@@ -32,24 +36,25 @@ import json
 from coordination.provider_catalog import LEONARDO_IMAGE_MODEL
 from coordination.runners import client as http
 from coordination.runners.adapters.base import Adapter, Callback, CallbackRefused, json_headers, mapped_input, secret, submitted
-from coordination.runners.base import Provider, RunnerCall, RunnerError
+from coordination.runners.base import KeptFile, Provider, RunnerCall, RunnerError
 from coordination.runners.client import Accepted, Status
 
 API = "/api/rest/v1"
 STATES = {"PENDING": "running", "COMPLETE": "succeeded", "FAILED": "failed"}
+INIT_IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}  # what /init-image takes
 
 
 def _headers(provider: Provider) -> dict:
     return json_headers(Authorization=f"Bearer {secret(provider.credential_env)}")
 
 
-def _route(provider: Provider, fields: dict) -> tuple[str, dict, str]:
+def _route(provider: Provider, fields: dict, *, image_type: str) -> tuple[str, dict, str]:
     """Where the job is sent, its body, and the key of the job object Leonardo answers."""
     if LEONARDO_IMAGE_MODEL.fullmatch(provider.model):
         return "generations", {"num_images": 1, **fields, "modelId": provider.model}, "sdGenerationJob"
     body = {**fields, "model": provider.model}
     if fields.get("imageId"):
-        return "generations-image-to-video", {"imageType": "GENERATED", **body}, "motionVideoGenerationJob"
+        return "generations-image-to-video", {"imageType": image_type, **body}, "motionVideoGenerationJob"
     return "generations-text-to-video", body, "motionVideoGenerationJob"
 
 
@@ -97,7 +102,10 @@ class Leonardo(Adapter):
 
     async def submit(self, client, call: RunnerCall, *, deadline: float, callback_url: str | None):
         provider = call.provider
-        path, body, job_key = _route(provider, mapped_input(call, provider))
+        fields = mapped_input(call, provider)
+        image_type = "UPLOADED" if isinstance(fields.get("imageId"), KeptFile) else "GENERATED"
+        fields = await self.uploaded(client, provider, fields, deadline=deadline)
+        path, body, job_key = _route(provider, fields, image_type=image_type)
         answer = await submitted(client, f"{provider.url}{API}/{path}", provider=provider, deadline=deadline,
                                  json=body, headers=_headers(provider))
         job = answer.get(job_key) if isinstance(answer, dict) else None
@@ -106,6 +114,31 @@ class Leonardo(Adapter):
         generation_id = str(job["generationId"])
         return Accepted(generation_id, _status_url(provider, generation_id), Status("running"),
                         data={key: value for key, value in job.items() if key != "generationId"}, job_id=call.job_id)
+
+    async def upload(self, client, provider: Provider, kept: KeptFile, *, deadline: float) -> str:
+        """An init image: `POST /init-image {"extension"}` names an id and a presigned upload (its
+        `url`, and `fields`, a JSON string); the file is POSTed there as a form, its fields then the
+        file (no credentials: the form is its own). The id is what a generation names."""
+        extension = INIT_IMAGE_EXTENSIONS.get(kept.content_type)
+        if extension is None:
+            raise RunnerError(f"Leonardo takes a png, jpg or webp init image, not {kept.content_type or 'this file'}")
+        answer = await http.request(client, "POST", f"{provider.url}{API}/init-image", provider=provider,
+                                    deadline=deadline, json={"extension": extension}, headers=_headers(provider))
+        target = answer.get("uploadInitImage") if isinstance(answer, dict) else None
+        if not isinstance(target, dict) or not target.get("id") or not target.get("url"):
+            raise RunnerError(f"Leonardo answered no init image to upload to: {http.message_of(answer)}")
+        form = target.get("fields") or {}
+        try:
+            form = json.loads(form) if isinstance(form, str) else form
+        except ValueError:
+            form = None
+        if not isinstance(form, dict):
+            raise RunnerError(f"Leonardo's init image upload names fields that are not a JSON object: {target.get('fields')!r}")
+        with kept.open() as data:
+            await http.request(client, "POST", target["url"], provider=provider, deadline=deadline,
+                               data={key: str(value) for key, value in form.items()},
+                               files={"file": (kept.name, data, kept.content_type)})
+        return str(target["id"])
 
     def status_request(self, client, provider: Provider, run):
         return client.build_request("GET", run.status_url or _status_url(provider, run.provider_job_id),
