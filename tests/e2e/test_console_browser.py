@@ -8,92 +8,21 @@ Screenshots for a person to look at: test-artifacts/queue-console.png, queue-con
 jobs-list.png.
 """
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
-from django.db import connections
-from django.conf import settings
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
-
-from coordination.models import Job
 from rest_framework.authtoken.models import Token
 
-from tests.e2e.harness import HttpApi, start_web, start_worker, wait_until
+from coordination.models import Job
+from tests.e2e.browser import assert_no_sideways_scroll, logged_in, operator, screenshot, short
+from tests.e2e.harness import HttpApi, start_worker, wait_until
 from tests.factories import UserFactory
 from tests.guide_sql import CLEAR_STALE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-# Headless, no sandbox (containers have no user namespaces), nothing fetched from the network.
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--no-first-run",
-]
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
-SCREENSHOTS = {name: ARTIFACTS / f"{name}.png" for name in ("queue-console", "queue-console-10min", "jobs-list")}
-PASSWORD = "console-operator-pw"
-WIDTH = 1280  # a laptop
-
-
-def short(job_id: str) -> str:
-    return job_id[:8]
-
-
-def assert_no_sideways_scroll(page, what: str) -> None:
-    widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-    assert widths[0] <= widths[1], f"{what} scrolls sideways at {WIDTH} px: {widths[0]} px wide in {widths[1]} px"
-
-
-def screenshot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS[name]), full_page=True)
-
-
-@pytest.fixture
-def chromium_path() -> str:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM}: install Debian's chromium (`apt-get install chromium`; "
-                    ".ci/run does) or set CHROMIUM_PATH")
-    return CHROMIUM
-
-
-@pytest.fixture
-def browser(chromium_path, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM reads between
-    # browser steps are ordinary blocking calls, which Django would otherwise refuse there.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-        # The test's ORM reads ran in Playwright's context, where Django keeps a connection of their
-        # own: closed here, or the test database could not be dropped at the end of the run.
-        connections.close_all()
-
-
-@pytest.fixture
-def web(transactional_db, tmp_path):
-    """The web server as `make run` serves it (ASGI): the console's live updates need its event streams.
-    It serves the admin's static files from STATIC_ROOT, as after `make run`'s collectstatic."""
-    from django.core.management import call_command
-
-    call_command("collectstatic", interactive=False, verbosity=0)
-    server = start_web(tmp_path / "web.log")
-    yield server
-    server.stop()
-
 
 def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, tmp_path):
-    operator = UserFactory(is_staff=True, is_superuser=True, username="operator")
-    # Hashed as the server (a process of its own, with the default hashers) can check it.
-    operator.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt(), iterations=1000)
-    operator.save()
+    operator()
     http = HttpApi(web.url, Token.objects.create(user=UserFactory()).key)
     worker = start_worker(tmp_path / "qcluster.log")
     try:
@@ -111,11 +40,7 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, 
         wait_until(lambda: Job.objects.get(pk=running["job_id"]).heartbeat_at, timeout=30,
                    message="the worker to run the long job")
 
-        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-        page.goto(f"{web.url}/admin/login/?next=/admin/")
-        page.fill("#id_username", "operator")
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
+        page = logged_in(browser, web)
         page.click("text=Queue console")
         page.wait_for_selector("#timeline")
 
@@ -140,7 +65,7 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, 
         assert timeline.locator(f'rect.running[data-job="{waiting["job_id"]}"]').count() == 0
         tooltip = timeline.locator(f'rect.running[data-job="{done["job_id"]}"] title').text_content()
         assert done["job_id"] in tooltip and "flux-dev" in tooltip and "→" in tooltip and "completed" in tooltip
-        screenshot(page, "queue-console")
+        shots = [screenshot(page, "queue-console")]
         assert_no_sideways_scroll(page, "the console")
 
         # Live: a job submitted now appears in its line without the page reloading (a reload would
@@ -155,12 +80,12 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, 
         page.wait_for_selector('#timeline[data-range="10m"]')
         assert page.inner_text("#timeline-heading") == "The last 10 minutes"
         assert page.locator(f'#timeline rect.running[data-job="{running["job_id"]}"]').count() == 1
-        screenshot(page, "queue-console-10min")
+        shots.append(screenshot(page, "queue-console-10min"))
         assert_no_sideways_scroll(page, "the console over 10 minutes")
 
         page.click("#nav-sidebar >> text=Jobs")
         page.wait_for_selector("#result_list")
-        screenshot(page, "jobs-list")
+        shots.append(screenshot(page, "jobs-list"))
         assert page.inner_text("#nav-sidebar .current-model").strip() == "Jobs"
         waiting_row = page.locator("#result_list tr", has=page.locator(f'span[title="{waiting["job_id"]}"]'))
         assert short(waiting["job_id"]) in waiting_row.inner_text()
@@ -197,5 +122,5 @@ def test_an_operator_watches_the_queue_and_clears_it_in_a_browser(browser, web, 
     finally:
         worker.stop()
 
-    for path in SCREENSHOTS.values():
+    for path in shots:
         assert path.stat().st_size > 10_000, path
