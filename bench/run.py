@@ -20,8 +20,8 @@ Measures, in one run on this machine:
   (k) 1,000 jobs in flight at a (fake, local) provider on one qcluster of 2 worker processes: the
       cluster's memory, CPU, connections and statements per poll tick, and the time from the
       provider's answer to the next job's start (bench/providers.py);
-  (o) 100 outputs of 20 MB copied at once by one qcluster's copier: throughput, the copying
-      process's peak memory, and that no slot waited on a copy (bench/outputs.py);
+  (o) 100 outputs of 20 MB copied at once by one qcluster's copier, then one of 2 GB: throughput, the
+      copying process's peak memory, and that no slot waited on a copy (bench/outputs.py);
   (m) how honest `estimated_start_at` is on a mixed load (4 slots, 1-3 s jobs on four models, a few
       workflows): |estimated start - actual start| / wait, median and p90 (bench/estimates.py).
 

@@ -67,6 +67,8 @@ class Answer:
     body: object = None
     headers: dict = field(default_factory=dict)
     raw: bytes | None = None  # sent as is (with its Content-Type in headers) instead of JSON
+    # Instead of `raw`, a large body never whole in memory: its length, and a callable giving its pieces.
+    pieces: tuple[int, object] | None = None
 
 
 class WebSocket:
@@ -267,6 +269,16 @@ def _handler(fake: FakeServer):
                 self.close_connection = True
                 return
             answer = fake._limited() or fake.answer(request)
+            if answer.pieces is not None:
+                length, pieces = answer.pieces
+                self.send_response(answer.status)
+                for key, value in answer.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                for piece in pieces():
+                    self.wfile.write(piece)
+                return
             data = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
             self.send_response(answer.status)
             if answer.raw is None:
