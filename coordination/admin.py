@@ -5,7 +5,9 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -20,8 +22,9 @@ from coordination.models import (
 )
 from coordination.console import console_context, span
 from coordination.console_actions import OPERATE, console_action_urls
-from coordination.estimates import estimated_start
-from coordination.selectors import job_queue_position, job_queue_positions
+from coordination.exceptions import JobNotFound
+from coordination.job_page import job_page_context
+from coordination.selectors import job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id
 from coordination.services import capacity_group_delete, capacity_group_save, catalog_model_save
 from coordination.webhooks import delivery_resend
@@ -76,18 +79,29 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("job_id", "prompt", "model", "conflict_reason", "owner__username")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    # The page shows the live place in line and expected start (the API's numbers) beside the status;
-    # the stored queue_position column (the usage guide's, its place when it joined the line) is
-    # not shown: it is not kept current, so it would contradict them.
-    exclude = ("queue_position",)
-    readonly_fields = [
-        name for field in Job._meta.fields if field.name != "queue_position"
-        for name in ([field.name, "place_in_line", "expected_start"] if field.name == "status" else [field.name])
-    ]
     actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
 
     def get_changelist(self, request, **kwargs):
         return JobChangeList
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The job's own page (coordination/job_page.py) instead of Django's form of its columns: what
+        it waits for or where it runs, its attempts, history, deliveries and files, and the console's
+        Cancel and Priority. A POST still goes to Django's view, which refuses it (has_change_permission)."""
+        if request.method not in ("GET", "HEAD"):
+            return super().change_view(request, object_id, form_url, extra_context)
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        try:
+            page = job_page_context(job_id=unquote(object_id), user=request.user)
+        except JobNotFound:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        job = page["job"]
+        context = {
+            **self.admin_site.each_context(request), **page, "opts": self.opts, "title": f"{job.kind} job {job.job_id}",
+            "can_operate": request.user.has_perm(OPERATE), "has_delete_permission": self.has_delete_permission(request, job),
+        }
+        return TemplateResponse(request, "admin/coordination/job/job_page.html", context)
 
     @admin.display(description="job", ordering="job_id")
     def job(self, job: Job) -> str:
@@ -101,25 +115,6 @@ class JobAdmin(admin.ModelAdmin):
         if place is None:
             return None
         return f"{place} (priority {job.priority})" if job.priority else str(place)
-
-    @admin.display(description="place in line")
-    def place_in_line(self, job: Job) -> str:
-        """Its live place, as GET /jobs/{id} answers it (queue_position)."""
-        place = job_queue_position(job)
-        return "—" if place is None else str(place)
-
-    @admin.display(description="expected start")
-    def expected_start(self, job: Job) -> str:
-        """When it should start, as GET /jobs/{id} answers it (estimated_start_at, start_overdue)."""
-        if job.status != Job.Status.PENDING:
-            return "—"
-        if job.held:
-            return "after its paused model is resumed"
-        estimate = estimated_start(job)
-        if estimate is None:
-            return "—"
-        at = date_format(timezone.localtime(estimate.at), "Y-m-d H:i:s")
-        return f"overdue since {at}: the jobs before it ran longer than usual" if estimate.overdue else at
 
     @admin.display(description="reason / error")
     def reason(self, job: Job) -> str:

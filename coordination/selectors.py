@@ -31,6 +31,15 @@ def with_runs(jobs: QuerySet[Job]) -> QuerySet[Job]:
     )
 
 
+def run_at_provider(job: Job, runs) -> ProviderRun | None:
+    """Among `runs` (the job's runs at a provider, or those in flight), the one a running normal job's
+    current attempt waits in at its provider, holding no worker process: the API's `at_provider` and
+    the job page's. `runs` is not read for any other job (a queryset stays unevaluated)."""
+    if job.status != Job.Status.RUNNING or job.kind != Job.Kind.NORMAL:
+        return None
+    return next((run for run in runs if run.attempt == job.attempt and run.state == ProviderRun.State.IN_FLIGHT), None)
+
+
 def job_list(*, user, status: str | None = None, kind: str | None = None, model: str | None = None) -> QuerySet[Job]:
     jobs = with_runs(Job.objects.select_related("workflow_execution").order_by("-created_at"))
     if not user.is_staff:

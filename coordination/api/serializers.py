@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from coordination.models import CatalogModel, Job, JobFile, MediaType, ProviderRun, timeout_with_old_name
 from coordination.outputs.links import files_shown
 from coordination.services import BATCH_MAX_JOBS
-from coordination.selectors import catalog_model_names, job_list, job_queue_position
+from coordination.selectors import catalog_model_names, job_list, job_queue_position, run_at_provider
 
 
 class StrictSerializer(serializers.Serializer):
@@ -314,12 +314,10 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(AtProviderSerializer(allow_null=True))
     def get_at_provider(self, job: Job) -> dict | None:
-        if job.status != Job.Status.RUNNING or job.kind != Job.Kind.NORMAL:
-            return None
         runs = getattr(job, "runs_in_flight", None)  # read beforehand for a page
-        if runs is None:
+        if runs is None:  # read only for a running normal job (run_at_provider)
             runs = ProviderRun.objects.filter(job_id=job.job_id, state=ProviderRun.State.IN_FLIGHT)
-        run = next((run for run in runs if run.attempt == job.attempt), None)
+        run = run_at_provider(job, runs)
         if run is None:
             return None
         return AtProviderSerializer({"provider_job_id": run.provider_job_id, "style": run.style, "status": run.provider_status,

@@ -98,10 +98,9 @@ def test_bobs_place_and_estimate_are_the_same_in_the_api_console_admin_status_an
     row = next(row for row in console_rows(console, VIDEO) if row["job_id"] == str(bob.job_id))
     assert (row["place"], row["owner"], row["eta"]) == ("2", "bob", clock(expected))
     # The admin's job page: the live place and the expected start, not the stored column's 8.
-    assert re.search(r"Place in line:</label>\s*<div class=\"readonly\">2</div>", page)
-    assert re.search(r"Expected start:</label>\s*<div class=\"readonly\">" + re.escape(
-        timezone.localtime(expected).strftime("%Y-%m-%d %H:%M:%S")), page)
-    assert "Queue position" not in page
+    assert '<td id="job-place">2</td>' in page
+    assert '<td id="job-expected-start">' + timezone.localtime(expected).strftime("%Y-%m-%d %H:%M:%S") + "</td>" in page
+    assert "Queue position" not in page  # the stored column (8) is not shown
     assert next(job for job in status["queued_jobs"] if job["job_id"] == str(bob.job_id))["queue_position"] == place
     assert first[0].event == "job.state" and first[0].fields["queue_position"] == place
     assert body["start_overdue"] is False
