@@ -135,6 +135,19 @@ def test_a_paused_model_with_jobs_waiting_says_they_wait_for_an_operator(console
 
 
 @pytest.mark.usefixtures("four_slots")
+def test_a_free_model_whose_head_needs_a_paused_model_says_which(console, user):
+    model_pause(name=VIDEO, paused=True, actor="test")
+    workflow = execute_workflow(user)
+
+    assert fresh(workflow).held
+    assert idle(console())[1:] == [
+        f"{VIDEO} is paused: workflow {short(workflow)} at the head of its line waits for an operator to resume it",
+        f"{NANO} is free but held: workflow {short(workflow)} at the head of its line waits for {VIDEO} "
+        "(paused by an operator)",
+    ]
+
+
+@pytest.mark.usefixtures("four_slots")
 def test_free_slots_while_every_waiting_job_needs_a_model_in_use_say_which(console, user):
     video, image = submit(user, model=VIDEO), submit(user, model=IMAGE)
     submit(user, model=VIDEO), submit(user, model=IMAGE)
