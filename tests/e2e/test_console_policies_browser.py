@@ -33,7 +33,8 @@ def test_an_operator_sees_policies_groups_and_why_free_capacity_waits(browser, s
     operator()
     call_command("collectstatic", interactive=False, verbosity=0)
     web = start_web(tmp_path / "web.log", COORDINATOR_MAX_ACTIVE_JOBS=SLOTS)
-    worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_MAX_ACTIVE_JOBS=SLOTS)
+    # Stopping at the end hands the long jobs back at once instead of waiting for them.
+    worker = start_worker(tmp_path / "qcluster.log", COORDINATOR_MAX_ACTIVE_JOBS=SLOTS, COORDINATOR_STOP_GRACE="0")
     ann = HttpApi(web.url, Token.objects.create(user=UserFactory()).key)
     bob = HttpApi(web.url, Token.objects.create(user=UserFactory()).key)
     try:
