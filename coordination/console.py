@@ -1,7 +1,9 @@
 """Reads for the operators' queue console (admin → Queue console): slots, lines, events, metrics and
-a timeline of the last 10 minutes, hour or day. A render makes the same few queries however many
-jobs wait or ran (tests/coordination/test_queue_console.py holds it to 20)."""
+a timeline of the last 10 minutes, hour or day; capacity (groups, what is free and why it is not
+used) in console_capacity.py. A render makes the same few queries however many jobs wait or ran
+(tests/coordination/test_queue_console.py holds it to 23)."""
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,6 +12,7 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q,
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from coordination.console_capacity import QueueNow, console_capacity
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_order
@@ -74,10 +77,11 @@ def console_slots(now: datetime) -> list[dict]:
     ]
 
 
-def console_lines(catalog: list[CatalogModel], now: datetime) -> list[dict]:
+def console_lines(catalog: list[CatalogModel], now: datetime, in_use: Counter) -> list[dict]:
     """Each model's first LINE_SHOWN waiting jobs in the order the line takes them (a fair line in its
     owners' turns), each with its owner, why it waits, its place in line and its expected start: the
-    numbers GET /jobs/{id} answers (selectors.job_queue_positions, estimates.estimated_starts)."""
+    numbers GET /jobs/{id} answers (selectors.job_queue_positions, estimates.estimated_starts). Its
+    heading: policy, line limit, and how many running jobs use the model (`in_use`, by model)."""
     fair = {
         model.name for model in catalog
         if model.line_policy == CatalogModel.LinePolicy.FAIR and settings.COORDINATOR_MAX_ACTIVE_JOBS > 1
@@ -101,10 +105,12 @@ def console_lines(catalog: list[CatalogModel], now: datetime) -> list[dict]:
             "position": places.get(job.job_id), "job_id": job.job_id, "kind": job.kind, "priority": job.priority,
             "owner": job.owner.get_username() if job.owner else "", "reason": job.conflict_reason or "",
             "blocked_by": job.blocked_by_job_id, "held": job.held, "eta": etas.get(job.job_id),
+            "models": job.required_models,
         })
     return [
         {"model": model.name, "capacity": model.capacity, "enabled": model.enabled, "paused": model.paused,
-         "fair": model.name in fair, "waiting": waiting.get(model.name, 0), "jobs": by_model.get(model.name, [])}
+         "fair": model.name in fair, "waiting": waiting.get(model.name, 0), "jobs": by_model.get(model.name, []),
+         "policy": model.line_policy, "limit": model.max_waiting, "running": in_use[model.name]}
         for model in catalog
     ]
 
@@ -272,11 +278,15 @@ def console_events() -> list[dict]:
 def console_context(*, range_key: str | None = None) -> dict:
     now = timezone.now()
     catalog = list(CatalogModel.objects.order_by("name"))
+    slots = console_slots(now)
+    queue = QueueNow(catalog, slots)
+    lines = console_lines(catalog, now, queue.models_in_use())
     return {
         "now": now,
         "mode": console_mode(),
-        "slots": console_slots(now),
-        "lines": console_lines(catalog, now),
+        "slots": slots,
+        "lines": lines,
+        "capacity": console_capacity(queue, lines, slots),
         "events": console_events(),
         "metrics": console_metrics(now),
         "timeline": console_timeline(catalog, now, timeline_range(range_key)),

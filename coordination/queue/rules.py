@@ -3,7 +3,9 @@ now, and if not, which job it waits for and why (assess); which waiting job star
 (_next_startable). Reads only: LockedQueue (locked.py) makes the changes, under the same lock.
 
 A mixin of LockedQueue: it reads `self.slots`, `self.running` and `self.slot_count`, which
-LockedQueue's constructor locks and reads.
+LockedQueue's constructor locks and reads. The queue console reads the same rules over the queue as
+it is, without the lock (coordination/console_capacity.py, QueueNow): why a free model or slot is not
+used is then the rules' own answer.
 """
 
 import logging
@@ -20,6 +22,9 @@ from coordination.queue.lines import NEAREST_FIRST, PAUSED_PREFIX, heads_of, lin
 from coordination.queue.words import models_repr, say
 
 logger = logging.getLogger("job_coordinator")
+
+# What the rules read of each catalog model (QueueRules.take_catalog).
+CATALOG_FIELDS = ("name", "capacity", "paused", "max_waiting", "line_policy")
 
 
 def paused_reason(models: list[str]) -> str:
@@ -55,12 +60,16 @@ class QueueRules:
     def _read_catalog(self) -> None:
         # Read when first needed: a decision with every model idle (serialized mode's hand-off)
         # never needs it. Pauses change under this lock, so what is read here holds until commit.
-        rows = list(CatalogModel.objects.values_list("name", "capacity", "paused", "max_waiting", "line_policy"))
+        self.take_catalog(list(CatalogModel.objects.values_list(*CATALOG_FIELDS)), groups_by_model())
+
+    def take_catalog(self, rows: list[tuple], groups: dict[str, list[Group]]) -> None:
+        """The catalog as the rules read it: `rows` of CATALOG_FIELDS, and the capacity groups by model
+        (groups_by_model). A reader that has the catalog rows already (the console) gives them here."""
         self._capacities = {name: capacity for name, capacity, *_ in rows}
         self._paused = {name for name, _, paused, *_ in rows if paused}
         self._max_waiting = {name: limit for name, _, _, limit, _ in rows if limit is not None}
         self._fair = {name for name, *_, policy in rows if policy == CatalogModel.LinePolicy.FAIR}
-        self._groups = groups_by_model()
+        self._groups = groups
 
     @property
     def capacities(self) -> dict[str, int]:
