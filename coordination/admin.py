@@ -18,8 +18,9 @@ from coordination.models import (
     CapacityGroup, CatalogModel, InputFile, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
     timeout_with_old_name,
 )
-from coordination.console import console_context, span
+from coordination.console import console_context
 from coordination.console_actions import OPERATE, console_action_urls
+from coordination.durations import span
 from coordination.estimates import estimated_start
 from coordination.selectors import job_queue_position, job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id

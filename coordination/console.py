@@ -10,6 +10,7 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q,
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from coordination.durations import span
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_order
@@ -136,18 +137,6 @@ class Bar:
     outcome: str  # the job's status: a run that failed or was cancelled is drawn apart
     job_id: str
     title: str
-
-
-def span(seconds: float) -> str:
-    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 2 h 10 min."""
-    if seconds < 0.5:
-        return "< 1 s"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _clock(moment: datetime) -> str:

@@ -1,0 +1,13 @@
+"""Durations as an operator reads them, wherever the console, the admin or the history show one."""
+
+
+def span(seconds: float) -> str:
+    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 2 h 10 min."""
+    if seconds < 0.5:
+        return "< 1 s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
