@@ -211,11 +211,11 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
         return [console, *console_action_urls(self.admin_site), *super().get_urls()]
 
     def queue_console(self, request):
-        """Slots, lines, metrics, the last hour as a timeline, recent events; its actions are in
-        console_actions.py, each behind a preview."""
+        """Slots, lines, metrics, the last hour as a timeline, each model's last 24 hours, recent
+        events; its actions are in console_actions.py, each behind a preview."""
         context = {
             **self.admin_site.each_context(request), "title": "Queue console",
-            **console_context(range_key=request.GET.get("range")),
+            **console_context(range_key=request.GET.get("range"), events_before=request.GET.get("events_before")),
             "can_operate": request.user.has_perm(OPERATE), "queue_console_nav": True,
         }
         return TemplateResponse(request, "admin/coordination/queue_console.html", context)
