@@ -2,7 +2,7 @@
 
 
 def span(seconds: float) -> str:
-    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 2 h 10 min."""
+    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 1 h, 2 h 10 min."""
     if seconds < 0.5:
         return "< 1 s"
     seconds = int(round(seconds))
@@ -10,4 +10,5 @@ def span(seconds: float) -> str:
         return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    hours, minutes = seconds // 3600, seconds % 3600 // 60
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -282,7 +282,7 @@ def test_the_jobs_list_shows_each_waiting_jobs_place_and_a_short_reason(staff_cl
     assert f'title="{first.job_id}">{str(first.job_id)[:8]}</a>' in row  # what it waits for, linked
 
 
-@pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (7830, "2 h 10 min")])
+@pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (3600, "1 h"), (7830, "2 h 10 min")])
 def test_durations_read_as_an_operator_says_them(seconds, reads):
     from coordination.durations import span
 
