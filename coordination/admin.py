@@ -20,8 +20,9 @@ from coordination.models import (
     CapacityGroup, CatalogModel, InputFile, Job, JobFile, JobQueueLog, JobQueueState, ProviderRun, WebhookDelivery,
     timeout_with_old_name,
 )
-from coordination.console import console_context, span
+from coordination.console import console_context
 from coordination.console_actions import OPERATE, console_action_urls
+from coordination.durations import span
 from coordination.exceptions import JobNotFound
 from coordination.job_page import job_page_context
 from coordination.selectors import job_queue_positions
@@ -205,11 +206,11 @@ class JobQueueStateAdmin(ReadOnlyAdmin):
         return [console, *console_action_urls(self.admin_site), *super().get_urls()]
 
     def queue_console(self, request):
-        """Slots, lines, metrics, the last hour as a timeline, recent events; its actions are in
-        console_actions.py, each behind a preview."""
+        """Slots, lines, metrics, the last hour as a timeline, each model's last 24 hours, recent
+        events; its actions are in console_actions.py, each behind a preview."""
         context = {
             **self.admin_site.each_context(request), "title": "Queue console",
-            **console_context(range_key=request.GET.get("range")),
+            **console_context(range_key=request.GET.get("range"), events_before=request.GET.get("events_before")),
             "can_operate": request.user.has_perm(OPERATE), "queue_console_nav": True,
         }
         return TemplateResponse(request, "admin/coordination/queue_console.html", context)
@@ -306,11 +307,14 @@ class CatalogModelForm(forms.ModelForm):
 @admin.register(CatalogModel)
 class CatalogModelAdmin(admin.ModelAdmin):
     form = CatalogModelForm
+    # Short headers and values, so that every column (enabled, paused and the line's policy and limit
+    # last) fits a laptop's 1,280 px beside the sidebar; the model's page has every field in full.
     list_display = (
-        "name", "media_type", "runner", "capacity", "max_attempts", "timeout_seconds", "enabled", "paused",
-        "line_policy", "max_waiting", "default_simulate_seconds",
+        "name", "media_kind", "runs_on", "capacity", "attempts", "timeout", "enabled", "paused", "line_policy_short",
+        "line_limit",
     )
-    list_filter = ("media_type", "runner", "enabled", "paused")
+    # No filter sidebar: it would take the width the columns need, and a catalog of a few dozen
+    # models at most is read whole (each column sorts it; search finds a name).
     # Pausing goes through the queue console (under the coordinator lock, audited, waiters re-decided).
     readonly_fields = ("paused",)
     list_editable = ("enabled",)
@@ -333,6 +337,35 @@ class CatalogModelAdmin(admin.ModelAdmin):
             "fields": ("provider_url", "provider_style"),
         }),
     )
+
+    @admin.display(description="media", ordering="media_type")
+    def media_kind(self, model: CatalogModel) -> str:  # not `media`: ModelAdmin.media is its assets
+        return model.media_type
+
+    @admin.display(description="runner", ordering="runner")
+    def runs_on(self, model: CatalogModel) -> str:
+        """The runner, and on the simulated one how long a job takes when it does not say."""
+        if model.runner == CatalogModel.Runner.SIMULATED:
+            return f"{model.runner}, {span(model.default_simulate_seconds)}"
+        return model.runner
+
+    @admin.display(description="attempts", ordering="max_attempts")
+    def attempts(self, model: CatalogModel) -> int:
+        return model.max_attempts
+
+    @admin.display(description="timeout", ordering="timeout_seconds")
+    def timeout(self, model: CatalogModel) -> str:
+        """How long an attempt may run, as it applies (empty: COORDINATOR_JOB_TIMEOUT's, said so)."""
+        applies = span(model.attempt_timeout)
+        return applies if model.timeout_seconds else f"{applies} (default)"
+
+    @admin.display(description="line policy", ordering="line_policy")
+    def line_policy_short(self, model: CatalogModel) -> str:
+        return model.line_policy  # "fifo" or "fair"; the choice's long label is on the model's page
+
+    @admin.display(description="line limit", ordering="max_waiting")
+    def line_limit(self, model: CatalogModel) -> str:
+        return "none" if model.max_waiting is None else str(model.max_waiting)
 
     def save_model(self, request, obj, form, change):
         """The edit (this page or the list's "enabled" column) goes through the coordinator: saved

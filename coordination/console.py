@@ -1,7 +1,8 @@
 """Reads for the operators' queue console (admin → Queue console): slots, lines, events, metrics and
-a timeline of the last 10 minutes, hour or day; capacity (groups, what is free and why it is not
-used) in console_capacity.py. A render makes the same few queries however many jobs wait or ran
-(tests/coordination/test_queue_console.py holds it to 23)."""
+a timeline of the last 10 minutes, hour or day (zoomed to recent activity); capacity (groups, what is
+free and why it is not used) in console_capacity.py; each model's last 24 hours in console_history.py.
+A render makes the same few queries however many jobs wait or ran (tests/coordination/test_queue_console.py
+holds it to 23)."""
 
 from collections import Counter
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.console_capacity import QueueNow, console_capacity
+from coordination.durations import span
+from coordination.console_history import model_history
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_order
@@ -20,7 +23,7 @@ from coordination.queue.lines import LINE_ORDER
 from coordination.selectors import job_queue_positions
 
 LINE_SHOWN = 10  # jobs shown per model line
-EVENTS_SHOWN = 20
+EVENTS_SHOWN = 10  # the latest; older ones a page at a time (console_events)
 TIMELINE_JOBS = 500  # the most recent jobs drawn; the page says when there were more
 
 
@@ -30,18 +33,23 @@ class TimelineRange:
     label: str  # on the link that chooses it
     heading: str  # "The last ..."
     window: timedelta
-    tick: timedelta  # a labelled tick at every multiple of this (clock time)
+    # The narrowest it zooms to where all its activity is recent (timeline_start); None: never zooms.
+    narrowest: timedelta | None
 
 
 RANGES = {
     r.key: r
     for r in (
-        TimelineRange("10m", "10 min", "10 minutes", timedelta(minutes=10), timedelta(minutes=2)),
-        TimelineRange("1h", "1 h", "hour", timedelta(hours=1), timedelta(minutes=10)),
-        TimelineRange("24h", "24 h", "24 hours", timedelta(hours=24), timedelta(hours=3)),
+        TimelineRange("10m", "10 min", "10 minutes", timedelta(minutes=10), None),
+        TimelineRange("1h", "1 h", "hour", timedelta(hours=1), timedelta(minutes=5)),
+        TimelineRange("24h", "24 h", "24 hours", timedelta(hours=24), timedelta(hours=1)),
     )
 }
 DEFAULT_RANGE = "1h"
+ZOOM_MARGIN = 0.05  # of the zoomed picture's width, left clear before its first bar
+# Labelled ticks at every multiple of the first of these (clock time) that leaves at most MAX_TICKS.
+TICK_STEPS = [timedelta(minutes=m) for m in (1, 2, 5, 10, 15, 30)] + [timedelta(hours=h) for h in (1, 2, 3, 6)]
+MAX_TICKS = 8
 
 
 def timeline_range(value: str | None) -> TimelineRange:
@@ -138,22 +146,11 @@ class Bar:
     x: float
     width: float
     y: int
+    height: int
     state: str  # "waiting" or "running"
     outcome: str  # the job's status: a run that failed or was cancelled is drawn apart
     job_id: str
     title: str
-
-
-def span(seconds: float) -> str:
-    """A duration as an operator reads it: < 1 s, 12 s, 3 min 5 s, 2 h 10 min."""
-    if seconds < 0.5:
-        return "< 1 s"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _clock(moment: datetime) -> str:
@@ -176,44 +173,66 @@ def _bar_title(job: Job, model: str, state: str, since: datetime, until: datetim
     return f"{job.kind} job {job.job_id} on {model}: waited {_clock(since)} → {end} ({length}), {outcome}"
 
 
+def timeline_start(chosen: TimelineRange, now: datetime, first_activity: datetime | None) -> datetime:
+    """Where the picture starts: at the range's start, or, in a range that zooms, when all its activity
+    is recent (in the later half of it), shortly before that activity, so that its bars are wide enough
+    to point at; never narrower than the range's `narrowest`."""
+    start = now - chosen.window
+    if chosen.narrowest is None or first_activity is None or now - first_activity > chosen.window / 2:
+        return start
+    return max(start, now - max((now - first_activity) / (1 - ZOOM_MARGIN), chosen.narrowest))
+
+
+def tick_step(shown: timedelta) -> timedelta:
+    return next((step for step in TICK_STEPS if shown / step <= MAX_TICKS), TICK_STEPS[-1])
+
+
 def console_timeline(catalog: list[CatalogModel], now: datetime, chosen: TimelineRange, *, width: int = 800,
-                     lane_height: int = 26, label_width: int = 190) -> dict:
+                     lane_height: int = 30, label_width: int = 190) -> dict:
     """One lane per model; for each job of the range one bar while it waited and one while it ran.
 
-    Drawn in viewBox units: the page scales the whole picture to its width."""
-    start = now - chosen.window
+    Drawn in viewBox units: the page scales the whole picture to its width (at a laptop's, a lane is
+    still ~28 px high, a run's bar ~13 px: each can be pointed at)."""
+    range_start = now - chosen.window
     models = [model.name for model in catalog]
     lane = {model: index for index, model in enumerate(models)}
-    recent = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING]) | Q(completed_at__gt=start)
+    recent = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING]) | Q(completed_at__gt=range_start)
     jobs = list(
         Job.objects.filter(recent)
         .only("job_id", "kind", "status", "required_models", "queued_at", "started_at", "completed_at")
         .order_by("-created_at")[:TIMELINE_JOBS + 1]
     )
     more = len(jobs) > TIMELINE_JOBS
-    scale = width / chosen.window.total_seconds()
 
-    def x_of(moment: datetime) -> float:
-        return max(0.0, (moment - start).total_seconds() * scale)
-
-    def bar(since: datetime, until: datetime | None, y: int, state: str, job: Job, model: str) -> Bar:
-        x = x_of(since)
-        return Bar(x, max(2.0, x_of(until or now) - x), y, state, job.status, str(job.job_id),
-                   _bar_title(job, model, state, since, until, now))
-
-    bars: list[Bar] = []
+    # (since, until, job, model, state) of every bar the range holds, then the picture's start.
+    spans = []
     for job in jobs[:TIMELINE_JOBS]:
         for model in job.required_models:
             if model not in lane:
                 continue
-            y = lane[model] * lane_height
             if job.queued_at:
                 until = job.started_at or job.completed_at
-                if (until or now) > start:
-                    bars.append(bar(job.queued_at, until, y + 14, "waiting", job, model))
-            if job.started_at and (job.completed_at or now) > start:
-                bars.append(bar(job.started_at, job.completed_at, y + 2, "running", job, model))
-    step = chosen.tick.total_seconds()
+                if (until or now) > range_start:
+                    spans.append((job.queued_at, until, job, model, "waiting"))
+            if job.started_at and (job.completed_at or now) > range_start:
+                spans.append((job.started_at, job.completed_at, job, model, "running"))
+    first_activity = max(range_start, min(since for since, *_ in spans)) if spans else None
+    start = timeline_start(chosen, now, first_activity)
+    shown = now - start
+    scale = width / shown.total_seconds()
+
+    def x_of(moment: datetime) -> float:
+        return max(0.0, (moment - start).total_seconds() * scale)
+
+    # A run's bar in the lane's upper half, a wait's below it.
+    placement = {"running": (3, 14), "waiting": (19, 9)}
+    bars: list[Bar] = []
+    for since, until, job, model, state in spans:
+        x = x_of(since)
+        offset, height = placement[state]
+        bars.append(Bar(x, max(2.0, x_of(until or now) - x), lane[model] * lane_height + offset, height, state,
+                        job.status, str(job.job_id), _bar_title(job, model, state, since, until, now)))
+    step = tick_step(shown).total_seconds()
     first_tick = (int(start.timestamp() // step) + 1) * step
     ticks = [
         {"x": x_of(datetime.fromtimestamp(moment, tz=start.tzinfo)),
@@ -224,13 +243,16 @@ def console_timeline(catalog: list[CatalogModel], now: datetime, chosen: Timelin
     return {
         "range": chosen,
         "ranges": list(RANGES.values()),
+        "start": start,
+        "zoomed": start > range_start,
         "width": width,
         "label_width": label_width,
         "view_width": label_width + width + 20,
         "view_height": max(1, len(models)) * lane_height + 24,
         "height": max(1, len(models)) * lane_height,
         "lane_height": lane_height,
-        "lanes": [{"model": model, "y": index * lane_height} for index, model in enumerate(models)],
+        "lanes": [{"model": model, "y": index * lane_height, "label_y": index * lane_height + lane_height // 2 + 4}
+                  for index, model in enumerate(models)],
         "bars": bars,
         "more": more,
         "ticks": [*ticks, {"x": width, "label": "now"}],
@@ -267,15 +289,28 @@ def event_note(details: dict) -> str:
     return " · ".join(parts)
 
 
-def console_events() -> list[dict]:
-    return [
-        {"created_at": row.created_at, "event_type": row.event_type, "job_id": row.job_id, "job_type": row.job_type,
-         "reason": row.conflict_reason or "", "note": event_note(row.details or {})}
-        for row in JobQueueLog.objects.order_by("-id")[:EVENTS_SHOWN]
-    ]
+def console_events(*, before: str | None = None) -> dict:
+    """The latest EVENTS_SHOWN audit events, or, with `before` (`?events_before=`, an audit row's id),
+    the EVENTS_SHOWN before that row: a page further back that stays put while new events arrive (an
+    offset would slide under the reader). `older` is the id to ask for the page after, if any."""
+    rows = JobQueueLog.objects.order_by("-id")
+    cursor = int(before) if before and before.isdigit() else None
+    if cursor is not None:
+        rows = rows.filter(id__lt=cursor)
+    rows = list(rows[:EVENTS_SHOWN + 1])  # one more than shown says whether there are older ones
+    shown = rows[:EVENTS_SHOWN]
+    return {
+        "rows": [
+            {"created_at": row.created_at, "event_type": row.event_type, "job_id": row.job_id, "job_type": row.job_type,
+             "reason": row.conflict_reason or "", "note": event_note(row.details or {})}
+            for row in shown
+        ],
+        "older": shown[-1].id if len(rows) > EVENTS_SHOWN else None,
+        "paged": cursor is not None,
+    }
 
 
-def console_context(*, range_key: str | None = None) -> dict:
+def console_context(*, range_key: str | None = None, events_before: str | None = None) -> dict:
     now = timezone.now()
     catalog = list(CatalogModel.objects.order_by("name"))
     slots = console_slots(now)
@@ -287,8 +322,9 @@ def console_context(*, range_key: str | None = None) -> dict:
         "slots": slots,
         "lines": lines,
         "capacity": console_capacity(queue, lines, slots),
-        "events": console_events(),
+        "events": console_events(before=events_before),
         "metrics": console_metrics(now),
         "timeline": console_timeline(catalog, now, timeline_range(range_key)),
+        "history": model_history(catalog, now),
         "refresh_seconds": 5,
     }

@@ -10,7 +10,7 @@ import hmac
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Min, Q, Sum, Value, When
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q, Sum
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
@@ -20,6 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, WebhookDelivery
 from coordination.queue.groups import groups_by_model
+from coordination.selectors import time_in_line
 
 # Upper bounds in seconds, from a no-op job to the default job timeout (an hour).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -146,11 +147,7 @@ class QueueCollector(Collector):
             "jobqueue_job_queue_seconds",
             "Time in line (started_at - queued_at; 0 for a job that never waited) of jobs that ran and finished in the last 24 hours.",
             finished,
-            Case(
-                When(queued_at__isnull=True, then=Value(timedelta(0))),
-                default=F("started_at") - F("queued_at"),
-                output_field=DurationField(),
-            ),
+            time_in_line(),
         )
 
 

@@ -2,10 +2,11 @@
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, IntegerField, Prefetch, QuerySet, When, Window
+from django.db.models import Case, DurationField, F, IntegerField, Prefetch, QuerySet, Value, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -191,6 +192,17 @@ def job_queue_positions(job_ids) -> dict:
         if kind == Job.Kind.NORMAL and policy == CatalogModel.LinePolicy.FAIR
     }
     return _fair_places(places, fair)
+
+
+def time_in_line() -> Case:
+    """How long a job that started had waited for it: started_at - queued_at, 0 for one that never
+    waited (queued_at is set only when a job has to wait). The one measure of a wait: /metrics'
+    jobqueue_job_queue_seconds and the console's history (console_history.py) both read it."""
+    return Case(
+        When(queued_at__isnull=True, then=Value(timedelta(0))),
+        default=F("started_at") - F("queued_at"),
+        output_field=DurationField(),
+    )
 
 
 def queue_status(*, user=None) -> dict:

@@ -84,6 +84,32 @@ def test_failed_runs_are_drawn_apart_and_events_say_who_and_why(staff_client, us
     assert "provider said no" in events and "by admin:ops · model flux-dev" in events
 
 
+def test_the_console_shows_the_latest_ten_events_and_pages_back_through_older_ones(staff_client):
+    from coordination.models import JobQueueLog
+
+    for n in range(1, 26):
+        JobQueueLog.objects.record(event_type=JobQueueLog.Event.DISPATCHED, details={"reason": f"event {n}"})
+
+    def shown(page: str) -> list[str]:
+        return re.findall(r"event (\d+)", section(page, 'id="events"', "</table>"))
+
+    latest = console_page(staff_client, range="10m")
+    assert shown(latest) == [str(n) for n in range(25, 15, -1)]
+    pages = section(latest, 'id="events-pages"', "</p>")
+    assert "Latest events" not in pages
+    older = re.search(r'href="(\?range=10m&amp;events_before=\d+)">Older events', pages)[1].replace("&amp;", "&")
+
+    JobQueueLog.objects.record(event_type=JobQueueLog.Event.DISPATCHED, details={"reason": "event 26"})  # arrives meanwhile
+    second = staff_client.get(reverse("admin:queue-console") + older).content.decode()
+    assert shown(second) == [str(n) for n in range(15, 5, -1)]  # the page stays where it was
+    assert "Older events</h2>" in second and 'href="?range=10m">Latest events' in second
+    third = staff_client.get(reverse("admin:queue-console") + re.search(
+        r'href="(\?range=10m&amp;events_before=\d+)">Older', second)[1].replace("&amp;", "&")).content.decode()
+    assert shown(third) == [str(n) for n in range(5, 0, -1)]
+    assert "Older events →" not in third
+    assert shown(console_page(staff_client, events_before="not a number"))[0] == "26"
+
+
 # --- read as an operator reads it ----------------------------------------------------------------
 
 
@@ -176,6 +202,32 @@ def test_the_timeline_offers_ten_minutes_an_hour_and_a_day(staff_client, user):
     assert f'data-job="{yesterday.job_id}"' in day
 
 
+def test_the_hour_and_the_day_zoom_to_recent_activity(staff_client, user):
+    recent = ran_for(user, 60, ago=timedelta(minutes=20))  # started 21 minutes ago: in the hour's later half
+
+    hour = console_page(staff_client)
+    day = console_page(staff_client, range="24h")
+
+    # The hour is drawn from shortly before that run: it starts a twentieth in, a minute is 1/22 of the width.
+    assert float(re.search(r' x="([0-9.]+)"', bar(hour, recent))[1]) == pytest.approx(800 * 0.05, abs=1)
+    assert bar_width(hour, recent) == pytest.approx(800 * 0.95 / 21, abs=1)
+    assert "Nothing ran or waited earlier in the last hour: drawn from" in section(hour, 'id="timeline-heading"', "<svg")
+    # The day zooms as far as its narrowest, the last hour.
+    assert bar_width(day, recent) == pytest.approx(800 * 60 / 3600, abs=0.1)
+    assert "earlier in the last 24 hours" in day
+
+
+def test_a_lane_is_tall_enough_to_point_at_a_bar_in_it(staff_client, user):
+    done = ran_for(user, 60, ago=timedelta(minutes=5))
+    page = console_page(staff_client)
+    svg = section(page, 'id="timeline"', ">")
+    view_width, view_height = map(int, re.search(r'viewBox="0 0 (\d+) (\d+)"', svg).groups())
+    lanes = page.count('class="lane-label"')
+    # Drawn 1,000 px wide or so at a laptop's width (beside the admin's sidebar): a lane is still 22 px high or more.
+    assert (view_height - 24) / lanes * 1000 / view_width >= 22
+    assert int(re.search(r'height="(\d+)"', bar(page, done))[1]) >= 12
+
+
 @pytest.mark.parametrize("value", ["", "2h", "10M", "1h;drop", "../../etc"])
 def test_a_bad_range_shows_the_last_hour(staff_client, value):
     assert 'data-range="1h"' in console_page(staff_client, range=value)
@@ -230,9 +282,9 @@ def test_the_jobs_list_shows_each_waiting_jobs_place_and_a_short_reason(staff_cl
     assert f'title="{first.job_id}">{str(first.job_id)[:8]}</a>' in row  # what it waits for, linked
 
 
-@pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (7830, "2 h 10 min")])
+@pytest.mark.parametrize("seconds, reads", [(0.2, "< 1 s"), (12.4, "12 s"), (120, "2 min"), (185, "3 min 5 s"), (3600, "1 h"), (7830, "2 h 10 min")])
 def test_durations_read_as_an_operator_says_them(seconds, reads):
-    from coordination.console import span
+    from coordination.durations import span
 
     assert span(seconds) == reads
 
@@ -286,7 +338,7 @@ def test_the_console_makes_a_fixed_number_of_queries(staff_client, user, setting
     assert Job.objects.filter(status=Job.Status.PENDING).count() >= 45
     assert Job.objects.filter(status=Job.Status.RUNNING).count() == slots
 
-    # 20, and 3 for capacity (coordination/console_capacity.py): the running jobs, the capacity
+    # 20 (the 24 hours of history one of them), and 3 for capacity (coordination/console_capacity.py): the running jobs, the capacity
     # groups, and the waiting jobs that the heads of free models' lines name.
     with django_assert_max_num_queries(23):
         response = staff_client.get(reverse("admin:queue-console"))
