@@ -84,7 +84,7 @@ class JobAdmin(admin.ModelAdmin):
         name for field in Job._meta.fields if field.name != "queue_position"
         for name in ([field.name, "place_in_line", "expected_start"] if field.name == "status" else [field.name])
     ]
-    actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
+    actions = ["clear_stale_queue", "cancel_jobs", "retry_jobs", "delete_finished"]
 
     def get_changelist(self, request, **kwargs):
         return JobChangeList
@@ -186,6 +186,12 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request, queryset):
         """Hands the ticked jobs to the queue console's cancel page: its preview, then the cancels."""
         return _to_console("cancel", [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)])
+
+    @admin.action(description="Retry selected jobs (shows what each retry does first)", permissions=["operate"])
+    def retry_jobs(self, request, queryset):
+        """Hands the ticked jobs to the queue console's retry page: its preview, then for each ended job a
+        new job with its request, linked to it (retry_of) and audited `resubmitted` on its trail."""
+        return _to_console("retry", [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)])
 
     @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)",
                   permissions=["operate"])

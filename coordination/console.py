@@ -10,6 +10,7 @@ from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q,
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from coordination.console_failed import console_failed
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_order
@@ -280,5 +281,6 @@ def console_context(*, range_key: str | None = None) -> dict:
         "events": console_events(),
         "metrics": console_metrics(now),
         "timeline": console_timeline(catalog, now, timeline_range(range_key)),
+        "failed": console_failed(now),
         "refresh_seconds": 5,
     }

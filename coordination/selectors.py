@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
-from django.db.models import Case, IntegerField, OuterRef, Prefetch, QuerySet, When, Window
+from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, QuerySet, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -357,6 +357,24 @@ def job_cancel_preview(*, job_ids: list) -> dict:
         rows.append({"job_id": job.job_id, "kind": job.kind, "models": ", ".join(job.required_models),
                      "status": job.status, "effect": effect})
     return _preview(["job_id", "kind", "models", "status", "effect"], rows, "No job selected.")
+
+
+def job_retry_preview(*, job_ids: list) -> dict:
+    """What retrying each job does (services.job_resubmit): an ended job is made again as a new job of
+    its owner's, with its request, which starts or waits as any new job; any other is left alone.
+    `retries` counts the retries it has had: the "Yes" refuses a job retried since (a second click)."""
+    rows = []
+    jobs = Job.objects.filter(job_id__in=job_ids).select_related("owner").annotate(retries=Count("retried_as"))
+    for job in jobs.order_by("created_at"):
+        if job.is_finished:
+            effect = ("a new job with its request, for its owner: it starts if its models and a slot are free, "
+                      "else it waits in line")
+        else:
+            effect = f"nothing: it is {job.status}; only a job that has ended can be retried"
+        rows.append({"job_id": job.job_id, "kind": job.kind, "models": ", ".join(job.required_models),
+                     "status": job.status, "owner": job.owner.get_username() if job.owner else None,
+                     "retries": job.retries, "effect": effect})
+    return _preview(["job_id", "kind", "models", "status", "owner", "retries", "effect"], rows, "No job selected.")
 
 
 def queue_dispatch_preview() -> dict:
