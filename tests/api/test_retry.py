@@ -4,6 +4,8 @@ was accepted with, linked both ways, submitted as any job is, audited `resubmitt
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -171,3 +173,22 @@ def test_a_retry_is_refused_for_what_a_submission_would_be(api, user):
     assert response.status_code == 400 and "disabled by an operator" in response.json()["error"]
     assert not Job.objects.filter(retry_of=old).exists()
     assert not JobQueueLog.objects.filter(event_type="resubmitted").exists()
+
+
+def test_the_links_are_read_in_a_fixed_number_of_queries_however_many_jobs_have_retries(api, user, settings):
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 1000
+
+    def queries_for_a_page(retried: int) -> int:
+        for _ in range(retried):
+            old = failed(submit(user))
+            for _ in range(2):
+                failed(Job.objects.get(pk=retry(api, old).json()["job_id"]))  # the model is free: it runs
+        with CaptureQueriesContext(connection) as page:
+            listed = api.get("/jobs", {"limit": 500}).json()["results"]
+        assert sum(len(job["retried_as"]) for job in listed) == Job.objects.filter(retry_of__isnull=False).count()
+        with CaptureQueriesContext(connection) as one:
+            api.get(f"/jobs/{old.job_id}")
+        return len(page), len(one)
+
+    few = queries_for_a_page(2)
+    assert queries_for_a_page(20) == few  # 22 jobs with retries listed, not 2
