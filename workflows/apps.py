@@ -7,7 +7,8 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Tell the coordinator how workflow jobs run, where their waiting shows and how one is retried:
-        # coordination never imports workflows (imports flow one way). Imported here: apps.py loads before the models.
+        # coordination never imports workflows (imports flow one way). Imported here: apps.py loads
+        # before the models.
         from functools import partial
 
         from coordination.kinds import job_kind_register

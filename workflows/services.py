@@ -61,7 +61,7 @@ def workflow_resubmit(*, job: Job, on_create: Callable[[Job], None] | None = Non
     accepted after them; the definition may even have been disabled since. Its models must still be
     in the catalog and enabled, as a normal job's model must."""
     execution = WorkflowExecution.objects.select_related("workflow").get(job_id=job.job_id)
-    catalog = {model.name: model for model in CatalogModel.objects.filter(name__in=execution.required_models)}
+    catalog = {model.name: model for model in CatalogModel.objects.order_by("name")}  # once, not per model
     for name in execution.required_models:
         catalog_model_get(name=name, catalog=catalog)
     return _workflow_accept(

@@ -8,6 +8,7 @@ Three kinds of function, and which kind each is:
   queue_reconcile, queue_clear_stale, queue_reset, job_resubmit. Each takes the coordinator lock (LockedQueue),
   re-reads what it changes under it, refuses an illegal transition, changes it, writes its audit row and
   starts whatever may start now; the worker task is enqueued on commit, never while the lock is held.
+  (job_resubmit reads the ended job it copies before the lock: an ended job never changes status.)
   job_claim is a transaction too, but without the coordinator lock: one UPDATE fenced by the attempt,
   which touches no slot and decides nothing.
 - A step inside a caller's transaction and lock (the LockedQueue is its first argument):

@@ -192,3 +192,15 @@ def test_the_links_are_read_in_a_fixed_number_of_queries_however_many_jobs_have_
 
     few = queries_for_a_page(2)
     assert queries_for_a_page(20) == few  # 22 jobs with retries listed, not 2
+
+
+def test_a_workflow_whose_model_was_disabled_since_is_refused_naming_it(api, user):
+    old = failed(execute_workflow(user))
+    CatalogModel.objects.filter(name="nano-banana-pro-leonardo").update(enabled=False)
+
+    response = retry(api, old)
+
+    assert response.status_code == 400
+    assert "Model 'nano-banana-pro-leonardo' is disabled by an operator" in response.json()["error"]
+    assert "motion-2.0-fast" in response.json()["error"]  # the known models, all of them
+    assert not Job.objects.filter(retry_of=old).exists()
