@@ -80,7 +80,7 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("job_id", "prompt", "model", "conflict_reason", "owner__username")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    actions = ["clear_stale_queue", "cancel_jobs", "delete_finished"]
+    actions = ["clear_stale_queue", "cancel_jobs", "retry_jobs", "delete_finished"]
 
     def get_changelist(self, request, **kwargs):
         return JobChangeList
@@ -182,6 +182,12 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request, queryset):
         """Hands the ticked jobs to the queue console's cancel page: its preview, then the cancels."""
         return _to_console("cancel", [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)])
+
+    @admin.action(description="Retry selected jobs (shows what each retry does first)", permissions=["operate"])
+    def retry_jobs(self, request, queryset):
+        """Hands the ticked jobs to the queue console's retry page: its preview, then for each ended job a
+        new job with its request, linked to it (retry_of) and audited `resubmitted` on its trail."""
+        return _to_console("retry", [("job", str(job_id)) for job_id in queryset.values_list("job_id", flat=True)])
 
     @admin.action(description="Clear stale queue (repair waiting jobs whose blocker is finished or missing)",
                   permissions=["operate"])

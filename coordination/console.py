@@ -14,8 +14,9 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.console_capacity import QueueNow, console_capacity
-from coordination.durations import span
+from coordination.console_failed import console_failed
 from coordination.console_history import model_history
+from coordination.durations import span
 from coordination.estimates import estimated_starts
 from coordination.models import CatalogModel, Job, JobLine, JobQueueLog, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_order
@@ -277,6 +278,8 @@ def event_note(details: dict) -> str:
         parts.append(f"priority {details['from']} → {details['to']}")
     if details.get("slot"):
         parts.append(f"slot {details['slot']}")
+    if details.get("new_job"):  # resubmitted: the retry it made
+        parts.append(f"retried as {str(details['new_job'])[:8]}")
     if details.get("problem"):
         parts.append(details["problem"])
     for key in ("error", "reason"):
@@ -326,5 +329,6 @@ def console_context(*, range_key: str | None = None, events_before: str | None =
         "metrics": console_metrics(now),
         "timeline": console_timeline(catalog, now, timeline_range(range_key)),
         "history": model_history(catalog, now),
+        "failed": console_failed(now),
         "refresh_seconds": 5,
     }

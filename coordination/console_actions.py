@@ -117,6 +117,23 @@ def _cancel_run(request):
     return message + (" Not cancelled: " + " ".join(refused) if refused else "")
 
 
+def _retry_run(request):
+    """A new job for each ended job the preview showed, unless it was retried since (the preview's
+    count of its retries travels with the "Yes": a second click makes no second job)."""
+    seen = dict(value.partition(":")[::2] for value in _seen(request, "retries"))
+    made, refused = [], []
+    for job_id in _job_ids(request):
+        if seen.get(job_id) != str(len(selectors.job_retried_as(job_id))):
+            refused.append(f"Job {job_id} was retried since the preview (or the preview did not show it).")
+            continue
+        try:
+            made.append(services.job_resubmit(job_id=job_id, actor=_actor(request)))
+        except CoordinationError as error:  # not ended, or refused as a submission would be: the others still go
+            refused.append(str(error))
+    message = f"Retried {len(made)} job(s)" + (": new job(s) " + ", ".join(str(job.job_id) for job in made) if made else "")
+    return message + "." + (" Not retried: " + " ".join(refused) if refused else "")
+
+
 def _reconcile_run(request):
     report = services.queue_reconcile(actor=_actor(request), only=set(_seen(request, "difference")))
     message = f"Repaired {len(report['repaired'])} difference(s); started {len(report['started'])} job(s)."
@@ -171,6 +188,16 @@ ACTIONS: dict[str, Action] = {
         lambda request: selectors.job_cancel_preview(job_ids=_job_ids(request)),
         _cancel_run,
         fields=("job",),
+    ),
+    "retry": Action(
+        "Retry jobs?",
+        "Each job that has ended (failed, expired, cancelled, or completed: run again) is made again as a new job "
+        "with the request it was accepted with, for its owner, linked to it (retry_of) and audited. The new job "
+        "starts or waits by the same rules as any new job. A job that has not ended is left alone.",
+        lambda request: selectors.job_retry_preview(job_ids=_job_ids(request)),
+        _retry_run,
+        fields=("job",),
+        seen=lambda preview: [("retries", f"{row['job_id']}:{row['retries']}") for row in preview["rows"]],
     ),
     "dispatch": Action(
         "Dispatch now?",
@@ -245,6 +272,7 @@ def console_action_urls(admin_site) -> list:
         path("queue-console/models/<path:name>/resume/", view("resume"), name="queue-console-resume"),
         path("queue-console/jobs/<uuid:job_id>/priority/", view("priority"), name="queue-console-priority"),
         path("queue-console/jobs/cancel/", view("cancel"), name="queue-console-cancel"),
+        path("queue-console/jobs/retry/", view("retry"), name="queue-console-retry"),
         path("queue-console/dispatch/", view("dispatch"), name="queue-console-dispatch"),
         path("queue-console/reconcile/", view("reconcile"), name="queue-console-reconcile"),
         path("queue-console/clear-stale/", view("clear_stale"), name="queue-console-clear-stale"),

@@ -18,15 +18,22 @@ class JobKind:
     # Called under the coordinator lock when a job's blocker changes, for a kind that shows it
     # elsewhere too (a workflow's execution row mirrors `blocked_by_job_id`).
     blocked_changed: Callable[[Job], None] | None = None
+    # resubmit(job=..., on_create=..., **policies) -> a new job with `job`'s request, accepted: for a
+    # kind whose request is kept beside the job (a workflow's copy of its steps). None: the job's own
+    # columns are the whole request (coordination/services/resubmit.py).
+    resubmit: Callable[..., Job] | None = None
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
-def job_kind_register(kind: str, *, run: Callable[..., dict], blocked_changed: Callable[[Job], None] | None = None) -> None:
+def job_kind_register(
+    kind: str, *, run: Callable[..., dict], blocked_changed: Callable[[Job], None] | None = None,
+    resubmit: Callable[..., Job] | None = None,
+) -> None:
     if kind not in Job.Kind.values:
         raise ValueError(f"'{kind}' is not a kind of job (known: {', '.join(Job.Kind.values)})")
-    _KINDS[kind] = JobKind(run=run, blocked_changed=blocked_changed)
+    _KINDS[kind] = JobKind(run=run, blocked_changed=blocked_changed, resubmit=resubmit)
 
 
 def job_kind(kind: str) -> JobKind:

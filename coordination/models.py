@@ -328,6 +328,12 @@ class Job(models.Model):
     # Where its events are POSTed (coordination/webhooks.py), and which ones (null: the terminal ones).
     webhook_url = models.CharField(max_length=2048, null=True, blank=True)
     webhook_events_filter = models.JSONField(null=True, blank=True)
+    # The ended job this one was made again from (Retry: coordination/services/resubmit.py); the
+    # jobs made from this one are its `retried_as`. A retry outlives the job it came from.
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retried_as", db_index=True,
+        help_text="The job this one retries (made with its request).",
+    )
 
     class Meta:
         db_table = "jobs"
@@ -536,6 +542,9 @@ class JobQueueLog(models.Model):
         PRIORITY_CHANGED = "priority_changed"
         DISPATCHED = "dispatched"
         RECONCILED = "reconciled"
+        # An ended job made again as a new job (its Retry), on the old job's trail; not RETRIED,
+        # which is a second attempt of one job.
+        RESUBMITTED = "resubmitted"
 
     id = models.BigAutoField(primary_key=True)
     job_id = models.UUIDField(null=True, blank=True, db_index=True)

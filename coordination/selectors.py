@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
-from django.db.models import Case, DurationField, F, IntegerField, Prefetch, QuerySet, Value, When, Window
+from django.db.models import Case, Count, DurationField, F, IntegerField, OuterRef, Prefetch, QuerySet, Value, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -22,10 +23,26 @@ from coordination.queue.attempts import catalog_timeouts
 LINE_PREVIEW = 20  # jobs listed per line in a preview
 
 
+def _retried_as(job_id) -> QuerySet[Job]:
+    """The ids of the jobs made from `job_id` (an OuterRef in a subquery) by a retry, oldest first."""
+    return Job.objects.filter(retry_of=job_id).order_by("created_at", "job_id").values("job_id")
+
+
+def job_retried_as(job_id) -> list:
+    """The API's `retried_as` of one job read on its own (selectors.with_retries reads it with the job)."""
+    return list(_retried_as(job_id).values_list("job_id", flat=True))
+
+
+def with_retries(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """`jobs` each with the ids of its retries (`retried_ids`, the API's `retried_as`) in the same
+    query: a subquery per row on the retry_of index, not one query per job."""
+    return jobs.annotate(retried_ids=ArraySubquery(_retried_as(OuterRef("pk"))))
+
+
 def with_runs(jobs: QuerySet[Job]) -> QuerySet[Job]:
     """`jobs` with their runs at a provider and their kept files read in one more query each for the lot
-    (the API's `at_provider` and `result.files`)."""
-    return jobs.prefetch_related(
+    (the API's `at_provider` and `result.files`), and their retries in the same query (with_retries)."""
+    return with_retries(jobs).prefetch_related(
         Prefetch("provider_runs", queryset=ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT),
                  to_attr="runs_in_flight"),
         Prefetch("files", queryset=JobFile.objects.order_by("n"), to_attr="files_kept"),
@@ -105,7 +122,7 @@ def job_detail(*, user, job_id) -> JobDetail:
     def when_waiting(count):
         return Case(When(status=Job.Status.PENDING, then=count), output_field=IntegerField())
 
-    jobs = Job.objects.select_related("workflow_execution").annotate(
+    jobs = with_retries(Job.objects.select_related("workflow_execution")).annotate(
         unheld_before=when_waiting(count_ahead(line().filter(held=False))),
     )
     job = job_get(user=user, job_id=job_id, jobs=jobs)
@@ -132,7 +149,7 @@ def job_batch(*, first: Job, size: int) -> list[Job]:
     (services.jobs_submit_batch): one range on the same instant and owner, in one query. Jobs
     since deleted are missing from the answer."""
     return list(
-        Job.objects.select_related("workflow_execution")
+        with_retries(Job.objects.select_related("workflow_execution"))
         .filter(owner_id=first.owner_id, created_at=first.created_at, job_id__gte=first.job_id)
         .order_by("job_id")[:size]
     )
@@ -361,6 +378,24 @@ def job_cancel_preview(*, job_ids: list) -> dict:
         rows.append({"job_id": job.job_id, "kind": job.kind, "models": ", ".join(job.required_models),
                      "status": job.status, "effect": effect})
     return _preview(["job_id", "kind", "models", "status", "effect"], rows, "No job selected.")
+
+
+def job_retry_preview(*, job_ids: list) -> dict:
+    """What retrying each job does (services.job_resubmit): an ended job is made again as a new job of
+    its owner's, with its request, which starts or waits as any new job; any other is left alone.
+    `retries` counts the retries it has had: the "Yes" refuses a job retried since (a second click)."""
+    rows = []
+    jobs = Job.objects.filter(job_id__in=job_ids).select_related("owner").annotate(retries=Count("retried_as"))
+    for job in jobs.order_by("created_at"):
+        if job.is_finished:
+            effect = ("a new job with its request, for its owner: it starts if its models and a slot are free, "
+                      "else it waits in line")
+        else:
+            effect = f"nothing: it is {job.status}; only a job that has ended can be retried"
+        rows.append({"job_id": job.job_id, "kind": job.kind, "models": ", ".join(job.required_models),
+                     "status": job.status, "owner": job.owner.get_username() if job.owner else None,
+                     "retries": job.retries, "effect": effect})
+    return _preview(["job_id", "kind", "models", "status", "owner", "retries", "effect"], rows, "No job selected.")
 
 
 def queue_dispatch_preview() -> dict:

@@ -9,7 +9,7 @@ from coordination.exceptions import InvalidJob, StaleAttempt, WorkflowNotFound
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.services.input_files import input_refs_check, inputs_resolved
 from coordination.runners import RunnerError, RunnerStopped, get_runner, runner_call
-from coordination.services import PROMPT_MAX_LENGTH, job_accept, job_policies_set, priority_check
+from coordination.services import PROMPT_MAX_LENGTH, catalog_model_get, job_accept, job_policies_set, priority_check
 from workflows.models import WorkflowDefinition, WorkflowExecution
 
 
@@ -40,35 +40,64 @@ def workflow_execute(
         raise InvalidJob(
             f"Workflow '{workflow_id}' needs input {', '.join(missing)}.", field=missing[0]
         )
-    input_refs_check(owner=owner, values=inputs)  # file:<id>: the owner's own files only
-    if len(prompt) > PROMPT_MAX_LENGTH:
-        raise InvalidJob(f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt")
-    priority_check(owner=owner, priority=priority)
     steps = workflow.ordered_steps()
     if not steps:
         raise InvalidJob(f"Workflow '{workflow_id}' has no steps; an operator must add some in the admin.")
-    required = workflow.required_models()
-    job = Job(
-        kind=Job.Kind.WORKFLOW,
-        job_type=steps[-1].default_model.media_type,
-        model=None,
-        prompt=prompt,
-        params=params or {},
-        owner=owner,
-        priority=priority,
-        required_models=required,
-    )
-    job_policies_set(job, **policies)
-
     snapshot = [
         {"position": step.position, "name": step.name, "model": step.default_model.name,
          "prompt_template": step.prompt_template, "params": step.params}
         for step in steps
     ]
+    return _workflow_accept(
+        owner=owner, workflow=workflow, steps=snapshot, required=workflow.required_models(),
+        job_type=steps[-1].default_model.media_type, inputs=inputs, prompt=prompt, params=params or {},
+        priority=priority, on_create=on_create, **policies,
+    )
+
+
+def workflow_resubmit(*, job: Job, on_create: Callable[[Job], None] | None = None, **policies) -> Job:
+    """A new workflow job with `job`'s request (its Retry): the steps, models and inputs its execution
+    row kept when it was accepted, not the definition as it is now, whose edits change only the jobs
+    accepted after them; the definition may even have been disabled since. Its models must still be
+    in the catalog and enabled, as a normal job's model must."""
+    execution = WorkflowExecution.objects.select_related("workflow").get(job_id=job.job_id)
+    catalog = {model.name: model for model in CatalogModel.objects.order_by("name")}  # once, not per model
+    for name in execution.required_models:
+        catalog_model_get(name=name, catalog=catalog)
+    return _workflow_accept(
+        owner=job.owner, workflow=execution.workflow, steps=execution.steps, required=list(execution.required_models),
+        job_type=job.job_type, inputs=execution.inputs, prompt=job.prompt, params=job.params, priority=job.priority,
+        retry_of=job, on_create=on_create, **policies,
+    )
+
+
+def _workflow_accept(
+    *, owner, workflow: WorkflowDefinition, steps: list[dict], required: list[str], job_type: str, inputs: dict,
+    prompt: str, params: dict, priority: int, on_create: Callable[[Job], None] | None, retry_of: Job | None = None,
+    **policies,
+) -> Job:
+    """Check a workflow job's request and accept it with its execution row, which keeps `steps` (the
+    copy the job runs) and `inputs`. `retry_of`: the ended job it retries."""
+    input_refs_check(owner=owner, values=inputs)  # file:<id>: the owner's own files only
+    if len(prompt) > PROMPT_MAX_LENGTH:
+        raise InvalidJob(f"The prompt is {len(prompt)} characters long; the limit is {PROMPT_MAX_LENGTH}.", field="prompt")
+    priority_check(owner=owner, priority=priority)
+    job = Job(
+        kind=Job.Kind.WORKFLOW,
+        job_type=job_type,
+        model=None,
+        prompt=prompt,
+        params=params,
+        owner=owner,
+        priority=priority,
+        required_models=required,
+        retry_of=retry_of,
+    )
+    job_policies_set(job, **policies)
 
     def create_execution(job: Job) -> None:
         WorkflowExecution.objects.create(
-            job=job, workflow=workflow, required_models=required, inputs=inputs, steps=snapshot
+            job=job, workflow=workflow, required_models=required, inputs=inputs, steps=steps
         )
         if on_create is not None:
             on_create(job)

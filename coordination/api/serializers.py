@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from coordination.models import CatalogModel, Job, JobFile, MediaType, ProviderRun, timeout_with_old_name
 from coordination.outputs.links import files_shown
 from coordination.services import BATCH_MAX_JOBS
-from coordination.selectors import catalog_model_names, job_list, job_queue_position, run_at_provider
+from coordination.selectors import catalog_model_names, job_list, job_queue_position, job_retried_as, run_at_provider
 
 
 class StrictSerializer(serializers.Serializer):
@@ -291,6 +291,13 @@ class JobSerializer(serializers.ModelSerializer):
     workflow_id = serializers.SerializerMethodField()
     current_step = serializers.SerializerMethodField()
     current_step_model = serializers.SerializerMethodField()
+    retry_of = serializers.UUIDField(
+        source="retry_of_id", read_only=True, allow_null=True,
+        help_text="The ended job this one retries (POST /jobs/{id}/retry), with the request it had; null otherwise.",
+    )
+    retried_as = serializers.SerializerMethodField(
+        help_text="The jobs made from this one by a retry, oldest first (each names this one as retry_of)."
+    )
 
     class Meta:
         model = Job
@@ -299,7 +306,7 @@ class JobSerializer(serializers.ModelSerializer):
             "queue_position", "blocked_by_job_id", "conflict_reason", "queued_at", "created_at",
             "started_at", "completed_at", "prompt", "params", "result", "error", "attempt", "cancel_requested_at",
             "client_ref", "start_by", "dedupe_key", "webhook_url", "webhook_events_filter", "at_provider",
-            "workflow_id", "current_step", "current_step_model",
+            "workflow_id", "current_step", "current_step_model", "retry_of", "retried_as",
         ]
         read_only_fields = fields
 
@@ -323,6 +330,13 @@ class JobSerializer(serializers.ModelSerializer):
         return AtProviderSerializer({"provider_job_id": run.provider_job_id, "style": run.style, "status": run.provider_status,
                                      "since": run.submitted_at, "watched": bool(run.watcher),
                                      "progress": run.progress, "queue_position": run.queue_position}).data
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_retried_as(self, job: Job) -> list:
+        ids = getattr(job, "retried_ids", None)  # read with the job (selectors.with_retries)
+        if ids is None:
+            ids = job_retried_as(job.job_id)
+        return [str(job_id) for job_id in ids]
 
     def _execution(self, job: Job):
         return getattr(job, "workflow_execution", None) if job.kind == Job.Kind.WORKFLOW else None

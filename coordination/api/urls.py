@@ -16,6 +16,7 @@ urlpatterns = [
     path("files", files.InputFileListView.as_view(), name="input-file-list"),
     path("files/<uuid:file_id>", files.InputFileView.as_view(), name="input-file"),
     path("jobs/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("jobs/<str:job_id>/retry", views.JobRetryView.as_view(), name="job-retry"),
     path("jobs/<str:job_id>/webhooks", views.JobWebhooksView.as_view(), name="job-webhooks"),
     path("webhooks/secret", views.WebhookSecretView.as_view(), name="webhook-secret"),
     path("webhooks/secret/rotate", views.WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),

@@ -61,7 +61,7 @@ RETRY_AFTER = OpenApiParameter(
 
 def job_answer(job_id) -> dict:
     """A job's JSON as a submit or a cancel answers it (read again: what the coordinator decided)."""
-    return JobSerializer(Job.objects.select_related("workflow_execution").get(pk=job_id)).data
+    return JobSerializer(selectors.with_retries(Job.objects.select_related("workflow_execution")).get(pk=job_id)).data
 
 
 def _job_response(job: Job, code: int) -> Response:
@@ -250,6 +250,45 @@ class JobCancelView(APIView):
         # worker stops it (or its lease lapses) and it ends `cancelled`.
         code = status.HTTP_202_ACCEPTED if job.status == Job.Status.RUNNING else status.HTTP_200_OK
         return _job_response(job, code)
+
+
+@extend_schema(
+    summary="Retry a job",
+    description=(
+        "A new job with the request the ended job (failed, expired, cancelled, or completed: run again) was accepted "
+        "with: prompt, model (a workflow: its own copy of its steps and inputs), job_type, params, priority, client_ref, "
+        "webhook and dedupe_key, and its owner, whoever retries it. A start-by deadline gives the retry as long to "
+        "wait as the job had. It is submitted as POST /jobs submits (it starts or waits by the same rules, and is "
+        "refused for the same reasons); `retry_of` names the job it retries, whose `retried_as` lists it. "
+        "Its owner or staff may retry a job."
+    ),
+    parameters=[JOB_ID, IDEMPOTENCY_KEY, RETRY_AFTER],
+    request=None,
+    responses={
+        201: OpenApiResponse(JobSerializer, description="Accepted: the new job."),
+        200: OpenApiResponse(JobSerializer, description="Idempotency-Key seen before: the job that retry made."),
+        400: _error("The request is no longer accepted as it was (e.g. its model was disabled, or an input file "
+                    "deleted, since); nothing was made."),
+        **COMMON_ERRORS,
+        **NOT_FOUND,
+        409: _error("The job has not ended (it is pending or running); or a live job of its owner holds its "
+                    "dedupe_key (`job_id` names it)."),
+        422: _error("Idempotency-Key reused with a different request."),
+        429: _error("Too many submissions, too many pending jobs, or the model's line is full (max_waiting); "
+                    "try again after Retry-After seconds."),
+    },
+)
+class JobRetryView(SubmitThrottledMixin, APIView):
+    def post(self, request, job_id: str):
+        job = selectors.job_get(user=request.user, job_id=job_id)  # its owner's or staff's; anyone else: 404
+        retry = partial(services.job_resubmit, job_id=job.job_id, actor=f"api:{request.user.username}")
+        key = idempotency_key_from(request)
+        if key is None:
+            return _job_response(retry(), status.HTTP_201_CREATED)
+        new, created = submit_once(
+            user=request.user, key=key, digest=request_hash(path=request.path, data={}), submit=retry,
+        )
+        return _job_response(new, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @extend_schema(

@@ -15,7 +15,7 @@ from django.utils.dateparse import parse_datetime
 from coordination.api.serializers import AtProviderSerializer, JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
 from coordination.models import CatalogModel, Job, JobEvent
-from coordination.selectors import job_queue_positions
+from coordination.selectors import job_queue_positions, with_retries
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
@@ -60,7 +60,7 @@ def rows_after(after: int, *, also=(), job_id=None, limit: int | None = None) ->
 
 
 def jobs_by_id(job_ids) -> dict:
-    return Job.objects.select_related("workflow_execution").in_bulk(list(job_ids))
+    return with_retries(Job.objects.select_related("workflow_execution")).in_bulk(list(job_ids))
 
 
 def positions(job_ids) -> dict:

@@ -1,6 +1,6 @@
 """The hot transitions on PostgreSQL: a submit and a worker's report, each one statement under the
 coordinator lock (the PL/pgSQL functions of schema.sql, installed by migration 0013 and again by
-each migration whose columns or tables they read: 0014, 0016, 0017, 0018, 0020).
+each migration whose columns or tables they read: 0014, 0016, 0017, 0018, 0020, 0030).
 
 The service still opens the transaction and takes the coordinator lock (`slot_ids_lock`, a
 `select_for_update` of the slot rows); then one function call decides and writes everything the
@@ -122,7 +122,7 @@ def _submission(job: Job) -> dict:
     return {
         "job_id": str(job.job_id), "kind": job.kind, "job_type": job.job_type, "model": job.model,
         "prompt": job.prompt, "params": job.params, "owner_id": job.owner_id, "priority": job.priority,
-        "client_ref": job.client_ref, "required_models": job.required_models,
+        "client_ref": job.client_ref, "required_models": job.required_models, "retry_of_id": job.retry_of_id and str(job.retry_of_id),
     }
 
 

@@ -579,6 +579,7 @@ BEGIN
     j.owner_id := (p_job->>'owner_id')::int;
     j.priority := (p_job->>'priority')::int;
     j.client_ref := p_job->>'client_ref';
+    j.retry_of_id := (p_job->>'retry_of_id')::uuid;
     j.held := false;
     j.status := 'pending';
     j.required_models := p_job->'required_models';

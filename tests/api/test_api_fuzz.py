@@ -115,7 +115,10 @@ def flatmap_path_parameters(context, path_parameters):
         known = st.sampled_from(KNOWN_WORKFLOWS).map(lambda wid: {**path_parameters, "workflow_id": wid})
         return st.one_of(st.just(path_parameters), known)
     if "job_id" in path_parameters:
-        ids = [str(job_id) for job_id in Job.objects.order_by("created_at").values_list("job_id", flat=True)]
+        # Not the jobs POST /jobs/{id}/retry makes while its examples run: hypothesis needs the same
+        # ids to draw from in every example of one operation.
+        jobs = Job.objects.filter(retry_of__isnull=True).order_by("created_at")
+        ids = [str(job_id) for job_id in jobs.values_list("job_id", flat=True)]
         if ids:
             known = st.sampled_from(ids).map(lambda job_id: {**path_parameters, "job_id": job_id})
             return st.one_of(st.just(path_parameters), known)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from coordination.job_page import TIMELINE_SHOWN
 from coordination.models import Job, JobEvent, JobFile, JobQueueLog, ProviderRun, WebhookAttempt, WebhookDelivery
-from coordination.services import job_claim, job_complete, job_fail
+from coordination.services import job_claim, job_complete, job_fail, job_resubmit
 from tests.factories import UserFactory
 from tests.helpers import events, execute_workflow, submit
 
@@ -177,7 +177,7 @@ def test_its_files_show_with_how_their_copy_stands_and_a_link_to_a_kept_one(staf
 
 
 def operator_buttons(page: str) -> list[str]:
-    return re.findall(r'id="job-(cancel|priority)"', section(page, "job-actions"))
+    return re.findall(r'id="job-(cancel|priority|retry)"', section(page, "job-actions"))
 
 
 def test_an_operator_gets_cancel_and_priority_where_they_apply(staff_client, user):
@@ -192,7 +192,19 @@ def test_an_operator_gets_cancel_and_priority_where_they_apply(staff_client, use
     assert f'href="{reverse("admin:queue-console-cancel")}?job={waiting.job_id}"' in page
     assert f'href="{reverse("admin:queue-console-priority", args=[waiting.job_id])}"' in page
     assert operator_buttons(job_page(staff_client, running)) == ["cancel"]
-    assert operator_buttons(job_page(staff_client, done)) == []
+    assert operator_buttons(job_page(staff_client, done)) == ["retry"]  # an ended job: its retry's preview
+    assert f'href="{reverse("admin:queue-console-retry")}?job={done.job_id}"' in job_page(staff_client, done)
+
+
+def test_a_retried_job_and_its_retry_link_to_each_other(staff_client, user):
+    old = submit(user, model="flux-dev")
+    job_fail(job_id=old.job_id, attempt=1, error="no")
+    new = job_resubmit(job_id=old.job_id, actor="test")
+
+    retried = section(job_page(staff_client, old), "job-retries")
+    assert text(retried) == f"Retried as {str(new.job_id)[:8]} ." and link_to(new) in retried
+    retry = section(job_page(staff_client, new), "job-retries")
+    assert text(retry) == f"A retry of {str(old.job_id)[:8]} ." and link_to(old) in retry
 
 
 def test_staff_who_may_only_watch_get_no_buttons(client, user):

@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from coordination.console import event_note
 from coordination.estimates import estimated_start, estimated_starts
 from coordination.models import Job, JobLine, ProviderRun
 from coordination.services import job_claim, job_complete
@@ -374,3 +375,8 @@ def test_the_consoles_expected_starts_are_the_apis(user, settings, slots):
     assert batch == {job.job_id: estimated_start(job, now=now) for job in jobs}
     assert sum(eta is not None for eta in batch.values()) > 20
     assert any(job.held for job in jobs) and len({eta for eta in batch.values() if eta}) > 5
+
+
+def test_a_resubmitted_event_names_the_retry_it_made():
+    note = event_note({"new_job": "3b000791-df05-4a05-a3aa-b29a23e16fc4", "actor": "admin:operator"})
+    assert note == "by admin:operator · retried as 3b000791"
