@@ -21,11 +21,11 @@ from coordination.models import (
     timeout_with_old_name,
 )
 from coordination.console import console_context
-from coordination.console_actions import OPERATE, console_action_urls
+from coordination.console_actions import console_action_urls
 from coordination.durations import span
 from coordination.exceptions import JobNotFound
 from coordination.job_page import job_page_context
-from coordination.selectors import job_queue_positions
+from coordination.selectors import OPERATE, job_queue_positions
 from coordination.templatetags.job_ids import linked_ids, short_id
 from coordination.services import capacity_group_delete, capacity_group_save, catalog_model_save
 from coordination.webhooks import delivery_resend

@@ -20,9 +20,8 @@ from django.urls import path, reverse
 from coordination import selectors, services
 from coordination.exceptions import CoordinationError
 from coordination.models import CatalogModel, JobQueueState
+from coordination.selectors import OPERATE
 from coordination.services.operations import PRIORITY_MAX, PRIORITY_MIN
-
-OPERATE = "coordination.operate_queue"
 
 
 @dataclass(frozen=True)
@@ -118,16 +117,17 @@ def _cancel_run(request):
 
 
 def _retry_run(request):
-    """A new job for each ended job the preview showed, unless it was retried since (the preview's
-    count of its retries travels with the "Yes": a second click makes no second job)."""
+    """A new job for each ended job the preview showed, unless it was retried since: the preview's
+    count of its retries travels with the "Yes" and job_resubmit checks it under the coordinator lock,
+    so a second click, even at the same moment, makes no second job."""
     seen = dict(value.partition(":")[::2] for value in _seen(request, "retries"))
     made, refused = [], []
     for job_id in _job_ids(request):
-        if seen.get(job_id) != str(len(selectors.job_retried_as(job_id))):
-            refused.append(f"Job {job_id} was retried since the preview (or the preview did not show it).")
+        if not seen.get(job_id, "").isdigit():
+            refused.append(f"Job {job_id}: retry runs from its preview page only (it counts the job's retries).")
             continue
         try:
-            made.append(services.job_resubmit(job_id=job_id, actor=_actor(request)))
+            made.append(services.job_resubmit(job_id=job_id, actor=_actor(request), retries_seen=int(seen[job_id])))
         except CoordinationError as error:  # not ended, or refused as a submission would be: the others still go
             refused.append(str(error))
     message = f"Retried {len(made)} job(s)" + (": new job(s) " + ", ".join(str(job.job_id) for job in made) if made else "")

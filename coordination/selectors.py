@@ -12,7 +12,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordination.estimates import Estimate, job_wait
-from coordination.exceptions import InvalidTransition, JobNotFound, ModelNotFound
+from coordination.exceptions import InvalidTransition, JobNotFound, ModelNotFound, NotAllowed
 from coordination.models import CatalogModel, Job, JobFile, JobLine, JobQueueState, ProviderRun
 from coordination.queue.fair import fair_ahead_many
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
@@ -21,6 +21,9 @@ from coordination.queue.reconcile import differences, running_jobs
 from coordination.queue.attempts import catalog_timeouts
 
 LINE_PREVIEW = 20  # jobs listed per line in a preview
+
+# Operating the queue (the admin's actions, the console's, acting on another user's job): superusers have it.
+OPERATE = "coordination.operate_queue"
 
 
 def _retried_as(job_id) -> QuerySet[Job]:
@@ -99,6 +102,17 @@ def job_get(*, user, job_id, jobs: QuerySet[Job] | None = None) -> Job:
         raise JobNotFound(f"No job {job_id}.") from None
     if not user.is_staff and job.owner_id != user.pk:
         raise JobNotFound(f"No job {job_id}.")
+    return job
+
+
+def job_to_change(*, user, job_id) -> Job:
+    """A job `user` may act on (cancel, retry) through the API: their own, or, for staff, anyone's
+    once they may operate the queue (the admin's rule too: a view-only staff user writes nothing;
+    NotAllowed, 403). Anyone else is told it does not exist (job_get)."""
+    job = job_get(user=user, job_id=job_id)
+    if job.owner_id != user.pk and not user.has_perm(OPERATE):
+        raise NotAllowed(f"Job {job.job_id} is another user's: acting on it needs the permission to operate the queue "
+                         f"({OPERATE}); you may only read it.")
     return job
 
 

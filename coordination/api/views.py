@@ -234,13 +234,14 @@ class JobDetailView(PreferWaitMixin, APIView):
         202: OpenApiResponse(JobSerializer, description="Asked to stop: still running until its worker stops it."),
         **COMMON_ERRORS,
         **NOT_FOUND,
+        403: _error("Another user's job, and you may not operate the queue (staff who may only read)."),
         409: _error("The job has already finished."),
     },
 )
 class JobCancelView(APIView):
     def post(self, request, job_id: str):
-        job = selectors.job_get(user=request.user, job_id=job_id)
-        # Staff may cancel anyone's job: the job's `error` says who did, not "its owner".
+        job = selectors.job_to_change(user=request.user, job_id=job_id)
+        # Staff who operate the queue may cancel anyone's job: the job's `error` says who did, not "its owner".
         if job.owner_id == request.user.pk:
             reason = "Cancelled by its owner"
         else:
@@ -260,7 +261,7 @@ class JobCancelView(APIView):
         "webhook and dedupe_key, and its owner, whoever retries it. A start-by deadline gives the retry as long to "
         "wait as the job had. It is submitted as POST /jobs submits (it starts or waits by the same rules, and is "
         "refused for the same reasons); `retry_of` names the job it retries, whose `retried_as` lists it. "
-        "Its owner or staff may retry a job."
+        "Its owner may retry a job, and so may staff who may operate the queue (coordination.operate_queue)."
     ),
     parameters=[JOB_ID, IDEMPOTENCY_KEY, RETRY_AFTER],
     request=None,
@@ -271,6 +272,7 @@ class JobCancelView(APIView):
                     "deleted, since); nothing was made."),
         **COMMON_ERRORS,
         **NOT_FOUND,
+        403: _error("Another user's job, and you may not operate the queue (staff who may only read)."),
         409: _error("The job has not ended (it is pending or running); or a live job of its owner holds its "
                     "dedupe_key (`job_id` names it)."),
         422: _error("Idempotency-Key reused with a different request."),
@@ -280,7 +282,7 @@ class JobCancelView(APIView):
 )
 class JobRetryView(SubmitThrottledMixin, APIView):
     def post(self, request, job_id: str):
-        job = selectors.job_get(user=request.user, job_id=job_id)  # its owner's or staff's; anyone else: 404
+        job = selectors.job_to_change(user=request.user, job_id=job_id)  # its owner or an operator; else 403/404
         retry = partial(services.job_resubmit, job_id=job.job_id, actor=f"api:{request.user.username}")
         key = idempotency_key_from(request)
         if key is None:

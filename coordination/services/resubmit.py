@@ -38,7 +38,8 @@ def job_resubmit_policies(job: Job) -> dict:
     return policies
 
 
-def job_resubmit(*, job_id, actor: str, on_create: Callable[[Job], None] | None = None) -> Job:
+def job_resubmit(*, job_id, actor: str, on_create: Callable[[Job], None] | None = None,
+                 retries_seen: int | None = None) -> Job:
     """A new job with the ended job `job_id`'s request, accepted; its `retry_of` is that job.
 
     The request is what the job was accepted with, as its row keeps it: prompt, model (a workflow:
@@ -49,7 +50,11 @@ def job_resubmit(*, job_id, actor: str, on_create: Callable[[Job], None] | None 
 
     Audit: a `resubmitted` row on the old job's trail, naming the new job and `actor`, in the new
     job's own transaction (beside its `submitted` row), so a refused retry leaves no trace.
-    `on_create(new_job)` runs in that transaction too (an Idempotency-Key)."""
+    `on_create(new_job)` runs in that transaction too (an Idempotency-Key).
+
+    `retries_seen`: how many retries the job had when the operator decided (the admin's preview). It
+    is checked under the coordinator lock, which every acceptance holds, so of two "Yes" sent at once
+    only one makes a job; the other is refused (InvalidTransition), having changed nothing."""
     try:
         job = Job.objects.select_related("owner").get(pk=job_id)
     except (Job.DoesNotExist, ValueError):
@@ -59,6 +64,8 @@ def job_resubmit(*, job_id, actor: str, on_create: Callable[[Job], None] | None 
         raise InvalidTransition(f"Job {job.job_id} is {job.status}: {NOT_ENDED}.")
 
     def audited(new: Job) -> None:
+        if retries_seen is not None and Job.objects.filter(retry_of_id=job.job_id).exclude(pk=new.pk).count() != retries_seen:
+            raise InvalidTransition(f"Job {job.job_id} was retried since the preview; nothing was retried twice.")
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.RESUBMITTED, job=job, details={"new_job": str(new.job_id), "actor": actor},
         )

@@ -4,6 +4,7 @@ was accepted with, linked both ways, submitted as any job is, audited `resubmitt
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -11,6 +12,7 @@ from rest_framework.test import APIClient
 
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.services import job_cancel, job_claim, job_complete, job_fail
+from tests.factories import UserFactory
 from tests.helpers import coordinator_lines, execute_workflow, fresh, submit
 from workflows.models import WorkflowExecution, WorkflowStep
 
@@ -113,6 +115,25 @@ def test_its_owner_or_staff_may_retry_it_anyone_else_is_told_it_does_not_exist(a
     assert retry(api, old).status_code == 201
     assert Job.objects.filter(retry_of=old).count() == 2
     assert retry(api, Job(job_id="00000000-0000-0000-0000-000000000000")).status_code == 404
+
+
+def test_staff_who_may_only_read_cannot_retry_or_cancel_another_users_job(user):
+    watcher = UserFactory(is_staff=True)  # staff, without the permission to operate the queue
+    reader = APIClient()
+    reader.force_authenticate(watcher)
+    old, waiting = failed(submit(user)), submit(user, model="flux-dev")
+
+    refused = retry(reader, old)
+    cancel = reader.post(f"/jobs/{waiting.job_id}/cancel")
+
+    assert refused.status_code == 403 and "operate the queue" in refused.json()["error"]
+    assert cancel.status_code == 403 and fresh(waiting).status in (Job.Status.PENDING, Job.Status.RUNNING)
+    assert not Job.objects.filter(retry_of=old).exists()
+    assert reader.get(f"/jobs/{old.job_id}").status_code == 200  # reading stays theirs
+    watcher.user_permissions.add(Permission.objects.get(codename="operate_queue"))
+    watcher = type(watcher).objects.get(pk=watcher.pk)  # permissions are cached per user object
+    reader.force_authenticate(watcher)
+    assert retry(reader, old).status_code == 201
 
 
 def test_a_job_that_has_not_ended_is_refused_with_409_and_nothing_changes(api, user):

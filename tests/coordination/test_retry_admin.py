@@ -2,16 +2,20 @@
 the jobs list's bulk action open: a preview that changes nothing, then a "Yes" that makes the linked
 jobs, for operators only."""
 
+import threading
+import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
+from coordination.exceptions import InvalidTransition
 from coordination.models import Job, JobQueueLog
-from coordination.services import job_claim, job_fail
+from coordination.services import job_claim, job_fail, job_resubmit
 from tests.factories import UserFactory
 from tests.helpers import fresh, submit, submit_confirmation
 
@@ -74,6 +78,36 @@ def test_a_second_yes_makes_no_second_job(staff_client, user):
 
     assert Job.objects.filter(retry_of=old).count() == 1
     assert f"Job {old.job_id} was retried since the preview" in page
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_two_yes_at_the_same_moment_make_one_job(user, settings, fastpath):
+    """Two operators' "Yes" (or one double click) for the same preview, on two connections at once:
+    the count of retries each saw is checked under the coordinator lock, so one makes the job."""
+    settings.COORDINATOR_FASTPATH = fastpath
+    old = failed(submit(user))
+    start, outcomes = threading.Barrier(2), []
+
+    def yes():
+        start.wait(5)
+        try:
+            outcomes.append(job_resubmit(job_id=old.job_id, actor="admin:operator", retries_seen=0).job_id)
+        except InvalidTransition as refused:
+            outcomes.append(str(refused))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=yes) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert Job.objects.filter(retry_of=old).count() == 1
+    assert sorted(map(type, outcomes), key=str) == [str, uuid.UUID]
+    assert "was retried since the preview" in next(o for o in outcomes if isinstance(o, str))
+    assert JobQueueLog.objects.filter(job_id=old.job_id, event_type="resubmitted").count() == 1
 
 
 def test_a_view_only_staff_user_can_neither_offer_nor_run_a_retry(client, user):
