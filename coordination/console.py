@@ -197,12 +197,13 @@ def console_timeline(catalog: list[CatalogModel], now: datetime, chosen: Timelin
     range_start = now - chosen.window
     models = [model.name for model in catalog]
     lane = {model: index for index, model in enumerate(models)}
-    recent = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING]) | Q(completed_at__gt=range_start)
-    jobs = list(
-        Job.objects.filter(recent)
-        .only("job_id", "kind", "status", "required_models", "queued_at", "started_at", "completed_at")
-        .order_by("-created_at")[:TIMELINE_JOBS + 1]
-    )
+    # The waiting, the running and those that ended in the range, as one UNION ALL (they are apart): each
+    # part reads its own index (the line's, the running jobs', jobs_completed_idx), never the whole
+    # table, however long the history.
+    shown = ("job_id", "kind", "status", "required_models", "created_at", "queued_at", "started_at", "completed_at")
+    waiting, running, ended = (Job.objects.filter(part).only(*shown) for part in (
+        Q(status=Job.Status.PENDING), Q(status=Job.Status.RUNNING), Q(completed_at__gt=range_start)))
+    jobs = list(waiting.union(running, ended, all=True).order_by("-created_at")[:TIMELINE_JOBS + 1])
     more = len(jobs) > TIMELINE_JOBS
 
     # (since, until, job, model, state) of every bar the range holds, then the picture's start.

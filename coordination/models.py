@@ -360,6 +360,11 @@ class Job(models.Model):
                          name="jobs_webhook_live_idx"),
             # The reaper's expiry pass: the waiting jobs that have a deadline, soonest first.
             models.Index(fields=["start_by"], condition=Q(status="pending", start_by__isnull=False), name="jobs_deadline_idx"),
+            # The console's recent history (its last 24 hours, its failures, its timeline), which it reads
+            # again at every job event: the jobs that started or ended lately, not the whole table.
+            # Partial, so a waiting job is in neither, and a lease renewal (no indexed column) stays HOT.
+            models.Index(fields=["started_at"], condition=Q(started_at__isnull=False), name="jobs_started_idx"),
+            models.Index(fields=["completed_at"], condition=Q(completed_at__isnull=False), name="jobs_completed_idx"),
         ]
         constraints = [
             models.CheckConstraint(
