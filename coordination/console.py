@@ -2,7 +2,7 @@
 a timeline of the last 10 minutes, hour or day (zoomed to recent activity); capacity (groups, what is
 free and why it is not used) in console_capacity.py; each model's last 24 hours in console_history.py.
 A render makes the same few queries however many jobs wait or ran (tests/coordination/test_queue_console.py
-holds it to 23)."""
+holds it to 25)."""
 
 from collections import Counter
 from dataclasses import dataclass

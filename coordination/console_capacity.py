@@ -4,11 +4,13 @@ saying why it is not used.
 
 The why is the scheduler's own: QueueNow is the scheduling rules (coordination/queue/rules.py) read
 over the queue as it is now, without the coordinator lock, and its paused_among, conflicts,
-group_conflicts and free_slot answer for the job at the head of a free model's line. The one rule
+group_conflicts and free_slot answer for the job at the head of a free model's line, which is the
+one the scheduler would take next (heads_of, fair_head: _heads). The one rule
 that needs the lines themselves (rule 3: a job before it in another model's line) is what the
 coordinator recorded when it last decided for that job: the waiting job it names (blocked_by_job_id,
-which I4 keeps naming a live job). Queries: the running jobs, the capacity groups and, when a head
-names a waiting job, those named jobs; never more, however many jobs wait.
+which I4 keeps naming a live job). Queries: the running jobs, the capacity groups, the heads of the
+free models' lines (two, and one or two more per fair line) and, when a head names a waiting job,
+those named jobs; never more, however many jobs wait.
 """
 
 from dataclasses import dataclass
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from coordination.models import CatalogModel, Job, JobQueueState
+from coordination.queue.fair import fair_head
 from coordination.queue.groups import groups_by_model
+from coordination.queue.lines import heads_of
 from coordination.queue.rules import CATALOG_FIELDS, QueueRules
 
 
@@ -62,21 +66,35 @@ def _group_cards(queue: QueueNow) -> list[dict]:
     ]
 
 
-def _head(line: dict) -> dict:
-    """The job a line takes next: its first that a pause does not hold (held jobs keep their place
-    but step aside, rules.QueueRules._not_held), else its first (all of a paused model's are held)."""
-    return next((job for job in line["jobs"] if not job["held"]), line["jobs"][0])
+def _heads(queue: QueueNow, models: list[str]) -> dict[str, dict]:
+    """The job each of these lines takes next, asked as the scheduler asks it (rules.QueueRules.
+    _next_startable): heads_of, or fair_head on a fair line, passing over the jobs a pause holds while
+    a model is paused. A line whose every job a pause holds (a paused model's own, or one whose jobs
+    all need a paused model) gives none to the scheduler: its first job is named, to say what holds
+    it. As the console's line rows (console_lines) hold a job, so the sentences read either alike."""
+    fair = queue.fair_lines
+
+    def asked(among: list[str], unheld: bool) -> dict[str, Job | None]:
+        found = heads_of([model for model in among if model not in fair], unheld=unheld)
+        return {**found, **{model: fair_head(model, unheld=unheld) for model in among if model in fair}}
+
+    heads = asked(models, unheld=bool(queue.paused))
+    if queue.paused:
+        heads.update(asked([model for model in models if heads.get(model) is None], unheld=False))
+    return {
+        model: {"job_id": job.job_id, "kind": job.kind, "held": job.held, "models": job.required_models,
+                "blocked_by": job.blocked_by_job_id, "reason": job.conflict_reason or ""}
+        for model, job in heads.items() if job is not None
+    }
 
 
 def _idle_sentences(queue: QueueNow, lines: list[dict], slots: list[dict]) -> list[str]:
     waiting = [line for line in lines if line["jobs"]]
     busy = dict(queue.conflicts([line["model"] for line in waiting]))
-    free = [line for line in waiting if line["model"] not in busy]
-    heads = {line["model"]: _head(line) for line in free}
+    heads = _heads(queue, [line["model"] for line in waiting if line["model"] not in busy])
+    free = [line for line in waiting if line["model"] in heads]
     ahead = _named_waiting(queue, heads.values())
-    sentences = []
-    if waiting and queue.free_slot() is not None:
-        sentences.append(_free_slots(queue, slots, busy, [line["model"] for line in free]))
+    sentences, startable = [], False
     for line in free:
         model, head = line["model"], heads[line["model"]]
         at_head = f"{named(head['kind'], head['job_id'])} at the head of its line"
@@ -89,6 +107,9 @@ def _idle_sentences(queue: QueueNow, lines: list[dict], slots: list[dict]) -> li
         else:  # the rules would start it now: the coordinator's next decision does
             said = f"; it last said: {head['reason']}" if head["reason"] else ""
             sentences.append(f"{model} is free: {at_head} may start by the rules{said}")
+            startable = True
+    if waiting and queue.free_slot() is not None:
+        sentences.insert(0, _free_slots(queue, slots, busy, [line["model"] for line in free], startable))
     return sentences
 
 
@@ -128,15 +149,18 @@ def _waits_for(queue: QueueNow, model: str, head: dict, ahead: Job | None) -> li
     return parts
 
 
-def _free_slots(queue: QueueNow, slots: list[dict], busy: dict, others: list[str]) -> str:
+def _free_slots(queue: QueueNow, slots: list[dict], busy: dict, others: list[str], startable: bool) -> str:
     """Slots free while jobs wait: every line's next job waits for a model in use (`busy`: model ->
-    the running job holding it) or, on the `others`, for what their own sentences say."""
+    the running job holding it) or, on the `others`, for what their own sentences say (`startable`:
+    one of those may start by the rules, so the slots are not said to be of no use)."""
     # The slots the table shows free; a row still showing a job that ended is free to the rules.
     ids = [str(slot["id"]) for slot in slots if not slot["job_id"]] or [str(queue.free_slot().id)]
     which = f"Slot {ids[0]} is" if len(ids) == 1 else f"Slots {_and(ids)} are"
     reasons = [f"{model} is in use by {named(holder.kind, holder.job_id)}" for model, holder in busy.items()]
     if others:
         reasons.append(f"{_and(others)} as said below")
+    if startable:
+        return f"{which} free while jobs wait: the coordinator's next decision starts what may — {'; '.join(reasons)}"
     return f"{which} free while jobs wait: none of them may start — {'; '.join(reasons)}"
 
 

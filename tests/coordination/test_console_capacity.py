@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from coordination.models import CapacityGroup, CatalogModel, Job
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueState
 from coordination.services import capacity_group_save, catalog_model_save, job_complete, model_pause
 from tests.helpers import execute_workflow, fresh, submit
 
@@ -145,6 +145,52 @@ def test_a_free_model_whose_head_needs_a_paused_model_says_which(console, user):
         f"{NANO} is free but held: workflow {short(workflow)} at the head of its line waits for {VIDEO} "
         "(paused by an operator)",
     ]
+
+
+@pytest.mark.usefixtures("four_slots")
+def test_the_head_named_is_the_job_the_scheduler_takes_next_past_ten_held_ones(console, user):
+    """Jobs a pause holds step aside (the scheduler's heads_of(unheld=True)), however many: the
+    console's line shows ten rows, but the head it names is the scheduler's, not the first unheld row."""
+    model_pause(name=VIDEO, paused=True, actor="test")
+    held = [execute_workflow(user) for _ in range(11)]  # NANO then VIDEO: held by the pause
+    group("acme-key", 1, NANO, IMAGE)
+    submit(user, model=IMAGE)  # fills the group
+    waiting = submit(user, model=NANO)
+
+    assert all(fresh(job).held for job in held) and not fresh(waiting).held
+    assert f"{NANO} is free but held: job {short(waiting)} at the head of its line waits for room in capacity " \
+           "group acme-key (1 of 1 running)" in idle(console())
+
+
+@pytest.mark.usefixtures("four_slots")
+def test_on_a_fair_line_the_head_keeps_its_owners_turn_past_a_held_job(console, user, other_user):
+    """fair_head(unheld=True): the owner whose turn it is keeps it with their next job a pause does
+    not hold; the turn does not pass to the next owner."""
+    edit(NANO, line_policy="fair")
+    model_pause(name=VIDEO, paused=True, actor="test")
+    group("acme-key", 1, NANO, IMAGE)
+    submit(other_user, model=IMAGE)  # fills the group: every NANO job waits for it
+    execute_workflow(user)  # user's first in NANO's line, held by the pause
+    theirs = submit(other_user, model=NANO)
+    mine = submit(user, model=NANO)
+
+    assert fresh(theirs).status == fresh(mine).status == Job.Status.PENDING
+    assert f"{NANO} is free but held: job {short(mine)} at the head of its line waits for room in capacity " \
+           "group acme-key (1 of 1 running)" in idle(console())
+
+
+@pytest.mark.usefixtures("four_slots")
+def test_a_head_that_may_start_is_said_so_and_the_free_slots_do_not_deny_it(console, user):
+    """Rows changed by hand (the guide's repairs): the running job gone without a report. The
+    rules would start the waiting one now; the console says so rather than that nothing may start."""
+    running, waiting = submit(user, model=IMAGE), submit(user, model=IMAGE)
+    Job.objects.filter(pk=running.pk).update(status=Job.Status.FAILED)
+    JobQueueState.objects.filter(active_job_id=running.job_id).update(active_job_id=None, active_models=[])
+
+    sentences = idle(console())
+
+    assert sentences[0].startswith("Slots 1, 2, 3 and 4 are free while jobs wait: the coordinator's next decision starts what may")
+    assert sentences[1].startswith(f"{IMAGE} is free: job {short(waiting)} at the head of its line may start by the rules")
 
 
 @pytest.mark.usefixtures("four_slots")
