@@ -55,6 +55,12 @@ def run_record(
             pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt
         ).update(lease_expires_at=_lease(now), heartbeat_at=now):
             return None
+        recorded = ProviderRun.objects.filter(job_id=job_id, attempt=attempt).first()
+        if recorded is not None:
+            # Recorded already: the worker's call again after a commit whose answer the database outage
+            # lost (tasks._when_database_answers). The same provider job is that run; another one is not
+            # this attempt's (None: the worker drops it at the provider).
+            return recorded if recorded.provider_job_id == accepted.provider_job_id else None
         style = style_of(model)
         run = ProviderRun.objects.create(
             job_id=job_id, attempt=attempt, model=model.name, style=style,
