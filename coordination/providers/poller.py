@@ -132,7 +132,7 @@ class Poller:
         stopping.cancel()
         if self._flushing is not None:
             await self._flushing
-        await self._flush_endings()
+        await self._flush_endings(last=True)
         await self._in_db(store.watches_release, watcher=self.name)
         await self._in_db(connections.close_all)
         self._db.shutdown(wait=True)
@@ -373,8 +373,9 @@ class Poller:
     def _ending(self, watch, status: Status, *, error: str | None = None, orphan: bool = False) -> store.Ending:
         return store.Ending(watch.run_id, status, watcher=self.name, fence=watch.fence, error=error, orphan=orphan)
 
-    async def _flush_endings(self) -> None:
-        """Report the outcomes that came in, and store what providers said of the jobs still at them."""
+    async def _flush_endings(self, *, last: bool = False) -> None:
+        """Report the outcomes that came in, and store what providers said of the jobs still at them.
+        `last`: the stopping poller's final reports, which start nothing (store.runs_end's `starts`)."""
         if self._seen:
             seen, self._seen = list(self._seen.values()), {}
             try:
@@ -387,7 +388,7 @@ class Poller:
             return
         endings, self._endings = self._endings, []
         try:
-            ended = await self._in_db(store.runs_end, endings)
+            ended = await self._in_db(store.runs_end, endings, starts=not last)
         except Exception as error:  # the database away (or worse): nothing is lost, they are reported again
             (logger.warning if isinstance(error, (DatabaseError, InterfaceError)) else logger.exception)(
                 "Provider poller %s: could not report %s outcome(s) (%s); trying again in 1 s", self.name, len(endings), error)

@@ -208,10 +208,11 @@ class Ending:
     orphan: bool = False  # its job ended elsewhere: the run is closed, nothing is reported
 
 
-def runs_end(endings: list[Ending]) -> list[int]:
+def runs_end(endings: list[Ending], *, starts: bool = True) -> list[int]:
     """End these runs and report their outcomes through the coordinator, together in one transaction
     (one commit for a poller's whole batch). A run already done, or taken by another poller, is skipped.
-    Returns the ids ended here."""
+    Returns the ids ended here. `starts` False: a stopping poller's last reports, which, as a stopping
+    worker's, free what the jobs held and start nothing (what may start waits for the next worker)."""
     ended = []
     with transaction.atomic():
         for ending in endings:
@@ -224,23 +225,23 @@ def runs_end(endings: list[Ending]) -> list[int]:
             ):
                 continue
             if not ending.orphan:
-                _report(run, ending)
+                _report(run, ending, starts=starts)
             ended.append(run.pk)
     return ended
 
 
-def _report(run: ProviderRun, ending: Ending) -> None:
+def _report(run: ProviderRun, ending: Ending, *, starts: bool) -> None:
     status = ending.status
     try:
         if status.state == "succeeded":
-            job_complete(job_id=run.job_id, attempt=run.attempt, result=result_of(run.provider_job_id, status))
+            job_complete(job_id=run.job_id, attempt=run.attempt, result=result_of(run.provider_job_id, status), starts=starts)
         elif status.state == "cancelled" and Job.objects.filter(pk=run.job_id, cancel_requested_at__isnull=False).exists():
-            job_stopped(job_id=run.job_id, attempt=run.attempt, error=ending.error or "cancelled at the provider")
+            job_stopped(job_id=run.job_id, attempt=run.attempt, error=ending.error or "cancelled at the provider", starts=starts)
         elif run.stop_reason is not None:
             # The coordinator ended it (a deadline, a reset); the provider's last word (a callback's,
             # say) is added to that reason, and the job is not tried again.
             error = ending.error or f"{run.stop_reason}; the provider's job {run.provider_job_id} {status.state}"
-            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False)
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False, starts=starts)
         elif timezone.now() >= run.deadline_at - DEADLINE_SLACK:
             # The provider ended it at our deadline, which it was sent (Replicate's Cancel-After, RunPod's
             # executionTimeout, fal's X-Fal-Request-Timeout), a moment before the poller would have:
@@ -248,10 +249,10 @@ def _report(run: ProviderRun, ending: Ending) -> None:
             started = Job.objects.filter(pk=run.job_id).values_list("started_at", flat=True).first() or run.submitted_at
             error = (f"timed out after {(run.deadline_at - started).total_seconds():.0f} s; the provider's job "
                      f"{run.provider_job_id} {status.state}: {status.error or '(no message)'}")
-            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False)
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, retry=False, starts=starts)
         else:
             error = ending.error or f"Provider job {run.provider_job_id} {status.state}: {status.error or '(no message)'}"
-            job_fail(job_id=run.job_id, attempt=run.attempt, error=error)
+            job_fail(job_id=run.job_id, attempt=run.attempt, error=error, starts=starts)
     except StaleAttempt:
         pass  # the job moved on meanwhile (ended by hand, say): refused and recorded by the coordinator; the run is done
 

@@ -170,19 +170,20 @@ def job_cancel_reason(job: Job) -> str:
     return (details or {}).get("reason") or "Cancelled"
 
 
-def job_complete(*, job_id, attempt: int, result: dict | None = None) -> Job:
-    return _report(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result)[0]
+def job_complete(*, job_id, attempt: int, result: dict | None = None, starts: bool = True) -> Job:
+    """Complete the attempt (`starts` False: a stopping process's report, which starts nothing)."""
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.COMPLETED, result=result, starts=starts)[0]
 
 
-def job_fail(*, job_id, attempt: int, error: str, retry: bool = True) -> Job:
+def job_fail(*, job_id, attempt: int, error: str, retry: bool = True, starts: bool = True) -> Job:
     """Fail the attempt; the job runs again (at its old place in line) while its models allow
     more attempts, unless `retry` is False."""
-    return _report(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry)[0]
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.FAILED, error=error, retry=retry, starts=starts)[0]
 
 
-def job_stopped(*, job_id, attempt: int, error: str = "stopped while running") -> Job:
+def job_stopped(*, job_id, attempt: int, error: str = "stopped while running", starts: bool = True) -> Job:
     """The worker stopped the runner of a job whose cancel was requested: it ends cancelled."""
-    return _report(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error)[0]
+    return _report(job_id=job_id, attempt=attempt, status=Job.Status.CANCELLED, error=error, starts=starts)[0]
 
 
 def job_report(
