@@ -5,10 +5,12 @@ A render makes the same few queries however many jobs wait or ran (tests/coordin
 holds it to 25)."""
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Avg, Count, DurationField, ExpressionWrapper, F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
@@ -315,21 +317,38 @@ def console_events(*, before: str | None = None) -> dict:
 
 
 def console_context(*, range_key: str | None = None, events_before: str | None = None) -> dict:
-    now = timezone.now()
-    catalog = list(CatalogModel.objects.order_by("name"))
-    slots = console_slots(now)
-    queue = QueueNow(catalog, slots)
-    lines = console_lines(catalog, now, queue.models_in_use())
-    return {
-        "now": now,
-        "mode": console_mode(),
-        "slots": slots,
-        "lines": lines,
-        "capacity": console_capacity(queue, lines, slots),
-        "events": console_events(before=events_before),
-        "metrics": console_metrics(now),
-        "timeline": console_timeline(catalog, now, timeline_range(range_key)),
-        "history": model_history(catalog, now),
-        "failed": console_failed(now),
-        "refresh_seconds": 5,
-    }
+    """Everything the console shows, read from one snapshot of the database: its sections never
+    contradict one another (a job both waiting in a line and holding a group's room), however the
+    queue moves while they are read."""
+    with one_snapshot():
+        now = timezone.now()
+        catalog = list(CatalogModel.objects.order_by("name"))
+        slots = console_slots(now)
+        queue = QueueNow(catalog, slots)
+        lines = console_lines(catalog, now, queue.models_in_use())
+        return {
+            "now": now,
+            "mode": console_mode(),
+            "slots": slots,
+            "lines": lines,
+            "capacity": console_capacity(queue, lines, slots),
+            "events": console_events(before=events_before),
+            "metrics": console_metrics(now),
+            "timeline": console_timeline(catalog, now, timeline_range(range_key)),
+            "history": model_history(catalog, now),
+            "failed": console_failed(now),
+            "refresh_seconds": 5,
+        }
+
+
+@contextmanager
+def one_snapshot():
+    """The reads inside see the database as of one instant: a read-only REPEATABLE READ transaction.
+    Inside a caller's transaction (a test's) they are that transaction's reads already."""
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

@@ -1,13 +1,15 @@
 """The operators' queue console: slots, lines, metrics, the last hour as an SVG timeline."""
 
 import re
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
 
-from coordination.console import event_note
+from coordination import console
 from coordination.estimates import estimated_start, estimated_starts
 from coordination.models import Job, JobLine, ProviderRun
 from coordination.services import job_claim, job_complete
@@ -380,5 +382,26 @@ def test_the_consoles_expected_starts_are_the_apis(user, settings, slots):
 
 
 def test_a_resubmitted_event_names_the_retry_it_made():
-    note = event_note({"new_job": "3b000791-df05-4a05-a3aa-b29a23e16fc4", "actor": "admin:operator"})
+    note = console.event_note({"new_job": "3b000791-df05-4a05-a3aa-b29a23e16fc4", "actor": "admin:operator"})
     assert note == "by admin:operator · retried as 3b000791"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_console_reads_one_snapshot_so_its_sections_agree_while_the_queue_moves(user, monkeypatch):
+    """A job ends, and the next starts, while the console is half read: what it read before (the slot
+    holding the first job) and after (the line) still describe the same instant."""
+    first, second = submit(user, model="flux-dev"), submit(user, model="flux-dev")
+    read_lines = console.console_lines
+
+    def lines_after_a_change(*args, **kwargs):
+        moved = threading.Thread(target=lambda: (job_complete(job_id=first.job_id, attempt=1), connections.close_all()))
+        moved.start()
+        moved.join(30)
+        return read_lines(*args, **kwargs)
+
+    monkeypatch.setattr(console, "console_lines", lines_after_a_change)
+    shown = console.console_context()
+
+    assert Job.objects.get(pk=second.pk).status == Job.Status.RUNNING  # it moved meanwhile
+    assert [slot["job_id"] for slot in shown["slots"]] == [first.job_id]
+    assert [job["job_id"] for line in shown["lines"] for job in line["jobs"]] == [second.job_id]
