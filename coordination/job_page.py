@@ -16,7 +16,7 @@ from datetime import datetime
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from coordination.console import event_note, span
+from coordination.console import event_note, one_snapshot, span
 from coordination.models import CatalogModel, Job, JobEvent, JobFile, JobQueueLog, JobQueueState, ProviderRun
 from coordination.models import WebhookAttempt, WebhookDelivery
 from coordination.outputs.links import files_shown
@@ -129,28 +129,29 @@ def job_page_context(*, job_id, user, now: datetime | None = None) -> dict:
     """Everything the job page shows (JobNotFound when there is no such job). For a waiting job, the
     reads GET /jobs/{id} makes; then its slot and runner while it runs, its attempts at a provider,
     its history, deliveries and files: a fixed number of queries however long its history."""
-    now = now or timezone.now()
-    detail = job_detail(user=user, job_id=job_id)
-    job = detail.job
-    runs = list(ProviderRun.objects.filter(job_id=job.job_id).order_by("-attempt")[:RUNS_SHOWN])
-    ran = None
-    if job.started_at and job.completed_at:
-        ran = span((job.completed_at - job.started_at).total_seconds())
-    return {
-        "job": job,
-        "owner": job.owner.get_username() if job.owner_id else "",
-        "workflow": job.workflow_execution if job.kind == Job.Kind.WORKFLOW and hasattr(job, "workflow_execution") else None,
-        "waiting": job.status == Job.Status.PENDING,
-        "detail": detail,
-        "running": job_running(job, runs, now),
-        "ran": ran,
-        "max_attempts": job_max_attempts(job),
-        "runs": runs[::-1],
-        "timeline": job_timeline(job),
-        "deliveries": job_deliveries(job),
-        "files": job_files(job),
-        # As the API answers them (JSON), not as Python prints them.
-        "params_json": json.dumps(job.params, indent=2, ensure_ascii=False),
-        "result_json": None if job.result is None else json.dumps(job.result, indent=2, ensure_ascii=False),
-        "internals": [{"name": name, "value": getattr(job, name), "purpose": purpose} for name, purpose in INTERNALS],
-    }
+    with one_snapshot():  # its sections describe one instant, as the console's do
+        now = now or timezone.now()
+        detail = job_detail(user=user, job_id=job_id)
+        job = detail.job
+        runs = list(ProviderRun.objects.filter(job_id=job.job_id).order_by("-attempt")[:RUNS_SHOWN])
+        ran = None
+        if job.started_at and job.completed_at:
+            ran = span((job.completed_at - job.started_at).total_seconds())
+        return {
+            "job": job,
+            "owner": job.owner.get_username() if job.owner_id else "",
+            "workflow": job.workflow_execution if job.kind == Job.Kind.WORKFLOW and hasattr(job, "workflow_execution") else None,
+            "waiting": job.status == Job.Status.PENDING,
+            "detail": detail,
+            "running": job_running(job, runs, now),
+            "ran": ran,
+            "max_attempts": job_max_attempts(job),
+            "runs": runs[::-1],
+            "timeline": job_timeline(job),
+            "deliveries": job_deliveries(job),
+            "files": job_files(job),
+            # As the API answers them (JSON), not as Python prints them.
+            "params_json": json.dumps(job.params, indent=2, ensure_ascii=False),
+            "result_json": None if job.result is None else json.dumps(job.result, indent=2, ensure_ascii=False),
+            "internals": [{"name": name, "value": getattr(job, name), "purpose": purpose} for name, purpose in INTERNALS],
+        }
