@@ -16,7 +16,8 @@ from datetime import datetime
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from coordination.console import event_note, one_snapshot, span
+from coordination.console import event_note, one_snapshot
+from coordination.durations import span
 from coordination.models import CatalogModel, Job, JobEvent, JobFile, JobQueueLog, JobQueueState, ProviderRun
 from coordination.models import WebhookAttempt, WebhookDelivery
 from coordination.outputs.links import files_shown

@@ -28,8 +28,7 @@ from coordination.models import InputFile, JobFile
 from coordination.outputs.links import input_signed_path
 from coordination.outputs.store import files_prune
 from coordination.runners.simulated import SIMULATED_BYTES
-from tests.api.test_job_files import completed, copy_due
-from tests.factories import UserFactory
+from tests.api.test_job_files import assert_refused_to_all_but_its_owner_and_its_signature, completed, copy_due
 
 pytestmark = pytest.mark.django_db
 BUCKET = "coordinator-outputs"
@@ -138,11 +137,7 @@ def test_the_checks_come_before_the_redirect_and_a_signed_links_redirect_lasts_n
     job_id = completed(api)
     copy_due()
     listed = api.get(f"/jobs/{job_id}").json()["result"]["files"][0]
-    stranger = Client()
-    stranger.force_login(UserFactory())
-    assert stranger.get(listed["url"]).status_code == 404
-    assert Client().get(listed["url"]).status_code == 401
-    assert Client().get(listed["signed_url"].replace("sig=", "sig=x")).status_code == 404
+    assert_refused_to_all_but_its_owner_and_its_signature(listed)
     signed = Client().get(listed["signed_url"])
     assert signed.status_code == 302 and 3590 <= expires(signed["Location"]) <= 3600
     assert httpx.get(signed["Location"]).content == SIMULATED_BYTES["image/png"]
