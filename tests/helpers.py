@@ -6,6 +6,8 @@ import logging
 import re
 import threading
 from collections import Counter
+from datetime import datetime
+from unittest import mock
 
 import pytest
 from django.db import DatabaseError, connection, connections
@@ -213,3 +215,8 @@ def at_once(target, count: int, *, timeout: float = 60) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=timeout)
+
+
+def held_clock(now: datetime):
+    """The coordinator's clock (django.utils.timezone.now) held at `now`, as a context manager."""
+    return mock.patch("django.utils.timezone.now", return_value=now)

@@ -3,7 +3,6 @@ history as a timeline, its webhook deliveries and files, and the console's Cance
 
 import re
 from datetime import datetime, timedelta
-from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -14,7 +13,7 @@ from coordination.job_page import TIMELINE_SHOWN
 from coordination.models import Job, JobEvent, JobFile, JobQueueLog, ProviderRun, WebhookAttempt, WebhookDelivery
 from coordination.services import job_claim, job_complete, job_fail, job_resubmit
 from tests.factories import UserFactory
-from tests.helpers import events, execute_workflow, submit
+from tests.helpers import events, execute_workflow, held_clock, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -23,10 +22,6 @@ pytestmark = pytest.mark.django_db
 def staff_client(client, staff_user):
     client.force_login(type(staff_user).objects.get(pk=staff_user.pk))
     return client
-
-
-def held_clock(now: datetime):
-    return mock.patch("django.utils.timezone.now", return_value=now)
 
 
 def job_page(client, job: Job) -> str:

@@ -8,7 +8,6 @@ made with the clock held at one instant, so the same estimate is the same instan
 
 import re
 from datetime import datetime, timedelta
-from unittest import mock
 
 import pytest
 from django.urls import reverse
@@ -19,7 +18,7 @@ from coordination.events.streams import job_stream_open
 from coordination.models import CatalogModel, Job
 from coordination.services import catalog_model_save, job_claim, job_complete
 from tests.factories import UserFactory
-from tests.helpers import submit
+from tests.helpers import held_clock, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -37,10 +36,6 @@ class _Opening:
 
     def subscribe(self, job_id=None, *, render: bool = True) -> Subscription:
         return Subscription(job_id=job_id, render=render)
-
-
-def held_clock(now: datetime):
-    return mock.patch("django.utils.timezone.now", return_value=now)
 
 
 def console_rows(page: str, model: str) -> list[dict]:
