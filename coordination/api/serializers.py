@@ -118,7 +118,10 @@ class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 time that must say its zone: a time without one is refused, not taken as UTC."""
 
     def to_internal_value(self, value):
-        parsed = parse_datetime(value) if isinstance(value, str) else None
+        try:
+            parsed = parse_datetime(value) if isinstance(value, str) else None
+        except ValueError:  # well-formed but impossible (minute 60): the field's own message says so
+            parsed = None
         if parsed is not None and parsed.tzinfo is None:
             raise serializers.ValidationError("needs a time zone, e.g. 2026-12-01T10:30:00Z.")
         return super().to_internal_value(value)
