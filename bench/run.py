@@ -5,6 +5,9 @@
 Measures, in one run on this machine:
   (a) the cost of one submit and one completion with 100, 10,000 and 100,000 jobs already waiting
       (bulk-inserted), as times and as the ratio to the 100 case;
+  (a), (b), (d) and (e) run twice: in the default configuration, and with every policy's cost in play
+      (a webhook on every job, to a local receiver, and a capacity group over the four models with as
+      much room as there are slots, so that it is read on every decision and never the limit);
   (b) end-to-end throughput of zero-second jobs, 2 slots over 4 models, 2 worker processes, against
       bare django-q2 running as many no-op tasks on the same database with the same cluster
       settings, run before and after ours (this machine drifts): the ratio is to their mean;
@@ -68,6 +71,8 @@ def django_setup(slots: int) -> None:
     # This process prints the table; its own coordinator lines would bury it (workers keep theirs).
     os.environ["COORDINATOR_LOG_LEVEL"] = "WARNING"
     os.environ["LOG_LEVEL"] = "WARNING"
+    # The second configuration's webhooks go to a receiver on this machine (plain http, loopback).
+    os.environ["COORDINATOR_WEBHOOK_ALLOW_HTTP"] = os.environ["COORDINATOR_WEBHOOK_ALLOW_PRIVATE"] = "1"
     sys.path.insert(0, str(BASE_DIR))
     import django
 
@@ -94,7 +99,7 @@ def reset_queue() -> None:
 # --- (a) decision cost against queue length ---------------------------------------------------
 
 
-def fill_queue(size: int, owner, owners: list | None = None) -> None:
+def fill_queue(size: int, owner, owners: list | None = None, extra: dict | None = None) -> None:
     """One job running on motion-2.0-fast and `size` waiting behind it, as the coordinator would
     have left them (each names the one before it), written in bulk. `owners`: the waiting jobs'
     owners, in turn (else all `owner`'s)."""
@@ -104,7 +109,7 @@ def fill_queue(size: int, owner, owners: list | None = None) -> None:
     from coordination.models import Job, JobLine, JobQueueCounter
     from coordination.services import job_submit
 
-    running = job_submit(owner=owner, model="motion-2.0-fast", prompt="running", params={"simulate_seconds": 0})
+    running = job_submit(owner=owner, model="motion-2.0-fast", prompt="running", params={"simulate_seconds": 0}, **(extra or {}))
     base = timezone.now()
     previous = running.job_id
     batch_jobs, batch_lines = [], []
@@ -117,7 +122,7 @@ def fill_queue(size: int, owner, owners: list | None = None) -> None:
                 params={"simulate_seconds": 0}, owner=owners[i % len(owners)] if owners else owner, status="pending",
                 required_models=["motion-2.0-fast"],
                 blocked_by_job_id=previous, conflict_reason=f"Waiting in line for motion-2.0-fast: normal job {previous} goes first",
-                queued_at=created, created_at=created, queue_position=i + 1,
+                queued_at=created, created_at=created, queue_position=i + 1, webhook_url=(extra or {}).get("webhook_url"),
             ))
             batch_lines.append(JobLine(
                 job_id=job_id, model="motion-2.0-fast", priority=0, created_at=created,
@@ -135,19 +140,19 @@ def fill_queue(size: int, owner, owners: list | None = None) -> None:
         cursor.execute("ANALYZE jobs; ANALYZE job_model_lines;")
 
 
-def measure_decisions(size: int, owner, repeats: int, owners: list | None = None) -> dict:
+def measure_decisions(size: int, owner, repeats: int, owners: list | None = None, extra: dict | None = None) -> dict:
     from coordination.models import CatalogModel, Job
     from coordination.queue.fair import shares_rebuild
     from coordination.services import job_cancel, job_complete, job_submit
 
     reset_queue()
-    fill_queue(size, owner, owners)
+    fill_queue(size, owner, owners, extra)
     if CatalogModel.objects.filter(name="motion-2.0-fast", line_policy="fair").exists():
         shares_rebuild("motion-2.0-fast", fair=True)
     submits, completions = [], []
     for _ in range(repeats):
         began = time.perf_counter()
-        job = job_submit(owner=owner, model="motion-2.0-fast", prompt="bench", params={"simulate_seconds": 0})
+        job = job_submit(owner=owner, model="motion-2.0-fast", prompt="bench", params={"simulate_seconds": 0}, **(extra or {}))
         submits.append(time.perf_counter() - began)
         job_cancel(job_id=job.job_id)  # keep the queue at its size
     for _ in range(repeats):
@@ -156,6 +161,51 @@ def measure_decisions(size: int, owner, repeats: int, owners: list | None = None
         job_complete(job_id=running.job_id, attempt=running.attempt)  # starts the head of the line
         completions.append(time.perf_counter() - began)
     return {"submit": statistics.median(submits), "complete": statistics.median(completions)}
+
+
+# --- the second configuration: a webhook on every job and a capacity group ------------------------
+
+CONFIGURATIONS = (("default", False), ("webhooks + group", True))
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers every delivery 204, in a thread of this process."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+_receiver: list[Receiver] = []
+
+
+def policies(on: bool, slots: int) -> dict:
+    """What job_submit takes for the configuration (a webhook_url with `on`), with the capacity group
+    over the four models in place (capacity: the slots) or removed."""
+    from coordination.models import CapacityGroup, CatalogModel
+    from coordination.services import capacity_group_save
+
+    CapacityGroup.objects.filter(name="bench-all").delete()
+    if not on:
+        return {}
+    group = CapacityGroup(name="bench-all", capacity=slots)
+    capacity_group_save(group=group, models=list(CatalogModel.objects.filter(name__in=MODELS)), actor="bench")
+    if not _receiver:
+        _receiver.append(Receiver())
+    return {"webhook_url": _receiver[0].url}
 
 
 # --- workers ------------------------------------------------------------------------------------
@@ -199,17 +249,19 @@ def wait_for(predicate, timeout: float) -> float:
     return time.perf_counter()
 
 
-def drain_jobs(count: int, slots: int, owner, workers: int, tmp: Path) -> dict:
-    """Submit `count` zero-second jobs with the workers stopped, then time how long 2 workers take."""
+def drain_jobs(count: int, slots: int, owner, workers: int, tmp: Path, with_policies: bool = False) -> dict:
+    """Submit `count` zero-second jobs with the workers stopped, then time how long 2 workers take
+    (`with_policies`: the second configuration, see policies())."""
     from django.db import close_old_connections
 
     from coordination.models import Job
     from coordination.services import job_submit
 
     reset_queue()
+    extra = policies(with_policies, slots)
     rng = random.Random(7)
     for _ in range(count):
-        job_submit(owner=owner, model=rng.choice(MODELS), prompt="bench", params={"simulate_seconds": 0})
+        job_submit(owner=owner, model=rng.choice(MODELS), prompt="bench", params={"simulate_seconds": 0}, **extra)
     cluster = Cluster(slots, workers, tmp / f"qcluster-{slots}.log")
     try:
         began = cluster.wait_running()
@@ -218,6 +270,7 @@ def drain_jobs(count: int, slots: int, owner, workers: int, tmp: Path) -> dict:
         cluster.stop()
         close_old_connections()
     failed = Job.objects.exclude(status="completed").count()
+    policies(False, slots)
     return {"seconds": ended - began, "rate": count / (ended - began), "failed": failed,
             "latencies": dispatch_latencies()}
 
@@ -276,20 +329,22 @@ def in_transaction(queries: list[dict]) -> int:
     return commit - begin - 1
 
 
-def count_queries(owner) -> dict:
+def count_queries(owner, with_policies: bool = False) -> dict:
+    from django.conf import settings
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from coordination.services import job_claim, job_complete, job_report_and_take_next, job_submit
 
     reset_queue()
-    job_complete(job_id=job_submit(owner=owner, model="flux-dev", prompt="warm", params={}).job_id, attempt=1)
+    extra = policies(with_policies, settings.COORDINATOR_MAX_ACTIVE_JOBS)
+    job_complete(job_id=job_submit(owner=owner, model="flux-dev", prompt="warm", params={}, **extra).job_id, attempt=1)
     counts = {}
     with CaptureQueriesContext(connection) as q:
-        first = job_submit(owner=owner, model="flux-dev", prompt="a", params={"simulate_seconds": 0})
+        first = job_submit(owner=owner, model="flux-dev", prompt="a", params={"simulate_seconds": 0}, **extra)
     counts["submit, starts at once"] = in_transaction(q.captured_queries)
     with CaptureQueriesContext(connection) as q:
-        second = job_submit(owner=owner, model="flux-dev", prompt="b", params={"simulate_seconds": 0})
+        second = job_submit(owner=owner, model="flux-dev", prompt="b", params={"simulate_seconds": 0}, **extra)
     counts["submit, has to wait"] = in_transaction(q.captured_queries)
     with CaptureQueriesContext(connection) as q:
         job_claim(job_id=first.job_id, attempt=1)
@@ -301,6 +356,14 @@ def count_queries(owner) -> dict:
     with CaptureQueriesContext(connection) as q:
         job_complete(job_id=second.job_id, attempt=1, result={})
     counts["complete, nothing waiting"] = in_transaction(q.captured_queries)
+    from coordination.services import jobs_submit_batch
+
+    bodies = [{"model": MODELS[n % 4], "prompt": f"batch {n}", "params": {"simulate_seconds": 0}, **extra} for n in range(100)]
+    with CaptureQueriesContext(connection) as q:
+        jobs_submit_batch(owner=owner, bodies=bodies)
+    statements = in_transaction(q.captured_queries)
+    counts[f"a batch of 100 submitted: {statements} for the batch, per job"] = statements / 100
+    policies(False, settings.COORDINATOR_MAX_ACTIVE_JOBS)
     return counts
 
 
@@ -310,11 +373,12 @@ def lock_holds(owner, repeats: int) -> dict:
     from django.db import transaction
 
     from coordination.models import Job
+    from coordination.queue import locked
     from coordination.services import jobs as job_services
     from coordination.services import submit as submit_services
 
     held: list[float] = []
-    original = job_services.slot_ids_lock
+    original = locked.slots_lock
 
     def timed_lock(slot_count):
         began = time.perf_counter()
@@ -322,7 +386,7 @@ def lock_holds(owner, repeats: int) -> dict:
         return original(slot_count)
 
     reset_queue()
-    job_services.slot_ids_lock = submit_services.slot_ids_lock = timed_lock
+    locked.slots_lock = job_services.slots_lock = submit_services.slots_lock = timed_lock
     try:
         submit_services.job_submit(owner=owner, model="flux-dev", prompt="first", params={})
         submits, completions = [], []
@@ -339,7 +403,7 @@ def lock_holds(owner, repeats: int) -> dict:
             completions.extend(held)
             running = taken
     finally:
-        job_services.slot_ids_lock = submit_services.slot_ids_lock = original
+        locked.slots_lock = job_services.slots_lock = submit_services.slots_lock = original
     return {"submit (waits)": submits, "complete + hand over": completions}
 
 
@@ -391,25 +455,27 @@ def main() -> None:
     if "a" in args.parts:
         decision_costs(sizes, owner, repeats)
     if "d" in args.parts:
-        out("\n(d) statements per transition, between BEGIN and COMMIT (target: submit <= 4, claim <= 2,")
-        out("    completion that hands over <= 4, completion with nothing waiting <= 3)")
-        for step, count in count_queries(owner).items():
-            out(f"    {count:>3}  {step}")
+        out("\n(d) statements per transition, between BEGIN and COMMIT (target <= 4; claim <= 2)")
+        out(f"    {'':<44}" + "".join(f"{name:>18}" for name, _ in CONFIGURATIONS))
+        counted = [count_queries(owner, with_policies=on) for _, on in CONFIGURATIONS]
+        for step in counted[0]:
+            out(f"    {step:<44}" + "".join(f"{counts[step]:>18g}" for counts in counted))
     if "g" in args.parts:
         out(f"\n(g) coordinator lock held per transition, {repeats * 5} each (target p50 <= 2 ms, p99 <= 10 ms)")
         for name, values in lock_holds(owner, repeats * 5).items():
             ms = [value * 1000 for value in values]
             out(f"    {name:<22} p50 {percentile(ms, 50):6.2f} ms  p99 {percentile(ms, 99):6.2f} ms")
-    ours = serial = wide = None
+    ours, serial, wide = {}, {}, None
     bares = []
     if any(part in args.parts for part in "bcef"):
         bares.append(drain_bare(drain_count, workers=2, tmp=tmp))
-    if "b" in args.parts or "c" in args.parts:
-        settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
-        ours = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp)
-    if "e" in args.parts or "c" in args.parts:
-        settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
-        serial = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp)
+    for name, on in CONFIGURATIONS:
+        if "b" in args.parts or ("c" in args.parts and not on):
+            settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
+            ours[name] = drain_jobs(drain_count, slots=2, owner=owner, workers=2, tmp=tmp, with_policies=on)
+        if "e" in args.parts or ("c" in args.parts and not on):
+            settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+            serial[name] = drain_jobs(serial_count, slots=1, owner=owner, workers=2, tmp=tmp, with_policies=on)
     if "f" in args.parts:
         settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
         wide = drain_jobs(drain_count, slots=4, owner=owner, workers=4, tmp=tmp)
@@ -420,13 +486,16 @@ def main() -> None:
         out(f"\nbare django-q2: {drain_count} no-op tasks, 2 worker processes, ORM broker, same settings: "
             f"{bares[0]['rate']:.0f} tasks/s before ours, {bares[1]['rate']:.0f} after; mean {bare_rate:.0f}")
     if ours:
-        out(f"\n(b) {drain_count} zero-second jobs over 4 models, 2 slots, 2 worker processes")
-        out(f"    coordinator: {ours['rate']:>7.0f} jobs/s ({ours['seconds']:.2f} s, {ours['failed']} not completed)")
-        out(f"    ratio to bare django-q2: {ours['rate'] / bare_rate:.2f} (target >= 1.5)")
+        out(f"\n(b) {drain_count} zero-second jobs over 4 models, 2 slots, 2 worker processes (target ratio >= 1.5)")
+        for name, run in ours.items():
+            out(f"    {name:<18} {run['rate']:>5.0f} jobs/s ({run['seconds']:.2f} s, {run['failed']} not completed);"
+                f" ratio to bare django-q2: {run['rate'] / bare_rate:.2f}")
     if serial:
-        out(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes")
-        out(f"    {serial['rate']:.0f} jobs/s ({serial['seconds']:.2f} s, {serial['failed']} not completed); "
-            f"ratio to bare django-q2: {serial['rate'] / bare_rate:.2f} (target >= 1.0)")
+        out(f"\n(e) serialized mode (1 slot): {serial_count} zero-second jobs back to back, 2 worker processes (target ratio >= 1.0)")
+        for name, run in serial.items():
+            out(f"    {name:<18} {run['rate']:>5.0f} jobs/s ({run['seconds']:.2f} s, {run['failed']} not completed);"
+                f" ratio to bare django-q2: {run['rate'] / bare_rate:.2f}")
+    ours, serial = ours.get("default"), serial.get("default")
     if wide:
         out(f"\n(f) {drain_count} zero-second jobs over 4 models, 4 slots, 4 worker processes")
         out(f"    {wide['rate']:.0f} jobs/s ({wide['failed']} not completed)"
@@ -467,15 +536,18 @@ def decision_costs(sizes: list[int], owner, repeats: int) -> None:
     from django.conf import settings
 
     out("(a) decision cost, median of", repeats, "(submit to the back of a line; completion that starts its head)")
-    out(f"    {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
-    for slots in (1, 4):
-        settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
-        base = None
-        for size in sizes:
-            cost = measure_decisions(size, owner, repeats)
-            base = base or cost
-            out(f"    {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
-                  f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
+    out(f"    {'configuration':<18} {'slots':>5} {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
+    for name, on in CONFIGURATIONS:
+        for slots in (1, 4):
+            settings.COORDINATOR_MAX_ACTIVE_JOBS = slots
+            extra = policies(on, slots)
+            base = None
+            for size in sizes:
+                cost = measure_decisions(size, owner, repeats, extra=extra)
+                base = base or cost
+                out(f"    {name:<18} {slots:>5} {size:>8} {cost['submit'] * 1000:>10.2f} {cost['submit'] / base['submit']:>6.2f}"
+                    f" {cost['complete'] * 1000:>12.2f} {cost['complete'] / base['complete']:>6.2f}")
+            policies(False, slots)
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
 
 

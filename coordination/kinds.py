@@ -17,7 +17,7 @@ class JobKind:
     run: Callable[..., dict]
     # Called under the coordinator lock when a job's blocker changes, for a kind that shows it
     # elsewhere too (a workflow's execution row mirrors `blocked_by_job_id`).
-    blocked_changed: Callable[[Job], None] | None = None
+    blocked_changed: Callable[[Job, object], None] | None = None
     # resubmit(job=..., on_create=..., **policies) -> a new job with `job`'s request, accepted: for a
     # kind whose request is kept beside the job (a workflow's copy of its steps). None: the job's own
     # columns are the whole request (coordination/services/resubmit.py).
@@ -28,7 +28,7 @@ _KINDS: dict[str, JobKind] = {}
 
 
 def job_kind_register(
-    kind: str, *, run: Callable[..., dict], blocked_changed: Callable[[Job], None] | None = None,
+    kind: str, *, run: Callable[..., dict], blocked_changed: Callable[[Job, object], None] | None = None,
     resubmit: Callable[..., Job] | None = None,
 ) -> None:
     if kind not in Job.Kind.values:
@@ -43,7 +43,9 @@ def job_kind(kind: str) -> JobKind:
         raise LookupError(f"No app registered how '{kind}' jobs run (is its app in INSTALLED_APPS?)") from None
 
 
-def job_blocked_changed(job: Job) -> None:
+def job_blocked_changed(job: Job, writes) -> None:
+    """Under the coordinator lock: what `job` waits for changed; its kind's mirror (if any) writes
+    that with the transition's other changes (`writes`, coordination/writes.py)."""
     registered = _KINDS.get(job.kind)
     if registered is not None and registered.blocked_changed is not None:
-        registered.blocked_changed(job)
+        registered.blocked_changed(job, writes)

@@ -89,8 +89,7 @@ def slots_sync() -> dict:
     Missing rows 1..N are created; rows beyond N are removed once free (one still running a job
     keeps it until the job ends, and takes no new job). The waiting-jobs counter is recounted.
     """
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         surplus = JobQueueState.objects.filter(id__gt=settings.COORDINATOR_MAX_ACTIVE_JOBS)
         removed = surplus.filter(active_job_id__isnull=True).delete()[0]
         pending = queue.recount_pending()

@@ -284,6 +284,7 @@ class Job(models.Model):
     # start-by deadline passed ends `expired`, never having run).
     OUTCOMES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
     FINISHED = (*OUTCOMES, Status.EXPIRED)
+    LIVE = (Status.PENDING, Status.RUNNING)
 
     job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.NORMAL)
@@ -496,20 +497,11 @@ class JobQueueLogManager(models.Manager):
         conflict_reason: str | None = None,
         details: dict | None = None,
     ) -> "JobQueueLog":
-        """Write one audit row; callers do it inside the transaction that makes the change."""
-        return self.create(
-            job_id=job.job_id if job else None,
-            job_type=job.kind if job else None,
-            event_type=event_type,
-            conflict_reason=conflict_reason,
-            details=details or {},
-        )
-
-    def record_many(self, *, job: Job, events: list[tuple[str, dict]]) -> None:
-        """Several rows for one job in one statement, in order (their ids keep that order)."""
-        self.bulk_create(
-            [JobQueueLog(job_id=job.job_id, job_type=job.kind, event_type=event, details=details) for event, details in events]
-        )
+        """Write one audit row; callers do it inside the transaction that makes the change (the
+        coordinator keeps its rows with its other writes instead: LockedQueue.record)."""
+        row = self.model.of(event_type=event_type, job=job, conflict_reason=conflict_reason, details=details)
+        row.save(force_insert=True)
+        return row
 
 
 class JobQueueLog(models.Model):
@@ -560,6 +552,13 @@ class JobQueueLog(models.Model):
     details = models.JSONField(default=dict, blank=True)
 
     objects = JobQueueLogManager()
+
+    @classmethod
+    def of(cls, *, event_type: str, job: Job | None = None, conflict_reason: str | None = None,
+           details: dict | None = None) -> "JobQueueLog":
+        """An audit row about `job` (unsaved)."""
+        return cls(job_id=job.job_id if job else None, job_type=job.kind if job else None, event_type=event_type,
+                   conflict_reason=conflict_reason, details=details or {})
 
     class Meta:
         db_table = "job_queue_log"

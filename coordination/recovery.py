@@ -104,8 +104,7 @@ def reaper_pass() -> dict:
     # Looked for without the lock (a read of committed rows); each is checked again under it.
     suspects = list(stale_waiting().values_list("job_id", flat=True)[:1000])
     now = timezone.now()
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         timeouts = catalog_timeouts()
         for job in list(queue.running.values()):
             found = running_check(job, now, timeouts)

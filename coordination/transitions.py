@@ -19,6 +19,7 @@ from django.conf import settings
 
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job
+from coordination.writes import Writes
 from coordination.webhook_targets import webhooks_wake
 
 PENDING, RUNNING = Job.Status.PENDING, Job.Status.RUNNING
@@ -44,17 +45,17 @@ def _move(job: Job, to: str) -> None:
     job.status = to
 
 
-def job_accepted(job: Job, *, now: datetime) -> None:
+def job_accepted(job: Job, *, now: datetime, writes: Writes) -> None:
     """Insert a new job, waiting: line order is the order of `now`, taken under the lock (a job that
     replaces another by its dedupe_key is given that job's time: it takes its place)."""
     if not job._state.adding:
         raise InvalidTransition(f"Job {job.job_id} was accepted already.")
     job.status = PENDING
     job.created_at = now
-    job.save(force_insert=True)
+    writes.insert(job)
 
 
-def job_started(job: Job, *, now: datetime, claimed: bool = False) -> None:
+def job_started(job: Job, *, now: datetime, claimed: bool = False, writes: Writes) -> None:
     """A waiting job takes a slot: a new attempt, with a lease from now (a task no worker takes is
     sent again by the reaper; a worker that dies lets it lapse). `claimed`: the finishing worker
     runs it at once (the hand-off); its first heartbeat confirms that it did."""
@@ -72,18 +73,18 @@ def job_started(job: Job, *, now: datetime, claimed: bool = False) -> None:
     if claimed:
         job.claimed_attempt = job.attempt
         fields.append("claimed_attempt")
-    job.save(update_fields=fields)
+    writes.update(job, fields)
     webhooks_wake(job)
 
 
-def job_requeued(job: Job) -> None:
+def job_requeued(job: Job, *, writes: Writes) -> None:
     """A running attempt ended without an outcome: the job waits again, at its old place in line."""
     _move(job, PENDING)
     job.lease_expires_at = None
-    job.save(update_fields=["status", "lease_expires_at"])
+    writes.update(job, ["status", "lease_expires_at"])
 
 
-def job_handed_back(job: Job) -> None:
+def job_handed_back(job: Job, *, writes: Writes) -> None:
     """A stopping worker gives back a running attempt it did not finish (or never began): the job
     waits again at its old place in line and the attempt is not counted. Its number is used again by
     the next start, so a provider that saw it answers that start from its Idempotency-Key; nothing of
@@ -92,10 +93,10 @@ def job_handed_back(job: Job) -> None:
     job.attempt -= 1
     job.claimed_attempt = min(job.claimed_attempt, job.attempt)
     job.lease_expires_at = None
-    job.save(update_fields=["status", "attempt", "claimed_attempt", "lease_expires_at"])
+    writes.update(job, ["status", "attempt", "claimed_attempt", "lease_expires_at"])
 
 
-def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = None, error: str | None = None) -> None:
+def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = None, error: str | None = None, writes: Writes) -> None:
     """A running attempt ends for good: completed, failed or cancelled."""
     if status not in Job.OUTCOMES:
         raise InvalidTransition(f"'{status}' is not an outcome (one of {', '.join(Job.OUTCOMES)}).")
@@ -104,11 +105,11 @@ def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = Non
     job.result = result
     job.error = error
     job.lease_expires_at = None
-    job.save(update_fields=["status", "completed_at", "result", "error", "lease_expires_at"])
+    writes.update(job, ["status", "completed_at", "result", "error", "lease_expires_at"])
     webhooks_wake(job)
 
 
-def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
+def job_cancelled_waiting(job: Job, *, now: datetime, reason: str, writes: Writes) -> None:
     """A waiting job is cancelled: it ends at once, blocked by nothing."""
     if job.status != PENDING:
         raise InvalidTransition(
@@ -119,11 +120,11 @@ def job_cancelled_waiting(job: Job, *, now: datetime, reason: str) -> None:
     job.blocked_by_job_id = None
     job.conflict_reason = None
     job.error = reason
-    job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+    writes.update(job, ["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
     webhooks_wake(job)
 
 
-def job_expired(job: Job, *, now: datetime) -> None:
+def job_expired(job: Job, *, now: datetime, writes: Writes) -> None:
     """A waiting job's start-by deadline passed: it ends without having run, blocked by nothing."""
     if job.status != PENDING:
         raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job can expire.")
@@ -132,13 +133,19 @@ def job_expired(job: Job, *, now: datetime) -> None:
     job.blocked_by_job_id = None
     job.conflict_reason = None
     job.error = f"not started by {job.start_by.isoformat()}"
-    job.save(update_fields=["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
+    writes.update(job, ["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
     webhooks_wake(job)
 
 
 # --- how an attempt ended -> the job's outcome ------------------------------------------------------
 
 RETRY = "retry"
+
+
+def max_attempts_of(job: Job, max_attempts: dict[str, int]) -> int:
+    """How many attempts `job` may have: its model's max_attempts; a workflow's, the smallest among
+    its models' (`max_attempts`: the catalog's, by model name)."""
+    return min((max_attempts[model] for model in job.required_models if model in max_attempts), default=1)
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ AUDIT_FAILED = (RuntimeError, DatabaseError)
 @pytest.fixture
 def fail_audit(monkeypatch, request):
     """fail_audit("started"): the next audit write of that event raises, to prove the change and
-    its audit row are one transaction (I6). A trigger also refuses the row, so the
-    fast path's writes (coordination/fastpath, SQL) fail as the Python path's do."""
+    its audit row are one transaction (I6). A trigger also refuses the row, so the coordinator's
+    own writes (jq_apply, coordination/writes.py; the fast path's SQL) fail as the ORM's do."""
     from coordination.models import JobQueueLogManager
 
     def drop_trigger():
@@ -64,7 +64,6 @@ def fail_audit(monkeypatch, request):
     request.addfinalizer(drop_trigger)
 
     record = JobQueueLogManager.record
-    record_many = JobQueueLogManager.record_many
 
     def arm(event_type: str) -> None:
         def failing_record(self, *, event_type=None, _failing=event_type, **kwargs):
@@ -72,13 +71,7 @@ def fail_audit(monkeypatch, request):
                 raise RuntimeError("audit write failed")
             return record(self, event_type=event_type, **kwargs)
 
-        def failing_record_many(self, *, job, events, _failing=event_type):
-            if any(event == _failing for event, _ in events):
-                raise RuntimeError("audit write failed")
-            return record_many(self, job=job, events=events)
-
         monkeypatch.setattr(JobQueueLogManager, "record", failing_record)
-        monkeypatch.setattr(JobQueueLogManager, "record_many", failing_record_many)
         with connection.cursor() as cursor:
             cursor.execute(
                 "CREATE OR REPLACE FUNCTION test_fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "

@@ -19,7 +19,10 @@ APPS = ("coordination", "workflows")
 # that runs after commit (events, webhooks), not ordered among themselves (the outbox renders jobs
 # with the API's serializer; recovery's background pass sends the webhooks that are due).
 LAYERS = (
-    ("data", ("coordination.models", "coordination.exceptions", "workflows.models", "coordination.provider_catalog")),
+    ("data", (
+        "coordination.models", "coordination.exceptions", "workflows.models", "coordination.provider_catalog",
+        "coordination.writes",
+    )),
     # Code that calls a model (Work): handed all it needs, it imports nothing else of ours, so a
     # service may use it too (a workflow's steps).
     ("runners", ("coordination.runners",)),

@@ -119,9 +119,10 @@ def _step_begin(*, job_id, attempt: int, index: int, step_name: str, model: str)
         )
 
 
-def workflow_blocked_changed(job: Job) -> None:
-    """Under the coordinator lock: the execution row shows what its job waits for (the guide's column)."""
-    WorkflowExecution.objects.filter(job_id=job.job_id).update(blocked_by_job_id=job.blocked_by_job_id)
+def workflow_blocked_changed(job: Job, writes) -> None:
+    """Under the coordinator lock: the execution row shows what its job waits for (the guide's column),
+    written with the transition's other changes."""
+    writes.update_where(WorkflowExecution, "job_id", job.job_id, blocked_by_job_id=job.blocked_by_job_id)
 
 
 def workflow_run(*, job: Job, attempt: int, should_stop=lambda: False, keep_files: Callable | None = None) -> dict:

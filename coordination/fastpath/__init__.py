@@ -2,7 +2,7 @@
 coordinator lock (the PL/pgSQL functions of schema.sql, installed by migration 0013 and again by
 each migration whose columns or tables they read: 0014, 0016, 0017, 0018, 0020, 0030).
 
-The service still opens the transaction and takes the coordinator lock (`slot_ids_lock`, a
+The service still opens the transaction and takes the coordinator lock (`slots_lock`, a
 `select_for_update` of the slot rows); then one function call decides and writes everything the
 Python path (coordination/queue) would, audit rows included, and answers with what happened. Here
 that answer is played back: the [COORDINATOR] lines (coordination/queue/words.py), the workflow
@@ -20,13 +20,14 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, models, transaction
-from django.utils.dateparse import parse_datetime
+from django.db import connection, transaction
 
 from coordination.kinds import job_blocked_changed
 from coordination.models import CatalogModel, Job
 from coordination.queue.locked import enqueue_job_run
+from coordination.queue.snapshot import from_row
 from coordination.queue.words import NO_BLOCKER, models_repr, say
+from coordination.writes import Writes
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 
@@ -42,32 +43,10 @@ def install(schema_editor=None) -> None:
         cursor.execute(SCHEMA_SQL.read_text())
 
 
-def _from_row(row: dict, model_class=Job, into=None):
-    """An instance of `model_class` from a `to_jsonb(row)`: the fields the function wrote, as Django
-    would read them (`into`: fill this instance in instead)."""
-    values = {}
-    for field in model_class._meta.concrete_fields:
-        value = row.get(field.column)
-        if value is not None:
-            if isinstance(field, models.DateTimeField):
-                value = parse_datetime(value)
-            elif isinstance(field, models.UUIDField):
-                value = uuid.UUID(value)
-        values[field.attname] = value
-    if into is None:
-        instance = model_class(**values)
-    else:
-        instance = into
-        for name, value in values.items():
-            setattr(instance, name, value)
-    instance._state.adding = False
-    instance._state.db = connection.alias
-    return instance
-
-
 def play(answer: dict) -> Job | None:
     """Say what the function did, mirror workflow waits, and enqueue the started jobs on commit.
     Returns the job a finishing worker takes (the hand-off), if any."""
+    writes = Writes()
     for kind, *args in answer.get("events", ()):
         if kind == "checking":
             say("checking", args[0], json.loads(args[1]))
@@ -89,18 +68,20 @@ def play(answer: dict) -> Job | None:
         elif kind == "blocked_changed":
             job_id, job_kind, blocked_by = args
             job_blocked_changed(Job(job_id=uuid.UUID(job_id), kind=job_kind,
-                                    blocked_by_job_id=uuid.UUID(blocked_by) if blocked_by else None))
+                                    blocked_by_job_id=uuid.UUID(blocked_by) if blocked_by else None), writes)
         else:
             raise ValueError(f"Unknown event from the coordinator's SQL: {kind}")
+    with connection.cursor() as cursor:
+        writes.flush(cursor)
     for job_id, attempt in answer.get("enqueue", ()):
         transaction.on_commit(partial(enqueue_job_run, uuid.UUID(job_id), attempt))
     taken = answer.get("taken")
     if not taken:
         return None
-    job = _from_row(taken)
+    job = from_row(taken)
     if answer.get("taken_model"):
         # Its worker runs it at once: the catalog row comes along, so the runner's call needs no read.
-        job.catalog_row = _from_row(answer["taken_model"], CatalogModel)
+        job.catalog_row = from_row(answer["taken_model"], CatalogModel)
     return job
 
 
@@ -140,7 +121,7 @@ def submit_many(jobs: list[Job], *, now: datetime) -> dict:
     if answer.get("outcome") == "python":
         return answer  # a scheduling policy is in use: nothing was done, the Python path decides
     for job, row in zip(jobs, answer["jobs"], strict=True):
-        _from_row(row, into=job)
+        from_row(row, into=job)
     return answer
 
 
@@ -169,7 +150,7 @@ def finish(
     )
     if answer["outcome"] == "python":
         return Finished("python")
-    job = _from_row(answer["job"])
+    job = from_row(answer["job"])
     if answer["outcome"] == "refused":
         return Finished("refused", job)
     return Finished("ended", job, play(answer))

@@ -25,9 +25,13 @@ class Group:
 
 def groups_by_model() -> dict[str, list[Group]]:
     """Every capacity group with members, by member model: one query over the membership rows."""
-    rows = CapacityGroup.catalog_models.through.objects.values_list(
+    return groups_from_rows(CapacityGroup.catalog_models.through.objects.values_list(
         "capacitygroup__name", "capacitygroup__capacity", "catalogmodel__name"
-    )
+    ))
+
+
+def groups_from_rows(rows) -> dict[str, list[Group]]:
+    """The groups by member model, from membership rows of (group name, group capacity, model name)."""
     members: dict[tuple[str, int], set[str]] = {}
     for name, capacity, model in rows:
         members.setdefault((name, capacity), set()).add(model)

@@ -1,21 +1,26 @@
 """The coordinator's decisions, made while it holds the coordinator lock.
 
-`LockedQueue` is built inside `transaction.atomic()`: it locks every slot row (`select_for_update`,
-id order, so two coordinators never deadlock) and then reads the running jobs. Everything it decides
-(start, block, dispatch, by the rules in rules.py) is written in that same transaction, with its
-audit row, and the worker task is enqueued only after commit. The services (services/) are the only
-callers.
+`LockedQueue` is opened inside `transaction.atomic()` (`with LockedQueue(...) as queue:`): it locks
+every slot row (`select_for_update`, id order, so two coordinators never deadlock). A hot transition
+(a submit, a worker's report, a cancel: `snapshot=True`) then reads everything its decisions need in
+one more statement (queue/snapshot.py) and decides in memory; the others read the running jobs and
+ask the database as the rules go. Everything it decides (start, block, dispatch, by the rules in
+rules.py) is kept in memory with its audit rows (coordination/writes.py) and written in one statement
+when the queue closes, before COMMIT; the worker task is enqueued only after commit. The services
+(services/) are the only callers.
 
 What a running job holds is read from `jobs` (status running), not from the slot rows: slot rows are
 the display and the lock. So a hand-edited `job_queue_state` (the usage guide's reset SQL) can make a
 slot look free, but it can never make the coordinator start a second job on a model in use.
 
-Cost: a decision reads the running jobs (at most one per slot), one or two index probes per model
-involved, and the waiting-jobs counter; never the whole line. So a completion costs the same whether
-ten or a hundred thousand jobs wait (docs/design.md, "Cost").
+Cost: a decision reads the running jobs (at most one per slot), a few rows of each line's head, one
+or two index probes per job concerned, and the waiting-jobs counter; never the whole line. So a
+completion costs the same whether ten or a hundred thousand jobs wait (docs/design.md, "Cost"): on
+the hot transitions, three statements (the lock, the snapshot, the writes).
 """
 
 import logging
+import uuid
 from functools import partial
 
 from django.conf import settings
@@ -23,13 +28,18 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.kinds import job_blocked_changed
-from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_leave, shares_started
+from coordination.queue.groups import groups_from_rows
 from coordination.queue.lines import line, line_position
-from coordination.queue.rules import QueueRules, Verdict
+from coordination.queue.rules import CATALOG_FIELDS, QueueRules, Verdict
+from coordination.queue.snapshot import UNKNOWN, WINDOW, Arrival, Entry, Snapshot, after_all_of, line_key
 from coordination.queue.words import NO_BLOCKER, NO_WORKER, say
 from coordination.exceptions import LineFull
-from coordination.transitions import job_cancelled_waiting, job_expired, job_handed_back, job_requeued, job_started
+from coordination.transitions import (
+    job_cancelled_waiting, job_expired, job_handed_back, job_requeued, job_started, max_attempts_of,
+)
+from coordination.writes import Writes
 
 logger = logging.getLogger("job_coordinator")
 
@@ -55,52 +65,81 @@ def slots_lock(slot_count: int) -> list[JobQueueState]:
     """The coordinator lock: every slot row, `select_for_update` in id order (so two coordinators never
     deadlock). Also any row beyond the slot count (a job may still run in one after the setting
     shrank): releasing it must clear it. Only ids <= the count take new jobs."""
-
-    def locked():
-        return list(JobQueueState.objects.select_for_update().order_by("id"))
-
-    slots = locked()
+    slots = _locked_slots()
     if sum(1 for slot in slots if slot.id <= slot_count) < slot_count:
         # First use, or the slot count grew: create the missing rows, then lock them all.
         JobQueueState.objects.bulk_create([JobQueueState(id=i) for i in range(1, slot_count + 1)], ignore_conflicts=True)
-        slots = locked()
+        slots = _locked_slots()
     return slots
 
 
 _LOCK_SQL: list[tuple[str, tuple]] = []
 
 
-def slot_ids_lock(slot_count: int) -> list[int]:
-    """The same lock for the PostgreSQL fast path, which needs only that it is held: the slot ids,
-    `select_for_update` in id order. Django builds the statement once and it is sent as it is
-    afterwards (building the queryset cost more than the round trip)."""
+def _locked_slots() -> list[JobQueueState]:
+    """Django builds the statement once and it is sent as it is afterwards (building the queryset
+    cost more than the round trip); the rows become instances as a queryset's would."""
+    fields = JobQueueState._meta.concrete_fields
     if not _LOCK_SQL:
-        query = JobQueueState.objects.select_for_update().order_by("id").values_list("id", flat=True).query
+        query = JobQueueState.objects.select_for_update().order_by("id").only(*(field.attname for field in fields)).query
         _LOCK_SQL.append(query.get_compiler(using=connection.alias).as_sql())
     sql, params = _LOCK_SQL[0]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        ids = [row[0] for row in cursor.fetchall()]
-    if sum(1 for slot_id in ids if slot_id <= slot_count) < slot_count:
-        return [slot.id for slot in slots_lock(slot_count)]  # first use, or the slot count grew
-    return ids
+        rows = cursor.fetchall()
+    converters = [getattr(field, "from_db_value", None) for field in fields]
+    names = [field.attname for field in fields]
+    return [
+        JobQueueState.from_db(connection.alias, names, [
+            convert(value, None, connection) if convert is not None else value for convert, value in zip(converters, row)
+        ])
+        for row in rows
+    ]
 
 
 class LockedQueue(QueueRules):
-    def __init__(self, *, take_next: bool = False, starts: bool = True) -> None:
+    def __init__(
+        self, *, take_next: bool = False, starts: bool = True, snapshot: bool = False, ending=(),
+        arriving: list[Arrival] = (), owner=None, slots: list[JobQueueState] | None = None,
+    ) -> None:
+        """`snapshot`: read what the decisions need in one statement (queue/snapshot.py): for a
+        transition that ends the jobs `ending` (their waiters are read), or admits `arriving` jobs of
+        `owner` (the probes their admission needs). Without it, the rules ask the database as they go.
+        `slots`: the slot rows as this transaction locked them already (slots_lock)."""
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
-        self.slots = self._lock_slots()
-        # Bounded by the slot count: only running jobs are read.
-        self.running: dict = {
-            job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
-        }
+        self.slots = slots if slots is not None else self._lock_slots()
         # One instant for the whole transition: every job it starts, queues or ends shows the same time.
         self.now = timezone.now()
         self._capacities: dict[str, int] | None = None
         self._paused: set[str] | None = None
         self._groups = None
+        self._max_attempts: dict[str, int] | None = None
+        self._pending: int | None = None
+        self.snapshot: Snapshot | None = None
+        self.ending = {uuid_of(job_id) for job_id in ending} - {None}
+        if snapshot:
+            limit = settings.COORDINATOR_MAX_PENDING_PER_USER
+            limited = owner is not None and not owner.is_staff and bool(limit)
+            self.snapshot = Snapshot.read(
+                now=self.now, window=min(self.slot_count + 1, WINDOW), ending=self.ending, arriving=list(arriving),
+                owner_id=owner.pk if owner is not None else None, owner_limit=limit if limited else None,
+            )
+            self.jobs: dict = self.snapshot.jobs
+            running = self.jobs.running()
+            self.running = {job.job_id: job for job in sorted(running, key=lambda job: (job.started_at, job.job_id))}
+            catalog = self.snapshot.catalog.values()
+            self.take_catalog([tuple(row[field] for field in CATALOG_FIELDS) for row in catalog],
+                              groups_from_rows(self.snapshot.group_rows))
+            self._max_attempts = {row["name"]: row["max_attempts"] for row in catalog}
+            self._pending = self.snapshot.pending
+        else:
+            # Bounded by the slot count: only running jobs are read.
+            self.running = {
+                job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
+            }
+            self.jobs = dict(self.running)
         # A worker finishing a job may take the first job that finish starts, and run it at once
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
@@ -108,23 +147,165 @@ class LockedQueue(QueueRules):
         # False for a stopping worker's report: it frees what its job held and starts nothing; a job
         # that may start waits, saying so, for the next worker (docs/design.md, I2).
         self.starts = starts
-        self._pending: int | None = None
         self._turns = 0  # starts on fair lines made in this transaction
+        self.touched: dict = {}  # jobs whose line or wait changed in this transaction
+        self.writes = Writes()
+        self._flushing = False
+        connection.execute_wrappers.append(self._flush_first)
 
     def _lock_slots(self) -> list[JobQueueState]:
         return slots_lock(self.slot_count)
 
+    # --- what is written, and when ----------------------------------------------------------------
+
+    def __enter__(self) -> "LockedQueue":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                self.flush()
+        finally:
+            if self._flush_first in connection.execute_wrappers:
+                connection.execute_wrappers.remove(self._flush_first)
+
+    def flush(self) -> None:
+        """Send what this transition wrote so far (one statement; none if nothing waits)."""
+        if not self.writes:
+            return
+        self._flushing = True
+        try:
+            with connection.cursor() as cursor:
+                self.writes.flush(cursor)
+        finally:
+            self._flushing = False
+
+    def _flush_first(self, execute, sql, params, many, context):
+        """Every other statement on this connection, while the queue is open, sees what it wrote."""
+        if self.writes and not self._flushing:
+            self.flush()
+        return execute(sql, params, many, context)
+
+    def record(self, *, event_type: str, job: Job | None = None, conflict_reason: str | None = None,
+               details: dict | None = None) -> None:
+        """An audit row, written with the transition's other changes (JobQueueLog.objects.record's fields)."""
+        self.writes.insert(
+            JobQueueLog.of(event_type=event_type, job=job, conflict_reason=conflict_reason, details=details), last=True,
+        )
+
+    def known(self, job: Job) -> Job:
+        """The instance this transition decides with for `job` (one per job, so that what it changed in
+        memory is what every rule reads): a job read from the database again is the one read before."""
+        return self.jobs.setdefault(job.job_id, job)
+
+    def _view(self, model: str | None):
+        return self.snapshot.lines.get(model) if self.snapshot is not None else None
+
+    def _held(self, job_id) -> bool:
+        job = self.jobs.get(job_id)
+        return job is None or job.held
+
+    def _job_of(self, found) -> Job | None:
+        return None if found is None else self.jobs[found.job_id]
+
+    # --- the lines: from the snapshot first (rules.QueueRules asks the database) --------------
+
+    def line_nearest(self, model: str | None, job: Job, *, new: bool, unheld: bool) -> Job | None:
+        view = self._view(model)
+        if view is not None:
+            if new:
+                found = view.nearest_ahead(
+                    after_all_of(job.priority), lambda entry: entry.priority >= job.priority and entry.job_id != job.job_id,
+                    f"new {job.priority}", self._held if unheld else _never,
+                )
+            else:
+                key = line_key(job)
+                found = view.nearest_ahead(key, lambda entry: entry.key < key, str(job.job_id), self._held if unheld else _never)
+            if found is not UNKNOWN:
+                return self._job_of(found)
+        found = super().line_nearest(model, job, new=new, unheld=unheld)
+        return None if found is None else self.known(found)
+
+    def line_heads(self, models: list[str], *, unheld: bool) -> dict[str, Job | None]:
+        heads, unknown = {}, []
+        for model in models:
+            view = self._view(model)
+            found = view.head(self._held if unheld else _never) if view is not None else UNKNOWN
+            if found is UNKNOWN:
+                unknown.append(model)
+            else:
+                heads[model] = self._job_of(found)
+        if unknown:
+            heads.update({model: None if job is None else self.known(job)
+                          for model, job in super().line_heads(unknown, unheld=unheld).items()})
+        return heads
+
+    def global_head(self, *, unheld: bool) -> Job | None:
+        view = self._view(None)
+        found = view.head(self._held if unheld else _never) if view is not None else UNKNOWN
+        if found is not UNKNOWN:
+            return self._job_of(found)
+        head = super().global_head(unheld=unheld)
+        return None if head is None else self.known(head)
+
+    def fair_head(self, model: str, *, unheld: bool) -> Job | None:
+        head = super().fair_head(model, unheld=unheld)
+        return None if head is None else self.known(head)
+
+    def fair_predecessor(self, job: Job, model: str) -> Job | None:
+        ahead = super().fair_predecessor(job, model)
+        return None if ahead is None else self.known(ahead)
+
+    def _lines_changed(self, job: Job, *, joined: bool) -> None:
+        """Keep the views in step: `job` joined (or left) its lines."""
+        self.touched[job.job_id] = job
+        if self.snapshot is None:
+            return
+        key = line_key(job)
+        for model in [None, *job.required_models]:
+            view = self._view(model)
+            if view is None:
+                continue
+            if joined:
+                view.add(Entry(key, job.job_id, owner_key(job)))
+            else:
+                view.remove(job.job_id, key)
+
+    def waiting_behind(self, job_ids) -> list[Job]:
+        """The waiting jobs that name one of `job_ids` as what they wait for, in line order."""
+        ids = set(job_ids)
+        if self.snapshot is not None and ids <= self.ending | set(self.snapshot.due):
+            candidates = {job_id: self.jobs[job_id] for job_id in self.snapshot.waiters}
+            candidates.update(self.touched)
+            return sorted(
+                (job for job in candidates.values() if job.status == Job.Status.PENDING and job.blocked_by_job_id in ids),
+                key=line_key,
+            )
+        return [self.known(job) for job in line().filter(blocked_by_job_id__in=list(ids))]
+
+    # --- the catalog ------------------------------------------------------------------------
+
+    def max_attempts(self, job: Job) -> int:
+        """How many attempts `job` may have (transitions.max_attempts_of), as the catalog read says."""
+        if self._max_attempts is None:
+            self._max_attempts = dict(CatalogModel.objects.values_list("name", "max_attempts"))
+        return max_attempts_of(job, self._max_attempts)
+
+    def catalog_changed(self) -> None:
+        super().catalog_changed()
+        self._max_attempts = None
+
     # --- the waiting-jobs counter ---------------------------------------------------------------
 
     def _count_pending(self, delta: int) -> int:
-        """Move the counter and return its new value, in one statement."""
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {JobQueueCounter._meta.db_table} SET pending = pending + %s WHERE id = 1 RETURNING pending",
-                [delta],
-            )
-            row = cursor.fetchone()
-        self._pending = row[0] if row else self.recount_pending()
+        """Move the counter (written with the transition) and return its new value."""
+        if self._pending is None:
+            counter = JobQueueCounter.objects.filter(id=1).first()
+            if counter is None:
+                return self.recount_pending()  # the jobs as they are now: this change included
+            self._pending = counter.pending
+        self._pending += delta
+        self.writes.update(JobQueueCounter(id=1, pending=self._pending), ["pending"], last=True)
         return self._pending
 
     def pending_count(self) -> int:
@@ -139,6 +320,20 @@ class LockedQueue(QueueRules):
         JobQueueCounter.objects.update_or_create(id=1, defaults={"pending": self._pending})
         return self._pending
 
+    def owner_waiting(self, owner, limit: int) -> int:
+        """How many of `owner`'s jobs wait, counted up to `limit`."""
+        if self.snapshot is not None and self.snapshot.owner_waiting is not None:
+            return self.snapshot.owner_waiting
+        return Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+
+    def live_twin(self, job: Job) -> Job | None:
+        """The live job of `job`'s owner with its dedupe_key, if any."""
+        if self.snapshot is not None:
+            twins = [self.jobs[job_id] for job_id in self.snapshot.twins]
+            return next((twin for twin in twins if twin.dedupe_key == job.dedupe_key and twin.status in Job.LIVE), None)
+        twin = Job.objects.filter(owner=job.owner, dedupe_key=job.dedupe_key, status__in=Job.LIVE).first()
+        return None if twin is None else self.known(twin)
+
     # --- changing it ----------------------------------------------------------------------------
 
     def admit(self, job: Job, *, newest: bool = True) -> None:
@@ -148,6 +343,7 @@ class LockedQueue(QueueRules):
         A job that would wait in a line already holding its model's `max_waiting` jobs is refused
         (LineFull, without its Retry-After: no estimate is read under the lock): the caller's
         transaction rolls back, so nothing of it remains."""
+        self.jobs[job.job_id] = job
         say("checking", job.job_id, job.required_models)
         verdict = self.assess(job, new=newest)
         if verdict.can_start:
@@ -159,14 +355,21 @@ class LockedQueue(QueueRules):
             self.block(job, verdict, first=True)
             if not newest:  # it stands where an earlier job stood: its place is counted, not the last
                 job.queue_position = line_position(job)
-                job.save(update_fields=["queue_position"])
+                self.writes.update(job, ["queue_position"])
 
     def _line_limits_check(self, job: Job) -> None:
         for model in job.required_models:
             limit = self.max_waiting.get(model)
             if limit is None:
                 continue
-            waiting = JobLine.objects.filter(model=model).order_by()[:limit].count()  # counts no further than the limit
+            waiting = UNKNOWN
+            if self.snapshot is not None and self._view(model) is not None:
+                counted = self.snapshot.full_lines.get(model)
+                view = self._view(model)
+                if counted is not None and (counted < limit or not view.gone):
+                    waiting = view.count_where(counted, lambda entry: True)
+            if waiting is UNKNOWN:
+                waiting = JobLine.objects.filter(model=model).order_by()[:limit].count()  # counts no further than the limit
             if waiting >= limit:
                 logger.info(
                     "[COORDINATOR] Job %s refused: the line of %s is full (%s waiting, max_waiting %s)",
@@ -181,27 +384,37 @@ class LockedQueue(QueueRules):
     def cancel_waiting(self, job: Job, *, reason: str, details: dict) -> None:
         """End a waiting job as cancelled (`reason` is its error): out of its lines, said, audited with
         `details`. The caller re-points the jobs that named it (settle_after) when it is done."""
-        job_cancelled_waiting(job, now=self.now, reason=reason)
+        job = self.known(job)
+        job_cancelled_waiting(job, now=self.now, reason=reason, writes=self.writes)
         self.leave_line(job)
         self._mirror_blocker(job)
         say("ended", job.job_id, Job.Status.CANCELLED)
-        JobQueueLog.objects.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={**details, "reason": reason})
+        self.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={**details, "reason": reason})
+
+    def _due(self) -> list[Job]:
+        if self.snapshot is not None and len(self.snapshot.due) < 1000:
+            due = {job_id: self.jobs[job_id] for job_id in self.snapshot.due}
+            due.update(self.touched)
+            return sorted(
+                (job for job in due.values()
+                 if job.status == Job.Status.PENDING and job.start_by is not None and job.start_by <= self.now),
+                key=lambda job: job.start_by,
+            )
+        return [self.known(job) for job in line().filter(start_by__lte=self.now).order_by("start_by")[:1000]]
 
     def expire_due(self) -> list:
         """End every waiting job whose start-by deadline has passed (`expired`), and re-point the jobs
         that named one of them. Called before any dispatch, so a job never starts after its deadline."""
-        due = list(line().filter(start_by__lte=self.now).order_by("start_by")[:1000])
+        due = self._due()
         for job in due:
-            job_expired(job, now=self.now)
+            job_expired(job, now=self.now, writes=self.writes)
             self.leave_line(job)
             self._mirror_blocker(job)
             say("ended", job.job_id, Job.Status.EXPIRED)
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.EXPIRED, job=job, details={"start_by": job.start_by.isoformat()}
-            )
+            self.record(event_type=JobQueueLog.Event.EXPIRED, job=job, details={"start_by": job.start_by.isoformat()})
         ids = [job.job_id for job in due]
         if ids:
-            for waiter in line().filter(blocked_by_job_id__in=ids):
+            for waiter in self.waiting_behind(ids):
                 self.reassess(waiter)
         return ids
 
@@ -209,21 +422,19 @@ class LockedQueue(QueueRules):
         held = bool(self.paused) and bool(self.paused_among(job.required_models))
         if held != job.held:
             job.held = held
-            job.save(update_fields=["held"])
-        JobLine.objects.bulk_create(
-            [
-                JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at, held=held,
-                        owner_key=owner_key(job))
-                for model in job.required_models
-            ]
-        )
+            self.writes.update(job, ["held"])
+        for model in job.required_models:
+            self.writes.insert(JobLine(job_id=job.job_id, model=model, priority=job.priority, created_at=job.created_at,
+                                       held=held, owner_key=owner_key(job)))
+        self._lines_changed(job, joined=True)
         shares_enter(job, self._fair_of(job))
         self._count_pending(+1)
 
     def leave_line(self, job: Job) -> None:
         """A waiting job started or was cancelled (its new status already saved): it leaves every
         line it stood in."""
-        JobLine.objects.filter(job_id=job.job_id).delete()
+        self.writes.delete(JobLine, "job_id", job.job_id)
+        self._lines_changed(job, joined=False)
         shares_leave(job, self._fair_of(job))
         self._count_pending(-1)
 
@@ -236,7 +447,7 @@ class LockedQueue(QueueRules):
         assert slot is not None, "start() needs a free slot; assess() first"
         now = self.now
         taken = self.take_next and self.taken is None
-        job_started(job, now=now, claimed=taken)
+        job_started(job, now=now, claimed=taken, writes=self.writes)
         if waiting:
             self.leave_line(job)
         fair = self._fair_of(job)
@@ -247,18 +458,20 @@ class LockedQueue(QueueRules):
         slot.active_job_type = job.kind
         slot.active_models = list(job.required_models)
         slot.started_at = now
-        slot.save()
+        self.writes.update(slot, last=True)
         self.running[job.job_id] = job
         self._mirror_blocker(job)
         say("set_active", job.job_id, job.kind, job.required_models)
-        events = [(JobQueueLog.Event.STARTED, {"slot": slot.id, "attempt": job.attempt, "models": job.required_models})]
+        self.record(event_type=JobQueueLog.Event.STARTED, job=job,
+                    details={"slot": slot.id, "attempt": job.attempt, "models": job.required_models})
         if taken:
             # The finishing worker runs it next; nothing to deliver. Should that worker die, the job
             # is claimed and running, exactly as if its own task had been delivered and then died.
             self.taken = job
-            events.append((JobQueueLog.Event.CLAIMED, {"attempt": job.attempt, "handoff": True}))
-        JobQueueLog.objects.record_many(job=job, events=events)
-        if not taken:
+            if self.snapshot is not None and job.model in self.snapshot.catalog:
+                job.catalog_row = self.snapshot.catalog_model(job.model)  # its runner's call needs no read
+            self.record(event_type=JobQueueLog.Event.CLAIMED, job=job, details={"attempt": job.attempt, "handoff": True})
+        else:
             transaction.on_commit(partial(enqueue_job_run, job.job_id, job.attempt))
 
     def block(self, job: Job, verdict: Verdict, *, first: bool) -> None:
@@ -270,7 +483,8 @@ class LockedQueue(QueueRules):
             job.queued_at = self.now
             job.queue_position = self._position_on_entry(job)
             fields += ["queued_at", "queue_position"]
-        job.save(update_fields=fields)
+        self.writes.update(job, fields)
+        self.touched[job.job_id] = job
         self._mirror_blocker(job)
         blocked_by = job.blocked_by_job_id or (NO_WORKER if verdict.reason == WAITS_FOR_WORKER else NO_BLOCKER)
         if first:
@@ -280,7 +494,7 @@ class LockedQueue(QueueRules):
         else:
             say("still_queued", job.job_id, blocked_by, verdict.reason)
             event = JobQueueLog.Event.REBLOCKED
-        JobQueueLog.objects.record(
+        self.record(
             event_type=event,
             job=job,
             conflict_reason=verdict.reason,
@@ -293,6 +507,10 @@ class LockedQueue(QueueRules):
     def _position_on_entry(self, job: Job) -> int:
         """Its place in the global line when it joined (it is the newest at its priority): the
         counter, less the jobs of lower priority that now stand behind it."""
+        view = self._view(None)
+        if view is not None and job.priority in self.snapshot.lower:
+            lower = view.count_where(self.snapshot.lower[job.priority], lambda entry: entry.priority < job.priority)
+            return self.pending_count() - lower
         behind = line().filter(priority__lt=job.priority)
         if not behind.exists():
             return self.pending_count()
@@ -304,14 +522,14 @@ class LockedQueue(QueueRules):
         worker) goes back in line, at the place its acceptance gave it: no job that came later
         overtakes it. Its models are freed first."""
         self.release(job)
-        job_requeued(job)
+        job_requeued(job, writes=self.writes)
         self.enter_line(job)
 
     def hand_back(self, job: Job) -> None:
         """A stopping worker gives its running job back: in line again at its old place, as requeue
         does, and its attempt not counted (transitions.job_handed_back)."""
         self.release(job)
-        job_handed_back(job)
+        job_handed_back(job, writes=self.writes)
         self.enter_line(job)
 
     def release(self, job: Job) -> None:
@@ -321,14 +539,13 @@ class LockedQueue(QueueRules):
             if slot.active_job_id == job.job_id:
                 self.empty_slot(slot)
 
-    @staticmethod
-    def empty_slot(slot: JobQueueState) -> None:
+    def empty_slot(self, slot: JobQueueState) -> None:
         """Show the slot free (it is one of the locked rows: callers hold the lock)."""
         slot.active_job_id = None
         slot.active_job_type = None
         slot.active_models = []
         slot.started_at = None
-        slot.save()
+        self.writes.update(slot, last=True)
 
     def dispatch(self, *, quiet_when_idle: bool = False) -> list[Job]:
         """Start every waiting job that may start now (docs/design.md, rules 1-3), in line order. `quiet_when_idle`:
@@ -359,13 +576,14 @@ class LockedQueue(QueueRules):
         still names a job that is running or pending.
         """
         started = self.dispatch()
-        for waiter in line().filter(blocked_by_job_id__in=finished_job_ids):
-            if self.reassess(waiter):
+        for waiter in self.waiting_behind(finished_job_ids):
+            if waiter.status == Job.Status.PENDING and self.reassess(waiter):
                 started.append(waiter)
         return started
 
     def reassess(self, job: Job) -> bool:
         """Decide again for a job already in line: start it, or record what it waits for now."""
+        job = self.known(job)
         verdict = self.assess(job)
         if verdict.can_start and not self.starts:
             verdict = Verdict(can_start=False, reason=WAITS_FOR_WORKER)
@@ -376,6 +594,16 @@ class LockedQueue(QueueRules):
         self.block(job, verdict, first=False)
         return False
 
-    @staticmethod
-    def _mirror_blocker(job: Job) -> None:
-        job_blocked_changed(job)  # a workflow's execution row mirrors it (registered by workflows)
+    def _mirror_blocker(self, job: Job) -> None:
+        job_blocked_changed(job, self.writes)  # a workflow's execution row mirrors it (registered by workflows)
+
+
+def uuid_of(job_id):
+    try:
+        return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+
+
+def _never(job_id) -> bool:
+    return False

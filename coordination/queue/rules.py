@@ -13,8 +13,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
-
 from coordination.models import CatalogModel, Job, JobLine, JobQueueState
 from coordination.queue.fair import fair_head, fair_predecessor
 from coordination.queue.groups import Group, groups_by_model
@@ -89,14 +87,6 @@ class QueueRules:
     def paused_among(self, models) -> list[str]:
         """Which of `models` an operator has paused: no job starts on them until they are resumed."""
         return [model for model in models if model in self.paused]
-
-    def _not_held(self, rows: QuerySet, job: Job) -> QuerySet:
-        """`rows` (jobs or line rows) without the jobs a pause holds, for a job that may start: while
-        paused, a model's jobs hold back only jobs that need that model too (they keep their place
-        in line). A job that is held itself cannot start; it names the nearest job ahead, as ever."""
-        if not self.paused or self.paused_among(job.required_models):
-            return rows
-        return rows.filter(held=False)
 
     @property
     def fair_models(self) -> set[str]:
@@ -173,26 +163,53 @@ class QueueRules:
 
         In serialized mode that is simply the job before it (global FIFO); with more slots, the
         nearest earlier job in the line of one of its models. A `new` job is the last accepted, so
-        everything at its priority or above is ahead of it: one probe instead of two.
+        everything at its priority or above is ahead of it.
         """
-        def nearest(rows):
-            if new:
-                return rows.filter(priority__gte=job.priority).order_by(*NEAREST_FIRST).first()
-            return nearest_ahead(rows, job)
-
+        unheld = bool(self.paused) and not self.paused_among(job.required_models)
         if self.slot_count == 1 or any_model:
-            return nearest(self._not_held(line().exclude(job_id=job.job_id) if new else line(), job))
+            return self.line_nearest(None, job, new=new, unheld=unheld)
         for model in job.required_models:
             if model in self.fair_lines:
-                ahead = fair_predecessor(job, model)
+                ahead = self.fair_predecessor(job, model)
                 if ahead is not None:
                     return ahead
                 continue
-            # A new job has no line rows yet: it enters its lines only if it has to wait.
-            row = nearest(self._not_held(JobLine.objects.filter(model=model), job).select_related("job"))
-            if row is not None:
-                return row.job
+            ahead = self.line_nearest(model, job, new=new, unheld=unheld)
+            if ahead is not None:
+                return ahead
         return None
+
+    # --- the lines, as the rules read them: from the database here; LockedQueue answers from its
+    # snapshot first (queue/snapshot.py) and asks these only what the snapshot does not tell.
+
+    def line_nearest(self, model: str | None, job: Job, *, new: bool, unheld: bool) -> Job | None:
+        """The nearest job ahead of `job` in `model`'s line (None: the global line), passing over the
+        jobs a pause holds if `unheld`. A `new` job is not in line yet: every job at its priority or
+        above is ahead of it. Two index probes at most."""
+        if model is None:
+            rows = line().exclude(job_id=job.job_id) if new else line()
+        else:
+            rows = JobLine.objects.filter(model=model).select_related("job")
+        if unheld:
+            rows = rows.filter(held=False)
+        if new:
+            found = rows.filter(priority__gte=job.priority).order_by(*NEAREST_FIRST).first()
+        else:
+            found = nearest_ahead(rows, job)
+        return found if found is None or model is None else found.job
+
+    def line_heads(self, models: list[str], *, unheld: bool) -> dict[str, Job | None]:
+        """The first job in each of `models`' lines (first come, first served ones): one query."""
+        return heads_of(models, unheld=unheld)
+
+    def global_head(self, *, unheld: bool) -> Job | None:
+        return (line().filter(held=False) if unheld else line()).first()
+
+    def fair_head(self, model: str, *, unheld: bool) -> Job | None:
+        return fair_head(model, unheld=unheld)
+
+    def fair_predecessor(self, job: Job, model: str) -> Job | None:
+        return fair_predecessor(job, model)
 
     def assess(self, job: Job, *, new: bool = False) -> Verdict:
         """May `job` start now? If not, which job it waits for and why, in words."""
@@ -248,11 +265,11 @@ class QueueRules:
 
     def _next_startable(self) -> Job | None:
         """The first job in line that heads the line of every model it needs, all of them free."""
+        unheld = bool(self.paused)
         if self.slot_count == 1:
             # Serialized mode is global FIFO: only the head of the whole line may start.
             # Global FIFO among the jobs that may run at all: a paused model's jobs step aside.
-            rows = line().filter(held=False) if self.paused else line()
-            head = rows.first()
+            head = self.global_head(unheld=unheld)
             return head if head is not None and self._has_room(head) else None
         in_use = self.models_in_use()
         full_groups = {group.name for group, _, _ in self.group_conflicts(self.capacities)}
@@ -262,23 +279,23 @@ class QueueRules:
             and not any(group.name in full_groups for group in self.groups.get(model, ()))
         ]
         fair = self.fair_lines
-        heads: dict[str, Job | None] = heads_of([m for m in free_models if m not in fair], unheld=bool(self.paused))
-        heads.update({model: fair_head(model, unheld=bool(self.paused)) for model in free_models if model in fair})
+        heads: dict[str, Job | None] = self.line_heads([m for m in free_models if m not in fair], unheld=unheld)
+        heads.update({model: self.fair_head(model, unheld=unheld) for model in free_models if model in fair})
 
         def head_of(model: str) -> Job | None:
             if model not in heads:
                 if model in fair:
-                    heads[model] = fair_head(model, unheld=bool(self.paused))
+                    heads[model] = self.fair_head(model, unheld=unheld)
                 else:
-                    heads.update(heads_of([model], unheld=bool(self.paused)))
+                    heads.update(self.line_heads([model], unheld=unheld))
             return heads[model]
 
         candidates = {head.job_id: head for head in heads.values() if head is not None}
         for job in sorted(candidates.values(), key=line_key):
-            heads_all = all(
+            # Room first: it needs no read, and a model without room needs no head.
+            if self._has_room(job) and all(
                 (head := head_of(model)) is not None and head.job_id == job.job_id for model in job.required_models
-            )
-            if heads_all and self._has_room(job):
+            ):
                 return job
         return None
 

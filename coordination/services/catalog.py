@@ -30,8 +30,7 @@ def catalog_model_save(*, model: CatalogModel, actor: str) -> dict:
 
     Lowering a capacity stops no running job: the model takes no new one until fewer jobs than the
     new capacity run on it."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         before = CatalogModel.objects.filter(pk=model.pk).first() if model.pk is not None else None
         edited = [field for field in model._meta.concrete_fields if field.name not in NOT_EDITED]
         if before is None:
@@ -62,8 +61,7 @@ def capacity_group_save(*, group: CapacityGroup, models: list[CatalogModel] | No
     `models` is given), then decide again at once: start what the change lets start, and re-decide
     the waiting jobs of its models that wait on a running job or on none (what they said about the
     group may no longer hold). Deleting a group is capacity_group_delete."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         before = CapacityGroup.objects.filter(pk=group.pk).first() if group.pk is not None else None
         members_before = sorted(before.catalog_models.values_list("name", flat=True)) if before else []
         group.save()
@@ -89,8 +87,7 @@ def capacity_group_save(*, group: CapacityGroup, models: list[CatalogModel] | No
 
 def capacity_group_delete(*, group: CapacityGroup, actor: str) -> dict:
     """Delete a capacity group: its models' waiting jobs may start at once."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         members = list(group.catalog_models.values_list("name", flat=True))
         name = group.name
         group.delete()

@@ -25,11 +25,17 @@ from coordination import fastpath
 from coordination.exceptions import JobNotFound, StaleAttempt
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
-from coordination.queue.locked import slot_ids_lock
+from coordination.queue.locked import slots_lock, uuid_of
 from coordination.queue.words import say
-from coordination.transitions import RETRY, Outcome, attempt_outcome, job_ended
+from coordination.transitions import RETRY, Outcome, attempt_outcome, job_ended, max_attempts_of
 
 logger = logging.getLogger("job_coordinator")
+
+
+def _job_of(queue: LockedQueue, job_id) -> Job:
+    """The job `job_id` as `queue` knows it: read with its snapshot (a transition's own job is), or now."""
+    job = queue.jobs.get(uuid_of(job_id))
+    return job if job is not None else queue.known(_locked_job(job_id))
 
 
 def _locked_job(job_id) -> Job:
@@ -41,22 +47,20 @@ def _locked_job(job_id) -> Job:
 
 
 def job_max_attempts(job: Job) -> int:
-    """A normal job: its model's max_attempts; a workflow: the smallest among its models'."""
-    attempts = CatalogModel.objects.filter(name__in=job.required_models).values_list("max_attempts", flat=True)
-    return min(attempts, default=1)
+    """How many attempts `job` may have (transitions.max_attempts_of), as the catalog says now."""
+    attempts = CatalogModel.objects.filter(name__in=job.required_models).values_list("name", "max_attempts")
+    return max_attempts_of(job, dict(attempts))
 
 
 def job_retry(queue: LockedQueue, job: Job, *, error: str | None) -> None:
     """The attempt ended without an outcome and the job may run again: audited, then back in line
     at its old place (see LockedQueue.requeue), and everyone decided again."""
     logger.info("[COORDINATOR] Job %s attempt %s ended (%s), retrying", job.job_id, job.attempt, error)
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": job.attempt, "error": error})
+    queue.record(event_type=JobQueueLog.Event.RETRIED, job=job, details={"attempt": job.attempt, "error": error})
     queue.requeue(job)
     started = {started.job_id for started in queue.settle_after(job.job_id)}
-    if job.job_id not in started:
-        job.refresh_from_db()
-        if job.status == Job.Status.PENDING:
-            queue.reassess(job)
+    if job.job_id not in started and job.status == Job.Status.PENDING:
+        queue.reassess(job)
 
 
 def job_end(
@@ -65,12 +69,10 @@ def job_end(
 ) -> None:
     """Under the lock: end a running job for good with this outcome (decided already): its slot and
     models freed, its audit row, and (unless the caller settles several at once) whatever may start now."""
-    job_ended(job, status=status, now=queue.now, result=result, error=error)
+    job_ended(job, status=status, now=queue.now, result=result, error=error, writes=queue.writes)
     say("ended", job.job_id, status)
     queue.release(job)
-    JobQueueLog.objects.record(
-        event_type=status, job=job, details={"attempt": job.attempt, **({"error": error} if error else {})}
-    )
+    queue.record(event_type=status, job=job, details={"attempt": job.attempt, **({"error": error} if error else {})})
     if settle:
         queue.settle_after(job.job_id)
 
@@ -88,7 +90,7 @@ def job_attempt_end(
         reported=reported,
         error=error,
         retry=retry,
-        max_attempts=job_max_attempts(job) if may_retry else 1,
+        max_attempts=queue.max_attempts(job) if may_retry else 1,
         cancel_reason=job_cancel_reason(job) if reported != Job.Status.COMPLETED and (
             job.cancel_requested_at is not None or reported == Job.Status.CANCELLED
         ) else None,
@@ -111,54 +113,47 @@ def _report(
     retry: bool = True,
     starts: bool = True,
 ) -> tuple[Job, Job | None]:
-    """A report of how an attempt ended, in its own transaction: the SQL fast path when it can decide
-    alone, else _report_python. Returns the job and, with `take_next`, the job handed over (or None).
-    `starts` False (a stopping worker's report): nothing is started (LockedQueue's `starts`), which
-    the fast path does not know, so the Python path decides."""
-    if fastpath.enabled() and starts:
-        with transaction.atomic():
-            slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+    """A report of how an attempt ended, in one transaction under the lock: the SQL fast path when it
+    can decide alone, else the coordinator (LockedQueue) in the same transaction. Returns the job and,
+    with `take_next`, the job handed over (or None). `starts` False (a stopping worker's report):
+    nothing is started (LockedQueue's `starts`), which the fast path does not know."""
+    refusal = decided = None
+    with transaction.atomic():
+        slots = None
+        if fastpath.enabled() and starts:
+            slots = slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
             done = fastpath.finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
                                    retry=retry, take_next=take_next, now=timezone.now())
-        # Committed: an outcome, or the refusal's audit row (a late worker's call is part of the story).
-        if done.outcome == "ended":
-            return done.job, done.taken
-        if done.outcome == "refused":
-            job = done.job
-            refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
-            logger.warning("[COORDINATOR] %s", refusal)
-            raise StaleAttempt(refusal)
-        # A cancel asked for, or a retry: the function changed nothing; the Python path decides.
-    return _report_python(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
-                          take_next=take_next and starts, retry=retry, starts=starts)
-
-
-def _report_python(
-    *, job_id, attempt: int, status: str, result: dict | None, error: str | None, take_next: bool, retry: bool,
-    starts: bool = True,
-) -> tuple[Job, Job | None]:
-    """The Python path of _report: its own transaction, under the lock."""
-    refusal = None
-    with transaction.atomic():
-        queue = LockedQueue(take_next=take_next, starts=starts)
-        # A running job was read under the lock already; only a late or odd call needs a fetch.
-        job = queue.running_job(job_id) or _locked_job(job_id)
-        if job.status != Job.Status.RUNNING or job.attempt != attempt or (
-            status == Job.Status.CANCELLED and job.cancel_requested_at is None
-        ):
-            # Recorded, and committed, before refusing: a late worker's call is part of the story.
-            refusal = f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
-            JobQueueLog.objects.record(
-                event_type=JobQueueLog.Event.REFUSED,
-                job=job,
-                details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
-            )
-        else:
-            job_attempt_end(queue, job, reported=status, error=error, result=result, retry=retry)
+            if done.outcome == "ended":
+                decided = done.job, done.taken
+            elif done.outcome == "refused":  # its audit row is written: a late worker's call is part of the story
+                refusal = _refusal(job_id, status, done.job, attempt)
+            # "python": a cancel asked for, a retry, a policy in use; the function changed nothing.
+        if decided is None and refusal is None:
+            with LockedQueue(take_next=take_next and starts, starts=starts, snapshot=True, ending=[job_id],
+                             slots=slots) as queue:
+                job = _job_of(queue, job_id)
+                if job.status != Job.Status.RUNNING or job.attempt != attempt or (
+                    status == Job.Status.CANCELLED and job.cancel_requested_at is None
+                ):
+                    # Recorded, and committed, before refusing: a late worker's call is part of the story.
+                    refusal = _refusal(job_id, status, job, attempt)
+                    queue.record(
+                        event_type=JobQueueLog.Event.REFUSED,
+                        job=job,
+                        details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
+                    )
+                else:
+                    job_attempt_end(queue, job, reported=status, error=error, result=result, retry=retry)
+                    decided = job, queue.taken
     if refusal:
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)
-    return job, queue.taken
+    return decided
+
+
+def _refusal(job_id, status: str, job: Job, attempt: int) -> str:
+    return f"Refused to mark job {job_id} {status}: it is {job.status} at attempt {job.attempt}, the caller held attempt {attempt}"
 
 
 def job_cancel_reason(job: Job) -> str:
@@ -209,8 +204,7 @@ def job_hand_back(*, job_id, attempt: int, began: bool, reason: str) -> Job | No
     not counted, and nothing is started (the worker is stopping: what may start waits for the next
     worker). Fenced by the attempt and its claim; None if the job moved on meanwhile (ended, taken
     away, claimed by another worker)."""
-    with transaction.atomic():
-        queue = LockedQueue(starts=False)
+    with transaction.atomic(), LockedQueue(starts=False, snapshot=True, ending=[job_id]) as queue:
         job = queue.running_job(job_id)
         if job is None or job.attempt != attempt or (job.claimed_attempt == attempt) != began:
             return None
@@ -220,7 +214,7 @@ def job_hand_back(*, job_id, attempt: int, began: bool, reason: str) -> Job | No
             return job
         logger.info("Job %s attempt %s handed back (%s): waiting again at its place in line, no attempt used",
                     job.job_id, attempt, reason)
-        JobQueueLog.objects.record(
+        queue.record(
             event_type=JobQueueLog.Event.RETRIED, job=job,
             details={"attempt": attempt, "handed_back": True, "attempt_used": False, "reason": reason},
         )
@@ -231,17 +225,16 @@ def job_hand_back(*, job_id, attempt: int, began: bool, reason: str) -> Job | No
 
 
 def job_cancel(*, job_id, user=None, reason: str = "Cancelled by its owner") -> Job:
-    with transaction.atomic():
-        queue = LockedQueue()
-        job = _locked_job(job_id)
+    with transaction.atomic(), LockedQueue(snapshot=True, ending=[job_id]) as queue:
+        job = _job_of(queue, job_id)
         if job.status == Job.Status.RUNNING:
             # Its worker stops the runner and reports `cancelled`; only then (or once its lease
             # lapses) are its models freed, so it never overlaps the next job on them.
             if job.cancel_requested_at is None:
                 job.cancel_requested_at = timezone.now()
-                job.save(update_fields=["cancel_requested_at"])
+                queue.writes.update(job, ["cancel_requested_at"])
                 logger.info("[COORDINATOR] Cancel requested for running job %s; waiting for its worker to stop", job.job_id)
-                JobQueueLog.objects.record(
+                queue.record(
                     event_type=JobQueueLog.Event.CANCEL_REQUESTED,
                     job=job,
                     details={"by": getattr(user, "username", None), "reason": reason, "attempt": job.attempt},

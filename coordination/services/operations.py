@@ -36,8 +36,7 @@ def model_pause(*, name: str, paused: bool, actor: str) -> dict:
 
     Cost: the jobs re-decided are those that name one of the model's jobs; in a mixed serialized line
     that is up to one per waiting job of the model, so this is an operator action, not a hot path."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         model = CatalogModel.objects.filter(name=name).first()
         if model is None:
             known = ", ".join(CatalogModel.objects.values_list("name", flat=True))
@@ -84,8 +83,7 @@ def job_priority_set(*, job_id, priority: int, actor: str) -> dict:
     the jobs that waited behind it and the jobs now behind it are decided again."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise InvalidJob(f"Priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}.", field="priority")
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         job = _locked_job(job_id)
         if job.status != Job.Status.PENDING:
             raise InvalidTransition(f"Job {job.job_id} is {job.status}; only a waiting job's priority can change.")
@@ -124,8 +122,7 @@ def job_priority_set(*, job_id, priority: int, actor: str) -> dict:
 def queue_dispatch(*, actor: str) -> dict:
     """Start every waiting job that may start now. I2 (docs/design.md) says there is none; this is the operator's
     way to prove it, or to act on a change made outside the coordinator (the guide's SQL)."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         started = [str(job.job_id) for job in queue.dispatch()]
         JobQueueLog.objects.record(event_type=JobQueueLog.Event.DISPATCHED, details={"actor": actor, "started": started})
     return {"started": started}
@@ -137,8 +134,7 @@ def queue_reconcile(*, actor: str, only: set[str] | None = None) -> dict:
 
     `only`: the keys of the differences the operator's preview showed; a difference found now that
     the preview did not show is left for the next look, and one shown that is gone is reported."""
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         now = timezone.now()
         timeouts = catalog_timeouts()
         found = differences(queue.slots, queue.running, now=now, timeouts=timeouts)

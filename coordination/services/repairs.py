@@ -37,8 +37,8 @@ def waiting_repair(queue: LockedQueue, *, actor: str, only: list | None = None) 
 def queue_clear_stale(*, actor: str) -> dict:
     """The guide's "Clear stale queue", made safe: re-decide every pending job whose blocker is
     finished or missing (or that has none), then start what may start. Nothing is cleared blindly."""
-    with transaction.atomic():
-        stale, started = waiting_repair(LockedQueue(), actor=actor)
+    with transaction.atomic(), LockedQueue() as queue:
+        stale, started = waiting_repair(queue, actor=actor)
         # One row for the run itself (each job repaired has its own): also an empty run is on record.
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.STALE_CLEARED,
@@ -58,8 +58,7 @@ def queue_reset(*, actor: str, slot_ids: list[int], expected: dict[int, str | No
     slot shows another job by now, nothing is changed (a job the operator never saw is not failed)."""
     evicted: list[str] = []
     stopping: list[str] = []
-    with transaction.atomic():
-        queue = LockedQueue()
+    with transaction.atomic(), LockedQueue() as queue:
         chosen = [s for s in queue.slots if s.id in set(slot_ids)]
         for slot in chosen if expected is not None else []:
             now_shows = str(slot.active_job_id) if slot.active_job_id else None

@@ -18,7 +18,8 @@ from coordination.exceptions import (
 )
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
-from coordination.queue.locked import slot_ids_lock
+from coordination.queue.locked import slots_lock
+from coordination.queue.snapshot import Arrival
 from coordination.transitions import job_accepted
 from coordination.webhook_targets import webhook_set
 
@@ -46,17 +47,21 @@ def priority_check(*, owner, priority: int) -> None:
         raise NotAllowed("Only staff may submit jobs with a priority above 0.", field="priority")
 
 
-def pending_limit_check(*, owner, adding: int = 1) -> None:
+def pending_limit_check(*, owner, adding: int = 1, queue: LockedQueue | None = None) -> None:
     """Refuse `adding` new jobs (a batch: all of them, as if none could start) unless their owner's
     waiting jobs and they fit in the most jobs waiting that one user may have.
 
-    Called under the coordinator lock, so two submissions at once cannot both slip under the limit.
-    Staff (operators, the benchmark, load tests) and jobs without an owner are not limited.
+    Called under the coordinator lock (`queue`, whose snapshot counted them), so two submissions at
+    once cannot both slip under the limit. Staff (operators, the benchmark, load tests) and jobs
+    without an owner are not limited.
     """
     limit = settings.COORDINATOR_MAX_PENDING_PER_USER
     if owner is None or owner.is_staff or not limit:
         return
-    waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+    if queue is not None:
+        waiting = queue.owner_waiting(owner, limit)
+    else:
+        waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
     if waiting + adding <= limit:
         return
     if adding == 1:
@@ -79,15 +84,36 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
     """
     if not job.required_models:
         raise InvalidJob("A job must require at least one model.", field="model")
-    if _fast(job):
-        accepted = _accept_fast([job], None if on_create is None else lambda jobs: on_create(job))
-        if accepted is not None:
-            return job
-    with _retry_after_when_full(), transaction.atomic():
-        queue = LockedQueue()
-        pending_limit_check(owner=job.owner)
-        _admit_new(queue, job, on_create)
+    _accept([job], on_insert=on_create)
     return job
+
+
+def _accept(jobs: list[Job], *, on_insert: Callable[[Job], None] | None = None,
+            on_admitted: Callable[[list[Job]], None] | None = None) -> None:
+    """Accept `jobs` (one owner's, in order) in one transaction under the coordinator lock: the SQL
+    fast path when it may and can decide alone, else the coordinator (LockedQueue) in the same
+    transaction. `on_insert(job)` runs once a job is inserted, `on_admitted(jobs)` once all are."""
+    with _retry_after_when_full(), transaction.atomic():
+        slots = None
+        if _fast(*jobs):
+            slots = slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
+            pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
+            answer = fastpath.submit_many(jobs, now=timezone.now())
+            if answer.get("outcome") != "python":
+                for job in jobs if on_insert is not None else ():
+                    on_insert(job)
+                if on_admitted is not None:
+                    on_admitted(jobs)
+                fastpath.play(answer)
+                return
+            # A scheduling policy is in use: the function changed nothing; the coordinator decides.
+        arriving = [Arrival(models=list(job.required_models), priority=job.priority, dedupe_key=job.dedupe_key) for job in jobs]
+        with LockedQueue(snapshot=True, arriving=arriving, owner=jobs[0].owner, slots=slots) as queue:
+            pending_limit_check(owner=jobs[0].owner, adding=len(jobs), queue=queue)
+            for job in jobs:  # each in turn: the next one's place depends on this one
+                _admit_new(queue, job, on_insert)
+            if on_admitted is not None:
+                on_admitted(jobs)
 
 
 @contextmanager
@@ -112,13 +138,13 @@ def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | 
     replaced = _dedupe(queue, job) if job.dedupe_key else None
     # It takes the replaced job's place only in the same lines: a job for other models is simply new.
     in_its_place = replaced is not None and list(replaced.required_models) == list(job.required_models)
-    job_accepted(job, now=replaced.created_at if in_its_place else queue.now)
+    job_accepted(job, now=replaced.created_at if in_its_place else queue.now, writes=queue.writes)
     if on_create is not None:
         on_create(job)
     details = {"models": job.required_models}
     if replaced is not None:
         details["replaces"] = str(replaced.job_id)
-    JobQueueLog.objects.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details=details)
+    queue.record(event_type=JobQueueLog.Event.SUBMITTED, job=job, details=details)
     queue.admit(job, newest=not in_its_place)
     if replaced is not None:
         queue.settle_after(replaced.job_id)  # those that waited behind it now wait behind this one
@@ -127,10 +153,7 @@ def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | 
 def _dedupe(queue: LockedQueue, job: Job) -> Job | None:
     """The live job of the same owner with `job`'s dedupe_key, if any: refused (409) unless `job` may
     replace it and it still waits, in which case it is cancelled ("replaced by ...") and returned."""
-    live = (
-        Job.objects.filter(owner=job.owner, dedupe_key=job.dedupe_key, status__in=[Job.Status.PENDING, Job.Status.RUNNING])
-        .first()
-    )
+    live = queue.live_twin(job)
     if live is None:
         return None
     if getattr(job, "on_duplicate", REJECT) != REPLACE:
@@ -150,22 +173,6 @@ def _dedupe(queue: LockedQueue, job: Job) -> Job | None:
         details={"by": getattr(job.owner, "username", None), "replaced_by": str(job.job_id)},
     )
     return live
-
-
-def _accept_fast(jobs: list[Job], on_create: Callable[[list[Job]], None] | None) -> list[Job] | None:
-    """job_accept or jobs_submit_batch on PostgreSQL: the lock, then one function call for every job.
-    None, having changed nothing, when a scheduling policy is in use (a capacity group, a line
-    limit, a waiting job's deadline): the Python path decides then."""
-    with transaction.atomic():
-        slot_ids_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
-        pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
-        answer = fastpath.submit_many(jobs, now=timezone.now())
-        if answer.get("outcome") == "python":
-            return None
-        if on_create is not None:
-            on_create(jobs)
-        fastpath.play(answer)
-    return jobs
 
 
 REJECT, REPLACE = "reject", "replace"
@@ -318,13 +325,5 @@ def jobs_submit_batch(
     # that tie by job_id. Ids handed out in ascending order keep the line in the batch's order.
     for job, job_id in zip(jobs, sorted(job.job_id for job in jobs)):
         job.job_id = job_id
-    if _fast(*jobs) and _accept_fast(jobs, on_create) is not None:
-        return jobs
-    with _retry_after_when_full(), transaction.atomic():
-        queue = LockedQueue()
-        pending_limit_check(owner=owner, adding=len(jobs))
-        for job in jobs:  # each in turn, as job_accept does it: the next one's place depends on this one
-            _admit_new(queue, job)
-        if on_create is not None:
-            on_create(jobs)
+    _accept(jobs, on_admitted=on_create)
     return jobs

@@ -248,6 +248,8 @@ class SchedulingMachine(RuleBasedStateMachine):
         # Steer the search towards runs where many waiting jobs were started: there rules 1-3 have
         # the most to decide (long lines alone would favour runs that only submit).
         target(float(self.starts_from_line), label="waiting jobs started")
+        if hasattr(self, "window"):
+            self.window.stop()
         self.override.disable()
         clean_job_tables()
 
@@ -257,8 +259,13 @@ class SchedulingMachine(RuleBasedStateMachine):
         capacities=st.lists(st.integers(1, 2), min_size=len(MODELS), max_size=len(MODELS)),
         steps=st.lists(st.sampled_from(MODELS), min_size=2, max_size=3),
         fair=st.sets(st.sampled_from(MODELS), max_size=2),
+        window=st.integers(1, 4),
     )
-    def configure(self, capacities, steps, fair):
+    def configure(self, capacities, steps, fair, window):
+        # How many rows of each line a decision reads at once (queue/snapshot.py): a small window
+        # makes the coordinator ask the database for the rest, which must decide the same.
+        self.window = mock.patch("coordination.queue.locked.WINDOW", window)
+        self.window.start()
         for name, capacity in zip(MODELS, capacities):
             CatalogModel.objects.filter(name=name).update(capacity=capacity)
             self.capacities[name] = capacity

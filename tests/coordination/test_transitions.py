@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from coordination.exceptions import InvalidTransition
@@ -16,33 +17,50 @@ from coordination.transitions import (
     job_requeued,
     job_started,
 )
+from coordination.writes import Writes
 from tests.helpers import fresh, submit
 
 pytestmark = pytest.mark.django_db
 
 
-def test_an_edge_not_in_the_table_is_refused_and_changes_nothing(user):
+@pytest.fixture
+def writes():
+    """A transition's writes; `writes.sent()` writes them, as the coordinator does before COMMIT."""
+    kept = Writes()
+
+    def sent():
+        with connection.cursor() as cursor:
+            kept.flush(cursor)
+
+    kept.sent = sent
+    return kept
+
+
+def test_an_edge_not_in_the_table_is_refused_and_changes_nothing(user, writes):
     running = submit(user)
     waiting = submit(user)
-    job_ended(fresh(running), status=Job.Status.COMPLETED, now=timezone.now(), result={})
+    job_ended(fresh(running), status=Job.Status.COMPLETED, now=timezone.now(), result={}, writes=writes)
+    writes.sent()
 
     for edge in (
-        lambda: job_started(fresh(running), now=timezone.now()),       # completed -> running
-        lambda: job_requeued(fresh(running)),                          # completed -> pending
-        lambda: job_ended(fresh(waiting), status=Job.Status.FAILED, now=timezone.now()),  # pending -> failed
-        lambda: job_cancelled_waiting(fresh(running), now=timezone.now(), reason="x"),
+        lambda: job_started(fresh(running), now=timezone.now(), writes=writes),       # completed -> running
+        lambda: job_requeued(fresh(running), writes=writes),                          # completed -> pending
+        lambda: job_ended(fresh(waiting), status=Job.Status.FAILED, now=timezone.now(), writes=writes),  # pending -> failed
+        lambda: job_cancelled_waiting(fresh(running), now=timezone.now(), reason="x", writes=writes),
     ):
         with pytest.raises(InvalidTransition):
             edge()
+    writes.sent()
 
     assert (fresh(running).status, fresh(waiting).status) == (Job.Status.COMPLETED, Job.Status.PENDING)
     assert (Job.Status.COMPLETED, Job.Status.RUNNING) not in TRANSITIONS
 
 
-def test_an_outcome_is_never_pending_or_running(user):
+def test_an_outcome_is_never_pending_or_running(user, writes):
     job = fresh(submit(user))
     with pytest.raises(InvalidTransition, match="not an outcome"):
-        job_ended(job, status=Job.Status.PENDING, now=timezone.now())
+        job_ended(job, status=Job.Status.PENDING, now=timezone.now(), writes=writes)
+    writes.sent()
     assert fresh(job).status == Job.Status.RUNNING
 
 

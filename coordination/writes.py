@@ -1,0 +1,158 @@
+"""What a transition writes under the coordinator lock, kept in order and sent as one statement.
+
+The coordinator decides in memory (queue/locked.py, from what queue/snapshot.py read) and asks for its
+rows to be inserted, updated or deleted here instead of saving each at once. `flush()` sends them all
+in one call of `jq_apply` (installed by migration 0032, SQL below), which runs them in the order they
+were asked for, each a set-based statement over its rows: the database's triggers (a job's events and
+webhook deliveries, coordination/events/triggers.py) fire for each change exactly as if each had been
+saved on its own. Consecutive changes of one table with the same columns travel as one set.
+
+Nothing can read around what is kept here: while a LockedQueue is open, every other statement on its
+connection (a read the snapshot could not answer, a workflow's row, an idempotency key) first flushes
+what is kept, so it sees the transition's changes so far, in order. The queue flushes the rest when
+it closes, before COMMIT (LockedQueue.__exit__)."""
+
+import json
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.db import connection, models
+
+APPLY_SQL = """
+CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS void LANGUAGE plpgsql AS $$
+-- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
+-- "columns" (those written), "rows" (objects of column values)}, run in the order given.
+DECLARE
+    change jsonb;
+    tbl text;
+    cols text;
+BEGIN
+    FOR change IN SELECT value FROM jsonb_array_elements(changes) LOOP
+        tbl := change->>'table';
+        IF change->>'op' = 'insert' THEN
+            SELECT string_agg(quote_ident(c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+            EXECUTE format('INSERT INTO %I (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%I, $1)', tbl, cols, cols, tbl)
+                USING change->'rows';
+        ELSIF change->>'op' = 'update' THEN
+            SELECT string_agg(format('%I = r.%I', c, c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+            EXECUTE format('UPDATE %I t SET %s FROM jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                           tbl, cols, tbl, change->>'key', change->>'key')
+                USING change->'rows';
+        ELSE
+            EXECUTE format('DELETE FROM %I t USING jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                           tbl, tbl, change->>'key', change->>'key')
+                USING change->'rows';
+        END IF;
+    END LOOP;
+END $$;
+"""
+
+
+def install(schema_editor=None) -> None:
+    target = schema_editor.connection if schema_editor is not None else connection
+    with target.cursor() as cursor:
+        cursor.execute(APPLY_SQL)
+
+
+def _value(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, Decimal)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a column value jq_apply knows")
+
+
+class Writes:
+    """The changes kept for one transition (see the module docstring)."""
+
+    def __init__(self) -> None:
+        # Each: [op, table, key column, columns, rows, the key values in rows]
+        self._changes: list[list] = []
+        # Written after the changes, once each (`last=True`): rows no trigger watches and nothing in
+        # the transaction reads back (the slot rows, the counter, the audit rows), so that a
+        # transition's writes travel as few sets as they can.
+        self._last_updates: dict[tuple, tuple] = {}
+        self._last_inserts: list[tuple] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._changes or self._last_updates or self._last_inserts)
+
+    def _add(self, op: str, model, key: str, columns: tuple, row: dict) -> None:
+        table = model._meta.db_table
+        key_value = row.get(key)
+        if self._changes:
+            last = self._changes[-1]
+            # One set per run of like changes; a row changed twice in a run goes in a set of its own
+            # (one statement may not change a row twice).
+            if last[:4] == [op, table, key, columns] and (key_value is None or key_value not in last[5]):
+                last[4].append(row)
+                if key_value is not None:
+                    last[5].add(key_value)
+                return
+        self._changes.append([op, table, key, columns, [row], set() if key_value is None else {key_value}])
+
+    @staticmethod
+    def _row(instance, fields) -> dict:
+        return {field.column: getattr(instance, field.attname) for field in fields}
+
+    def insert(self, instance: models.Model, *, last: bool = False) -> None:
+        """Insert `instance` (an auto-numbered primary key is left to the database); `last`: after
+        the other changes (see __init__), in the order asked."""
+        meta = instance._meta
+        fields = tuple(
+            field for field in meta.concrete_fields
+            if not (field.primary_key and isinstance(field, models.AutoField) and getattr(instance, field.attname) is None)
+        )
+        for field in fields:
+            if getattr(field, "auto_now_add", False) or getattr(field, "auto_now", False):
+                field.pre_save(instance, add=True)
+        columns = tuple(field.column for field in fields)
+        if last:
+            self._last_inserts.append((type(instance), meta.pk.column, columns, self._row(instance, fields)))
+        else:
+            self._add("insert", type(instance), meta.pk.column, columns, self._row(instance, fields))
+        instance._state.adding = False
+        instance._state.db = connection.alias
+
+    def update(self, instance: models.Model, fields=None, *, last: bool = False) -> None:
+        """Update `fields` (names; all but the primary key if None) of `instance`, found by its primary
+        key; `last`: once, with the values it has when written, after the other changes (see __init__)."""
+        meta = instance._meta
+        chosen = [meta.get_field(name) for name in fields] if fields is not None else [
+            field for field in meta.concrete_fields if not field.primary_key
+        ]
+        if last:
+            self._last_updates[(meta.db_table, instance.pk)] = (instance, tuple(chosen))
+            return
+        row = self._row(instance, [meta.pk, *chosen])
+        self._add("update", type(instance), meta.pk.column, tuple(field.column for field in chosen), row)
+
+    def update_where(self, model, key: str, key_value, **values) -> None:
+        """Update the rows of `model` whose column `key` is `key_value` (not its primary key: a
+        workflow's execution row by its job, say)."""
+        columns = tuple(model._meta.get_field(name).column for name in values)
+        row = {key: key_value, **{model._meta.get_field(name).column: value for name, value in values.items()}}
+        self._add("update", model, key, columns, row)
+
+    def delete(self, model, key: str, key_value) -> None:
+        """Delete the rows of `model` whose column `key` is `key_value`."""
+        self._add("delete", model, key, (), {key: key_value})
+
+    def flush(self, cursor) -> None:
+        if not self:
+            return
+        for instance, chosen in self._last_updates.values():
+            meta = instance._meta
+            self._add("update", type(instance), meta.pk.column, tuple(field.column for field in chosen),
+                      self._row(instance, [meta.pk, *chosen]))
+        for model, key, columns, row in self._last_inserts:
+            self._add("insert", model, key, columns, row)
+        self._last_updates, self._last_inserts = {}, []
+        payload = json.dumps(
+            [{"op": op, "table": table, "key": key, "columns": list(columns), "rows": rows}
+             for op, table, key, columns, rows, _ in self._changes],
+            default=_value,
+        )
+        self._changes = []
+        cursor.execute("SELECT jq_apply(%s::jsonb)", [payload])

@@ -1,0 +1,104 @@
+"""What a transition costs under the coordinator lock, with every policy in play: the lock, one read of
+what its decisions need (queue/snapshot.py) and one write of what they decided (coordination/writes.py)
+— the usage guide's "3-4 database queries" per start or completion, however many policies a job has.
+And the same decisions when the read holds less than they need (the rest is asked of the database)."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from coordination.exceptions import DuplicateJob
+from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog
+from coordination.services import (
+    capacity_group_save, job_cancel, job_complete, job_report_and_take_next, job_submit,
+)
+from tests.helpers import fresh
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MODELS = ["nano-banana-pro-leonardo", "motion-2.0-fast", "flux-dev", "minimax/video-01"]
+
+
+def under_the_lock(captured: CaptureQueriesContext) -> int:
+    """Statements between BEGIN and COMMIT (those two not counted)."""
+    sql = [query["sql"] for query in captured.captured_queries]
+    begin, commit = sql.index("BEGIN"), len(sql) - 1 - sql[::-1].index("COMMIT")
+    return commit - begin - 1
+
+
+@pytest.fixture
+def every_policy(settings):
+    """Two slots; a capacity group over the four models; a line limit; webhooks to a local address."""
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 2
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
+    settings.COORDINATOR_MAX_PENDING_PER_USER = 50
+    group = CapacityGroup(name="one-key", capacity=2)
+    capacity_group_save(group=group, models=list(CatalogModel.objects.filter(name__in=MODELS)), actor="test")
+    CatalogModel.objects.filter(name="flux-dev").update(max_waiting=20)
+
+
+@pytest.mark.parametrize("fast_path", [False, True], ids=["the coordinator alone", "the fast path first"])
+def test_a_transition_under_every_policy_is_the_lock_one_read_and_one_write(user, every_policy, settings, fast_path):
+    # With the fast path on, a report under a policy asks it first (it declines: one statement more).
+    settings.COORDINATOR_FASTPATH = fast_path
+    def submit(name):
+        return job_submit(owner=user, model="flux-dev", prompt=name, params={"simulate_seconds": 0},
+                          webhook_url="http://127.0.0.1:9/hook", max_wait_seconds=600, dedupe_key=name)
+
+    counted = {}
+    with CaptureQueriesContext(connection) as captured:
+        first = submit("first")
+    counted["submit that starts"] = under_the_lock(captured)
+    with CaptureQueriesContext(connection) as captured:
+        second = submit("second")
+    counted["submit that waits"] = under_the_lock(captured)
+    third = submit("third")
+    with CaptureQueriesContext(connection) as captured:
+        taken = job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    counted["completion that starts the next and hands it over"] = under_the_lock(captured)
+    with CaptureQueriesContext(connection) as captured:
+        job_cancel(job_id=third.job_id, user=user)
+    counted["cancel of a waiting job"] = under_the_lock(captured)
+    with CaptureQueriesContext(connection) as captured:
+        job_complete(job_id=second.job_id, attempt=1, result={})
+    counted["completion, nothing waiting"] = under_the_lock(captured)
+
+    assert counted == {
+        **dict.fromkeys(counted, 3),
+        **(dict.fromkeys(["completion that starts the next and hands it over", "completion, nothing waiting"], 4)
+           if fast_path else {}),
+    }
+    # And they did what the rules say: the second started when the first completed, handed over.
+    assert taken.job_id == second.job_id
+    assert [fresh(job).status for job in (first, second, third)] == ["completed", "completed", "cancelled"]
+    assert list(JobQueueLog.objects.filter(job_id=second.job_id).order_by("id").values_list("event_type", flat=True)) == [
+        "submitted", "blocked", "started", "claimed", "completed",
+    ]
+
+
+def test_a_job_without_an_owner_keeps_its_dedupe_key_to_itself(every_policy):
+    first = job_submit(owner=None, model="flux-dev", prompt="a", dedupe_key="nightly")
+
+    with pytest.raises(DuplicateJob, match=str(first.job_id)):
+        job_submit(owner=None, model="flux-dev", prompt="b", dedupe_key="nightly")
+    assert Job.objects.count() == 1
+
+
+def test_a_line_read_only_in_part_is_read_on_as_the_decisions_need(user, settings, monkeypatch):
+    # The read holds one row of each line: every start after the first asks the database for the
+    # next head, and decides as it would with the whole line read.
+    monkeypatch.setattr("coordination.queue.locked.WINDOW", 1)
+    settings.COORDINATOR_FASTPATH = False
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 3
+    CatalogModel.objects.filter(name="flux-dev").update(capacity=3)
+    blocker = job_submit(owner=user, model="motion-2.0-fast", prompt="blocker")
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 1
+    waiting = [job_submit(owner=user, model="flux-dev", prompt=f"w{n}") for n in range(4)]
+    settings.COORDINATOR_MAX_ACTIVE_JOBS = 3
+
+    job_complete(job_id=blocker.job_id, attempt=1)
+
+    # Three slots, flux-dev's capacity 3: the first three in line start, the fourth waits behind them.
+    assert [fresh(job).status for job in waiting] == ["running", "running", "running", "pending"]
+    assert fresh(waiting[3]).blocked_by_job_id in {job.job_id for job in waiting[:3]}
+
