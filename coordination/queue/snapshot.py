@@ -159,8 +159,10 @@ CREATE OR REPLACE FUNCTION jq_snapshot(
     p_now timestamptz, p_window int, p_ending uuid[], p_arrival_models text[], p_arrival_priorities int[],
     p_priorities int[], p_owner bigint, p_keys text[], p_owner_limit int
 ) RETURNS json LANGUAGE plpgsql STABLE
--- Planned once per connection: every part is an index probe or a bounded read, whatever the arguments.
-SET plan_cache_mode = force_generic_plan AS $$
+-- Planned once per connection (a generic plan): every part is an index probe or a bounded read,
+-- whatever the arguments, so no part may fall back to reading a table through (a generic plan cannot
+-- see how few rows an argument selects), and the plan is never worth compiling.
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     answer json;
 BEGIN
@@ -170,8 +172,10 @@ BEGIN
     ml AS (SELECT c.name AS model, l.job_id, l.priority, l.created_at, l.owner_key FROM {catalog} c
            CROSS JOIN LATERAL (SELECT job_id, priority, created_at, owner_key FROM {lines}
                                WHERE model = c.name {first} LIMIT p_window) l),
-    waiters AS (SELECT job_id, priority, created_at, required_models FROM {jobs} WHERE status = 'pending'
-                AND blocked_by_job_id IN (SELECT unnest(p_ending) UNION ALL SELECT job_id FROM due)),
+    waiters AS (SELECT w.job_id, w.priority, w.created_at, w.required_models
+                FROM (SELECT unnest(p_ending) AS named UNION SELECT job_id FROM due) n
+                CROSS JOIN LATERAL (SELECT job_id, priority, created_at, required_models FROM {jobs}
+                                    WHERE blocked_by_job_id = n.named AND status = 'pending' OFFSET 0) w),
     probes (probe, model, job_id, priority, created_at, owner_key) AS (
         -- Each waiter's nearest job ahead: in each of its models' lines, and in the global line.
         (SELECT w.job_id::text, m.model, near.job_id, near.priority, near.created_at, near.owner_key
@@ -204,10 +208,12 @@ BEGIN
     twins AS (SELECT job_id FROM {jobs} WHERE (owner_id = p_owner OR (p_owner IS NULL AND owner_id IS NULL))
               AND dedupe_key = ANY(p_keys) AND status IN ('pending', 'running'))
     SELECT json_build_array(
-        (SELECT json_agg(to_jsonb(j)) FROM {jobs} j WHERE j.job_id IN (
+        -- Each job once, each one probe of the primary key (LIMIT keeps the planner from joining instead).
+        (SELECT json_agg(to_jsonb(j)) FROM (
             SELECT job_id FROM {jobs} WHERE status = 'running' UNION SELECT unnest(p_ending)
             UNION SELECT job_id FROM due UNION SELECT job_id FROM gl UNION SELECT job_id FROM ml
-            UNION SELECT job_id FROM waiters UNION SELECT job_id FROM probes UNION SELECT job_id FROM twins)),
+            UNION SELECT job_id FROM waiters UNION SELECT job_id FROM probes UNION SELECT job_id FROM twins) wanted
+         CROSS JOIN LATERAL (SELECT * FROM {jobs} WHERE job_id = wanted.job_id LIMIT 1) j),
         (SELECT json_agg(to_jsonb(c)) FROM {catalog} c),
         (SELECT json_agg(json_build_array(g.name, g.capacity, c.name)) FROM {members} m
          JOIN {groups} g ON g.id = m.capacitygroup_id JOIN {catalog} c ON c.id = m.catalogmodel_id),
