@@ -508,8 +508,9 @@ class LockedQueue(QueueRules):
         """Its place in the global line when it joined (it is the newest at its priority): the
         counter, less the jobs of lower priority that now stand behind it."""
         view = self._view(None)
-        if view is not None and job.priority in self.snapshot.lower:
-            lower = view.count_where(self.snapshot.lower[job.priority], lambda entry: entry.priority < job.priority)
+        if view is not None and self.snapshot.lower.get(job.priority) is False:
+            # None waited below it when read: only those that joined since stand behind it.
+            lower = view.count_where(0, lambda entry: entry.priority < job.priority)
             return self.pending_count() - lower
         behind = line().filter(priority__lt=job.priority)
         if not behind.exists():

@@ -6,8 +6,8 @@ groups; the waiting-jobs counter; the first rows of the global line and of every
 window of at most `WINDOW` rows: enough for the starts one transition makes); the job a transition is
 about and the waiting jobs that name it, or a job whose start-by deadline passed, with the nearest
 job ahead of each in each of its lines; and, for jobs about to join, the probes their admission needs
-(the nearest job ahead of them in each line, the jobs of lower priority, a full line's count, a live
-job with their dedupe_key, their owner's waiting jobs). Each part is an index probe or a bounded read:
+(the nearest job ahead of them in each line, whether jobs of lower priority wait, a full line's count,
+a live job with their dedupe_key, their owner's waiting jobs). Each part is an index probe or a bounded read:
 the cost does not grow with the number of jobs waiting. It reads; it decides nothing.
 
 The rules (rules.py) then decide in memory over `LineView`s: what of a line this transaction read,
@@ -224,7 +224,10 @@ BEGIN
         (SELECT json_agg(job_id) FROM waiters),
         (SELECT json_agg(json_build_array(probe, model, job_id, priority, created_at, owner_key)) FROM probes),
         (SELECT json_agg(job_id) FROM twins),
-        (SELECT json_agg(json_build_array(p, (SELECT count(*) FROM {jobs} WHERE status = 'pending' AND priority < p)))
+        -- Whether any job of lower priority waits (one probe of the line's index; the count, when
+        -- there are some, is asked only by a job that has to wait: LockedQueue._position_on_entry).
+        (SELECT json_agg(json_build_array(p, (SELECT job_id FROM {jobs} WHERE status = 'pending' AND priority < p
+                                               ORDER BY priority DESC, created_at, job_id LIMIT 1) IS NOT NULL))
          FROM unnest(p_priorities) p),
         (SELECT json_agg(json_build_array(c.name, (SELECT count(*) FROM (SELECT 1 FROM {lines} WHERE model = c.name
                                                    LIMIT c.max_waiting) x)))
@@ -292,7 +295,7 @@ class Snapshot:
         self.due = [uuid.UUID(job_id) for job_id in due or ()]
         self.waiters = [uuid.UUID(job_id) for job_id in waiters or ()]
         self.twins = [uuid.UUID(job_id) for job_id in twins or ()]
-        self.lower = {priority: count for priority, count in lower or ()}
+        self.lower = {priority: exists for priority, exists in lower or ()}  # any job of lower priority waits
         self.full_lines = {model: count for model, count in full_lines or ()}
         self.owner_waiting = owner_waiting
         rows: dict[str | None, list[Entry]] = {name: [] for name in self.catalog}
