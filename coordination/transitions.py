@@ -8,8 +8,8 @@ fast path (coordination/fastpath) applies the same edges (tests/test_structure.p
 other module assigns a status). Hand-written SQL is not stopped (the repairs exist for it).
 
 What follows a change is not done here: the database writes its job_events row and, for a job that
-wants it, its webhook delivery (coordination/events/triggers.py); a job with a webhook only asks,
-in memory, for its deliveries to be sent after commit (webhook_targets.webhooks_wake).
+wants it, its webhook delivery (coordination/events/triggers.py); the coordinator's write answers
+with the jobs that got one, whose sending it asks for after commit (LockedQueue.flush).
 """
 
 from dataclasses import dataclass
@@ -20,7 +20,6 @@ from django.conf import settings
 from coordination.exceptions import InvalidTransition
 from coordination.models import Job
 from coordination.writes import Writes
-from coordination.webhook_targets import webhooks_wake
 
 PENDING, RUNNING = Job.Status.PENDING, Job.Status.RUNNING
 COMPLETED, FAILED, CANCELLED = Job.Status.COMPLETED, Job.Status.FAILED, Job.Status.CANCELLED
@@ -74,7 +73,6 @@ def job_started(job: Job, *, now: datetime, claimed: bool = False, writes: Write
         job.claimed_attempt = job.attempt
         fields.append("claimed_attempt")
     writes.update(job, fields)
-    webhooks_wake(job)
 
 
 def job_requeued(job: Job, *, writes: Writes) -> None:
@@ -106,7 +104,6 @@ def job_ended(job: Job, *, status: str, now: datetime, result: dict | None = Non
     job.error = error
     job.lease_expires_at = None
     writes.update(job, ["status", "completed_at", "result", "error", "lease_expires_at"])
-    webhooks_wake(job)
 
 
 def job_cancelled_waiting(job: Job, *, now: datetime, reason: str, writes: Writes) -> None:
@@ -121,7 +118,6 @@ def job_cancelled_waiting(job: Job, *, now: datetime, reason: str, writes: Write
     job.conflict_reason = None
     job.error = reason
     writes.update(job, ["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
-    webhooks_wake(job)
 
 
 def job_expired(job: Job, *, now: datetime, writes: Writes) -> None:
@@ -134,7 +130,6 @@ def job_expired(job: Job, *, now: datetime, writes: Writes) -> None:
     job.conflict_reason = None
     job.error = f"not started by {job.start_by.isoformat()}"
     writes.update(job, ["status", "completed_at", "blocked_by_job_id", "conflict_reason", "error"])
-    webhooks_wake(job)
 
 
 # --- how an attempt ended -> the job's outcome ------------------------------------------------------

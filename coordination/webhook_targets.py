@@ -10,10 +10,8 @@ coordination/events/triggers.py, from EVENTS and DEFAULT_EVENTS here).
 import ipaddress
 import socket
 import urllib.parse
-from functools import partial
 
 from django.conf import settings
-from django.db import transaction
 
 from coordination.exceptions import InvalidJob
 from coordination.models import Job
@@ -101,18 +99,11 @@ def _private_kind(address) -> str | None:
 # --- the wake -----------------------------------------------------------------------------------
 
 
-def webhooks_wake(job: Job) -> None:
-    """After a change of `job`'s status, under the lock: if the job has a webhook, have the worker
-    cluster send its due deliveries once the transaction commits. Whether the change made a delivery
-    (the job's filter) the trigger decided; a wake for one it did not make finds nothing to send. A
-    wake lost with its process is made good by the workers' background pass (webhooks.deliver_due)."""
-    if job.webhook_url:
-        transaction.on_commit(partial(webhooks_send_task, job.job_id))
-
-
 def webhooks_send_task(job_id) -> None:
-    """Enqueue the sending of one job's due deliveries (coordination.webhooks.deliver_job, named, not
-    imported: the sender and its payloads stay out of the code that runs under the lock)."""
+    """After commit, for a job whose change made a webhook delivery (the coordinator's write says which:
+    LockedQueue.flush): enqueue the sending of its due deliveries (coordination.webhooks.deliver_job,
+    named, not imported: the sender and its payloads stay out of the code that runs under the lock).
+    A wake lost with its process is made good by the workers' background pass (webhooks.deliver_due)."""
     from django_q.tasks import async_task  # reads its settings at import time
 
     async_task("coordination.webhooks.deliver_job", str(job_id), task_name=f"webhooks of job {job_id}")

@@ -5,8 +5,9 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
   itself (the job_events trigger, coordination/events/triggers.py: whoever changes the job, the
   Python path, the SQL fast path or an operator's SQL), so it exists exactly when the change does.
   The row keeps the job's changing fields as they were right after it (`event_state`).
-- Everything else happens here, after commit, in the worker cluster (a django-q2 task per change,
-  webhook_targets.webhooks_wake, and every worker's background pass for the rows that are due), never
+- Everything else happens here, after commit, in the worker cluster (a django-q2 task for each job
+  whose change made a delivery, as the coordinator's write reports them to LockedQueue.flush, and
+  every worker's background pass for the rows that are due), never
   under the coordinator lock: the payload is rendered at the first send, from `event_state`, as the
   live event streams render an event (coordination/events/feed.py), and kept for every retry.
 - A non-2xx answer, a timeout or a refused connection is tried again with growing delays for 24 hours,

@@ -19,15 +19,22 @@ from decimal import Decimal
 
 from django.db import connection, models
 
+# A transaction-local setting: the ids of the jobs the transaction made webhook deliveries for so far
+# (the jobs trigger, coordination/events/triggers.py, notes them; jq_apply answers with them).
+DELIVERIES_SETTING = "jobqueue.deliveries"
+
 APPLY_SQL = """
-CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql AS $$
 -- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
--- "columns" (those written), "rows" (objects of column values)}, run in the order given.
+-- "columns" (those written), "rows" (objects of column values)}, run in the order given. Answers with
+-- the ids of the jobs the changes made webhook deliveries for (the jobs trigger notes them).
 DECLARE
     change jsonb;
     tbl text;
     cols text;
+    made text;
 BEGIN
+    PERFORM set_config('{setting}', '', true);
     FOR change IN SELECT value FROM jsonb_array_elements(changes) LOOP
         tbl := change->>'table';
         IF change->>'op' = 'insert' THEN
@@ -45,6 +52,9 @@ BEGIN
                 USING change->'rows';
         END IF;
     END LOOP;
+    made := current_setting('{setting}', true);
+    PERFORM set_config('{setting}', '', true);
+    RETURN made;
 END $$;
 """
 
@@ -52,7 +62,7 @@ END $$;
 def install(schema_editor=None) -> None:
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
-        cursor.execute(APPLY_SQL)
+        cursor.execute(APPLY_SQL.replace("{setting}", DELIVERIES_SETTING))
 
 
 def _value(value):
@@ -139,9 +149,10 @@ class Writes:
         """Delete the rows of `model` whose column `key` is `key_value`."""
         self._add("delete", model, key, (), {key: key_value})
 
-    def flush(self, cursor) -> None:
+    def flush(self, cursor) -> set[uuid.UUID]:
+        """Write what is kept; answers with the jobs whose changes made webhook deliveries."""
         if not self:
-            return
+            return set()
         for instance, chosen in self._last_updates.values():
             meta = instance._meta
             self._add("update", type(instance), meta.pk.column, tuple(field.column for field in chosen),
@@ -156,3 +167,5 @@ class Writes:
         )
         self._changes = []
         cursor.execute("SELECT jq_apply(%s::jsonb)", [payload])
+        (made,) = cursor.fetchone()
+        return {uuid.UUID(job_id) for job_id in (made or "").split()}

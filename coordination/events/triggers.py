@@ -12,14 +12,17 @@ per transaction: PostgreSQL folds repeats), which wakes the web processes' liste
 The same trigger writes a job's webhook deliveries (`webhook_deliveries`, the outbox that
 coordination/webhooks.py sends from after commit): for a job with a webhook_url, a change of status
 to an event the job wants (webhook_targets.EVENTS, its webhook_events_filter or DEFAULT_EVENTS) adds
-a pending delivery with the event's state. So a delivery exists exactly when its change does,
-whoever made it, and nothing under the coordinator lock builds a payload.
+a pending delivery with the event's state, and notes the job in the transaction's
+DELIVERIES_SETTING, which the coordinator's write reads back to wake the sender for those jobs only.
+So a delivery exists exactly when its change does, whoever made it, and nothing under the
+coordinator lock builds a payload.
 
 Installed by migration 0019 from the text here; a change to it comes with a migration that calls
 install() again (the statements replace what was there).
 """
 
 from coordination.webhook_targets import DEFAULT_EVENTS, EVENTS
+from coordination.writes import DELIVERIES_SETTING
 
 # The job's fields an event keeps as they were right after it (feed.py lays them over the job when
 # it is shown); the rest of a job does not change once it is accepted, or is read live.
@@ -148,6 +151,9 @@ BEGIN
                                         next_attempt_at, last_error, created_at)
         VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), j.job_id, 'job.' || what, j.webhook_url,
                 NULL, fields, 'pending', 0, now(), '', now());
+        -- Which jobs this transaction made deliveries for: the coordinator's write (jq_apply) answers
+        -- with them, and only those have their sender woken after commit (LockedQueue.flush).
+        PERFORM set_config('{DELIVERIES_SETTING}', coalesce(current_setting('{DELIVERIES_SETTING}', true), '') || j.job_id::text || ' ', true);
     END IF;
     PERFORM pg_notify('{CHANNEL}', '');
     RETURN NULL;

@@ -39,6 +39,7 @@ from coordination.exceptions import LineFull
 from coordination.transitions import (
     job_cancelled_waiting, job_expired, job_handed_back, job_requeued, job_started, max_attempts_of,
 )
+from coordination.webhook_targets import webhooks_send_task
 from coordination.writes import Writes
 
 logger = logging.getLogger("job_coordinator")
@@ -151,6 +152,7 @@ class LockedQueue(QueueRules):
         self.touched: dict = {}  # jobs whose line or wait changed in this transaction
         self.writes = Writes()
         self._flushing = False
+        self._woken: set = set()  # jobs whose webhook sender is woken after commit
         connection.execute_wrappers.append(self._flush_first)
 
     def _lock_slots(self) -> list[JobQueueState]:
@@ -176,9 +178,12 @@ class LockedQueue(QueueRules):
         self._flushing = True
         try:
             with connection.cursor() as cursor:
-                self.writes.flush(cursor)
+                delivered = self.writes.flush(cursor) - self._woken
         finally:
             self._flushing = False
+        for job_id in delivered:  # their changes made webhook deliveries: sent once this commits
+            transaction.on_commit(partial(webhooks_send_task, job_id))
+        self._woken |= delivered
 
     def _flush_first(self, execute, sql, params, many, context):
         """Every other statement on this connection, while the queue is open, sees what it wrote."""

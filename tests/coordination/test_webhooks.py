@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from coordination.models import Job, WebhookDelivery
 from coordination.services import job_cancel, job_complete
+from coordination.webhook_targets import webhooks_send_task
 from coordination.webhooks import UnsafeUrl, _post, deliver_due, deliver_job, secret_get, secret_rotate, url_check
 from tests.helpers import at_once, fresh, submit
 
@@ -345,3 +346,22 @@ def test_a_change_asks_for_its_send_only_once_committed(user, receiver, monkeypa
     for callback in callbacks:
         callback()
     assert ("coordination.webhooks.deliver_job", str(job.job_id)) in sent
+
+
+def test_only_a_change_that_made_a_delivery_wakes_the_sender(user, receiver, django_capture_on_commit_callbacks):
+    # The default filter wants the terminal events: the start makes no delivery and wakes nothing; the
+    # completion makes one and wakes the sender once (a django-q2 task, after commit).
+    def senders(callbacks) -> list:
+        return [callback.args for callback in callbacks if getattr(callback, "func", None) is webhooks_send_task]
+
+    with django_capture_on_commit_callbacks() as started:
+        job = submit(user, webhook_url=receiver.url)
+    with django_capture_on_commit_callbacks() as ended:
+        job_complete(job_id=job.job_id, attempt=1, result={})
+    with django_capture_on_commit_callbacks() as every:
+        every_job = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+
+    assert fresh(job).status == "completed"
+    assert senders(started) == [] and not WebhookDelivery.objects.filter(job=job, event_type="job.started").exists()
+    assert senders(ended) == [(job.job_id,)]
+    assert senders(every) == [(every_job.job_id,)]  # a job that asked for job.started is woken for it
