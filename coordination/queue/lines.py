@@ -114,6 +114,11 @@ def count_ahead(rows: QuerySet) -> Coalesce:
     return Coalesce(Subquery(before, output_field=IntegerField()), 0)
 
 
+def owner_waiting(owner, limit: int) -> int:
+    """How many of `owner`'s jobs wait, counted no further than `limit` (one index range)."""
+    return Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+
+
 def line_position(job: Job) -> int:
     """1 + how many jobs wait before `job` (a read: it counts)."""
     return line().filter(ahead_of(job)).count() + 1

@@ -31,9 +31,9 @@ from coordination.kinds import job_blocked_changed
 from coordination.models import CatalogModel, Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
 from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_leave, shares_started
 from coordination.queue.groups import groups_from_rows
-from coordination.queue.lines import line, line_position
+from coordination.queue.lines import line, line_key, line_position, owner_waiting
 from coordination.queue.rules import CATALOG_FIELDS, QueueRules, Verdict
-from coordination.queue.snapshot import UNKNOWN, WINDOW, Arrival, Entry, Snapshot, after_all_of, line_key
+from coordination.queue.snapshot import UNKNOWN, WINDOW, Arrival, Entry, Snapshot, after_all_of
 from coordination.queue.words import NO_BLOCKER, NO_WORKER, say
 from coordination.exceptions import LineFull
 from coordination.transitions import (
@@ -272,7 +272,7 @@ class LockedQueue(QueueRules):
             if view is None:
                 continue
             if joined:
-                view.add(Entry(key, job.job_id, owner_key(job)))
+                view.add(Entry(key, job.job_id))
             else:
                 view.remove(job.job_id, key)
 
@@ -329,7 +329,7 @@ class LockedQueue(QueueRules):
         """How many of `owner`'s jobs wait, counted up to `limit`."""
         if self.snapshot is not None and self.snapshot.owner_waiting is not None:
             return self.snapshot.owner_waiting
-        return Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+        return owner_waiting(owner, limit)
 
     def live_twin(self, job: Job) -> Job | None:
         """The live job of `job`'s owner with its dedupe_key, if any."""

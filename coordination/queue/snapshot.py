@@ -55,11 +55,6 @@ def from_row(row: dict, model_class=Job, into=None):
     return instance
 
 
-def line_key(job) -> tuple:
-    """A job's place in line: priority (higher first), then acceptance order."""
-    return (-job.priority, job.created_at, job.job_id)
-
-
 def after_all_of(priority: int) -> tuple:
     """A place behind every job of `priority` and above, before any of lower priority: a new job's,
     for which all of those are ahead (whatever their clocks said)."""
@@ -68,10 +63,9 @@ def after_all_of(priority: int) -> tuple:
 
 @dataclass(frozen=True)
 class Entry:
-    """A row of a line as read: the job's place and its owner (for fair lines)."""
+    """A row of a line as read: the job and its place (lines.line_key)."""
     key: tuple
     job_id: uuid.UUID
-    owner_key: int = 0
 
     @property
     def priority(self) -> int:
@@ -169,25 +163,25 @@ BEGIN
     WITH
     due AS (SELECT job_id FROM {jobs} WHERE status = 'pending' AND start_by <= p_now ORDER BY start_by LIMIT 1000),
     gl AS (SELECT job_id FROM {jobs} WHERE status = 'pending' {first} LIMIT p_window),
-    ml AS (SELECT c.name AS model, l.job_id, l.priority, l.created_at, l.owner_key FROM {catalog} c
-           CROSS JOIN LATERAL (SELECT job_id, priority, created_at, owner_key FROM {lines}
+    ml AS (SELECT c.name AS model, l.job_id, l.priority, l.created_at FROM {catalog} c
+           CROSS JOIN LATERAL (SELECT job_id, priority, created_at FROM {lines}
                                WHERE model = c.name {first} LIMIT p_window) l),
     waiters AS (SELECT w.job_id, w.priority, w.created_at, w.required_models
                 FROM (SELECT unnest(p_ending) AS named UNION SELECT job_id FROM due) n
                 CROSS JOIN LATERAL (SELECT job_id, priority, created_at, required_models FROM {jobs}
                                     WHERE blocked_by_job_id = n.named AND status = 'pending' OFFSET 0) w),
-    probes (probe, model, job_id, priority, created_at, owner_key) AS (
+    probes (probe, model, job_id, priority, created_at) AS (
         -- Each waiter's nearest job ahead: in each of its models' lines, and in the global line.
-        (SELECT w.job_id::text, m.model, near.job_id, near.priority, near.created_at, near.owner_key
+        (SELECT w.job_id::text, m.model, near.job_id, near.priority, near.created_at
          FROM waiters w CROSS JOIN LATERAL jsonb_array_elements_text(w.required_models) m(model)
          LEFT JOIN LATERAL (SELECT * FROM (
-             (SELECT job_id, priority, created_at, owner_key FROM {lines} WHERE model = m.model AND priority = w.priority
+             (SELECT job_id, priority, created_at FROM {lines} WHERE model = m.model AND priority = w.priority
               AND (created_at, job_id) < (w.created_at, w.job_id) ORDER BY created_at DESC, job_id DESC LIMIT 1)
              UNION ALL
-             (SELECT job_id, priority, created_at, owner_key FROM {lines} WHERE model = m.model AND priority > w.priority
+             (SELECT job_id, priority, created_at FROM {lines} WHERE model = m.model AND priority > w.priority
               {nearest})) x {nearest}) near ON true)
         UNION ALL
-        (SELECT w.job_id::text, NULL, near.job_id, near.priority, near.created_at, 0 FROM waiters w
+        (SELECT w.job_id::text, NULL, near.job_id, near.priority, near.created_at FROM waiters w
          LEFT JOIN LATERAL (SELECT * FROM (
              (SELECT job_id, priority, created_at FROM {jobs} WHERE status = 'pending' AND priority = w.priority
               AND (created_at, job_id) < (w.created_at, w.job_id) ORDER BY created_at DESC, job_id DESC LIMIT 1)
@@ -196,12 +190,12 @@ BEGIN
               {nearest})) x {nearest}) near ON true)
         UNION ALL
         -- A new job's nearest ahead is the last row at its priority or above, in each line.
-        (SELECT 'new ' || a.priority, a.model, near.job_id, near.priority, near.created_at, near.owner_key
+        (SELECT 'new ' || a.priority, a.model, near.job_id, near.priority, near.created_at
          FROM unnest(p_arrival_models, p_arrival_priorities) a(model, priority)
-         LEFT JOIN LATERAL (SELECT job_id, priority, created_at, owner_key FROM {lines}
+         LEFT JOIN LATERAL (SELECT job_id, priority, created_at FROM {lines}
                             WHERE model = a.model AND priority >= a.priority {nearest}) near ON true)
         UNION ALL
-        (SELECT 'new ' || p, NULL, near.job_id, near.priority, near.created_at, 0
+        (SELECT 'new ' || p, NULL, near.job_id, near.priority, near.created_at
          FROM unnest(p_priorities) p
          LEFT JOIN LATERAL (SELECT job_id, priority, created_at FROM {jobs}
                             WHERE status = 'pending' AND priority >= p {nearest}) near ON true)),
@@ -220,9 +214,9 @@ BEGIN
         (SELECT pending FROM {counter} WHERE id = 1),
         (SELECT json_agg(job_id) FROM due),
         (SELECT json_agg(job_id) FROM gl),
-        (SELECT json_agg(json_build_array(model, job_id, priority, created_at, owner_key)) FROM ml),
+        (SELECT json_agg(json_build_array(model, job_id, priority, created_at)) FROM ml),
         (SELECT json_agg(job_id) FROM waiters),
-        (SELECT json_agg(json_build_array(probe, model, job_id, priority, created_at, owner_key)) FROM probes),
+        (SELECT json_agg(json_build_array(probe, model, job_id, priority, created_at)) FROM probes),
         (SELECT json_agg(job_id) FROM twins),
         -- Whether any job of lower priority waits (one probe of the line's index; the count, when
         -- there are some, is asked only by a job that has to wait: LockedQueue._position_on_entry).
@@ -282,7 +276,7 @@ class Snapshot:
     """The state one transition decides from (see the module docstring). `jobs` holds one instance
     per job read: every view's rows and the running jobs are those instances."""
 
-    def __init__(self, row: list, *, window: int, now) -> None:
+    def __init__(self, row: list, *, window: int) -> None:
         (jobs, catalog, groups, pending, due, global_line, model_lines, waiters, probes, twins, lower,
          full_lines, owner_waiting) = row
         rows_read = {uuid.UUID(data["job_id"]): data for data in jobs or ()}
@@ -299,25 +293,25 @@ class Snapshot:
         self.full_lines = {model: count for model, count in full_lines or ()}
         self.owner_waiting = owner_waiting
         rows: dict[str | None, list[Entry]] = {name: [] for name in self.catalog}
-        for model, job_id, priority, created_at, owner_key in model_lines or ():
-            rows.setdefault(model, []).append(self._entry(job_id, priority, created_at, owner_key))
-        rows[None] = [self._entry(job_id, rows_read[uuid.UUID(job_id)]["priority"], rows_read[uuid.UUID(job_id)]["created_at"], 0)
+        for model, job_id, priority, created_at in model_lines or ():
+            rows.setdefault(model, []).append(self._entry(job_id, priority, created_at))
+        rows[None] = [self._entry(job_id, rows_read[uuid.UUID(job_id)]["priority"], rows_read[uuid.UUID(job_id)]["created_at"])
                       for job_id in global_line or ()]
         self.lines = {name: LineView(entries, complete=len(entries) < window) for name, entries in rows.items()}
-        for probe, model, job_id, priority, created_at, owner_key in probes or ():
+        for probe, model, job_id, priority, created_at in probes or ():
             view = self.lines.get(model)
             if view is not None:
-                view.probes[probe] = None if job_id is None else self._entry(job_id, priority, created_at, owner_key or 0)
+                view.probes[probe] = None if job_id is None else self._entry(job_id, priority, created_at)
 
     def catalog_model(self, name: str) -> CatalogModel | None:
         row = self.catalog.get(name)
         return None if row is None else from_row(row, CatalogModel)
 
     @staticmethod
-    def _entry(job_id, priority, created_at, owner_key) -> Entry:
+    def _entry(job_id, priority, created_at) -> Entry:
         job_id = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)
         created_at = parse_datetime(created_at) if isinstance(created_at, str) else created_at
-        return Entry((-priority, created_at, job_id), job_id, owner_key)
+        return Entry((-priority, created_at, job_id), job_id)
 
     @classmethod
     def read(cls, *, now, window: int, ending=(), arriving: list[Arrival] = (), owner_id=None,
@@ -333,4 +327,4 @@ class Snapshot:
                 "SELECT jq_snapshot(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[], %s, %s::text[], %s)", params
             )
             (answer,) = cursor.fetchone()
-        return cls(answer, window=window, now=now)
+        return cls(answer, window=window)

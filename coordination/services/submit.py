@@ -18,6 +18,7 @@ from coordination.exceptions import (
 )
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
+from coordination.queue.lines import owner_waiting
 from coordination.queue.locked import slots_lock
 from coordination.queue.snapshot import Arrival
 from coordination.transitions import job_accepted
@@ -58,10 +59,7 @@ def pending_limit_check(*, owner, adding: int = 1, queue: LockedQueue | None = N
     limit = settings.COORDINATOR_MAX_PENDING_PER_USER
     if owner is None or owner.is_staff or not limit:
         return
-    if queue is not None:
-        waiting = queue.owner_waiting(owner, limit)
-    else:
-        waiting = Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()
+    waiting = queue.owner_waiting(owner, limit) if queue is not None else owner_waiting(owner, limit)
     if waiting + adding <= limit:
         return
     if adding == 1:
