@@ -47,7 +47,7 @@ from coordination.recovery import (
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_hand_back, job_report, job_report_and_take_next
 from coordination.services.input_files import inputs_resolved
-from coordination.webhooks import deliver_due
+from coordination.webhooks import deliver_due, sender_start
 
 if TYPE_CHECKING:
     from coordination.runners.client import Accepted
@@ -133,10 +133,12 @@ _gate: _ConnectionGate | None = None  # set in a qcluster worker process only
 
 def worker_process_ready(sender=None, proc_name: str = "", **kwargs) -> None:
     """django-q2's post_spawn, in each worker process: its jobs run on threads from now on, through
-    its connection gate, and its reaper ticker pauses once a stop began."""
+    its connection gate, its reaper ticker pauses once a stop began, and its webhook sender sends
+    the deliveries its jobs' changes make."""
     global _gate
     _gate = _ConnectionGate(settings.COORDINATOR_WORKER_CONNECTIONS)
     start_reaper_ticker(proc_name=proc_name, paused=_stopping)
+    sender_start()
 
 
 def run_job(job_id: str, attempt: int) -> None:

@@ -1,5 +1,5 @@
 """A job's webhook: where it goes and which of its events it wants, checked at submit (the URL again
-at every send), and the wake that has its deliveries sent once a change commits.
+at every send), and the wake that has the deliveries sent once a change commits.
 
 Below everything that sends (coordination/webhooks.py): it imports no payload, no API and no HTTP
 client, so the submit service and the transitions, which run under the coordinator lock, may use it.
@@ -98,12 +98,22 @@ def _private_kind(address) -> str | None:
 
 # --- the wake -----------------------------------------------------------------------------------
 
+_local_wake: list = []  # the wake of this process's sender (a worker process's: webhooks.Sender)
 
-def webhooks_send_task(job_id) -> None:
-    """After commit, for a job whose change made a webhook delivery (the coordinator's write says which:
-    LockedQueue.flush): enqueue the sending of its due deliveries (coordination.webhooks.deliver_job,
-    named, not imported: the sender and its payloads stay out of the code that runs under the lock).
-    A wake lost with its process is made good by the workers' background pass (webhooks.deliver_due)."""
+
+def webhooks_sender_register(wake) -> None:
+    _local_wake[:] = [wake]
+
+
+def webhooks_wake() -> None:
+    """After commit, once a change made webhook deliveries (the coordinator's write says so:
+    LockedQueue.flush): wake this process's sender, or where there is none (the web server), enqueue a
+    django-q2 task that sends what is due (coordination.webhooks.deliver_due, named, not imported: the
+    sender and its payloads stay out of the code that runs under the lock). A wake lost with its
+    process is made good by the workers' background pass."""
+    if _local_wake:
+        _local_wake[0]()
+        return
     from django_q.tasks import async_task  # reads its settings at import time
 
-    async_task("coordination.webhooks.deliver_job", str(job_id), task_name=f"webhooks of job {job_id}")
+    async_task("coordination.webhooks.deliver_due", task_name="webhooks")

@@ -5,11 +5,14 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
   itself (the job_events trigger, coordination/events/triggers.py: whoever changes the job, the
   Python path, the SQL fast path or an operator's SQL), so it exists exactly when the change does.
   The row keeps the job's changing fields as they were right after it (`event_state`).
-- Everything else happens here, after commit, in the worker cluster (a django-q2 task for each job
-  whose change made a delivery, as the coordinator's write reports them to LockedQueue.flush, and
-  every worker's background pass for the rows that are due), never
-  under the coordinator lock: the payload is rendered at the first send, from `event_state`, as the
-  live event streams render an event (coordination/events/feed.py), and kept for every retry.
+- Everything else happens here, after commit, in the worker cluster, never under the coordinator
+  lock: a change that made deliveries wakes its process's sender once it commits (a thread of each
+  worker process, `Sender`; in a process that has none, the web server's, a django-q2 task:
+  webhook_targets.webhooks_wake), and every worker's background pass sends what is due (retries, a
+  lost wake). What is due goes in batches: claimed, rendered, POSTed side by side and recorded in
+  three statements a batch (deliver_due). The payload is rendered at the first send, from
+  `event_state`, as the live event streams render an event (coordination/events/feed.py), and kept
+  for every retry.
 - A non-2xx answer, a timeout or a refused connection is tried again with growing delays for 24 hours,
   with the same `webhook-id` (receivers de-duplicate on it); one job's events go in order.
 - No server-side request forgery: the URL must be https (http with COORDINATOR_WEBHOOK_ALLOW_HTTP=1),
@@ -22,22 +25,25 @@ import base64
 import http.client
 import json
 import logging
+import os
 import secrets
 import socket
 import ssl
+import threading
+import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db import connection, connections, transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from coordination.events import feed
 from coordination.exceptions import InvalidJob
-from coordination.models import Job, WebhookAttempt, WebhookDelivery, WebhookSecret
-from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_send_task
+from coordination.models import Job, WebhookDelivery, WebhookSecret
+from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_sender_register, webhooks_wake
 
 __all__ = ["UnsafeUrl", "deliver_due", "deliver_job", "delivery_resend", "secret_get", "secret_rotate", "url_check"]
 
@@ -73,59 +79,184 @@ def secret_rotate(*, user) -> WebhookSecret:
     return record
 
 
-def _signers(owner_id) -> list[Webhook]:
-    """The owner's secret (made now if the owner never asked for it: GET /webhooks/secret shows the
-    same one), and the previous one while a rotation's day lasts."""
-    if not owner_id:
-        return []
-    record, _ = WebhookSecret.objects.get_or_create(user_id=owner_id, defaults={"secret": _new_secret()})
-    keys = [record.secret]
-    if record.previous and record.previous_until and record.previous_until > timezone.now():
-        keys.append(record.previous)
-    return [Webhook(key) for key in keys]
+def _signers(owner_ids: set) -> dict:
+    """Each owner's signers: their secret (made now if the owner never asked for it: GET
+    /webhooks/secret shows the same one), and the previous one while a rotation's day lasts."""
+    records = {record.user_id: record for record in WebhookSecret.objects.filter(user_id__in=owner_ids)}
+    for owner_id in owner_ids - records.keys():
+        records[owner_id], _ = WebhookSecret.objects.get_or_create(user_id=owner_id, defaults={"secret": _new_secret()})
+    now = timezone.now()
+    signers = {}
+    for owner_id, record in records.items():
+        keys = [record.secret]
+        if record.previous and record.previous_until and record.previous_until > now:
+            keys.append(record.previous)
+        signers[owner_id] = [Webhook(key) for key in keys]
+    return signers
 
 
 # --- sending ----------------------------------------------------------------------------------------
 
 IN_FLIGHT = timedelta(seconds=60)  # a send claims its row this long; a sender that died frees it so
+BATCH = 100  # deliveries claimed, rendered, sent and recorded together (one per job)
+
+# Claims the due deliveries, each its job's earliest pending one (a later event waits for an earlier
+# one, which another sender may be sending: its claim moved its next try, not its state), by moving
+# their next try IN_FLIGHT ahead. SKIP LOCKED: two senders claim different rows, never one twice.
+_CLAIM_SQL = """
+UPDATE webhook_deliveries AS d SET next_attempt_at = %(until)s
+FROM (
+    SELECT c.id FROM webhook_deliveries AS c
+    WHERE c.state = 'pending' AND c.next_attempt_at <= %(now)s {one_job}
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
+    ORDER BY c.next_attempt_at, c.id LIMIT %(limit)s
+    FOR UPDATE OF c SKIP LOCKED
+) AS due
+WHERE d.id = due.id
+RETURNING d.*, (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id) AS owner_id,
+          (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try
+"""
+
+# Each claimed delivery's try and its outcome, in one statement for the batch.
+_RECORD_SQL = """
+WITH outcome AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS o(
+        id bigint, at timestamptz, status_code integer, error text, state text, attempts integer,
+        next_attempt_at timestamptz, delivered_at timestamptz, payload jsonb)
+), tried AS (
+    INSERT INTO webhook_attempts (delivery_id, at, status_code, error)
+    SELECT id, at, status_code, error FROM outcome ORDER BY id
+)
+UPDATE webhook_deliveries AS d
+SET state = o.state, attempts = o.attempts, last_status_code = o.status_code, last_error = o.error,
+    next_attempt_at = o.next_attempt_at, delivered_at = coalesce(o.delivered_at, d.delivered_at), payload = o.payload
+FROM outcome AS o WHERE d.id = o.id
+"""
 
 
-def deliver_job(job_id: str, *, now: datetime | None = None) -> int:
-    """Send the job's due deliveries in order, stopping at the first that fails (the next ones wait
-    for it: one job's events arrive in order). Returns how many were delivered.
+def deliver_due(*, now: datetime | None = None, limit: int = BATCH, job_id=None) -> int:
+    """Send every delivery that is due, a batch at a time, each job's events in order (a job's next
+    event is due once the one before it was delivered; one that failed holds back those after it).
+    `job_id`: that job's only. Returns how many were delivered.
 
-    No transaction is open while a receiver is called: the job's earliest pending row is claimed in
-    one short UPDATE (its next try moved IN_FLIGHT ahead, so another sender finds it not due and stops
-    rather than skip to a later event), then sent, then its outcome recorded in a second statement."""
+    A batch is three statements whatever its size (the claim, the jobs its payloads need, the record:
+    _send), and no transaction is open while a receiver is called."""
     delivered = 0
     while True:
         moment = now or timezone.now()
-        earliest = (
-            WebhookDelivery.objects.filter(job_id=job_id, state=WebhookDelivery.State.PENDING)
-            .order_by("id").values_list("pk", flat=True).first()
-        )
-        if earliest is None:
+        one_job = "AND c.job_id = %(job_id)s" if job_id is not None else ""
+        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(one_job=one_job), {
+            "until": moment + IN_FLIGHT, "now": moment, "limit": limit, "job_id": str(job_id),
+        }))
+        if not batch:
             return delivered
-        claimed = WebhookDelivery.objects.filter(
-            pk=earliest, state=WebhookDelivery.State.PENDING, next_attempt_at__lte=moment
-        ).update(next_attempt_at=moment + IN_FLIGHT)
-        if not claimed or not _attempt(WebhookDelivery.objects.get(pk=earliest), now=moment):
+        sent = _send(batch, now=moment)
+        delivered += sent
+        if not sent:  # each failed: their next tries are later
             return delivered
-        delivered += 1
 
 
-def deliver_due(*, now: datetime | None = None, limit: int = 100) -> int:
-    """The jobs whose earliest pending delivery is due (the background pass): each job's in order.
-    A later event waiting behind an earlier one is not "due" itself, so it cannot crowd out others."""
-    now = now or timezone.now()
-    earlier = WebhookDelivery.objects.filter(
-        job_id=OuterRef("job_id"), state=WebhookDelivery.State.PENDING, id__lt=OuterRef("id")
-    )
-    jobs = (
-        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now)
-        .filter(~Exists(earlier)).order_by("next_attempt_at").values_list("job_id", flat=True)[:limit]
-    )
-    return sum(deliver_job(job_id, now=now) for job_id in list(dict.fromkeys(jobs)))
+def deliver_job(job_id, *, now: datetime | None = None) -> int:
+    """Send the job's due deliveries in order, stopping at the first that fails (deliver_due, for one job)."""
+    return deliver_due(now=now, job_id=job_id)
+
+
+def _send(batch: list[WebhookDelivery], *, now: datetime) -> int:
+    """Render what was never sent, sign, POST each (side by side: webhooks.sends), record every outcome."""
+    unrendered = [delivery for delivery in batch if delivery.payload is None]
+    if unrendered:
+        # Rendered once, before the first try, and kept (recorded below): every retry sends the same body.
+        jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered})
+        for delivery in unrendered:
+            delivery.payload = _payload(delivery, jobs[delivery.job_id])
+    signers = _signers({delivery.owner_id for delivery in batch} - {None})
+    addresses: dict[str, list[str] | InvalidJob] = {}
+    requests = []
+    for delivery in batch:
+        if delivery.url not in addresses:
+            try:
+                addresses[delivery.url] = url_check(delivery.url)  # again at send: the name may resolve elsewhere now
+            except InvalidJob as refused:
+                addresses[delivery.url] = refused
+        requests.append(_request(delivery, addresses[delivery.url], signers.get(delivery.owner_id, [])))
+    answers = sends.map(_answer, requests)
+    outcomes = [_outcome(delivery, status, error, now=now) for delivery, (status, error) in zip(batch, answers)]
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_SQL, [json.dumps(outcomes, default=str)])
+    return sum(1 for outcome in outcomes if outcome["state"] == WebhookDelivery.State.DELIVERED)
+
+
+def _request(delivery: WebhookDelivery, addresses, signers: list[Webhook]):
+    """What to POST for `delivery`, or why it cannot be sent (its error)."""
+    if isinstance(addresses, InvalidJob):
+        return f"refused: {addresses.message}"
+    if not signers:
+        return "RuntimeError: the job has no owner whose secret could sign it"
+    body = json.dumps(delivery.payload, separators=(",", ":"), default=str)
+    signed_at = timezone.now()
+    signature = " ".join(signer.sign(delivery.webhook_id, signed_at, body) for signer in signers)
+    return delivery.url, addresses[0], body.encode(), {
+        "Content-Type": "application/json",
+        "webhook-id": delivery.webhook_id,
+        "webhook-timestamp": str(int(signed_at.timestamp())),
+        "webhook-signature": signature,
+        "User-Agent": "job-queue-coordinator-webhooks",
+    }
+
+
+def _answer(request) -> tuple[int | None, str]:
+    """The receiver's status code and the error to record ("" for a 2xx)."""
+    if isinstance(request, str):
+        return None, request
+    try:
+        status = _post(*request)
+    except Exception as failure:  # a timeout, a refused connection, a TLS error: tried again later
+        return None, f"{type(failure).__name__}: {failure}"
+    return status, "" if 200 <= status < 300 else f"HTTP {status}"
+
+
+def _outcome(delivery: WebhookDelivery, status: int | None, error: str, *, now: datetime) -> dict:
+    """The try's row and the delivery's next state: delivered, tried again after the next delay, or
+    given up 24 hours after its first try (an event that waited behind an earlier one gets its full day)."""
+    attempts = delivery.attempts + 1
+    state, next_attempt_at, delivered_at = WebhookDelivery.State.PENDING, None, None
+    if not error:
+        state, delivered_at = WebhookDelivery.State.DELIVERED, now
+    else:
+        delay = timedelta(seconds=DELAYS[attempts - 1] if attempts <= len(DELAYS) else 3600)
+        if now + delay > (delivery.first_try or now) + GIVE_UP_AFTER:
+            state = WebhookDelivery.State.FAILED
+            logger.warning("Webhook %s of job %s given up after %s attempts: %s",
+                           delivery.webhook_id, delivery.job_id, attempts, error)
+        else:
+            next_attempt_at = now + delay
+    return {"id": delivery.pk, "at": now, "status_code": status, "error": error, "state": state, "attempts": attempts,
+            "next_attempt_at": next_attempt_at, "delivered_at": delivered_at, "payload": delivery.payload}
+
+
+class SendPool:
+    """The POSTs of a batch, side by side on a few threads of this process (a slow receiver holds up
+    its own sends, not the others'); one at a time on the caller's thread when there is only one."""
+
+    def __init__(self) -> None:
+        self._executor = None
+        self._pid = None
+        self._guard = threading.Lock()
+
+    def map(self, function, items: list) -> list:
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        with self._guard:
+            if self._executor is None or self._pid != os.getpid():  # a forked worker process makes its own
+                self._executor = ThreadPoolExecutor(settings.COORDINATOR_WEBHOOK_SENDS, thread_name_prefix="webhook-send")
+                self._pid = os.getpid()
+            executor = self._executor
+        return list(executor.map(function, items))
+
+
+sends = SendPool()
+
+_tls: list[ssl.SSLContext] = []
 
 
 def _post(url: str, address: str, body: bytes, headers: dict) -> int:
@@ -135,8 +266,9 @@ def _post(url: str, address: str, body: bytes, headers: dict) -> int:
     parts = urllib.parse.urlsplit(url)
     timeout = settings.COORDINATOR_WEBHOOK_TIMEOUT
     if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                                 context=ssl.create_default_context())
+        if not _tls:  # made once: loading the system's certificates costs more than a send
+            _tls.append(ssl.create_default_context())
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=_tls[0])
     else:
         connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     port = connection.port
@@ -149,62 +281,13 @@ def _post(url: str, address: str, body: bytes, headers: dict) -> int:
         connection.close()
 
 
-def _payload(delivery: WebhookDelivery) -> dict:
+def _payload(delivery: WebhookDelivery, job: Job) -> dict:
     """`delivery`'s body: the job's JSON as GET /jobs/{id} showed it right after the event (the fields
     the event kept laid over the job, as the live streams show it: events/feed.py), with the fields
     of a waiting job null, and no provider run (an attempt that has just started has none yet)."""
-    job = feed.jobs_by_id([delivery.job_id])[delivery.job_id]
     data = feed.as_of(job, delivery.event_state, None)
     data.update(at_provider=None, waiting_for=None, estimated_start_at=None, start_overdue=None, waiting_for_slot=None)
     return {"type": delivery.event_type, "timestamp": delivery.created_at.isoformat(), "data": data}
-
-
-def _attempt(delivery: WebhookDelivery, *, now: datetime) -> bool:
-    if delivery.payload is None:
-        # Rendered once, before the first try, and kept: every retry sends the same body.
-        delivery.payload = _payload(delivery)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(payload=delivery.payload)
-    body = json.dumps(delivery.payload, separators=(",", ":"), default=str)
-    status, error = None, ""
-    signers = _signers(Job.objects.filter(pk=delivery.job_id).values_list("owner_id", flat=True).first())
-    try:
-        addresses = url_check(delivery.url)  # again at send: the name may resolve elsewhere now
-        if not signers:
-            raise RuntimeError("the job has no owner whose secret could sign it")
-        signed_at = timezone.now()
-        signature = " ".join(signer.sign(delivery.webhook_id, signed_at, body) for signer in signers)
-        status = _post(delivery.url, addresses[0], body.encode(), {
-            "Content-Type": "application/json",
-            "webhook-id": delivery.webhook_id,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": signature,
-            "User-Agent": "job-queue-coordinator-webhooks",
-        })
-        if not 200 <= status < 300:
-            error = f"HTTP {status}"
-    except InvalidJob as refused:
-        error = f"refused: {refused.message}"
-    except Exception as failure:  # a timeout, a refused connection, a TLS error: tried again later
-        error = f"{type(failure).__name__}: {failure}"
-    ok = status is not None and 200 <= status < 300
-    with transaction.atomic():
-        WebhookAttempt.objects.create(delivery=delivery, at=now, status_code=status, error=error)
-        first_try = delivery.attempt_rows.order_by("id").values_list("at", flat=True).first()
-        delivery.attempts += 1
-        delivery.last_status_code, delivery.last_error = status, error
-        if ok:
-            delivery.state, delivery.delivered_at, delivery.next_attempt_at = WebhookDelivery.State.DELIVERED, now, None
-        else:
-            delay = timedelta(seconds=DELAYS[delivery.attempts - 1] if delivery.attempts <= len(DELAYS) else 3600)
-            # 24 hours from its first try (an event that waited behind an earlier one gets its full day).
-            if now + delay > first_try + GIVE_UP_AFTER:
-                delivery.state, delivery.next_attempt_at = WebhookDelivery.State.FAILED, None
-                logger.warning("Webhook %s of job %s given up after %s attempts: %s",
-                               delivery.webhook_id, delivery.job_id, delivery.attempts, error)
-            else:
-                delivery.next_attempt_at = now + delay
-        delivery.save()
-    return ok
 
 
 def delivery_resend(delivery: WebhookDelivery) -> None:
@@ -212,4 +295,48 @@ def delivery_resend(delivery: WebhookDelivery) -> None:
     delivery.attempt_rows.all().delete()
     delivery.state, delivery.attempts, delivery.next_attempt_at = WebhookDelivery.State.PENDING, 0, timezone.now()
     delivery.save(update_fields=["state", "attempts", "next_attempt_at"])
-    transaction.on_commit(lambda: webhooks_send_task(delivery.job_id))
+    transaction.on_commit(webhooks_wake)
+
+
+# --- a worker process's sender ------------------------------------------------------------------------
+
+IDLE = 1.0  # seconds without a wake after which the sender gives its database connection back
+# How long a woken sender lets further wakes gather before it claims: while jobs end every few
+# milliseconds, one batch then carries many deliveries (its statements are paid once for all of them).
+LINGER = 0.05
+
+
+class Sender:
+    """A worker process's webhook sender: a thread that sends what is due each time a change made in
+    this process made deliveries (woken after its commit: webhook_targets.webhooks_wake), so a job's
+    webhook costs no task of its own; the wakes of the next LINGER seconds, and those that come while
+    it sends, are served by the same batch or the next.
+    What it does not see (a retry's time, another process's change) the background pass sends."""
+
+    def __init__(self) -> None:
+        self._woken = threading.Event()
+        self._thread = threading.Thread(target=self._send, name="webhook-sender", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def _send(self) -> None:
+        while True:
+            if not self._woken.wait(IDLE):
+                connections.close_all()  # idle: hold no connection between bursts
+                self._woken.wait()
+            time.sleep(LINGER)
+            self._woken.clear()
+            try:
+                deliver_due()
+            except Exception:  # the database may be away: the background pass sends it later
+                logger.exception("Sending webhooks failed")
+                connections.close_all()
+
+
+def sender_start() -> Sender:
+    """In a worker process (coordination.tasks.worker_process_ready): its sender, woken from now on."""
+    sender = Sender()
+    webhooks_sender_register(sender.wake)
+    return sender

@@ -265,6 +265,8 @@ COORDINATOR_REAPER_SECONDS = env_int("COORDINATOR_REAPER_SECONDS", 15)
 COORDINATOR_WEBHOOK_ALLOW_HTTP = env_bool("COORDINATOR_WEBHOOK_ALLOW_HTTP", False)
 COORDINATOR_WEBHOOK_ALLOW_PRIVATE = env_bool("COORDINATOR_WEBHOOK_ALLOW_PRIVATE", False)
 COORDINATOR_WEBHOOK_TIMEOUT = env_int("COORDINATOR_WEBHOOK_TIMEOUT", 10)
+# How many deliveries a worker process sends side by side (each waits up to the timeout).
+COORDINATOR_WEBHOOK_SENDS = env_int("COORDINATOR_WEBHOOK_SENDS", 8)
 # The files jobs produce, kept (coordination/outputs): the largest one copied (bytes), how long they are
 # kept (days), how many each qcluster copies at once, how many tries a copy gets, and how long a signed
 # link to one (?sig=...) serves it (seconds).

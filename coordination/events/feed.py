@@ -6,6 +6,7 @@ event is today's JSON with those fields laid over it: a client that reconnects l
 happened in order (started, then completed), each time with the job as it was then.
 """
 
+import threading
 import time
 from uuid import UUID
 
@@ -15,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 from coordination.api.serializers import AtProviderSerializer, JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
 from coordination.models import CatalogModel, Job, JobEvent
-from coordination.selectors import job_queue_positions, with_retries
+from coordination.selectors import job_queue_positions, with_runs
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
@@ -60,7 +61,8 @@ def rows_after(after: int, *, also=(), job_id=None, limit: int | None = None) ->
 
 
 def jobs_by_id(job_ids) -> dict:
-    return with_retries(Job.objects.select_related("workflow_execution")).in_bulk(list(job_ids))
+    """The jobs, with all the API shows of them read in three queries whatever their number (selectors.with_runs)."""
+    return with_runs(Job.objects.select_related("workflow_execution")).in_bulk(list(job_ids))
 
 
 def positions(job_ids) -> dict:
@@ -68,9 +70,17 @@ def positions(job_ids) -> dict:
     return job_queue_positions(list(job_ids)) if job_ids else {}
 
 
+_rendering = threading.local()
+
+
 def current(job: Job, position: int | None) -> dict:
-    """The job's JSON now, as POST /jobs and GET /jobs answer it."""
-    return dict(JobSerializer(job, context={"queue_positions": {job.job_id: position}}).data)
+    """The job's JSON now, as POST /jobs and GET /jobs answer it. One serializer per thread renders
+    every job: DRF builds a serializer's fields when first used, which cost more than a job's rendering."""
+    serializer = getattr(_rendering, "serializer", None)
+    if serializer is None:
+        serializer = _rendering.serializer = JobSerializer(context={})
+    serializer.context["queue_positions"] = {job.job_id: position}
+    return dict(serializer.to_representation(job))
 
 
 _FIELDS = JobSerializer().fields

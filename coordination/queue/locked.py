@@ -39,7 +39,7 @@ from coordination.exceptions import LineFull
 from coordination.transitions import (
     job_cancelled_waiting, job_expired, job_handed_back, job_requeued, job_started, max_attempts_of,
 )
-from coordination.webhook_targets import webhooks_send_task
+from coordination.webhook_targets import webhooks_wake
 from coordination.writes import Writes
 
 logger = logging.getLogger("job_coordinator")
@@ -152,7 +152,7 @@ class LockedQueue(QueueRules):
         self.touched: dict = {}  # jobs whose line or wait changed in this transaction
         self.writes = Writes()
         self._flushing = False
-        self._woken: set = set()  # jobs whose webhook sender is woken after commit
+        self._woken = False  # the webhook sender is woken after commit
         connection.execute_wrappers.append(self._flush_first)
 
     def _lock_slots(self) -> list[JobQueueState]:
@@ -178,12 +178,12 @@ class LockedQueue(QueueRules):
         self._flushing = True
         try:
             with connection.cursor() as cursor:
-                delivered = self.writes.flush(cursor) - self._woken
+                delivered = self.writes.flush(cursor)
         finally:
             self._flushing = False
-        for job_id in delivered:  # their changes made webhook deliveries: sent once this commits
-            transaction.on_commit(partial(webhooks_send_task, job_id))
-        self._woken |= delivered
+        if delivered and not self._woken:  # the changes made webhook deliveries: sent once this commits
+            transaction.on_commit(webhooks_wake)
+            self._woken = True
 
     def _flush_first(self, execute, sql, params, many, context):
         """Every other statement on this connection, while the queue is open, sees what it wrote."""

@@ -4,17 +4,19 @@ webhook-id, in order per job, and never sent to a private address."""
 
 import json
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from coordination.models import Job, WebhookDelivery
 from coordination.services import job_cancel, job_complete
-from coordination.webhook_targets import webhooks_send_task
+from coordination.webhook_targets import webhooks_wake
 from coordination.webhooks import UnsafeUrl, _post, deliver_due, deliver_job, secret_get, secret_rotate, url_check
 from tests.helpers import at_once, fresh, submit
 
@@ -336,7 +338,8 @@ def test_a_change_made_by_hand_written_sql_gets_its_webhook_too(user, receiver):
 
 
 def test_a_change_asks_for_its_send_only_once_committed(user, receiver, monkeypatch, django_capture_on_commit_callbacks):
-    """The transition only asks, after commit, for the job's deliveries to be sent (by the task's name)."""
+    """The transition only asks, after commit, for the deliveries to be sent: in a process without a
+    sender of its own (the web server's), by a django-q2 task named for the sending."""
     sent = []
     monkeypatch.setattr("django_q.tasks.async_task", lambda name, *args, **kwargs: sent.append((name, *args)))
     job = submit(user, webhook_url=receiver.url)
@@ -345,23 +348,69 @@ def test_a_change_asks_for_its_send_only_once_committed(user, receiver, monkeypa
     assert sent == []
     for callback in callbacks:
         callback()
-    assert ("coordination.webhooks.deliver_job", str(job.job_id)) in sent
+    assert sent == [("coordination.webhooks.deliver_due",)]
 
 
 def test_only_a_change_that_made_a_delivery_wakes_the_sender(user, receiver, django_capture_on_commit_callbacks):
     # The default filter wants the terminal events: the start makes no delivery and wakes nothing; the
-    # completion makes one and wakes the sender once (a django-q2 task, after commit).
-    def senders(callbacks) -> list:
-        return [callback.args for callback in callbacks if getattr(callback, "func", None) is webhooks_send_task]
+    # completion makes one and wakes the sender once, after commit.
+    def wakes(callbacks) -> int:
+        return sum(1 for callback in callbacks if callback is webhooks_wake)
 
     with django_capture_on_commit_callbacks() as started:
         job = submit(user, webhook_url=receiver.url)
     with django_capture_on_commit_callbacks() as ended:
         job_complete(job_id=job.job_id, attempt=1, result={})
     with django_capture_on_commit_callbacks() as every:
-        every_job = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+        submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
 
     assert fresh(job).status == "completed"
-    assert senders(started) == [] and not WebhookDelivery.objects.filter(job=job, event_type="job.started").exists()
-    assert senders(ended) == [(job.job_id,)]
-    assert senders(every) == [(every_job.job_id,)]  # a job that asked for job.started is woken for it
+    assert wakes(started) == 0 and not WebhookDelivery.objects.filter(job=job, event_type="job.started").exists()
+    assert wakes(ended) == 1
+    assert wakes(every) == 1  # a job that asked for job.started is woken for it
+
+
+def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(user, other_user, receiver):
+    """Claimed, rendered, signed and recorded together: the statements do not grow with the batch
+    (one job's or forty's), and each job's body and signature are its own."""
+    secrets = {owner.pk: secret_get(user=owner).secret for owner in (user, other_user)}
+
+    def statements_to_deliver(count: int) -> int:
+        for n in range(count):
+            job = submit(user if n % 2 else other_user, webhook_url=receiver.url)
+            job_complete(job_id=job.job_id, attempt=1, result={"output": n})
+        with CaptureQueriesContext(connection) as queries:
+            assert deliver_due() == count
+        return len(queries)
+
+    assert statements_to_deliver(40) == statements_to_deliver(1)
+    bodies = {}
+    for got in receiver.received:
+        owner = Job.objects.get(pk=json.loads(got["body"])["data"]["job_id"]).owner_id
+        bodies[got["headers"]["webhook-id"]] = Webhook(secrets[owner]).verify(got["body"], got["headers"])
+    assert len(bodies) == 41 and WebhookDelivery.objects.filter(state=WebhookDelivery.State.DELIVERED).count() == 41
+    assert {body["data"]["result"]["output"] for body in bodies.values()} == set(range(40)) | {0}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_process_sends_its_jobs_deliveries_with_its_own_sender_and_no_task(user, receiver, monkeypatch):
+    """In a worker process, a change that made deliveries wakes that process's sender thread once it
+    commits: the receiver has them without any django-q2 task enqueued."""
+    from django_q.models import OrmQ
+
+    from coordination import webhook_targets
+    from coordination.webhooks import sender_start
+
+    monkeypatch.setattr(webhook_targets, "_local_wake", [])  # restored after the test: no sender outlives it
+    sender_start()
+    secret_get(user=user)
+    jobs = [submit(user, webhook_url=receiver.url) for _ in range(3)]
+    for job in jobs:
+        job_complete(job_id=job.job_id, attempt=1, result={})
+
+    deadline = time.monotonic() + 10
+    while WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING).exists():
+        assert time.monotonic() < deadline, "the sender did not send"
+        time.sleep(0.01)
+    assert sorted(json.loads(got["body"])["data"]["job_id"] for got in receiver.received) == sorted(str(job.job_id) for job in jobs)
+    assert [task.func() for task in OrmQ.objects.all()] == ["coordination.tasks.run_job"] * 3  # the jobs' own, no other
