@@ -370,24 +370,23 @@ def count_queries(owner, with_policies: bool = False) -> dict:
 def lock_holds(owner, repeats: int) -> dict:
     """(g) The coordinator lock, held from its SELECT ... FOR UPDATE until COMMIT has returned, per
     transition: a submit that waits, and a completion that starts the next job and hands it over."""
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from coordination.models import Job
-    from coordination.queue import locked
     from coordination.services import jobs as job_services
     from coordination.services import submit as submit_services
 
     held: list[float] = []
-    original = locked.slots_lock
 
-    def timed_lock(slot_count):
-        began = time.perf_counter()
-        transaction.on_commit(lambda: held.append(time.perf_counter() - began))  # runs right after COMMIT
-        return original(slot_count)
+    def timed_lock(execute, sql, params, many, context):
+        # The lock is its own statement (the slot rows FOR UPDATE) or the coordinator's read (lock true).
+        if ('FROM "job_queue_state"' in sql and "FOR UPDATE" in sql) or (sql.startswith("SELECT jq_snapshot(") and params[0]):
+            began = time.perf_counter()
+            transaction.on_commit(lambda: held.append(time.perf_counter() - began))  # runs right after COMMIT
+        return execute(sql, params, many, context)
 
     reset_queue()
-    locked.slots_lock = job_services.slots_lock = submit_services.slots_lock = timed_lock
-    try:
+    with connection.execute_wrapper(timed_lock):
         submit_services.job_submit(owner=owner, model="flux-dev", prompt="first", params={})
         submits, completions = [], []
         for _ in range(repeats):
@@ -402,8 +401,6 @@ def lock_holds(owner, repeats: int) -> dict:
             )
             completions.extend(held)
             running = taken
-    finally:
-        locked.slots_lock = job_services.slots_lock = submit_services.slots_lock = original
     return {"submit (waits)": submits, "complete + hand over": completions}
 
 

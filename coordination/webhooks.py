@@ -10,7 +10,7 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
   worker process, `Sender`; in a process that has none, the web server's, a django-q2 task:
   webhook_targets.webhooks_wake), and every worker's background pass sends what is due (retries, a
   lost wake). What is due goes in batches: claimed, rendered, POSTed side by side and recorded in
-  three statements a batch (deliver_due). The payload is rendered at the first send, from
+  a few statements a batch, whatever its size (deliver_due). The payload is rendered at the first send, from
   `event_state`, as the live event streams render an event (coordination/events/feed.py), and kept
   for every retry.
 - A non-2xx answer, a timeout or a refused connection is tried again with growing delays for 24 hours,
@@ -139,8 +139,8 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH, job_id=None)
     event is due once the one before it was delivered; one that failed holds back those after it).
     `job_id`: that job's only. Returns how many were delivered.
 
-    A batch is three statements whatever its size (the claim, the jobs its payloads need, the record:
-    _send), and no transaction is open while a receiver is called."""
+    A batch is a few statements whatever its size (the claim; the jobs its payloads need, for a first
+    try; their owners' secrets; the record: _send), and no transaction is open while a receiver is called."""
     delivered = 0
     while True:
         moment = now or timezone.now()

@@ -1,10 +1,10 @@
 """The coordinator's decisions, made while it holds the coordinator lock.
 
 `LockedQueue` is opened inside `transaction.atomic()` (`with LockedQueue(...) as queue:`): it locks
-every slot row (`select_for_update`, id order, so two coordinators never deadlock). A hot transition
-(a submit, a worker's report, a cancel: `snapshot=True`) then reads everything its decisions need in
-one more statement (queue/snapshot.py) and decides in memory; the others read the running jobs and
-ask the database as the rules go. Everything it decides (start, block, dispatch, by the rules in
+every slot row (`FOR UPDATE`, id order, so two coordinators never deadlock). A hot transition (a
+submit, a worker's report, a cancel: `snapshot=True`) takes the lock and reads everything its
+decisions need in one statement (queue/snapshot.py) and decides in memory; the others lock, read the
+running jobs and ask the database as the rules go. Everything it decides (start, block, dispatch, by the rules in
 rules.py) is kept in memory with its audit rows (coordination/writes.py) and written in one statement
 when the queue closes, before COMMIT; the worker task is enqueued only after commit. The services
 (services/) are the only callers.
@@ -16,7 +16,7 @@ slot look free, but it can never make the coordinator start a second job on a mo
 Cost: a decision reads the running jobs (at most one per slot), a few rows of each line's head, one
 or two index probes per job concerned, and the waiting-jobs counter; never the whole line. So a
 completion costs the same whether ten or a hundred thousand jobs wait (docs/design.md, "Cost"): on
-the hot transitions, three statements (the lock, the snapshot, the writes).
+the hot transitions, two statements (the lock with the snapshot, the writes).
 """
 
 import logging
@@ -33,7 +33,7 @@ from coordination.queue.fair import next_turn, owner_key, shares_enter, shares_l
 from coordination.queue.groups import groups_from_rows
 from coordination.queue.lines import line, line_key, line_position, owner_waiting
 from coordination.queue.rules import CATALOG_FIELDS, QueueRules, Verdict
-from coordination.queue.snapshot import UNKNOWN, WINDOW, Arrival, Entry, Snapshot, after_all_of
+from coordination.queue.snapshot import DEADLINES, UNKNOWN, WINDOW, Arrival, Entry, Snapshot, after_all_of
 from coordination.queue.words import NO_BLOCKER, NO_WORKER, say
 from coordination.exceptions import LineFull
 from coordination.transitions import (
@@ -110,9 +110,6 @@ class LockedQueue(QueueRules):
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
-        self.slots = slots if slots is not None else self._lock_slots()
-        # One instant for the whole transition: every job it starts, queues or ends shows the same time.
-        self.now = timezone.now()
         self._capacities: dict[str, int] | None = None
         self._paused: set[str] | None = None
         self._groups = None
@@ -123,10 +120,17 @@ class LockedQueue(QueueRules):
         if snapshot:
             limit = settings.COORDINATOR_MAX_PENDING_PER_USER
             limited = owner is not None and not owner.is_staff and bool(limit)
-            self.snapshot = Snapshot.read(
-                now=self.now, window=min(self.slot_count + 1, WINDOW), ending=self.ending, arriving=list(arriving),
+            read = partial(
+                Snapshot.read, window=min(self.slot_count + 1, WINDOW), ending=self.ending, arriving=list(arriving),
                 owner_id=owner.pk if owner is not None else None, owner_limit=limit if limited else None,
             )
+            # The lock and the read in one statement, unless this transaction holds the lock already.
+            self.snapshot = read(lock=slots is None)
+            self.slots = slots if slots is not None else self.snapshot.slots
+            if sum(1 for slot in self.slots if slot.id <= self.slot_count) < self.slot_count:
+                # First use, or more slots now: the rows are made and locked, then read again under the lock.
+                self.slots = self._lock_slots()
+                self.snapshot = read(lock=False)
             self.jobs: dict = self.snapshot.jobs
             running = self.jobs.running()
             self.running = {job.job_id: job for job in sorted(running, key=lambda job: (job.started_at, job.job_id))}
@@ -136,11 +140,15 @@ class LockedQueue(QueueRules):
             self._max_attempts = {row["name"]: row["max_attempts"] for row in catalog}
             self._pending = self.snapshot.pending
         else:
+            self.slots = slots if slots is not None else self._lock_slots()
             # Bounded by the slot count: only running jobs are read.
             self.running = {
                 job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")
             }
             self.jobs = dict(self.running)
+        # One instant for the whole transition, read once the lock is held (so the times of the
+        # transitions follow the lock's order): every job it starts, queues or ends shows it.
+        self.now = timezone.now()
         # A worker finishing a job may take the first job that finish starts, and run it at once
         # instead of waiting for the broker to deliver it (see tasks.run_job).
         self.take_next = take_next
@@ -279,7 +287,7 @@ class LockedQueue(QueueRules):
     def waiting_behind(self, job_ids) -> list[Job]:
         """The waiting jobs that name one of `job_ids` as what they wait for, in line order."""
         ids = set(job_ids)
-        if self.snapshot is not None and ids <= self.ending | set(self.snapshot.due):
+        if self.snapshot is not None and ids <= self.ending | set(self.snapshot.deadlines):
             candidates = {job_id: self.jobs[job_id] for job_id in self.snapshot.waiters}
             candidates.update(self.touched)
             return sorted(
@@ -397,8 +405,11 @@ class LockedQueue(QueueRules):
         self.record(event_type=JobQueueLog.Event.CANCELLED, job=job, details={**details, "reason": reason})
 
     def _due(self) -> list[Job]:
-        if self.snapshot is not None and len(self.snapshot.due) < 1000:
-            due = {job_id: self.jobs[job_id] for job_id in self.snapshot.due}
+        """The waiting jobs whose start-by deadline has passed, the earliest first (at most 1,000)."""
+        read = [self.jobs[job_id] for job_id in self.snapshot.deadlines] if self.snapshot is not None else []
+        if self.snapshot is not None and (len(read) < DEADLINES or read[-1].start_by > self.now):
+            # Every waiting job whose deadline passed was read (and those that changed since are known).
+            due = {job.job_id: job for job in read}
             due.update(self.touched)
             return sorted(
                 (job for job in due.values()

@@ -1,10 +1,12 @@
-"""What a decision reads, in one statement under the coordinator lock.
+"""What a decision reads, in one statement that first takes the coordinator lock.
 
-`Snapshot.read` calls `jq_snapshot` (installed by migration 0032 from `_sql()` here: a function, so
-that PostgreSQL plans it once per connection) for: the running jobs; the catalog and the capacity
+`Snapshot.read` calls `jq_snapshot` (installed by migrations 0032 and 0034 from `_sql()` here: a
+function, so that PostgreSQL plans it once per connection), which locks the slot rows (unless the
+transaction holds them already) and then reads: the running jobs; the catalog and the capacity
 groups; the waiting-jobs counter; the first rows of the global line and of every model's line (a
-window of at most `WINDOW` rows: enough for the starts one transition makes); the job a transition is
-about and the waiting jobs that name it, or a job whose start-by deadline passed, with the nearest
+window of at most `WINDOW` rows: enough for the starts one transition makes); the waiting jobs with
+the earliest start-by deadlines (`DEADLINES`); the job a transition is
+about and the waiting jobs that name it, or one of those with a deadline, with the nearest
 job ahead of each in each of its lines; and, for jobs about to join, the probes their admission needs
 (the nearest job ahead of them in each line, whether jobs of lower priority wait, a full line's count,
 a live job with their dedupe_key, their owner's waiting jobs). Each part is an index probe or a bounded read:
@@ -23,11 +25,14 @@ from datetime import datetime, timezone as dt_timezone
 from django.db import connection, models
 from django.utils.dateparse import parse_datetime
 
-from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter
+from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueState
 
 # Rows read of each line's head: a transition starts at most one job per slot it frees (or per
 # slot free), and each start takes one row off a line.
 WINDOW = 4
+# Waiting jobs read by their start-by deadline, earliest first: those whose deadline passed expire
+# (LockedQueue.expire_due); more than this many passing at once are read again from the database.
+DEADLINES = 16
 
 UNKNOWN = object()  # a view's answer when what it read does not tell
 
@@ -144,24 +149,32 @@ def _sql() -> str:
     """jq_snapshot: the read as a function, so that PostgreSQL plans it once per connection (its
     planning cost more than running it), not at every transition."""
     jobs, lines = Job._meta.db_table, JobLine._meta.db_table
-    catalog, counter = CatalogModel._meta.db_table, JobQueueCounter._meta.db_table
+    catalog, counter, slots = CatalogModel._meta.db_table, JobQueueCounter._meta.db_table, JobQueueState._meta.db_table
     groups, members = CapacityGroup._meta.db_table, CapacityGroup.catalog_models.through._meta.db_table
     nearest = "ORDER BY priority, created_at DESC, job_id DESC LIMIT 1"
+    deadlines = DEADLINES
     first = "ORDER BY priority DESC, created_at, job_id"
     return f"""
 CREATE OR REPLACE FUNCTION jq_snapshot(
-    p_now timestamptz, p_window int, p_ending uuid[], p_arrival_models text[], p_arrival_priorities int[],
+    p_lock boolean, p_window int, p_ending uuid[], p_arrival_models text[], p_arrival_priorities int[],
     p_priorities int[], p_owner bigint, p_keys text[], p_owner_limit int
-) RETURNS json LANGUAGE plpgsql STABLE
+) RETURNS json LANGUAGE plpgsql VOLATILE
 -- Planned once per connection (a generic plan): every part is an index probe or a bounded read,
 -- whatever the arguments, so no part may fall back to reading a table through (a generic plan cannot
 -- see how few rows an argument selects), and the plan is never worth compiling.
+-- VOLATILE: with p_lock, the read that follows the lock sees what committed while it waited for it.
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
+    locked json;
     answer json;
 BEGIN
+    IF p_lock THEN
+        -- The coordinator lock: every slot row, in id order (two coordinators never deadlock).
+        SELECT json_agg(to_jsonb(s)) INTO locked FROM (SELECT * FROM {slots} ORDER BY id FOR UPDATE) s;
+    END IF;
     WITH
-    due AS (SELECT job_id FROM {jobs} WHERE status = 'pending' AND start_by <= p_now ORDER BY start_by LIMIT 1000),
+    -- The waiting jobs with the earliest start-by deadlines (the caller sees which have passed).
+    due AS (SELECT job_id FROM {jobs} WHERE status = 'pending' AND start_by IS NOT NULL ORDER BY start_by LIMIT {deadlines}),
     gl AS (SELECT job_id FROM {jobs} WHERE status = 'pending' {first} LIMIT p_window),
     ml AS (SELECT c.name AS model, l.job_id, l.priority, l.created_at FROM {catalog} c
            CROSS JOIN LATERAL (SELECT job_id, priority, created_at FROM {lines}
@@ -228,7 +241,8 @@ BEGIN
          FROM {catalog} c WHERE c.max_waiting IS NOT NULL AND c.name = ANY(p_arrival_models)),
         CASE WHEN p_owner_limit IS NOT NULL THEN
             (SELECT count(*) FROM (SELECT 1 FROM {jobs} WHERE owner_id = p_owner AND status = 'pending' LIMIT p_owner_limit) x)
-        END
+        END,
+        locked
     ) INTO answer;
     RETURN answer;
 END $$;
@@ -277,8 +291,8 @@ class Snapshot:
     per job read: every view's rows and the running jobs are those instances."""
 
     def __init__(self, row: list, *, window: int) -> None:
-        (jobs, catalog, groups, pending, due, global_line, model_lines, waiters, probes, twins, lower,
-         full_lines, owner_waiting) = row
+        (jobs, catalog, groups, pending, deadlines, global_line, model_lines, waiters, probes, twins, lower,
+         full_lines, owner_waiting, locked) = row
         rows_read = {uuid.UUID(data["job_id"]): data for data in jobs or ()}
         self.jobs = Known(rows_read)
         # The whole rows: the rules read their scheduling fields; a job handed to a finishing worker
@@ -286,7 +300,9 @@ class Snapshot:
         self.catalog: dict[str, dict] = {row["name"]: row for row in catalog or ()}
         self.group_rows = [tuple(entry) for entry in groups or ()]
         self.pending = pending
-        self.due = [uuid.UUID(job_id) for job_id in due or ()]
+        self.deadlines = [uuid.UUID(job_id) for job_id in deadlines or ()]  # the earliest first
+        # The slot rows, when the read took the lock.
+        self.slots = [from_row(data, JobQueueState) for data in locked or ()]
         self.waiters = [uuid.UUID(job_id) for job_id in waiters or ()]
         self.twins = [uuid.UUID(job_id) for job_id in twins or ()]
         self.lower = {priority: exists for priority, exists in lower or ()}  # any job of lower priority waits
@@ -314,11 +330,12 @@ class Snapshot:
         return Entry((-priority, created_at, job_id), job_id)
 
     @classmethod
-    def read(cls, *, now, window: int, ending=(), arriving: list[Arrival] = (), owner_id=None,
+    def read(cls, *, lock: bool, window: int, ending=(), arriving: list[Arrival] = (), owner_id=None,
              owner_limit: int | None = None) -> "Snapshot":
+        """`lock`: take the coordinator lock first, in the same statement (its rows: `slots`)."""
         pairs = sorted({(model, arrival.priority) for arrival in arriving for model in arrival.models})
         params = [
-            now, window, [str(job_id) for job_id in ending], [model for model, _ in pairs],
+            lock, window, [str(job_id) for job_id in ending], [model for model, _ in pairs],
             [priority for _, priority in pairs], sorted({arrival.priority for arrival in arriving}), owner_id,
             [arrival.dedupe_key for arrival in arriving if arrival.dedupe_key], owner_limit,
         ]

@@ -122,19 +122,16 @@ class TestOrderAndStatuses:
 
 
 class TestOneLockHold:
-    def test_the_batch_takes_the_coordinator_lock_once(self, api, monkeypatch):
-        """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the batch."""
-        from coordination.queue import locked
-        from coordination.services import submit as submit_services
+    def test_the_batch_takes_the_coordinator_lock_once(self, api):
+        """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the
+        batch, by its own statement (the slot rows FOR UPDATE) or by the coordinator's read."""
+        with CaptureQueriesContext(connection) as captured:
+            accepted(api, [body(prompt=str(n)) for n in range(5)])
 
-        taken = []
-        for module, name in ((locked, "slots_lock"), (submit_services, "slots_lock")):
-            original = getattr(module, name)
-            monkeypatch.setattr(module, name, lambda count, _original=original: taken.append(count) or _original(count))
-
-        accepted(api, [body(prompt=str(n)) for n in range(5)])
-
-        assert taken == [1]
+        locks = [query["sql"] for query in captured.captured_queries
+                 if query["sql"].startswith("SELECT jq_snapshot(true")
+                 or ('FROM "job_queue_state"' in query["sql"] and "FOR UPDATE" in query["sql"])]
+        assert len(locks) == 1
 
     def test_a_failure_in_the_middle_leaves_nothing(self, api, fail_audit):
         fail_audit(JobQueueLog.Event.BLOCKED)  # the second job's: the first has started by then
