@@ -9,7 +9,9 @@ its outcome and takes the job that outcome started (a hand-over), until none is 
 The bounds that keep a thousand slots from exhausting PostgreSQL, per worker process: its job threads
 hold at most COORDINATOR_WORKER_CONNECTIONS connections at once (_ConnectionGate), and a thread gives
 its connection back while its runner waits; one keeper thread renews every running job's lease and
-looks for cancels, in one statement or two a second for all of them (_KeeperThread).
+looks for cancels, in one statement or two a second for all of them (_KeeperThread); one webhook
+sender thread sends the deliveries its jobs' changes made (coordination.webhooks.Sender), holding a
+connection only while deliveries keep coming.
 
 A job's time limit: django-q2's task timeout kills a whole process, so it no longer guards a job (the
 task returns once its thread started). The runner gives up at its model's deadline (the http runner

@@ -24,10 +24,13 @@ from django.db import connection, models
 DELIVERIES_SETTING = "jobqueue.deliveries"
 
 APPLY_SQL = """
-CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql
 -- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
 -- "columns" (those written), "rows" (objects of column values)}, run in the order given. Answers with
 -- the ids of the jobs the changes made webhook deliveries for (the jobs trigger notes them).
+-- Each row is found by its key's index: PostgreSQL takes a set of JSON rows for a hundred, and would
+-- otherwise join them against a full scan of a table of a few thousand rows (jobs, its lines).
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     change jsonb;
     tbl text;

@@ -163,7 +163,10 @@ CREATE OR REPLACE FUNCTION jq_snapshot(
 -- whatever the arguments, so no part may fall back to reading a table through (a generic plan cannot
 -- see how few rows an argument selects), and the plan is never worth compiling.
 -- VOLATILE: with p_lock, the read that follows the lock sees what committed while it waited for it.
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
+-- No bitmap scans: a job that ended leaves a dead entry in the partial index of running jobs (and
+-- one that started, in the waiting ones'); a plain index scan marks it dead once and skips it after,
+-- a bitmap scan visits every one of them again at every transition until the table is vacuumed.
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off AS $$
 DECLARE
     locked json;
     answer json;
