@@ -98,7 +98,10 @@ def _signers(owner_ids: set) -> dict:
 # --- sending ----------------------------------------------------------------------------------------
 
 IN_FLIGHT = timedelta(seconds=60)  # a send claims its row this long; a sender that died frees it so
-BATCH = 100  # deliveries claimed, rendered, sent and recorded together (one per job)
+# A batch is as many deliveries as a process sends at once (COORDINATOR_WEBHOOK_SENDS): claimed,
+# rendered, sent side by side and recorded together, in one round of sends that its claim outlasts.
+# A pass (the background pass, the web server's task) sends at most PASS_ROUNDS batches.
+PASS_ROUNDS = 12
 
 # Claims the due deliveries, each its job's earliest pending one (a later event waits for an earlier
 # one, which another sender may be sending: its claim moved its next try, not its state), by moving
@@ -117,79 +120,101 @@ RETURNING d.*, (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id) AS owner
           (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try
 """
 
-# Each claimed delivery's try and its outcome, in one statement for the batch.
+# The bodies rendered for a first try, kept before it is sent: every retry sends the same body.
+_RENDERED_SQL = """
+UPDATE webhook_deliveries AS d SET payload = r.payload
+FROM jsonb_to_recordset(%s::jsonb) AS r(id bigint, payload jsonb) WHERE d.id = r.id AND d.payload IS NULL
+"""
+
+# Each claimed delivery's try and its outcome, in one statement for the batch; only where the claim
+# still holds (a send that outlasted it leaves the delivery to the sender that claimed it since).
 _RECORD_SQL = """
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%s::jsonb) AS o(
-        id bigint, at timestamptz, status_code integer, error text, state text, attempts integer,
-        next_attempt_at timestamptz, delivered_at timestamptz, payload jsonb)
-), tried AS (
-    INSERT INTO webhook_attempts (delivery_id, at, status_code, error)
-    SELECT id, at, status_code, error FROM outcome ORDER BY id
+        id bigint, held_until timestamptz, at timestamptz, status_code integer, error text, state text,
+        attempts integer, next_attempt_at timestamptz, delivered_at timestamptz)
+), held AS (
+    UPDATE webhook_deliveries AS d
+    SET state = o.state, attempts = o.attempts, last_status_code = o.status_code, last_error = o.error,
+        next_attempt_at = o.next_attempt_at, delivered_at = coalesce(o.delivered_at, d.delivered_at)
+    FROM outcome AS o WHERE d.id = o.id AND d.state = 'pending' AND d.next_attempt_at = o.held_until
+    RETURNING d.id
 )
-UPDATE webhook_deliveries AS d
-SET state = o.state, attempts = o.attempts, last_status_code = o.status_code, last_error = o.error,
-    next_attempt_at = o.next_attempt_at, delivered_at = coalesce(o.delivered_at, d.delivered_at), payload = o.payload
-FROM outcome AS o WHERE d.id = o.id
+INSERT INTO webhook_attempts (delivery_id, at, status_code, error)
+SELECT o.id, o.at, o.status_code, o.error FROM outcome AS o JOIN held USING (id) ORDER BY o.id
+RETURNING delivery_id
 """
 
 
-def deliver_due(*, now: datetime | None = None, limit: int = BATCH, job_id=None) -> int:
-    """Send every delivery that is due, a batch at a time, each job's events in order (a job's next
-    event is due once the one before it was delivered; one that failed holds back those after it).
-    `job_id`: that job's only. Returns how many were delivered.
+def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id=None,
+                rounds: int | None = PASS_ROUNDS) -> int:
+    """Send the deliveries that are due, a batch of `limit` (COORDINATOR_WEBHOOK_SENDS) at a time, each
+    job's events in order (a job's next event is due once the one before it was delivered; one that
+    failed holds back those after it), until none is due or after `rounds` batches (None: no bound, a
+    sender's own thread). `job_id`: that job's only. Returns how many were delivered.
 
-    A batch is a few statements whatever its size (the claim; the jobs its payloads need, for a first
-    try; their owners' secrets; the record: _send), and no transaction is open while a receiver is called."""
-    delivered = 0
-    while True:
+    A batch is a few statements whatever its size (the claim; for first tries, the jobs their payloads
+    need and the bodies kept; the owners' secrets; the record: _send), and no transaction is open
+    while a receiver is called."""
+    delivered, done = 0, 0
+    while rounds is None or done < rounds:
         moment = now or timezone.now()
         one_job = "AND c.job_id = %(job_id)s" if job_id is not None else ""
         batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(one_job=one_job), {
-            "until": moment + IN_FLIGHT, "now": moment, "limit": limit, "job_id": str(job_id),
+            "until": moment + IN_FLIGHT, "now": moment, "limit": limit or settings.COORDINATOR_WEBHOOK_SENDS,
+            "job_id": str(job_id),
         }))
         if not batch:
-            return delivered
+            break
         sent = _send(batch, now=moment)
-        delivered += sent
+        delivered, done = delivered + sent, done + 1
         if not sent:  # each failed: their next tries are later
-            return delivered
+            break
+    return delivered
 
 
 def deliver_job(job_id, *, now: datetime | None = None) -> int:
     """Send the job's due deliveries in order, stopping at the first that fails (deliver_due, for one job)."""
-    return deliver_due(now=now, job_id=job_id)
+    return deliver_due(now=now, job_id=job_id, rounds=None)
 
 
 def _send(batch: list[WebhookDelivery], *, now: datetime) -> int:
-    """Render what was never sent, sign, POST each (side by side: webhooks.sends), record every outcome."""
+    """Render what was never sent (and keep it), sign, POST each (side by side: webhooks.sends), record
+    every outcome. A delivery that cannot be rendered, checked or signed is a failed try like any other."""
     unrendered = [delivery for delivery in batch if delivery.payload is None]
-    if unrendered:
-        # Rendered once, before the first try, and kept (recorded below): every retry sends the same body.
-        jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered})
-        for delivery in unrendered:
-            delivery.payload = _payload(delivery, jobs[delivery.job_id])
+    jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered}) if unrendered else {}
     signers = _signers({delivery.owner_id for delivery in batch} - {None})
-    addresses: dict[str, list[str] | InvalidJob] = {}
-    requests = []
+    checked: dict[str, list[str] | Exception] = {}
+    requests, rendered = [], []
     for delivery in batch:
-        if delivery.url not in addresses:
-            try:
-                addresses[delivery.url] = url_check(delivery.url)  # again at send: the name may resolve elsewhere now
-            except InvalidJob as refused:
-                addresses[delivery.url] = refused
-        requests.append(_request(delivery, addresses[delivery.url], signers.get(delivery.owner_id, [])))
-    answers = sends.map(_answer, requests)
-    outcomes = [_outcome(delivery, status, error, now=now) for delivery, (status, error) in zip(batch, answers)]
+        try:
+            if delivery.payload is None:
+                delivery.payload = _payload(delivery, jobs[delivery.job_id])
+                rendered.append({"id": delivery.pk, "payload": delivery.payload})
+            if delivery.url not in checked:
+                try:
+                    checked[delivery.url] = url_check(delivery.url)  # again at send: the name may resolve elsewhere now
+                except Exception as refused:
+                    checked[delivery.url] = refused
+            requests.append(_request(delivery, checked[delivery.url], signers.get(delivery.owner_id, [])))
+        except Exception as failure:
+            requests.append(f"{type(failure).__name__}: {failure}")
     with connection.cursor() as cursor:
+        if rendered:
+            cursor.execute(_RENDERED_SQL, [json.dumps(rendered, default=str)])
+        answers = sends.map(_answer, requests)
+        outcomes = [_outcome(delivery, status, error, now=now) for delivery, (status, error) in zip(batch, answers)]
         cursor.execute(_RECORD_SQL, [json.dumps(outcomes, default=str)])
-    return sum(1 for outcome in outcomes if outcome["state"] == WebhookDelivery.State.DELIVERED)
+        recorded = {row[0] for row in cursor.fetchall()}
+    return sum(1 for outcome in outcomes if outcome["id"] in recorded and outcome["state"] == WebhookDelivery.State.DELIVERED)
 
 
 def _request(delivery: WebhookDelivery, addresses, signers: list[Webhook]):
     """What to POST for `delivery`, or why it cannot be sent (its error)."""
     if isinstance(addresses, InvalidJob):
         return f"refused: {addresses.message}"
+    if isinstance(addresses, Exception):
+        return f"{type(addresses).__name__}: {addresses}"
     if not signers:
         return "RuntimeError: the job has no owner whose secret could sign it"
     body = json.dumps(delivery.payload, separators=(",", ":"), default=str)
@@ -230,8 +255,8 @@ def _outcome(delivery: WebhookDelivery, status: int | None, error: str, *, now: 
                            delivery.webhook_id, delivery.job_id, attempts, error)
         else:
             next_attempt_at = now + delay
-    return {"id": delivery.pk, "at": now, "status_code": status, "error": error, "state": state, "attempts": attempts,
-            "next_attempt_at": next_attempt_at, "delivered_at": delivered_at, "payload": delivery.payload}
+    return {"id": delivery.pk, "held_until": delivery.next_attempt_at, "at": now, "status_code": status, "error": error,
+            "state": state, "attempts": attempts, "next_attempt_at": next_attempt_at, "delivered_at": delivered_at}
 
 
 class SendPool:
@@ -329,7 +354,7 @@ class Sender:
             time.sleep(LINGER)
             self._woken.clear()
             try:
-                deliver_due()
+                deliver_due(rounds=None)
             except Exception:  # the database may be away: the background pass sends it later
                 logger.exception("Sending webhooks failed")
                 connections.close_all()

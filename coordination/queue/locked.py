@@ -407,7 +407,7 @@ class LockedQueue(QueueRules):
     def _due(self) -> list[Job]:
         """The waiting jobs whose start-by deadline has passed, the earliest first (at most 1,000)."""
         read = [self.jobs[job_id] for job_id in self.snapshot.deadlines] if self.snapshot is not None else []
-        if self.snapshot is not None and (len(read) < DEADLINES or read[-1].start_by > self.now):
+        if self.snapshot is not None and (len(read) < DEADLINES or max(job.start_by for job in read) > self.now):
             # Every waiting job whose deadline passed was read (and those that changed since are known).
             due = {job.job_id: job for job in read}
             due.update(self.touched)

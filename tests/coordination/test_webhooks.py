@@ -380,7 +380,7 @@ def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(u
             job = submit(user if n % 2 else other_user, webhook_url=receiver.url)
             job_complete(job_id=job.job_id, attempt=1, result={"output": n})
         with CaptureQueriesContext(connection) as queries:
-            assert deliver_due() == count
+            assert deliver_due(limit=count) == count  # one batch
         return len(queries)
 
     assert statements_to_deliver(40) == statements_to_deliver(1)
@@ -389,7 +389,7 @@ def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(u
         owner = Job.objects.get(pk=json.loads(got["body"])["data"]["job_id"]).owner_id
         bodies[got["headers"]["webhook-id"]] = Webhook(secrets[owner]).verify(got["body"], got["headers"])
     assert len(bodies) == 41 and WebhookDelivery.objects.filter(state=WebhookDelivery.State.DELIVERED).count() == 41
-    assert {body["data"]["result"]["output"] for body in bodies.values()} == set(range(40)) | {0}
+    assert sorted(body["data"]["result"]["output"] for body in bodies.values()) == sorted([*range(40), 0])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -401,7 +401,7 @@ def test_a_worker_process_sends_its_jobs_deliveries_with_its_own_sender_and_no_t
     from coordination import webhook_targets
     from coordination.webhooks import sender_start
 
-    monkeypatch.setattr(webhook_targets, "_local_wake", [])  # restored after the test: no sender outlives it
+    monkeypatch.setattr(webhook_targets, "_local_wake", [])  # restored after the test: its sender is never woken again
     sender_start()
     secret_get(user=user)
     jobs = [submit(user, webhook_url=receiver.url) for _ in range(3)]
@@ -414,3 +414,43 @@ def test_a_worker_process_sends_its_jobs_deliveries_with_its_own_sender_and_no_t
         time.sleep(0.01)
     assert sorted(json.loads(got["body"])["data"]["job_id"] for got in receiver.received) == sorted(str(job.job_id) for job in jobs)
     assert [task.func() for task in OrmQ.objects.all()] == ["coordination.tasks.run_job"] * 3  # the jobs' own, no other
+
+
+def test_a_delivery_that_cannot_be_sent_is_a_failed_try_and_holds_up_no_other(user, receiver):
+    """A URL made unparsable by hand-written SQL: its try is recorded as failed (and retried later, then
+    given up), and the other jobs' deliveries of the same batch are sent."""
+    secret_get(user=user)
+    broken, fine = submit(user, webhook_url=receiver.url), submit(user, webhook_url=receiver.url)
+    job_complete(job_id=broken.job_id, attempt=1, result={})
+    job_complete(job_id=fine.job_id, attempt=1, result={})
+    WebhookDelivery.objects.filter(job=broken).update(url="http://[not-a-host/hook")
+    now = timezone.now()
+
+    assert deliver_due(now=now) == 1
+
+    assert [json.loads(got["body"])["data"]["job_id"] for got in receiver.received] == [str(fine.job_id)]
+    failed = WebhookDelivery.objects.get(job=broken)
+    assert failed.state == WebhookDelivery.State.PENDING and failed.attempts == 1 and failed.last_error
+    assert failed.next_attempt_at == now + timedelta(seconds=5) and failed.payload is not None
+
+
+def test_a_send_that_outlasted_its_claim_leaves_the_delivery_to_the_sender_that_claimed_it_since(user, receiver):
+    """A batch whose sends took longer than its claim: another sender has claimed the delivery since,
+    so this one records nothing over it (no second try counted, no outcome overwritten)."""
+    from coordination.webhooks import IN_FLIGHT, _send
+
+    secret_get(user=user)
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    now = timezone.now()
+    batch = list(WebhookDelivery.objects.raw(
+        "UPDATE webhook_deliveries SET next_attempt_at = %s RETURNING *, NULL AS owner_id, NULL AS first_try",
+        [now + IN_FLIGHT]))
+    later = now + IN_FLIGHT + timedelta(seconds=1)
+    WebhookDelivery.objects.filter(job=job).update(next_attempt_at=later + IN_FLIGHT)  # claimed again since
+
+    assert _send(batch, now=later) == 0
+
+    delivery = WebhookDelivery.objects.get(job=job)
+    assert delivery.state == WebhookDelivery.State.PENDING and delivery.attempts == 0
+    assert delivery.next_attempt_at == later + IN_FLIGHT and not delivery.attempt_rows.exists()
