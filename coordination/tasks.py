@@ -9,9 +9,8 @@ its outcome and takes the job that outcome started (a hand-over), until none is 
 The bounds that keep a thousand slots from exhausting PostgreSQL, per worker process: its job threads
 hold at most COORDINATOR_WORKER_CONNECTIONS connections at once (_ConnectionGate), and a thread gives
 its connection back while its runner waits; one keeper thread renews every running job's lease and
-looks for cancels, in one statement or two a second for all of them (_KeeperThread); one webhook
-sender thread sends the deliveries its jobs' changes made (coordination.webhooks.Sender), holding a
-connection only while deliveries keep coming.
+looks for cancels, in one statement or two a second for all of them (_KeeperThread). The webhook
+deliveries its jobs' changes make are sent by the qcluster's main process (coordination.webhooks.Sender).
 
 A job's time limit: django-q2's task timeout kills a whole process, so it no longer guards a job (the
 task returns once its thread started). The runner gives up at its model's deadline (the http runner
@@ -49,7 +48,7 @@ from coordination.recovery import (
 from coordination.runners import RunnerStopped, get_runner, runner_call
 from coordination.services import job_claim, job_hand_back, job_report, job_report_and_take_next
 from coordination.services.input_files import inputs_resolved
-from coordination.webhooks import deliver_due, sender_start
+from coordination.webhooks import deliver_due, worker_wake_register
 
 if TYPE_CHECKING:
     from coordination.runners.client import Accepted
@@ -135,12 +134,12 @@ _gate: _ConnectionGate | None = None  # set in a qcluster worker process only
 
 def worker_process_ready(sender=None, proc_name: str = "", **kwargs) -> None:
     """django-q2's post_spawn, in each worker process: its jobs run on threads from now on, through
-    its connection gate, its reaper ticker pauses once a stop began, and its webhook sender sends
-    the deliveries its jobs' changes make."""
+    its connection gate, its reaper ticker pauses once a stop began, and its jobs' changes that make
+    webhook deliveries wake the sender of the qcluster's main process."""
     global _gate
     _gate = _ConnectionGate(settings.COORDINATOR_WORKER_CONNECTIONS)
     start_reaper_ticker(proc_name=proc_name, paused=_stopping)
-    sender_start()
+    worker_wake_register()
 
 
 def run_job(job_id: str, attempt: int) -> None:

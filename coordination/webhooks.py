@@ -25,6 +25,7 @@ import base64
 import http.client
 import json
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
@@ -323,7 +324,7 @@ def delivery_resend(delivery: WebhookDelivery) -> None:
     transaction.on_commit(webhooks_wake)
 
 
-# --- a worker process's sender ------------------------------------------------------------------------
+# --- the sender ------------------------------------------------------------------------------------
 
 IDLE = 1.0  # seconds without a wake after which the sender gives its database connection back
 # How long a woken sender lets further wakes gather before it claims: while jobs end every few
@@ -332,14 +333,16 @@ LINGER = 0.05
 
 
 class Sender:
-    """A worker process's webhook sender: a thread that sends what is due each time a change made in
-    this process made deliveries (woken after its commit: webhook_targets.webhooks_wake), so a job's
-    webhook costs no task of its own; the wakes of the next LINGER seconds, and those that come while
-    it sends, are served by the same batch or the next.
-    What it does not see (a retry's time, another process's change) the background pass sends."""
+    """A qcluster's webhook sender: a thread of its main process that sends what is due each time a
+    change made in one of its worker processes made deliveries (woken after that commit through
+    `woken`, an Event the worker processes inherit: webhook_targets.webhooks_wake), so a job's webhook
+    costs no task of its own, and its sending takes no turn from the job threads (they share their
+    process's interpreter lock, not the main process's). The wakes of the next LINGER seconds, and
+    those that come while it sends, are served by the same batch or the next. What it does not see (a
+    retry's time, a change made elsewhere) the background pass sends."""
 
-    def __init__(self) -> None:
-        self._woken = threading.Event()
+    def __init__(self, woken=None) -> None:
+        self._woken = woken if woken is not None else threading.Event()
         self._thread = threading.Thread(target=self._send, name="webhook-sender", daemon=True)
         self._thread.start()
 
@@ -360,8 +363,22 @@ class Sender:
                 connections.close_all()
 
 
+_cluster_wake: list = []  # the Event a qcluster's worker processes wake its sender with
+
+
+def cluster_sender_prepare() -> None:
+    """In a qcluster's main process, before it forks its worker processes (which inherit the Event)."""
+    _cluster_wake[:] = [multiprocessing.get_context("fork").Event()]
+
+
 def sender_start() -> Sender:
-    """In a worker process (coordination.tasks.worker_process_ready): its sender, woken from now on."""
-    sender = Sender()
+    """In a qcluster's main process once it forked (its sender, woken by its worker processes), or in
+    a process of its own (its sender, woken by its own changes)."""
+    sender = Sender(_cluster_wake[0] if _cluster_wake else None)
     webhooks_sender_register(sender.wake)
     return sender
+
+
+def worker_wake_register() -> None:
+    """In a qcluster's worker process: its changes wake the main process's sender."""
+    webhooks_sender_register(_cluster_wake[0].set)

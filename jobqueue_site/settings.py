@@ -312,7 +312,7 @@ COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
 COORDINATOR_WORKERS = env_int("COORDINATOR_WORKERS", 2)
 # The most database connections one worker process's job threads hold at once (a thread gives its
 # connection back while its runner waits). A qcluster then holds at most
-# COORDINATOR_WORKERS x (this + 3) + 4 connections, whatever COORDINATOR_MAX_ACTIVE_JOBS is.
+# COORDINATOR_WORKERS x (this + 2) + 5 connections, whatever COORDINATOR_MAX_ACTIVE_JOBS is.
 COORDINATOR_WORKER_CONNECTIONS = env_int("COORDINATOR_WORKER_CONNECTIONS", 4)
 # A stop (SIGTERM or Ctrl-C to the qcluster, or to bin/run) lets running jobs finish for this many
 # seconds; then, or at a second signal, the worker hands back the jobs still running (each waits again

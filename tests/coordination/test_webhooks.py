@@ -393,9 +393,10 @@ def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(u
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_process_sends_its_jobs_deliveries_with_its_own_sender_and_no_task(user, receiver, monkeypatch):
-    """In a worker process, a change that made deliveries wakes that process's sender thread once it
-    commits: the receiver has them without any django-q2 task enqueued."""
+def test_a_change_wakes_the_sender_which_sends_its_deliveries_with_no_task(user, receiver, monkeypatch):
+    """Where a sender runs (a qcluster's main process, woken by its workers; here this process's own),
+    a change that made deliveries wakes it once it commits: the receiver has them without any
+    django-q2 task enqueued."""
     from django_q.models import OrmQ
 
     from coordination import webhook_targets

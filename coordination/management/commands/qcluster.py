@@ -1,8 +1,8 @@
-"""`manage.py qcluster`: django-q2's worker cluster, and beside it this cluster's provider poller and
-the copier that keeps the files jobs produced (coordination/outputs).
+"""`manage.py qcluster`: django-q2's worker cluster, and beside it this cluster's provider poller, the
+copier that keeps the files jobs produced (coordination/outputs) and the webhook sender.
 
 The cluster runs as django-q2 runs it (its sentinel and worker processes). Its main process runs the
-poller (coordination/providers/poller.py) and the stop. This command replaces django-q2's own
+poller (coordination/providers/poller.py), the webhook sender (coordination/webhooks.py) and the stop. This command replaces django-q2's own
 (coordination comes before django_q in INSTALLED_APPS) and takes the same options.
 
 A stop (SIGTERM, or SIGINT: Ctrl-C) starts nothing more: the poller lets go of its jobs at once (they
@@ -25,6 +25,7 @@ from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from coordination.recovery import reaper_pass
 from coordination.tasks import ClusterStop, cluster_stop_prepare
+from coordination.webhooks import cluster_sender_prepare, sender_start
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Command(ClusterCommand):
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         shared = cluster_stop_prepare()  # before the cluster forks: its processes inherit it
+        cluster_sender_prepare()  # the same: its worker processes wake this process's webhook sender
         cluster = Cluster()
         signals = _Signals()
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -50,6 +52,7 @@ class Command(ClusterCommand):
             cluster.stop()
             return
         _start_what_waits()
+        sender_start()
         asyncio.run(_run(cluster, shared, signals))
 
 
