@@ -373,14 +373,14 @@ def lock_holds(owner, repeats: int) -> dict:
     from django.db import connection, transaction
 
     from coordination.models import Job
+    from coordination.queue.locked import takes_the_lock
     from coordination.services import jobs as job_services
     from coordination.services import submit as submit_services
 
     held: list[float] = []
 
     def timed_lock(execute, sql, params, many, context):
-        # The lock is its own statement (the slot rows FOR UPDATE) or the coordinator's read (lock true).
-        if ('FROM "job_queue_state"' in sql and "FOR UPDATE" in sql) or (sql.startswith("SELECT jq_snapshot(") and params[0]):
+        if takes_the_lock(sql, params):
             began = time.perf_counter()
             transaction.on_commit(lambda: held.append(time.perf_counter() - began))  # runs right after COMMIT
         return execute(sql, params, many, context)

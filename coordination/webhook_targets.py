@@ -98,7 +98,9 @@ def _private_kind(address) -> str | None:
 
 # --- the wake -----------------------------------------------------------------------------------
 
-_local_wake: list = []  # the wake of this process's sender (a worker process's: webhooks.Sender)
+# How this process wakes its qcluster's sender (webhooks.sender_start, webhooks.worker_wake_register);
+# empty in a process that has none (the web server).
+_local_wake: list = []
 
 
 def webhooks_sender_register(wake) -> None:

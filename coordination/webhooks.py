@@ -6,13 +6,13 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
   Python path, the SQL fast path or an operator's SQL), so it exists exactly when the change does.
   The row keeps the job's changing fields as they were right after it (`event_state`).
 - Everything else happens here, after commit, in the worker cluster, never under the coordinator
-  lock: a change that made deliveries wakes its process's sender once it commits (a thread of each
-  worker process, `Sender`; in a process that has none, the web server's, a django-q2 task:
+  lock: a change that made deliveries wakes the qcluster's sender once it commits (a thread of its
+  main process, `Sender`; from the web server, which has none, a django-q2 task:
   webhook_targets.webhooks_wake), and every worker's background pass sends what is due (retries, a
-  lost wake). What is due goes in batches: claimed, rendered, POSTed side by side and recorded in
-  a few statements a batch, whatever its size (deliver_due). The payload is rendered at the first send, from
-  `event_state`, as the live event streams render an event (coordination/events/feed.py), and kept
-  for every retry.
+  lost wake). What is due goes in batches: claimed, rendered, POSTed side by side and recorded in a
+  few statements a batch, whatever its size (deliver_due). The payload is rendered at the first
+  send, from `event_state`, as the live event streams render an event (coordination/events/feed.py),
+  and kept for every retry.
 - A non-2xx answer, a timeout or a refused connection is tried again with growing delays for 24 hours,
   with the same `webhook-id` (receivers de-duplicate on it); one job's events go in order.
 - No server-side request forgery: the URL must be https (http with COORDINATOR_WEBHOOK_ALLOW_HTTP=1),

@@ -77,6 +77,13 @@ def slots_lock(slot_count: int) -> list[JobQueueState]:
 _LOCK_SQL: list[tuple[str, tuple]] = []
 
 
+def takes_the_lock(sql: str, params) -> bool:
+    """Whether a statement as sent (`sql` with its `params`: an execute wrapper's view) takes the
+    coordinator lock: the slot rows' own SELECT ... FOR UPDATE, or a read that takes it (jq_snapshot)."""
+    table = JobQueueState._meta.db_table
+    return (f'FROM "{table}"' in sql and "FOR UPDATE" in sql) or (sql.startswith("SELECT jq_snapshot(") and bool(params[0]))
+
+
 def _locked_slots() -> list[JobQueueState]:
     """Django builds the statement once and it is sent as it is afterwards (building the queryset
     cost more than the round trip); the rows become instances as a queryset's would."""

@@ -125,12 +125,18 @@ class TestOneLockHold:
     def test_the_batch_takes_the_coordinator_lock_once(self, api):
         """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the
         batch, by its own statement (the slot rows FOR UPDATE) or by the coordinator's read."""
-        with CaptureQueriesContext(connection) as captured:
+        from coordination.queue.locked import takes_the_lock
+
+        locks = []
+
+        def counted(execute, sql, params, many, context):
+            if takes_the_lock(sql, params):
+                locks.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(counted):
             accepted(api, [body(prompt=str(n)) for n in range(5)])
 
-        locks = [query["sql"] for query in captured.captured_queries
-                 if query["sql"].startswith("SELECT jq_snapshot(true")
-                 or ('FROM "job_queue_state"' in query["sql"] and "FOR UPDATE" in query["sql"])]
         assert len(locks) == 1
 
     def test_a_failure_in_the_middle_leaves_nothing(self, api, fail_audit):

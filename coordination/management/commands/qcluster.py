@@ -2,8 +2,9 @@
 copier that keeps the files jobs produced (coordination/outputs) and the webhook sender.
 
 The cluster runs as django-q2 runs it (its sentinel and worker processes). Its main process runs the
-poller (coordination/providers/poller.py), the webhook sender (coordination/webhooks.py) and the stop. This command replaces django-q2's own
-(coordination comes before django_q in INSTALLED_APPS) and takes the same options.
+poller (coordination/providers/poller.py), the webhook sender (coordination/webhooks.py) and the
+stop. This command replaces django-q2's own (coordination comes before django_q in INSTALLED_APPS)
+and takes the same options.
 
 A stop (SIGTERM, or SIGINT: Ctrl-C) starts nothing more: the poller lets go of its jobs at once (they
 stay at their provider; the next poller adopts them), and the worker processes let their running jobs
