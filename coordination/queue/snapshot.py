@@ -182,10 +182,12 @@ BEGIN
     ml AS (SELECT c.name AS model, l.job_id, l.priority, l.created_at FROM {catalog} c
            CROSS JOIN LATERAL (SELECT job_id, priority, created_at FROM {lines}
                                WHERE model = c.name {first} LIMIT p_window) l),
+    -- Only a waiting job names another (a constraint says so): no test of status, which would let a
+    -- generic plan walk the index of every waiting job instead of probing blocked_by_job_id's.
     waiters AS (SELECT w.job_id, w.priority, w.created_at, w.required_models
                 FROM (SELECT unnest(p_ending) AS named UNION SELECT job_id FROM due) n
                 CROSS JOIN LATERAL (SELECT job_id, priority, created_at, required_models FROM {jobs}
-                                    WHERE blocked_by_job_id = n.named AND status = 'pending' OFFSET 0) w),
+                                    WHERE blocked_by_job_id = n.named OFFSET 0) w),
     probes (probe, model, job_id, priority, created_at) AS (
         -- Each waiter's nearest job ahead: in each of its models' lines, and in the global line.
         (SELECT w.job_id::text, m.model, near.job_id, near.priority, near.created_at
