@@ -446,8 +446,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     owner = get_user_model().objects.create(username="bench", is_staff=True)
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
-    out(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s, "
-        f"fast path {'on' if settings.COORDINATOR_FASTPATH else 'off'}\n")
+    out(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
 
     if "a" in args.parts:
         decision_costs(sizes, owner, repeats)

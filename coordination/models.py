@@ -2,8 +2,7 @@
 
 Table and column names follow the usage guide verbatim (`jobs`, `job_queue_state`, `job_queue_log`,
 `blocked_by_job_id`, ...) so that its SQL runs unchanged. State changes go through the coordinator
-service (coordination/services/); a job's status is written only by coordination/transitions.py
-(and the SQL fast path, coordination/fastpath, which applies the same edges).
+service (coordination/services/); a job's status is written only by coordination/transitions.py.
 """
 
 import uuid
@@ -356,9 +355,6 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"], name="jobs_owner_idx"),
             # The per-user pending limit counts these under the lock: only waiting jobs, not history.
             models.Index(fields=["owner"], condition=Q(status="pending"), name="jobs_owner_pending_idx"),
-            # The fast path's policy gate asks whether any live job wants webhooks: an empty index, mostly.
-            models.Index(fields=["status"], condition=Q(status__in=["pending", "running"], webhook_url__isnull=False),
-                         name="jobs_webhook_live_idx"),
             # The reaper's expiry pass: the waiting jobs that have a deadline, soonest first.
             models.Index(fields=["start_by"], condition=Q(status="pending", start_by__isnull=False), name="jobs_deadline_idx"),
             # The console's recent history (its last 24 hours, its failures, its timeline), which it reads
@@ -764,7 +760,7 @@ class JobEvent(models.Model):
     """One change of a job that a client can see (its status, what it waits for, its priority, a
     workflow's step), written by the database itself: triggers on `jobs` and `workflow_executions`
     (coordination/events/triggers.py) add the row in the transaction that makes the change, whoever
-    makes it (the Python path, the SQL fast path, an operator's SQL). Live streams and `Prefer: wait`
+    makes it (the coordinator, a repair, an operator's SQL). Live streams and `Prefer: wait`
     read them (coordination/events); the id orders one job's changes as they were committed.
 
     `state` holds the job's changing fields as they were right after it (STATE_COLUMNS), so an event

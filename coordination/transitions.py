@@ -3,9 +3,8 @@ one rule that turns how an attempt ended into the job's outcome.
 
 Every function here runs under the coordinator lock, inside the caller's transaction, and re-checks
 the state it starts from: a job that moved on raises InvalidTransition (never an `assert`, which
-`python -O` would drop). Nothing else in the code base writes `jobs.status`: the coordinator's SQL
-fast path (coordination/fastpath) applies the same edges (tests/test_structure.py holds both: no
-other module assigns a status). Hand-written SQL is not stopped (the repairs exist for it).
+`python -O` would drop). Nothing else in the code base writes `jobs.status` (tests/test_structure.py
+holds it: no other module assigns a status). Hand-written SQL is not stopped (the repairs exist for it).
 
 What follows a change is not done here: the database writes its job_events row and, for a job that
 wants it, its webhook delivery (coordination/events/triggers.py); the coordinator's write answers

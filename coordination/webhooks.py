@@ -3,7 +3,7 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
 
 - An event is written as a `webhook_deliveries` row by the database, in the transaction of the change
   itself (the job_events trigger, coordination/events/triggers.py: whoever changes the job, the
-  Python path, the SQL fast path or an operator's SQL), so it exists exactly when the change does.
+  coordinator, a repair or an operator's SQL), so it exists exactly when the change does.
   The row keeps the job's changing fields as they were right after it (`event_state`).
 - Everything else happens here, after commit, in the worker cluster, never under the coordinator
   lock: a change that made deliveries wakes the qcluster's sender once it commits (a thread of its

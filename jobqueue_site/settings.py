@@ -301,9 +301,6 @@ COORDINATOR_EVENTS_KEEPALIVE = float(os.environ.get("COORDINATOR_EVENTS_KEEPALIV
 # many of a user's jobs waiting at once (checked under the coordinator lock; 0: no limit).
 COORDINATOR_SUBMIT_RATE = env_int("COORDINATOR_SUBMIT_RATE", 60)
 COORDINATOR_MAX_PENDING_PER_USER = env_int("COORDINATOR_MAX_PENDING_PER_USER", 100)
-# PostgreSQL: a submit and a worker's report are one PL/pgSQL call under the lock (coordination/fastpath).
-# 0 takes the Python path (coordination/queue) instead; both decide alike.
-COORDINATOR_FASTPATH = env_bool("COORDINATOR_FASTPATH", True)
 # How many jobs /queue/status lists (queue_length always counts them all).
 COORDINATOR_STATUS_LIST_LIMIT = env_int("COORDINATOR_STATUS_LIST_LIMIT", 100)
 # Worker processes of the qcluster: a small, fixed number, whatever the number of slots. Each runs

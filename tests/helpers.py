@@ -45,8 +45,8 @@ def coordinator_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
-# What a failed audit write raises: RuntimeError from the Python path's helper, a database error
-# from the trigger that fails the PostgreSQL fast path's own INSERT.
+# What a failed audit write raises: RuntimeError from the ORM's helper, a database error from the
+# trigger that fails the coordinator's own INSERT (jq_apply).
 AUDIT_FAILED = (RuntimeError, DatabaseError)
 
 
@@ -54,7 +54,7 @@ AUDIT_FAILED = (RuntimeError, DatabaseError)
 def fail_audit(monkeypatch, request):
     """fail_audit("started"): the next audit write of that event raises, to prove the change and
     its audit row are one transaction (I6). A trigger also refuses the row, so the coordinator's
-    own writes (jq_apply, coordination/writes.py; the fast path's SQL) fail as the ORM's do."""
+    own writes (jq_apply, coordination/writes.py) fail as the ORM's do."""
     from coordination.models import JobQueueLogManager
 
     def drop_trigger():

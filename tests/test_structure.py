@@ -28,7 +28,7 @@ LAYERS = (
     ("runners", ("coordination.runners",)),
     # What runs under the coordinator lock: no estimate, no payload, no API is within its reach.
     ("rules", (
-        "coordination.queue", "coordination.transitions", "coordination.fastpath", "coordination.kinds",
+        "coordination.queue", "coordination.transitions", "coordination.kinds",
         "coordination.webhook_targets",
     )),
     # The writes, and beside them the reads, which never write.

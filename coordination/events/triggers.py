@@ -4,9 +4,8 @@ A row is added whenever a job is inserted, whenever one of the fields a client s
 priority, what it waits for, a cancel asked for), whenever a workflow's current step changes, and
 whenever what a provider says of a job it runs changes (`provider_runs`: its status, progress or
 place in its line; the event `progress`, its state carrying the job's whole `at_provider` as it was),
-in the transaction that makes the change. Triggers rather than calls in our code: the coordinator's SQL
-fast path, the Python path, the repairs and an operator's own SQL all change jobs, and none of them
-can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
+in the transaction that makes the change. Triggers rather than calls in our code: the coordinator,
+the repairs and an operator's own SQL all change jobs, and none of them can forget an event. Each such transaction also NOTIFYs `job_events` (one notification
 per transaction: PostgreSQL folds repeats), which wakes the web processes' listeners (hub.py).
 
 The same trigger writes a job's webhook deliveries (`webhook_deliveries`, the outbox that

@@ -4,14 +4,6 @@ from django.conf import settings
 from django.db import migrations, models
 
 
-def install(apps, schema_editor):
-    # The fast path's functions read the new columns and tables (jq_policies_in_use): installed again.
-    from coordination.fastpath import install as install_functions
-
-    install_functions(schema_editor)
-
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -83,5 +75,4 @@ class Migration(migrations.Migration):
             model_name='capacitygroup',
             constraint=models.CheckConstraint(condition=models.Q(('capacity__gte', 1)), name='capacity_groups_capacity_positive'),
         ),
-        migrations.RunPython(install, migrations.RunPython.noop),
     ]

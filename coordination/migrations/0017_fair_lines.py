@@ -12,13 +12,6 @@ def owners_onto_lines(apps, schema_editor):
     )
 
 
-def install(apps, schema_editor):
-    # The fast path writes owner_key on the line rows it inserts and defers to Python for fair lines.
-    from coordination.fastpath import install as install_functions
-
-    install_functions(schema_editor)
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -65,5 +58,4 @@ class Migration(migrations.Migration):
             constraint=models.UniqueConstraint(fields=('model', 'owner_key', 'priority'), name='job_line_shares_unique'),
         ),
         migrations.RunPython(owners_onto_lines, migrations.RunPython.noop),
-        migrations.RunPython(install, migrations.RunPython.noop),
     ]

@@ -6,14 +6,6 @@ from django.conf import settings
 from django.db import migrations, models
 
 
-def install(apps, schema_editor):
-    # The fast path's policy gate now also defers to Python while a live job wants webhooks.
-    from coordination.fastpath import install as install_functions
-
-    install_functions(schema_editor)
-
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -107,5 +99,4 @@ class Migration(migrations.Migration):
             model_name='webhookdelivery',
             index=models.Index(fields=['job', 'id'], name='webhook_deliveries_job_idx'),
         ),
-        migrations.RunPython(install, migrations.RunPython.noop),
     ]

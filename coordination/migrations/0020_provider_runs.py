@@ -4,12 +4,6 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
-def install(apps, schema_editor):
-    # The fast path reads the running jobs by status where it needs them (1,000 may run at a provider).
-    from coordination.fastpath import install as install_functions
-
-    install_functions(schema_editor)
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -85,5 +79,4 @@ class Migration(migrations.Migration):
             model_name='providerrun',
             constraint=models.UniqueConstraint(fields=('job', 'attempt'), name='provider_runs_job_attempt_unique'),
         ),
-        migrations.RunPython(install, migrations.RunPython.noop),
     ]

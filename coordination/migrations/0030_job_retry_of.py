@@ -1,18 +1,8 @@
 """Job.retry_of (a retry's link to the ended job it was made from; `retried_as` the other way) and the
-audit event `resubmitted`.
-
-The fast path's insert (jq_admit in coordination/fastpath/schema.sql) names the jobs columns, this
-one included, so its functions are installed again once the column exists.
-"""
+audit event `resubmitted`."""
 
 import django.db.models.deletion
 from django.db import migrations, models
-
-
-def install(apps, schema_editor):
-    from coordination.fastpath import install as install_functions
-
-    install_functions(schema_editor)
 
 
 class Migration(migrations.Migration):
@@ -32,5 +22,4 @@ class Migration(migrations.Migration):
             name='event_type',
             field=models.CharField(choices=[('submitted', 'Submitted'), ('blocked', 'Blocked'), ('reblocked', 'Reblocked'), ('started', 'Started'), ('claimed', 'Claimed'), ('step_started', 'Step Started'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled'), ('refused', 'Refused'), ('retried', 'Retried'), ('cancel_requested', 'Cancel Requested'), ('lease_expired', 'Lease Expired'), ('timed_out', 'Timed Out'), ('requeued', 'Task resent'), ('stale_cleared', 'Stale Cleared'), ('state_reset', 'State Reset'), ('pruned', 'Pruned'), ('model_paused', 'Model Paused'), ('model_resumed', 'Model Resumed'), ('model_changed', 'Model Changed'), ('group_changed', 'Group Changed'), ('expired', 'Expired'), ('at_provider', 'At Provider'), ('adopted', 'Adopted'), ('workflow_changed', 'Workflow Changed'), ('priority_changed', 'Priority Changed'), ('dispatched', 'Dispatched'), ('reconciled', 'Reconciled'), ('resubmitted', 'Resubmitted')], max_length=20),
         ),
-        migrations.RunPython(install, migrations.RunPython.noop),
     ]

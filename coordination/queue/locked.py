@@ -108,12 +108,11 @@ def _locked_slots() -> list[JobQueueState]:
 class LockedQueue(QueueRules):
     def __init__(
         self, *, take_next: bool = False, starts: bool = True, snapshot: bool = False, ending=(),
-        arriving: list[Arrival] = (), owner=None, slots: list[JobQueueState] | None = None,
+        arriving: list[Arrival] = (), owner=None,
     ) -> None:
         """`snapshot`: read what the decisions need in one statement (queue/snapshot.py): for a
         transition that ends the jobs `ending` (their waiters are read), or admits `arriving` jobs of
-        `owner` (the probes their admission needs). Without it, the rules ask the database as they go.
-        `slots`: the slot rows as this transaction locked them already (slots_lock)."""
+        `owner` (the probes their admission needs). Without it, the rules ask the database as they go."""
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
@@ -131,9 +130,9 @@ class LockedQueue(QueueRules):
                 Snapshot.read, window=min(self.slot_count + 1, WINDOW), ending=self.ending, arriving=list(arriving),
                 owner_id=owner.pk if owner is not None else None, owner_limit=limit if limited else None,
             )
-            # The lock and the read in one statement, unless this transaction holds the lock already.
-            self.snapshot = read(lock=slots is None)
-            self.slots = slots if slots is not None else self.snapshot.slots
+            # The lock and the read in one statement.
+            self.snapshot = read(lock=True)
+            self.slots = self.snapshot.slots
             if sum(1 for slot in self.slots if slot.id <= self.slot_count) < self.slot_count:
                 # First use, or more slots now: the rows are made and locked, then read again under the lock.
                 self.slots = self._lock_slots()
@@ -147,7 +146,7 @@ class LockedQueue(QueueRules):
             self._max_attempts = {row["name"]: row["max_attempts"] for row in catalog}
             self._pending = self.snapshot.pending
         else:
-            self.slots = slots if slots is not None else self._lock_slots()
+            self.slots = self._lock_slots()
             # Bounded by the slot count: only running jobs are read.
             self.running = {
                 job.job_id: job for job in Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at", "job_id")

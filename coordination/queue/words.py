@@ -1,7 +1,6 @@
 """The coordinator's [COORDINATOR] lines, word for word as the usage guide prints them, in one table.
 
-Both ways of making a decision say them through here: the Python path (locked.py, rules.py) as it
-decides, the PostgreSQL fast path (coordination/fastpath) from the events its functions return.
+The coordinator (locked.py, rules.py) says them through here as it decides.
 """
 
 import logging

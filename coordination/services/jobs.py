@@ -8,8 +8,8 @@ One verb for the coordinator's side, "end", and one for the worker's side, "repo
 - job_attempt_end: under the lock, an attempt ended as someone reports it: the one outcome rule
   decides between job_retry (back in line) and job_end;
 - job_complete, job_fail, job_stopped, job_report, job_report_and_take_next: a worker's (or
-  poller's) report, by id and fenced by its attempt, each its own transaction (the SQL fast path when
-  it can, else job_attempt_end under the lock).
+  poller's) report, by id and fenced by its attempt, each its own transaction (job_attempt_end under
+  the lock).
 """
 
 import logging
@@ -21,11 +21,10 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from coordination import fastpath
 from coordination.exceptions import JobNotFound, StaleAttempt
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
-from coordination.queue.locked import slots_lock, uuid_of
+from coordination.queue.locked import uuid_of
 from coordination.queue.words import say
 from coordination.transitions import RETRY, Outcome, attempt_outcome, job_ended, max_attempts_of
 
@@ -113,39 +112,26 @@ def _report(
     retry: bool = True,
     starts: bool = True,
 ) -> tuple[Job, Job | None]:
-    """A report of how an attempt ended, in one transaction under the lock: the SQL fast path when it
-    can decide alone, else the coordinator (LockedQueue) in the same transaction. Returns the job and,
-    with `take_next`, the job handed over (or None). `starts` False (a stopping worker's report):
-    nothing is started (LockedQueue's `starts`), which the fast path does not know."""
+    """A report of how an attempt ended, in one transaction under the lock. Returns the job and, with
+    `take_next`, the job handed over (or None). `starts` False (a stopping worker's report): nothing
+    is started (LockedQueue's `starts`)."""
     refusal = decided = None
-    with transaction.atomic():
-        slots = None
-        if fastpath.enabled() and starts:
-            slots = slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
-            done = fastpath.finish(job_id=job_id, attempt=attempt, status=status, result=result, error=error,
-                                   retry=retry, take_next=take_next, now=timezone.now())
-            if done.outcome == "ended":
-                decided = done.job, done.taken
-            elif done.outcome == "refused":  # its audit row is written: a late worker's call is part of the story
-                refusal = _refusal(job_id, status, done.job, attempt)
-            # "python": a cancel asked for, a retry, a policy in use; the function changed nothing.
-        if decided is None and refusal is None:
-            with LockedQueue(take_next=take_next and starts, starts=starts, snapshot=True, ending=[job_id],
-                             slots=slots) as queue:
-                job = _job_of(queue, job_id)
-                if job.status != Job.Status.RUNNING or job.attempt != attempt or (
-                    status == Job.Status.CANCELLED and job.cancel_requested_at is None
-                ):
-                    # Recorded, and committed, before refusing: a late worker's call is part of the story.
-                    refusal = _refusal(job_id, status, job, attempt)
-                    queue.record(
-                        event_type=JobQueueLog.Event.REFUSED,
-                        job=job,
-                        details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
-                    )
-                else:
-                    job_attempt_end(queue, job, reported=status, error=error, result=result, retry=retry)
-                    decided = job, queue.taken
+    with transaction.atomic(), LockedQueue(take_next=take_next and starts, starts=starts, snapshot=True,
+                                           ending=[job_id]) as queue:
+        job = _job_of(queue, job_id)
+        if job.status != Job.Status.RUNNING or job.attempt != attempt or (
+            status == Job.Status.CANCELLED and job.cancel_requested_at is None
+        ):
+            # Recorded, and committed, before refusing: a late worker's call is part of the story.
+            refusal = _refusal(job_id, status, job, attempt)
+            queue.record(
+                event_type=JobQueueLog.Event.REFUSED,
+                job=job,
+                details={"wanted": status, "status": job.status, "attempt": job.attempt, "caller_attempt": attempt},
+            )
+        else:
+            job_attempt_end(queue, job, reported=status, error=error, result=result, retry=retry)
+            decided = job, queue.taken
     if refusal:
         logger.warning("[COORDINATOR] %s", refusal)
         raise StaleAttempt(refusal)

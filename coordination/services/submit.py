@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from coordination import fastpath
 from coordination.estimates import line_retry_after
 from coordination.services.input_files import input_refs_check
 from coordination.exceptions import (
@@ -19,7 +18,6 @@ from coordination.exceptions import (
 from coordination.models import CatalogModel, Job, JobQueueLog
 from coordination.queue import LockedQueue
 from coordination.queue.lines import owner_waiting
-from coordination.queue.locked import slots_lock
 from coordination.queue.snapshot import Arrival
 from coordination.transitions import job_accepted
 from coordination.webhook_targets import webhook_set
@@ -88,25 +86,11 @@ def job_accept(*, job: Job, on_create: Callable[[Job], None] | None = None) -> J
 
 def _accept(jobs: list[Job], *, on_insert: Callable[[Job], None] | None = None,
             on_admitted: Callable[[list[Job]], None] | None = None) -> None:
-    """Accept `jobs` (one owner's, in order) in one transaction under the coordinator lock: the SQL
-    fast path when it may and can decide alone, else the coordinator (LockedQueue) in the same
-    transaction. `on_insert(job)` runs once a job is inserted, `on_admitted(jobs)` once all are."""
+    """Accept `jobs` (one owner's, in order) in one transaction under the coordinator lock.
+    `on_insert(job)` runs once a job is inserted, `on_admitted(jobs)` once all are."""
     with _retry_after_when_full(), transaction.atomic():
-        slots = None
-        if _fast(*jobs):
-            slots = slots_lock(settings.COORDINATOR_MAX_ACTIVE_JOBS)
-            pending_limit_check(owner=jobs[0].owner, adding=len(jobs))
-            answer = fastpath.submit_many(jobs, now=timezone.now())
-            if answer.get("outcome") != "python":
-                for job in jobs if on_insert is not None else ():
-                    on_insert(job)
-                if on_admitted is not None:
-                    on_admitted(jobs)
-                fastpath.play(answer)
-                return
-            # A scheduling policy is in use: the function changed nothing; the coordinator decides.
         arriving = [Arrival(models=list(job.required_models), priority=job.priority, dedupe_key=job.dedupe_key) for job in jobs]
-        with LockedQueue(snapshot=True, arriving=arriving, owner=jobs[0].owner, slots=slots) as queue:
+        with LockedQueue(snapshot=True, arriving=arriving, owner=jobs[0].owner) as queue:
             pending_limit_check(owner=jobs[0].owner, adding=len(jobs), queue=queue)
             for job in jobs:  # each in turn: the next one's place depends on this one
                 _admit_new(queue, job, on_insert)
@@ -124,13 +108,8 @@ def _retry_after_when_full():
         raise refused.with_retry_after(line_retry_after(refused.model)) from None
 
 
-def _fast(*jobs: Job) -> bool:
-    """Whether the PostgreSQL fast path may accept `jobs`: a deadline or a dedupe_key is the Python path's."""
-    return fastpath.enabled() and not any(job.start_by or job.dedupe_key or job.webhook_url for job in jobs)
-
-
 def _admit_new(queue: LockedQueue, job: Job, on_create: Callable[[Job], None] | None = None) -> None:
-    """The Python path of accepting one job, under the caller's lock: inserted (created_at taken under
+    """Accepting one job, under the caller's lock: inserted (created_at taken under
     the lock, so line order is acceptance order), `on_create`, its `submitted` row, started or queued.
     A job whose dedupe_key a waiting job holds and that may replace it takes that job's place."""
     replaced = _dedupe(queue, job) if job.dedupe_key else None

@@ -123,8 +123,8 @@ class TestOrderAndStatuses:
 
 class TestOneLockHold:
     def test_the_batch_takes_the_coordinator_lock_once(self, api):
-        """Whichever path (the PL/pgSQL fast path or the Python one): the lock is taken once for the
-        batch, by its own statement (the slot rows FOR UPDATE) or by the coordinator's read."""
+        """The lock is taken once for the batch, by the coordinator's read (or, on first use, by
+        the slot rows' own statement)."""
         from coordination.queue.locked import takes_the_lock
 
         locks = []

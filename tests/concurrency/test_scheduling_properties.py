@@ -13,18 +13,14 @@ the slot rows must agree with the jobs.
 """
 
 import itertools
-import logging
 import os
-import uuid
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 from unittest import mock
 from uuid import UUID
 
 import pytest
-from django.db import connection, transaction
 from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
@@ -61,10 +57,9 @@ from coordination.services import (
     queue_reconcile,
     queue_reset,
 )
-from coordination.queue import words
 from tests.factories import UserFactory
-from tests.helpers import LineCollector, assert_exclusion, assert_honest_waiting
-from workflows.models import WorkflowDefinition, WorkflowExecution, WorkflowStep
+from tests.helpers import assert_exclusion, assert_honest_waiting
+from workflows.models import WorkflowDefinition, WorkflowStep
 from workflows.services import workflow_execute
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,86 +111,6 @@ def clean_job_tables() -> None:
     LineShare.objects.all().delete()
 
 
-# --- one truth for the rules: every hot step runs on both paths -----------------------------------
-# On PostgreSQL a submit and a worker's report take the PL/pgSQL fast path (coordination/fastpath);
-# COORDINATOR_FASTPATH=0 takes the Python path (coordination/queue).
-# both_paths() runs the step the Python way first and rolls it back, then the fast way, from the
-# same state, with the same clock and the same new job ids, and requires the whole state after
-# each to be equal: jobs, lines, slots, the counter, audit rows, workflow mirrors, the
-# [COORDINATOR] lines and the tasks enqueued.
-
-
-def whole_state() -> dict:
-    job_columns = [field.attname for field in Job._meta.concrete_fields]
-    return {
-        "jobs": list(Job.objects.order_by("job_id").values_list(*job_columns)),
-        "lines": sorted(JobLine.objects.values_list("job_id", "model", "priority", "created_at", "held", "owner_key")),
-        "shares": sorted(LineShare.objects.values_list(
-            "model", "owner_key", "priority", "waiting", "last_turn", "head_created_at", "head_job_id")),
-        "slots": list(JobQueueState.objects.order_by("id").values_list(
-            "id", "active_job_id", "active_job_type", "active_models", "started_at")),
-        "counter": list(JobQueueCounter.objects.values_list("id", "pending")),
-        # Ids come from sequences (not rolled back) and created_at from the field's default clock.
-        "log": list(JobQueueLog.objects.order_by("id").values_list("job_id", "job_type", "event_type", "conflict_reason", "details")),
-        "executions": sorted(WorkflowExecution.objects.values_list("job_id", "blocked_by_job_id", "required_models", "steps")),
-    }
-
-
-@contextmanager
-def new_job_ids(ids: list):
-    """New jobs take their ids from `ids`, in order (the field caches its default: reset it)."""
-    field = Job._meta.get_field("job_id")
-    supply = iter(ids)
-    original = field.default
-    field.__dict__.pop("_get_default", None)
-    field.default = lambda: next(supply)
-    try:
-        yield
-    finally:
-        field.default = original
-        field.__dict__.pop("_get_default", None)
-
-
-@dataclass
-class Run:
-    result: object
-    error: Exception | None
-    state: dict
-    lines: list
-    enqueued: list
-
-
-def run_once(call, *, fast: bool, now: datetime, ids: list, keep: bool) -> Run:
-    handler = LineCollector()
-    logger = logging.getLogger("job_coordinator")
-    logger.addHandler(handler)
-    idle_said = words._idle.said
-    try:
-        with override_settings(COORDINATOR_FASTPATH=fast), mock.patch.object(timezone, "now", lambda: now), new_job_ids(ids):
-            with transaction.atomic():
-                try:
-                    result, error = call(), None
-                except Exception as exc:  # the same refusal is expected of both paths
-                    result, error = None, exc
-                state = whole_state()
-                enqueued = [(task.func.__name__, task.args) for _, task, _ in connection.run_on_commit]
-                if not keep:
-                    transaction.set_rollback(True)
-    finally:
-        logger.removeHandler(handler)
-        if not keep:
-            words._idle.said = idle_said
-    return Run(result, error, state, handler.lines, enqueued)
-
-
-def comparable(result):
-    if isinstance(result, Job):
-        return ("job", result.job_id, result.status)
-    if isinstance(result, (tuple, list)):
-        return tuple(comparable(part) for part in result)
-    return result
-
-
 class SchedulingMachine(RuleBasedStateMachine):
     staff = None  # a staff user (priority > 0 is staff-only), set by the test
     others = ()  # two more staff users: fair lines take their owners in turns
@@ -227,22 +142,12 @@ class SchedulingMachine(RuleBasedStateMachine):
         self.clock = itertools.count(1)
         self.epoch = datetime.now(dt_timezone.utc)
 
-    def both_paths(self, call):
-        """Run `call` the Python way (rolled back), then the fast way (kept), from the same state:
-        everything each leaves behind must be equal. Returns the fast way's result, or raises its error."""
+    def decide(self, call):
+        """Run one hot step (a submit, a batch, a report) as the services do, at the next instant of
+        the test's clock (1 ms after the last), so that no two decisions share a time. Returns its result."""
         now = self.epoch + timedelta(milliseconds=next(self.clock))
-        ids = [uuid.uuid4() for _ in range(4)]
-        python = run_once(call, fast=False, now=now, ids=ids, keep=False)
-        fast = run_once(call, fast=True, now=now, ids=ids, keep=True)
-        assert type(fast.error) is type(python.error), (fast.error, python.error)
-        assert comparable(fast.result) == comparable(python.result)
-        for part in python.state:
-            assert fast.state[part] == python.state[part], f"the fast path and the Python path differ in {part}"
-        assert fast.lines == python.lines, "the [COORDINATOR] lines differ"
-        assert fast.enqueued == python.enqueued, "the tasks enqueued differ"
-        if fast.error is not None:
-            raise fast.error
-        return fast.result
+        with mock.patch.object(timezone, "now", lambda: now):
+            return call()
 
     def teardown(self):
         # Steer the search towards runs where many waiting jobs were started: there rules 1-3 have
@@ -426,11 +331,11 @@ class SchedulingMachine(RuleBasedStateMachine):
             full = self.lines_full(models)
             try:
                 if kind == "job":
-                    job = self.both_paths(lambda: job_submit(
+                    job = self.decide(lambda: job_submit(
                         owner=self.owner(owner), model=name, prompt="a knight", params=NO_WAIT, priority=priority
                     ))
                 else:
-                    job = self.both_paths(lambda: workflow_execute(
+                    job = self.decide(lambda: workflow_execute(
                         owner=self.owner(owner), workflow_id=name, inputs=INPUTS, params=NO_WAIT, priority=priority
                     ))
             except LineFull:
@@ -447,7 +352,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         """Submit 1-4 jobs in one batch (POST /jobs/batch): accepted in their order, at one instant,
         under one hold of the lock, each as if submitted alone in turn."""
         try:
-            jobs = self.both_paths(lambda: jobs_submit_batch(owner=self.owner(owner), bodies=[
+            jobs = self.decide(lambda: jobs_submit_batch(owner=self.owner(owner), bodies=[
                 {"model": name, "prompt": "a knight", "params": NO_WAIT, "priority": priority, "client_ref": f"ref {n}"}
                 for n, (name, priority) in enumerate(bodies)
             ]))
@@ -474,13 +379,13 @@ class SchedulingMachine(RuleBasedStateMachine):
         attempt = current.attempt
         taken = None
         if take_next:
-            taken = self.both_paths(lambda: job_report_and_take_next(
+            taken = self.decide(lambda: job_report_and_take_next(
                 job_id=rec.job_id, attempt=attempt, status=outcome, result={"output": "x"}
             ))
         elif outcome == Job.Status.COMPLETED:
-            self.both_paths(lambda: job_complete(job_id=rec.job_id, attempt=attempt, result={"output": "x"}))
+            self.decide(lambda: job_complete(job_id=rec.job_id, attempt=attempt, result={"output": "x"}))
         else:
-            self.both_paths(lambda: job_fail(job_id=rec.job_id, attempt=attempt, error="boom"))
+            self.decide(lambda: job_fail(job_id=rec.job_id, attempt=attempt, error="boom"))
         # A job asked to stop that then fails is not failed (nor retried): it ends cancelled.
         asked_to_stop = current.cancel_requested_at is not None
         rec.status = Job.Status.CANCELLED if outcome == Job.Status.FAILED and asked_to_stop else outcome
@@ -508,7 +413,7 @@ class SchedulingMachine(RuleBasedStateMachine):
         rec = data.draw(st.sampled_from(self.running()))
         attempt = Job.objects.get(pk=rec.job_id).attempt
         with pytest.raises(StaleAttempt):
-            self.both_paths(lambda: job_complete(job_id=rec.job_id, attempt=attempt + 1, result={}))
+            self.decide(lambda: job_complete(job_id=rec.job_id, attempt=attempt + 1, result={}))
         # Cancelling a running job only asks its worker to stop: it keeps its models meanwhile.
         job_cancel(job_id=rec.job_id, user=self.staff)
         cancelled = Job.objects.get(pk=rec.job_id)
@@ -603,7 +508,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def submit_with_a_deadline(self, name, priority, owner):
         full = self.lines_full((name,))
         try:
-            job = self.both_paths(lambda: job_submit(
+            job = self.decide(lambda: job_submit(
                 owner=self.owner(owner), model=name, prompt="a knight", params=NO_WAIT, priority=priority,
                 max_wait_seconds=3600,
             ))
@@ -639,14 +544,14 @@ class SchedulingMachine(RuleBasedStateMachine):
         )
         if live is not None and (not replace or live.status == Job.Status.RUNNING):
             with pytest.raises(DuplicateJob):
-                self.both_paths(call)
+                self.decide(call)
             self.replay_starts()
             return
         full = self.lines_full((name,))
         if live is not None:
             live.status = Job.Status.CANCELLED  # replaced: the test's model first
         try:
-            job = self.both_paths(call)
+            job = self.decide(call)
         except LineFull:
             assert full
             if live is not None:

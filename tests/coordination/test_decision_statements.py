@@ -38,11 +38,7 @@ def every_policy(settings):
     CatalogModel.objects.filter(name="flux-dev").update(max_waiting=20)
 
 
-@pytest.mark.parametrize("fast_path", [False, True], ids=["the coordinator alone", "the fast path first"])
-def test_a_transition_under_every_policy_is_one_read_under_the_lock_and_one_write(user, every_policy, settings, fast_path):
-    # With the fast path on, a report under a policy takes the lock on its own and asks the fast path
-    # first (it declines): two statements more.
-    settings.COORDINATOR_FASTPATH = fast_path
+def test_a_transition_under_every_policy_is_one_read_under_the_lock_and_one_write(user, every_policy):
     def submit(name):
         return job_submit(owner=user, model="flux-dev", prompt=name, params={"simulate_seconds": 0},
                           webhook_url="http://127.0.0.1:9/hook", max_wait_seconds=600, dedupe_key=name)
@@ -65,11 +61,7 @@ def test_a_transition_under_every_policy_is_one_read_under_the_lock_and_one_writ
         job_complete(job_id=second.job_id, attempt=1, result={})
     counted["completion, nothing waiting"] = under_the_lock(captured)
 
-    assert counted == {
-        **dict.fromkeys(counted, 2),
-        **(dict.fromkeys(["completion that starts the next and hands it over", "completion, nothing waiting"], 4)
-           if fast_path else {}),
-    }
+    assert counted == dict.fromkeys(counted, 2)
     # And they did what the rules say: the second started when the first completed, handed over.
     assert taken.job_id == second.job_id
     assert [fresh(job).status for job in (first, second, third)] == ["completed", "completed", "cancelled"]
@@ -90,7 +82,6 @@ def test_a_line_read_only_in_part_is_read_on_as_the_decisions_need(user, setting
     # The read holds one row of each line: every start after the first asks the database for the
     # next head, and decides as it would with the whole line read.
     monkeypatch.setattr("coordination.queue.locked.WINDOW", 1)
-    settings.COORDINATOR_FASTPATH = False
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 3
     CatalogModel.objects.filter(name="flux-dev").update(capacity=3)
     blocker = job_submit(owner=user, model="motion-2.0-fast", prompt="blocker")

@@ -81,11 +81,9 @@ def test_a_second_yes_makes_no_second_job(staff_client, user):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("fastpath", [True, False])
-def test_two_yes_at_the_same_moment_make_one_job(user, settings, fastpath):
+def test_two_yes_at_the_same_moment_make_one_job(user):
     """Two operators' "Yes" (or one double click) for the same preview, on two connections at once:
     the count of retries each saw is checked under the coordinator lock, so one makes the job."""
-    settings.COORDINATOR_FASTPATH = fastpath
     old = failed(submit(user))
     start, outcomes = threading.Barrier(2), []
 

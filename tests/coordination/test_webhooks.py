@@ -321,8 +321,8 @@ def test_each_event_carries_the_job_as_it_was_right_after_it_even_when_sent_late
 
 
 def test_a_change_made_by_hand_written_sql_gets_its_webhook_too(user, receiver):
-    """The database writes the delivery with the change, whoever makes it (the Python path, the SQL
-    fast path, an operator's SQL): nothing that changed a job's status is left without its webhook."""
+    """The database writes the delivery with the change, whoever makes it (the coordinator, a repair,
+    an operator's SQL): nothing that changed a job's status is left without its webhook."""
     secret = secret_get(user=user).secret
     job = submit(user, webhook_url=receiver.url)
     with connection.cursor() as cursor:
