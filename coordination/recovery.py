@@ -29,17 +29,10 @@ HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
 def _lease_renew(*, job_id, attempt: int, now) -> bool:
     """Renew the attempt's lease; False if it is no longer current. One UPDATE written as SQL: it runs
     once per job on the hot path (a hand-off's confirmation), where building the ORM update cost more
-    than the round trip.
-
-    On its own (no transaction around it: the hand-off's confirmation), its commit does not wait for
-    the disk. Should the database crash in the moment before writing it, the job reads as handed off
-    and never taken, as if its worker had died before confirming: a worker that lives on renews the
-    lease within a third of it, and one that died with the database has its job sent again without
-    using an attempt."""
-    unflushed = "" if connection.in_atomic_block else " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+    than the round trip."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s{unflushed} "
+            f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s "
             "WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt = %s",
             [now, now + timedelta(seconds=lease_seconds()), Job._meta.pk.get_db_prep_value(job_id, connection),
              Job.Status.RUNNING, attempt, attempt],
