@@ -549,14 +549,14 @@ def decision_costs(sizes: list[int], owner, repeats: int) -> None:
 
 def policy_costs(sizes: list[int], owner, repeats: int) -> None:
     """(i) The decision cost with a scheduling policy in use: a capacity group over the line's model
-    and another (4 slots). It takes the Python path; the cost must stay flat with the queue's length."""
+    and another (4 slots). The cost must stay flat with the queue's length."""
     from django.conf import settings
 
     from coordination.models import CapacityGroup, CatalogModel
     from coordination.services import capacity_group_save
 
     settings.COORDINATOR_MAX_ACTIVE_JOBS = 4
-    out("\n(i) decision cost with a scheduling policy in use (the Python path), median of", repeats)
+    out("\n(i) decision cost with a scheduling policy in use, median of", repeats)
     out("    a capacity group over the line's model and another (4 slots)")
     out(f"    {'waiting':>8} {'submit ms':>10} {'ratio':>6} {'complete ms':>12} {'ratio':>6}")
     group = CapacityGroup(name="bench-key", capacity=2)

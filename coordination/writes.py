@@ -28,43 +28,43 @@ CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql
 -- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
 -- "columns" (those written), "rows" (objects of column values)}, run in the order given. Answers with
 -- the ids of the jobs the changes made webhook deliveries for (the jobs trigger notes them).
--- Each shape of change (op, table, key, columns) is a statement prepared once per connection and
--- named after its shape: planning it anew at every transition cost more than running it. Its plan is
--- generic, and finds each row by its key's index, never by a scan of the table: PostgreSQL takes a set
--- of JSON rows for a hundred, and would otherwise join them against a full scan of a table of a few
--- thousand rows (jobs, its lines).
+-- Each statement is prepared once per connection and named after its text (so a new version of this
+-- function never runs a connection's older one): planning it anew at every transition cost more than
+-- running it. Its plan is generic, and finds each row by its key's index, never by a scan of the
+-- table: PostgreSQL takes a set of JSON rows for a hundred, and would otherwise join them against a
+-- full scan of a table of a few thousand rows (jobs, its lines).
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
 SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     change jsonb;
     tbl text;
     cols text;
-    shape text;
+    prepared text;
     statement text;
     made text;
 BEGIN
     PERFORM set_config('{setting}', '', true);
     FOR change IN SELECT value FROM jsonb_array_elements(changes) LOOP
-        shape := 'jq_apply_' || md5(concat_ws(' ', change->>'op', change->>'table', change->>'key', change->'columns'));
+        tbl := change->>'table';
+        IF change->>'op' = 'insert' THEN
+            SELECT string_agg(quote_ident(c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+            statement := format('INSERT INTO %I (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%I, $1)',
+                                tbl, cols, cols, tbl);
+        ELSIF change->>'op' = 'update' THEN
+            SELECT string_agg(format('%I = r.%I', c, c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+            statement := format('UPDATE %I t SET %s FROM jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                                tbl, cols, tbl, change->>'key', change->>'key');
+        ELSE
+            statement := format('DELETE FROM %I t USING jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                                tbl, tbl, change->>'key', change->>'key');
+        END IF;
+        prepared := 'jq_apply_' || md5(statement);
         -- A prepared statement outlives a rolled-back transaction, so the session's own list says.
-        IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = shape) THEN
-            tbl := change->>'table';
-            IF change->>'op' = 'insert' THEN
-                SELECT string_agg(quote_ident(c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
-                statement := format('INSERT INTO %I (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%I, $1)',
-                                    tbl, cols, cols, tbl);
-            ELSIF change->>'op' = 'update' THEN
-                SELECT string_agg(format('%I = r.%I', c, c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
-                statement := format('UPDATE %I t SET %s FROM jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
-                                    tbl, cols, tbl, change->>'key', change->>'key');
-            ELSE
-                statement := format('DELETE FROM %I t USING jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
-                                    tbl, tbl, change->>'key', change->>'key');
-            END IF;
-            EXECUTE format('PREPARE %I(jsonb) AS %s', shape, statement);
+        IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = prepared) THEN
+            EXECUTE format('PREPARE %I(jsonb) AS %s', prepared, statement);
         END IF;
         -- A prepared statement takes its arguments as values only: the rows travel as a literal.
-        EXECUTE format('EXECUTE %I(%L)', shape, change->'rows');
+        EXECUTE format('EXECUTE %I(%L)', prepared, change->'rows');
     END LOOP;
     made := current_setting('{setting}', true);
     PERFORM set_config('{setting}', '', true);

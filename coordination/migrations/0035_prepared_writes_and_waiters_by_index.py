@@ -1,4 +1,4 @@
-"""jq_apply prepares each shape of change once per connection instead of planning its statement at
+"""jq_apply prepares each of its statements once per connection instead of planning it at
 every transition (coordination/writes.py), and jq_snapshot finds the jobs waiting on one by the index
 of blocked_by_job_id whatever its plan saw when it was made (coordination/queue/snapshot.py)."""
 

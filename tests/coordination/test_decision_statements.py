@@ -5,7 +5,7 @@ however many policies a job has.
 And the same decisions when the read holds less than they need (the rest is asked of the database)."""
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from coordination.exceptions import DuplicateJob
@@ -95,3 +95,26 @@ def test_a_line_read_only_in_part_is_read_on_as_the_decisions_need(user, setting
     assert [fresh(job).status for job in waiting] == ["running", "running", "running", "pending"]
     assert fresh(waiting[3]).blocked_by_job_id in {job.job_id for job in waiting[:3]}
 
+
+
+def prepared_statements() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'jq_apply_%%'")
+        return {name for (name,) in cursor.fetchall()}
+
+
+def test_the_write_prepares_each_statement_once_per_connection_and_a_rollback_does_not_undo_that(user):
+    # jq_apply prepares its statements on first use; a PREPARE outlives a rolled-back transaction, so
+    # the write must find it there rather than prepare it again (which PostgreSQL would refuse).
+    job_submit(owner=user, model="flux-dev", prompt="first")
+    assert prepared_statements(), "the write prepared its statements"
+    with pytest.raises(RuntimeError), transaction.atomic():
+        job_submit(owner=user, model="flux-dev", prompt="rolled back")
+        raise RuntimeError("the caller gives up")
+    prepared = prepared_statements()
+
+    second = job_submit(owner=user, model="flux-dev", prompt="second")
+
+    assert prepared_statements() == prepared, "the same statements again, none prepared anew"
+    assert list(Job.objects.order_by("created_at").values_list("prompt", flat=True)) == ["first", "second"]
+    assert fresh(second).status == "pending"

@@ -109,11 +109,14 @@ def test_a_fair_line_lets_a_second_user_in_before_the_first_users_backlog(http, 
     catalog_model_save(model=catalog, actor="test")
     other = HttpApi(live_server.url, Token.objects.create(user=UserFactory()).key)
     body = {"prompt": "A knight", "model": VIDEO, "params": {"simulate_seconds": 0.3}}
-    backlog = [http.post("/jobs", body)[1] for _ in range(4)]  # the first runs, three wait
+    # The first runs (long enough for the other user's job to be submitted and looked at while it
+    # waits, however slow the machine), three wait.
+    backlog = [http.post("/jobs", {**body, "params": {"simulate_seconds": 3}})[1]]
+    backlog += [http.post("/jobs", body)[1] for _ in range(3)]
     status, single = other.post("/jobs", {**body, "prompt": "A dragon"})
     assert status == 201 and single["status"] == "pending"
     _, detail = other.get(f"/jobs/{single['job_id']}")
-    assert detail["queue_position"] == 1, "first in the fair line: its owner never had a turn"
+    assert (detail["status"], detail["queue_position"]) == ("pending", 1), "first in the fair line: its owner never had a turn"
 
     jobs = [wait_until(lambda job_id=job["job_id"]: ended(job_id), timeout=30, message="every job to end")
             for job in [*backlog, single]]
