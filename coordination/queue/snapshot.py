@@ -37,9 +37,8 @@ DEADLINES = 16
 UNKNOWN = object()  # a view's answer when what it read does not tell
 
 
-def from_row(row: dict, model_class=Job, into=None):
-    """An instance of `model_class` from a `to_jsonb(row)`: its fields as Django would read them
-    (`into`: fill this instance in instead)."""
+def from_row(row: dict, model_class=Job):
+    """An instance of `model_class` from a `to_jsonb(row)`: its fields as Django would read them."""
     values = {}
     for concrete in model_class._meta.concrete_fields:
         value = row.get(concrete.column)
@@ -49,12 +48,7 @@ def from_row(row: dict, model_class=Job, into=None):
             elif isinstance(concrete, models.UUIDField):
                 value = uuid.UUID(value)
         values[concrete.attname] = value
-    if into is None:
-        instance = model_class(**values)
-    else:
-        instance = into
-        for name, value in values.items():
-            setattr(instance, name, value)
+    instance = model_class(**values)
     instance._state.adding = False
     instance._state.db = connection.alias
     return instance
