@@ -275,6 +275,8 @@ def test_the_webhook_ends_the_job_once_and_a_repeat_changes_nothing(webhooked, o
     job = wait_until(lambda: ended(job), timeout=GIVE_UP, message="the webhook to end the job")
 
     assert (job.status, job.error) == ("completed", None)
+    # The job ends when our handler commits, a moment before the fake hears its answer.
+    wait_until(lambda: webhooked.webhooks, timeout=GIVE_UP, message="Leonardo to hear the webhook's answer")
     assert webhooked.webhooks == [(run.provider_job_id, 200)]
     assert job.result["files"][0]["source_url"].endswith(".mp4")
     again = post_webhook(live_server.url, completed_event(run.provider_job_id))
