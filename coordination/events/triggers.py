@@ -81,9 +81,12 @@ _FILES_KEPT = """    IF what = 'completed' AND jsonb_typeof(j.result->'files') =
         ON CONFLICT (job_id, n) DO NOTHING;
     END IF;
 """
+# A job's files are found by its job_id alone, the state tested on those few rows: with `state =
+# 'copying'` in the WHERE the planner may take the partial index of every file waiting for its copy
+# and filter it by job_id, a cost that grew with the copier's backlog at every completion.
 _FILES_COUNTED = """    IF what = 'completed' THEN  -- its stream ends with job.files instead while files are being kept
         fields := fields || jsonb_build_object('files_copying',
-            (SELECT count(*) FROM job_files WHERE job_id = j.job_id AND state = 'copying'));
+            (SELECT count(*) FILTER (WHERE state = 'copying') FROM job_files WHERE job_id = j.job_id));
     END IF;
 """
 _FILES_TRIGGER = """
@@ -119,8 +122,9 @@ BEGIN
         END IF;
     ELSIF TG_TABLE_NAME = 'job_files' THEN
         -- A file's copy settled: the event comes with the last of its job's files (the copier locks
-        -- them all first, so two settling at once see each other's).
-        IF EXISTS (SELECT 1 FROM job_files WHERE job_id = NEW.job_id AND state = 'copying') THEN
+        -- them all first, so two settling at once see each other's). Its job's files are found by
+        -- job_id alone (see _FILES_COUNTED).
+        IF (SELECT bool_or(state = 'copying') FROM job_files WHERE job_id = NEW.job_id) THEN
             RETURN NULL;
         END IF;
         what := 'files';
