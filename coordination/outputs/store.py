@@ -71,8 +71,12 @@ def file_failed(due: Due, *, error: str, again: bool) -> None:
 def _settle(due: Due, **fields) -> None:
     with transaction.atomic():
         # Its job's files locked together: the last to settle sees the others' (its job.files event).
-        list(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", flat=True))
-        JobFile.objects.filter(pk=due.id, state=JobFile.State.COPYING).update(held_until=None, **fields)
+        states = dict(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", "state"))
+        # Still being copied (an operator may have deleted it meanwhile): then updated by its key alone.
+        # A test of its state in the UPDATE could let the planner walk the partial index of every file
+        # being copied, the copier's whole backlog.
+        if states.get(due.id) == JobFile.State.COPYING:
+            JobFile.objects.filter(pk=due.id).update(held_until=None, **fields)
 
 
 def files_prune(*, days: int | None = None) -> int:

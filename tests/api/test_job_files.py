@@ -164,10 +164,21 @@ def test_a_completed_jobs_stream_ends_with_its_files_event_and_a_wait_with_its_c
     assert feed.ends_stream("completed", {"files_copying": 0})  # a job that made no file: its completion ends it
 
 
-def test_a_completion_reads_its_own_files_however_many_others_wait_for_their_copy(api):
-    # The completion's event counts the job's files still being copied: read by its job_id, not by
-    # walking every file of every job waiting for the copier (a backlog a slow copier lets grow).
+def _job_files_rows_read() -> int:
+    """Rows of job_files this transaction read so far (its own counts, not yet in the statistics views)."""
     from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                       " WHERE relname = 'job_files'")
+        return cursor.fetchone()[0]
+
+
+def test_a_completion_and_its_files_copy_read_its_own_files_however_many_others_wait_for_theirs(api):
+    # The completion's event counts the job's files still being copied, and the copy settles its
+    # file: both by the job's own rows, not by walking every file of every job waiting for the
+    # copier (a backlog a slow copier lets grow).
+    from coordination.outputs.store import Due
 
     other = completed(api)
     JobFile.objects.bulk_create([
@@ -175,17 +186,17 @@ def test_a_completion_reads_its_own_files_however_many_others_wait_for_their_cop
                 next_try_at=timezone.now(), created_at=timezone.now()) for n in range(1, 301)
     ])
 
-    def job_files_rows_read() -> int:
-        # This transaction's own counts, not yet flushed to the statistics views.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-                           " WHERE relname = 'job_files'")
-            return cursor.fetchone()[0]
-
-    before = job_files_rows_read()
+    before = _job_files_rows_read()
     job_id = completed(api)
-    assert job_files_rows_read() - before < 10
+    assert _job_files_rows_read() - before < 10
     assert JobEvent.objects.get(job_id=job_id, event="completed").state["files_copying"] == 1
+
+    mine = JobFile.objects.get(job_id=job_id)
+    before = _job_files_rows_read()
+    copy_one(Due(mine.id, mine.job_id, mine.n, mine.source_url, mine.content_type, "flux-dev"))
+    assert _job_files_rows_read() - before < 10
+    assert JobFile.objects.get(pk=mine.pk).state == "stored"
+    assert JobEvent.objects.filter(job_id=job_id, event="files").exists()
 
 
 def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again_later(api):
