@@ -24,26 +24,32 @@ pytestmark = pytest.mark.django_db
 
 
 class Receiver:
-    """A local HTTP server that records each delivery and answers with the next of `answers` (then 200)."""
+    """A local HTTP server that records each delivery and answers with the next of `answers` (then 200).
+    `keep_alive`: it speaks HTTP/1.1 and keeps a connection open for the next request, as most do;
+    `drops_idle`: it says so, but closes each connection once it answered (an idle timeout at its shortest)."""
 
-    def __init__(self):
+    def __init__(self, keep_alive: bool = False, drops_idle: bool = False):
         self.received: list[dict] = []
         self.answers: list[int] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args):
                 pass
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 headers = {name.lower(): value for name, value in self.headers.items()}  # names are case-insensitive
-                receiver.received.append({"body": body.decode(), "headers": headers})
+                receiver.received.append({"body": body.decode(), "headers": headers, "port": self.client_address[1]})
                 code = receiver.answers.pop(0) if receiver.answers else 200
                 self.send_response(code)
                 if code in (301, 302):
                     self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                self.send_header("Content-Length", "0")
                 self.end_headers()
+                self.close_connection = self.close_connection or drops_idle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -284,6 +290,38 @@ def test_the_send_connects_to_the_address_that_was_checked(receiver):
     port = receiver.server.server_address[1]
     status = _post(f"http://hooks.example.invalid:{port}/hook?x=1", "127.0.0.1", b"{}", {"Content-Type": "application/json"})
     assert status == 200 and receiver.received[0]["headers"]["host"] == f"hooks.example.invalid:{port}"
+
+
+@pytest.fixture
+def keeping_receiver(settings, request):
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
+    made = Receiver(keep_alive=True, drops_idle=getattr(request, "param", False))
+    made.thread.start()
+    yield made
+    made.server.shutdown()
+
+
+def three_webhooks_one_at_a_time(user, url: str) -> None:
+    secret_get(user=user)
+    first = submit(user, webhook_url=url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=first.job_id, attempt=1, result={})
+    second = submit(user, webhook_url=url)
+    job_complete(job_id=second.job_id, attempt=1, result={})
+    for _ in range(3):  # one at a time, each on this thread
+        assert deliver_due(limit=1, rounds=1) == 1
+    assert WebhookDelivery.objects.filter(state=WebhookDelivery.State.DELIVERED).count() == 3
+
+
+def test_a_receiver_that_keeps_connections_open_gets_the_webhooks_on_one_connection(user, keeping_receiver):
+    three_webhooks_one_at_a_time(user, keeping_receiver.url)
+    assert [json.loads(got["body"])["type"] for got in keeping_receiver.received] == ["job.started", "job.completed", "job.completed"]
+    assert len({got["port"] for got in keeping_receiver.received}) == 1  # no new connection after the first
+
+
+@pytest.mark.parametrize("keeping_receiver", [True], indirect=True)
+def test_a_kept_connection_the_receiver_closed_meanwhile_costs_no_webhook(user, keeping_receiver):
+    three_webhooks_one_at_a_time(user, keeping_receiver.url)  # each sent again on a new connection
+    assert len(keeping_receiver.received) == 3 and len({got["port"] for got in keeping_receiver.received}) == 3
 
 
 def test_a_later_event_behind_an_earlier_one_does_not_crowd_out_other_jobs(user, receiver):
