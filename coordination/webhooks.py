@@ -18,21 +18,18 @@ says (the `standardwebhooks` package signs; we do not hand-roll it), never lost.
 - No server-side request forgery: the URL must be https (http with COORDINATOR_WEBHOOK_ALLOW_HTTP=1),
   and a host that resolves to a loopback, private, link-local, multicast or reserved address is
   refused, at submit and again at every send (DNS rebinding), unless COORDINATOR_WEBHOOK_ALLOW_PRIVATE=1.
-  Redirects are not followed.
+  Redirects are not followed. The POST itself, on a connection kept for the next one:
+  coordination/webhook_transport.py.
 """
 
 import base64
-import http.client
 import json
 import logging
 import multiprocessing
 import os
 import secrets
-import socket
-import ssl
 import threading
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -45,6 +42,7 @@ from coordination.events import feed
 from coordination.exceptions import InvalidJob
 from coordination.models import Job, WebhookDelivery, WebhookSecret
 from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_sender_register, webhooks_wake
+from coordination.webhook_transport import post
 
 __all__ = ["UnsafeUrl", "deliver_due", "deliver_job", "delivery_resend", "secret_get", "secret_rotate", "url_check"]
 
@@ -235,7 +233,7 @@ def _answer(request) -> tuple[int | None, str]:
     if isinstance(request, str):
         return None, request
     try:
-        status = _post(*request)
+        status = post(*request)
     except Exception as failure:  # a timeout, a refused connection, a TLS error: tried again later
         return None, f"{type(failure).__name__}: {failure}"
     return status, "" if 200 <= status < 300 else f"HTTP {status}"
@@ -281,77 +279,6 @@ class SendPool:
 
 
 sends = SendPool()
-
-_tls: list[ssl.SSLContext] = []
-
-# Each sending thread keeps its connection to a receiver open between sends (HTTP keep-alive), by
-# receiver and the address its name was checked at: a webhook a job pays no new TCP connection and,
-# over https, no new TLS handshake. A connection unused for KEEP_SECONDS is not trusted to be open
-# any more (a receiver closes idle ones: gunicorn after 2 s, nginx after 75 s), a thread keeps at
-# most KEPT_PER_THREAD, the least recently used going first, and only after an answer of at most
-# KEEP_ANSWER_BYTES (read whole, as the next request needs; a longer one is not read, its connection closed).
-KEEP_SECONDS = 30
-KEPT_PER_THREAD = 16
-KEEP_ANSWER_BYTES = 64 * 1024
-_kept = threading.local()
-# What a receiver's close of a kept connection looks like when the next request goes out on it: that
-# request is sent again once, on a new connection (its webhook-id lets a receiver drop a repeat).
-_CLOSED_MEANWHILE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-
-
-def _post(url: str, address: str, body: bytes, headers: dict) -> int:
-    """POST to `url`, connecting to `address` (the one url_check passed: a name that resolves elsewhere
-    by now is not asked again), with the host's name kept for TLS and the Host header. A redirect is an
-    answer like any other (not followed)."""
-    parts = urllib.parse.urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    key = (parts.scheme, parts.hostname, parts.port, address)
-    if getattr(_kept, "pid", None) != os.getpid():  # a forked process never writes on its parent's sockets
-        _kept.pid, _kept.connections = os.getpid(), {}
-    kept = _kept.connections
-    held = kept.pop(key, None)
-    if held is not None and time.monotonic() - held[1] > KEEP_SECONDS:
-        held[0].close()
-        held = None
-    connection = held[0] if held is not None else _connect(parts, address)
-    try:
-        try:
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-        except _CLOSED_MEANWHILE:
-            if held is None:
-                raise
-            connection.close()
-            connection = _connect(parts, address)
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-        keep = not response.will_close and response.length is not None and response.length <= KEEP_ANSWER_BYTES
-        if keep:
-            response.read()  # the whole answer, so that the connection can carry the next request
-    except BaseException:
-        connection.close()
-        raise
-    if not keep:
-        connection.close()
-    else:
-        kept[key] = (connection, time.monotonic())
-        while len(kept) > KEPT_PER_THREAD:
-            kept.pop(next(iter(kept)))[0].close()
-    return response.status
-
-
-def _connect(parts: urllib.parse.SplitResult, address: str) -> http.client.HTTPConnection:
-    timeout = settings.COORDINATOR_WEBHOOK_TIMEOUT
-    if parts.scheme == "https":
-        if not _tls:  # made once: loading the system's certificates costs more than a send
-            _tls.append(ssl.create_default_context())
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=_tls[0])
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-    port = connection.port
-    connection._create_connection = lambda _, *args, **kwargs: socket.create_connection((address, port), *args, **kwargs)
-    return connection
-
 
 def _payload(delivery: WebhookDelivery, job: Job) -> dict:
     """`delivery`'s body: the job's JSON as GET /jobs/{id} showed it right after the event (the fields

@@ -2,6 +2,7 @@
 that a copier that died leaves them to another), record how each copy went, and the daily prune
 expires the old ones (jobs' files) or deletes them (users' own input files)."""
 
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -62,21 +63,24 @@ def file_failed(due: Due, *, error: str, again: bool) -> None:
     tries = JobFile.objects.filter(pk=due.id).values_list("tries", flat=True).first() or 0
     if again and tries < settings.COORDINATOR_COPY_TRIES:
         delay = BACKOFF[min(tries - 1, len(BACKOFF) - 1)]
-        JobFile.objects.filter(pk=due.id, state=JobFile.State.COPYING).update(
-            next_try_at=timezone.now() + timedelta(seconds=delay), held_until=None, error=error[:500])
+        _while_copying(due, next_try_at=timezone.now() + timedelta(seconds=delay), held_until=None, error=error[:500])
         return
     _settle(due, state=JobFile.State.FAILED, error=f"Not kept: {error}"[:500])
 
 
 def _settle(due: Due, **fields) -> None:
+    _while_copying(due, held_until=None, **fields)
+
+
+def _while_copying(due: Due, **fields) -> None:
+    """Update the file with `fields` if it is still being copied (an operator may have deleted it
+    meanwhile), its job's files locked together first: the last to settle sees the others' (its
+    job.files event). Found by its key alone: a test of its state in the UPDATE could let the planner
+    walk the partial index of every file being copied, the copier's whole backlog."""
     with transaction.atomic():
-        # Its job's files locked together: the last to settle sees the others' (its job.files event).
         states = dict(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", "state"))
-        # Still being copied (an operator may have deleted it meanwhile): then updated by its key alone.
-        # A test of its state in the UPDATE could let the planner walk the partial index of every file
-        # being copied, the copier's whole backlog.
-        if states.get(due.id) == JobFile.State.COPYING:
-            JobFile.objects.filter(pk=due.id).update(held_until=None, **fields)
+        if states.get(uuid.UUID(str(due.id))) == JobFile.State.COPYING:
+            JobFile.objects.filter(pk=due.id).update(**fields)
 
 
 def files_prune(*, days: int | None = None) -> int:

@@ -17,7 +17,8 @@ from standardwebhooks.webhooks import Webhook
 from coordination.models import Job, WebhookDelivery
 from coordination.services import job_cancel, job_complete
 from coordination.webhook_targets import webhooks_wake
-from coordination.webhooks import UnsafeUrl, _post, deliver_due, deliver_job, secret_get, secret_rotate, url_check
+from coordination.webhook_transport import kept_close, post
+from coordination.webhooks import UnsafeUrl, deliver_due, deliver_job, secret_get, secret_rotate, url_check
 from tests.helpers import at_once, fresh, submit
 
 pytestmark = pytest.mark.django_db
@@ -55,6 +56,11 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def stop(self) -> None:
+        kept_close()  # this thread's connection to it, kept for a next delivery
+        self.server.shutdown()
+        self.server.server_close()
+
     def ids(self) -> list[str]:
         return [delivery["headers"]["webhook-id"] for delivery in self.received]
 
@@ -66,7 +72,7 @@ def receiver(settings):
     made = Receiver()
     made.thread.start()
     yield made
-    made.server.shutdown()
+    made.stop()
 
 
 def test_a_completed_job_is_delivered_signed_with_the_job_as_the_api_shows_it(user, api, receiver):
@@ -288,7 +294,7 @@ def test_the_send_connects_to_the_address_that_was_checked(receiver):
     """The name is resolved once, checked, and that address is the one connected to (a name that
     resolves elsewhere by the time of the connection is not asked again); the Host stays the name."""
     port = receiver.server.server_address[1]
-    status = _post(f"http://hooks.example.invalid:{port}/hook?x=1", "127.0.0.1", b"{}", {"Content-Type": "application/json"})
+    status = post(f"http://hooks.example.invalid:{port}/hook?x=1", "127.0.0.1", b"{}", {"Content-Type": "application/json"})
     assert status == 200 and receiver.received[0]["headers"]["host"] == f"hooks.example.invalid:{port}"
 
 
@@ -298,7 +304,7 @@ def keeping_receiver(settings, request):
     made = Receiver(keep_alive=True, drops_idle=getattr(request, "param", False))
     made.thread.start()
     yield made
-    made.server.shutdown()
+    made.stop()
 
 
 def three_webhooks_one_at_a_time(user, url: str) -> None:
@@ -319,9 +325,35 @@ def test_a_receiver_that_keeps_connections_open_gets_the_webhooks_on_one_connect
 
 
 @pytest.mark.parametrize("keeping_receiver", [True], indirect=True)
-def test_a_kept_connection_the_receiver_closed_meanwhile_costs_no_webhook(user, keeping_receiver):
-    three_webhooks_one_at_a_time(user, keeping_receiver.url)  # each sent again on a new connection
+def test_a_kept_connection_the_receiver_closed_meanwhile_is_not_used_again(user, keeping_receiver):
+    three_webhooks_one_at_a_time(user, keeping_receiver.url)  # each on a new connection, each at its first try
     assert len(keeping_receiver.received) == 3 and len({got["port"] for got in keeping_receiver.received}) == 3
+    assert list(WebhookDelivery.objects.values_list("attempts", flat=True)) == [1, 1, 1]
+
+
+def test_an_answer_whose_body_never_comes_is_still_the_answer_and_its_connection_is_not_kept(user, settings):
+    # The status line said 200; the body it announced never arrives (the receiver hangs up): each
+    # delivery is delivered at its first try, not a failed one, and the next goes on a new connection.
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
+    made = Receiver(keep_alive=True)
+
+    def hang_up_early(handler):
+        handler.rfile.read(int(handler.headers["Content-Length"]))
+        made.received.append({"port": handler.client_address[1]})
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"{}")
+        handler.close_connection = True
+
+    made.server.RequestHandlerClass.do_POST = hang_up_early
+    made.thread.start()
+    try:
+        three_webhooks_one_at_a_time(user, made.url)
+        assert list(WebhookDelivery.objects.values_list("attempts", flat=True)) == [1, 1, 1]
+        assert len({got["port"] for got in made.received}) == 3
+    finally:
+        made.stop()
 
 
 def test_a_later_event_behind_an_earlier_one_does_not_crowd_out_other_jobs(user, receiver):
