@@ -53,7 +53,7 @@ def trusted_host(model_name: str) -> str | None:
 
 
 def file_stored(due: Due, *, storage_name: str, size: int, sha256: str, content_type: str) -> None:
-    _settle(due, state=JobFile.State.STORED, storage_name=storage_name, size=size, sha256=sha256,
+    _let_go(due, state=JobFile.State.STORED, storage_name=storage_name, size=size, sha256=sha256,
             content_type=content_type, error="", stored_at=timezone.now())
 
 
@@ -63,24 +63,21 @@ def file_failed(due: Due, *, error: str, again: bool) -> None:
     tries = JobFile.objects.filter(pk=due.id).values_list("tries", flat=True).first() or 0
     if again and tries < settings.COORDINATOR_COPY_TRIES:
         delay = BACKOFF[min(tries - 1, len(BACKOFF) - 1)]
-        _while_copying(due, next_try_at=timezone.now() + timedelta(seconds=delay), held_until=None, error=error[:500])
+        _let_go(due, next_try_at=timezone.now() + timedelta(seconds=delay), error=error[:500])
         return
-    _settle(due, state=JobFile.State.FAILED, error=f"Not kept: {error}"[:500])
+    _let_go(due, state=JobFile.State.FAILED, error=f"Not kept: {error}"[:500])
 
 
-def _settle(due: Due, **fields) -> None:
-    _while_copying(due, held_until=None, **fields)
-
-
-def _while_copying(due: Due, **fields) -> None:
-    """Update the file with `fields` if it is still being copied (an operator may have deleted it
-    meanwhile), its job's files locked together first: the last to settle sees the others' (its
-    job.files event). Found by its key alone: a test of its state in the UPDATE could let the planner
-    walk the partial index of every file being copied, the copier's whole backlog."""
+def _let_go(due: Due, **fields) -> None:
+    """The copier lets go of the file it held, with `fields` (stored, failed, or due again later), if it
+    is still being copied (an operator may have deleted it meanwhile), its job's files locked together
+    first: the last to settle sees the others' (its job.files event). Found by its key alone: a test of
+    its state in the UPDATE could let the planner walk the partial index of every file being copied,
+    the copier's whole backlog."""
     with transaction.atomic():
         states = dict(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", "state"))
         if states.get(uuid.UUID(str(due.id))) == JobFile.State.COPYING:
-            JobFile.objects.filter(pk=due.id).update(**fields)
+            JobFile.objects.filter(pk=due.id).update(held_until=None, **fields)
 
 
 def files_prune(*, days: int | None = None) -> int:

@@ -331,29 +331,22 @@ def test_a_kept_connection_the_receiver_closed_meanwhile_is_not_used_again(user,
     assert list(WebhookDelivery.objects.values_list("attempts", flat=True)) == [1, 1, 1]
 
 
-def test_an_answer_whose_body_never_comes_is_still_the_answer_and_its_connection_is_not_kept(user, settings):
+def test_an_answer_whose_body_never_comes_is_still_the_answer_and_its_connection_is_not_kept(user, keeping_receiver):
     # The status line said 200; the body it announced never arrives (the receiver hangs up): each
     # delivery is delivered at its first try, not a failed one, and the next goes on a new connection.
-    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
-    made = Receiver(keep_alive=True)
-
     def hang_up_early(handler):
         handler.rfile.read(int(handler.headers["Content-Length"]))
-        made.received.append({"port": handler.client_address[1]})
+        keeping_receiver.received.append({"port": handler.client_address[1]})
         handler.send_response(200)
         handler.send_header("Content-Length", "100")
         handler.end_headers()
         handler.wfile.write(b"{}")
         handler.close_connection = True
 
-    made.server.RequestHandlerClass.do_POST = hang_up_early
-    made.thread.start()
-    try:
-        three_webhooks_one_at_a_time(user, made.url)
-        assert list(WebhookDelivery.objects.values_list("attempts", flat=True)) == [1, 1, 1]
-        assert len({got["port"] for got in made.received}) == 3
-    finally:
-        made.stop()
+    keeping_receiver.server.RequestHandlerClass.do_POST = hang_up_early  # each connection's handler is made anew
+    three_webhooks_one_at_a_time(user, keeping_receiver.url)
+    assert list(WebhookDelivery.objects.values_list("attempts", flat=True)) == [1, 1, 1]
+    assert len({got["port"] for got in keeping_receiver.received}) == 3
 
 
 def test_a_later_event_behind_an_earlier_one_does_not_crowd_out_other_jobs(user, receiver):
