@@ -455,6 +455,33 @@ def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(u
     assert sorted(body["data"]["result"]["output"] for body in bodies.values()) == sorted([*range(40), 0])
 
 
+def test_a_pass_that_took_all_that_was_due_claims_no_more_yet_sends_each_jobs_later_events(user, receiver):
+    """A sender woken while jobs end every few milliseconds must send full batches, not claim again
+    for each delivery that arrived while it sent: a batch short of its limit ends the pass. A job's
+    later event, due only once the earlier one went, still goes in the same pass."""
+    secret_get(user=user)
+    both = submit(user, webhook_url=receiver.url, webhook_events_filter=["started", "completed"])
+    job_complete(job_id=both.job_id, attempt=1, result={})
+    for _ in range(2):
+        job = submit(user, webhook_url=receiver.url)
+        job_complete(job_id=job.job_id, attempt=1, result={})
+
+    def claims(queries) -> int:
+        return sum(1 for query in queries if query["sql"].lstrip().startswith("UPDATE webhook_deliveries AS d SET next_attempt_at"))
+
+    with CaptureQueriesContext(connection) as first:
+        assert deliver_due(limit=8) == 4  # three jobs' first events, then the one behind
+    assert claims(first.captured_queries) == 2
+    assert [json.loads(d["body"])["type"] for d in receiver.received if json.loads(d["body"])["data"]["job_id"] == str(both.job_id)] == [
+        "job.started", "job.completed"]
+
+    job = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=job.job_id, attempt=1, result={})
+    with CaptureQueriesContext(connection) as second:
+        assert deliver_due(limit=8) == 1
+    assert claims(second.captured_queries) == 1  # it took all that was due: no claim of nothing after it
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_change_wakes_the_sender_which_sends_its_deliveries_with_no_task(user, receiver, monkeypatch):
     """Where a sender runs (a qcluster's main process, woken by its workers; here this process's own),
