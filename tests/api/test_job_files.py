@@ -206,3 +206,29 @@ def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again
     row = JobFile.objects.get(job_id=job_id)
     assert (row.state, row.held_until) == ("copying", None) and row.next_try_at > timezone.now()
     assert "stopped" in row.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends(api, settings, monkeypatch):
+    """While files wait, the copier does not wait for its next look to claim the next: with one
+    thread and its looks an hour apart here, five files waiting are all kept, one after another."""
+    import asyncio
+    import threading
+
+    from coordination.outputs import copier
+
+    settings.COORDINATOR_COPY_THREADS = 1
+    monkeypatch.setattr(copier, "TICK", 3600)
+    jobs = [completed(api) for _ in range(5)]
+    loop, stop = asyncio.new_event_loop(), asyncio.Event()
+    running = threading.Thread(target=loop.run_until_complete, args=(copier.Copier().run(stop),))
+    running.start()
+    try:
+        deadline = time.monotonic() + 30
+        while JobFile.objects.filter(job_id__in=jobs, state="stored").count() < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        running.join(timeout=30)
+        loop.close()
+    assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 5
