@@ -2,7 +2,11 @@
 jobs produced into storage on COORDINATOR_COPY_THREADS threads (coordination/outputs/copy.py), so
 that no job slot waits for a copy. It claims what is due, as many files as it has free threads: every
 second, and, while files wait (its last claim took as many as it asked for), again as soon as a copy
-ends, so a backlog of small files goes as fast as the threads copy them, not a thread's worth a second."""
+ends, so a backlog of small files goes as fast as the threads copy them, not a thread's worth a second.
+
+The copying threads never touch the database: the claims and the records of how each copy went run
+on one thread of their own, which keeps its connection while the copier has work and lets go of it
+once the copier is idle (as the poller's database thread does)."""
 
 import asyncio
 import logging
@@ -13,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections
 
 from coordination.outputs import store
-from coordination.outputs.copy import CopyFailed, copy_file
+from coordination.outputs.copy import Copied, CopyFailed, copy_file
 
 logger = logging.getLogger(__name__)
 TICK = 1.0  # seconds between looks for files to copy
@@ -22,7 +26,8 @@ TICK = 1.0  # seconds between looks for files to copy
 class Copier:
     def __init__(self):
         self.threads = settings.COORDINATOR_COPY_THREADS
-        self._pool = ThreadPoolExecutor(max_workers=self.threads + 1, thread_name_prefix="copier")
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="copier")
+        self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copier-db")
         self._busy = 0
         self._stopping = threading.Event()
         self._freed: asyncio.Event | None = None  # a copy ended (set on the event loop's thread)
@@ -36,24 +41,41 @@ class Copier:
             waiting = free == 0  # every thread copies: files may be waiting too
             if free > 0:
                 try:
-                    due = await loop.run_in_executor(self._pool, _threaded, claim, free)
+                    due = await loop.run_in_executor(self._database, claim, free)
                 except (DatabaseError, InterfaceError) as error:
                     logger.warning("Copier: database unavailable (%s)", error)
+                    await loop.run_in_executor(self._database, connections.close_all)
                     due = []
                 waiting = len(due) == free
                 for one in due:
                     self._busy += 1
-                    loop.run_in_executor(self._pool, _threaded, copy_one, one, self._stopping.is_set).add_done_callback(
-                        self._done)
+                    asyncio.ensure_future(self._copy(one))
+            if not self._busy and not waiting:  # idle: hold no connection until the next look
+                await loop.run_in_executor(self._database, connections.close_all)
             await _first(stop, self._freed if waiting else None, timeout=TICK)
         # A stop is not held up by a long copy: those under way give up at their next chunk, and are
         # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
         self._stopping.set()
-        await loop.run_in_executor(None, self._pool.shutdown)
+        while self._busy:  # each copy under way gives up and records it
+            self._freed.clear()
+            await self._freed.wait()
+        await loop.run_in_executor(self._database, connections.close_all)
+        self._pool.shutdown()
+        self._database.shutdown()
 
-    def _done(self, _future) -> None:
-        self._busy -= 1
-        self._freed.set()
+    async def _copy(self, due: store.Due) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            copied = await loop.run_in_executor(self._pool, fetch, due, self._stopping.is_set)
+            await loop.run_in_executor(self._database, record, due, copied)
+        except (DatabaseError, InterfaceError) as error:
+            # Its hold lapses and a copier copies it again (one of its tries spent).
+            logger.warning("Copier: file %s of job %s copied but not recorded: database unavailable (%s)",
+                           due.n, due.job_id, error)
+            await loop.run_in_executor(self._database, connections.close_all)
+        finally:
+            self._busy -= 1
+            self._freed.set()
 
 
 async def _first(*events: asyncio.Event | None, timeout: float) -> None:
@@ -66,30 +88,34 @@ async def _first(*events: asyncio.Event | None, timeout: float) -> None:
             wait.cancel()
 
 
-def _threaded(work, *args):
-    """`work(*args)` on a copier thread, which then lets go of its database connection."""
-    try:
-        return work(*args)
-    finally:
-        connections.close_all()
-
-
 def claim(limit: int) -> list:
     return store.files_claim(limit=limit)
 
 
-def copy_one(due: store.Due, should_stop=lambda: False) -> None:
-    """Copy one file and record how it went."""
+def fetch(due: store.Due, should_stop=lambda: False) -> Copied | CopyFailed | Exception:
+    """Copy one file into storage (no database): what it came to, a failure included."""
     try:
-        copied = copy_file(file_id=due.id, job_id=due.job_id, source_url=due.source_url,
-                           claimed_type=due.content_type, trusted_host=store.trusted_host(due.model),
-                           should_stop=should_stop)
+        return copy_file(file_id=due.id, job_id=due.job_id, source_url=due.source_url,
+                         claimed_type=due.content_type, trusted_host=due.trusted_host, should_stop=should_stop)
     except CopyFailed as failed:
         logger.warning("Copier: file %s of job %s not copied: %s", due.n, due.job_id, failed)
-        store.file_failed(due, error=str(failed), again=failed.again)
+        return failed
     except Exception as error:  # storage refused, disk full, ...: tried again later
         logger.exception("Copier: file %s of job %s not copied", due.n, due.job_id)
-        store.file_failed(due, error=f"{type(error).__name__}: {error}", again=True)
+        return error
+
+
+def record(due: store.Due, copied: Copied | CopyFailed | Exception) -> None:
+    """Record how the copy of `due` went."""
+    if isinstance(copied, CopyFailed):
+        store.file_failed(due, error=str(copied), again=copied.again)
+    elif isinstance(copied, Exception):
+        store.file_failed(due, error=f"{type(copied).__name__}: {copied}", again=True)
     else:
         store.file_stored(due, storage_name=copied.storage_name, size=copied.size, sha256=copied.sha256,
                           content_type=copied.content_type)
+
+
+def copy_one(due: store.Due, should_stop=lambda: False) -> None:
+    """Copy one file and record how it went, on the calling thread."""
+    record(due, fetch(due, should_stop))

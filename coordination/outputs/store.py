@@ -2,13 +2,12 @@
 that a copier that died leaves them to another), record how each copy went, and the daily prune
 expires the old ones (jobs' files) or deletes them (users' own input files)."""
 
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from coordination.models import CatalogModel, InputFile, JobFile
@@ -25,10 +24,16 @@ class Due:
     source_url: str
     content_type: str
     model: str
+    provider_urls: tuple = ("", "")  # the model's provider_base_url and provider_url, read with the claim
+
+    @property
+    def trusted_host(self) -> str | None:
+        return _provider_host(*self.provider_urls)
 
 
 def files_claim(*, limit: int) -> list[Due]:
-    """Up to `limit` files due for a copy, held for this copier (one statement)."""
+    """Up to `limit` files due for a copy, held for this copier, with what their copy needs to know
+    of their model (one statement)."""
     with connection.cursor() as cursor:
         cursor.execute(
             """UPDATE job_files AS f SET held_until = now() + %s, tries = f.tries + 1
@@ -36,20 +41,26 @@ def files_claim(*, limit: int) -> list[Due]:
                      AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT %s
                      FOR UPDATE SKIP LOCKED) AS due, jobs AS j
                WHERE f.id = due.id AND j.job_id = f.job_id
-               RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model""",
+               RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model,
+                         (SELECT ARRAY[c.provider_base_url, c.provider_url] FROM model_catalog AS c WHERE c.name = j.model)""",
             [HOLD, limit],
         )
-        return [Due(*row) for row in cursor.fetchall()]
+        return [Due(*row[:6], provider_urls=tuple(row[6] or ("", ""))) for row in cursor.fetchall()]
 
 
 def trusted_host(model_name: str) -> str | None:
-    """The host of the model's own provider (its provider_base_url, else its provider_url): its files
-    may be fetched over http and from a private address (a ComfyUI box on the LAN)."""
+    """The host of the model's own provider: its files may be fetched over http and from a private
+    address (a ComfyUI box on the LAN)."""
+    model = CatalogModel.objects.filter(name=model_name).values_list("provider_base_url", "provider_url").first()
+    return _provider_host(*model) if model else None
+
+
+def _provider_host(base_url: str, url: str) -> str | None:
+    """The host of a model's provider: its provider_base_url's, else its provider_url's."""
     from urllib.parse import urlsplit
 
-    model = CatalogModel.objects.filter(name=model_name).values("provider_base_url", "provider_url").first()
-    url = model and (model["provider_base_url"] or model["provider_url"])
-    return urlsplit(url).hostname if url else None
+    chosen = base_url or url
+    return urlsplit(chosen).hostname if chosen else None
 
 
 def file_stored(due: Due, *, storage_name: str, size: int, sha256: str, content_type: str) -> None:
@@ -71,13 +82,20 @@ def file_failed(due: Due, *, error: str, again: bool) -> None:
 def _let_go(due: Due, **fields) -> None:
     """The copier lets go of the file it held, with `fields` (stored, failed, or due again later), if it
     is still being copied (an operator may have deleted it meanwhile), its job's files locked together
-    first: the last to settle sees the others' (its job.files event). Found by its key alone: a test of
-    its state in the UPDATE could let the planner walk the partial index of every file being copied,
-    the copier's whole backlog."""
-    with transaction.atomic():
-        states = dict(JobFile.objects.select_for_update().filter(job_id=due.job_id).values_list("id", "state"))
-        if states.get(uuid.UUID(str(due.id))) == JobFile.State.COPYING:
-            JobFile.objects.filter(pk=due.id).update(held_until=None, **fields)
+    first: the last to settle sees the others' (its job.files event). One statement: the job's files
+    found and locked by their job, the file updated by its key (a test of its state in the UPDATE
+    itself could let the planner walk the partial index of every file being copied, the copier's whole
+    backlog)."""
+    columns = {JobFile._meta.get_field(name): value for name, value in {"held_until": None, **fields}.items()}
+    assignments = ", ".join(f"{field.column} = %s" for field in columns)
+    values = [field.get_db_prep_save(value, connection) for field, value in columns.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""WITH locked AS (SELECT id, state FROM job_files WHERE job_id = %s FOR UPDATE)
+                UPDATE job_files AS f SET {assignments} FROM locked
+                WHERE f.id = locked.id AND locked.id = %s AND locked.state = %s""",
+            [str(due.job_id), *values, str(due.id), JobFile.State.COPYING],
+        )
 
 
 def files_prune(*, days: int | None = None) -> int:

@@ -209,17 +209,26 @@ def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends(api, settings, monkeypatch):
+def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_connection(api, settings, monkeypatch):
     """While files wait, the copier does not wait for its next look to claim the next: with one
-    thread and its looks an hour apart here, five files waiting are all kept, one after another."""
+    thread and its looks an hour apart here, five files waiting are all kept, one after another. Its
+    claims and records share one database connection, kept while it works; the copies open none."""
     import asyncio
     import threading
+
+    from django.db.backends.signals import connection_created
 
     from coordination.outputs import copier
 
     settings.COORDINATOR_COPY_THREADS = 1
     monkeypatch.setattr(copier, "TICK", 3600)
     jobs = [completed(api) for _ in range(5)]
+    connected = []
+
+    def count(sender, connection, **kwargs):
+        connected.append(connection)
+
+    connection_created.connect(count, weak=False)
     loop, stop = asyncio.new_event_loop(), asyncio.Event()
     running = threading.Thread(target=loop.run_until_complete, args=(copier.Copier().run(stop),))
     running.start()
@@ -231,4 +240,6 @@ def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends(api, se
         loop.call_soon_threadsafe(stop.set)
         running.join(timeout=30)
         loop.close()
+        connection_created.disconnect(count)
     assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 5
+    assert len(connected) == 1
