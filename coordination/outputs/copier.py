@@ -6,7 +6,8 @@ ends, so a backlog of small files goes as fast as the threads copy them, not a t
 
 The copying threads never touch the database: the claims and the records of how each copy went run
 on one thread of their own, which keeps its connection while the copier has work and lets go of it
-once the copier is idle (as the poller's database thread does)."""
+once the copier is idle (as the poller's database thread does). The copies that end while a record
+is being written are recorded together, in one statement, by the next."""
 
 import asyncio
 import logging
@@ -28,16 +29,18 @@ class Copier:
         self.threads = settings.COORDINATOR_COPY_THREADS
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="copier")
         self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copier-db")
-        self._busy = 0
+        self._copying = 0  # copies under way on the copying threads
+        self._copied: list[tuple] = []  # copies ended, their records not yet written: (due, outcome)
+        self._recording = 0  # copies whose records are being written
         self._stopping = threading.Event()
-        self._freed: asyncio.Event | None = None  # a copy ended (set on the event loop's thread)
+        self._freed: asyncio.Event | None = None  # a copy ended, or its record (set on the event loop's thread)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self._freed = asyncio.Event()
         while not stop.is_set():
             self._freed.clear()
-            free = self.threads - self._busy
+            free = self.threads - self._copying
             waiting = free == 0  # every thread copies: files may be waiting too
             if free > 0:
                 try:
@@ -48,34 +51,52 @@ class Copier:
                     due = []
                 waiting = len(due) == free
                 for one in due:
-                    self._busy += 1
+                    self._copying += 1
                     asyncio.ensure_future(self._copy(one))
-            if not self._busy and not waiting:  # idle: hold no connection until the next look
+            if not self._working and not waiting:  # idle: hold no connection until the next look
                 await loop.run_in_executor(self._database, connections.close_all)
             await _first(stop, self._freed if waiting else None, timeout=TICK)
         # A stop is not held up by a long copy: those under way give up at their next chunk, and are
         # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
         self._stopping.set()
-        while self._busy:  # each copy under way gives up and records it
+        while self._working:  # each copy under way gives up and records it
             self._freed.clear()
             await self._freed.wait()
         await loop.run_in_executor(self._database, connections.close_all)
         self._pool.shutdown()
         self._database.shutdown()
 
+    @property
+    def _working(self) -> bool:
+        return bool(self._copying or self._copied or self._recording)
+
     async def _copy(self, due: store.Due) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            copied = await loop.run_in_executor(self._pool, fetch, due, self._stopping.is_set)
-            await loop.run_in_executor(self._database, record, due, copied)
-        except (DatabaseError, InterfaceError) as error:
-            # Its hold lapses and a copier copies it again (one of its tries spent).
-            logger.warning("Copier: file %s of job %s copied but not recorded: database unavailable (%s)",
-                           due.n, due.job_id, error)
-            await loop.run_in_executor(self._database, connections.close_all)
+            outcome = await asyncio.get_running_loop().run_in_executor(self._pool, fetch, due, self._stopping.is_set)
         finally:
-            self._busy -= 1
+            self._copying -= 1
             self._freed.set()
+        self._copied.append((due, outcome))
+        if not self._recording:
+            await self._record()
+
+    async def _record(self) -> None:
+        """Write the records of the copies that ended, all at once, until none is left."""
+        loop = asyncio.get_running_loop()
+        while self._copied:
+            copies, self._copied = self._copied, []
+            self._recording = len(copies)
+            try:
+                await loop.run_in_executor(self._database, store.files_settle, copies)
+            except (DatabaseError, InterfaceError) as error:
+                # Their holds lapse and a copier copies them again (one of their tries spent).
+                logger.warning("Copier: %d file(s) copied but not recorded: database unavailable (%s)", len(copies), error)
+                await loop.run_in_executor(self._database, connections.close_all)
+            except Exception:
+                logger.exception("Copier: %d file(s) copied but not recorded", len(copies))
+            finally:
+                self._recording = 0
+                self._freed.set()
 
 
 async def _first(*events: asyncio.Event | None, timeout: float) -> None:
@@ -105,17 +126,6 @@ def fetch(due: store.Due, should_stop=lambda: False) -> Copied | CopyFailed | Ex
         return error
 
 
-def record(due: store.Due, copied: Copied | CopyFailed | Exception) -> None:
-    """Record how the copy of `due` went."""
-    if isinstance(copied, CopyFailed):
-        store.file_failed(due, error=str(copied), again=copied.again)
-    elif isinstance(copied, Exception):
-        store.file_failed(due, error=f"{type(copied).__name__}: {copied}", again=True)
-    else:
-        store.file_stored(due, storage_name=copied.storage_name, size=copied.size, sha256=copied.sha256,
-                          content_type=copied.content_type)
-
-
 def copy_one(due: store.Due, should_stop=lambda: False) -> None:
     """Copy one file and record how it went, on the calling thread."""
-    record(due, fetch(due, should_stop))
+    store.files_settle([(due, fetch(due, should_stop))])

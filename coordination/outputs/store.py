@@ -2,6 +2,7 @@
 that a copier that died leaves them to another), record how each copy went, and the daily prune
 expires the old ones (jobs' files) or deletes them (users' own input files)."""
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from coordination.models import CatalogModel, InputFile, JobFile
+from coordination.outputs.copy import Copied, CopyFailed
 
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
 BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
@@ -25,6 +27,7 @@ class Due:
     content_type: str
     model: str
     provider_urls: tuple = ("", "")  # the model's provider_base_url and provider_url, read with the claim
+    tries: int = 1  # this one included
 
     @property
     def trusted_host(self) -> str | None:
@@ -42,10 +45,11 @@ def files_claim(*, limit: int) -> list[Due]:
                      FOR UPDATE SKIP LOCKED) AS due, jobs AS j
                WHERE f.id = due.id AND j.job_id = f.job_id
                RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model,
-                         (SELECT ARRAY[c.provider_base_url, c.provider_url] FROM model_catalog AS c WHERE c.name = j.model)""",
+                         (SELECT ARRAY[c.provider_base_url, c.provider_url] FROM model_catalog AS c WHERE c.name = j.model),
+                         f.tries""",
             [HOLD, limit],
         )
-        return [Due(*row[:6], provider_urls=tuple(row[6] or ("", ""))) for row in cursor.fetchall()]
+        return [Due(*row[:6], provider_urls=tuple(row[6] or ("", "")), tries=row[7]) for row in cursor.fetchall()]
 
 
 def trusted_host(model_name: str) -> str | None:
@@ -63,39 +67,55 @@ def _provider_host(base_url: str, url: str) -> str | None:
     return urlsplit(chosen).hostname if chosen else None
 
 
-def file_stored(due: Due, *, storage_name: str, size: int, sha256: str, content_type: str) -> None:
-    _let_go(due, state=JobFile.State.STORED, storage_name=storage_name, size=size, sha256=sha256,
-            content_type=content_type, error="", stored_at=timezone.now())
+def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
+    """What the copy of `due` came to, as the columns to write: stored; or, while it may succeed and
+    tries are left, due again later (back-off); else failed, with the reason."""
+    if isinstance(outcome, Copied):
+        return {"state": JobFile.State.STORED, "storage_name": outcome.storage_name, "size": outcome.size,
+                "sha256": outcome.sha256, "content_type": outcome.content_type, "error": "", "stored_at": now}
+    again = outcome.again if isinstance(outcome, CopyFailed) else True  # storage refused, disk full, ...
+    error = str(outcome) if isinstance(outcome, CopyFailed) else f"{type(outcome).__name__}: {outcome}"
+    if again and due.tries < settings.COORDINATOR_COPY_TRIES:
+        delay = BACKOFF[min(due.tries - 1, len(BACKOFF) - 1)]
+        return {"next_try_at": now + timedelta(seconds=delay), "error": error[:500]}
+    return {"state": JobFile.State.FAILED, "error": f"Not kept: {error}"[:500]}
 
 
-def file_failed(due: Due, *, error: str, again: bool) -> None:
-    """A copy that failed: tried again later (back-off) while it may succeed and tries are left, else
-    the file is `failed`, with the reason."""
-    tries = JobFile.objects.filter(pk=due.id).values_list("tries", flat=True).first() or 0
-    if again and tries < settings.COORDINATOR_COPY_TRIES:
-        delay = BACKOFF[min(tries - 1, len(BACKOFF) - 1)]
-        _let_go(due, next_try_at=timezone.now() + timedelta(seconds=delay), error=error[:500])
-        return
-    _let_go(due, state=JobFile.State.FAILED, error=f"Not kept: {error}"[:500])
+# The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
+# others keep their value), if still being copied (an operator may have deleted one meanwhile). Their
+# jobs' files are locked together first (by job, in id order): the last of a job's files to settle
+# sees the others' (its job.files event). Found by their keys and their jobs' (never by their state:
+# the planner could walk the partial index of every file being copied, the copier's whole backlog).
+_SETTLE_SQL = """
+WITH locked AS (SELECT id, state FROM job_files WHERE job_id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE),
+given AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
+    id uuid, state text, storage_name text, size bigint, sha256 text, content_type text, error text,
+    stored_at timestamptz, next_try_at timestamptz))
+UPDATE job_files AS f
+SET held_until = NULL, state = coalesce(g.state, f.state), storage_name = coalesce(g.storage_name, f.storage_name),
+    size = coalesce(g.size, f.size), sha256 = coalesce(g.sha256, f.sha256),
+    content_type = coalesce(g.content_type, f.content_type), error = coalesce(g.error, f.error),
+    stored_at = coalesce(g.stored_at, f.stored_at), next_try_at = coalesce(g.next_try_at, f.next_try_at)
+FROM given AS g, locked AS l
+WHERE f.id = ANY(%s::uuid[]) AND g.id = f.id AND l.id = f.id AND l.state = 'copying'
+"""
 
 
-def _let_go(due: Due, **fields) -> None:
-    """The copier lets go of the file it held, with `fields` (stored, failed, or due again later), if it
-    is still being copied (an operator may have deleted it meanwhile), its job's files locked together
-    first: the last to settle sees the others' (its job.files event). One statement: the job's files
-    found and locked by their job, the file updated by its key (a test of its state in the UPDATE
-    itself could let the planner walk the partial index of every file being copied, the copier's whole
-    backlog)."""
-    columns = {JobFile._meta.get_field(name): value for name, value in {"held_until": None, **fields}.items()}
-    assignments = ", ".join(f"{field.column} = %s" for field in columns)
-    values = [field.get_db_prep_save(value, connection) for field, value in columns.items()]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""WITH locked AS (SELECT id, state FROM job_files WHERE job_id = %s FOR UPDATE)
-                UPDATE job_files AS f SET {assignments} FROM locked
-                WHERE f.id = locked.id AND locked.id = %s AND locked.state = %s""",
-            [str(due.job_id), *values, str(due.id), JobFile.State.COPYING],
-        )
+def files_settle(copies: list[tuple[Due, Copied | Exception]]) -> None:
+    """Record how each copy went: one statement for files of different jobs (two files of one job
+    settle one after the other, so that only the last is its job's job.files event)."""
+    now = timezone.now()
+    waiting = list(copies)
+    while waiting:
+        jobs, now_settled, later = set(), [], []
+        for due, outcome in waiting:
+            (later if due.job_id in jobs else now_settled).append((due, outcome))
+            jobs.add(due.job_id)
+        ids = [str(due.id) for due, _ in now_settled]
+        rows = [{"id": str(due.id), **settlement(due, outcome, now=now)} for due, outcome in now_settled]
+        with connection.cursor() as cursor:
+            cursor.execute(_SETTLE_SQL, [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str), ids])
+        waiting = later
 
 
 def files_prune(*, days: int | None = None) -> int:

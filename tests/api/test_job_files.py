@@ -243,3 +243,29 @@ def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_
         connection_created.disconnect(count)
     assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 5
     assert len(connected) == 1
+
+
+def test_copies_that_ended_together_are_recorded_in_one_statement_and_a_job_with_two_ends_once(api):
+    """The copier records the copies that ended meanwhile together: files of different jobs in one
+    statement; two files of one job one after the other, so that its job.files event comes once,
+    with the last."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from coordination.outputs.copier import fetch
+    from coordination.outputs.store import files_settle
+
+    jobs = [completed(api) for _ in range(3)]
+    first = JobFile.objects.get(job_id=jobs[0])
+    JobFile.objects.create(job_id=jobs[0], n=1, source_url=first.source_url, state="copying", created_at=first.created_at,
+                           next_try_at=first.next_try_at)
+    due = claim(10)
+    assert len(due) == 4
+    copies = [(one, fetch(one)) for one in due]
+
+    with CaptureQueriesContext(connection) as statements:
+        files_settle(copies)
+
+    assert len(statements) == 2  # three jobs' files, then the second of the first job's
+    assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 4
+    assert [JobEvent.objects.filter(job_id=job_id, event="files").count() for job_id in jobs] == [1, 1, 1]
