@@ -116,9 +116,7 @@ FROM (
 ) AS due
 WHERE d.id = due.id
 RETURNING d.*, (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id) AS owner_id,
-          (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try,
-          EXISTS (SELECT 1 FROM webhook_deliveries AS l WHERE l.job_id = d.job_id AND l.state = 'pending' AND l.id > d.id)
-            AS followed
+          (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try
 """
 
 # The bodies rendered for a first try, kept before it is sent: every retry sends the same body.
@@ -154,22 +152,24 @@ def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id
     failed holds back those after it), until none is due or after `rounds` batches (None: no bound, a
     sender's own thread). `job_id`: that job's only. Returns how many were delivered.
 
-    A batch that claimed fewer than `limit` took everything due then, and none of its jobs had a
-    later event waiting behind it: the pass ends there rather than claim again for what arrived while
-    it sent (the commit that made it woke a sender, or the next pass sends it). So a sender woken
-    while jobs end every few milliseconds sends full batches, not one delivery each.
+    After a batch that claimed fewer than `limit` (all it could claim then), the next claim looks only
+    at that batch's jobs: their later events, due now that the earlier ones went (another sender may
+    have been woken for one and found it behind the event this one was sending). What arrived for other
+    jobs meanwhile is left to the sender its commit woke, or to the next pass. So a sender woken while
+    jobs end every few milliseconds sends full batches, not one delivery each.
 
     A batch is a few statements whatever its size (the claim; for first tries, the jobs their payloads
     need and the bodies kept; the owners' secrets; the record: _send), and no transaction is open
     while a receiver is called."""
-    delivered, done = 0, 0
+    delivered, done, jobs = 0, 0, None
     size = limit or settings.COORDINATOR_WEBHOOK_SENDS
     while rounds is None or done < rounds:
         moment = now or timezone.now()
-        one_job = "AND c.job_id = %(job_id)s" if job_id is not None else ""
-        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(one_job=one_job), {
-            "until": moment + IN_FLIGHT, "now": moment, "limit": size,
-            "job_id": str(job_id),
+        only = "AND c.job_id = %(job_id)s" if job_id is not None else ""
+        if jobs is not None:
+            only += " AND c.job_id = ANY(%(jobs)s::uuid[])"
+        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(one_job=only), {
+            "until": moment + IN_FLIGHT, "now": moment, "limit": size, "job_id": str(job_id), "jobs": jobs,
         }))
         if not batch:
             break
@@ -177,8 +177,7 @@ def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id
         delivered, done = delivered + sent, done + 1
         if not sent:  # each failed: their next tries are later
             break
-        if len(batch) < size and not any(delivery.followed for delivery in batch):
-            break  # all that was due went in this batch
+        jobs = None if len(batch) == size else sorted({str(delivery.job_id) for delivery in batch})
     return delivered
 
 

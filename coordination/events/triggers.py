@@ -60,7 +60,7 @@ def _listed(values) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-def _wanted(job: str, event: str) -> str:
+def webhook_wanted_sql(job: str, event: str) -> str:
     """Whether `job` (a row) wants a webhook for `event`: a webhook event its filter names, or, with no
     filter, one of the defaults."""
     return f"""({job}.webhook_url IS NOT NULL AND {event} IN ({_listed(EVENTS)}) AND CASE
@@ -149,7 +149,7 @@ BEGIN
             'queue_position', NEW.queue_position));
     END IF;
     INSERT INTO job_events (job_id, event, state, created_at) VALUES (j.job_id, what, fields, now());
-    IF {_wanted('j', 'what')} THEN
+    IF {webhook_wanted_sql('j', 'what')} THEN
         INSERT INTO webhook_deliveries (webhook_id, job_id, event_type, url, payload, event_state, state, attempts,
                                         next_attempt_at, last_error, created_at)
         VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), j.job_id, 'job.' || what, j.webhook_url,

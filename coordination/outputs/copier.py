@@ -6,8 +6,8 @@ ends, so a backlog of small files goes as fast as the threads copy them, not a t
 
 The copying threads never touch the database: the claims and the records of how each copy went run
 on one thread of their own, which keeps its connection while the copier has work and lets go of it
-once the copier is idle (as the poller's database thread does). The copies that end while a record
-is being written are recorded together, in one statement, by the next."""
+whenever the copier is idle (between its looks, too). The copies that end while a record is being
+written are recorded together by the next (store.files_settle)."""
 
 import asyncio
 import logging
@@ -34,6 +34,7 @@ class Copier:
         self._recording = 0  # copies whose records are being written
         self._stopping = threading.Event()
         self._freed: asyncio.Event | None = None  # a copy ended, or its record (set on the event loop's thread)
+        self._tasks: set[asyncio.Task] = set()  # the copies under way, each recorded when it ends
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -47,22 +48,27 @@ class Copier:
                     due = await loop.run_in_executor(self._database, claim, free)
                 except (DatabaseError, InterfaceError) as error:
                     logger.warning("Copier: database unavailable (%s)", error)
-                    await loop.run_in_executor(self._database, connections.close_all)
+                    await loop.run_in_executor(self._database, _close_quietly)
                     due = []
                 waiting = len(due) == free
                 for one in due:
                     self._copying += 1
-                    asyncio.ensure_future(self._copy(one))
+                    task = asyncio.ensure_future(self._copy(one))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             if not self._working and not waiting:  # idle: hold no connection until the next look
-                await loop.run_in_executor(self._database, connections.close_all)
+                await loop.run_in_executor(self._database, _close_quietly)
             await _first(stop, self._freed if waiting else None, timeout=TICK)
         # A stop is not held up by a long copy: those under way give up at their next chunk, and are
         # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
         self._stopping.set()
         while self._working:  # each copy under way gives up and records it
             self._freed.clear()
-            await self._freed.wait()
-        await loop.run_in_executor(self._database, connections.close_all)
+            if self._copied and not self._recording:
+                await self._record()
+            else:
+                await self._freed.wait()
+        await loop.run_in_executor(self._database, _close_quietly)
         self._pool.shutdown()
         self._database.shutdown()
 
@@ -91,12 +97,20 @@ class Copier:
             except (DatabaseError, InterfaceError) as error:
                 # Their holds lapse and a copier copies them again (one of their tries spent).
                 logger.warning("Copier: %d file(s) copied but not recorded: database unavailable (%s)", len(copies), error)
-                await loop.run_in_executor(self._database, connections.close_all)
+                await loop.run_in_executor(self._database, _close_quietly)
             except Exception:
                 logger.exception("Copier: %d file(s) copied but not recorded", len(copies))
             finally:
                 self._recording = 0
                 self._freed.set()
+
+
+def _close_quietly() -> None:
+    """Lets go of the thread's connection; one an outage broke may fail to close, which must not stop the copier."""
+    try:
+        connections.close_all()
+    except Exception:
+        logger.debug("Closing the copier's connection failed", exc_info=True)
 
 
 async def _first(*events: asyncio.Event | None, timeout: float) -> None:

@@ -8,11 +8,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from coordination.models import CatalogModel, InputFile, JobFile
 from coordination.outputs.copy import Copied, CopyFailed
+from coordination.events.triggers import webhook_wanted_sql
+from coordination.webhook_targets import webhooks_wake
 
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
 BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
@@ -28,6 +30,7 @@ class Due:
     model: str
     provider_urls: tuple = ("", "")  # the model's provider_base_url and provider_url, read with the claim
     tries: int = 1  # this one included
+    files_webhook: bool = False  # its job wants a webhook once its files are kept (job.files)
 
     @property
     def trusted_host(self) -> str | None:
@@ -39,17 +42,18 @@ def files_claim(*, limit: int) -> list[Due]:
     of their model (one statement)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            """UPDATE job_files AS f SET held_until = now() + %s, tries = f.tries + 1
+            f"""UPDATE job_files AS f SET held_until = now() + %s, tries = f.tries + 1
                FROM (SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
                      AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT %s
                      FOR UPDATE SKIP LOCKED) AS due, jobs AS j
                WHERE f.id = due.id AND j.job_id = f.job_id
                RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model,
                          (SELECT ARRAY[c.provider_base_url, c.provider_url] FROM model_catalog AS c WHERE c.name = j.model),
-                         f.tries""",
+                         f.tries, {webhook_wanted_sql('j', "'files'")}""",
             [HOLD, limit],
         )
-        return [Due(*row[:6], provider_urls=tuple(row[6] or ("", "")), tries=row[7]) for row in cursor.fetchall()]
+        return [Due(*row[:6], provider_urls=tuple(row[6] or ("", "")), tries=row[7], files_webhook=row[8])
+                for row in cursor.fetchall()]
 
 
 def trusted_host(model_name: str) -> str | None:
@@ -72,7 +76,8 @@ def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
     tries are left, due again later (back-off); else failed, with the reason."""
     if isinstance(outcome, Copied):
         return {"state": JobFile.State.STORED, "storage_name": outcome.storage_name, "size": outcome.size,
-                "sha256": outcome.sha256, "content_type": outcome.content_type, "error": "", "stored_at": now}
+                "sha256": outcome.sha256, "content_type": outcome.content_type[:_CONTENT_TYPE_LENGTH], "error": "",
+                "stored_at": now}
     again = outcome.again if isinstance(outcome, CopyFailed) else True  # storage refused, disk full, ...
     error = str(outcome) if isinstance(outcome, CopyFailed) else f"{type(outcome).__name__}: {outcome}"
     if again and due.tries < settings.COORDINATOR_COPY_TRIES:
@@ -81,13 +86,18 @@ def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
     return {"state": JobFile.State.FAILED, "error": f"Not kept: {error}"[:500]}
 
 
+_CONTENT_TYPE_LENGTH = JobFile._meta.get_field("content_type").max_length
+
 # The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
-# others keep their value), if still being copied (an operator may have deleted one meanwhile). Their
-# jobs' files are locked together first (by job, in id order): the last of a job's files to settle
-# sees the others' (its job.files event). Found by their keys and their jobs' (never by their state:
-# the planner could walk the partial index of every file being copied, the copier's whole backlog).
+# others keep their value: a settlement never writes a null), if still being copied (an operator may
+# have deleted one meanwhile). Their jobs' files are locked together first, every one of them (the
+# aggregate reads them all) in id order: the last of a job's files to settle sees the others' (its
+# job.files event). Found by their keys and their jobs' (never by their state: the planner could walk
+# the partial index of every file being copied, the copier's whole backlog).
 _SETTLE_SQL = """
-WITH locked AS (SELECT id, state FROM job_files WHERE job_id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE),
+WITH locked AS (
+    SELECT coalesce(array_agg(id) FILTER (WHERE state = 'copying'), '{}') AS copying
+    FROM (SELECT id, state FROM job_files WHERE job_id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE) AS files),
 given AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
     id uuid, state text, storage_name text, size bigint, sha256 text, content_type text, error text,
     stored_at timestamptz, next_try_at timestamptz))
@@ -97,25 +107,31 @@ SET held_until = NULL, state = coalesce(g.state, f.state), storage_name = coales
     content_type = coalesce(g.content_type, f.content_type), error = coalesce(g.error, f.error),
     stored_at = coalesce(g.stored_at, f.stored_at), next_try_at = coalesce(g.next_try_at, f.next_try_at)
 FROM given AS g, locked AS l
-WHERE f.id = ANY(%s::uuid[]) AND g.id = f.id AND l.id = f.id AND l.state = 'copying'
+WHERE f.id = ANY(%s::uuid[]) AND g.id = f.id AND f.id = ANY(l.copying)
 """
 
 
 def files_settle(copies: list[tuple[Due, Copied | Exception]]) -> None:
     """Record how each copy went: one statement for files of different jobs (two files of one job
-    settle one after the other, so that only the last is its job's job.files event)."""
+    settle one after the other, so that only the last is its job's job.files event). A file that
+    settled for good, of a job that wants its job.files webhook, wakes the sender once recorded."""
     now = timezone.now()
-    waiting = list(copies)
-    while waiting:
-        jobs, now_settled, later = set(), [], []
-        for due, outcome in waiting:
-            (later if due.job_id in jobs else now_settled).append((due, outcome))
-            jobs.add(due.job_id)
-        ids = [str(due.id) for due, _ in now_settled]
-        rows = [{"id": str(due.id), **settlement(due, outcome, now=now)} for due, outcome in now_settled]
-        with connection.cursor() as cursor:
-            cursor.execute(_SETTLE_SQL, [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str), ids])
-        waiting = later
+    waiting, settled_for_good = list(copies), False
+    with connection.cursor() as cursor:
+        while waiting:
+            jobs, now_settled, later = set(), [], []
+            for due, outcome in waiting:
+                (later if due.job_id in jobs else now_settled).append((due, outcome))
+                jobs.add(due.job_id)
+            rows = []
+            for due, outcome in now_settled:
+                rows.append({"id": str(due.id), **settlement(due, outcome, now=now)})
+                settled_for_good |= due.files_webhook and rows[-1].get("state") in (JobFile.State.STORED, JobFile.State.FAILED)
+            cursor.execute(_SETTLE_SQL, [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str),
+                                         [row["id"] for row in rows]])
+            waiting = later
+    if settled_for_good:
+        transaction.on_commit(webhooks_wake)
 
 
 def files_prune(*, days: int | None = None) -> int:

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bench.fake_provider import FakeProvider
-from coordination.models import CatalogModel, JobEvent, JobFile
+from coordination.models import CatalogModel, JobEvent, JobFile, WebhookDelivery
 from coordination.outputs.copier import claim, copy_one
 from coordination.outputs.store import files_prune
 from coordination.runners.simulated import SIMULATED_BYTES
@@ -266,6 +266,24 @@ def test_copies_that_ended_together_are_recorded_in_one_statement_and_a_job_with
     with CaptureQueriesContext(connection) as statements:
         files_settle(copies)
 
-    assert len(statements) == 2  # three jobs' files, then the second of the first job's
+    settles = [query for query in statements.captured_queries if "UPDATE job_files" in query["sql"]]
+    assert len(settles) == 2  # three jobs' files, then the second of the first job's
     assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 4
     assert [JobEvent.objects.filter(job_id=job_id, event="files").count() for job_id in jobs] == [1, 1, 1]
+
+
+def test_a_copy_that_makes_a_job_files_webhook_wakes_its_sender_once_recorded(api, settings, django_capture_on_commit_callbacks):
+    from coordination.webhook_targets import webhooks_wake
+
+    settings.COORDINATOR_WEBHOOK_ALLOW_HTTP = settings.COORDINATOR_WEBHOOK_ALLOW_PRIVATE = True
+    hooked = api.post("/jobs", {"prompt": "A castle", "model": "flux-dev", "params": {"simulate_seconds": 0},
+                                "webhook_url": "http://127.0.0.1:9/hook", "webhook_events_filter": ["files"]},
+                      format="json").json()
+    run_job(hooked["job_id"], 1)
+    plain = completed(api)
+
+    with django_capture_on_commit_callbacks() as copied:
+        assert copy_due() == 2
+    assert [callback for callback in copied if callback is webhooks_wake] == [webhooks_wake]
+    assert WebhookDelivery.objects.filter(job_id=hooked["job_id"], event_type="job.files").count() == 1
+    assert not WebhookDelivery.objects.filter(job_id=plain).exists()
