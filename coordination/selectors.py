@@ -42,12 +42,13 @@ def with_retries(jobs: QuerySet[Job]) -> QuerySet[Job]:
     return jobs.annotate(retried_ids=ArraySubquery(_retried_as(OuterRef("pk"))))
 
 
-def with_runs(jobs: QuerySet[Job]) -> QuerySet[Job]:
+def with_runs(jobs: QuerySet[Job], *, runs: bool = True) -> QuerySet[Job]:
     """`jobs` with their runs at a provider and their kept files read in one more query each for the lot
-    (the API's `at_provider` and `result.files`), and their retries in the same query (with_retries)."""
+    (the API's `at_provider` and `result.files`), and their retries in the same query (with_retries).
+    `runs` False: what shows no run at a provider (a webhook's body) reads none and shows none."""
+    in_flight = ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT) if runs else ProviderRun.objects.none()
     return with_retries(jobs).prefetch_related(
-        Prefetch("provider_runs", queryset=ProviderRun.objects.filter(state=ProviderRun.State.IN_FLIGHT),
-                 to_attr="runs_in_flight"),
+        Prefetch("provider_runs", queryset=in_flight, to_attr="runs_in_flight"),
         Prefetch("files", queryset=JobFile.objects.order_by("n"), to_attr="files_kept"),
     )
 

@@ -190,7 +190,8 @@ def _send(batch: list[WebhookDelivery], *, now: datetime) -> int:
     """Render what was never sent (and keep it), sign, POST each (side by side: webhooks.sends), record
     every outcome. A delivery that cannot be rendered, checked or signed is a failed try like any other."""
     unrendered = [delivery for delivery in batch if delivery.payload is None]
-    jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered}) if unrendered else {}
+    # A body shows no run at a provider (_payload): none is read.
+    jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered}, runs=False) if unrendered else {}
     signers = _signers({delivery.owner_id for delivery in batch} - {None})
     checked: dict[str, list[str] | Exception] = {}
     requests, rendered = [], []

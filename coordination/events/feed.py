@@ -60,9 +60,10 @@ def rows_after(after: int, *, also=(), job_id=None, limit: int | None = None) ->
     return list(rows[:limit] if limit else rows)
 
 
-def jobs_by_id(job_ids) -> dict:
-    """The jobs, with all the API shows of them read in three queries whatever their number (selectors.with_runs)."""
-    return with_runs(Job.objects.select_related("workflow_execution")).in_bulk(list(job_ids))
+def jobs_by_id(job_ids, *, runs: bool = True) -> dict:
+    """The jobs, with all the API shows of them read in three queries whatever their number
+    (selectors.with_runs); `runs` False: without their runs at a provider, in two."""
+    return with_runs(Job.objects.select_related("workflow_execution"), runs=runs).in_bulk(list(job_ids))
 
 
 def positions(job_ids) -> dict:
