@@ -5,9 +5,11 @@ second, and, while files wait (its last claim took as many as it asked for), aga
 ends, so a backlog of small files goes as fast as the threads copy them, not a thread's worth a second.
 
 The copying threads never touch the database: the claims and the records of how each copy went run
-on one thread of their own, which keeps its connection while the copier has work and lets go of it
-whenever the copier is idle (between its looks, too). The copies that end while a record is being
-written are recorded together by the next (store.files_settle)."""
+on one thread of their own, with one connection, kept between looks as the provider poller keeps
+its own (a look a second that opened a connection each time would start a database backend a
+second, all day); an outage's broken connection is closed and the next look opens another. The
+copies that end while a record is being written are recorded together by the next
+(store.files_settle)."""
 
 import asyncio
 import logging
@@ -56,8 +58,6 @@ class Copier:
                     task = asyncio.ensure_future(self._copy(one))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-            if not self._working and not waiting:  # idle: hold no connection until the next look
-                await loop.run_in_executor(self._database, _close_quietly)
             await _first(stop, self._freed if waiting else None, timeout=TICK)
         # A stop is not held up by a long copy: those under way give up at their next chunk, and are
         # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).

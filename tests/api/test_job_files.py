@@ -287,3 +287,37 @@ def test_a_copy_that_makes_a_job_files_webhook_wakes_its_sender_once_recorded(ap
     assert [callback for callback in copied if callback is webhooks_wake] == [webhooks_wake]
     assert WebhookDelivery.objects.filter(job_id=hooked["job_id"], event_type="job.files").count() == 1
     assert not WebhookDelivery.objects.filter(job_id=plain).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_copier_looks_for_files_on_the_one_connection_it_keeps(settings, monkeypatch):
+    """A look a second that connected each time would start a database backend a second, all day."""
+    import asyncio
+    import threading
+
+    from django.db.backends.signals import connection_created
+
+    from coordination.outputs import copier
+
+    monkeypatch.setattr(copier, "TICK", 0.01)
+    looks = []
+    monkeypatch.setattr(copier, "claim", lambda limit: looks.append(limit) or claim(limit))
+    connected = []
+
+    def count(sender, connection, **kwargs):
+        connected.append(connection)
+
+    connection_created.connect(count, weak=False)
+    loop, stop = asyncio.new_event_loop(), asyncio.Event()
+    running = threading.Thread(target=loop.run_until_complete, args=(copier.Copier().run(stop),))
+    running.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(looks) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        running.join(timeout=30)
+        loop.close()
+        connection_created.disconnect(count)
+    assert len(looks) >= 5 and len(connected) == 1
