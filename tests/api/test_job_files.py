@@ -208,11 +208,9 @@ def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again
     assert "stopped" in row.error
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_connection(api, settings, monkeypatch):
-    """While files wait, the copier does not wait for its next look to claim the next: with one
-    thread and its looks an hour apart here, five files waiting are all kept, one after another. Its
-    claims and records share one database connection, kept while it works; the copies open none."""
+def copier_connections_until(done) -> int:
+    """Run a qcluster's copier on a thread of its own until `done()` (polled, 30 s at most), stop it,
+    and answer how many database connections were made meanwhile."""
     import asyncio
     import threading
 
@@ -220,9 +218,6 @@ def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_
 
     from coordination.outputs import copier
 
-    settings.COORDINATOR_COPY_THREADS = 1
-    monkeypatch.setattr(copier, "TICK", 3600)
-    jobs = [completed(api) for _ in range(5)]
     connected = []
 
     def count(sender, connection, **kwargs):
@@ -234,15 +229,32 @@ def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_
     running.start()
     try:
         deadline = time.monotonic() + 30
-        while JobFile.objects.filter(job_id__in=jobs, state="stored").count() < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         loop.call_soon_threadsafe(stop.set)
         running.join(timeout=30)
         loop.close()
         connection_created.disconnect(count)
-    assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 5
-    assert len(connected) == 1
+    return len(connected)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copier_with_files_waiting_claims_again_as_soon_as_a_copy_ends_on_one_connection(api, settings, monkeypatch):
+    """While files wait, the copier does not wait for its next look to claim the next: with one
+    thread and its looks an hour apart here, five files waiting are all kept, one after another. Its
+    claims and records share one database connection; the copies open none."""
+    from coordination.outputs import copier
+
+    settings.COORDINATOR_COPY_THREADS = 1
+    monkeypatch.setattr(copier, "TICK", 3600)
+    jobs = [completed(api) for _ in range(5)]
+
+    def stored() -> int:
+        return JobFile.objects.filter(job_id__in=jobs, state="stored").count()
+
+    assert copier_connections_until(lambda: stored() == 5) == 1
+    assert stored() == 5
 
 
 def test_copies_that_ended_together_are_recorded_in_one_statement_and_a_job_with_two_ends_once(api):
@@ -290,34 +302,12 @@ def test_a_copy_that_makes_a_job_files_webhook_wakes_its_sender_once_recorded(ap
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_idle_copier_looks_for_files_on_the_one_connection_it_keeps(settings, monkeypatch):
+def test_an_idle_copier_looks_for_files_on_the_one_connection_it_keeps(monkeypatch):
     """A look a second that connected each time would start a database backend a second, all day."""
-    import asyncio
-    import threading
-
-    from django.db.backends.signals import connection_created
-
     from coordination.outputs import copier
 
     monkeypatch.setattr(copier, "TICK", 0.01)
     looks = []
     monkeypatch.setattr(copier, "claim", lambda limit: looks.append(limit) or claim(limit))
-    connected = []
-
-    def count(sender, connection, **kwargs):
-        connected.append(connection)
-
-    connection_created.connect(count, weak=False)
-    loop, stop = asyncio.new_event_loop(), asyncio.Event()
-    running = threading.Thread(target=loop.run_until_complete, args=(copier.Copier().run(stop),))
-    running.start()
-    try:
-        deadline = time.monotonic() + 30
-        while len(looks) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        running.join(timeout=30)
-        loop.close()
-        connection_created.disconnect(count)
-    assert len(looks) >= 5 and len(connected) == 1
+    assert copier_connections_until(lambda: len(looks) >= 5) == 1
+    assert len(looks) >= 5
