@@ -109,7 +109,7 @@ _CLAIM_SQL = """
 UPDATE webhook_deliveries AS d SET next_attempt_at = %(until)s
 FROM (
     SELECT c.id FROM webhook_deliveries AS c
-    WHERE c.state = 'pending' AND c.next_attempt_at <= %(now)s {one_job}
+    WHERE c.state = 'pending' AND c.next_attempt_at <= %(now)s {only}
       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
     ORDER BY c.next_attempt_at, c.id LIMIT %(limit)s
     FOR UPDATE OF c SKIP LOCKED
@@ -168,7 +168,7 @@ def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id
         only = "AND c.job_id = %(job_id)s" if job_id is not None else ""
         if jobs is not None:
             only += " AND c.job_id = ANY(%(jobs)s::uuid[])"
-        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(one_job=only), {
+        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(only=only), {
             "until": moment + IN_FLIGHT, "now": moment, "limit": size, "job_id": str(job_id), "jobs": jobs,
         }))
         if not batch:

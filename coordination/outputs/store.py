@@ -11,9 +11,9 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
+from coordination.events.triggers import webhook_wanted_sql
 from coordination.models import CatalogModel, InputFile, JobFile
 from coordination.outputs.copy import Copied, CopyFailed
-from coordination.events.triggers import webhook_wanted_sql
 from coordination.webhook_targets import webhooks_wake
 
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
@@ -71,6 +71,9 @@ def _provider_host(base_url: str, url: str) -> str | None:
     return urlsplit(chosen).hostname if chosen else None
 
 
+_CONTENT_TYPE_LENGTH = JobFile._meta.get_field("content_type").max_length
+
+
 def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
     """What the copy of `due` came to, as the columns to write: stored; or, while it may succeed and
     tries are left, due again later (back-off); else failed, with the reason."""
@@ -85,8 +88,6 @@ def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
         return {"next_try_at": now + timedelta(seconds=delay), "error": error[:500]}
     return {"state": JobFile.State.FAILED, "error": f"Not kept: {error}"[:500]}
 
-
-_CONTENT_TYPE_LENGTH = JobFile._meta.get_field("content_type").max_length
 
 # The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
 # others keep their value: a settlement never writes a null), if still being copied (an operator may
