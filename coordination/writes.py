@@ -23,16 +23,69 @@ from django.db import connection, models
 # (the jobs trigger, coordination/events/triggers.py, notes them; jq_apply answers with them).
 DELIVERIES_SETTING = "jobqueue.deliveries"
 
+# The coordinator's own tables, each with the column its updates and deletes find rows by: jq_apply has
+# their statements written out, so PL/pgSQL plans each once per connection by itself. A write to any
+# other table (a workflow's execution row), by another column, or of a column these statements do not
+# know (a column added by a migration that did not install jq_apply again) is built as it comes.
+def _written_out():
+    from coordination.models import Job, JobLine, JobQueueCounter, JobQueueLog, JobQueueState
+
+    return ((Job, "job_id"), (JobLine, "job_id"), (JobQueueState, "id"), (JobQueueCounter, "id"), (JobQueueLog, "id"))
+
+
+def _listed(columns) -> str:
+    return ", ".join(f'"{column}"' for column in columns)
+
+
+def _overlaid(columns) -> str:
+    """Each column's new value: the change's where it has one, else the row's own (`t`'s, kept as it is
+    stored: a large value is not written again)."""
+    return ", ".join(f"""CASE WHEN r.value ? '{column}' THEN x."{column}" ELSE t."{column}" END""" for column in columns)
+
+
+def _written_out_sql(target) -> str:
+    """The CASE branches of jq_apply for the tables of _written_out(), as `target` (a connection) types them.
+
+    - insert: taken when the change's columns are every column but an automatic key, in the models'
+      order (Writes.insert's own);
+    - update: every column but the key is set, to the change's value where it has one and to its own
+      otherwise, so one statement serves any set of columns it knows; a column set to its own value
+      changes nothing a trigger sees (each trigger's WHEN compares old and new);
+    - delete: by the key.
+    """
+    branches = []
+    for model, key in _written_out():
+        table, fields = model._meta.db_table, model._meta.concrete_fields
+        inserted = [field.column for field in fields if not isinstance(field, models.AutoField)]
+        kept = [field.column for field in fields if field.column != key and not field.primary_key]
+        key_field = model._meta.get_field(key)
+        # An automatic key's own type (its db_type also says how it is numbered).
+        key_type = key_field.rel_db_type(target) if key_field.primary_key else key_field.db_type(target)
+        found = f"t.{key} = (r.value->>'{key}')::{key_type}"
+        branches.append(f"""
+        ELSIF change->>'op' = 'insert' AND tbl = '{table}' AND change->'columns' = '{json.dumps(inserted)}'::jsonb THEN
+            INSERT INTO {table} ({_listed(inserted)})
+            SELECT {_listed(inserted)} FROM jsonb_populate_recordset(NULL::{table}, change->'rows');
+        ELSIF change->>'op' = 'update' AND tbl = '{table}' AND change->>'key' = '{key}'
+              AND change->'columns' <@ '{json.dumps(kept)}'::jsonb THEN
+            UPDATE {table} t SET ({_listed(kept)}) = (SELECT {_overlaid(kept)} FROM jsonb_populate_record(NULL::{table}, r.value) x)
+            FROM jsonb_array_elements(change->'rows') r WHERE {found};
+        ELSIF change->>'op' = 'delete' AND tbl = '{table}' AND change->>'key' = '{key}' THEN
+            DELETE FROM {table} t USING jsonb_array_elements(change->'rows') r WHERE {found};""")
+    return "".join(branches)
+
+
 APPLY_SQL = """
 CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql
 -- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
 -- "columns" (those written), "rows" (objects of column values)}, run in the order given. Answers with
 -- the ids of the jobs the changes made webhook deliveries for (the jobs trigger notes them).
--- Each statement is prepared once per connection and named after its text (so a new version of this
--- function never runs a connection's older one): planning it anew at every transition cost more than
--- running it. Its plan is generic, and finds each row by its key's index, never by a scan of the
--- table: PostgreSQL takes a set of JSON rows for a hundred, and would otherwise join them against a
--- full scan of a table of a few thousand rows (jobs, its lines).
+-- The coordinator's own tables have their statements written out below (planned once per connection,
+-- as every statement of a PL/pgSQL function is). Any other change's statement is built from its
+-- table and columns, and prepared once per connection, named after its text (so a new version of this
+-- function never runs a connection's older one). Every plan is generic and finds each row by its
+-- key's index, never by a scan of the table: PostgreSQL takes a set of JSON rows for a hundred, and
+-- would otherwise join them against a full scan of a table of a few thousand rows (jobs, its lines).
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
 SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
@@ -46,25 +99,28 @@ BEGIN
     PERFORM set_config('{setting}', '', true);
     FOR change IN SELECT value FROM jsonb_array_elements(changes) LOOP
         tbl := change->>'table';
-        IF change->>'op' = 'insert' THEN
-            SELECT string_agg(quote_ident(c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
-            statement := format('INSERT INTO %I (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%I, $1)',
-                                tbl, cols, cols, tbl);
-        ELSIF change->>'op' = 'update' THEN
-            SELECT string_agg(format('%I = r.%I', c, c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
-            statement := format('UPDATE %I t SET %s FROM jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
-                                tbl, cols, tbl, change->>'key', change->>'key');
+        IF false THEN NULL;{written_out}
         ELSE
-            statement := format('DELETE FROM %I t USING jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
-                                tbl, tbl, change->>'key', change->>'key');
+            IF change->>'op' = 'insert' THEN
+                SELECT string_agg(quote_ident(c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+                statement := format('INSERT INTO %I (%s) SELECT %s FROM jsonb_populate_recordset(NULL::%I, $1)',
+                                    tbl, cols, cols, tbl);
+            ELSIF change->>'op' = 'update' THEN
+                SELECT string_agg(format('%I = r.%I', c, c), ', ') INTO cols FROM jsonb_array_elements_text(change->'columns') c;
+                statement := format('UPDATE %I t SET %s FROM jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                                    tbl, cols, tbl, change->>'key', change->>'key');
+            ELSE
+                statement := format('DELETE FROM %I t USING jsonb_populate_recordset(NULL::%I, $1) r WHERE t.%I = r.%I',
+                                    tbl, tbl, change->>'key', change->>'key');
+            END IF;
+            prepared := 'jq_apply_' || md5(statement);
+            -- A prepared statement outlives a rolled-back transaction, so the session's own list says.
+            IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = prepared) THEN
+                EXECUTE format('PREPARE %I(jsonb) AS %s', prepared, statement);
+            END IF;
+            -- A prepared statement takes its arguments as values only: the rows travel as a literal.
+            EXECUTE format('EXECUTE %I(%L)', prepared, change->'rows');
         END IF;
-        prepared := 'jq_apply_' || md5(statement);
-        -- A prepared statement outlives a rolled-back transaction, so the session's own list says.
-        IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = prepared) THEN
-            EXECUTE format('PREPARE %I(jsonb) AS %s', prepared, statement);
-        END IF;
-        -- A prepared statement takes its arguments as values only: the rows travel as a literal.
-        EXECUTE format('EXECUTE %I(%L)', prepared, change->'rows');
     END LOOP;
     made := current_setting('{setting}', true);
     PERFORM set_config('{setting}', '', true);
@@ -73,10 +129,18 @@ END $$;
 """
 
 
+def apply_sql(target=None) -> str:
+    """jq_apply as `target` (a connection; the default one if None) would be given it now."""
+    target = target if target is not None else connection
+    return APPLY_SQL.replace("{setting}", DELIVERIES_SETTING).replace("{written_out}", _written_out_sql(target))
+
+
 def install(schema_editor=None) -> None:
+    """Create (or replace) jq_apply. Migrations call it; so must one that changes a column of the tables
+    in _written_out() (until then, writes of such a column take the slower way, never a wrong one)."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
-        cursor.execute(APPLY_SQL.replace("{setting}", DELIVERIES_SETTING))
+        cursor.execute(apply_sql(target))
 
 
 def _value(value):

@@ -4,15 +4,19 @@ the lock and reads what its decisions need (queue/snapshot.py) and one write of 
 however many policies a job has.
 And the same decisions when the read holds less than they need (the rest is asked of the database)."""
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from coordination.exceptions import DuplicateJob
 from coordination.models import CapacityGroup, CatalogModel, Job, JobQueueLog
 from coordination.services import (
     capacity_group_save, job_cancel, job_complete, job_report_and_take_next, job_submit,
 )
+from coordination.writes import Writes, install as install_apply
 from tests.helpers import fresh
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -103,18 +107,62 @@ def prepared_statements() -> set[str]:
         return {name for (name,) in cursor.fetchall()}
 
 
-def test_the_write_prepares_each_statement_once_per_connection_and_a_rollback_does_not_undo_that(user):
-    # jq_apply prepares its statements on first use; a PREPARE outlives a rolled-back transaction, so
-    # the write must find it there rather than prepare it again (which PostgreSQL would refuse).
-    job_submit(owner=user, model="flux-dev", prompt="first")
-    assert prepared_statements(), "the write prepared its statements"
-    with pytest.raises(RuntimeError), transaction.atomic():
-        job_submit(owner=user, model="flux-dev", prompt="rolled back")
-        raise RuntimeError("the caller gives up")
+def written(instance, fields) -> None:
+    """`instance`'s `fields` written as the coordinator writes them (jq_apply)."""
+    writes = Writes()
+    writes.update(instance, fields)
+    with connection.cursor() as cursor:
+        writes.flush(cursor)
+
+
+def test_a_transition_prepares_no_statement_its_tables_statements_are_written_out(user, every_policy):
+    first = job_submit(owner=user, model="flux-dev", prompt="first", webhook_url="http://127.0.0.1:9/hook")
+    second = job_submit(owner=user, model="flux-dev", prompt="second", dedupe_key="k", start_by=timezone.now() + timedelta(hours=1))
+    third = job_submit(owner=user, model="flux-dev", prompt="third")
+    job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    job_cancel(job_id=third.job_id, user=user)
+
+    assert prepared_statements() == set()
+    assert [fresh(job).status for job in (first, second, third)] == ["completed", "running", "cancelled"]
+
+
+def test_a_write_to_another_table_prepares_its_statement_once_per_connection_and_a_rollback_does_not_undo_that():
+    # A PREPARE outlives a rolled-back transaction, so the write must find it there rather than
+    # prepare it again (which PostgreSQL would refuse).
+    model = CatalogModel.objects.get(name="flux-dev")
+    model.max_attempts = 2
+    with transaction.atomic():
+        written(model, ["max_attempts"])
     prepared = prepared_statements()
+    assert len(prepared) == 1, "the write prepared its statement"
+    with pytest.raises(RuntimeError), transaction.atomic():
+        model.max_attempts = 3
+        written(model, ["max_attempts"])
+        raise RuntimeError("the caller gives up")
+    model.max_attempts = 4
 
-    second = job_submit(owner=user, model="flux-dev", prompt="second")
+    with transaction.atomic():
+        written(model, ["max_attempts"])
 
-    assert prepared_statements() == prepared, "the same statements again, none prepared anew"
-    assert list(Job.objects.order_by("created_at").values_list("prompt", flat=True)) == ["first", "second"]
-    assert fresh(second).status == "pending"
+    assert prepared_statements() == prepared, "the same statement again, none prepared anew"
+    assert CatalogModel.objects.get(name="flux-dev").max_attempts == 4
+
+
+def test_a_column_the_installed_write_does_not_know_is_still_written(user, monkeypatch):
+    """As after a migration that added a column and did not install jq_apply again: its writes take the
+    general way, never the written-out statement that would leave the column as it was."""
+    job = job_submit(owner=user, model="flux-dev", prompt="first")
+    with monkeypatch.context() as patched:
+        patched.setattr(Job._meta, "concrete_fields",
+                        tuple(field for field in Job._meta.concrete_fields if field.column != "priority"))
+        install_apply()
+    job = fresh(job)
+    job.priority, job.conflict_reason = 7, "told"
+
+    with transaction.atomic():
+        written(job, ["priority"])
+        written(job, ["conflict_reason"])
+
+    assert (fresh(job).priority, fresh(job).conflict_reason) == (7, "told")
+    assert len(prepared_statements()) == 1, "only the write of the unknown column took the general way"
+    install_apply()
