@@ -39,19 +39,9 @@ class Due:
 
 def files_claim(*, limit: int) -> list[Due]:
     """Up to `limit` files due for a copy, held for this copier, with what their copy needs to know
-    of their model (one statement)."""
+    of their model (one statement: jq_files_claim)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""UPDATE job_files AS f SET held_until = now() + %s, tries = f.tries + 1
-               FROM (SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
-                     AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT %s
-                     FOR UPDATE SKIP LOCKED) AS due, jobs AS j
-               WHERE f.id = due.id AND j.job_id = f.job_id
-               RETURNING f.id, f.job_id, f.n, f.source_url, f.content_type, j.model,
-                         (SELECT ARRAY[c.provider_base_url, c.provider_url] FROM model_catalog AS c WHERE c.name = j.model),
-                         f.tries, {webhook_wanted_sql('j', "'files'")}""",
-            [HOLD, limit],
-        )
+        cursor.execute("SELECT * FROM jq_files_claim(%s, %s)", [HOLD, limit])
         return [Due(*row[:6], provider_urls=tuple(row[6] or ("", "")), tries=row[7], files_webhook=row[8])
                 for row in cursor.fetchall()]
 
@@ -89,27 +79,67 @@ def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
     return {"state": JobFile.State.FAILED, "error": f"Not kept: {error}"[:500]}
 
 
-# The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
-# others keep their value: a settlement never writes a null), if still being copied (an operator may
-# have deleted one meanwhile). Their jobs' files are locked together first, every one of them (the
-# aggregate reads them all) in id order: the last of a job's files to settle sees the others' (its
-# job.files event). Found by their keys and their jobs' (never by their state: the planner could walk
-# the partial index of every file being copied, the copier's whole backlog).
-_SETTLE_SQL = """
-WITH locked AS (
-    SELECT coalesce(array_agg(id) FILTER (WHERE state = 'copying'), '{}') AS copying
-    FROM (SELECT id, state FROM job_files WHERE job_id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE) AS files),
-given AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS g(
-    id uuid, state text, storage_name text, size bigint, sha256 text, content_type text, error text,
-    stored_at timestamptz, next_try_at timestamptz))
-UPDATE job_files AS f
-SET held_until = NULL, state = coalesce(g.state, f.state), storage_name = coalesce(g.storage_name, f.storage_name),
-    size = coalesce(g.size, f.size), sha256 = coalesce(g.sha256, f.sha256),
-    content_type = coalesce(g.content_type, f.content_type), error = coalesce(g.error, f.error),
-    stored_at = coalesce(g.stored_at, f.stored_at), next_try_at = coalesce(g.next_try_at, f.next_try_at)
-FROM given AS g, locked AS l
-WHERE f.id = ANY(%s::uuid[]) AND g.id = f.id AND f.id = ANY(l.copying)
+# The copier's two statements are functions, so that PostgreSQL plans each once per connection (planning
+# them cost as much as running them, at every claim and every record), with generic plans that never
+# read through a table or revisit dead index entries (no bitmap scans, see queue/snapshot.py).
+_PLANNED_ONCE = """LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"""
+
+
+def _sql() -> str:
+    return f"""
+-- The files due for a copy, oldest first, held for the calling copier (SKIP LOCKED: two copiers
+-- never take one file), with what their copy needs to know of their model.
+CREATE OR REPLACE FUNCTION jq_files_claim(p_hold interval, p_limit int) RETURNS TABLE (
+    id uuid, job_id uuid, n int, source_url text, content_type text, model text, provider_urls text[],
+    tries int, files_webhook boolean
+) {_PLANNED_ONCE} AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    UPDATE job_files AS f SET held_until = now() + p_hold, tries = f.tries + 1
+    FROM (SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
+          AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT p_limit
+          FOR UPDATE SKIP LOCKED) AS due, jobs AS j
+    WHERE f.id = due.id AND j.job_id = f.job_id
+    RETURNING f.id, f.job_id, f.n, f.source_url::text, f.content_type::text, j.model::text,
+              (SELECT ARRAY[c.provider_base_url, c.provider_url]::text[] FROM model_catalog AS c WHERE c.name = j.model),
+              f.tries::int, {webhook_wanted_sql('j', "'files'")};
+END $$;
+
+-- The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
+-- others keep their value: a settlement never writes a null), if still being copied (an operator may
+-- have deleted one meanwhile). Their jobs' files (`p_jobs`) are locked together first, every one of
+-- them (the aggregate reads them all) in id order: the last of a job's files to settle sees the
+-- others' (its job.files event). Found by their keys (`p_ids`) and their jobs' (never by their state:
+-- the planner could walk the partial index of every file being copied, the copier's whole backlog).
+CREATE OR REPLACE FUNCTION jq_files_settle(p_jobs uuid[], p_given jsonb, p_ids uuid[]) RETURNS void
+{_PLANNED_ONCE} AS $$
+BEGIN
+    WITH locked AS (
+        SELECT coalesce(array_agg(id) FILTER (WHERE state = 'copying'), '{{}}') AS copying
+        FROM (SELECT id, state FROM job_files WHERE job_id = ANY(p_jobs) ORDER BY id FOR UPDATE) AS files),
+    given AS (SELECT * FROM jsonb_to_recordset(p_given) AS g(
+        id uuid, state text, storage_name text, size bigint, sha256 text, content_type text, error text,
+        stored_at timestamptz, next_try_at timestamptz))
+    UPDATE job_files AS f
+    SET held_until = NULL, state = coalesce(g.state, f.state), storage_name = coalesce(g.storage_name, f.storage_name),
+        size = coalesce(g.size, f.size), sha256 = coalesce(g.sha256, f.sha256),
+        content_type = coalesce(g.content_type, f.content_type), error = coalesce(g.error, f.error),
+        stored_at = coalesce(g.stored_at, f.stored_at), next_try_at = coalesce(g.next_try_at, f.next_try_at)
+    FROM given AS g, locked AS l
+    WHERE f.id = ANY(p_ids) AND g.id = f.id AND f.id = ANY(l.copying);
+END $$;
 """
+
+
+def install(schema_editor=None) -> None:
+    """Create (or replace) the copier's functions; migration 0039 calls it, and so must a migration
+    that changes a column they read or write."""
+    target = schema_editor.connection if schema_editor is not None else connection
+    with target.cursor() as cursor:
+        cursor.execute(_sql())
 
 
 def files_settle(copies: list[tuple[Due, Copied | Exception]]) -> None:
@@ -128,8 +158,8 @@ def files_settle(copies: list[tuple[Due, Copied | Exception]]) -> None:
             for due, outcome in now_settled:
                 rows.append({"id": str(due.id), **settlement(due, outcome, now=now)})
                 settled_for_good |= due.files_webhook and rows[-1].get("state") in (JobFile.State.STORED, JobFile.State.FAILED)
-            cursor.execute(_SETTLE_SQL, [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str),
-                                         [row["id"] for row in rows]])
+            cursor.execute("SELECT jq_files_settle(%s::uuid[], %s::jsonb, %s::uuid[])",
+                           [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str), [row["id"] for row in rows]])
             waiting = later
     if settled_for_good:
         transaction.on_commit(webhooks_wake)

@@ -278,7 +278,7 @@ def test_copies_that_ended_together_are_recorded_in_one_statement_and_a_job_with
     with CaptureQueriesContext(connection) as statements:
         files_settle(copies)
 
-    settles = [query for query in statements.captured_queries if "UPDATE job_files" in query["sql"]]
+    settles = [query for query in statements.captured_queries if "jq_files_settle(" in query["sql"]]
     assert len(settles) == 2  # three jobs' files, then the second of the first job's
     assert JobFile.objects.filter(job_id__in=jobs, state="stored").count() == 4
     assert [JobEvent.objects.filter(job_id=job_id, event="files").count() for job_id in jobs] == [1, 1, 1]
