@@ -29,19 +29,11 @@ HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
 def _lease_renew(*, job_id, attempt: int, now) -> bool:
     """Renew the attempt's lease; False if it is no longer current. One UPDATE written as SQL: it runs
     once per job on the hot path (a hand-off's confirmation), where building the ORM update cost more
-    than the round trip.
-
-    Committed without waiting for the disk (synchronous_commit off, for this statement's own
-    transaction only): should the database crash before the write reaches it, what is lost is the
-    confirmation alone, and the reaper then does what it does for a worker that died before
-    confirming: it sends the job again without using an attempt. The worker's report, committed the
-    usual way, takes the confirmation to disk with it."""
-    # Inside a caller's transaction the setting would hold for all of it: then the usual commit.
-    unwaited = "" if connection.in_atomic_block else " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+    than the round trip."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s "
-            f"WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt = %s{unwaited}",
+            "WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt = %s",
             [now, now + timedelta(seconds=lease_seconds()), Job._meta.pk.get_db_prep_value(job_id, connection),
              Job.Status.RUNNING, attempt, attempt],
         )

@@ -4,7 +4,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connections, transaction
+from django.db import connections
 from django.utils import timezone
 
 from coordination.exceptions import StaleAttempt
@@ -31,27 +31,6 @@ def lapse(job: Job, seconds: int = 60) -> None:
     Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=seconds))
 
 
-
-
-def synchronous_commit() -> str:
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT current_setting('synchronous_commit')")
-        return cursor.fetchone()[0]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_confirmation_commits_without_waiting_for_the_disk_only_in_a_transaction_of_its_own(user):
-    """The hand-off's confirmation may be lost in a crash (the reaper then sends the job again without
-    using an attempt), so it does not wait for the disk; a caller's transaction around it must."""
-    job = submit(user)
-    job_claim(job_id=job.job_id, attempt=1)
-
-    assert job_heartbeat(job_id=job.job_id, attempt=1, look_for_cancel=False) == HEARTBEAT_OK
-    assert synchronous_commit() == "on", "the setting lasted beyond the confirmation's own transaction"
-    with transaction.atomic():
-        assert job_heartbeat(job_id=job.job_id, attempt=1, look_for_cancel=False) == HEARTBEAT_OK
-        assert synchronous_commit() == "on", "the caller's transaction would commit without waiting for the disk"
-    assert fresh(job).heartbeat_at is not None
 
 
 def test_a_lapsed_lease_fails_the_job_frees_its_model_and_starts_the_next(user):
