@@ -105,16 +105,12 @@ PASS_ROUNDS = 12
 # Claims the due deliveries, each its job's earliest pending one (a later event waits for an earlier
 # one, which another sender may be sending: its claim moved its next try, not its state), by moving
 # their next try IN_FLIGHT ahead. SKIP LOCKED: two senders claim different rows, never one twice.
-# An earlier pending event is looked for among its job's own rows (`e.state = c.state`, which is
-# 'pending', keeps the partial index of every pending delivery out of that probe: with statistics
-# from before a backlog, the planner walked that index once per candidate, a claim that grew with the
-# square of the backlog until the table was analyzed).
 _CLAIM_SQL = """
 UPDATE webhook_deliveries AS d SET next_attempt_at = %(until)s
 FROM (
     SELECT c.id FROM webhook_deliveries AS c
     WHERE c.state = 'pending' AND c.next_attempt_at <= %(now)s {only}
-      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = c.state AND e.id < c.id)
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
     ORDER BY c.next_attempt_at, c.id LIMIT %(limit)s
     FOR UPDATE OF c SKIP LOCKED
 ) AS due

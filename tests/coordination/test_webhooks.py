@@ -18,7 +18,7 @@ from coordination.models import Job, WebhookDelivery
 from coordination.services import job_cancel, job_complete
 from coordination.webhook_targets import webhooks_wake
 from coordination.webhook_transport import kept_close, post
-from coordination.webhooks import _CLAIM_SQL, UnsafeUrl, deliver_due, deliver_job, secret_get, secret_rotate, url_check
+from coordination.webhooks import UnsafeUrl, deliver_due, deliver_job, secret_get, secret_rotate, url_check
 from tests.helpers import at_once, fresh, submit
 
 pytestmark = pytest.mark.django_db
@@ -547,32 +547,3 @@ def test_a_send_that_outlasted_its_claim_leaves_the_delivery_to_the_sender_that_
     delivery = WebhookDelivery.objects.get(job=job)
     assert delivery.state == WebhookDelivery.State.PENDING and delivery.attempts == 0
     assert delivery.next_attempt_at == later + IN_FLIGHT and not delivery.attempt_rows.exists()
-
-
-def plan_nodes(node: dict):
-    yield node
-    for child in node.get("Plans", ()):
-        yield from plan_nodes(child)
-
-
-def test_a_backlog_the_statistics_do_not_know_yet_is_claimed_reading_the_pending_index_once(user):
-    """A receiver down for a while leaves deliveries pending faster than the table is analyzed. The claim
-    skips a delivery while an earlier one of its job is pending: that is asked of the job's own rows,
-    never of the index of every pending delivery once per candidate (a claim that grew with the square
-    of the backlog: 58 ms for 600, measured)."""
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE webhook_deliveries")  # while it holds none
-    jobs = [submit(user) for _ in range(3)]
-    now = timezone.now()
-    WebhookDelivery.objects.bulk_create([
-        WebhookDelivery(webhook_id=f"msg_backlog_{n}", job_id=jobs[n % 3].job_id, event_type="job.completed",
-                        url="https://example.com/hook", state=WebhookDelivery.State.PENDING, next_attempt_at=now)
-        for n in range(600)
-    ])
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + _CLAIM_SQL.format(only=""),
-                       {"until": now + timedelta(minutes=1), "now": now, "limit": 8, "job_id": None, "jobs": None})
-        (plan,) = cursor.fetchone()
-
-    pending_index_reads = [node for node in plan_nodes(plan[0]["Plan"]) if node.get("Index Name") == "webhook_deliveries_due_idx"]
-    assert len(pending_index_reads) == 1, "the candidates are read from it; their jobs' earlier events are not"
