@@ -38,7 +38,7 @@ UNKNOWN = object()  # a view's answer when what it read does not tell
 
 
 def from_row(row: dict, model_class=Job):
-    """An instance of `model_class` from a `to_jsonb(row)`: its fields as Django would read them."""
+    """An instance of `model_class` from a row as JSON (`json_agg` of rows): its fields as Django would read them."""
     values = {}
     for concrete in model_class._meta.concrete_fields:
         value = row.get(concrete.column)
@@ -167,7 +167,7 @@ DECLARE
 BEGIN
     IF p_lock THEN
         -- The coordinator lock: every slot row, in id order (two coordinators never deadlock).
-        SELECT json_agg(to_jsonb(s)) INTO locked FROM (SELECT * FROM {slots} ORDER BY id FOR UPDATE) s;
+        SELECT json_agg(s) INTO locked FROM (SELECT * FROM {slots} ORDER BY id FOR UPDATE) s;
     END IF;
     WITH
     -- The waiting jobs with the earliest start-by deadlines (the caller sees which have passed).
@@ -215,12 +215,14 @@ BEGIN
               AND dedupe_key = ANY(p_keys) AND status IN ('pending', 'running'))
     SELECT json_build_array(
         -- Each job once, each one probe of the primary key (LIMIT keeps the planner from joining instead).
-        (SELECT json_agg(to_jsonb(j)) FROM (
+        -- Rows go out as JSON objects straight from their columns (json_agg of the row): to_jsonb
+        -- built each as jsonb first, sorting its keys, and then wrote it out again.
+        (SELECT json_agg(j) FROM (
             SELECT job_id FROM {jobs} WHERE status = 'running' UNION SELECT unnest(p_ending)
             UNION SELECT job_id FROM due UNION SELECT job_id FROM gl UNION SELECT job_id FROM ml
             UNION SELECT job_id FROM waiters UNION SELECT job_id FROM probes UNION SELECT job_id FROM twins) wanted
          CROSS JOIN LATERAL (SELECT * FROM {jobs} WHERE job_id = wanted.job_id LIMIT 1) j),
-        (SELECT json_agg(to_jsonb(c)) FROM {catalog} c),
+        (SELECT json_agg(c) FROM {catalog} c),
         (SELECT json_agg(json_build_array(g.name, g.capacity, c.name)) FROM {members} m
          JOIN {groups} g ON g.id = m.capacitygroup_id JOIN {catalog} c ON c.id = m.catalogmodel_id),
         (SELECT pending FROM {counter} WHERE id = 1),
