@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 
+import orjson
 from django.db import connection, models
 from django.utils.dateparse import parse_datetime
 
@@ -341,8 +342,9 @@ class Snapshot:
             [arrival.dedupe_key for arrival in arriving if arrival.dedupe_key], owner_limit,
         ]
         with connection.cursor() as cursor:
+            # As text, parsed by orjson (the standard library's parser took several times as long).
             cursor.execute(
-                "SELECT jq_snapshot(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[], %s, %s::text[], %s)", params
+                "SELECT jq_snapshot(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[], %s, %s::text[], %s)::text", params
             )
             (answer,) = cursor.fetchone()
-        return cls(answer, window=window)
+        return cls(orjson.loads(answer), window=window)

@@ -78,6 +78,25 @@ def test_completing_the_last_job_frees_the_slot(coordinator_log, user):
     assert "[COORDINATOR] No queued jobs" in coordinator_lines(coordinator_log)
 
 
+def test_a_result_is_kept_as_json_would_keep_it_whatever_its_values(user):
+    """The write's JSON is orjson's; what it refuses (an integer beyond 64 bits) still goes through."""
+    job = submit(user)
+    result = {"seed": 2**70, 7: "a key that is not a string", "when": "2026-12-07T15:00:00+00:00", "score": 0.1}
+
+    job_complete(job_id=job.job_id, attempt=1, result=result)
+
+    assert fresh(job).result == {"seed": 2**70, "7": "a key that is not a string", "when": "2026-12-07T15:00:00+00:00",
+                                 "score": 0.1}
+
+
+def test_a_result_with_a_key_that_is_not_a_string_is_kept_as_json_would_keep_it(user):
+    job = submit(user)
+
+    job_complete(job_id=job.job_id, attempt=1, result={1: "one", None: "none", "n": 2**63 - 1})
+
+    assert fresh(job).result == {"1": "one", "null": "none", "n": 2**63 - 1}
+
+
 def test_guide_test_2_the_normal_job_starts_when_the_workflow_completes(user):
     workflow = execute_workflow(user)
     normal = submit(user, prompt="A cinematic video")
