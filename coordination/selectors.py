@@ -4,6 +4,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+import orjson
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
@@ -18,6 +19,7 @@ from coordination.queue.fair import fair_ahead_many
 from coordination.queue import LINE_ORDER, ahead_of, line, line_position, stale_waiting
 from coordination.queue.lines import count_ahead, model_line, passing
 from coordination.queue.reconcile import differences, running_jobs
+from coordination.queue.snapshot import from_row
 from coordination.queue.attempts import catalog_timeouts
 
 LINE_PREVIEW = 20  # jobs listed per line in a preview
@@ -51,6 +53,51 @@ def with_runs(jobs: QuerySet[Job], *, runs: bool = True) -> QuerySet[Job]:
         Prefetch("provider_runs", queryset=in_flight, to_attr="runs_in_flight"),
         Prefetch("files", queryset=JobFile.objects.order_by("n"), to_attr="files_kept"),
     )
+
+
+def _shown_sql() -> str:
+    jobs, files, runs = Job._meta.db_table, JobFile._meta.db_table, ProviderRun._meta.db_table
+    execution = Job._meta.get_field("workflow_execution").related_model
+    retry_of = Job._meta.get_field("retry_of").column
+    return f"""
+SELECT json_agg(json_build_array(
+    j,
+    ARRAY(SELECT r.job_id FROM {jobs} AS r WHERE r.{retry_of} = j.job_id ORDER BY r.created_at, r.job_id),
+    (SELECT w FROM {execution._meta.db_table} AS w WHERE w.{execution._meta.get_field("job").column} = j.job_id),
+    (SELECT json_agg(f ORDER BY f.n) FROM {files} AS f WHERE f.{JobFile._meta.get_field("job").column} = j.job_id),
+    CASE WHEN %(runs)s THEN (SELECT json_agg(p ORDER BY p.id) FROM {runs} AS p
+                              WHERE p.{ProviderRun._meta.get_field("job").column} = j.job_id AND p.state = %(in_flight)s) END
+))::text
+FROM {jobs} AS j WHERE j.job_id = ANY(%(ids)s::uuid[])"""
+
+
+_SHOWN_SQL: list[str] = []
+
+
+def jobs_shown(job_ids, *, runs: bool = True) -> dict:
+    """The jobs `job_ids`, by id, with_runs's way (their retries, their workflow's execution, their kept
+    files and, with `runs`, their runs in flight at a provider), in one statement that is built once:
+    what a batch of webhooks and the live streams render, many times a second. Building and compiling
+    with_runs's querysets took about 4 ms of CPU a call, for any number of jobs; a test holds the two
+    to the same JSON of every job."""
+    if not _SHOWN_SQL:
+        _SHOWN_SQL.append(_shown_sql())
+    ids = sorted({str(job_id) for job_id in job_ids})
+    if not ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_SHOWN_SQL[0], {"runs": runs, "in_flight": ProviderRun.State.IN_FLIGHT, "ids": ids})
+        (answer,) = cursor.fetchone()
+    execution = Job._meta.get_field("workflow_execution")
+    shown = {}
+    for row, retried, workflow, files, in_flight in orjson.loads(answer) if answer else ():
+        job = from_row(row)
+        job.retried_ids = [uuid.UUID(job_id) for job_id in retried]
+        execution.set_cached_value(job, from_row(workflow, execution.related_model) if workflow else None)
+        job.files_kept = [from_row(file, JobFile) for file in files or ()]
+        job.runs_in_flight = [from_row(run, ProviderRun) for run in in_flight or ()]
+        shown[job.job_id] = job
+    return shown
 
 
 def run_at_provider(job: Job, runs) -> ProviderRun | None:

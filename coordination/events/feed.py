@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 from coordination.api.serializers import AtProviderSerializer, JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
 from coordination.models import CatalogModel, Job, JobEvent
-from coordination.selectors import job_queue_positions, with_runs
+from coordination.selectors import job_queue_positions, jobs_shown
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
@@ -61,9 +61,9 @@ def rows_after(after: int, *, also=(), job_id=None, limit: int | None = None) ->
 
 
 def jobs_by_id(job_ids, *, runs: bool = True) -> dict:
-    """The jobs, with all the API shows of them read in three queries whatever their number
-    (selectors.with_runs); `runs` False: without their runs at a provider, in two."""
-    return with_runs(Job.objects.select_related("workflow_execution"), runs=runs).in_bulk(list(job_ids))
+    """The jobs, with all the API shows of them, in one statement whatever their number
+    (selectors.jobs_shown); `runs` False: without their runs at a provider."""
+    return jobs_shown(job_ids, runs=runs)
 
 
 def positions(job_ids) -> dict:
