@@ -39,20 +39,30 @@ UNKNOWN = object()  # a view's answer when what it read does not tell
 
 
 def from_row(row: dict, model_class=Job):
-    """An instance of `model_class` from a row as JSON (`json_agg` of rows): its fields as Django would read them."""
-    values = {}
-    for concrete in model_class._meta.concrete_fields:
-        value = row.get(concrete.column)
-        if value is not None:
-            if isinstance(concrete, models.DateTimeField):
-                value = parse_datetime(value)
-            elif isinstance(concrete, models.UUIDField):
-                value = uuid.UUID(value)
-        values[concrete.attname] = value
-    instance = model_class(**values)
-    instance._state.adding = False
-    instance._state.db = connection.alias
-    return instance
+    """An instance of `model_class` from a row as JSON (`json_agg` of rows): its fields as Django would
+    read them, the instance made as Django makes the rows it reads (Model.from_db)."""
+    values = []
+    for column, convert in _readers(model_class):
+        value = row.get(column)
+        values.append(value if value is None or convert is None else convert(value))
+    return model_class.from_db(connection.alias, None, values)
+
+
+_READERS: dict = {}
+
+
+def _readers(model_class) -> list:
+    """Each concrete field's column, and what makes its JSON value its Python value (None: nothing),
+    in the fields' order; made again should the model's fields change (a test may change them)."""
+    fields = model_class._meta.concrete_fields
+    made = _READERS.get(model_class)
+    if made is None or made[0] is not fields:
+        made = _READERS[model_class] = (fields, [
+            (field.column, parse_datetime if isinstance(field, models.DateTimeField)
+             else uuid.UUID if isinstance(field, models.UUIDField) else None)
+            for field in fields
+        ])
+    return made[1]
 
 
 def after_all_of(priority: int) -> tuple:
