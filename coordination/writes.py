@@ -76,7 +76,13 @@ def _written_out_sql(target) -> str:
     return "".join(branches)
 
 
-APPLY_SQL = """
+# How the coordinator's writing functions are planned (jq_apply here, the copier's in outputs/store.py):
+# generic plans, made once per connection, that find each row by an index, never by reading a table
+# through or joining it by hash or merge, and are never worth compiling.
+PLANNED_ONCE = """SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"""
+
+_APPLY_SQL = """
 CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql
 -- Each change: {"op": insert | update | delete, "table", "key" (the column rows are found by),
 -- "columns" (those written), "rows" (objects of column values)}, run in the order given. Answers with
@@ -87,8 +93,7 @@ CREATE OR REPLACE FUNCTION jq_apply(changes jsonb) RETURNS text LANGUAGE plpgsql
 -- function never runs a connection's older one). Every plan is generic and finds each row by its
 -- key's index, never by a scan of the table: PostgreSQL takes a set of JSON rows for a hundred, and
 -- would otherwise join them against a full scan of a table of a few thousand rows (jobs, its lines).
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
-SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+{planned_once} AS $$
 DECLARE
     change jsonb;
     tbl text;
@@ -130,10 +135,10 @@ END $$;
 """
 
 
-def apply_sql(target=None) -> str:
-    """jq_apply as `target` (a connection; the default one if None) would be given it now."""
-    target = target if target is not None else connection
-    return APPLY_SQL.replace("{setting}", DELIVERIES_SETTING).replace("{written_out}", _written_out_sql(target))
+def _apply_sql(target) -> str:
+    """jq_apply as `target` (a connection) would be given it now."""
+    return (_APPLY_SQL.replace("{setting}", DELIVERIES_SETTING).replace("{planned_once}", PLANNED_ONCE)
+            .replace("{written_out}", _written_out_sql(target)))
 
 
 def install(schema_editor=None) -> None:
@@ -141,7 +146,7 @@ def install(schema_editor=None) -> None:
     in _written_out() (until then, writes of such a column take the slower way, never a wrong one)."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
-        cursor.execute(apply_sql(target))
+        cursor.execute(_apply_sql(target))
 
 
 def _value(value):

@@ -15,6 +15,7 @@ from coordination.events.triggers import webhook_wanted_sql
 from coordination.models import CatalogModel, InputFile, JobFile
 from coordination.outputs.copy import Copied, CopyFailed
 from coordination.webhook_targets import webhooks_wake
+from coordination.writes import PLANNED_ONCE
 
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
 BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
@@ -82,9 +83,7 @@ def settlement(due: Due, outcome: Copied | Exception, *, now) -> dict:
 # The copier's two statements are functions, so that PostgreSQL plans each once per connection (planning
 # them cost as much as running them, at every claim and every record), with generic plans that never
 # read through a table or revisit dead index entries (no bitmap scans, see queue/snapshot.py).
-_PLANNED_ONCE = """LANGUAGE plpgsql VOLATILE
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
-SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"""
+_PLANNED_ONCE = f"LANGUAGE plpgsql VOLATILE\n{PLANNED_ONCE}"
 
 
 def _sql() -> str:
