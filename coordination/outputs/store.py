@@ -3,6 +3,7 @@ that a copier that died leaves them to another), record how each copy went, and 
 expires the old ones (jobs' files) or deletes them (users' own input files)."""
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,6 +18,8 @@ from coordination.outputs.copy import Copied, CopyFailed
 from coordination.webhook_targets import webhooks_wake
 from coordination.writes import PLANNED_ONCE
 
+logger = logging.getLogger(__name__)
+
 HOLD = timedelta(minutes=10)  # a claimed file is another copier's after this (its copier died)
 BACKOFF = (5, 30, 120, 600)  # seconds before the next try of a copy that may succeed later
 
@@ -30,7 +33,10 @@ class Due:
     content_type: str
     model: str
     provider_urls: tuple = ("", "")  # the model's provider_base_url and provider_url, read with the claim
-    tries: int = 1  # this one included
+    # Its claims so far, this one included: which claim it is. How its copy went is recorded only while
+    # it is still the file's last claim (a copier that outlasted its hold, the file claimed again since
+    # by another, records nothing).
+    tries: int = 1
     files_webhook: bool = False  # its job wants a webhook once its files are kept (job.files)
 
     @property
@@ -109,26 +115,31 @@ END $$;
 
 -- The copier lets go of the files it held, each with what its copy came to (settlement's columns; the
 -- others keep their value: a settlement never writes a null), if still being copied (an operator may
--- have deleted one meanwhile). Their jobs' files (`p_jobs`) are locked together first, every one of
--- them (the aggregate reads them all) in id order: the last of a job's files to settle sees the
--- others' (its job.files event). Found by their keys (`p_ids`) and their jobs' (never by their state:
--- the planner could walk the partial index of every file being copied, the copier's whole backlog).
-CREATE OR REPLACE FUNCTION jq_files_settle(p_jobs uuid[], p_given jsonb, p_ids uuid[]) RETURNS void
+-- have deleted one meanwhile) and still held by the claim that copied it (its tries: another copier
+-- may have claimed it again once that claim's hold lapsed); answers with the files it settled. Their
+-- jobs' files (`p_jobs`) are locked together first, every one of them (the aggregate reads them all)
+-- in id order: the last of a job's files to settle sees the others' (its job.files event). Found by
+-- their keys (`p_ids`) and their jobs' (never by their state: the planner could walk the partial
+-- index of every file being copied, the copier's whole backlog).
+DROP FUNCTION IF EXISTS jq_files_settle(uuid[], jsonb, uuid[]);
+CREATE FUNCTION jq_files_settle(p_jobs uuid[], p_given jsonb, p_ids uuid[]) RETURNS SETOF uuid
 {_PLANNED_ONCE} AS $$
 BEGIN
+    RETURN QUERY
     WITH locked AS (
         SELECT coalesce(array_agg(id) FILTER (WHERE state = 'copying'), '{{}}') AS copying
         FROM (SELECT id, state FROM job_files WHERE job_id = ANY(p_jobs) ORDER BY id FOR UPDATE) AS files),
     given AS (SELECT * FROM jsonb_to_recordset(p_given) AS g(
         id uuid, state text, storage_name text, size bigint, sha256 text, content_type text, error text,
-        stored_at timestamptz, next_try_at timestamptz))
+        stored_at timestamptz, next_try_at timestamptz, tries int))
     UPDATE job_files AS f
     SET held_until = NULL, state = coalesce(g.state, f.state), storage_name = coalesce(g.storage_name, f.storage_name),
         size = coalesce(g.size, f.size), sha256 = coalesce(g.sha256, f.sha256),
         content_type = coalesce(g.content_type, f.content_type), error = coalesce(g.error, f.error),
         stored_at = coalesce(g.stored_at, f.stored_at), next_try_at = coalesce(g.next_try_at, f.next_try_at)
     FROM given AS g, locked AS l
-    WHERE f.id = ANY(p_ids) AND g.id = f.id AND f.id = ANY(l.copying);
+    WHERE f.id = ANY(p_ids) AND g.id = f.id AND f.id = ANY(l.copying) AND f.tries = g.tries
+    RETURNING f.id;
 END $$;
 """
 
@@ -144,22 +155,34 @@ def install(schema_editor=None) -> None:
 def files_settle(copies: list[tuple[Due, Copied | Exception]]) -> None:
     """Record how each copy went: one statement for files of different jobs (two files of one job
     settle one after the other, so that only the last is its job's job.files event). A file that
-    settled for good, of a job that wants its job.files webhook, wakes the sender once recorded."""
+    settled for good, of a job that wants its job.files webhook, wakes the sender once recorded.
+
+    A copy that may not be recorded (its hold lapsed and another copier claimed the file since, or an
+    operator deleted the file meanwhile) is deleted from storage again: nothing names it."""
     now = timezone.now()
-    waiting, settled_for_good = list(copies), False
+    waiting, settled_for_good, unrecorded = list(copies), False, []
     with connection.cursor() as cursor:
         while waiting:
             jobs, now_settled, later = set(), [], []
             for due, outcome in waiting:
                 (later if due.job_id in jobs else now_settled).append((due, outcome))
                 jobs.add(due.job_id)
-            rows = []
-            for due, outcome in now_settled:
-                rows.append({"id": str(due.id), **settlement(due, outcome, now=now)})
-                settled_for_good |= due.files_webhook and rows[-1].get("state") in (JobFile.State.STORED, JobFile.State.FAILED)
+            rows = [{"id": str(due.id), "tries": due.tries, **settlement(due, outcome, now=now)}
+                    for due, outcome in now_settled]
             cursor.execute("SELECT jq_files_settle(%s::uuid[], %s::jsonb, %s::uuid[])",
                            [sorted(str(job_id) for job_id in jobs), json.dumps(rows, default=str), [row["id"] for row in rows]])
+            settled = {str(file_id) for (file_id,) in cursor.fetchall()}
+            for (due, outcome), row in zip(now_settled, rows):
+                if row["id"] not in settled:
+                    unrecorded.append((due, outcome))
+                elif due.files_webhook and row.get("state") in (JobFile.State.STORED, JobFile.State.FAILED):
+                    settled_for_good = True
             waiting = later
+    for due, outcome in unrecorded:
+        logger.warning("Copier: file %s of job %s was copied, but not recorded: another copier took it once its "
+                       "hold lapsed, or it was deleted meanwhile", due.n, due.job_id)
+        if isinstance(outcome, Copied):
+            default_storage.delete(outcome.storage_name)
     if settled_for_good:
         transaction.on_commit(webhooks_wake)
 

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.files.storage import default_storage
 from django.test import Client
 from django.utils import timezone
 
@@ -193,7 +194,7 @@ def test_a_completion_and_its_files_copy_read_its_own_files_however_many_others_
 
     mine = JobFile.objects.get(job_id=job_id)
     before = _job_files_rows_read()
-    copy_one(Due(mine.id, mine.job_id, mine.n, mine.source_url, mine.content_type, "flux-dev"))
+    copy_one(Due(mine.id, mine.job_id, mine.n, mine.source_url, mine.content_type, "flux-dev", tries=mine.tries))
     assert _job_files_rows_read() - before < 10
     assert JobFile.objects.get(pk=mine.pk).state == "stored"
     assert JobEvent.objects.filter(job_id=job_id, event="files").exists()
@@ -206,6 +207,27 @@ def test_a_stopping_copier_gives_up_a_copy_under_way_and_the_file_is_tried_again
     row = JobFile.objects.get(job_id=job_id)
     assert (row.state, row.held_until) == ("copying", None) and row.next_try_at > timezone.now()
     assert "stopped" in row.error
+
+
+def test_a_copy_that_outlasted_its_hold_records_nothing_over_the_copier_that_claimed_the_file_since(api):
+    job_id = completed(api)
+    [first] = claim(10)
+    # Its copier stalled past its hold (paused, or a slow download): the file is due again, and another takes it.
+    JobFile.objects.filter(pk=first.id).update(held_until=timezone.now() - timedelta(seconds=1))
+    [second] = claim(10)
+    assert (second.id, second.tries) == (first.id, 2)
+
+    copy_one(first)  # the first copier comes back and records what its copy came to
+
+    row = JobFile.objects.get(pk=first.id)
+    assert (row.state, row.storage_name, row.tries) == ("copying", "", 2) and row.held_until is not None
+    assert default_storage.listdir(f"outputs/{job_id}")[1] == []  # its copy is not left in storage, unnamed
+
+    copy_one(second)
+
+    row = JobFile.objects.get(pk=first.id)
+    assert row.state == "stored" and row.held_until is None
+    assert default_storage.listdir(f"outputs/{job_id}")[1] == [row.storage_name.rsplit("/", 1)[1]]
 
 
 def copier_connections_until(done) -> int:
