@@ -41,6 +41,7 @@ from standardwebhooks.webhooks import Webhook
 from coordination.events import feed
 from coordination.exceptions import InvalidJob
 from coordination.models import Job, WebhookDelivery, WebhookSecret
+from coordination.selectors import jobs_shown
 from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_sender_register, webhooks_wake
 from coordination.webhook_transport import post
 
@@ -191,7 +192,7 @@ def _send(batch: list[WebhookDelivery], *, now: datetime) -> int:
     every outcome. A delivery that cannot be rendered, checked or signed is a failed try like any other."""
     unrendered = [delivery for delivery in batch if delivery.payload is None]
     # A body shows no run at a provider (_payload): none is read.
-    jobs = feed.jobs_by_id({delivery.job_id for delivery in unrendered}, runs=False) if unrendered else {}
+    jobs = jobs_shown({delivery.job_id for delivery in unrendered}, runs=False) if unrendered else {}
     signers = _signers({delivery.owner_id for delivery in batch} - {None})
     checked: dict[str, list[str] | Exception] = {}
     requests, rendered = [], []

@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 from coordination.api.serializers import AtProviderSerializer, JobSerializer
 from coordination.events.triggers import STATE_COLUMNS, STEP_COLUMNS
 from coordination.models import CatalogModel, Job, JobEvent
-from coordination.selectors import job_queue_positions, jobs_shown
+from coordination.selectors import job_queue_positions
 
 # The events after which a job changes no more (the stream ends, a wait is over).
 ENDS = frozenset(Job.FINISHED)
@@ -58,12 +58,6 @@ def rows_after(after: int, *, also=(), job_id=None, limit: int | None = None) ->
         rows = rows.filter(job_id=job_id)
     rows = rows.order_by("id")
     return list(rows[:limit] if limit else rows)
-
-
-def jobs_by_id(job_ids, *, runs: bool = True) -> dict:
-    """The jobs, with all the API shows of them, in one statement whatever their number
-    (selectors.jobs_shown); `runs` False: without their runs at a provider."""
-    return jobs_shown(job_ids, runs=runs)
 
 
 def positions(job_ids) -> dict:

@@ -27,6 +27,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from coordination.events import feed
 from coordination.events.triggers import CHANNEL
+from coordination.selectors import jobs_shown
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ class Hub:
         if not wanted:
             return
         rendered = {row.job_id for row in wanted if everyone or any(s.render for s in by_job[row.job_id])}
-        jobs = feed.jobs_by_id(rendered)
+        jobs = jobs_shown(rendered)
         places = feed.positions([row.job_id for row in wanted if row.job_id in jobs and row.state.get("status") == "pending"])
         woken = []
         for row in wanted:

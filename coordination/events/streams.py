@@ -15,6 +15,7 @@ from django.conf import settings
 from coordination.events import feed
 from coordination.events.hub import Item, Subscription, encode, hub, item_of
 from coordination.models import Job, JobEvent, JobFile
+from coordination.selectors import jobs_shown
 
 KEEPALIVE = b": keepalive\n\n"  # every COORDINATOR_EVENTS_KEEPALIVE seconds of quiet
 REPLAY_LIMIT = 1000  # /queue/events: events resent after a reconnect, at most
@@ -162,7 +163,7 @@ def queue_stream_open(opening: _Opening, resume: Resume | None, status) -> tuple
     if missed is None or len(missed) > REPLAY_LIMIT:
         first, missed = [Item(str(newest), "queue.status", encode(status()), False)], []
     else:
-        jobs = feed.jobs_by_id({row.job_id for row in missed})
+        jobs = jobs_shown({row.job_id for row in missed})
         places = feed.positions([row.job_id for row in missed if row.state.get("status") == "pending"])
         first = [item_of(row, jobs[row.job_id], places.get(row.job_id)) for row in missed if row.job_id in jobs]
     subscription.begin(first, {row.id for row in missed})
