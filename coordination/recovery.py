@@ -26,36 +26,16 @@ logger = logging.getLogger("job_coordinator")
 HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_LOST = "ok", "cancel", "lost"
 
 
-def _lease_renew(*, job_id, attempt: int, now) -> bool:
-    """Renew the attempt's lease; False if it is no longer current. One UPDATE written as SQL: it runs
-    once per job on the hot path (a hand-off's confirmation), where building the ORM update cost more
-    than the round trip."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Job._meta.db_table} SET heartbeat_at = %s, lease_expires_at = %s "
-            "WHERE job_id = %s AND status = %s AND attempt = %s AND claimed_attempt = %s",
-            [now, now + timedelta(seconds=lease_seconds()), Job._meta.pk.get_db_prep_value(job_id, connection),
-             Job.Status.RUNNING, attempt, attempt],
-        )
-        return cursor.rowcount == 1
-
-
-def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = True, look_for_cancel: bool = True) -> str:
-    """Renew the attempt's lease (no coordinator lock: it touches only this row, fenced by attempt).
+def job_heartbeat(*, job_id, attempt: int, renew: bool = True) -> str:
+    """One attempt's look (leases_look), its lease renewed unless `renew` is False (no coordinator
+    lock: it touches only this row, fenced by attempt), and a lost attempt's refusal audited.
 
     Returns "ok", "cancel" (an operator or the owner asked it to stop) or "lost" (the attempt is no
     longer current: the reaper or an operator ended it; the worker must stop and report nothing).
     """
-    def fenced():  # built only when asked for: the hand-off's confirmation needs none of it
-        return Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempt=attempt, claimed_attempt=attempt)
-
-    if renew:
-        alive = _lease_renew(job_id=job_id, attempt=attempt, now=timezone.now())
-    else:
-        alive = fenced().exists()
-    if not alive:
-        if not audit:  # the worker's own report may just have ended it: nothing to record
-            return HEARTBEAT_LOST
+    key = (job_id, attempt)
+    state = leases_look(watched=[key], renew=[key] if renew else [])[key]
+    if state == HEARTBEAT_LOST:
         job = Job.objects.filter(pk=job_id).only("job_id", "kind", "status", "attempt").first()
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.REFUSED,
@@ -64,15 +44,12 @@ def job_heartbeat(*, job_id, attempt: int, renew: bool = True, audit: bool = Tru
                      "status": job.status if job else None, "attempt": job.attempt if job else None},
         )
         logger.warning("[COORDINATOR] Refused heartbeat of job %s attempt %s: the attempt is no longer current", job_id, attempt)
-        return HEARTBEAT_LOST
-    if look_for_cancel and fenced().filter(cancel_requested_at__isnull=False).exists():
-        return HEARTBEAT_CANCEL
-    return HEARTBEAT_OK
+    return state
 
 
 def leases_look(*, watched: list[tuple], renew: list[tuple]) -> dict[tuple, str]:
     """A worker process's keeper's look at every attempt it runs, (job_id, attempt) pairs: renews the
-    leases of `renew` (one UPDATE, fenced as _lease_renew is) and reads the state of all (one SELECT):
+    leases of `renew` (one UPDATE, fenced by status, attempt and claim) and reads the state of all (one SELECT):
     "ok", "cancel" or "lost" each. Records nothing: a lost attempt's refusal is job_heartbeat's to audit."""
     now = timezone.now()
     if renew:

@@ -176,8 +176,8 @@ def _job_thread(job_id: str, attempt: int) -> None:
     """Claim the job for its attempt and run it, then each job handed to this thread when one ends.
 
     When a job ends, the coordinator starts the next one in the same transaction; the thread takes it
-    there (claimed, so its own delivery does nothing), confirms that with one UPDATE and runs it at
-    once: what makes back-to-back jobs fast in serialized mode. A stopping worker takes none.
+    there (claimed, with its lease and first heartbeat, so its own delivery does nothing) and runs it
+    at once: what makes back-to-back jobs fast in serialized mode. A stopping worker takes none.
     """
     if _stopping():
         # Sent while this worker stops: it starts nothing, so the job waits again for the next worker.
@@ -200,11 +200,6 @@ def _job_thread(job_id: str, attempt: int) -> None:
                 "%s processing job %s attempt %s (handed over when job %s ended)",
                 current_process().name, job.job_id, job.attempt, finished,
             )
-        # Its first heartbeat (one UPDATE) before the runner starts: should this worker die before it,
-        # the reaper sends the job again without using up an attempt (it never ran). A cancel, if any,
-        # is seen by the lease keeper within its first second.
-        if job is not None and job_heartbeat(job_id=job.job_id, attempt=job.attempt, look_for_cancel=False) != HEARTBEAT_OK:
-            job = None
         if _stopping():
             continue
         try:

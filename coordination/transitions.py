@@ -56,7 +56,8 @@ def job_accepted(job: Job, *, now: datetime, writes: Writes) -> None:
 def job_started(job: Job, *, now: datetime, claimed: bool = False, writes: Writes) -> None:
     """A waiting job takes a slot: a new attempt, with a lease from now (a task no worker takes is
     sent again by the reaper; a worker that dies lets it lapse). `claimed`: the finishing worker
-    runs it at once (the hand-off); its first heartbeat confirms that it did."""
+    runs it at once (the hand-off): taken in this transaction as a delivered task is by job_claim,
+    its claim and first heartbeat written with its start."""
     _move(job, RUNNING)
     job.started_at = now
     job.attempt += 1
@@ -70,7 +71,8 @@ def job_started(job: Job, *, now: datetime, claimed: bool = False, writes: Write
     ]
     if claimed:
         job.claimed_attempt = job.attempt
-        fields.append("claimed_attempt")
+        job.heartbeat_at = now
+        fields += ["claimed_attempt", "heartbeat_at"]
     writes.update(job, fields)
 
 

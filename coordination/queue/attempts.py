@@ -70,10 +70,6 @@ def running_check(job: Job, now, timeouts: dict) -> tuple[str, str] | None:
         # Its worker let go of it at the provider; the poller that watched it is gone: the next
         # poller adopts it (coordination/providers). Nothing ran twice and nothing was lost.
         return None
-    if claimed and job.heartbeat_at is None and lapsed:
-        # Handed to a worker in a finishing transaction, but that worker never confirmed it (it
-        # died in between): nothing ran, so it is sent again without using an attempt.
-        return RESEND, "handed off, never taken"
     if claimed and lapsed:
         return LEASE_EXPIRED, f"worker lost: lease expired at {job.lease_expires_at.isoformat()}"
     if not claimed and lapsed:
