@@ -79,20 +79,15 @@ def secret_rotate(*, user) -> WebhookSecret:
     return record
 
 
-def _signers(owner_ids: set) -> dict:
-    """Each owner's signers: their secret (made now if the owner never asked for it: GET
-    /webhooks/secret shows the same one), and the previous one while a rotation's day lasts."""
-    records = {record.user_id: record for record in WebhookSecret.objects.filter(user_id__in=owner_ids)}
-    for owner_id in owner_ids - records.keys():
-        records[owner_id], _ = WebhookSecret.objects.get_or_create(user_id=owner_id, defaults={"secret": _new_secret()})
-    now = timezone.now()
-    signers = {}
-    for owner_id, record in records.items():
-        keys = [record.secret]
-        if record.previous and record.previous_until and record.previous_until > now:
-            keys.append(record.previous)
-        signers[owner_id] = [Webhook(key) for key in keys]
-    return signers
+def _signers(batch: list[WebhookDelivery]) -> dict:
+    """Each owner's signers, by owner id: the keys the claim read for the batch (signing_keys: their
+    secret, and the previous one while a rotation's day lasts), or a secret made now for an owner who
+    never asked for one (GET /webhooks/secret shows the same one)."""
+    keys = {delivery.owner_id: delivery.signing_keys for delivery in batch if delivery.owner_id is not None}
+    for owner_id in [owner_id for owner_id, found in keys.items() if found is None]:
+        record, _ = WebhookSecret.objects.get_or_create(user_id=owner_id, defaults={"secret": _new_secret()})
+        keys[owner_id] = [record.secret]
+    return {owner_id: [Webhook(key) for key in found] for owner_id, found in keys.items()}
 
 
 # --- sending ----------------------------------------------------------------------------------------
@@ -106,6 +101,8 @@ PASS_ROUNDS = 12
 # Claims the due deliveries, each its job's earliest pending one (a later event waits for an earlier
 # one, which another sender may be sending: its claim moved its next try, not its state), by moving
 # their next try IN_FLIGHT ahead. SKIP LOCKED: two senders claim different rows, never one twice.
+# Each row comes with what its send needs besides: its job's owner, the keys that sign for that owner
+# now (null: the owner has no secret yet) and when it was first tried.
 _CLAIM_SQL = """
 UPDATE webhook_deliveries AS d SET next_attempt_at = %(until)s
 FROM (
@@ -117,6 +114,9 @@ FROM (
 ) AS due
 WHERE d.id = due.id
 RETURNING d.*, (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id) AS owner_id,
+          (SELECT ARRAY[s.secret] || CASE WHEN s.previous <> '' AND s.previous_until > %(now)s
+                                          THEN ARRAY[s.previous] ELSE '{{}}' END
+           FROM webhook_secrets AS s JOIN jobs ON s.user_id = jobs.owner_id WHERE jobs.job_id = d.job_id) AS signing_keys,
           (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try
 """
 
@@ -159,8 +159,8 @@ def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id
     jobs meanwhile is left to the sender its commit woke, or to the next pass. So a sender woken while
     jobs end every few milliseconds sends full batches, not one delivery each.
 
-    A batch is a few statements whatever its size (the claim; for first tries, the jobs their payloads
-    need and the bodies kept; the owners' secrets; the record: _send), and no transaction is open
+    A batch is a few statements whatever its size (the claim, with the owners' signing keys; for first
+    tries, the jobs their payloads need and the bodies kept; the record: _send), and no transaction is open
     while a receiver is called."""
     delivered, done, jobs = 0, 0, None
     size = limit or settings.COORDINATOR_WEBHOOK_SENDS
@@ -193,7 +193,7 @@ def _send(batch: list[WebhookDelivery], *, now: datetime) -> int:
     unrendered = [delivery for delivery in batch if delivery.payload is None]
     # A body shows no run at a provider (_payload): none is read.
     jobs = jobs_shown({delivery.job_id for delivery in unrendered}, runs=False) if unrendered else {}
-    signers = _signers({delivery.owner_id for delivery in batch} - {None})
+    signers = _signers(batch)
     checked: dict[str, list[str] | Exception] = {}
     requests, rendered = [], []
     for delivery in batch:

@@ -164,6 +164,14 @@ def test_after_a_rotation_both_secrets_sign_for_a_day(user, receiver):
     for secret in (old, new):
         Webhook(secret).verify(got["body"], got["headers"])
 
+    later = submit(user, webhook_url=receiver.url)
+    job_complete(job_id=later.job_id, attempt=1, result={})
+    deliver_job(str(later.job_id), now=timezone.now() + timedelta(hours=24, minutes=1))  # the day has passed
+
+    got = receiver.received[-1]
+    assert len(got["headers"]["webhook-signature"].split(" ")) == 1
+    Webhook(new).verify(got["body"], got["headers"])
+
 
 def test_a_redirect_is_not_followed(user, receiver):
     secret_get(user=user)
