@@ -14,6 +14,7 @@ copies that end while a record is being written are recorded together by the nex
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -27,82 +28,95 @@ TICK = 1.0  # seconds between looks for files to copy
 
 
 class Copier:
+    """`run` on the qcluster's event loop; the work on threads: the copies on COORDINATOR_COPY_THREADS
+    of them, the claims and records on one more (`_look`), which a copy that ends wakes. No event loop
+    step per file: a file costs its claim's and record's share, its copy, and two thread hand-offs."""
+
     def __init__(self):
         self.threads = settings.COORDINATOR_COPY_THREADS
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="copier")
-        self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copier-db")
+        self._changed = threading.Condition()  # guards the three below; notified when a copy ends, and at a stop
         self._copying = 0  # copies under way on the copying threads
         self._copied: list[tuple] = []  # copies ended, their records not yet written: (due, outcome)
-        self._recording = 0  # copies whose records are being written
         self._stopping = threading.Event()
-        self._freed: asyncio.Event | None = None  # a copy ended, or its record (set on the event loop's thread)
-        self._tasks: set[asyncio.Task] = set()  # the copies under way, each recorded when it ends
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        self._freed = asyncio.Event()
-        while not stop.is_set():
-            self._freed.clear()
-            free = self.threads - self._copying
-            waiting = free == 0  # every thread copies: files may be waiting too
-            if free > 0:
-                try:
-                    due = await loop.run_in_executor(self._database, claim, free)
-                except (DatabaseError, InterfaceError) as error:
-                    logger.warning("Copier: database unavailable (%s)", error)
-                    await loop.run_in_executor(self._database, _close_quietly)
-                    due = []
-                waiting = len(due) == free
-                for one in due:
-                    self._copying += 1
-                    task = asyncio.ensure_future(self._copy(one))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            await _first(stop, self._freed if waiting else None, timeout=TICK)
-        # A stop is not held up by a long copy: those under way give up at their next chunk, and are
-        # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
-        self._stopping.set()
-        while self._working:  # each copy under way gives up and records it
-            self._freed.clear()
-            if self._copied and not self._recording:
-                await self._record()
-            else:
-                await self._freed.wait()
-        await loop.run_in_executor(self._database, _close_quietly)
-        self._pool.shutdown()
-        self._database.shutdown()
-
-    @property
-    def _working(self) -> bool:
-        return bool(self._copying or self._copied or self._recording)
-
-    async def _copy(self, due: store.Due) -> None:
+        looking = threading.Thread(target=self._look, name="copier-db", daemon=True)
+        looking.start()
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(self._pool, fetch, due, self._stopping.is_set)
+            await stop.wait()
         finally:
-            self._copying -= 1
-            self._freed.set()
-        self._copied.append((due, outcome))
-        if not self._recording:
-            await self._record()
+            # A stop is not held up by a long copy: those under way give up at their next chunk, and are
+            # copied again later, by this qcluster once restarted or another (a stop costs one of their tries).
+            with self._changed:
+                self._stopping.set()
+                self._changed.notify_all()
+            await asyncio.to_thread(looking.join)
+            self._pool.shutdown()
 
-    async def _record(self) -> None:
-        """Write the records of the copies that ended, all at once, until none is left."""
-        loop = asyncio.get_running_loop()
-        while self._copied:
-            copies, self._copied = self._copied, []
-            self._recording = len(copies)
+    def _look(self) -> None:
+        """Record the copies that ended (all at once), claim as many files as threads are free, and
+        wait: for a copy to end, or the next tick. After a claim that took fewer files than it asked
+        for (all that were due), the next claim waits for the tick; after one that took all it asked
+        for, files may be waiting, so it claims again as soon as a copy ends. Stopping: no more claims;
+        the copies under way end and are recorded, then the connection is closed."""
+        next_claim = 0.0
+        while True:
+            with self._changed:
+                copied, self._copied = self._copied, []
+                copying, stopping = self._copying, self._stopping.is_set()
             try:
-                await loop.run_in_executor(self._database, store.files_settle, copies)
-            except (DatabaseError, InterfaceError) as error:
-                # Their holds lapse and a copier copies them again (one of their tries spent).
-                logger.warning("Copier: %d file(s) copied but not recorded: database unavailable (%s)", len(copies), error)
-                await loop.run_in_executor(self._database, _close_quietly)
-            except Exception:
-                logger.exception("Copier: %d file(s) copied but not recorded", len(copies))
-            finally:
-                self._recording = 0
-                self._freed.set()
+                if copied:
+                    self._record(copied)
+                if stopping:
+                    if not copied and not copying:
+                        break
+                elif copying < self.threads and time.monotonic() >= next_claim:
+                    asked = self.threads - copying
+                    due = self._claim(asked)
+                    next_claim = 0.0 if len(due) == asked else time.monotonic() + TICK
+                    for one in due:
+                        self._start(one)
+            except Exception:  # a defect of ours: said, and the copier goes on at its next tick
+                logger.exception("Copier: look failed")
+                next_claim = time.monotonic() + TICK
+            with self._changed:
+                if self._stopping.is_set():
+                    self._changed.wait_for(lambda: self._copied or not self._copying)
+                else:
+                    wait = TICK if self._copying == self.threads else max(0.0, next_claim - time.monotonic())
+                    self._changed.wait_for(lambda: self._copied or self._stopping.is_set(), timeout=min(wait, TICK))
+        _close_quietly()
+
+    def _claim(self, limit: int) -> list:
+        try:
+            return claim(limit)
+        except (DatabaseError, InterfaceError) as error:
+            logger.warning("Copier: database unavailable (%s)", error)
+            _close_quietly()
+            return []
+
+    def _start(self, due: store.Due) -> None:
+        with self._changed:
+            self._copying += 1
+        self._pool.submit(self._copy, due)
+
+    def _copy(self, due: store.Due) -> None:
+        outcome = fetch(due, self._stopping.is_set)
+        with self._changed:
+            self._copying -= 1
+            self._copied.append((due, outcome))
+            self._changed.notify_all()
+
+    def _record(self, copies: list[tuple]) -> None:
+        try:
+            store.files_settle(copies)
+        except (DatabaseError, InterfaceError) as error:
+            # Their holds lapse and a copier copies them again (one of their tries spent).
+            logger.warning("Copier: %d file(s) copied but not recorded: database unavailable (%s)", len(copies), error)
+            _close_quietly()
+        except Exception:
+            logger.exception("Copier: %d file(s) copied but not recorded", len(copies))
 
 
 def _close_quietly() -> None:
@@ -111,16 +125,6 @@ def _close_quietly() -> None:
         connections.close_all()
     except Exception:
         logger.debug("Closing the copier's connection failed", exc_info=True)
-
-
-async def _first(*events: asyncio.Event | None, timeout: float) -> None:
-    """Returns once one of `events` (None: not waited for) is set, or after `timeout` seconds."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events if event is not None]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
 
 
 def claim(limit: int) -> list:
