@@ -44,6 +44,7 @@ from coordination.models import Job, WebhookDelivery, WebhookSecret
 from coordination.selectors import jobs_shown
 from coordination.webhook_targets import UnsafeUrl, url_check, webhooks_sender_register, webhooks_wake
 from coordination.webhook_transport import post
+from coordination.writes import PLANNED_ONCE
 
 __all__ = ["UnsafeUrl", "deliver_due", "deliver_job", "delivery_resend", "secret_get", "secret_rotate", "url_check"]
 
@@ -98,27 +99,58 @@ IN_FLIGHT = timedelta(seconds=60)  # a send claims its row this long; a sender t
 # A pass (the background pass, the web server's task) sends at most PASS_ROUNDS batches.
 PASS_ROUNDS = 12
 
-# Claims the due deliveries, each its job's earliest pending one (a later event waits for an earlier
-# one, which another sender may be sending: its claim moved its next try, not its state), by moving
-# their next try IN_FLIGHT ahead. SKIP LOCKED: two senders claim different rows, never one twice.
-# Each row comes with what its send needs besides: its job's owner, the keys that sign for that owner
-# now (null: the owner has no secret yet) and when it was first tried.
-_CLAIM_SQL = """
-UPDATE webhook_deliveries AS d SET next_attempt_at = %(until)s
-FROM (
-    SELECT c.id FROM webhook_deliveries AS c
-    WHERE c.state = 'pending' AND c.next_attempt_at <= %(now)s {only}
-      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
-    ORDER BY c.next_attempt_at, c.id LIMIT %(limit)s
-    FOR UPDATE OF c SKIP LOCKED
-) AS due
-WHERE d.id = due.id
-RETURNING d.*, (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id) AS owner_id,
-          (SELECT ARRAY[s.secret] || CASE WHEN s.previous <> '' AND s.previous_until > %(now)s
-                                          THEN ARRAY[s.previous] ELSE '{{}}' END
-           FROM webhook_secrets AS s JOIN jobs ON s.user_id = jobs.owner_id WHERE jobs.job_id = d.job_id) AS signing_keys,
-          (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id) AS first_try
+def _claim_sql(target) -> str:
+    """jq_webhooks_claim, as `target` (a connection) types the delivery's columns.
+
+    It claims the due deliveries, each its job's earliest pending one (a later event waits for an
+    earlier one, which another sender may be sending: its claim moved its next try, not its state), by
+    moving their next try `p_until`; SKIP LOCKED: two senders claim different rows, never one twice.
+    Each row comes with what its send needs besides: its job's owner, the keys that sign for that owner
+    at `p_now` (null: the owner has no secret yet) and when it was first tried. `p_job`, `p_jobs`:
+    only that job's deliveries, or those jobs' (null: any).
+
+    A function, planned once per connection like the copier's, and never with a bitmap scan: each
+    delivery sent leaves a dead entry in the partial index of pending ones until the table is
+    vacuumed, and a bitmap scan visits every one of them again at every claim (over a drain of
+    thousands of jobs, most of a claim's time), where a plain index scan marks them dead once."""
+    columns = [(field.column, field.db_type(target)) for field in WebhookDelivery._meta.concrete_fields]
+    return f"""
+CREATE OR REPLACE FUNCTION jq_webhooks_claim(
+    p_now timestamptz, p_until timestamptz, p_limit int, p_job uuid, p_jobs uuid[]
+) RETURNS TABLE ({", ".join(f"{column} {kind}" for column, kind in columns)},
+                 owner_id bigint, signing_keys text[], first_try timestamptz)
+LANGUAGE plpgsql VOLATILE
+{PLANNED_ONCE} AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    UPDATE webhook_deliveries AS d SET next_attempt_at = p_until
+    FROM (
+        SELECT c.id FROM webhook_deliveries AS c
+        WHERE c.state = 'pending' AND c.next_attempt_at <= p_now
+          AND (p_job IS NULL OR c.job_id = p_job) AND (p_jobs IS NULL OR c.job_id = ANY(p_jobs))
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
+        ORDER BY c.next_attempt_at, c.id LIMIT p_limit
+        FOR UPDATE OF c SKIP LOCKED
+    ) AS due
+    WHERE d.id = due.id
+    RETURNING {", ".join(f"d.{column}" for column, _ in columns)},
+        (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id)::bigint,
+        (SELECT (ARRAY[s.secret] || CASE WHEN s.previous <> '' AND s.previous_until > p_now
+                                         THEN ARRAY[s.previous] ELSE '{{}}' END)::text[]
+         FROM webhook_secrets AS s JOIN jobs ON s.user_id = jobs.owner_id WHERE jobs.job_id = d.job_id),
+        (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id);
+END $$;
 """
+
+
+def install(schema_editor=None) -> None:
+    """Create (or replace) jq_webhooks_claim; migration 0043 calls it, and so must a migration that
+    changes a column of webhook_deliveries."""
+    target = schema_editor.connection if schema_editor is not None else connection
+    with target.cursor() as cursor:
+        cursor.execute(_claim_sql(target))
+
 
 # The bodies rendered for a first try, kept before it is sent: every retry sends the same body.
 _RENDERED_SQL = """
@@ -166,12 +198,10 @@ def deliver_due(*, now: datetime | None = None, limit: int | None = None, job_id
     size = limit or settings.COORDINATOR_WEBHOOK_SENDS
     while rounds is None or done < rounds:
         moment = now or timezone.now()
-        only = "AND c.job_id = %(job_id)s" if job_id is not None else ""
-        if jobs is not None:
-            only += " AND c.job_id = ANY(%(jobs)s::uuid[])"
-        batch = list(WebhookDelivery.objects.raw(_CLAIM_SQL.format(only=only), {
-            "until": moment + IN_FLIGHT, "now": moment, "limit": size, "job_id": str(job_id), "jobs": jobs,
-        }))
+        batch = list(WebhookDelivery.objects.raw(
+            "SELECT * FROM jq_webhooks_claim(%s, %s, %s, %s::uuid, %s::uuid[])",
+            [moment, moment + IN_FLIGHT, size, None if job_id is None else str(job_id), jobs],
+        ))
         if not batch:
             break
         sent = _send(batch, now=moment)
