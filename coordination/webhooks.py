@@ -124,15 +124,17 @@ LANGUAGE plpgsql VOLATILE
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    UPDATE webhook_deliveries AS d SET next_attempt_at = p_until
-    FROM (
+    -- MATERIALIZED: taken once. As a sub-select, a plan that joins it by nested loop with it inside
+    -- runs it again for each outer row, each time locking and taking up to p_limit more rows.
+    WITH due AS MATERIALIZED (
         SELECT c.id FROM webhook_deliveries AS c
         WHERE c.state = 'pending' AND c.next_attempt_at <= p_now
           AND (p_job IS NULL OR c.job_id = p_job) AND (p_jobs IS NULL OR c.job_id = ANY(p_jobs))
           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
         ORDER BY c.next_attempt_at, c.id LIMIT p_limit
-        FOR UPDATE OF c SKIP LOCKED
-    ) AS due
+        FOR UPDATE OF c SKIP LOCKED)
+    UPDATE webhook_deliveries AS d SET next_attempt_at = p_until
+    FROM due
     WHERE d.id = due.id
     RETURNING {", ".join(f"d.{column}" for column, _ in columns)},
         (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id)::bigint,
