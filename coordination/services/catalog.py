@@ -10,7 +10,7 @@ left to find a job that could have started.
 import logging
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 from coordination.models import CapacityGroup, CatalogModel, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line
@@ -48,7 +48,7 @@ def catalog_model_save(*, model: CatalogModel, actor: str) -> dict:
         summary = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()) or "nothing changed"
         logger.info("[COORDINATOR] Model %s %s by %s: %s", model.name, "changed" if before else "added", actor, summary)
         stale = before is not None and ("capacity" in changes or "line_policy" in changes)
-        started = _decide_again(queue, {model.name} if stale else set())
+        started = _decide_again(queue, {model.name} if stale else set(), reordered="line_policy" in changes)
         JobQueueLog.objects.record(
             event_type=JobQueueLog.Event.MODEL_CHANGED,
             details={"model": model.name, "actor": actor, "changes": changes, "started": started},
@@ -100,18 +100,28 @@ def capacity_group_delete(*, group: CapacityGroup, actor: str) -> dict:
     return {"group": name, "started": started}
 
 
-def _decide_again(queue: LockedQueue, models: set[str]) -> list[str]:
+def _decide_again(queue: LockedQueue, models: set[str], *, reordered: bool = False) -> list[str]:
     """After a catalog or group edit: read the catalog again, start what may start now, then decide
     again for the jobs in the lines of `models` that wait on a running job or on none. Jobs that name
     a pending job still wait behind it; the others were told something about these models (a
-    conflict, a full group, the job that went first and now runs) that may no longer hold."""
+    conflict, a full group, the job that went first and now runs) that may no longer hold.
+
+    `reordered`: the lines' order changed (fair, or first come first served again), so a job may
+    now stand before the pending job it names (whose owner's turn came first): those are decided
+    again too."""
     queue.catalog_changed()
     started = [job.job_id for job in queue.dispatch()]
     if not models:
         return [str(job_id) for job_id in started]
     its_lines = JobLine.objects.filter(model__in=models).values("job_id")
-    on_running = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
-    for job in line().filter(on_running, job_id__in=its_lines):
+    stale = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
+    if reordered:
+        stale |= Exists(line().filter(job_id=OuterRef("blocked_by_job_id")).filter(
+            Q(priority__lt=OuterRef("priority"))
+            | Q(priority=OuterRef("priority"), created_at__gt=OuterRef("created_at"))
+            | Q(priority=OuterRef("priority"), created_at=OuterRef("created_at"), job_id__gt=OuterRef("job_id"))
+        ))
+    for job in line().filter(stale, job_id__in=its_lines):
         if queue.reassess(job):
             started.append(job.job_id)
     return [str(job_id) for job_id in started]

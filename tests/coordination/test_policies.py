@@ -10,6 +10,7 @@ from django.utils import timezone
 from coordination.exceptions import DuplicateJob, InvalidJob, LineFull
 from coordination import selectors
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueLog, LineShare
+from coordination.queue.lines import line_key
 from coordination.recovery import reaper_pass
 from coordination.services import capacity_group_save, catalog_model_save, job_complete, jobs_submit_batch, model_pause
 from tests.helpers import assert_honest_waiting, at_once, events, execute_workflow, fresh, log_row, submit
@@ -387,6 +388,32 @@ class TestFairLines:
         assert LineShare.objects.filter(model=VIDEO, waiting__gt=0).count() == 2
         # Nobody has had a turn since: the owners go by their oldest job, then take turns.
         assert [run_next().job_id for _ in range(3)] == [a1.job_id, b0.job_id, a2.job_id]
+
+    def test_a_fair_line_made_first_come_first_served_again_names_no_job_behind_a_waiting_one(
+        self, user, other_user, staff_user
+    ):
+        """In a fair line a job may wait behind another owner's later job (that owner's turn comes
+        first); once the line is plain again, that later job stands behind it, so it is decided again."""
+        fair()
+        first = submit(user, prompt="a0")  # motion-2.0-fast busy
+        mine = execute_workflow(user)  # nano-banana-pro-leonardo, then motion-2.0-fast
+        theirs = execute_workflow(other_user)
+        image = submit(staff_user, model="nano-banana-pro-leonardo", prompt="urgent", priority=5)  # nano busy too
+        complete(first)
+        # motion-2.0-fast is free, and there the other owner's turn comes first; theirs needs the
+        # image's model as well, so neither workflow starts.
+        assert fresh(mine).blocked_by_job_id == theirs.job_id and fresh(theirs).status == Job.Status.PENDING
+
+        catalog = CatalogModel.objects.get(name=VIDEO)
+        catalog.line_policy = CatalogModel.LinePolicy.FIFO
+        catalog_model_save(model=catalog, actor="test")
+
+        for job in (fresh(mine), fresh(theirs)):
+            blocker = Job.objects.get(pk=job.blocked_by_job_id)
+            assert blocker.status == Job.Status.RUNNING or line_key(blocker) < line_key(job), (
+                f"{job.job_id} waits behind {blocker.job_id}, which is behind it")
+        assert fresh(mine).blocked_by_job_id == image.job_id
+        assert_honest_waiting()
 
     def test_an_owners_job_held_by_a_pause_does_not_hold_back_its_job_on_a_free_fair_line(self, user):
         fair()
