@@ -103,10 +103,14 @@ CREATE OR REPLACE FUNCTION jq_files_claim(p_hold interval, p_limit int) RETURNS 
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
+    -- MATERIALIZED: taken once (see jq_webhooks_claim: as a sub-select, a nested loop with it inside
+    -- would run it again for each outer row, each time taking up to p_limit more files).
+    WITH due AS MATERIALIZED (
+        SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
+        AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT p_limit
+        FOR UPDATE SKIP LOCKED)
     UPDATE job_files AS f SET held_until = now() + p_hold, tries = f.tries + 1
-    FROM (SELECT id FROM job_files WHERE state = 'copying' AND next_try_at <= now()
-          AND (held_until IS NULL OR held_until < now()) ORDER BY next_try_at LIMIT p_limit
-          FOR UPDATE SKIP LOCKED) AS due, jobs AS j
+    FROM due, jobs AS j
     WHERE f.id = due.id AND j.job_id = f.job_id
     RETURNING f.id, f.job_id, f.n, f.source_url::text, f.content_type::text, j.model::text,
               (SELECT ARRAY[c.provider_base_url, c.provider_url]::text[] FROM model_catalog AS c WHERE c.name = j.model),
@@ -145,7 +149,7 @@ END $$;
 
 
 def install(schema_editor=None) -> None:
-    """Create (or replace) the copier's functions; migration 0039 calls it, and so must a migration
+    """Create (or replace) the copier's functions; migrations 0039 and 0044 call it, and so must a migration
     that changes a column they read or write."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
