@@ -149,7 +149,7 @@ END $$;
 
 
 def install(schema_editor=None) -> None:
-    """Create (or replace) the copier's functions; migrations 0039 and 0044 call it, and so must a migration
+    """Create (or replace) the copier's functions; migrations 0039, 0042 and 0044 call it, and so must a migration
     that changes a column they read or write."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
