@@ -114,6 +114,12 @@ def count_ahead(rows: QuerySet) -> Coalesce:
     return Coalesce(Subquery(before, output_field=IntegerField()), 0)
 
 
+def names_one_behind() -> Exists:
+    """Whether the outer query's waiting job names a waiting job that stands behind it in line (a
+    subquery): in a fair line another owner's later job may go first; in a plain one, never."""
+    return Exists(line().filter(job_id=OuterRef("blocked_by_job_id")).exclude(ahead_of(_OUTER_ROW)))
+
+
 def owner_waiting(owner, limit: int) -> int:
     """How many of `owner`'s jobs wait, counted no further than `limit` (one index range)."""
     return Job.objects.filter(owner=owner, status=Job.Status.PENDING).order_by()[:limit].count()

@@ -10,11 +10,12 @@ left to find a job that could have started.
 import logging
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 
 from coordination.models import CapacityGroup, CatalogModel, JobLine, JobQueueLog
 from coordination.queue import LockedQueue, line
 from coordination.queue.fair import shares_rebuild
+from coordination.queue.lines import names_one_behind
 
 logger = logging.getLogger("job_coordinator")
 
@@ -116,11 +117,7 @@ def _decide_again(queue: LockedQueue, models: set[str], *, reordered: bool = Fal
     its_lines = JobLine.objects.filter(model__in=models).values("job_id")
     stale = Q(blocked_by_job_id__in=list(queue.running)) | Q(blocked_by_job_id=None)
     if reordered:
-        stale |= Exists(line().filter(job_id=OuterRef("blocked_by_job_id")).filter(
-            Q(priority__lt=OuterRef("priority"))
-            | Q(priority=OuterRef("priority"), created_at__gt=OuterRef("created_at"))
-            | Q(priority=OuterRef("priority"), created_at=OuterRef("created_at"), job_id__gt=OuterRef("job_id"))
-        ))
+        stale |= names_one_behind()
     for job in line().filter(stale, job_id__in=its_lines):
         if queue.reassess(job):
             started.append(job.job_id)
