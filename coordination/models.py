@@ -632,7 +632,10 @@ class WebhookDelivery(models.Model):
         ordering = ["id"]
         verbose_name_plural = "webhook deliveries"
         indexes = [
-            models.Index(fields=["next_attempt_at"], condition=Q(state="pending"), name="webhook_deliveries_due_idx"),
+            # The sender's claim: the due ones in the order it sends them (it stops at its batch's size), and
+            # each one's job's earliest pending one (webhooks.jq_webhooks_claim).
+            models.Index(fields=["next_attempt_at", "id"], condition=Q(state="pending"), name="webhook_deliveries_due_idx"),
+            models.Index(fields=["job", "id"], condition=Q(state="pending"), name="webhook_deliveries_pending_idx"),
             models.Index(fields=["job", "id"], name="webhook_deliveries_job_idx"),
         ]
 

@@ -112,7 +112,13 @@ def _claim_sql(target) -> str:
     A function, planned once per connection like the copier's, and never with a bitmap scan: each
     delivery sent leaves a dead entry in the partial index of pending ones until the table is
     vacuumed, and a bitmap scan visits every one of them again at every claim (over a drain of
-    thousands of jobs, most of a claim's time), where a plain index scan marks them dead once."""
+    thousands of jobs, most of a claim's time), where a plain index scan marks them dead once.
+
+    Its cost is its batch's, not the backlog's, whatever the statistics its plan was made with: the due
+    rows are read in the order claimed (webhook_deliveries_due_idx) until the batch is full, and
+    "its job's earliest pending one" is a sub-plan, one probe of webhook_deliveries_pending_idx per row
+    read. (Written as NOT EXISTS, planned while the table looked empty, it was a join that compared
+    every pending delivery with every other: 33 ms to claim 8 of 300.)"""
     columns = [(field.column, field.db_type(target)) for field in WebhookDelivery._meta.concrete_fields]
     return f"""
 CREATE OR REPLACE FUNCTION jq_webhooks_claim(
@@ -130,7 +136,8 @@ BEGIN
         SELECT c.id FROM webhook_deliveries AS c
         WHERE c.state = 'pending' AND c.next_attempt_at <= p_now
           AND (p_job IS NULL OR c.job_id = p_job) AND (p_jobs IS NULL OR c.job_id = ANY(p_jobs))
-          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending' AND e.id < c.id)
+          AND c.id = (SELECT e.id FROM webhook_deliveries AS e WHERE e.job_id = c.job_id AND e.state = 'pending'
+                      ORDER BY e.id LIMIT 1)
         ORDER BY c.next_attempt_at, c.id LIMIT p_limit
         FOR UPDATE OF c SKIP LOCKED)
     UPDATE webhook_deliveries AS d SET next_attempt_at = p_until
@@ -147,7 +154,7 @@ END $$;
 
 
 def install(schema_editor=None) -> None:
-    """Create (or replace) jq_webhooks_claim; migration 0043 calls it, and so must a migration that
+    """Create (or replace) jq_webhooks_claim; migrations 0043 and 0045 call it, and so must a migration that
     changes a column of webhook_deliveries."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:

@@ -19,6 +19,7 @@ from coordination.services import job_cancel, job_complete
 from coordination.webhook_targets import webhooks_wake
 from coordination.webhook_transport import kept_close, post
 from coordination.webhooks import UnsafeUrl, deliver_due, deliver_job, secret_get, secret_rotate, url_check
+from tests.factories import JobRowFactory
 from tests.helpers import at_once, fresh, submit
 
 pytestmark = pytest.mark.django_db
@@ -461,6 +462,32 @@ def test_a_batch_of_deliveries_costs_the_same_few_statements_whatever_its_size(u
         bodies[got["headers"]["webhook-id"]] = Webhook(secrets[owner]).verify(got["body"], got["headers"])
     assert len(bodies) == 41 and WebhookDelivery.objects.filter(state=WebhookDelivery.State.DELIVERED).count() == 41
     assert sorted(body["data"]["result"]["output"] for body in bodies.values()) == sorted([*range(40), 0])
+
+
+def test_a_claim_reads_its_batch_not_the_whole_backlog(user):
+    """After a receiver was away, hundreds of deliveries are due at once: each claim of a batch reads
+    about that batch from the indexes (whatever statistics its plan was made with), not every pending
+    delivery again, nor each against every other."""
+    jobs = JobRowFactory.create_batch(300, owner=user, status=Job.Status.COMPLETED)
+    due_since = timezone.now() - timedelta(minutes=5)
+    WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(job=job, webhook_id=f"msg_backlog_{n}", event_type="job.completed", url="https://x.test/hook",
+                        next_attempt_at=due_since + timedelta(milliseconds=n))
+        for n, job in enumerate(jobs))
+    # Ordered by when they fell due, so the first 8 claimed are the 8 first due.
+    first_due = [job.job_id for job in jobs[:8]]
+    index_entries_read = """SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index
+                            WHERE indrelid IN ('webhook_deliveries'::regclass, 'jobs'::regclass)"""
+    with connection.cursor() as cursor:  # this transaction's own counters
+        cursor.execute(index_entries_read)
+        before = cursor.fetchone()[0]
+        now = timezone.now()
+        cursor.execute("SELECT job_id FROM jq_webhooks_claim(%s, %s, 8, NULL, NULL)", [now, now + timedelta(minutes=1)])
+        claimed = [row[0] for row in cursor.fetchall()]
+        cursor.execute(index_entries_read)
+        read = cursor.fetchone()[0] - before
+    assert sorted(claimed) == sorted(first_due)
+    assert read <= 8 * 6, f"one claim of 8 read {read} index entries with 300 due"  # 90,000 when it compared them all
 
 
 def test_a_pass_leaves_what_arrived_for_other_jobs_while_it_sent_yet_sends_its_own_jobs_later_events(
