@@ -141,21 +141,20 @@ BEGIN
         ORDER BY c.next_attempt_at, c.id LIMIT p_limit
         FOR UPDATE OF c SKIP LOCKED)
     UPDATE webhook_deliveries AS d SET next_attempt_at = p_until
-    FROM due
-    WHERE d.id = due.id
-    RETURNING {", ".join(f"d.{column}" for column, _ in columns)},
-        (SELECT owner_id FROM jobs WHERE jobs.job_id = d.job_id)::bigint,
+    FROM due, jobs AS j
+    WHERE d.id = due.id AND j.job_id = d.job_id
+    RETURNING {", ".join(f"d.{column}" for column, _ in columns)}, j.owner_id::bigint,
         (SELECT (ARRAY[s.secret] || CASE WHEN s.previous <> '' AND s.previous_until > p_now
                                          THEN ARRAY[s.previous] ELSE '{{}}' END)::text[]
-         FROM webhook_secrets AS s JOIN jobs ON s.user_id = jobs.owner_id WHERE jobs.job_id = d.job_id),
+         FROM webhook_secrets AS s WHERE s.user_id = j.owner_id),
         (SELECT min(a.at) FROM webhook_attempts AS a WHERE a.delivery_id = d.id);
 END $$;
 """
 
 
 def install(schema_editor=None) -> None:
-    """Create (or replace) jq_webhooks_claim; migrations 0043 and 0045 call it, and so must a migration that
-    changes a column of webhook_deliveries."""
+    """Create (or replace) jq_webhooks_claim; migrations 0043, 0045 and 0046 call it, and so must a
+    migration that changes a column of webhook_deliveries."""
     target = schema_editor.connection if schema_editor is not None else connection
     with target.cursor() as cursor:
         cursor.execute(_claim_sql(target))
