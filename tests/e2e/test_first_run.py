@@ -151,7 +151,25 @@ class MakeRun:
     def ctrl_c(self) -> None:
         """What the terminal does on Ctrl-C: SIGINT to the foreground process group (make and bin/run)."""
         os.killpg(self.process.pid, signal.SIGINT)
-        self.process.wait(timeout=120)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # say what still runs, and what make run last said
+            raise AssertionError(f"make run did not stop within 120 s of Ctrl-C. Its processes:\n{self._processes()}\n"
+                                 f"Its output ends:\n{Path(self.log.name).read_text()[-2000:]}") from None
+
+    def _processes(self) -> str:
+        """make and its descendants, a line each (bin/run's children are in sessions of their own)."""
+        listed = subprocess.run(["ps", "-eo", "pid=,ppid=,stat=,wchan:16=,args="], capture_output=True, text=True).stdout
+        children: dict[int, list[tuple[int, str]]] = {}
+        for line in listed.splitlines():
+            pid, ppid, rest = line.split(None, 2)
+            children.setdefault(int(ppid), []).append((int(pid), f"{pid} {rest}"[:200]))
+        lines, parents = [], [self.process.pid]
+        while parents:
+            for pid, shown in children.get(parents.pop(), []):
+                lines.append(shown)
+                parents.append(pid)
+        return "\n".join(lines)
 
 
 def _manage(checkout: Path, *args: str) -> str:
