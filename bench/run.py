@@ -455,7 +455,14 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     owner = get_user_model().objects.create(username="bench", is_staff=True)
     tmp = Path(os.environ.get("BENCH_TMP", "/tmp"))
-    out(f"Benchmark on {DB_URL}, {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # the server's own settings that move the figures most
+        cursor.execute("SELECT current_setting('server_version'), current_setting('autovacuum'), "
+                       "current_setting('synchronous_commit')")
+        version, autovacuum, synchronous_commit = cursor.fetchone()
+    out(f"Benchmark on {DB_URL} (PostgreSQL {version.split()[0]}; autovacuum {autovacuum}, synchronous_commit "
+        f"{synchronous_commit}), {os.cpu_count()} cores, Q poll {settings.Q_CLUSTER['poll']} s\n")
 
     if "a" in args.parts:
         decision_costs(sizes, owner, repeats)
