@@ -20,10 +20,13 @@ database as the rules' own reads do (rules.QueueRules), having first sent what i
 
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone as dt_timezone
 
 import orjson
 from django.db import connection, models
+from django.db.models import signals
+from django.db.models.base import ModelState
 from django.utils.dateparse import parse_datetime
 
 from coordination.models import CapacityGroup, CatalogModel, Job, JobLine, JobQueueCounter, JobQueueState
@@ -40,29 +43,45 @@ UNKNOWN = object()  # a view's answer when what it read does not tell
 
 def from_row(row: dict, model_class=Job):
     """An instance of `model_class` from a row as JSON (`json_agg` of rows): its fields as Django would
-    read them, the instance made as Django makes the rows it reads (Model.from_db)."""
-    values = []
-    for column, convert in _readers(model_class):
-        value = row.get(column)
-        values.append(value if value is None or convert is None else convert(value))
-    return model_class.from_db(connection.alias, None, values)
+    read them, the instance as Django makes the rows it reads (Model.from_db). Where no receiver listens
+    to the model's pre_init or post_init signals, it is made without Model.__init__ (a transition
+    makes several under the lock, and __init__ took most of their cost): each value goes where
+    __init__ would put it, the instance's own __dict__ (a new instance caches no related object
+    that a foreign key's setter would clear)."""
+    attnames, readers = _readers(model_class)
+    values = [value if (value := row.get(column)) is None or convert is None else convert(value) for column, convert in readers]
+    if signals.pre_init.has_listeners(model_class) or signals.post_init.has_listeners(model_class):
+        return model_class.from_db(connection.alias, None, values)
+    instance = model_class.__new__(model_class)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, connection.alias
+    instance.__dict__.update(zip(attnames, values))
+    return instance
+
+
+@lru_cache(maxsize=8192)
+def uuid_of_text(text: str) -> uuid.UUID:
+    """A job id read as text, as a UUID: the same ids come back transition after transition (the
+    running jobs, the heads of the lines), and parsing one cost more than finding it here."""
+    return uuid.UUID(text)
 
 
 _READERS: dict = {}
 
 
-def _readers(model_class) -> list:
-    """Each concrete field's column, and what makes its JSON value its Python value (None: nothing),
-    in the fields' order; made again should the model's fields change (a test may change them)."""
+def _readers(model_class) -> tuple[list, list]:
+    """Each concrete field's attribute name; and its column, with what makes its JSON value its Python
+    value (None: nothing), in the fields' order; made again should the model's fields change (a test
+    may change them)."""
     fields = model_class._meta.concrete_fields
     made = _READERS.get(model_class)
     if made is None or made[0] is not fields:
-        made = _READERS[model_class] = (fields, [
+        made = _READERS[model_class] = (fields, [field.attname for field in fields], [
             (field.column, parse_datetime if isinstance(field, models.DateTimeField)
-             else uuid.UUID if isinstance(field, models.UUIDField) else None)
+             else uuid_of_text if isinstance(field, models.UUIDField) else None)
             for field in fields
         ])
-    return made[1]
+    return made[1], made[2]
 
 
 def after_all_of(priority: int) -> tuple:
@@ -305,25 +324,25 @@ class Snapshot:
     def __init__(self, row: list, *, window: int) -> None:
         (jobs, catalog, groups, pending, deadlines, global_line, model_lines, waiters, probes, twins, lower,
          full_lines, owner_waiting, locked) = row
-        rows_read = {uuid.UUID(data["job_id"]): data for data in jobs or ()}
+        rows_read = {uuid_of_text(data["job_id"]): data for data in jobs or ()}
         self.jobs = Known(rows_read)
         # The whole rows: the rules read their scheduling fields; a job handed to a finishing worker
         # takes its model's row along (its runner's call needs no read).
         self.catalog: dict[str, dict] = {row["name"]: row for row in catalog or ()}
         self.group_rows = [tuple(entry) for entry in groups or ()]
         self.pending = pending
-        self.deadlines = [uuid.UUID(job_id) for job_id in deadlines or ()]  # the earliest first
+        self.deadlines = [uuid_of_text(job_id) for job_id in deadlines or ()]  # the earliest first
         # The slot rows, when the read took the lock.
         self.slots = [from_row(data, JobQueueState) for data in locked or ()]
-        self.waiters = [uuid.UUID(job_id) for job_id in waiters or ()]
-        self.twins = [uuid.UUID(job_id) for job_id in twins or ()]
+        self.waiters = [uuid_of_text(job_id) for job_id in waiters or ()]
+        self.twins = [uuid_of_text(job_id) for job_id in twins or ()]
         self.lower = {priority: exists for priority, exists in lower or ()}  # any job of lower priority waits
         self.full_lines = {model: count for model, count in full_lines or ()}
         self.owner_waiting = owner_waiting
         rows: dict[str | None, list[Entry]] = {name: [] for name in self.catalog}
         for model, job_id, priority, created_at in model_lines or ():
             rows.setdefault(model, []).append(self._entry(job_id, priority, created_at))
-        rows[None] = [self._entry(job_id, rows_read[uuid.UUID(job_id)]["priority"], rows_read[uuid.UUID(job_id)]["created_at"])
+        rows[None] = [self._entry(job_id, rows_read[uuid_of_text(job_id)]["priority"], rows_read[uuid_of_text(job_id)]["created_at"])
                       for job_id in global_line or ()]
         self.lines = {name: LineView(entries, complete=len(entries) < window) for name, entries in rows.items()}
         for probe, model, job_id, priority, created_at in probes or ():
@@ -337,7 +356,7 @@ class Snapshot:
 
     @staticmethod
     def _entry(job_id, priority, created_at) -> Entry:
-        job_id = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)
+        job_id = job_id if isinstance(job_id, uuid.UUID) else uuid_of_text(job_id)
         created_at = parse_datetime(created_at) if isinstance(created_at, str) else created_at
         return Entry((-priority, created_at, job_id), job_id)
 
