@@ -243,8 +243,10 @@ class Writes:
         """Delete the rows of `model` whose column `key` is `key_value`."""
         self._add("delete", model, key, (), {key: key_value})
 
-    def flush(self, cursor) -> set[uuid.UUID]:
-        """Write what is kept; answers with the jobs whose changes made webhook deliveries."""
+    def flush(self, cursor, *, commit: bool = False) -> set[uuid.UUID]:
+        """Write what is kept; answers with the jobs whose changes made webhook deliveries. With
+        `commit`, the transaction's COMMIT goes with the write, in one round trip (the two statements in
+        one query: its first result is the write's)."""
         if not self:
             return set()
         for instance, chosen in self._last_updates.values():
@@ -259,6 +261,6 @@ class Writes:
              for op, table, key, columns, rows, _ in self._changes]
         )
         self._changes = []
-        cursor.execute("SELECT jq_apply(%s::jsonb)", [payload])
+        cursor.execute("SELECT jq_apply(%s::jsonb)" + ("; COMMIT" if commit else ""), [payload])
         (made,) = cursor.fetchone()
         return {uuid.UUID(job_id) for job_id in (made or "").split()}

@@ -108,11 +108,16 @@ def _locked_slots() -> list[JobQueueState]:
 class LockedQueue(QueueRules):
     def __init__(
         self, *, take_next: bool = False, starts: bool = True, snapshot: bool = False, ending=(),
-        arriving: list[Arrival] = (), owner=None,
+        arriving: list[Arrival] = (), owner=None, ends_transaction: bool = False,
     ) -> None:
         """`snapshot`: read what the decisions need in one statement (queue/snapshot.py): for a
         transition that ends the jobs `ending` (their waiters are read), or admits `arriving` jobs of
-        `owner` (the probes their admission needs). Without it, the rules ask the database as they go."""
+        `owner` (the probes their admission needs). Without it, the rules ask the database as they go.
+
+        `ends_transaction`: the caller's transaction ends as the queue closes (`with
+        transaction.atomic(), LockedQueue(...)`, nothing after it in the block). Then, where that
+        block is the outermost, the last write carries the COMMIT (Writes.flush): the lock is let go
+        one round trip sooner, and the transitions waiting for it start that much sooner."""
         if not transaction.get_connection().in_atomic_block:
             raise RuntimeError("LockedQueue must be used inside transaction.atomic()")
         self.slot_count = settings.COORDINATOR_MAX_ACTIVE_JOBS
@@ -167,6 +172,7 @@ class LockedQueue(QueueRules):
         self.writes = Writes()
         self._flushing = False
         self._woken = False  # the webhook sender is woken after commit
+        self.ends_transaction = ends_transaction
         connection.execute_wrappers.append(self._flush_first)
 
     def _lock_slots(self) -> list[JobQueueState]:
@@ -180,19 +186,23 @@ class LockedQueue(QueueRules):
     def __exit__(self, kind, error, trace) -> None:
         try:
             if kind is None:
-                self.flush()
+                # Django's own COMMIT, once this has committed, finds no transaction open and sends
+                # nothing; its on_commit callbacks run as after any commit.
+                self.flush(commit=self.ends_transaction and len(connection.atomic_blocks) == 1
+                           and not connection.needs_rollback)
         finally:
             if self._flush_first in connection.execute_wrappers:
                 connection.execute_wrappers.remove(self._flush_first)
 
-    def flush(self) -> None:
-        """Send what this transition wrote so far (one statement; none if nothing waits)."""
+    def flush(self, *, commit: bool = False) -> None:
+        """Send what this transition wrote so far (one statement; none if nothing waits); with
+        `commit`, the transaction's COMMIT in the same round trip."""
         if not self.writes:
             return
         self._flushing = True
         try:
             with connection.cursor() as cursor:
-                delivered = self.writes.flush(cursor)
+                delivered = self.writes.flush(cursor, commit=commit)
         finally:
             self._flushing = False
         if delivered and not self._woken:  # the changes made webhook deliveries: sent once this commits

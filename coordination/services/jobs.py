@@ -117,7 +117,7 @@ def _report(
     is started (LockedQueue's `starts`)."""
     refusal = decided = None
     with transaction.atomic(), LockedQueue(take_next=take_next and starts, starts=starts, snapshot=True,
-                                           ending=[job_id]) as queue:
+                                           ending=[job_id], ends_transaction=True) as queue:
         job = _job_of(queue, job_id)
         if job.status != Job.Status.RUNNING or job.attempt != attempt or (
             status == Job.Status.CANCELLED and job.cancel_requested_at is None

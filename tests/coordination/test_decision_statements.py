@@ -7,7 +7,7 @@ And the same decisions when the read holds less than they need (the rest is aske
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -166,3 +166,45 @@ def test_a_column_the_installed_write_does_not_know_is_still_written(user, monke
     assert (fresh(job).priority, fresh(job).conflict_reason) == (7, "told")
     assert len(prepared_statements()) == 1, "only the write of the unknown column took the general way"
     install_apply()
+
+
+def test_a_report_lets_go_of_the_lock_with_its_write(user, every_policy):
+    # The report's transaction ends with its write: the COMMIT travels with it, so the lock is free
+    # as soon as that one statement returns, with the report and the hand-over committed.
+    first = job_submit(owner=user, model="flux-dev", prompt="first")
+    second = job_submit(owner=user, model="flux-dev", prompt="second")
+    other = connections.create_connection("default")
+    seen = []
+
+    def look_from_another_connection(execute, sql, params, many, context):
+        answer = execute(sql, params, many, context)
+        if sql.startswith("SELECT jq_apply("):
+            with other.cursor() as cursor:
+                cursor.execute("SELECT id FROM job_queue_state FOR UPDATE NOWAIT")  # raises if still locked
+                cursor.execute("SELECT status FROM jobs WHERE job_id = %s", [second.job_id])
+                seen.append((sql, cursor.fetchone()[0]))
+        return answer
+
+    try:
+        with CaptureQueriesContext(connection) as captured, connection.execute_wrapper(look_from_another_connection):
+            taken = job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+    finally:
+        other.close()
+
+    assert [(sql.endswith("; COMMIT"), status) for sql, status in seen] == [(True, "running")]
+    assert under_the_lock(captured) == 2
+    assert taken.job_id == second.job_id and fresh(taken).claimed_attempt == 1
+    assert fresh(first).status == "completed"
+
+
+def test_a_report_inside_a_larger_transaction_leaves_the_commit_to_it(user):
+    first = job_submit(owner=user, model="flux-dev", prompt="first")
+    second = job_submit(owner=user, model="flux-dev", prompt="second")
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with CaptureQueriesContext(connection) as captured:
+            job_report_and_take_next(job_id=first.job_id, attempt=1, status="completed", result={})
+        raise RuntimeError("the larger transaction fails after the report")
+
+    assert not any(query["sql"].endswith("COMMIT") for query in captured.captured_queries)
+    assert [fresh(job).status for job in (first, second)] == ["running", "pending"]
