@@ -90,7 +90,7 @@ def _accept(jobs: list[Job], *, on_insert: Callable[[Job], None] | None = None,
     `on_insert(job)` runs once a job is inserted, `on_admitted(jobs)` once all are."""
     with _retry_after_when_full(), transaction.atomic():
         arriving = [Arrival(models=list(job.required_models), priority=job.priority, dedupe_key=job.dedupe_key) for job in jobs]
-        with LockedQueue(snapshot=True, arriving=arriving, owner=jobs[0].owner) as queue:
+        with LockedQueue(snapshot=True, arriving=arriving, owner=jobs[0].owner, ends_transaction=True) as queue:
             pending_limit_check(owner=jobs[0].owner, adding=len(jobs), queue=queue)
             for job in jobs:  # each in turn: the next one's place depends on this one
                 _admit_new(queue, job, on_insert)

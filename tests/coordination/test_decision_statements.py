@@ -170,9 +170,12 @@ def test_a_column_the_installed_write_does_not_know_is_still_written(user, monke
 
 def test_a_report_lets_go_of_the_lock_with_its_write(user, every_policy):
     # The report's transaction ends with its write: the COMMIT travels with it, so the lock is free
-    # as soon as that one statement returns, with the report and the hand-over committed.
+    # as soon as that one statement returns, with the report and the hand-over committed. A submit's too.
     first = job_submit(owner=user, model="flux-dev", prompt="first")
-    second = job_submit(owner=user, model="flux-dev", prompt="second")
+    with CaptureQueriesContext(connection) as submitted:
+        second = job_submit(owner=user, model="flux-dev", prompt="second")
+    assert [query["sql"].endswith("; COMMIT") for query in submitted.captured_queries
+            if query["sql"].startswith("SELECT jq_apply(")] == [True]
     other = connections.create_connection("default")
     seen = []
 
