@@ -20,8 +20,8 @@ database as the rules' own reads do (rules.QueueRules), having first sent what i
 
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timezone as dt_timezone
+from functools import lru_cache
 
 import orjson
 from django.db import connection, models
@@ -61,8 +61,8 @@ def from_row(row: dict, model_class=Job):
 
 @lru_cache(maxsize=8192)
 def uuid_of_text(text: str) -> uuid.UUID:
-    """A job id read as text, as a UUID: the same ids come back transition after transition (the
-    running jobs, the heads of the lines), and parsing one cost more than finding it here."""
+    """A UUID read as text (a job id, mostly), as a UUID: the same job ids come back transition after
+    transition (the running jobs, the heads of the lines), and parsing one cost more than finding it here."""
     return uuid.UUID(text)
 
 
